@@ -1,0 +1,76 @@
+//! REST API (`/api/v1`), for admins and apps.
+//!
+//! Every route under `/api/v1` sits behind [`auth::require_bearer`]; only `/healthz` and
+//! `/readyz` are open. Errors are `{"error": {"code", "message"}}` with the status derived
+//! from [`crate::error::ErrorKind`].
+
+mod auth;
+mod body;
+mod encode;
+mod error;
+mod health;
+mod openapi;
+mod query;
+mod tables;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use http::HeaderName;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::engine::Engine;
+use crate::security::Authenticator;
+
+/// Shared state of REST handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub auth: Arc<Authenticator>,
+    pub started: Instant,
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Every route of the API, as (method, path) — the OpenAPI test checks each is documented.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/api/v1/query"),
+    ("get", "/api/v1/tables"),
+    ("post", "/api/v1/tables"),
+    ("get", "/api/v1/tables/{layer}/{name}"),
+    ("patch", "/api/v1/tables/{layer}/{name}"),
+    ("delete", "/api/v1/tables/{layer}/{name}"),
+    ("post", "/api/v1/tables/{layer}/{name}/rows"),
+    ("get", "/api/v1/tables/{layer}/{name}/history"),
+    ("get", "/api/v1/openapi.json"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+];
+
+pub fn router(state: AppState, max_body: usize) -> Router {
+    let api = Router::new()
+        .route("/query", post(query::query))
+        .route("/tables", get(tables::list).post(tables::create))
+        .route(
+            "/tables/{layer}/{name}",
+            get(tables::describe).patch(tables::patch).delete(tables::drop_table),
+        )
+        .route("/tables/{layer}/{name}/rows", post(tables::upload))
+        .route("/tables/{layer}/{name}/history", get(tables::history))
+        .route("/openapi.json", get(openapi::document))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_bearer));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(error::not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http())
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}

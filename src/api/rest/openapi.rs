@@ -1,0 +1,142 @@
+//! The OpenAPI 3.1 document served at `/api/v1/openapi.json`.
+
+use axum::Json;
+use serde_json::{Value, json};
+
+pub(super) async fn document() -> Json<Value> {
+    Json(spec())
+}
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn table_path_params() -> Value {
+    json!([
+        {"name": "layer", "in": "path", "required": true, "schema": {"type": "string", "enum": ["bronze", "silver", "gold"]}},
+        {"name": "name", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,127}$"}}
+    ])
+}
+
+pub(crate) fn spec() -> Value {
+    let std_errors = json!({
+        "400": error_response("Invalid request"),
+        "401": error_response("Missing or invalid bearer token"),
+        "403": error_response("Privilege not granted"),
+        "404": error_response("Not found (or not visible to the caller)"),
+        "409": error_response("Already exists, or a concurrent commit won"),
+        "413": error_response("Body too large"),
+        "503": error_response("Storage unavailable")
+    });
+    let with_errors = |ok: Value| -> Value {
+        let mut r = std_errors.clone();
+        if let (Some(r), Some(ok)) = (r.as_object_mut(), ok.as_object()) {
+            for (k, v) in ok {
+                r.insert(k.clone(), v.clone());
+            }
+        }
+        r
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Strata REST API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Lakehouse query server: Delta Lake tables in bronze/silver/gold layers, SQL over REST and Flight SQL."
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/v1/query": {"post": {
+                "summary": "Run one SQL statement",
+                "description": "SELECT/EXPLAIN stream rows; CREATE TABLE [AS SELECT], INSERT INTO/OVERWRITE and DROP TABLE return one summary row. Time travel: `FROM t VERSION AS OF n` or `TIMESTAMP AS OF '2024-05-01T00:00:00Z'`. Parameters bind to $1…$n.",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/QueryRequest"}}}},
+                "responses": with_errors(json!({
+                    "200": {"description": "Rows", "content": {
+                        "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+                        "text/csv": {"schema": {"type": "string"}},
+                        "application/vnd.apache.arrow.stream": {"schema": {"type": "string", "format": "binary"}}
+                    }},
+                    "406": error_response("Unsupported Accept type")
+                }))
+            }},
+            "/api/v1/tables": {
+                "get": {
+                    "summary": "List the tables visible to the caller",
+                    "parameters": [{"name": "layer", "in": "query", "schema": {"type": "string", "enum": ["bronze", "silver", "gold"]}}],
+                    "responses": with_errors(json!({"200": {"description": "Tables", "content": {"application/json": {"schema": {"type": "object", "properties": {"tables": {"type": "array", "items": {"$ref": "#/components/schemas/Table"}}}}}}}}))
+                },
+                "post": {
+                    "summary": "Create a table (MANAGE on the layer)",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateTable"}}}},
+                    "responses": with_errors(json!({"201": {"description": "Created", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Table"}}}}, "200": {"description": "Existed (if_not_exists)"}}))
+                }
+            },
+            "/api/v1/tables/{layer}/{name}": {
+                "parameters": table_path_params(),
+                "get": {"summary": "Describe a table", "responses": with_errors(json!({"200": {"description": "Table", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Table"}}}}}))},
+                "patch": {
+                    "summary": "Change the description (MANAGE)",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"description": {"type": "string"}}, "additionalProperties": false}}}},
+                    "responses": with_errors(json!({"200": {"description": "Table"}}))
+                },
+                "delete": {"summary": "Drop a table (MANAGE)", "responses": with_errors(json!({"204": {"description": "Dropped"}}))}
+            },
+            "/api/v1/tables/{layer}/{name}/rows": {
+                "parameters": table_path_params(),
+                "post": {
+                    "summary": "Append or overwrite rows (INSERT; overwrite also MODIFY)",
+                    "description": "All rows are validated before anything is committed. An Idempotency-Key makes a retried upload commit once (Delta txn action).",
+                    "parameters": [
+                        {"name": "mode", "in": "query", "schema": {"type": "string", "enum": ["append", "overwrite"], "default": "append"}},
+                        {"name": "idempotency_key", "in": "query", "schema": {"type": "string"}},
+                        {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}
+                    ],
+                    "requestBody": {"required": true, "content": {
+                        "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        "text/csv": {"schema": {"type": "string"}},
+                        "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+                        "application/vnd.apache.arrow.stream": {"schema": {"type": "string", "format": "binary"}}
+                    }},
+                    "responses": with_errors(json!({"200": {"description": "Committed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WriteOutcome"}}}}, "415": error_response("Unsupported Content-Type")}))
+                }
+            },
+            "/api/v1/tables/{layer}/{name}/history": {
+                "parameters": table_path_params(),
+                "get": {
+                    "summary": "Commit history, newest first (MANAGE)",
+                    "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 100}}],
+                    "responses": with_errors(json!({"200": {"description": "History"}}))
+                }
+            },
+            "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI document"}}}},
+            "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "Alive"}}}},
+            "/readyz": {"get": {"summary": "Readiness: catalog loaded and object store reachable", "security": [], "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}}
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": {
+                "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "trace_id": {"type": "string"}}}}},
+                "QueryRequest": {"type": "object", "required": ["sql"], "properties": {"sql": {"type": "string"}, "params": {"type": "array", "items": {}}}},
+                "Column": {"type": "object", "required": ["name", "type"], "properties": {"name": {"type": "string"}, "type": {"type": "string", "examples": ["bigint", "string", "decimal(10,2)", "timestamp"]}, "nullable": {"type": "boolean", "default": true}, "description": {"type": "string"}}},
+                "CreateTable": {"type": "object", "required": ["layer", "name", "columns"], "properties": {"layer": {"type": "string", "enum": ["bronze", "silver", "gold"]}, "name": {"type": "string"}, "columns": {"type": "array", "items": {"$ref": "#/components/schemas/Column"}}, "partition_by": {"type": "array", "items": {"type": "string"}}, "description": {"type": "string"}, "if_not_exists": {"type": "boolean"}}},
+                "Table": {"type": "object", "properties": {"layer": {"type": "string"}, "name": {"type": "string"}, "full_name": {"type": "string"}, "description": {"type": ["string", "null"]}, "owner": {"type": ["string", "null"]}, "version": {"type": "integer"}, "columns": {"type": "array", "items": {"$ref": "#/components/schemas/Column"}}, "partition_columns": {"type": "array", "items": {"type": "string"}}, "file_count": {"type": "integer"}, "size_bytes": {"type": "integer"}, "created_at": {"type": ["string", "null"]}}},
+                "WriteOutcome": {"type": "object", "properties": {"version": {"type": "integer"}, "rows": {"type": "integer"}, "duplicate": {"type": "boolean"}}}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_route_is_documented() {
+        let spec = super::spec();
+        for (method, path) in super::super::ROUTES {
+            assert!(
+                spec["paths"][path][method].is_object(),
+                "{method} {path} missing from the OpenAPI document"
+            );
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! `POST /api/v1/query`: SQL with bound parameters → streamed rows.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use datafusion::common::ScalarValue;
+use futures::StreamExt;
+use serde::Deserialize;
+
+use super::AppState;
+use super::body::JsonBody;
+use super::encode::{Format, body_stream};
+use crate::error::{Error, Result};
+use crate::security::Principal;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct QueryRequest {
+    sql: String,
+    #[serde(default)]
+    params: Vec<serde_json::Value>,
+}
+
+pub(super) async fn query(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    headers: http::HeaderMap,
+    JsonBody(req): JsonBody<QueryRequest>,
+) -> Result<Response> {
+    let format = Format::negotiate(
+        headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()),
+    )?;
+    let params = req
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, v)| json_to_scalar(v).map_err(|e| Error::invalid(format!("params[{i}]: {e}"))))
+        .collect::<Result<Vec<_>>>()?;
+    let output = state.engine.execute(&principal, &req.sql, params).await?;
+    tracing::info!(
+        principal = %principal.subject,
+        statement = output.kind,
+        tables = ?output.tables.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "query"
+    );
+    let mut stream = output.stream;
+    // Errors before the first batch still get a proper status code.
+    let first = stream.next().await.transpose()?;
+    let body = body_stream(format, output.schema, first, stream)?;
+    Response::builder()
+        .status(http::StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, format.content_type())
+        .header("x-strata-statement", output.kind)
+        .body(Body::from_stream(body))
+        .map_err(|e| Error::internal(format!("response: {e}")))
+}
+
+/// JSON parameter → SQL value. The engine casts it to the placeholder's inferred type.
+fn json_to_scalar(v: &serde_json::Value) -> std::result::Result<ScalarValue, String> {
+    Ok(match v {
+        serde_json::Value::Null => ScalarValue::Null,
+        serde_json::Value::Bool(b) => ScalarValue::Boolean(Some(*b)),
+        serde_json::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                ScalarValue::Int64(Some(i))
+            } else if let Some(u) = n.as_u64() {
+                ScalarValue::UInt64(Some(u))
+            } else if let Some(f) = n.as_f64() {
+                ScalarValue::Float64(Some(f))
+            } else {
+                return Err(format!("unsupported number {n}"));
+            }
+        }
+        serde_json::Value::String(s) => ScalarValue::Utf8(Some(s.clone())),
+        serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
+            return Err("parameters must be scalars (null, boolean, number or string)".into());
+        }
+    })
+}

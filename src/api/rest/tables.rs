@@ -1,0 +1,175 @@
+//! Table management: `/api/v1/tables…`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use super::body::{JsonBody, RawBody};
+use crate::engine::tables::Upload;
+use crate::error::{Error, Result};
+use crate::ingest::UploadFormat;
+use crate::pipelines::commit::WriteMode;
+use crate::security::Principal;
+use crate::storage::catalog::TableSpec;
+use crate::storage::types::ColumnSpec;
+use crate::storage::{Layer, TableRef};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListParams {
+    layer: Option<String>,
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<serde_json::Value>> {
+    let layer = match params.layer.as_deref() {
+        Some(l) => Some(Layer::parse(l).ok_or_else(|| {
+            Error::invalid(format!("unknown layer {l:?} (bronze, silver, gold)"))
+        })?),
+        None => None,
+    };
+    let tables = state.engine.list_tables(&principal, layer).await?;
+    Ok(Json(json!({ "tables": tables })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateTable {
+    layer: String,
+    name: String,
+    columns: Vec<ColumnSpec>,
+    #[serde(default)]
+    partition_by: Vec<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    if_not_exists: bool,
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    JsonBody(req): JsonBody<CreateTable>,
+) -> Result<Response> {
+    let t = TableRef::new(&req.layer, &req.name)?;
+    let spec = TableSpec {
+        columns: req.columns,
+        partition_by: req.partition_by,
+        description: req.description,
+    };
+    match state.engine.create_table(&principal, &t, &spec, req.if_not_exists).await? {
+        Some(info) => Ok((http::StatusCode::CREATED, Json(info)).into_response()),
+        None => Ok(Json(state.engine.describe_table(&principal, &t).await?).into_response()),
+    }
+}
+
+pub(super) async fn describe(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path((layer, name)): Path<(String, String)>,
+) -> Result<Response> {
+    let t = TableRef::new(&layer, &name)?;
+    Ok(Json(state.engine.describe_table(&principal, &t).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PatchTable {
+    description: Option<String>,
+}
+
+pub(super) async fn patch(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path((layer, name)): Path<(String, String)>,
+    JsonBody(req): JsonBody<PatchTable>,
+) -> Result<Response> {
+    let t = TableRef::new(&layer, &name)?;
+    let Some(description) = req.description else {
+        return Err(Error::invalid("nothing to change: PATCH takes {\"description\": \"…\"}"));
+    };
+    Ok(Json(state.engine.set_description(&principal, &t, description).await?).into_response())
+}
+
+pub(super) async fn drop_table(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path((layer, name)): Path<(String, String)>,
+) -> Result<Response> {
+    let t = TableRef::new(&layer, &name)?;
+    state.engine.drop_table(&principal, &t, false).await?;
+    Ok(http::StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UploadParams {
+    #[serde(default)]
+    mode: Option<WriteMode>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+pub(super) async fn upload(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path((layer, name)): Path<(String, String)>,
+    Query(params): Query<UploadParams>,
+    headers: http::HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response> {
+    let t = TableRef::new(&layer, &name)?;
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Error::UnsupportedMediaType("Content-Type is required".into()))?;
+    let format = UploadFormat::from_content_type(content_type)?;
+    let header_key = headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .map(str::to_string)
+                .map_err(|_| Error::invalid("Idempotency-Key must be ASCII"))
+        })
+        .transpose()?;
+    let idempotency_key = match (header_key, params.idempotency_key) {
+        (Some(h), Some(q)) if h != q => {
+            return Err(Error::invalid("Idempotency-Key header and idempotency_key query differ"));
+        }
+        (h, q) => h.or(q),
+    };
+    let upload = Upload {
+        format,
+        body,
+        mode: params.mode.unwrap_or(WriteMode::Append),
+        idempotency_key,
+    };
+    let outcome = state.engine.write_rows(&principal, &t, upload).await?;
+    Ok(Json(outcome).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HistoryParams {
+    limit: Option<usize>,
+}
+
+pub(super) async fn history(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path((layer, name)): Path<(String, String)>,
+    Query(params): Query<HistoryParams>,
+) -> Result<Response> {
+    let t = TableRef::new(&layer, &name)?;
+    let limit = params.limit.unwrap_or(100).clamp(1, 10_000);
+    let history = state.engine.history(&principal, &t, limit).await?;
+    Ok(Json(json!({ "table": t.to_string(), "history": history })).into_response())
+}

@@ -1,0 +1,406 @@
+//! Configuration: `config/strata.toml` documents every key.
+//!
+//! Precedence: built-in defaults < TOML file < environment `STRATA__SECTION__KEY` < CLI flags.
+//! [`Config::validate`] runs once at start and reports every problem together; `strata
+//! check-config` prints the effective configuration with secrets redacted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A secret string: never printed by `Debug`, `Display` or serialization.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    pub access: AccessConfig,
+    pub query: QueryConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// REST API listen address.
+    pub http_addr: SocketAddr,
+    /// Flight SQL listen address.
+    pub flight_addr: SocketAddr,
+    /// Local directory for server state (dev secret, spill files).
+    pub data_dir: PathBuf,
+    /// Largest accepted REST request body, in bytes.
+    pub max_request_bytes: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            flight_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("./data"),
+            max_request_bytes: 256 * 1024 * 1024,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// A local path, or `s3://bucket/prefix`.
+    pub warehouse: String,
+    pub s3: S3Config,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { warehouse: "./data/warehouse".to_string(), s3: S3Config::default() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    pub allow_http: bool,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most S3-compatible servers.
+    pub path_style: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Generate an HS256 secret under `data_dir` and print an admin token at start.
+    /// Loopback addresses only.
+    Dev,
+    /// Validate tokens issued elsewhere with the configured keys.
+    Jwt,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// Accepted JWT algorithms (allow-list). `none` is never accepted.
+    pub algorithms: Vec<String>,
+    /// HS256 secret (at least 32 bytes). Prefer the env var or `hs256_secret_file`.
+    pub hs256_secret: Option<Secret>,
+    pub hs256_secret_file: Option<PathBuf>,
+    /// PEM public keys (RSA, EC or Ed25519) for RS256/ES256/EdDSA tokens.
+    pub public_key_files: Vec<PathBuf>,
+    /// A JWKS document on disk; keys are selected by `kid`.
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp`/`nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// Holders of this role have every privilege on every table.
+    pub admin_role: String,
+    /// Lifetime of the admin token printed in dev mode, in seconds.
+    pub dev_token_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Dev,
+            algorithms: vec!["HS256".to_string()],
+            hs256_secret: None,
+            hs256_secret_file: None,
+            public_key_files: Vec::new(),
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+            admin_role: "admin".to_string(),
+            dev_token_ttl_secs: 12 * 3600,
+        }
+    }
+}
+
+/// Static grants from configuration. Default deny: a role without a grant sees nothing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    pub grants: Vec<GrantConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConfig {
+    pub role: String,
+    /// `SELECT`, `INSERT`, `MODIFY` or `MANAGE`.
+    pub privilege: String,
+    /// `*`, a layer (`gold`), or a table (`gold.orders`).
+    pub on: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Layer used for unqualified table names.
+    pub default_layer: String,
+    /// DataFusion partitions per query (0 = number of cores).
+    pub target_partitions: usize,
+    pub batch_size: usize,
+    /// Memory pool for query execution, in bytes. Queries beyond it spill or fail.
+    pub memory_limit_bytes: usize,
+    /// Largest accepted SQL text, in bytes.
+    pub max_sql_bytes: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            default_layer: "gold".to_string(),
+            target_partitions: 0,
+            batch_size: 8192,
+            memory_limit_bytes: 2 * 1024 * 1024 * 1024,
+            max_sql_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `tracing` env-filter directive; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".to_string() }
+    }
+}
+
+/// Environment variable prefix; `STRATA__SERVER__HTTP_ADDR` sets `server.http_addr`.
+pub const ENV_PREFIX: &str = "STRATA__";
+
+impl Config {
+    /// Loads defaults < `file` (if given) < environment.
+    pub fn load(file: Option<&Path>) -> Result<Config> {
+        let mut doc = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::Config(format!("cannot read {}: {e}", path.display()))
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        let env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        apply_env(&mut doc, &env)?;
+        Config::deserialize(toml::Value::Table(doc))
+            .map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// Every problem with this configuration; empty means valid.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let loopback =
+            self.server.http_addr.ip().is_loopback() && self.server.flight_addr.ip().is_loopback();
+        if self.auth.mode == AuthMode::Dev && !loopback {
+            out.push(
+                "auth.mode = \"dev\" may only bind loopback addresses; configure auth.mode = \"jwt\" with real keys to listen on other interfaces".to_string(),
+            );
+        }
+        if self.auth.mode == AuthMode::Jwt {
+            let has_hs = self.auth.hs256_secret.is_some() || self.auth.hs256_secret_file.is_some();
+            let has_pk = !self.auth.public_key_files.is_empty() || self.auth.jwks_file.is_some();
+            if !has_hs && !has_pk {
+                out.push("auth.mode = \"jwt\" needs auth.hs256_secret(_file), auth.public_key_files or auth.jwks_file".to_string());
+            }
+            if let Some(s) = &self.auth.hs256_secret
+                && s.expose().len() < 32
+            {
+                out.push("auth.hs256_secret is weaker than 32 bytes".to_string());
+            }
+        }
+        if self.auth.algorithms.is_empty() {
+            out.push("auth.algorithms is empty: no token could ever be accepted".to_string());
+        }
+        for alg in &self.auth.algorithms {
+            if crate::security::auth::parse_algorithm(alg).is_none() {
+                out.push(format!(
+                    "auth.algorithms: unknown or disallowed algorithm {alg:?} (use HS256, HS384, HS512, RS256, RS384, RS512, PS256, ES256, ES384 or EdDSA)"
+                ));
+            }
+        }
+        if self.auth.admin_role.trim().is_empty() {
+            out.push("auth.admin_role is empty".to_string());
+        }
+        if crate::storage::Layer::parse(&self.query.default_layer).is_none() {
+            out.push(format!(
+                "query.default_layer must be bronze, silver or gold, not {:?}",
+                self.query.default_layer
+            ));
+        }
+        if self.query.memory_limit_bytes < 64 * 1024 * 1024 {
+            out.push("query.memory_limit_bytes must be at least 64 MiB".to_string());
+        }
+        if self.query.batch_size == 0 {
+            out.push("query.batch_size must be positive".to_string());
+        }
+        for (i, g) in self.access.grants.iter().enumerate() {
+            if let Err(e) = crate::security::access::Grant::parse(g) {
+                out.push(format!("access.grants[{i}]: {e}"));
+            }
+        }
+        if self.storage.warehouse.trim().is_empty() {
+            out.push("storage.warehouse is empty".to_string());
+        } else if let Err(e) = crate::storage::Warehouse::parse(&self.storage.warehouse) {
+            out.push(format!("storage.warehouse: {e}"));
+        }
+        out
+    }
+
+    /// Fails with every problem listed.
+    pub fn validate(&self) -> Result<()> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Config(problems.join("; ")))
+        }
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::internal(e.to_string()))
+    }
+}
+
+/// Applies `STRATA__A__B=value` overrides. Values parse as TOML scalars or arrays when they
+/// can (`8080`, `true`, `["a","b"]`) and as strings otherwise.
+fn apply_env(doc: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<()> {
+    for (key, raw) in env {
+        let path: Vec<String> = key[ENV_PREFIX.len()..]
+            .split("__")
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(Error::Config(format!("malformed environment key {key}")));
+        }
+        let value = parse_env_value(raw);
+        let mut table = &mut *doc;
+        for (i, part) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                table.insert(part.clone(), value.clone());
+            } else {
+                let entry = table
+                    .entry(part.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                table = entry.as_table_mut().ok_or_else(|| {
+                    Error::Config(format!("{key}: `{part}` is not a section"))
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let probe = format!("v = {raw}");
+    match probe.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().problems(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn env_overrides_file_values() {
+        let mut doc: toml::Table = "[server]\nhttp_addr = \"127.0.0.1:1\"".parse().unwrap();
+        let env = BTreeMap::from([
+            ("STRATA__SERVER__HTTP_ADDR".to_string(), "127.0.0.1:2".to_string()),
+            ("STRATA__QUERY__BATCH_SIZE".to_string(), "100".to_string()),
+            ("STRATA__STORAGE__WAREHOUSE".to_string(), "s3://b/p".to_string()),
+        ]);
+        apply_env(&mut doc, &env).unwrap();
+        let cfg = Config::deserialize(toml::Value::Table(doc)).unwrap();
+        assert_eq!(cfg.server.http_addr.port(), 2);
+        assert_eq!(cfg.query.batch_size, 100);
+        assert_eq!(cfg.storage.warehouse, "s3://b/p");
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let mut cfg = Config::default();
+        cfg.server.http_addr = "0.0.0.0:8080".parse().unwrap();
+        cfg.auth.algorithms = vec!["none".into()];
+        cfg.query.default_layer = "platinum".into();
+        let p = cfg.problems();
+        assert_eq!(p.len(), 3, "{p:?}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut cfg = Config::default();
+        cfg.auth.hs256_secret = Some(Secret::new("super-secret-value-that-is-long-enough"));
+        let text = cfg.to_redacted_toml().unwrap();
+        assert!(!text.contains("super-secret"));
+        assert!(format!("{cfg:?}").contains("<redacted>"));
+        assert!(!format!("{cfg:?}").contains("super-secret"));
+    }
+}

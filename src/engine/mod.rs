@@ -1,0 +1,408 @@
+//! The engine: the one place both front ends call to run SQL and table operations.
+//!
+//! It knows no HTTP or gRPC types. Every read plans in a per-principal session
+//! ([`session::SessionFactory`]); every write checks privileges through
+//! [`crate::security::AccessControl`] and commits through [`crate::pipelines::commit`].
+
+pub mod session;
+pub mod sql;
+pub mod tables;
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Column, ScalarValue};
+use datafusion::datasource::source_as_provider;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::context::SessionState;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast, lit};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::{DataFrame, SQLOptions};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::pipelines::commit::{self, WriteMode};
+use crate::security::policy::PolicyTable;
+use crate::security::{AccessControl, Principal, Privilege};
+use crate::storage::catalog::TableSpec;
+use crate::storage::{Catalog, TableRef};
+
+pub use sql::Statement;
+
+/// What a statement produced: a stream of batches (for commands, one summary row).
+pub struct QueryOutput {
+    /// Statement kind (`SELECT`, `INSERT`, …).
+    pub kind: &'static str,
+    pub schema: SchemaRef,
+    pub stream: SendableRecordBatchStream,
+    /// Tables the statement read or wrote (for logs and the cache).
+    pub tables: Vec<TableRef>,
+}
+
+impl std::fmt::Debug for QueryOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryOutput")
+            .field("kind", &self.kind)
+            .field("schema", &self.schema)
+            .field("tables", &self.tables)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    catalog: Arc<Catalog>,
+    access: Arc<AccessControl>,
+    sessions: session::SessionFactory,
+    default_layer: String,
+    max_sql_bytes: usize,
+}
+
+impl Engine {
+    pub fn new(cfg: &Config, catalog: Arc<Catalog>, access: Arc<AccessControl>) -> Result<Engine> {
+        let spill = cfg.server.data_dir.join("spill");
+        std::fs::create_dir_all(&spill)
+            .map_err(|e| Error::Config(format!("spill dir {}: {e}", spill.display())))?;
+        let runtime: Arc<RuntimeEnv> = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(cfg.query.memory_limit_bytes)))
+            .with_temp_file_path(&spill)
+            .build_arc()
+            .map_err(|e| Error::Config(format!("query runtime: {e}")))?;
+        let sessions = session::SessionFactory::new(
+            &cfg.query,
+            runtime,
+            Arc::clone(&access),
+            Arc::clone(&catalog),
+        );
+        Ok(Engine {
+            catalog,
+            access,
+            sessions,
+            default_layer: cfg.query.default_layer.to_ascii_lowercase(),
+            max_sql_bytes: cfg.query.max_sql_bytes,
+        })
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn access(&self) -> &Arc<AccessControl> {
+        &self.access
+    }
+
+    /// Runs one SQL statement for `principal`, with positional parameters `$1…$n`.
+    pub async fn execute(
+        &self,
+        principal: &Arc<Principal>,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<QueryOutput> {
+        if sql.len() > self.max_sql_bytes {
+            return Err(Error::PayloadTooLarge(format!(
+                "SQL text is {} bytes; the limit is {}",
+                sql.len(),
+                self.max_sql_bytes
+            )));
+        }
+        let statement = sql::parse(sql, &self.default_layer)?;
+        let kind = statement.kind();
+        let state = self.sessions.session(principal);
+        match statement {
+            Statement::Query(ast) => {
+                let plan = self.plan_query(&state, *ast, params).await?;
+                self.run(state, plan, kind).await
+            }
+            Statement::Explain { analyze, statement } => {
+                let plan = self.plan_query(&state, *statement, params).await?;
+                if analyze {
+                    // Runtime metrics reveal data volumes: MANAGE on everything scanned.
+                    for t in scanned_tables(&plan)? {
+                        self.access.check(principal, Privilege::Manage, &t)?;
+                    }
+                }
+                self.run(state, plan, kind).await
+            }
+            Statement::CreateTable { table, if_not_exists, columns, partition_by, description } => {
+                no_params(&params, kind)?;
+                let spec = TableSpec { columns, partition_by, description };
+                let created = self.create_table(principal, &table, &spec, if_not_exists).await?;
+                let version = created.map(|info| info.version as i64);
+                Ok(command_output(kind, &table, None, version))
+            }
+            Statement::CreateTableAs { table, if_not_exists, partition_by, description, query } => {
+                self.access.check_layer(principal, Privilege::Manage, table.layer)?;
+                if self.catalog.exists(&table).await? {
+                    return if if_not_exists {
+                        Ok(command_output(kind, &table, Some(0), None))
+                    } else {
+                        Err(Error::AlreadyExists(format!("table {table} already exists")))
+                    };
+                }
+                let plan = self.plan_query(&state, *query, params).await?;
+                let plan = delta_compatible(plan)?;
+                let batches = DataFrame::new(state, plan.clone()).collect().await?;
+                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                let spec = TableSpec { columns: Vec::new(), partition_by, description };
+                let arrow_schema = Arc::new(plan.schema().as_arrow().clone());
+                let version = commit::create_with_data(
+                    &self.catalog,
+                    &table,
+                    principal,
+                    &spec,
+                    arrow_schema,
+                    batches,
+                )
+                .await?;
+                Ok(command_output(kind, &table, Some(rows as i64), Some(version as i64)))
+            }
+            Statement::Insert { table, overwrite, columns, source } => {
+                self.access.check(principal, Privilege::Insert, &table)?;
+                if overwrite {
+                    self.access.check(principal, Privilege::Modify, &table)?;
+                }
+                let current = self.catalog.load(&table).await?;
+                let target = current.snapshot()?.snapshot().arrow_schema();
+                let plan = self.plan_query(&state, *source, params).await?;
+                let plan = project_onto(plan, &target, &columns)?;
+                let batches = DataFrame::new(state, plan).collect().await?;
+                let batches = crate::ingest::enforce_schema(batches, &target)?;
+                let mode = if overwrite { WriteMode::Overwrite } else { WriteMode::Append };
+                let outcome =
+                    commit::write(&self.catalog, &table, principal, batches, mode, None, kind)
+                        .await?;
+                Ok(command_output(
+                    kind,
+                    &table,
+                    Some(outcome.rows as i64),
+                    Some(outcome.version as i64),
+                ))
+            }
+            Statement::DropTable { tables, if_exists } => {
+                no_params(&params, kind)?;
+                for t in &tables {
+                    self.drop_table(principal, t, if_exists).await?;
+                }
+                let first = tables.first().cloned().ok_or_else(|| Error::invalid("DROP TABLE needs a table"))?;
+                Ok(command_output(kind, &first, None, None))
+            }
+        }
+    }
+
+    /// Plans a query in `state`, refuses anything but a read, binds parameters.
+    async fn plan_query(
+        &self,
+        state: &SessionState,
+        statement: ast::Statement,
+        params: Vec<ScalarValue>,
+    ) -> Result<LogicalPlan> {
+        let plan = state.statement_to_plan(DfStatement::Statement(Box::new(statement))).await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)?;
+        bind_params(plan, params)
+    }
+
+    async fn run(
+        &self,
+        state: SessionState,
+        plan: LogicalPlan,
+        kind: &'static str,
+    ) -> Result<QueryOutput> {
+        let tables = scanned_tables(&plan)?;
+        let df = DataFrame::new(state, plan);
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let stream = df.execute_stream().await?;
+        Ok(QueryOutput { kind, schema, stream, tables })
+    }
+}
+
+fn no_params(params: &[ScalarValue], kind: &str) -> Result<()> {
+    if params.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("{kind} takes no parameters")))
+    }
+}
+
+/// Binds `$1…$n`. Each value is cast to the type DataFusion inferred for its placeholder, so
+/// `WHERE id = $1` with a JSON number works for an INT column. Indexing is numeric: `$10`
+/// is the tenth value, never the second.
+fn bind_params(plan: LogicalPlan, params: Vec<ScalarValue>) -> Result<LogicalPlan> {
+    let types = plan.get_parameter_types()?;
+    let mut max_index = 0usize;
+    for id in types.keys() {
+        let n = id
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| Error::invalid(format!("named parameter {id} is not supported; use $1, $2, …")))?;
+        max_index = max_index.max(n);
+    }
+    if max_index != params.len() {
+        return Err(Error::invalid(format!(
+            "the statement uses {max_index} parameter(s) but {} value(s) were given",
+            params.len()
+        )));
+    }
+    if params.is_empty() {
+        return Ok(plan);
+    }
+    let mut bound = Vec::with_capacity(params.len());
+    for (i, value) in params.into_iter().enumerate() {
+        let id = format!("${}", i + 1);
+        let value = match types.get(&id) {
+            Some(Some(dt)) if value.data_type() != *dt && !value.is_null() => {
+                value.cast_to(dt).map_err(|e| {
+                    Error::invalid(format!("parameter {id}: cannot use {value} as {dt}: {e}"))
+                })?
+            }
+            Some(Some(dt)) if value.is_null() => ScalarValue::try_from(dt)?,
+            _ => value,
+        };
+        bound.push(value);
+    }
+    Ok(plan.with_param_values(bound)?)
+}
+
+/// Tables read by `plan` (subqueries included).
+fn scanned_tables(plan: &LogicalPlan) -> Result<Vec<TableRef>> {
+    let mut out = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Ok(provider) = source_as_provider(&scan.source)
+        {
+            let any: &dyn std::any::Any = provider.as_ref();
+            if let Some(t) = any.downcast_ref::<PolicyTable>()
+                && !out.contains(t.table())
+            {
+                out.push(t.table().clone());
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(out)
+}
+
+/// Projects a query's output onto a table's columns for INSERT: by position, or by the
+/// explicit column list; unlisted columns get NULL; each value is cast to the column type.
+fn project_onto(plan: LogicalPlan, target: &SchemaRef, columns: &[String]) -> Result<LogicalPlan> {
+    let source: Vec<Expr> = plan
+        .schema()
+        .iter()
+        .map(|(q, f)| Expr::Column(Column::from((q, f))))
+        .collect();
+    let names: Vec<String> = if columns.is_empty() {
+        target.fields().iter().map(|f| f.name().clone()).collect()
+    } else {
+        for c in columns {
+            if target.field_with_name(c).is_err() {
+                return Err(Error::invalid(format!("INSERT: unknown column {c}")));
+            }
+        }
+        columns.to_vec()
+    };
+    if names.len() != source.len() {
+        return Err(Error::invalid(format!(
+            "INSERT: the query produces {} column(s) but {} are targeted",
+            source.len(),
+            names.len()
+        )));
+    }
+    let mut exprs = Vec::with_capacity(target.fields().len());
+    for field in target.fields() {
+        let expr = match names.iter().position(|n| n == field.name()) {
+            Some(i) => cast(source[i].clone(), field.data_type().clone()),
+            None if field.is_nullable() => {
+                cast(lit(ScalarValue::Null), field.data_type().clone())
+            }
+            None => {
+                return Err(Error::invalid(format!(
+                    "INSERT: column {} is NOT NULL and gets no value",
+                    field.name()
+                )));
+            }
+        };
+        exprs.push(expr.alias(field.name()));
+    }
+    Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+}
+
+/// Casts a CTAS query's output to types Delta stores (no views, large or unsigned types,
+/// microsecond timestamps), and checks column names.
+fn delta_compatible(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let mut exprs = Vec::new();
+    for (q, f) in plan.schema().iter() {
+        crate::storage::validate_name(f.name()).map_err(|_| {
+            Error::invalid(format!(
+                "column name {:?} is not a valid table column; give it an alias (AS name)",
+                f.name()
+            ))
+        })?;
+        let target = delta_type(f.data_type()).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "column {} has type {}, which Delta tables cannot store",
+                f.name(),
+                f.data_type()
+            ))
+        })?;
+        let col = Expr::Column(Column::from((q, f)));
+        let e = if &target == f.data_type() { col } else { cast(col, target) };
+        exprs.push(e.alias(f.name().to_ascii_lowercase()));
+    }
+    Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+}
+
+fn delta_type(dt: &DataType) -> Option<DataType> {
+    use DataType as D;
+    Some(match dt {
+        D::Boolean | D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::Float32 | D::Float64
+        | D::Utf8 | D::Binary | D::Date32 | D::Decimal128(..) => dt.clone(),
+        D::Null | D::Utf8View | D::LargeUtf8 => D::Utf8,
+        D::BinaryView | D::LargeBinary | D::FixedSizeBinary(_) => D::Binary,
+        D::UInt8 => D::Int16,
+        D::UInt16 => D::Int32,
+        D::UInt32 => D::Int64,
+        D::UInt64 => D::Decimal128(20, 0),
+        D::Float16 => D::Float32,
+        D::Date64 => D::Date32,
+        D::Timestamp(_, None) => D::Timestamp(TimeUnit::Microsecond, None),
+        D::Timestamp(_, Some(_)) => D::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        D::Dictionary(_, v) => delta_type(v)?,
+        _ => return None,
+    })
+}
+
+/// The one-row result of a command.
+fn command_output(
+    kind: &'static str,
+    table: &TableRef,
+    rows: Option<i64>,
+    version: Option<i64>,
+) -> QueryOutput {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("operation", DataType::Utf8, false),
+        Field::new("table", DataType::Utf8, false),
+        Field::new("rows_affected", DataType::Int64, true),
+        Field::new("version", DataType::Int64, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![kind])),
+        Arc::new(StringArray::from(vec![table.to_string()])),
+        Arc::new(Int64Array::from(vec![rows])),
+        Arc::new(Int64Array::from(vec![version])),
+    ];
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns);
+    let stream = RecordBatchStreamAdapter::new(
+        Arc::clone(&schema),
+        futures::stream::iter(vec![batch.map_err(Into::into)]),
+    );
+    QueryOutput { kind, schema, stream: Box::pin(stream), tables: vec![table.clone()] }
+}

@@ -1,0 +1,75 @@
+//! Per-principal DataFusion sessions.
+//!
+//! A template `SessionState` (functions, config, runtime) is built once; each request clones
+//! it and installs a catalog list holding only the principal's [`SecureCatalog`] plus the
+//! [`PolicyGuard`] analyzer rule bound to that principal. No table factories, no table
+//! functions, no URL tables: the only way to reach data is the secure catalog.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SessionState;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::prelude::SessionConfig;
+
+use crate::config::QueryConfig;
+use crate::security::policy::{PolicyGuard, SecureCatalog};
+use crate::security::{AccessControl, Principal};
+use crate::storage::{CATALOG_NAME, Catalog};
+
+#[derive(Debug)]
+pub struct SessionFactory {
+    template: SessionState,
+    runtime: Arc<RuntimeEnv>,
+    access: Arc<AccessControl>,
+    catalog: Arc<Catalog>,
+}
+
+impl SessionFactory {
+    pub fn new(
+        cfg: &QueryConfig,
+        runtime: Arc<RuntimeEnv>,
+        access: Arc<AccessControl>,
+        catalog: Arc<Catalog>,
+    ) -> SessionFactory {
+        let partitions = if cfg.target_partitions == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        } else {
+            cfg.target_partitions
+        };
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG_NAME, cfg.default_layer.to_ascii_lowercase())
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true)
+            .with_target_partitions(partitions)
+            .with_batch_size(cfg.batch_size);
+        let template = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(Arc::clone(&runtime))
+            .with_default_features()
+            .with_table_factories(HashMap::new())
+            .with_table_functions(HashMap::new())
+            .build();
+        SessionFactory { template, runtime, access, catalog }
+    }
+
+    /// A session that can see exactly what `principal` may see.
+    pub fn session(&self, principal: &Arc<Principal>) -> SessionState {
+        let catalogs = MemoryCatalogProviderList::new();
+        catalogs.register_catalog(
+            CATALOG_NAME.to_string(),
+            Arc::new(SecureCatalog::new(
+                Arc::clone(principal),
+                Arc::clone(&self.access),
+                Arc::clone(&self.catalog),
+                Arc::clone(&self.runtime),
+            )),
+        );
+        SessionStateBuilder::new_from_existing(self.template.clone())
+            .with_catalog_list(Arc::new(catalogs) as Arc<dyn CatalogProviderList>)
+            .with_analyzer_rule(Arc::new(PolicyGuard::new(Arc::clone(principal))))
+            .build()
+    }
+}

@@ -1,0 +1,176 @@
+//! Table operations shared by SQL DDL and the REST table API.
+
+use std::sync::Arc;
+
+use deltalake::DeltaTable;
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::ingest::{self, UploadFormat};
+use crate::pipelines::commit::{self, WriteMode, WriteOutcome};
+use crate::security::{Principal, Privilege};
+use crate::storage::catalog::{HistoryEntry, OWNER_PROPERTY, TableSpec};
+use crate::storage::types::{COLUMN_COMMENT_KEY, type_name};
+use crate::storage::{Layer, TableRef};
+
+/// A column as described to users.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColumnInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: String,
+    pub nullable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A table as described to users.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableInfo {
+    pub layer: Layer,
+    pub name: String,
+    pub full_name: String,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    pub version: u64,
+    pub columns: Vec<ColumnInfo>,
+    pub partition_columns: Vec<String>,
+    pub file_count: usize,
+    pub size_bytes: u64,
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// An upload of rows.
+#[derive(Debug)]
+pub struct Upload {
+    pub format: UploadFormat,
+    pub body: bytes::Bytes,
+    pub mode: WriteMode,
+    pub idempotency_key: Option<String>,
+}
+
+impl Engine {
+    /// Creates a table; `None` when `if_not_exists` and it already existed.
+    pub async fn create_table(
+        &self,
+        p: &Arc<Principal>,
+        t: &TableRef,
+        spec: &TableSpec,
+        if_not_exists: bool,
+    ) -> Result<Option<TableInfo>> {
+        self.access.check_layer(p, Privilege::Manage, t.layer)?;
+        let props = commit::commit_properties(p, "CREATE TABLE");
+        match self.catalog.create(t, spec, &p.subject, props).await {
+            Ok(table) => Ok(Some(describe(t, &table)?)),
+            Err(Error::AlreadyExists(_)) if if_not_exists => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn drop_table(&self, p: &Arc<Principal>, t: &TableRef, if_exists: bool) -> Result<()> {
+        self.access.check(p, Privilege::Manage, t)?;
+        match self.catalog.drop_table(t).await {
+            Err(Error::NotFound(_)) if if_exists => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Tables `p` can see, described.
+    pub async fn list_tables(&self, p: &Arc<Principal>, layer: Option<Layer>) -> Result<Vec<TableInfo>> {
+        let mut out = Vec::new();
+        for t in self.catalog.list(layer).await? {
+            if !self.access.is_visible(p, &t) {
+                continue;
+            }
+            match self.catalog.load(&t).await {
+                Ok(table) => out.push(describe(&t, &table)?),
+                // Dropped between listing and loading.
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn describe_table(&self, p: &Arc<Principal>, t: &TableRef) -> Result<TableInfo> {
+        if !self.access.is_visible(p, t) {
+            return Err(Error::NotFound(format!("table {t} not found")));
+        }
+        let table = self.catalog.load(t).await?;
+        describe(t, &table)
+    }
+
+    pub async fn set_description(
+        &self,
+        p: &Arc<Principal>,
+        t: &TableRef,
+        description: String,
+    ) -> Result<TableInfo> {
+        self.access.check(p, Privilege::Manage, t)?;
+        let table = self.catalog.load(t).await?;
+        let updated = commit::set_description(table, p, description).await?;
+        self.catalog.remember(t, &updated).await;
+        describe(t, &updated)
+    }
+
+    pub async fn history(&self, p: &Arc<Principal>, t: &TableRef, limit: usize) -> Result<Vec<HistoryEntry>> {
+        self.access.check(p, Privilege::Manage, t)?;
+        self.catalog.history(t, limit).await
+    }
+
+    /// Decodes, validates and commits an upload: all rows or nothing.
+    pub async fn write_rows(&self, p: &Arc<Principal>, t: &TableRef, upload: Upload) -> Result<WriteOutcome> {
+        self.access.check(p, Privilege::Insert, t)?;
+        if upload.mode == WriteMode::Overwrite {
+            self.access.check(p, Privilege::Modify, t)?;
+        }
+        let table = self.catalog.load(t).await?;
+        let schema = table.snapshot()?.snapshot().arrow_schema();
+        let batches = ingest::decode(upload.format, upload.body, &schema)?;
+        commit::write(
+            &self.catalog,
+            t,
+            p,
+            batches,
+            upload.mode,
+            upload.idempotency_key.as_deref(),
+            "UPLOAD",
+        )
+        .await
+    }
+}
+
+fn describe(t: &TableRef, table: &DeltaTable) -> Result<TableInfo> {
+    let state = table.snapshot()?;
+    let metadata = state.metadata();
+    let schema = state.schema();
+    let columns = schema
+        .fields()
+        .map(|f| ColumnInfo {
+            name: f.name().to_string(),
+            data_type: type_name(f.data_type()),
+            nullable: f.is_nullable(),
+            description: f.metadata().get(COLUMN_COMMENT_KEY).map(|v| match v {
+                deltalake::kernel::MetadataValue::String(s) => s.clone(),
+                other => format!("{other:?}"),
+            }),
+        })
+        .collect();
+    let log_data = state.log_data();
+    let file_count = log_data.num_files();
+    let size_bytes = log_data.iter().map(|f| f.size().max(0) as u64).sum();
+    Ok(TableInfo {
+        layer: t.layer,
+        name: t.name.clone(),
+        full_name: t.to_string(),
+        description: metadata.description().map(str::to_string),
+        owner: metadata.configuration().get(OWNER_PROPERTY).cloned(),
+        version: u64::try_from(state.version()).unwrap_or(0),
+        columns,
+        partition_columns: metadata.partition_columns().to_vec(),
+        file_count,
+        size_bytes,
+        created_at: metadata.created_time().and_then(chrono::DateTime::from_timestamp_millis),
+    })
+}

@@ -1,0 +1,218 @@
+//! One commit.
+//!
+//! ```text
+//! validated batches → principal checked by the caller
+//!   → [idempotency key?] txn(appId) already in the log → report the earlier commit, write nothing
+//!   → delta-rs write with CommitProperties { txn(appId, 1), strata.principal, strata.operation }
+//!   → put-if-absent of _delta_log/<v>.json (delta-rs retries blind appends on conflict)
+//!   → conflict with an idempotent retry of ourselves → read the log back: committed once
+//!   → catalog remembers the new snapshot (new version ⇒ new cache keys)
+//! ```
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::update_table_metadata::TableMetadataUpdate;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::security::Principal;
+use crate::storage::catalog::{OWNER_PROPERTY, TableSpec};
+use crate::storage::{Catalog, TableRef};
+
+/// Commit-info key naming the principal that made a commit.
+pub const PRINCIPAL_KEY: &str = "strata.principal";
+/// Commit-info key naming the Strata operation.
+pub const OPERATION_KEY: &str = "strata.operation";
+const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    Append,
+    Overwrite,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Serialize)]
+pub struct WriteOutcome {
+    /// Table version after the write (the current version for a duplicate).
+    pub version: u64,
+    pub rows: u64,
+    /// True when the idempotency key had already committed: nothing was written.
+    pub duplicate: bool,
+}
+
+pub fn commit_properties(p: &Principal, operation: &str) -> CommitProperties {
+    CommitProperties::default().with_metadata([
+        (PRINCIPAL_KEY.to_string(), serde_json::Value::String(p.subject.clone())),
+        (OPERATION_KEY.to_string(), serde_json::Value::String(operation.to_string())),
+    ])
+}
+
+fn app_id(key: &str) -> Result<String> {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY
+        || !key.chars().all(|c| c.is_ascii_graphic())
+    {
+        return Err(Error::invalid(format!(
+            "idempotency key must be 1–{MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+        )));
+    }
+    Ok(format!("strata:{key}"))
+}
+
+fn version_of(table: &DeltaTable) -> u64 {
+    table.version().and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
+}
+
+async fn already_committed(table: &DeltaTable, app_id: &str) -> Result<bool> {
+    let state = table.snapshot()?;
+    Ok(state.transaction_version(table.log_store().as_ref(), app_id).await?.is_some())
+}
+
+/// Appends or overwrites `batches` in one commit.
+pub async fn write(
+    catalog: &Catalog,
+    t: &TableRef,
+    p: &Principal,
+    batches: Vec<RecordBatch>,
+    mode: WriteMode,
+    idempotency_key: Option<&str>,
+    operation: &str,
+) -> Result<WriteOutcome> {
+    let app = idempotency_key.map(app_id).transpose()?;
+    let table = catalog.load(t).await?;
+    if let Some(app) = &app
+        && already_committed(&table, app).await?
+    {
+        return Ok(WriteOutcome { version: version_of(&table), rows: 0, duplicate: true });
+    }
+    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    if rows == 0 && mode == WriteMode::Append {
+        return Ok(WriteOutcome { version: version_of(&table), rows: 0, duplicate: false });
+    }
+    let mut props = commit_properties(p, operation);
+    if let Some(app) = &app {
+        props = props.with_application_transaction(Transaction::new(app, 1));
+    }
+    let save_mode = match mode {
+        WriteMode::Append => SaveMode::Append,
+        WriteMode::Overwrite => SaveMode::Overwrite,
+    };
+    let result = table
+        .clone()
+        .write(batches)
+        .with_save_mode(save_mode)
+        .with_commit_properties(props)
+        .await;
+    match result {
+        Ok(written) => {
+            catalog.remember(t, &written).await;
+            Ok(WriteOutcome { version: version_of(&written), rows, duplicate: false })
+        }
+        Err(e) => {
+            let err: Error = e.into();
+            // A concurrent retry of the same idempotent upload won the race: that is success.
+            if let Some(app) = &app
+                && err.kind() == ErrorKind::Conflict
+            {
+                let fresh = catalog.load(t).await?;
+                if already_committed(&fresh, app).await? {
+                    return Ok(WriteOutcome { version: version_of(&fresh), rows: 0, duplicate: true });
+                }
+            }
+            Err(err)
+        }
+    }
+}
+
+/// CREATE TABLE AS SELECT: creates the table and its rows in one commit (version 0), so a
+/// failed query leaves no empty table behind.
+pub async fn create_with_data(
+    catalog: &Catalog,
+    t: &TableRef,
+    p: &Principal,
+    spec: &TableSpec,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<u64> {
+    let has_rows = batches.iter().any(|b| b.num_rows() > 0);
+    if !has_rows {
+        // Nothing to write: create from the query's schema.
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                Ok(crate::storage::types::ColumnSpec {
+                    name: f.name().clone(),
+                    data_type: arrow_type_name(f.data_type())?,
+                    nullable: true,
+                    description: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let spec = TableSpec { columns, ..spec.clone() };
+        let table = catalog.create(t, &spec, &p.subject, commit_properties(p, "CREATE TABLE AS SELECT")).await?;
+        return Ok(version_of(&table));
+    }
+    let url = catalog.warehouse().table_url(t)?;
+    let table = DeltaTableBuilder::from_url(url)?
+        .with_storage_options(catalog.warehouse().storage_options().clone())
+        .build()?;
+    let mut write = table
+        .write(batches)
+        .with_save_mode(SaveMode::ErrorIfExists)
+        .with_table_name(t.name.clone())
+        .with_configuration([(OWNER_PROPERTY.to_string(), Some(p.subject.clone()))])
+        .with_commit_properties(commit_properties(p, "CREATE TABLE AS SELECT"));
+    if !spec.partition_by.is_empty() {
+        write = write.with_partition_columns(spec.partition_by.clone());
+    }
+    if let Some(d) = &spec.description {
+        write = write.with_description(d.clone());
+    }
+    let written = write.await.map_err(|e| match e {
+        DeltaTableError::VersionAlreadyExists(_) => {
+            Error::AlreadyExists(format!("table {t} already exists"))
+        }
+        other => other.into(),
+    })?;
+    catalog.remember(t, &written).await;
+    Ok(version_of(&written))
+}
+
+fn arrow_type_name(dt: &arrow::datatypes::DataType) -> Result<String> {
+    use arrow::datatypes::DataType as D;
+    Ok(match dt {
+        D::Boolean => "boolean".into(),
+        D::Int8 => "tinyint".into(),
+        D::Int16 => "smallint".into(),
+        D::Int32 => "int".into(),
+        D::Int64 => "bigint".into(),
+        D::Float32 => "float".into(),
+        D::Float64 => "double".into(),
+        D::Utf8 => "string".into(),
+        D::Binary => "binary".into(),
+        D::Date32 => "date".into(),
+        D::Decimal128(p, s) => format!("decimal({p},{s})"),
+        D::Timestamp(_, Some(_)) => "timestamp".into(),
+        D::Timestamp(_, None) => "timestamp_ntz".into(),
+        other => {
+            return Err(Error::Unsupported(format!("cannot create a column of type {other}")));
+        }
+    })
+}
+
+/// Sets the table description (a Delta metadata commit).
+pub async fn set_description(table: DeltaTable, p: &Principal, description: String) -> Result<DeltaTable> {
+    let update = TableMetadataUpdate { name: None, description: Some(description) };
+    Ok(table
+        .update_table_metadata()
+        .with_update(update)
+        .with_commit_properties(commit_properties(p, "SET DESCRIPTION"))
+        .await?)
+}

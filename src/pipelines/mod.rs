@@ -1,0 +1,3 @@
+//! Write pipelines: every commit Strata makes goes through [`commit`].
+
+pub mod commit;

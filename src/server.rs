@@ -1,0 +1,128 @@
+//! Server lifecycle: [`Server::build`] validates the configuration, opens the warehouse and
+//! binds both listeners (so tests can ask for port 0 and read the addresses);
+//! [`Server::run_until_stopped`] serves until the shutdown future resolves, then stops
+//! accepting and gives in-flight requests `server.shutdown_grace_secs` to finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::flight::FlightSqlServer;
+use crate::api::rest::{self, AppState};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::security::{AccessControl, Authenticator};
+use crate::storage::{Catalog, Warehouse};
+
+#[derive(Debug)]
+pub struct Server {
+    config: Config,
+    http: TcpListener,
+    flight: TcpListener,
+    engine: Arc<Engine>,
+    auth: Arc<Authenticator>,
+}
+
+impl Server {
+    pub async fn build(config: Config) -> Result<Server> {
+        config.validate()?;
+        deltalake::aws::register_handlers(None);
+        let warehouse = Warehouse::open(&config.storage)?;
+        let catalog = Arc::new(Catalog::new(warehouse));
+        // Loads the table list (and proves the store answers) before we accept requests.
+        let tables = catalog.list(None).await?;
+        tracing::info!(tables = tables.len(), warehouse = %catalog.warehouse().root(), "catalog loaded");
+        let access = Arc::new(AccessControl::new(config.auth.admin_role.clone(), &config.access)?);
+        let auth = Arc::new(Authenticator::from_config(&config.auth, &config.server)?);
+        let engine = Arc::new(Engine::new(&config, catalog, access)?);
+        let http = bind(config.server.http_addr, "server.http_addr").await?;
+        let flight = bind(config.server.flight_addr, "server.flight_addr").await?;
+        Ok(Server { config, http, flight, engine, auth })
+    }
+
+    pub fn http_addr(&self) -> Result<SocketAddr> {
+        Ok(self.http.local_addr()?)
+    }
+
+    pub fn flight_addr(&self) -> Result<SocketAddr> {
+        Ok(self.flight.local_addr()?)
+    }
+
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        Arc::clone(&self.auth)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Serves REST and Flight SQL until `shutdown` resolves.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let grace = Duration::from_secs(self.config.server.shutdown_grace_secs);
+        let state = AppState {
+            engine: Arc::clone(&self.engine),
+            auth: Arc::clone(&self.auth),
+            started: Instant::now(),
+        };
+        let router = rest::router(state, self.config.server.max_request_bytes);
+        let http = axum::serve(self.http, router).with_graceful_shutdown(stopped(stop_rx.clone()));
+        let flight_service =
+            FlightSqlServer { engine: Arc::clone(&self.engine), auth: Arc::clone(&self.auth) }
+                .into_service();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.flight);
+        let flight = tonic::transport::Server::builder()
+            .add_service(flight_service)
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+
+        let mut http_task = tokio::spawn(async move { http.await });
+        let mut flight_task = tokio::spawn(flight);
+        tokio::select! {
+            () = shutdown => {
+                tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections, finishing in-flight requests");
+            }
+            r = &mut http_task => {
+                return match r {
+                    Ok(Ok(())) => Err(Error::internal("REST server stopped unexpectedly")),
+                    Ok(Err(e)) => Err(Error::internal(format!("REST server: {e}"))),
+                    Err(e) => Err(Error::internal(format!("REST server task: {e}"))),
+                };
+            }
+            r = &mut flight_task => {
+                return match r {
+                    Ok(Ok(())) => Err(Error::internal("Flight SQL server stopped unexpectedly")),
+                    Ok(Err(e)) => Err(Error::internal(format!("Flight SQL server: {e}"))),
+                    Err(e) => Err(Error::internal(format!("Flight SQL server task: {e}"))),
+                };
+            }
+        }
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(grace, async {
+            let _ = (&mut http_task).await;
+            let _ = (&mut flight_task).await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("grace period over; aborting remaining requests");
+            http_task.abort();
+            flight_task.abort();
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Config(format!("{key} = {addr}: cannot bind: {e}")))
+}

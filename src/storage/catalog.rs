@@ -1,0 +1,393 @@
+//! The table catalog: Delta tables under `{warehouse}/{layer}/{name}/`.
+//!
+//! All table metadata is Delta's own (schema, partitioning, description, column comments,
+//! owner in the table configuration), so it lives on the object store with the data and every
+//! replica sees the same state. The in-process map only caches opened snapshots: a load
+//! refreshes incrementally (one listing of `_delta_log` past the cached version), never
+//! replays the whole log.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use serde::Serialize;
+use tokio::sync::RwLock;
+
+use crate::error::{Error, Result};
+use crate::storage::types::ColumnSpec;
+use crate::storage::{Layer, TableRef, Warehouse};
+
+/// Table configuration key recording who created the table.
+pub const OWNER_PROPERTY: &str = "strata.owner";
+
+/// What `CREATE TABLE` / `POST /tables` asks for.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub columns: Vec<ColumnSpec>,
+    pub partition_by: Vec<String>,
+    pub description: Option<String>,
+}
+
+/// One commit in a table's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    pub version: u64,
+    pub timestamp: Option<DateTime<Utc>>,
+    pub operation: Option<String>,
+    pub operation_parameters: Option<serde_json::Value>,
+    /// Principal that made the commit, when Strata made it.
+    pub principal: Option<String>,
+    pub read_version: Option<i64>,
+    pub is_blind_append: Option<bool>,
+    pub operation_metrics: Option<serde_json::Value>,
+    pub engine_info: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Catalog {
+    warehouse: Warehouse,
+    open: RwLock<HashMap<TableRef, DeltaTable>>,
+    /// Tables seen by the last listing, creates and loads; answers DataFusion's synchronous
+    /// `table_names()`. Reads never rely on it: they check the store.
+    known: std::sync::RwLock<BTreeSet<TableRef>>,
+}
+
+impl Catalog {
+    pub fn new(warehouse: Warehouse) -> Catalog {
+        Catalog {
+            warehouse,
+            open: RwLock::new(HashMap::new()),
+            known: std::sync::RwLock::new(BTreeSet::new()),
+        }
+    }
+
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
+    }
+
+    fn builder(&self, t: &TableRef) -> Result<DeltaTableBuilder> {
+        let url = self.warehouse.table_url(t)?;
+        Ok(DeltaTableBuilder::from_url(url)?
+            .with_storage_options(self.warehouse.storage_options().clone()))
+    }
+
+    /// Cheap reachability check of the store (used by `/readyz`).
+    pub async fn ping(&self) -> Result<()> {
+        self.warehouse.store().list_with_delimiter(None).await?;
+        Ok(())
+    }
+
+    /// Whether `_delta_log/` has at least one entry.
+    pub async fn exists(&self, t: &TableRef) -> Result<bool> {
+        let prefix = Warehouse::table_path(t).join("_delta_log");
+        let mut listing = self.warehouse.store().list(Some(&prefix));
+        match listing.next().await {
+            Some(Ok(_)) => Ok(true),
+            Some(Err(object_store::Error::NotFound { .. })) | None => Ok(false),
+            Some(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// Tables in `layer` (or all layers), sorted.
+    pub async fn list(&self, layer: Option<Layer>) -> Result<Vec<TableRef>> {
+        let layers: Vec<Layer> = layer.map(|l| vec![l]).unwrap_or_else(|| Layer::ALL.to_vec());
+        let mut out = Vec::new();
+        for &layer in &layers {
+            let prefix = Path::from(layer.as_str());
+            let listing = match self.warehouse.store().list_with_delimiter(Some(&prefix)).await {
+                Ok(l) => l,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for dir in listing.common_prefixes {
+                let Some(name) = dir.filename() else { continue };
+                let Ok(t) = TableRef::new(layer.as_str(), name) else { continue };
+                if self.exists(&t).await? {
+                    out.push(t);
+                }
+            }
+        }
+        out.sort();
+        if let Ok(mut known) = self.known.write() {
+            known.retain(|t| !layers.contains(&t.layer));
+            known.extend(out.iter().cloned());
+        }
+        Ok(out)
+    }
+
+    /// The latest version of `t`.
+    pub async fn load(&self, t: &TableRef) -> Result<DeltaTable> {
+        let cached = self.open.read().await.get(t).cloned();
+        let table = match cached {
+            Some(mut table) => match table.update_incremental(None).await {
+                Ok(()) => table,
+                // Dropped (and maybe re-created) under us: forget the cached snapshot.
+                Err(_) => {
+                    self.open.write().await.remove(t);
+                    self.load_fresh(t).await?
+                }
+            },
+            None => self.load_fresh(t).await?,
+        };
+        self.remember(t, &table).await;
+        Ok(table)
+    }
+
+    async fn load_fresh(&self, t: &TableRef) -> Result<DeltaTable> {
+        if !self.exists(t).await? {
+            self.set_known(t, false);
+            return Err(not_found(t));
+        }
+        self.builder(t)?.load().await.map_err(|e| map_load_error(t, e))
+    }
+
+    /// Tables known to exist (see the field's doc).
+    pub fn known_tables(&self) -> BTreeSet<TableRef> {
+        self.known.read().map(|k| k.clone()).unwrap_or_default()
+    }
+
+    fn set_known(&self, t: &TableRef, exists: bool) {
+        if let Ok(mut known) = self.known.write() {
+            if exists {
+                known.insert(t.clone());
+            } else {
+                known.remove(t);
+            }
+        }
+    }
+
+    /// Records a newer snapshot (after a commit) so the next load starts from it.
+    pub async fn remember(&self, t: &TableRef, table: &DeltaTable) {
+        self.set_known(t, true);
+        let mut open = self.open.write().await;
+        let newer = match open.get(t) {
+            Some(old) => table.version() > old.version(),
+            None => true,
+        };
+        if newer {
+            open.insert(t.clone(), table.clone());
+        }
+    }
+
+    /// `t` as of `version`.
+    pub async fn load_version(&self, t: &TableRef, version: u64) -> Result<DeltaTable> {
+        if !self.exists(t).await? {
+            return Err(not_found(t));
+        }
+        self.builder(t)?.with_version(version).load().await.map_err(|e| match e {
+            DeltaTableError::InvalidVersion(_) | DeltaTableError::NotATable(_) => {
+                Error::NotFound(format!("table {t} has no version {version}"))
+            }
+            other => map_load_error(t, other),
+        })
+    }
+
+    /// `t` as it was at `ts`: the last version committed at or before it.
+    pub async fn load_at(&self, t: &TableRef, ts: DateTime<Utc>) -> Result<DeltaTable> {
+        if !self.exists(t).await? {
+            return Err(not_found(t));
+        }
+        self.builder(t)?.with_timestamp(ts).load().await.map_err(|e| match e {
+            DeltaTableError::InvalidVersion(_)
+            | DeltaTableError::NotATable(_)
+            | DeltaTableError::Generic(_) => Error::NotFound(format!(
+                "table {t} has no version at or before {}",
+                ts.to_rfc3339()
+            )),
+            other => map_load_error(t, other),
+        })
+    }
+
+    /// Creates `t`. Fails with `AlreadyExists` if it exists, including when another writer
+    /// wins a concurrent create (version 0 is written with put-if-absent).
+    pub async fn create(
+        &self,
+        t: &TableRef,
+        spec: &TableSpec,
+        owner: &str,
+        commit: CommitProperties,
+    ) -> Result<DeltaTable> {
+        let fields = spec.columns.iter().map(ColumnSpec::to_field).collect::<Result<Vec<_>>>()?;
+        if fields.is_empty() {
+            return Err(Error::invalid("a table needs at least one column"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in &fields {
+            if !seen.insert(f.name().to_string()) {
+                return Err(Error::invalid(format!("column {} is declared twice", f.name())));
+            }
+        }
+        let mut partitions = Vec::new();
+        for p in &spec.partition_by {
+            let p = p.to_ascii_lowercase();
+            if !seen.contains(&p) {
+                return Err(Error::invalid(format!(
+                    "partition column {p} is not a column of the table"
+                )));
+            }
+            partitions.push(p);
+        }
+        if !partitions.is_empty() && partitions.len() == fields.len() {
+            return Err(Error::invalid("a table needs at least one non-partition column"));
+        }
+        if self.exists(t).await? {
+            return Err(already_exists(t));
+        }
+        let table = self.builder(t)?.build()?;
+        let mut create = table
+            .create()
+            .with_table_name(t.name.clone())
+            .with_columns(fields)
+            .with_save_mode(SaveMode::ErrorIfExists)
+            .with_configuration_property(
+                deltalake::TableProperty::AppendOnly,
+                Some("false"),
+            )
+            .with_configuration([(OWNER_PROPERTY.to_string(), Some(owner.to_string()))])
+            .with_commit_properties(commit);
+        if !partitions.is_empty() {
+            create = create.with_partition_columns(partitions);
+        }
+        if let Some(d) = &spec.description {
+            create = create.with_comment(d.clone());
+        }
+        let table = create.await.map_err(|e| match e {
+            DeltaTableError::VersionAlreadyExists(_) | DeltaTableError::GenericError { .. } => {
+                already_exists(t)
+            }
+            DeltaTableError::Transaction { source }
+                if matches!(
+                    source,
+                    deltalake::kernel::transaction::TransactionError::VersionAlreadyExists(_)
+                ) =>
+            {
+                already_exists(t)
+            }
+            other => other.into(),
+        })?;
+        self.remember(t, &table).await;
+        Ok(table)
+    }
+
+    /// Drops `t`: deletes the log first, so a half-finished drop leaves no readable table,
+    /// then the data files.
+    pub async fn drop_table(&self, t: &TableRef) -> Result<()> {
+        if !self.exists(t).await? {
+            return Err(not_found(t));
+        }
+        self.open.write().await.remove(t);
+        let store = Arc::clone(self.warehouse.store());
+        let root = Warehouse::table_path(t);
+        let log = root.clone().join("_delta_log");
+        delete_prefix(&store, &log).await?;
+        delete_prefix(&store, &root).await?;
+        self.open.write().await.remove(t);
+        self.set_known(t, false);
+        Ok(())
+    }
+
+    /// Commits of `t`, newest first. Versions come from the log file names, so they are exact
+    /// even for commits without provenance.
+    pub async fn history(&self, t: &TableRef, limit: usize) -> Result<Vec<HistoryEntry>> {
+        if !self.exists(t).await? {
+            return Err(not_found(t));
+        }
+        let store = self.warehouse.store();
+        let log = Warehouse::table_path(t).join("_delta_log");
+        let mut versions: Vec<(u64, Path)> = store
+            .list(Some(&log))
+            .try_filter_map(|meta| async move {
+                let name = meta.location.filename().unwrap_or_default().to_string();
+                let version = name
+                    .strip_suffix(".json")
+                    .filter(|stem| stem.len() == 20)
+                    .and_then(|stem| stem.parse::<u64>().ok());
+                Ok(version.map(|v| (v, meta.location)))
+            })
+            .try_collect()
+            .await?;
+        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.truncate(limit);
+        let mut out = Vec::with_capacity(versions.len());
+        for (version, path) in versions {
+            let bytes = match store.get(&path).await {
+                Ok(r) => r.bytes().await?,
+                // Removed by log cleanup between list and get.
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            out.push(parse_commit_info(version, &bytes));
+        }
+        Ok(out)
+    }
+}
+
+fn parse_commit_info(version: u64, bytes: &[u8]) -> HistoryEntry {
+    let mut entry = HistoryEntry {
+        version,
+        timestamp: None,
+        operation: None,
+        operation_parameters: None,
+        principal: None,
+        read_version: None,
+        is_blind_append: None,
+        operation_metrics: None,
+        engine_info: None,
+    };
+    for line in bytes.split(|b| *b == b'\n') {
+        let Ok(serde_json::Value::Object(mut action)) = serde_json::from_slice(line) else {
+            continue;
+        };
+        let Some(serde_json::Value::Object(info)) = action.remove("commitInfo") else {
+            continue;
+        };
+        let get = |k: &str| info.get(k).cloned();
+        entry.timestamp = get("inCommitTimestamp")
+            .or_else(|| get("timestamp"))
+            .and_then(|v| v.as_i64())
+            .and_then(DateTime::from_timestamp_millis);
+        entry.operation = get("operation").and_then(|v| v.as_str().map(str::to_string));
+        entry.operation_parameters = get("operationParameters");
+        entry.principal =
+            get(crate::pipelines::commit::PRINCIPAL_KEY).and_then(|v| v.as_str().map(str::to_string));
+        entry.read_version = get("readVersion").and_then(|v| v.as_i64());
+        entry.is_blind_append = get("isBlindAppend").and_then(|v| v.as_bool());
+        entry.operation_metrics = get("operationMetrics");
+        entry.engine_info = get("engineInfo").and_then(|v| v.as_str().map(str::to_string));
+        break;
+    }
+    entry
+}
+
+async fn delete_prefix(store: &Arc<dyn object_store::ObjectStore>, prefix: &Path) -> Result<()> {
+    let locations = store.list(Some(prefix)).map_ok(|m| m.location).boxed();
+    let mut deleted = store.delete_stream(locations);
+    while let Some(r) = deleted.next().await {
+        match r {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn not_found(t: &TableRef) -> Error {
+    Error::NotFound(format!("table {t} not found"))
+}
+
+fn already_exists(t: &TableRef) -> Error {
+    Error::AlreadyExists(format!("table {t} already exists"))
+}
+
+fn map_load_error(t: &TableRef, e: DeltaTableError) -> Error {
+    match e {
+        DeltaTableError::NotATable(_) => not_found(t),
+        other => other.into(),
+    }
+}

@@ -1,0 +1,127 @@
+//! Where tables live: the warehouse (local disk or S3), the three medallion layers, and the
+//! [`catalog::Catalog`] that creates, opens, lists and drops Delta tables under
+//! `{warehouse}/{layer}/{name}/`.
+//!
+//! Nothing here checks access: callers go through `engine`, which asks `security` first.
+
+pub mod catalog;
+pub mod types;
+pub mod warehouse;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub use catalog::Catalog;
+pub use warehouse::Warehouse;
+
+/// The catalog name SQL sees: `strata.gold.orders`.
+pub const CATALOG_NAME: &str = "strata";
+
+/// A medallion layer: one SQL schema each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    Bronze,
+    Silver,
+    Gold,
+}
+
+impl Layer {
+    pub const ALL: [Layer; 3] = [Layer::Bronze, Layer::Silver, Layer::Gold];
+
+    pub fn parse(s: &str) -> Option<Layer> {
+        match s.to_ascii_lowercase().as_str() {
+            "bronze" => Some(Layer::Bronze),
+            "silver" => Some(Layer::Silver),
+            "gold" => Some(Layer::Gold),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::Bronze => "bronze",
+            Layer::Silver => "silver",
+            Layer::Gold => "gold",
+        }
+    }
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A table's identity: `layer.name`. Names are lowercase identifiers, so they never need
+/// quoting and map one-to-one onto object store paths.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TableRef {
+    pub layer: Layer,
+    pub name: String,
+}
+
+impl TableRef {
+    /// Validates a layer and a table name.
+    pub fn new(layer: &str, name: &str) -> Result<TableRef> {
+        let layer = Layer::parse(layer).ok_or_else(|| {
+            Error::NotFound(format!("layer {layer:?} does not exist (layers: bronze, silver, gold)"))
+        })?;
+        validate_name(name)?;
+        Ok(TableRef { layer, name: name.to_ascii_lowercase() })
+    }
+
+    /// Parses `layer.name` or `strata.layer.name`.
+    pub fn parse(qualified: &str) -> Result<TableRef> {
+        let parts: Vec<&str> = qualified.split('.').collect();
+        match parts.as_slice() {
+            [layer, name] => TableRef::new(layer, name),
+            [catalog, layer, name] if catalog.eq_ignore_ascii_case(CATALOG_NAME) => {
+                TableRef::new(layer, name)
+            }
+            _ => Err(Error::invalid(format!(
+                "table name {qualified:?} must be layer.name, e.g. gold.orders"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for TableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.layer, self.name)
+    }
+}
+
+/// Table and column names: `[a-z_][a-z0-9_]*`, at most 128 bytes (case-insensitive).
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid name {name:?}: use letters, digits and underscores, starting with a letter or underscore (at most 128)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_refs_parse_and_validate() {
+        assert_eq!(TableRef::parse("gold.orders").unwrap().to_string(), "gold.orders");
+        assert_eq!(TableRef::parse("STRATA.Gold.Orders").unwrap().to_string(), "gold.orders");
+        assert!(TableRef::parse("platinum.x").is_err());
+        assert!(TableRef::parse("gold.../x").is_err());
+        assert!(TableRef::new("gold", "a/b").is_err());
+        assert!(TableRef::new("gold", "x@v1").is_err());
+        assert!(TableRef::new("gold", "1abc").is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! Logging setup.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// The kernel logs a harmless ERROR ("No files in log segment") on every table creation; it
+/// would drown real errors, so its target is silenced unless `RUST_LOG` asks for it.
+const QUIET: &str = "buoyant_kernel=off";
+
+/// Installs the global subscriber; a second call (tests) is a no-op.
+pub fn init(cfg: &LogConfig) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| {
+            EnvFilter::try_new(format!("{},{QUIET}", cfg.level))
+                .unwrap_or_else(|_| EnvFilter::new("info"))
+        });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_span_events(FmtSpan::NONE);
+    let _ = match cfg.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
