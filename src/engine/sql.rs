@@ -122,7 +122,19 @@ fn classify(mut stmt: ast::Statement, default_layer: &str) -> Result<Statement> 
                 HiveDistributionStyle::NONE => Vec::new(),
                 _ => return Err(Error::Unsupported("only PARTITIONED BY (col, …) is supported".into())),
             };
-            let description = ct.comment.as_ref().map(comment_text);
+            let description = ct.comment.as_ref().map(comment_text).or_else(|| {
+                let options = match &ct.table_options {
+                    ast::CreateTableOptions::With(o)
+                    | ast::CreateTableOptions::Options(o)
+                    | ast::CreateTableOptions::Plain(o)
+                    | ast::CreateTableOptions::TableProperties(o) => o.as_slice(),
+                    ast::CreateTableOptions::None => &[],
+                };
+                options.iter().find_map(|o| match o {
+                    ast::SqlOption::Comment(c) => Some(comment_text(c)),
+                    _ => None,
+                })
+            });
             if ct.or_replace {
                 return Err(Error::Unsupported(
                     "CREATE OR REPLACE TABLE is not supported; use INSERT OVERWRITE".into(),
@@ -362,7 +374,7 @@ mod tests {
             panic!("not a query")
         };
         let sql = q.to_string();
-        assert!(sql.contains("gold.\"orders@v3\" AS o"), "{sql}");
+        assert!(sql.contains("gold.\"orders@v3\" o"), "{sql}");
         assert!(sql.contains("gold.\"x@t1704153600000\" AS x"), "{sql}");
     }
 

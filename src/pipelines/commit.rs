@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::security::Principal;
-use crate::storage::catalog::{OWNER_PROPERTY, TableSpec};
+use crate::storage::catalog::TableSpec;
 use crate::storage::{Catalog, TableRef};
 
 /// Commit-info key naming the principal that made a commit.
@@ -131,7 +131,9 @@ pub async fn write(
 }
 
 /// CREATE TABLE AS SELECT: creates the table and its rows in one commit (version 0), so a
-/// failed query leaves no empty table behind.
+/// failed query leaves no empty table behind. delta-rs's write path refuses non-Delta table
+/// properties, so the creator is recorded in the commit info (history) rather than as
+/// `strata.owner`.
 pub async fn create_with_data(
     catalog: &Catalog,
     t: &TableRef,
@@ -167,7 +169,6 @@ pub async fn create_with_data(
         .write(batches)
         .with_save_mode(SaveMode::ErrorIfExists)
         .with_table_name(t.name.clone())
-        .with_configuration([(OWNER_PROPERTY.to_string(), Some(p.subject.clone()))])
         .with_commit_properties(commit_properties(p, "CREATE TABLE AS SELECT"));
     if !spec.partition_by.is_empty() {
         write = write.with_partition_columns(spec.partition_by.clone());

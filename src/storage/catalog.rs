@@ -180,12 +180,26 @@ impl Catalog {
         if !self.exists(t).await? {
             return Err(not_found(t));
         }
-        self.builder(t)?.with_version(version).load().await.map_err(|e| match e {
-            DeltaTableError::InvalidVersion(_) | DeltaTableError::NotATable(_) => {
-                Error::NotFound(format!("table {t} has no version {version}"))
+        match self.builder(t)?.with_version(version).load().await {
+            Ok(table) => Ok(table),
+            Err(e) => {
+                // The kernel reports a version past the end in several ways; ask the log.
+                let latest = self.builder(t)?.build()?.get_latest_version().await.ok();
+                match latest {
+                    Some(latest) if version > latest => {
+                        Err(Error::NotFound(format!(
+                            "table {t} has no version {version} (latest is {latest})"
+                        )))
+                    }
+                    _ => match e {
+                        DeltaTableError::InvalidVersion(_) | DeltaTableError::NotATable(_) => {
+                            Err(Error::NotFound(format!("table {t} has no version {version}")))
+                        }
+                        other => Err(map_load_error(t, other)),
+                    },
+                }
             }
-            other => map_load_error(t, other),
-        })
+        }
     }
 
     /// `t` as it was at `ts`: the last version committed at or before it.
@@ -193,7 +207,7 @@ impl Catalog {
         if !self.exists(t).await? {
             return Err(not_found(t));
         }
-        self.builder(t)?.with_timestamp(ts).load().await.map_err(|e| match e {
+        let table = self.builder(t)?.with_timestamp(ts).load().await.map_err(|e| match e {
             DeltaTableError::InvalidVersion(_)
             | DeltaTableError::NotATable(_)
             | DeltaTableError::Generic(_) => Error::NotFound(format!(
@@ -201,7 +215,19 @@ impl Catalog {
                 ts.to_rfc3339()
             )),
             other => map_load_error(t, other),
-        })
+        })?;
+        // delta-rs falls back to the first version for a timestamp before it; that version
+        // did not exist at `ts`.
+        let state = table.snapshot()?;
+        if let Some(created) = state.version_timestamp(state.version())
+            && ts.timestamp_millis() < created
+        {
+            return Err(Error::NotFound(format!(
+                "table {t} has no version at or before {}",
+                ts.to_rfc3339()
+            )));
+        }
+        Ok(table)
     }
 
     /// Creates `t`. Fails with `AlreadyExists` if it exists, including when another writer
@@ -249,8 +275,12 @@ impl Catalog {
                 deltalake::TableProperty::AppendOnly,
                 Some("false"),
             )
+            // Our own `strata.*` keys are not Delta properties; let them through.
+            .with_raise_if_key_not_exists(false)
             .with_configuration([(OWNER_PROPERTY.to_string(), Some(owner.to_string()))])
-            .with_commit_properties(commit);
+            // A create is only valid as version 0: never let delta-rs retry it as version 1
+            // on top of a concurrent create (that would replace the winner's metadata).
+            .with_commit_properties(commit.with_max_retries(0));
         if !partitions.is_empty() {
             create = create.with_partition_columns(partitions);
         }

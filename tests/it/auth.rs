@@ -1,0 +1,148 @@
+//! Authentication on every route, default deny, and the privilege model.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+use crate::harness::{TestServer, message};
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn forge(secret: &[u8], alg: Algorithm, claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_route_needs_a_valid_token() {
+    let s = TestServer::start().await;
+    s.create_people("gold.people").await;
+    let secret = std::fs::read(s.root.join("data/dev-secret")).unwrap();
+    let secret = String::from_utf8(secret).unwrap();
+    let secret = secret.trim().as_bytes();
+    let bad_tokens = vec![
+        ("garbage", "not.a.jwt".to_string()),
+        ("expired", forge(secret, Algorithm::HS256, json!({"sub": "admin", "roles": ["admin"], "exp": now() - 3600}))),
+        ("not yet valid", forge(secret, Algorithm::HS256, json!({"sub": "admin", "roles": ["admin"], "exp": now() + 3600, "nbf": now() + 3000}))),
+        ("no exp", forge(secret, Algorithm::HS256, json!({"sub": "admin", "roles": ["admin"]}))),
+        ("no sub", forge(secret, Algorithm::HS256, json!({"roles": ["admin"], "exp": now() + 3600}))),
+        ("wrong key", forge(b"another-secret-of-sufficient-length!!", Algorithm::HS256, json!({"sub": "admin", "roles": ["admin"], "exp": now() + 3600}))),
+        ("alg not allowed", forge(secret, Algorithm::HS512, json!({"sub": "admin", "roles": ["admin"], "exp": now() + 3600}))),
+        ("exp wrongly typed", forge(secret, Algorithm::HS256, json!({"sub": "admin", "roles": ["admin"], "exp": "never"}))),
+    ];
+    let alg_none = {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(json!({"sub": "admin", "roles": ["admin"], "exp": now() + 3600}).to_string())
+        )
+    };
+    let routes = [
+        ("GET", "/api/v1/tables"),
+        ("POST", "/api/v1/tables"),
+        ("GET", "/api/v1/tables/gold/people"),
+        ("PATCH", "/api/v1/tables/gold/people"),
+        ("DELETE", "/api/v1/tables/gold/people"),
+        ("POST", "/api/v1/tables/gold/people/rows"),
+        ("GET", "/api/v1/tables/gold/people/history"),
+        ("POST", "/api/v1/query"),
+        ("GET", "/api/v1/openapi.json"),
+    ];
+    for (method, path) in routes {
+        let method: reqwest::Method = method.parse().unwrap();
+        let r = s.client.request(method.clone(), s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{method} {path} without token");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        for (what, token) in bad_tokens.iter().map(|(w, t)| (*w, t.clone())).chain([("alg none", alg_none.clone())]) {
+            let r = s.client.request(method.clone(), s.url(path)).bearer_auth(&token).send().await.unwrap();
+            assert_eq!(r.status(), 401, "{method} {path} with {what} token");
+        }
+    }
+    // The table is still there: none of those requests did anything.
+    assert_eq!(s.version("gold.people").await, 0);
+    for open in ["/healthz", "/readyz"] {
+        let r = s.client.get(s.url(open)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{open}");
+    }
+    let (status, doc) = s.get(&s.admin.clone(), "/api/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/api/v1/tables/{layer}/{name}/rows"]["post"].is_object());
+    let r = s.client.get(s.url("/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // Request ids are echoed.
+    let r = s.client.get(s.url("/healthz")).header("x-request-id", "abc-123").send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_deny_and_grants() {
+    let s = TestServer::start().await;
+    let admin = s.admin.clone();
+    s.create_people("gold.people").await;
+    s.create_people("bronze.raw").await;
+    s.create_people("silver.secret").await;
+    let (status, _) = s.upload(&admin, "gold.people", "application/json", br#"[{"id":1}]"#.to_vec(), "").await;
+    assert_eq!(status, 200);
+
+    // A valid token with no grants sees nothing and can do nothing.
+    let nobody = s.token("mallory", &[]);
+    let (status, body) = s.get(&nobody, "/api/v1/tables").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["tables"], json!([]));
+    for (sql, status) in [
+        ("SELECT * FROM gold.people", 404),
+        ("SELECT * FROM gold.people VERSION AS OF 0", 404),
+        ("INSERT INTO gold.people VALUES (2, 'x', 1)", 404),
+        ("DROP TABLE gold.people", 404),
+        ("CREATE TABLE gold.mine (a INT)", 403),
+    ] {
+        let (got, body) = s.sql(&nobody, sql).await;
+        assert_eq!(got, status, "{sql}: {body}");
+    }
+    let body = s.sql(&nobody, "SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = 'strata' AND table_schema <> 'information_schema'").await.1;
+    assert_eq!(body, json!([]));
+    let (status, body) = s.get(&nobody, "/api/v1/tables/gold/people").await;
+    assert_eq!(status, 404);
+    assert!(message(&body).contains("not found"));
+
+    // An analyst reads gold only.
+    let analyst = s.token("ann", &["analyst"]);
+    let (status, body) = s.sql(&analyst, "SELECT count(*) AS n FROM gold.people").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["n"], 1);
+    let (status, _) = s.sql(&analyst, "SELECT * FROM silver.secret").await;
+    assert_eq!(status, 404);
+    let (status, _) = s.sql(&analyst, "SELECT * FROM gold.people WHERE id IN (SELECT id FROM silver.secret)").await;
+    assert_eq!(status, 404);
+    let (status, body) = s.sql(&analyst, "INSERT INTO gold.people VALUES (2, 'x', 1)").await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = s.upload(&analyst, "gold.people", "application/json", br#"[{"id":2}]"#.to_vec(), "").await;
+    assert_eq!(status, 403);
+    let (status, _) = s.get(&analyst, "/api/v1/tables/gold/people/history").await;
+    assert_eq!(status, 403, "history needs MANAGE");
+    let (status, _) = s.sql(&analyst, "EXPLAIN ANALYZE SELECT * FROM gold.people").await;
+    assert_eq!(status, 403, "EXPLAIN ANALYZE needs MANAGE");
+    let (status, _) = s.sql(&analyst, "EXPLAIN SELECT * FROM gold.people").await;
+    assert_eq!(status, 200);
+    let body = s.sql(&analyst, "SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = 'strata' AND table_schema <> 'information_schema' ORDER BY 2").await.1;
+    assert_eq!(body, json!([{"table_schema": "gold", "table_name": "people"}]));
+    let (_, body) = s.get(&analyst, "/api/v1/tables").await;
+    let names: Vec<&str> = body["tables"].as_array().unwrap().iter().map(|t| t["full_name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["gold.people"]);
+    let r = s.client.delete(s.url("/api/v1/tables/gold/people")).bearer_auth(&analyst).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+
+    // A loader appends to bronze but cannot overwrite (MODIFY) or read gold.
+    let loader = s.token("lou", &["loader"]);
+    let (status, body) = s.upload(&loader, "bronze.raw", "application/json", br#"[{"id":7}]"#.to_vec(), "").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = s.upload(&loader, "bronze.raw", "application/json", br#"[{"id":7}]"#.to_vec(), "?mode=overwrite").await;
+    assert_eq!(status, 403);
+    let (status, body) = s.sql(&loader, "INSERT INTO bronze.raw SELECT * FROM gold.people").await;
+    assert_eq!(status, 404, "reading gold needs SELECT on it: {body}");
+    assert_eq!(s.count("bronze.raw").await, 1);
+}

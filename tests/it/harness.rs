@@ -1,0 +1,203 @@
+//! `TestServer`: builds the real server on port 0 in a temp dir and serves it on a task.
+//! `Server::build` binds both listeners before returning, so the server is ready when
+//! `start` returns: no sleeps.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use serde_json::{Value, json};
+use strata::config::{Config, GrantConfig};
+use strata::security::Authenticator;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct TestServer {
+    pub http: SocketAddr,
+    pub flight: SocketAddr,
+    pub root: PathBuf,
+    pub admin: String,
+    pub client: reqwest::Client,
+    auth: Arc<Authenticator>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<strata::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The configuration tests use: dev auth, ports 0, warehouse under `root`, and grants for
+/// an `analyst` (SELECT on gold) and a `loader` (SELECT + INSERT on bronze).
+pub fn test_config(root: &Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.server.http_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.server.flight_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.server.data_dir = root.join("data");
+    cfg.server.shutdown_grace_secs = 5;
+    cfg.storage.warehouse = root.join("data/warehouse").display().to_string();
+    cfg.query.target_partitions = 2;
+    cfg.query.memory_limit_bytes = 512 * 1024 * 1024;
+    cfg.access.grants = vec![
+        GrantConfig { role: "analyst".into(), privilege: "SELECT".into(), on: "gold".into() },
+        GrantConfig { role: "loader".into(), privilege: "SELECT".into(), on: "bronze".into() },
+        GrantConfig { role: "loader".into(), privilege: "INSERT".into(), on: "bronze".into() },
+    ];
+    cfg
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let mut s = TestServer::start_with(test_config(&root)).await;
+        s._dir = Some(dir);
+        s.root = root;
+        s
+    }
+
+    pub async fn start_with(cfg: Config) -> TestServer {
+        strata::telemetry::init(&strata::config::LogConfig { level: "warn".into(), ..Default::default() });
+        let root = cfg.server.data_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        let server = strata::Server::build(cfg).await.expect("server builds");
+        let http = server.http_addr().unwrap();
+        let flight = server.flight_addr().unwrap();
+        let auth = server.authenticator();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        let admin = auth
+            .mint("admin", &["admin".into()], BTreeMap::new(), Duration::from_secs(3600))
+            .unwrap();
+        TestServer {
+            http,
+            flight,
+            root,
+            admin,
+            client: reqwest::Client::new(),
+            auth,
+            stop: Some(tx),
+            task: Some(task),
+            _dir: None,
+        }
+    }
+
+    /// Stops the server and hands back its temp dir (for restart tests).
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+        self._dir.take()
+    }
+
+    pub fn token(&self, sub: &str, roles: &[&str]) -> String {
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        self.auth.mint(sub, &roles, BTreeMap::new(), Duration::from_secs(3600)).unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        let r = self.client.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        status_json(r).await
+    }
+
+    pub async fn post_json(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        let r = self.client.post(self.url(path)).bearer_auth(token).json(&body).send().await.unwrap();
+        status_json(r).await
+    }
+
+    /// Runs SQL, JSON result.
+    pub async fn sql(&self, token: &str, sql: &str) -> (u16, Value) {
+        self.post_json(token, "/api/v1/query", json!({ "sql": sql })).await
+    }
+
+    /// Runs SQL as admin and expects success.
+    pub async fn sql_ok(&self, sql: &str) -> Value {
+        let (status, body) = self.sql(&self.admin.clone(), sql).await;
+        assert_eq!(status, 200, "{sql}: {body}");
+        body
+    }
+
+    /// Runs SQL and decodes the Arrow IPC stream result.
+    pub async fn sql_arrow(&self, token: &str, sql: &str, params: Value) -> Result<Vec<RecordBatch>, (u16, Value)> {
+        let r = self
+            .client
+            .post(self.url("/api/v1/query"))
+            .bearer_auth(token)
+            .header("accept", "application/vnd.apache.arrow.stream")
+            .json(&json!({ "sql": sql, "params": params }))
+            .send()
+            .await
+            .unwrap();
+        if r.status() != 200 {
+            return Err(status_json(r).await);
+        }
+        let bytes = r.bytes().await.unwrap();
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+        Ok(reader.map(|b| b.unwrap()).collect())
+    }
+
+    pub async fn upload(&self, token: &str, table: &str, content_type: &str, body: Vec<u8>, query: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(&format!("/api/v1/tables/{}/rows{query}", table.replace('.', "/"))))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        status_json(r).await
+    }
+
+    /// Creates `layer.name (id bigint not null, name string, amount double)` as admin.
+    pub async fn create_people(&self, table: &str) {
+        let (layer, name) = table.split_once('.').unwrap();
+        let (status, body) = self
+            .post_json(
+                &self.admin.clone(),
+                "/api/v1/tables",
+                json!({
+                    "layer": layer, "name": name,
+                    "columns": [
+                        {"name": "id", "type": "bigint", "nullable": false, "description": "key"},
+                        {"name": "name", "type": "string"},
+                        {"name": "amount", "type": "double"}
+                    ],
+                    "description": "people"
+                }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    pub async fn version(&self, table: &str) -> u64 {
+        let (status, body) = self.get(&self.admin.clone(), &format!("/api/v1/tables/{}", table.replace('.', "/"))).await;
+        assert_eq!(status, 200, "{body}");
+        body["version"].as_u64().unwrap()
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        let body = self.sql_ok(&format!("SELECT count(*) AS n FROM {table}")).await;
+        body[0]["n"].as_i64().unwrap()
+    }
+}
+
+pub async fn status_json(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    (status, value)
+}
+
+/// The error message of an error body.
+pub fn message(body: &Value) -> String {
+    body["error"]["message"].as_str().unwrap_or_default().to_string()
+}
