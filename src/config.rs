@@ -90,7 +90,10 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { warehouse: "./data/warehouse".to_string(), s3: S3Config::default() }
+        StorageConfig {
+            warehouse: "./data/warehouse".to_string(),
+            s3: S3Config::default(),
+        }
     }
 }
 
@@ -219,7 +222,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: "info".to_string() }
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
     }
 }
 
@@ -231,9 +237,8 @@ impl Config {
     pub fn load(file: Option<&Path>) -> Result<Config> {
         let mut doc = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    Error::Config(format!("cannot read {}: {e}", path.display()))
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
                 text.parse::<toml::Table>()
                     .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
             }
@@ -243,8 +248,7 @@ impl Config {
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .collect();
         apply_env(&mut doc, &env)?;
-        Config::deserialize(toml::Value::Table(doc))
-            .map_err(|e| Error::Config(e.to_string()))
+        Config::deserialize(toml::Value::Table(doc)).map_err(|e| Error::Config(e.to_string()))
     }
 
     /// Every problem with this configuration; empty means valid.
@@ -343,9 +347,9 @@ fn apply_env(doc: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<()
                 let entry = table
                     .entry(part.clone())
                     .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                table = entry.as_table_mut().ok_or_else(|| {
-                    Error::Config(format!("{key}: `{part}` is not a section"))
-                })?;
+                table = entry
+                    .as_table_mut()
+                    .ok_or_else(|| Error::Config(format!("{key}: `{part}` is not a section")))?;
             }
         }
     }
@@ -355,7 +359,9 @@ fn apply_env(doc: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<()
 fn parse_env_value(raw: &str) -> toml::Value {
     let probe = format!("v = {raw}");
     match probe.parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
 }
@@ -373,9 +379,15 @@ mod tests {
     fn env_overrides_file_values() {
         let mut doc: toml::Table = "[server]\nhttp_addr = \"127.0.0.1:1\"".parse().unwrap();
         let env = BTreeMap::from([
-            ("STRATA__SERVER__HTTP_ADDR".to_string(), "127.0.0.1:2".to_string()),
+            (
+                "STRATA__SERVER__HTTP_ADDR".to_string(),
+                "127.0.0.1:2".to_string(),
+            ),
             ("STRATA__QUERY__BATCH_SIZE".to_string(), "100".to_string()),
-            ("STRATA__STORAGE__WAREHOUSE".to_string(), "s3://b/p".to_string()),
+            (
+                "STRATA__STORAGE__WAREHOUSE".to_string(),
+                "s3://b/p".to_string(),
+            ),
         ]);
         apply_env(&mut doc, &env).unwrap();
         let cfg = Config::deserialize(toml::Value::Table(doc)).unwrap();

@@ -183,7 +183,9 @@ impl Error {
         } else {
             match kind {
                 ErrorKind::Unavailable => {
-                    format!("the storage backend is unavailable, try again later (trace id {trace_id})")
+                    format!(
+                        "the storage backend is unavailable, try again later (trace id {trace_id})"
+                    )
                 }
                 _ => format!("internal error (trace id {trace_id})"),
             }
@@ -212,7 +214,9 @@ impl Error {
             ErrorKind::Internal | ErrorKind::Unavailable => {
                 tracing::error!(trace_id = %trace_id, error = %self, error_debug = ?self, "request failed");
             }
-            kind => tracing::debug!(trace_id = %trace_id, kind = kind.code(), error = %self, "request rejected"),
+            kind => {
+                tracing::debug!(trace_id = %trace_id, kind = kind.code(), error = %self, "request rejected")
+            }
         }
         trace_id
     }

@@ -11,7 +11,11 @@ use strata::security::Authenticator;
 use strata::{Server, telemetry};
 
 #[derive(Debug, Parser)]
-#[command(name = "strata", version, about = "Lakehouse query server: Delta Lake + DataFusion over Flight SQL and REST")]
+#[command(
+    name = "strata",
+    version,
+    about = "Lakehouse query server: Delta Lake + DataFusion over Flight SQL and REST"
+)]
 struct Cli {
     /// Configuration file (TOML). Environment STRATA__SECTION__KEY overrides it.
     #[arg(long, global = true, env = "STRATA_CONFIG")]
@@ -53,11 +57,22 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Serve { http_addr: None, flight_addr: None, warehouse: None }) {
-        Command::Serve { http_addr, flight_addr, warehouse } => {
-            serve(cli.config, http_addr, flight_addr, warehouse)
-        }
-        Command::Token { sub, roles, claims, ttl } => token(cli.config, &sub, &roles, &claims, &ttl),
+    let result = match cli.command.unwrap_or(Command::Serve {
+        http_addr: None,
+        flight_addr: None,
+        warehouse: None,
+    }) {
+        Command::Serve {
+            http_addr,
+            flight_addr,
+            warehouse,
+        } => serve(cli.config, http_addr, flight_addr, warehouse),
+        Command::Token {
+            sub,
+            roles,
+            claims,
+            ttl,
+        } => token(cli.config, &sub, &roles, &claims, &ttl),
         Command::CheckConfig => check_config(cli.config),
     };
     match result {
@@ -104,12 +119,26 @@ fn serve(
             let ttl = Duration::from_secs(c.auth.dev_token_ttl_secs);
             let token = server
                 .authenticator()
-                .mint("admin", &[c.auth.admin_role.clone()], BTreeMap::new(), ttl)
+                .mint(
+                    "admin",
+                    std::slice::from_ref(&c.auth.admin_role),
+                    BTreeMap::new(),
+                    ttl,
+                )
                 .map_err(|e| e.to_string())?;
-            println!("  auth        dev mode (secret in {}/dev-secret)", c.server.data_dir.display());
-            println!("  admin token (valid {}h):\n\n{token}\n", ttl.as_secs() / 3600);
+            println!(
+                "  auth        dev mode (secret in {}/dev-secret)",
+                c.server.data_dir.display()
+            );
+            println!(
+                "  admin token (valid {}h):\n\n{token}\n",
+                ttl.as_secs() / 3600
+            );
         }
-        server.run_until_stopped(shutdown_signal()).await.map_err(|e| e.to_string())
+        server
+            .run_until_stopped(shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
     })
 }
 
@@ -134,20 +163,31 @@ async fn shutdown_signal() {
     }
 }
 
-fn token(file: Option<PathBuf>, sub: &str, roles: &[String], claims: &[String], ttl: &str) -> Result<(), String> {
+fn token(
+    file: Option<PathBuf>,
+    sub: &str,
+    roles: &[String],
+    claims: &[String],
+    ttl: &str,
+) -> Result<(), String> {
     let cfg = Config::load(file.as_deref()).map_err(|e| e.to_string())?;
     let auth = Authenticator::from_config(&cfg.auth, &cfg.server).map_err(|e| e.to_string())?;
     let mut extra = BTreeMap::new();
     for c in claims {
-        let (k, v) = c.split_once('=').ok_or_else(|| format!("--claim {c}: expected KEY=VALUE"))?;
+        let (k, v) = c
+            .split_once('=')
+            .ok_or_else(|| format!("--claim {c}: expected KEY=VALUE"))?;
         if ["sub", "exp", "nbf", "iat", "roles"].contains(&k) {
             return Err(format!("--claim {k}: reserved; use --sub/--role/--ttl"));
         }
-        let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+        let value =
+            serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
         extra.insert(k.to_string(), value);
     }
     let ttl = parse_ttl(ttl)?;
-    let token = auth.mint(sub, roles, extra, ttl).map_err(|e| e.to_string())?;
+    let token = auth
+        .mint(sub, roles, extra, ttl)
+        .map_err(|e| e.to_string())?;
     println!("{token}");
     Ok(())
 }
@@ -180,6 +220,9 @@ fn check_config(file: Option<PathBuf>) -> Result<(), String> {
         for p in &problems {
             eprintln!("problem: {p}");
         }
-        Err(format!("{} problem(s) in the configuration", problems.len()))
+        Err(format!(
+            "{} problem(s) in the configuration",
+            problems.len()
+        ))
     }
 }

@@ -37,12 +37,21 @@ impl Server {
         // Loads the table list (and proves the store answers) before we accept requests.
         let tables = catalog.list(None).await?;
         tracing::info!(tables = tables.len(), warehouse = %catalog.warehouse().root(), "catalog loaded");
-        let access = Arc::new(AccessControl::new(config.auth.admin_role.clone(), &config.access)?);
+        let access = Arc::new(AccessControl::new(
+            config.auth.admin_role.clone(),
+            &config.access,
+        )?);
         let auth = Arc::new(Authenticator::from_config(&config.auth, &config.server)?);
         let engine = Arc::new(Engine::new(&config, catalog, access)?);
         let http = bind(config.server.http_addr, "server.http_addr").await?;
         let flight = bind(config.server.flight_addr, "server.flight_addr").await?;
-        Ok(Server { config, http, flight, engine, auth })
+        Ok(Server {
+            config,
+            http,
+            flight,
+            engine,
+            auth,
+        })
     }
 
     pub fn http_addr(&self) -> Result<SocketAddr> {
@@ -62,7 +71,10 @@ impl Server {
     }
 
     /// Serves REST and Flight SQL until `shutdown` resolves.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let grace = Duration::from_secs(self.config.server.shutdown_grace_secs);
         let state = AppState {
@@ -72,9 +84,11 @@ impl Server {
         };
         let router = rest::router(state, self.config.server.max_request_bytes);
         let http = axum::serve(self.http, router).with_graceful_shutdown(stopped(stop_rx.clone()));
-        let flight_service =
-            FlightSqlServer { engine: Arc::clone(&self.engine), auth: Arc::clone(&self.auth) }
-                .into_service();
+        let flight_service = FlightSqlServer {
+            engine: Arc::clone(&self.engine),
+            auth: Arc::clone(&self.auth),
+        }
+        .into_service();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.flight);
         let flight = tonic::transport::Server::builder()
             .add_service(flight_service)

@@ -18,7 +18,9 @@ pub fn init(cfg: &LogConfig) {
             EnvFilter::try_new(format!("{},{QUIET}", cfg.level))
                 .unwrap_or_else(|_| EnvFilter::new("info"))
         });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_span_events(FmtSpan::NONE);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_span_events(FmtSpan::NONE);
     let _ = match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),

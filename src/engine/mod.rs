@@ -129,27 +129,52 @@ impl Engine {
                 }
                 self.run(state, plan, kind).await
             }
-            Statement::CreateTable { table, if_not_exists, columns, partition_by, description } => {
+            Statement::CreateTable {
+                table,
+                if_not_exists,
+                columns,
+                partition_by,
+                description,
+            } => {
                 no_params(&params, kind)?;
-                let spec = TableSpec { columns, partition_by, description };
-                let created = self.create_table(principal, &table, &spec, if_not_exists).await?;
+                let spec = TableSpec {
+                    columns,
+                    partition_by,
+                    description,
+                };
+                let created = self
+                    .create_table(principal, &table, &spec, if_not_exists)
+                    .await?;
                 let version = created.map(|info| info.version as i64);
                 Ok(command_output(kind, &table, None, version))
             }
-            Statement::CreateTableAs { table, if_not_exists, partition_by, description, query } => {
-                self.access.check_layer(principal, Privilege::Manage, table.layer)?;
+            Statement::CreateTableAs {
+                table,
+                if_not_exists,
+                partition_by,
+                description,
+                query,
+            } => {
+                self.access
+                    .check_layer(principal, Privilege::Manage, table.layer)?;
                 if self.catalog.exists(&table).await? {
                     return if if_not_exists {
                         Ok(command_output(kind, &table, Some(0), None))
                     } else {
-                        Err(Error::AlreadyExists(format!("table {table} already exists")))
+                        Err(Error::AlreadyExists(format!(
+                            "table {table} already exists"
+                        )))
                     };
                 }
                 let plan = self.plan_query(&state, *query, params).await?;
                 let plan = delta_compatible(plan)?;
                 let batches = DataFrame::new(state, plan.clone()).collect().await?;
                 let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                let spec = TableSpec { columns: Vec::new(), partition_by, description };
+                let spec = TableSpec {
+                    columns: Vec::new(),
+                    partition_by,
+                    description,
+                };
                 let arrow_schema = Arc::new(plan.schema().as_arrow().clone());
                 let version = commit::create_with_data(
                     &self.catalog,
@@ -160,9 +185,19 @@ impl Engine {
                     batches,
                 )
                 .await?;
-                Ok(command_output(kind, &table, Some(rows as i64), Some(version as i64)))
+                Ok(command_output(
+                    kind,
+                    &table,
+                    Some(rows as i64),
+                    Some(version as i64),
+                ))
             }
-            Statement::Insert { table, overwrite, columns, source } => {
+            Statement::Insert {
+                table,
+                overwrite,
+                columns,
+                source,
+            } => {
                 self.access.check(principal, Privilege::Insert, &table)?;
                 if overwrite {
                     self.access.check(principal, Privilege::Modify, &table)?;
@@ -173,7 +208,11 @@ impl Engine {
                 let plan = project_onto(plan, &target, &columns)?;
                 let batches = DataFrame::new(state, plan).collect().await?;
                 let batches = crate::ingest::enforce_schema(batches, &target)?;
-                let mode = if overwrite { WriteMode::Overwrite } else { WriteMode::Append };
+                let mode = if overwrite {
+                    WriteMode::Overwrite
+                } else {
+                    WriteMode::Append
+                };
                 let outcome =
                     commit::write(&self.catalog, &table, principal, batches, mode, None, kind)
                         .await?;
@@ -189,7 +228,10 @@ impl Engine {
                 for t in &tables {
                     self.drop_table(principal, t, if_exists).await?;
                 }
-                let first = tables.first().cloned().ok_or_else(|| Error::invalid("DROP TABLE needs a table"))?;
+                let first = tables
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| Error::invalid("DROP TABLE needs a table"))?;
                 Ok(command_output(kind, &first, None, None))
             }
         }
@@ -202,7 +244,9 @@ impl Engine {
         statement: ast::Statement,
         params: Vec<ScalarValue>,
     ) -> Result<LogicalPlan> {
-        let plan = state.statement_to_plan(DfStatement::Statement(Box::new(statement))).await?;
+        let plan = state
+            .statement_to_plan(DfStatement::Statement(Box::new(statement)))
+            .await?;
         SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -221,7 +265,12 @@ impl Engine {
         let df = DataFrame::new(state, plan);
         let schema = Arc::new(df.schema().as_arrow().clone());
         let stream = df.execute_stream().await?;
-        Ok(QueryOutput { kind, schema, stream, tables })
+        Ok(QueryOutput {
+            kind,
+            schema,
+            stream,
+            tables,
+        })
     }
 }
 
@@ -243,7 +292,11 @@ fn bind_params(plan: LogicalPlan, params: Vec<ScalarValue>) -> Result<LogicalPla
         let n = id
             .strip_prefix('$')
             .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| Error::invalid(format!("named parameter {id} is not supported; use $1, $2, …")))?;
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "named parameter {id} is not supported; use $1, $2, …"
+                ))
+            })?;
         max_index = max_index.max(n);
     }
     if max_index != params.len() {
@@ -320,9 +373,7 @@ fn project_onto(plan: LogicalPlan, target: &SchemaRef, columns: &[String]) -> Re
     for field in target.fields() {
         let expr = match names.iter().position(|n| n == field.name()) {
             Some(i) => cast(source[i].clone(), field.data_type().clone()),
-            None if field.is_nullable() => {
-                cast(lit(ScalarValue::Null), field.data_type().clone())
-            }
+            None if field.is_nullable() => cast(lit(ScalarValue::Null), field.data_type().clone()),
             None => {
                 return Err(Error::invalid(format!(
                     "INSERT: column {} is NOT NULL and gets no value",
@@ -354,7 +405,11 @@ fn delta_compatible(plan: LogicalPlan) -> Result<LogicalPlan> {
             ))
         })?;
         let col = Expr::Column(Column::from((q, f)));
-        let e = if &target == f.data_type() { col } else { cast(col, target) };
+        let e = if &target == f.data_type() {
+            col
+        } else {
+            cast(col, target)
+        };
         exprs.push(e.alias(f.name().to_ascii_lowercase()));
     }
     Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
@@ -363,8 +418,17 @@ fn delta_compatible(plan: LogicalPlan) -> Result<LogicalPlan> {
 fn delta_type(dt: &DataType) -> Option<DataType> {
     use DataType as D;
     Some(match dt {
-        D::Boolean | D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::Float32 | D::Float64
-        | D::Utf8 | D::Binary | D::Date32 | D::Decimal128(..) => dt.clone(),
+        D::Boolean
+        | D::Int8
+        | D::Int16
+        | D::Int32
+        | D::Int64
+        | D::Float32
+        | D::Float64
+        | D::Utf8
+        | D::Binary
+        | D::Date32
+        | D::Decimal128(..) => dt.clone(),
         D::Null | D::Utf8View | D::LargeUtf8 => D::Utf8,
         D::BinaryView | D::LargeBinary | D::FixedSizeBinary(_) => D::Binary,
         D::UInt8 => D::Int16,
@@ -404,5 +468,10 @@ fn command_output(
         Arc::clone(&schema),
         futures::stream::iter(vec![batch.map_err(Into::into)]),
     );
-    QueryOutput { kind, schema, stream: Box::pin(stream), tables: vec![table.clone()] }
+    QueryOutput {
+        kind,
+        schema,
+        stream: Box::pin(stream),
+        tables: vec![table.clone()],
+    }
 }

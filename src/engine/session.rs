@@ -35,7 +35,9 @@ impl SessionFactory {
         catalog: Arc<Catalog>,
     ) -> SessionFactory {
         let partitions = if cfg.target_partitions == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
         } else {
             cfg.target_partitions
         };
@@ -52,7 +54,12 @@ impl SessionFactory {
             .with_table_factories(HashMap::new())
             .with_table_functions(HashMap::new())
             .build();
-        SessionFactory { template, runtime, access, catalog }
+        SessionFactory {
+            template,
+            runtime,
+            access,
+            catalog,
+        }
     }
 
     /// A session that can see exactly what `principal` may see.

@@ -61,11 +61,34 @@ pub enum Statement {
     /// `SELECT …` / `WITH …` / `VALUES …`, time travel already rewritten.
     Query(Box<ast::Statement>),
     /// `EXPLAIN [ANALYZE] <query>`.
-    Explain { analyze: bool, statement: Box<ast::Statement> },
-    CreateTable { table: TableRef, if_not_exists: bool, columns: Vec<ColumnSpec>, partition_by: Vec<String>, description: Option<String> },
-    CreateTableAs { table: TableRef, if_not_exists: bool, partition_by: Vec<String>, description: Option<String>, query: Box<ast::Statement> },
-    Insert { table: TableRef, overwrite: bool, columns: Vec<String>, source: Box<ast::Statement> },
-    DropTable { tables: Vec<TableRef>, if_exists: bool },
+    Explain {
+        analyze: bool,
+        statement: Box<ast::Statement>,
+    },
+    CreateTable {
+        table: TableRef,
+        if_not_exists: bool,
+        columns: Vec<ColumnSpec>,
+        partition_by: Vec<String>,
+        description: Option<String>,
+    },
+    CreateTableAs {
+        table: TableRef,
+        if_not_exists: bool,
+        partition_by: Vec<String>,
+        description: Option<String>,
+        query: Box<ast::Statement>,
+    },
+    Insert {
+        table: TableRef,
+        overwrite: bool,
+        columns: Vec<String>,
+        source: Box<ast::Statement>,
+    },
+    DropTable {
+        tables: Vec<TableRef>,
+        if_exists: bool,
+    },
 }
 
 impl Statement {
@@ -76,8 +99,12 @@ impl Statement {
             Statement::Explain { .. } => "EXPLAIN",
             Statement::CreateTable { .. } => "CREATE TABLE",
             Statement::CreateTableAs { .. } => "CREATE TABLE AS SELECT",
-            Statement::Insert { overwrite: false, .. } => "INSERT",
-            Statement::Insert { overwrite: true, .. } => "INSERT OVERWRITE",
+            Statement::Insert {
+                overwrite: false, ..
+            } => "INSERT",
+            Statement::Insert {
+                overwrite: true, ..
+            } => "INSERT OVERWRITE",
             Statement::DropTable { .. } => "DROP TABLE",
         }
     }
@@ -105,22 +132,32 @@ fn classify(mut stmt: ast::Statement, default_layer: &str) -> Result<Statement> 
             rewrite_time_travel(&mut stmt)?;
             Ok(Statement::Query(Box::new(stmt)))
         }
-        ast::Statement::Explain { analyze, statement, .. } => {
+        ast::Statement::Explain {
+            analyze, statement, ..
+        } => {
             if !matches!(**statement, ast::Statement::Query(_)) {
                 return Err(Error::Unsupported("EXPLAIN supports queries only".into()));
             }
             let analyze = *analyze;
             rewrite_time_travel(&mut stmt)?;
-            Ok(Statement::Explain { analyze, statement: Box::new(stmt) })
+            Ok(Statement::Explain {
+                analyze,
+                statement: Box::new(stmt),
+            })
         }
         ast::Statement::CreateTable(ct) => {
             let table = table_ref(&ct.name, default_layer)?;
             let partition_by = match &ct.hive_distribution {
-                HiveDistributionStyle::PARTITIONED { columns } => {
-                    columns.iter().map(|c| c.name.value.to_ascii_lowercase()).collect()
-                }
+                HiveDistributionStyle::PARTITIONED { columns } => columns
+                    .iter()
+                    .map(|c| c.name.value.to_ascii_lowercase())
+                    .collect(),
                 HiveDistributionStyle::NONE => Vec::new(),
-                _ => return Err(Error::Unsupported("only PARTITIONED BY (col, …) is supported".into())),
+                _ => {
+                    return Err(Error::Unsupported(
+                        "only PARTITIONED BY (col, …) is supported".into(),
+                    ));
+                }
             };
             let description = ct.comment.as_ref().map(comment_text).or_else(|| {
                 let options = match &ct.table_options {
@@ -198,7 +235,9 @@ fn classify(mut stmt: ast::Statement, default_layer: &str) -> Result<Statement> 
         }
         ast::Statement::Insert(insert) => {
             let ast::TableObject::TableName(name) = &insert.table else {
-                return Err(Error::Unsupported("INSERT INTO TABLE FUNCTION is not supported".into()));
+                return Err(Error::Unsupported(
+                    "INSERT INTO TABLE FUNCTION is not supported".into(),
+                ));
             };
             let table = table_ref(name, default_layer)?;
             let Some(source) = insert.source.take() else {
@@ -219,12 +258,27 @@ fn classify(mut stmt: ast::Statement, default_layer: &str) -> Result<Statement> 
                 .collect::<Result<Vec<_>>>()?;
             let mut q = ast::Statement::Query(source);
             rewrite_time_travel(&mut q)?;
-            Ok(Statement::Insert { table, overwrite: insert.overwrite, columns, source: Box::new(q) })
+            Ok(Statement::Insert {
+                table,
+                overwrite: insert.overwrite,
+                columns,
+                source: Box::new(q),
+            })
         }
-        ast::Statement::Drop { object_type: ObjectType::Table, if_exists, names, .. } => {
-            let tables =
-                names.iter().map(|n| table_ref(n, default_layer)).collect::<Result<Vec<_>>>()?;
-            Ok(Statement::DropTable { tables, if_exists: *if_exists })
+        ast::Statement::Drop {
+            object_type: ObjectType::Table,
+            if_exists,
+            names,
+            ..
+        } => {
+            let tables = names
+                .iter()
+                .map(|n| table_ref(n, default_layer))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Statement::DropTable {
+                tables,
+                if_exists: *if_exists,
+            })
         }
         other => Err(Error::Unsupported(format!(
             "statement not supported: {}. Strata runs SELECT, EXPLAIN, CREATE TABLE [AS SELECT], INSERT INTO/OVERWRITE and DROP TABLE",
@@ -250,7 +304,9 @@ pub fn table_ref(name: &ObjectName, default_layer: &str) -> Result<TableRef> {
         .iter()
         .map(|p| match p {
             ObjectNamePart::Identifier(i) => Ok(i.value.clone()),
-            ObjectNamePart::Function(_) => Err(Error::invalid(format!("invalid table name {name}"))),
+            ObjectNamePart::Function(_) => {
+                Err(Error::invalid(format!("invalid table name {name}")))
+            }
         })
         .collect::<Result<Vec<_>>>()?;
     match parts.as_slice() {
@@ -267,7 +323,13 @@ impl VisitorMut for TimeTravel {
     type Break = ();
 
     fn pre_visit_table_factor(&mut self, tf: &mut TableFactor) -> ControlFlow<()> {
-        let TableFactor::Table { name, alias, version, .. } = tf else {
+        let TableFactor::Table {
+            name,
+            alias,
+            version,
+            ..
+        } = tf
+        else {
             return ControlFlow::Continue(());
         };
         let Some(v) = version.take() else {
@@ -302,11 +364,14 @@ impl VisitorMut for TimeTravel {
 fn version_spec(v: &TableVersion) -> Result<VersionSpec> {
     match v {
         TableVersion::VersionAsOf(Expr::Value(val)) => match &val.value {
-            Value::Number(n, _) => n
-                .parse::<u64>()
-                .map(VersionSpec::Version)
-                .map_err(|_| Error::invalid(format!("VERSION AS OF needs a non-negative integer, not {n}"))),
-            other => Err(Error::invalid(format!("VERSION AS OF needs an integer, not {other}"))),
+            Value::Number(n, _) => n.parse::<u64>().map(VersionSpec::Version).map_err(|_| {
+                Error::invalid(format!(
+                    "VERSION AS OF needs a non-negative integer, not {n}"
+                ))
+            }),
+            other => Err(Error::invalid(format!(
+                "VERSION AS OF needs an integer, not {other}"
+            ))),
         },
         TableVersion::TimestampAsOf(expr) => {
             let text = match expr {
@@ -398,17 +463,30 @@ mod tests {
             "gold",
         )
         .unwrap();
-        let Statement::CreateTable { table, if_not_exists, columns, partition_by, description } = s else {
+        let Statement::CreateTable {
+            table,
+            if_not_exists,
+            columns,
+            partition_by,
+            description,
+        } = s
+        else {
             panic!("{s:?}")
         };
         assert_eq!(table.to_string(), "silver.t");
         assert!(if_not_exists);
-        assert_eq!(columns[0].nullable, false);
+        assert!(!columns[0].nullable);
         assert_eq!(columns[0].description.as_deref(), Some("key"));
         assert_eq!(partition_by, vec!["r"]);
         assert_eq!(description.as_deref(), Some("demo"));
-        assert!(matches!(parse("INSERT INTO t SELECT 1", "gold").unwrap(), Statement::Insert { .. }));
-        assert!(matches!(parse("DROP TABLE IF EXISTS gold.a, b", "gold").unwrap(), Statement::DropTable { .. }));
+        assert!(matches!(
+            parse("INSERT INTO t SELECT 1", "gold").unwrap(),
+            Statement::Insert { .. }
+        ));
+        assert!(matches!(
+            parse("DROP TABLE IF EXISTS gold.a, b", "gold").unwrap(),
+            Statement::DropTable { .. }
+        ));
     }
 
     #[test]

@@ -68,7 +68,12 @@ impl Engine {
         }
     }
 
-    pub async fn drop_table(&self, p: &Arc<Principal>, t: &TableRef, if_exists: bool) -> Result<()> {
+    pub async fn drop_table(
+        &self,
+        p: &Arc<Principal>,
+        t: &TableRef,
+        if_exists: bool,
+    ) -> Result<()> {
         self.access.check(p, Privilege::Manage, t)?;
         match self.catalog.drop_table(t).await {
             Err(Error::NotFound(_)) if if_exists => Ok(()),
@@ -77,7 +82,11 @@ impl Engine {
     }
 
     /// Tables `p` can see, described.
-    pub async fn list_tables(&self, p: &Arc<Principal>, layer: Option<Layer>) -> Result<Vec<TableInfo>> {
+    pub async fn list_tables(
+        &self,
+        p: &Arc<Principal>,
+        layer: Option<Layer>,
+    ) -> Result<Vec<TableInfo>> {
         let mut out = Vec::new();
         for t in self.catalog.list(layer).await? {
             if !self.access.is_visible(p, &t) {
@@ -114,13 +123,23 @@ impl Engine {
         describe(t, &updated)
     }
 
-    pub async fn history(&self, p: &Arc<Principal>, t: &TableRef, limit: usize) -> Result<Vec<HistoryEntry>> {
+    pub async fn history(
+        &self,
+        p: &Arc<Principal>,
+        t: &TableRef,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>> {
         self.access.check(p, Privilege::Manage, t)?;
         self.catalog.history(t, limit).await
     }
 
     /// Decodes, validates and commits an upload: all rows or nothing.
-    pub async fn write_rows(&self, p: &Arc<Principal>, t: &TableRef, upload: Upload) -> Result<WriteOutcome> {
+    pub async fn write_rows(
+        &self,
+        p: &Arc<Principal>,
+        t: &TableRef,
+        upload: Upload,
+    ) -> Result<WriteOutcome> {
         self.access.check(p, Privilege::Insert, t)?;
         if upload.mode == WriteMode::Overwrite {
             self.access.check(p, Privilege::Modify, t)?;
@@ -166,11 +185,13 @@ fn describe(t: &TableRef, table: &DeltaTable) -> Result<TableInfo> {
         full_name: t.to_string(),
         description: metadata.description().map(str::to_string),
         owner: metadata.configuration().get(OWNER_PROPERTY).cloned(),
-        version: u64::try_from(state.version()).unwrap_or(0),
+        version: state.version(),
         columns,
         partition_columns: metadata.partition_columns().to_vec(),
         file_count,
         size_bytes,
-        created_at: metadata.created_time().and_then(chrono::DateTime::from_timestamp_millis),
+        created_at: metadata
+            .created_time()
+            .and_then(chrono::DateTime::from_timestamp_millis),
     })
 }

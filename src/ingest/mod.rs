@@ -33,10 +33,17 @@ pub enum UploadFormat {
 
 impl UploadFormat {
     pub fn from_content_type(ct: &str) -> Result<UploadFormat> {
-        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         Ok(match essence.as_str() {
             "application/json" => UploadFormat::Json,
-            "application/x-ndjson" | "application/ndjson" | "application/jsonl"
+            "application/x-ndjson"
+            | "application/ndjson"
+            | "application/jsonl"
             | "application/x-jsonlines" => UploadFormat::NdJson,
             "text/csv" | "application/csv" => UploadFormat::Csv,
             "application/vnd.apache.parquet" | "application/x-parquet" | "application/parquet" => {
@@ -71,9 +78,8 @@ pub fn decode(format: UploadFormat, body: Bytes, target: &SchemaRef) -> Result<V
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
-                    Error::invalid(format!("invalid JSON on line {}: {e}", i + 1))
-                })?;
+                let v: serde_json::Value = serde_json::from_slice(line)
+                    .map_err(|e| Error::invalid(format!("invalid JSON on line {}: {e}", i + 1)))?;
                 rows.push(v);
             }
             decode_json_rows(rows, target)?
@@ -123,16 +129,25 @@ fn decode_json_rows(rows: Vec<serde_json::Value>, target: &SchemaRef) -> Result<
     let mut objects = Vec::with_capacity(rows.len());
     for (i, row) in rows.into_iter().enumerate() {
         let serde_json::Value::Object(obj) = row else {
-            return Err(Error::invalid(format!("row {}: expected a JSON object", i + 1)));
+            return Err(Error::invalid(format!(
+                "row {}: expected a JSON object",
+                i + 1
+            )));
         };
         let mut norm = BTreeMap::new();
         for (k, v) in obj {
             let key = k.to_ascii_lowercase();
             if !names.contains(key.as_str()) {
-                return Err(Error::invalid(format!("row {}: unknown column {k:?}", i + 1)));
+                return Err(Error::invalid(format!(
+                    "row {}: unknown column {k:?}",
+                    i + 1
+                )));
             }
             if norm.insert(key, v).is_some() {
-                return Err(Error::invalid(format!("row {}: column {k:?} given twice", i + 1)));
+                return Err(Error::invalid(format!(
+                    "row {}: column {k:?} given twice",
+                    i + 1
+                )));
             }
         }
         objects.push(norm);
@@ -170,7 +185,9 @@ fn decode_json_rows(rows: Vec<serde_json::Value>, target: &SchemaRef) -> Result<
 
 fn decode_csv(body: Bytes, target: &SchemaRef) -> Result<Vec<RecordBatch>> {
     let header = {
-        let mut rdr = csv::ReaderBuilder::new().has_headers(true).from_reader(body.as_ref());
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(body.as_ref());
         rdr.headers()
             .map_err(|e| Error::invalid(format!("invalid CSV header: {e}")))?
             .iter()
@@ -187,7 +204,9 @@ fn decode_csv(body: Bytes, target: &SchemaRef) -> Result<Vec<RecordBatch>> {
             .field_with_name(h)
             .map_err(|_| Error::invalid(format!("CSV header: unknown column {h:?}")))?;
         if !seen.insert(h.clone()) {
-            return Err(Error::invalid(format!("CSV header: column {h:?} given twice")));
+            return Err(Error::invalid(format!(
+                "CSV header: column {h:?} given twice"
+            )));
         }
         fields.push(Field::new(h, field.data_type().clone(), true));
     }
@@ -198,7 +217,8 @@ fn decode_csv(body: Bytes, target: &SchemaRef) -> Result<Vec<RecordBatch>> {
         .map_err(|e| Error::invalid(format!("invalid CSV: {}", clean_arrow_message(&e))))?;
     let mut out = Vec::new();
     for batch in reader {
-        let batch = batch.map_err(|e| Error::invalid(format!("invalid CSV: {}", clean_arrow_message(&e))))?;
+        let batch = batch
+            .map_err(|e| Error::invalid(format!("invalid CSV: {}", clean_arrow_message(&e))))?;
         out.push(conform(&batch, target)?);
     }
     Ok(out)
@@ -210,11 +230,17 @@ fn decode_csv(body: Bytes, target: &SchemaRef) -> Result<Vec<RecordBatch>> {
 pub fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
     let schema = batch.schema();
     for f in schema.fields() {
-        if target.field_with_name(&f.name().to_ascii_lowercase()).is_err() {
+        if target
+            .field_with_name(&f.name().to_ascii_lowercase())
+            .is_err()
+        {
             return Err(Error::invalid(format!("unknown column {:?}", f.name())));
         }
     }
-    let strict = CastOptions { safe: false, ..Default::default() };
+    let strict = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
     for field in target.fields() {
         let found = schema
@@ -255,7 +281,11 @@ fn with_schema(batch: RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
     with_schema_columns(batch.columns().to_vec(), target, batch.num_rows())
 }
 
-fn with_schema_columns(columns: Vec<ArrayRef>, target: &SchemaRef, rows: usize) -> Result<RecordBatch> {
+fn with_schema_columns(
+    columns: Vec<ArrayRef>,
+    target: &SchemaRef,
+    rows: usize,
+) -> Result<RecordBatch> {
     // Nullability is checked separately with row numbers; build against the nullable twin
     // and then re-label with the target schema once it is known to hold.
     let relaxed = nullable(target);
@@ -274,7 +304,9 @@ pub fn enforce_schema(batches: Vec<RecordBatch>, target: &SchemaRef) -> Result<V
             if field.is_nullable() {
                 continue;
             }
-            let Some(col) = batch.columns().get(i) else { continue };
+            let Some(col) = batch.columns().get(i) else {
+                continue;
+            };
             if col.null_count() > 0
                 && let Some(row) = (0..col.len()).find(|r| col.is_null(*r))
             {
@@ -298,7 +330,13 @@ pub fn enforce_schema(batches: Vec<RecordBatch>, target: &SchemaRef) -> Result<V
 
 fn clean_arrow_message(e: &arrow::error::ArrowError) -> String {
     let s = e.to_string();
-    for prefix in ["Json error: ", "Parser error: ", "Cast error: ", "Invalid argument error: ", "Csv error: "] {
+    for prefix in [
+        "Json error: ",
+        "Parser error: ",
+        "Cast error: ",
+        "Invalid argument error: ",
+        "Csv error: ",
+    ] {
         if let Some(rest) = s.strip_prefix(prefix) {
             return rest.to_string();
         }
@@ -321,14 +359,40 @@ mod tests {
     #[test]
     fn json_errors_name_row_and_column() {
         let s = schema();
-        let ok = decode(UploadFormat::Json, Bytes::from(r#"[{"id":1,"name":"a"},{"id":2}]"#), &s).unwrap();
+        let ok = decode(
+            UploadFormat::Json,
+            Bytes::from(r#"[{"id":1,"name":"a"},{"id":2}]"#),
+            &s,
+        )
+        .unwrap();
         assert_eq!(ok.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
-        let e = decode(UploadFormat::Json, Bytes::from(r#"[{"id":1},{"id":"x"}]"#), &s).unwrap_err();
+        let e = decode(
+            UploadFormat::Json,
+            Bytes::from(r#"[{"id":1},{"id":"x"}]"#),
+            &s,
+        )
+        .unwrap_err();
         assert!(e.to_string().starts_with("row 2"), "{e}");
-        let e = decode(UploadFormat::Json, Bytes::from(r#"[{"id":1},{"id":2,"zzz":1}]"#), &s).unwrap_err();
-        assert!(e.to_string().contains("row 2") && e.to_string().contains("zzz"), "{e}");
-        let e = decode(UploadFormat::NdJson, Bytes::from("{\"id\":1}\n{\"name\":\"b\"}\n"), &s).unwrap_err();
-        assert!(e.to_string().contains("row 2") && e.to_string().contains("id"), "{e}");
+        let e = decode(
+            UploadFormat::Json,
+            Bytes::from(r#"[{"id":1},{"id":2,"zzz":1}]"#),
+            &s,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("row 2") && e.to_string().contains("zzz"),
+            "{e}"
+        );
+        let e = decode(
+            UploadFormat::NdJson,
+            Bytes::from("{\"id\":1}\n{\"name\":\"b\"}\n"),
+            &s,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("row 2") && e.to_string().contains("id"),
+            "{e}"
+        );
         assert!(decode(UploadFormat::Json, Bytes::from("[{\"id\":1"), &s).is_err());
     }
 
@@ -337,8 +401,18 @@ mod tests {
         let s = schema();
         let ok = decode(UploadFormat::Csv, Bytes::from("name,id\na,1\n,2\n"), &s).unwrap();
         assert_eq!(ok[0].num_rows(), 2);
-        assert!(decode(UploadFormat::Csv, Bytes::from("id,bogus\n1,2\n"), &s).unwrap_err().to_string().contains("bogus"));
-        assert!(decode(UploadFormat::Csv, Bytes::from("name\na\n"), &s).unwrap_err().to_string().contains("id"));
+        assert!(
+            decode(UploadFormat::Csv, Bytes::from("id,bogus\n1,2\n"), &s)
+                .unwrap_err()
+                .to_string()
+                .contains("bogus")
+        );
+        assert!(
+            decode(UploadFormat::Csv, Bytes::from("name\na\n"), &s)
+                .unwrap_err()
+                .to_string()
+                .contains("id")
+        );
         assert!(decode(UploadFormat::Csv, Bytes::from("id,name\n1,a\n2\n"), &s).is_err());
         assert!(decode(UploadFormat::Csv, Bytes::from("id,name\nx,a\n"), &s).is_err());
     }
@@ -346,7 +420,21 @@ mod tests {
     #[test]
     fn garbage_binary_formats_are_rejected() {
         let s = schema();
-        assert!(decode(UploadFormat::Parquet, Bytes::from_static(b"PAR1garbage"), &s).is_err());
-        assert!(decode(UploadFormat::ArrowStream, Bytes::from_static(b"\xff\xff\xff\xffgarbage"), &s).is_err());
+        assert!(
+            decode(
+                UploadFormat::Parquet,
+                Bytes::from_static(b"PAR1garbage"),
+                &s
+            )
+            .is_err()
+        );
+        assert!(
+            decode(
+                UploadFormat::ArrowStream,
+                Bytes::from_static(b"\xff\xff\xff\xffgarbage"),
+                &s
+            )
+            .is_err()
+        );
     }
 }

@@ -48,8 +48,14 @@ pub struct WriteOutcome {
 
 pub fn commit_properties(p: &Principal, operation: &str) -> CommitProperties {
     CommitProperties::default().with_metadata([
-        (PRINCIPAL_KEY.to_string(), serde_json::Value::String(p.subject.clone())),
-        (OPERATION_KEY.to_string(), serde_json::Value::String(operation.to_string())),
+        (
+            PRINCIPAL_KEY.to_string(),
+            serde_json::Value::String(p.subject.clone()),
+        ),
+        (
+            OPERATION_KEY.to_string(),
+            serde_json::Value::String(operation.to_string()),
+        ),
     ])
 }
 
@@ -66,12 +72,15 @@ fn app_id(key: &str) -> Result<String> {
 }
 
 fn version_of(table: &DeltaTable) -> u64 {
-    table.version().and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
+    table.version().unwrap_or(0)
 }
 
 async fn already_committed(table: &DeltaTable, app_id: &str) -> Result<bool> {
     let state = table.snapshot()?;
-    Ok(state.transaction_version(table.log_store().as_ref(), app_id).await?.is_some())
+    Ok(state
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await?
+        .is_some())
 }
 
 /// Appends or overwrites `batches` in one commit.
@@ -89,11 +98,19 @@ pub async fn write(
     if let Some(app) = &app
         && already_committed(&table, app).await?
     {
-        return Ok(WriteOutcome { version: version_of(&table), rows: 0, duplicate: true });
+        return Ok(WriteOutcome {
+            version: version_of(&table),
+            rows: 0,
+            duplicate: true,
+        });
     }
     let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
     if rows == 0 && mode == WriteMode::Append {
-        return Ok(WriteOutcome { version: version_of(&table), rows: 0, duplicate: false });
+        return Ok(WriteOutcome {
+            version: version_of(&table),
+            rows: 0,
+            duplicate: false,
+        });
     }
     let mut props = commit_properties(p, operation);
     if let Some(app) = &app {
@@ -112,7 +129,11 @@ pub async fn write(
     match result {
         Ok(written) => {
             catalog.remember(t, &written).await;
-            Ok(WriteOutcome { version: version_of(&written), rows, duplicate: false })
+            Ok(WriteOutcome {
+                version: version_of(&written),
+                rows,
+                duplicate: false,
+            })
         }
         Err(e) => {
             let err: Error = e.into();
@@ -122,7 +143,11 @@ pub async fn write(
             {
                 let fresh = catalog.load(t).await?;
                 if already_committed(&fresh, app).await? {
-                    return Ok(WriteOutcome { version: version_of(&fresh), rows: 0, duplicate: true });
+                    return Ok(WriteOutcome {
+                        version: version_of(&fresh),
+                        rows: 0,
+                        duplicate: true,
+                    });
                 }
             }
             Err(err)
@@ -157,8 +182,18 @@ pub async fn create_with_data(
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let spec = TableSpec { columns, ..spec.clone() };
-        let table = catalog.create(t, &spec, &p.subject, commit_properties(p, "CREATE TABLE AS SELECT")).await?;
+        let spec = TableSpec {
+            columns,
+            ..spec.clone()
+        };
+        let table = catalog
+            .create(
+                t,
+                &spec,
+                &p.subject,
+                commit_properties(p, "CREATE TABLE AS SELECT"),
+            )
+            .await?;
         return Ok(version_of(&table));
     }
     let url = catalog.warehouse().table_url(t)?;
@@ -203,14 +238,23 @@ fn arrow_type_name(dt: &arrow::datatypes::DataType) -> Result<String> {
         D::Timestamp(_, Some(_)) => "timestamp".into(),
         D::Timestamp(_, None) => "timestamp_ntz".into(),
         other => {
-            return Err(Error::Unsupported(format!("cannot create a column of type {other}")));
+            return Err(Error::Unsupported(format!(
+                "cannot create a column of type {other}"
+            )));
         }
     })
 }
 
 /// Sets the table description (a Delta metadata commit).
-pub async fn set_description(table: DeltaTable, p: &Principal, description: String) -> Result<DeltaTable> {
-    let update = TableMetadataUpdate { name: None, description: Some(description) };
+pub async fn set_description(
+    table: DeltaTable,
+    p: &Principal,
+    description: String,
+) -> Result<DeltaTable> {
+    let update = TableMetadataUpdate {
+        name: None,
+        description: Some(description),
+    };
     Ok(table
         .update_table_metadata()
         .with_update(update)

@@ -97,7 +97,11 @@ impl Grant {
         } else {
             Scope::Table(TableRef::parse(&g.on)?)
         };
-        Ok(Grant { role: g.role.clone(), privilege, scope })
+        Ok(Grant {
+            role: g.role.clone(),
+            privilege,
+            scope,
+        })
     }
 }
 
@@ -110,8 +114,15 @@ pub struct AccessControl {
 
 impl AccessControl {
     pub fn new(admin_role: impl Into<String>, cfg: &AccessConfig) -> Result<AccessControl> {
-        let grants = cfg.grants.iter().map(Grant::parse).collect::<Result<Vec<_>>>()?;
-        Ok(AccessControl { admin_role: admin_role.into(), grants })
+        let grants = cfg
+            .grants
+            .iter()
+            .map(Grant::parse)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AccessControl {
+            admin_role: admin_role.into(),
+            grants,
+        })
     }
 
     pub fn is_admin(&self, p: &Principal) -> bool {
@@ -120,9 +131,10 @@ impl AccessControl {
 
     pub fn allows(&self, p: &Principal, privilege: Privilege, t: &TableRef) -> bool {
         self.is_admin(p)
-            || self.grants.iter().any(|g| {
-                g.privilege == privilege && p.has_role(&g.role) && g.scope.covers(t)
-            })
+            || self
+                .grants
+                .iter()
+                .any(|g| g.privilege == privilege && p.has_role(&g.role) && g.scope.covers(t))
     }
 
     /// Privileges that apply to every table of a layer (creating tables needs `MANAGE` here).
@@ -136,7 +148,10 @@ impl AccessControl {
     /// Whether `t` exists for `p` at all (any privilege on it).
     pub fn is_visible(&self, p: &Principal, t: &TableRef) -> bool {
         self.is_admin(p)
-            || self.grants.iter().any(|g| p.has_role(&g.role) && g.scope.covers(t))
+            || self
+                .grants
+                .iter()
+                .any(|g| p.has_role(&g.role) && g.scope.covers(t))
     }
 
     /// `Ok` if `p` holds `privilege` on `t`; `NotFound` if `t` is invisible to `p`, else
@@ -145,7 +160,9 @@ impl AccessControl {
         if self.allows(p, privilege, t) {
             Ok(())
         } else if self.is_visible(p, t) {
-            Err(Error::PermissionDenied(format!("{privilege} on {t} is not granted")))
+            Err(Error::PermissionDenied(format!(
+                "{privilege} on {t} is not granted"
+            )))
         } else {
             Err(Error::NotFound(format!("table {t} not found")))
         }
@@ -155,7 +172,9 @@ impl AccessControl {
         if self.allows_layer(p, privilege, layer) {
             Ok(())
         } else {
-            Err(Error::PermissionDenied(format!("{privilege} on layer {layer} is not granted")))
+            Err(Error::PermissionDenied(format!(
+                "{privilege} on layer {layer} is not granted"
+            )))
         }
     }
 }
@@ -177,8 +196,16 @@ mod tests {
     fn default_deny_and_scopes() {
         let cfg = AccessConfig {
             grants: vec![
-                GrantConfig { role: "analyst".into(), privilege: "SELECT".into(), on: "gold".into() },
-                GrantConfig { role: "loader".into(), privilege: "insert".into(), on: "bronze.raw".into() },
+                GrantConfig {
+                    role: "analyst".into(),
+                    privilege: "SELECT".into(),
+                    on: "gold".into(),
+                },
+                GrantConfig {
+                    role: "loader".into(),
+                    privilege: "insert".into(),
+                    on: "bronze.raw".into(),
+                },
             ],
         };
         let ac = AccessControl::new("admin", &cfg).unwrap();
@@ -186,11 +213,18 @@ mod tests {
         let raw = TableRef::parse("bronze.raw").unwrap();
         let nobody = principal(&[]);
         assert!(!ac.is_visible(&nobody, &gold));
-        assert_eq!(ac.check(&nobody, Privilege::Select, &gold).unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(
+            ac.check(&nobody, Privilege::Select, &gold)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::NotFound
+        );
         let analyst = principal(&["analyst"]);
         assert!(ac.allows(&analyst, Privilege::Select, &gold));
         assert_eq!(
-            ac.check(&analyst, Privilege::Insert, &gold).unwrap_err().kind(),
+            ac.check(&analyst, Privilege::Insert, &gold)
+                .unwrap_err()
+                .kind(),
             ErrorKind::PermissionDenied
         );
         assert!(!ac.is_visible(&analyst, &raw));

@@ -84,7 +84,9 @@ impl Authenticator {
         if let Some(s) = &secret
             && s.expose().len() < 32
         {
-            return Err(Error::Config("the HS256 secret is weaker than 32 bytes".into()));
+            return Err(Error::Config(
+                "the HS256 secret is weaker than 32 bytes".into(),
+            ));
         }
         let hmac = secret.map(|s| {
             (
@@ -100,7 +102,10 @@ impl Authenticator {
                 .or_else(|_| DecodingKey::from_ec_pem(&pem))
                 .or_else(|_| DecodingKey::from_ed_pem(&pem))
                 .map_err(|e| {
-                    Error::Config(format!("{}: not an RSA, EC or Ed25519 public key: {e}", path.display()))
+                    Error::Config(format!(
+                        "{}: not an RSA, EC or Ed25519 public key: {e}",
+                        path.display()
+                    ))
                 })?;
             public_keys.push(key);
         }
@@ -170,7 +175,9 @@ impl Authenticator {
         }
         candidates.retain(|k| k.family() == family);
         if candidates.is_empty() {
-            return Err(Error::Unauthenticated("no key configured for this token".into()));
+            return Err(Error::Unauthenticated(
+                "no key configured for this token".into(),
+            ));
         }
         let mut last = None;
         for key in &candidates {
@@ -179,20 +186,24 @@ impl Authenticator {
                 Err(e) => last = Some(e),
             }
         }
-        Err(Error::Unauthenticated(match last.as_ref().map(|e| e.kind()) {
-            Some(jsonwebtoken::errors::ErrorKind::ExpiredSignature) => "token expired".into(),
-            Some(jsonwebtoken::errors::ErrorKind::ImmatureSignature) => {
-                "token not valid yet (nbf)".into()
-            }
-            Some(jsonwebtoken::errors::ErrorKind::InvalidIssuer) => "token issuer rejected".into(),
-            Some(jsonwebtoken::errors::ErrorKind::InvalidAudience) => {
-                "token audience rejected".into()
-            }
-            Some(jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(c)) => {
-                format!("token lacks the required claim {c}")
-            }
-            _ => "invalid token".into(),
-        }))
+        Err(Error::Unauthenticated(
+            match last.as_ref().map(|e| e.kind()) {
+                Some(jsonwebtoken::errors::ErrorKind::ExpiredSignature) => "token expired".into(),
+                Some(jsonwebtoken::errors::ErrorKind::ImmatureSignature) => {
+                    "token not valid yet (nbf)".into()
+                }
+                Some(jsonwebtoken::errors::ErrorKind::InvalidIssuer) => {
+                    "token issuer rejected".into()
+                }
+                Some(jsonwebtoken::errors::ErrorKind::InvalidAudience) => {
+                    "token audience rejected".into()
+                }
+                Some(jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(c)) => {
+                    format!("token lacks the required claim {c}")
+                }
+                _ => "invalid token".into(),
+            },
+        ))
     }
 
     /// Mints an HS256 token (dev mode and `strata token`).
@@ -231,7 +242,11 @@ fn to_principal(c: Claims) -> Principal {
     for reserved in ["iss", "aud", "jti"] {
         claims.remove(reserved);
     }
-    Principal { subject: c.sub, roles: c.roles.into_iter().collect::<BTreeSet<_>>(), claims }
+    Principal {
+        subject: c.sub,
+        roles: c.roles.into_iter().collect::<BTreeSet<_>>(),
+        claims,
+    }
 }
 
 /// The HS256 secret: configured value, a configured file, or (dev mode) the generated one.
@@ -301,7 +316,12 @@ mod tests {
     fn round_trip_and_rejections() {
         let a = hs("0123456789abcdef0123456789abcdef-x");
         let t = a
-            .mint("alice", &["analyst".into()], BTreeMap::new(), Duration::from_secs(60))
+            .mint(
+                "alice",
+                &["analyst".into()],
+                BTreeMap::new(),
+                Duration::from_secs(60),
+            )
             .unwrap();
         let p = a.authenticate(&t).unwrap();
         assert_eq!(p.subject, "alice");

@@ -96,18 +96,27 @@ impl Catalog {
 
     /// Tables in `layer` (or all layers), sorted.
     pub async fn list(&self, layer: Option<Layer>) -> Result<Vec<TableRef>> {
-        let layers: Vec<Layer> = layer.map(|l| vec![l]).unwrap_or_else(|| Layer::ALL.to_vec());
+        let layers: Vec<Layer> = layer
+            .map(|l| vec![l])
+            .unwrap_or_else(|| Layer::ALL.to_vec());
         let mut out = Vec::new();
         for &layer in &layers {
             let prefix = Path::from(layer.as_str());
-            let listing = match self.warehouse.store().list_with_delimiter(Some(&prefix)).await {
+            let listing = match self
+                .warehouse
+                .store()
+                .list_with_delimiter(Some(&prefix))
+                .await
+            {
                 Ok(l) => l,
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => return Err(e.into()),
             };
             for dir in listing.common_prefixes {
                 let Some(name) = dir.filename() else { continue };
-                let Ok(t) = TableRef::new(layer.as_str(), name) else { continue };
+                let Ok(t) = TableRef::new(layer.as_str(), name) else {
+                    continue;
+                };
                 if self.exists(&t).await? {
                     out.push(t);
                 }
@@ -144,7 +153,10 @@ impl Catalog {
             self.set_known(t, false);
             return Err(not_found(t));
         }
-        self.builder(t)?.load().await.map_err(|e| map_load_error(t, e))
+        self.builder(t)?
+            .load()
+            .await
+            .map_err(|e| map_load_error(t, e))
     }
 
     /// Tables known to exist (see the field's doc).
@@ -186,15 +198,13 @@ impl Catalog {
                 // The kernel reports a version past the end in several ways; ask the log.
                 let latest = self.builder(t)?.build()?.get_latest_version().await.ok();
                 match latest {
-                    Some(latest) if version > latest => {
-                        Err(Error::NotFound(format!(
-                            "table {t} has no version {version} (latest is {latest})"
-                        )))
-                    }
+                    Some(latest) if version > latest => Err(Error::NotFound(format!(
+                        "table {t} has no version {version} (latest is {latest})"
+                    ))),
                     _ => match e {
-                        DeltaTableError::InvalidVersion(_) | DeltaTableError::NotATable(_) => {
-                            Err(Error::NotFound(format!("table {t} has no version {version}")))
-                        }
+                        DeltaTableError::InvalidVersion(_) | DeltaTableError::NotATable(_) => Err(
+                            Error::NotFound(format!("table {t} has no version {version}")),
+                        ),
                         other => Err(map_load_error(t, other)),
                     },
                 }
@@ -207,15 +217,20 @@ impl Catalog {
         if !self.exists(t).await? {
             return Err(not_found(t));
         }
-        let table = self.builder(t)?.with_timestamp(ts).load().await.map_err(|e| match e {
-            DeltaTableError::InvalidVersion(_)
-            | DeltaTableError::NotATable(_)
-            | DeltaTableError::Generic(_) => Error::NotFound(format!(
-                "table {t} has no version at or before {}",
-                ts.to_rfc3339()
-            )),
-            other => map_load_error(t, other),
-        })?;
+        let table = self
+            .builder(t)?
+            .with_timestamp(ts)
+            .load()
+            .await
+            .map_err(|e| match e {
+                DeltaTableError::InvalidVersion(_)
+                | DeltaTableError::NotATable(_)
+                | DeltaTableError::Generic(_) => Error::NotFound(format!(
+                    "table {t} has no version at or before {}",
+                    ts.to_rfc3339()
+                )),
+                other => map_load_error(t, other),
+            })?;
         // delta-rs falls back to the first version for a timestamp before it; that version
         // did not exist at `ts`.
         let state = table.snapshot()?;
@@ -239,14 +254,21 @@ impl Catalog {
         owner: &str,
         commit: CommitProperties,
     ) -> Result<DeltaTable> {
-        let fields = spec.columns.iter().map(ColumnSpec::to_field).collect::<Result<Vec<_>>>()?;
+        let fields = spec
+            .columns
+            .iter()
+            .map(ColumnSpec::to_field)
+            .collect::<Result<Vec<_>>>()?;
         if fields.is_empty() {
             return Err(Error::invalid("a table needs at least one column"));
         }
         let mut seen = std::collections::HashSet::new();
         for f in &fields {
             if !seen.insert(f.name().to_string()) {
-                return Err(Error::invalid(format!("column {} is declared twice", f.name())));
+                return Err(Error::invalid(format!(
+                    "column {} is declared twice",
+                    f.name()
+                )));
             }
         }
         let mut partitions = Vec::new();
@@ -260,7 +282,9 @@ impl Catalog {
             partitions.push(p);
         }
         if !partitions.is_empty() && partitions.len() == fields.len() {
-            return Err(Error::invalid("a table needs at least one non-partition column"));
+            return Err(Error::invalid(
+                "a table needs at least one non-partition column",
+            ));
         }
         if self.exists(t).await? {
             return Err(already_exists(t));
@@ -271,10 +295,7 @@ impl Catalog {
             .with_table_name(t.name.clone())
             .with_columns(fields)
             .with_save_mode(SaveMode::ErrorIfExists)
-            .with_configuration_property(
-                deltalake::TableProperty::AppendOnly,
-                Some("false"),
-            )
+            .with_configuration_property(deltalake::TableProperty::AppendOnly, Some("false"))
             // Our own `strata.*` keys are not Delta properties; let them through.
             .with_raise_if_key_not_exists(false)
             .with_configuration([(OWNER_PROPERTY.to_string(), Some(owner.to_string()))])
@@ -291,14 +312,9 @@ impl Catalog {
             DeltaTableError::VersionAlreadyExists(_) | DeltaTableError::GenericError { .. } => {
                 already_exists(t)
             }
-            DeltaTableError::Transaction { source }
-                if matches!(
-                    source,
-                    deltalake::kernel::transaction::TransactionError::VersionAlreadyExists(_)
-                ) =>
-            {
-                already_exists(t)
-            }
+            DeltaTableError::Transaction {
+                source: deltalake::kernel::transaction::TransactionError::VersionAlreadyExists(_),
+            } => already_exists(t),
             other => other.into(),
         })?;
         self.remember(t, &table).await;
@@ -342,7 +358,7 @@ impl Catalog {
             })
             .try_collect()
             .await?;
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         versions.truncate(limit);
         let mut out = Vec::with_capacity(versions.len());
         for (version, path) in versions {
@@ -384,8 +400,8 @@ fn parse_commit_info(version: u64, bytes: &[u8]) -> HistoryEntry {
             .and_then(DateTime::from_timestamp_millis);
         entry.operation = get("operation").and_then(|v| v.as_str().map(str::to_string));
         entry.operation_parameters = get("operationParameters");
-        entry.principal =
-            get(crate::pipelines::commit::PRINCIPAL_KEY).and_then(|v| v.as_str().map(str::to_string));
+        entry.principal = get(crate::pipelines::commit::PRINCIPAL_KEY)
+            .and_then(|v| v.as_str().map(str::to_string));
         entry.read_version = get("readVersion").and_then(|v| v.as_i64());
         entry.is_blind_append = get("isBlindAppend").and_then(|v| v.as_bool());
         entry.operation_metrics = get("operationMetrics");

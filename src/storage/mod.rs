@@ -68,10 +68,15 @@ impl TableRef {
     /// Validates a layer and a table name.
     pub fn new(layer: &str, name: &str) -> Result<TableRef> {
         let layer = Layer::parse(layer).ok_or_else(|| {
-            Error::NotFound(format!("layer {layer:?} does not exist (layers: bronze, silver, gold)"))
+            Error::NotFound(format!(
+                "layer {layer:?} does not exist (layers: bronze, silver, gold)"
+            ))
         })?;
         validate_name(name)?;
-        Ok(TableRef { layer, name: name.to_ascii_lowercase() })
+        Ok(TableRef {
+            layer,
+            name: name.to_ascii_lowercase(),
+        })
     }
 
     /// Parses `layer.name` or `strata.layer.name`.
@@ -99,7 +104,10 @@ impl fmt::Display for TableRef {
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if ok {
         Ok(())
@@ -116,8 +124,14 @@ mod tests {
 
     #[test]
     fn table_refs_parse_and_validate() {
-        assert_eq!(TableRef::parse("gold.orders").unwrap().to_string(), "gold.orders");
-        assert_eq!(TableRef::parse("STRATA.Gold.Orders").unwrap().to_string(), "gold.orders");
+        assert_eq!(
+            TableRef::parse("gold.orders").unwrap().to_string(),
+            "gold.orders"
+        );
+        assert_eq!(
+            TableRef::parse("STRATA.Gold.Orders").unwrap().to_string(),
+            "gold.orders"
+        );
         assert!(TableRef::parse("platinum.x").is_err());
         assert!(TableRef::parse("gold.../x").is_err());
         assert!(TableRef::new("gold", "a/b").is_err());

@@ -44,14 +44,21 @@ impl ColumnSpec {
 
 /// Parses a type name (`bigint`, `DECIMAL(10, 2)`, `varchar(20)`, `timestamp`…).
 pub fn parse_type(name: &str) -> Result<DataType> {
-    let norm = name.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_lowercase();
+    let norm = name
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_lowercase();
     let (base, args) = match norm.find('(') {
         Some(i) => {
             let close = norm.rfind(')').ok_or_else(|| bad_type(name))?;
             if close < i {
                 return Err(bad_type(name));
             }
-            (norm[..i].trim().to_string(), Some(norm[i + 1..close].to_string()))
+            (
+                norm[..i].trim().to_string(),
+                Some(norm[i + 1..close].to_string()),
+            )
         }
         None => (norm.clone(), None),
     };
@@ -124,8 +131,14 @@ mod tests {
         assert_eq!(parse_type("BIGINT").unwrap(), DataType::LONG);
         assert_eq!(parse_type("varchar(20)").unwrap(), DataType::STRING);
         assert_eq!(parse_type("Double  Precision").unwrap(), DataType::DOUBLE);
-        assert_eq!(parse_type("decimal(10, 2)").unwrap(), DataType::decimal(10, 2).unwrap());
-        assert_eq!(type_name(&parse_type("decimal(10,2)").unwrap()), "decimal(10,2)");
+        assert_eq!(
+            parse_type("decimal(10, 2)").unwrap(),
+            DataType::decimal(10, 2).unwrap()
+        );
+        assert_eq!(
+            type_name(&parse_type("decimal(10,2)").unwrap()),
+            "decimal(10,2)"
+        );
         assert_eq!(type_name(&DataType::LONG), "long");
         assert!(parse_type("decimal(99,2)").is_err());
         assert!(parse_type("int(3)").is_err());

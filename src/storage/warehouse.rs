@@ -41,7 +41,9 @@ impl Warehouse {
                 prefix: prefix.trim_matches('/').to_string(),
             })
         } else if s.contains("://") {
-            Err(Error::Config(format!("{s}: only local paths and s3:// are supported")))
+            Err(Error::Config(format!(
+                "{s}: only local paths and s3:// are supported"
+            )))
         } else {
             Ok(Location::Local(std::path::PathBuf::from(s)))
         }
@@ -91,8 +93,8 @@ impl Warehouse {
                 );
                 // Delta commits rely on put-if-absent; object_store sends If-None-Match.
                 opts.insert("aws_conditional_put".to_string(), "etag".to_string());
-                let mut builder = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket.clone());
+                let mut builder =
+                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket.clone());
                 for (k, v) in &opts {
                     let key: object_store::aws::AmazonS3ConfigKey = k
                         .parse()
@@ -115,9 +117,14 @@ impl Warehouse {
                 } else {
                     format!("s3://{bucket}/{prefix}/")
                 };
-                let root = Url::parse(&root_str)
-                    .map_err(|e| Error::Config(format!("{root_str}: {e}")))?;
-                Ok(Warehouse { root, location, storage_options: opts, store })
+                let root =
+                    Url::parse(&root_str).map_err(|e| Error::Config(format!("{root_str}: {e}")))?;
+                Ok(Warehouse {
+                    root,
+                    location,
+                    storage_options: opts,
+                    store,
+                })
             }
         }
     }

@@ -8,11 +8,19 @@ use serde_json::json;
 use crate::harness::{TestServer, message};
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn forge(secret: &[u8], alg: Algorithm, claims: serde_json::Value) -> String {
-    jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret)).unwrap()
+    jsonwebtoken::encode(
+        &Header::new(alg),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,15 +30,64 @@ async fn every_api_route_needs_a_valid_token() {
     let secret = std::fs::read(s.root.join("data/dev-secret")).unwrap();
     let secret = String::from_utf8(secret).unwrap();
     let secret = secret.trim().as_bytes();
-    let bad_tokens = vec![
+    let bad_tokens = [
         ("garbage", "not.a.jwt".to_string()),
-        ("expired", forge(secret, Algorithm::HS256, json!({"sub": "admin", "roles": ["admin"], "exp": now() - 3600}))),
-        ("not yet valid", forge(secret, Algorithm::HS256, json!({"sub": "admin", "roles": ["admin"], "exp": now() + 3600, "nbf": now() + 3000}))),
-        ("no exp", forge(secret, Algorithm::HS256, json!({"sub": "admin", "roles": ["admin"]}))),
-        ("no sub", forge(secret, Algorithm::HS256, json!({"roles": ["admin"], "exp": now() + 3600}))),
-        ("wrong key", forge(b"another-secret-of-sufficient-length!!", Algorithm::HS256, json!({"sub": "admin", "roles": ["admin"], "exp": now() + 3600}))),
-        ("alg not allowed", forge(secret, Algorithm::HS512, json!({"sub": "admin", "roles": ["admin"], "exp": now() + 3600}))),
-        ("exp wrongly typed", forge(secret, Algorithm::HS256, json!({"sub": "admin", "roles": ["admin"], "exp": "never"}))),
+        (
+            "expired",
+            forge(
+                secret,
+                Algorithm::HS256,
+                json!({"sub": "admin", "roles": ["admin"], "exp": now() - 3600}),
+            ),
+        ),
+        (
+            "not yet valid",
+            forge(
+                secret,
+                Algorithm::HS256,
+                json!({"sub": "admin", "roles": ["admin"], "exp": now() + 3600, "nbf": now() + 3000}),
+            ),
+        ),
+        (
+            "no exp",
+            forge(
+                secret,
+                Algorithm::HS256,
+                json!({"sub": "admin", "roles": ["admin"]}),
+            ),
+        ),
+        (
+            "no sub",
+            forge(
+                secret,
+                Algorithm::HS256,
+                json!({"roles": ["admin"], "exp": now() + 3600}),
+            ),
+        ),
+        (
+            "wrong key",
+            forge(
+                b"another-secret-of-sufficient-length!!",
+                Algorithm::HS256,
+                json!({"sub": "admin", "roles": ["admin"], "exp": now() + 3600}),
+            ),
+        ),
+        (
+            "alg not allowed",
+            forge(
+                secret,
+                Algorithm::HS512,
+                json!({"sub": "admin", "roles": ["admin"], "exp": now() + 3600}),
+            ),
+        ),
+        (
+            "exp wrongly typed",
+            forge(
+                secret,
+                Algorithm::HS256,
+                json!({"sub": "admin", "roles": ["admin"], "exp": "never"}),
+            ),
+        ),
     ];
     let alg_none = {
         use base64::Engine as _;
@@ -38,7 +95,9 @@ async fn every_api_route_needs_a_valid_token() {
         format!(
             "{}.{}.",
             b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
-            b64.encode(json!({"sub": "admin", "roles": ["admin"], "exp": now() + 3600}).to_string())
+            b64.encode(
+                json!({"sub": "admin", "roles": ["admin"], "exp": now() + 3600}).to_string()
+            )
         )
     };
     let routes = [
@@ -54,11 +113,26 @@ async fn every_api_route_needs_a_valid_token() {
     ];
     for (method, path) in routes {
         let method: reqwest::Method = method.parse().unwrap();
-        let r = s.client.request(method.clone(), s.url(path)).send().await.unwrap();
+        let r = s
+            .client
+            .request(method.clone(), s.url(path))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401, "{method} {path} without token");
         assert_eq!(r.headers()["www-authenticate"], "Bearer");
-        for (what, token) in bad_tokens.iter().map(|(w, t)| (*w, t.clone())).chain([("alg none", alg_none.clone())]) {
-            let r = s.client.request(method.clone(), s.url(path)).bearer_auth(&token).send().await.unwrap();
+        for (what, token) in bad_tokens
+            .iter()
+            .map(|(w, t)| (*w, t.clone()))
+            .chain([("alg none", alg_none.clone())])
+        {
+            let r = s
+                .client
+                .request(method.clone(), s.url(path))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 401, "{method} {path} with {what} token");
         }
     }
@@ -74,7 +148,13 @@ async fn every_api_route_needs_a_valid_token() {
     let r = s.client.get(s.url("/nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     // Request ids are echoed.
-    let r = s.client.get(s.url("/healthz")).header("x-request-id", "abc-123").send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/healthz"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc-123");
 }
 
@@ -85,7 +165,15 @@ async fn default_deny_and_grants() {
     s.create_people("gold.people").await;
     s.create_people("bronze.raw").await;
     s.create_people("silver.secret").await;
-    let (status, _) = s.upload(&admin, "gold.people", "application/json", br#"[{"id":1}]"#.to_vec(), "").await;
+    let (status, _) = s
+        .upload(
+            &admin,
+            "gold.people",
+            "application/json",
+            br#"[{"id":1}]"#.to_vec(),
+            "",
+        )
+        .await;
     assert_eq!(status, 200);
 
     // A valid token with no grants sees nothing and can do nothing.
@@ -111,38 +199,89 @@ async fn default_deny_and_grants() {
 
     // An analyst reads gold only.
     let analyst = s.token("ann", &["analyst"]);
-    let (status, body) = s.sql(&analyst, "SELECT count(*) AS n FROM gold.people").await;
+    let (status, body) = s
+        .sql(&analyst, "SELECT count(*) AS n FROM gold.people")
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body[0]["n"], 1);
     let (status, _) = s.sql(&analyst, "SELECT * FROM silver.secret").await;
     assert_eq!(status, 404);
-    let (status, _) = s.sql(&analyst, "SELECT * FROM gold.people WHERE id IN (SELECT id FROM silver.secret)").await;
+    let (status, _) = s
+        .sql(
+            &analyst,
+            "SELECT * FROM gold.people WHERE id IN (SELECT id FROM silver.secret)",
+        )
+        .await;
     assert_eq!(status, 404);
-    let (status, body) = s.sql(&analyst, "INSERT INTO gold.people VALUES (2, 'x', 1)").await;
+    let (status, body) = s
+        .sql(&analyst, "INSERT INTO gold.people VALUES (2, 'x', 1)")
+        .await;
     assert_eq!(status, 403, "{body}");
-    let (status, _) = s.upload(&analyst, "gold.people", "application/json", br#"[{"id":2}]"#.to_vec(), "").await;
+    let (status, _) = s
+        .upload(
+            &analyst,
+            "gold.people",
+            "application/json",
+            br#"[{"id":2}]"#.to_vec(),
+            "",
+        )
+        .await;
     assert_eq!(status, 403);
     let (status, _) = s.get(&analyst, "/api/v1/tables/gold/people/history").await;
     assert_eq!(status, 403, "history needs MANAGE");
-    let (status, _) = s.sql(&analyst, "EXPLAIN ANALYZE SELECT * FROM gold.people").await;
+    let (status, _) = s
+        .sql(&analyst, "EXPLAIN ANALYZE SELECT * FROM gold.people")
+        .await;
     assert_eq!(status, 403, "EXPLAIN ANALYZE needs MANAGE");
     let (status, _) = s.sql(&analyst, "EXPLAIN SELECT * FROM gold.people").await;
     assert_eq!(status, 200);
     let body = s.sql(&analyst, "SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = 'strata' AND table_schema <> 'information_schema' ORDER BY 2").await.1;
-    assert_eq!(body, json!([{"table_schema": "gold", "table_name": "people"}]));
+    assert_eq!(
+        body,
+        json!([{"table_schema": "gold", "table_name": "people"}])
+    );
     let (_, body) = s.get(&analyst, "/api/v1/tables").await;
-    let names: Vec<&str> = body["tables"].as_array().unwrap().iter().map(|t| t["full_name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = body["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["full_name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["gold.people"]);
-    let r = s.client.delete(s.url("/api/v1/tables/gold/people")).bearer_auth(&analyst).send().await.unwrap();
+    let r = s
+        .client
+        .delete(s.url("/api/v1/tables/gold/people"))
+        .bearer_auth(&analyst)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
 
     // A loader appends to bronze but cannot overwrite (MODIFY) or read gold.
     let loader = s.token("lou", &["loader"]);
-    let (status, body) = s.upload(&loader, "bronze.raw", "application/json", br#"[{"id":7}]"#.to_vec(), "").await;
+    let (status, body) = s
+        .upload(
+            &loader,
+            "bronze.raw",
+            "application/json",
+            br#"[{"id":7}]"#.to_vec(),
+            "",
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = s.upload(&loader, "bronze.raw", "application/json", br#"[{"id":7}]"#.to_vec(), "?mode=overwrite").await;
+    let (status, _) = s
+        .upload(
+            &loader,
+            "bronze.raw",
+            "application/json",
+            br#"[{"id":7}]"#.to_vec(),
+            "?mode=overwrite",
+        )
+        .await;
     assert_eq!(status, 403);
-    let (status, body) = s.sql(&loader, "INSERT INTO bronze.raw SELECT * FROM gold.people").await;
+    let (status, body) = s
+        .sql(&loader, "INSERT INTO bronze.raw SELECT * FROM gold.people")
+        .await;
     assert_eq!(status, 404, "reading gold needs SELECT on it: {body}");
     assert_eq!(s.count("bronze.raw").await, 1);
 }

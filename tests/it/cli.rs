@@ -44,24 +44,54 @@ async fn zero_config_serve_prints_a_working_admin_token_and_stops_on_sigterm() {
     assert!(dir.path().join("data/dev-secret").exists());
     assert!(dir.path().join("data/warehouse").is_dir());
     let client = reqwest::Client::new();
-    let r = client.get(format!("{http}/api/v1/tables")).bearer_auth(&token).send().await.unwrap();
+    let r = client
+        .get(format!("{http}/api/v1/tables"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // `strata token` from the same directory mints tokens the server accepts.
     let out = Command::new(BIN)
         .current_dir(dir.path())
-        .args(["token", "--sub", "ann", "--role", "admin", "--claim", "tenant=acme", "--ttl", "10m"])
+        .args([
+            "token",
+            "--sub",
+            "ann",
+            "--role",
+            "admin",
+            "--claim",
+            "tenant=acme",
+            "--ttl",
+            "10m",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let minted = String::from_utf8(out.stdout).unwrap();
     assert_eq!(minted.lines().count(), 1, "token prints only the token");
-    let r = client.get(format!("{http}/api/v1/tables")).bearer_auth(minted.trim()).send().await.unwrap();
+    let r = client
+        .get(format!("{http}/api/v1/tables"))
+        .bearer_auth(minted.trim())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(exit.success(), "SIGTERM should exit 0, got {exit:?}");
 }
 
@@ -70,8 +100,16 @@ fn check_config_prints_redacted_config_and_lists_every_problem() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "[auth]\nmode = \"jwt\"\nhs256_secret = \"a-very-long-secret-value-of-more-than-32-bytes\"\n").unwrap();
-    let out = Command::new(BIN).args(["check-config", "--config"]).arg(&good).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("hs256_secret = \"<redacted>\""), "{text}");
     assert!(!text.contains("a-very-long-secret"));
@@ -79,15 +117,26 @@ fn check_config_prints_redacted_config_and_lists_every_problem() {
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[server]\nhttp_addr = \"0.0.0.0:8080\"\n[query]\ndefault_layer = \"platinum\"\n[auth]\nalgorithms = [\"none\"]\n").unwrap();
-    let out = Command::new(BIN).args(["check-config", "--config"]).arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.matches("problem:").count(), 3, "{err}");
-    assert!(err.contains("loopback") && err.contains("platinum") && err.contains("none"), "{err}");
+    assert!(
+        err.contains("loopback") && err.contains("platinum") && err.contains("none"),
+        "{err}"
+    );
 
     let typo = dir.path().join("typo.toml");
     std::fs::write(&typo, "[server]\nhttp_adr = \"127.0.0.1:1\"\n").unwrap();
-    let out = Command::new(BIN).args(["check-config", "--config"]).arg(&typo).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&typo)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("http_adr"));
 

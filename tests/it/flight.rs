@@ -6,7 +6,10 @@ use base64::Engine as _;
 
 use crate::harness::TestServer;
 
-async fn handshake(s: &TestServer, authorization: &str) -> Result<tonic::Response<tonic::Streaming<arrow_flight::HandshakeResponse>>, tonic::Status> {
+async fn handshake(
+    s: &TestServer,
+    authorization: &str,
+) -> Result<tonic::Response<tonic::Streaming<arrow_flight::HandshakeResponse>>, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.flight))
         .unwrap()
         .connect()
@@ -14,7 +17,8 @@ async fn handshake(s: &TestServer, authorization: &str) -> Result<tonic::Respons
         .unwrap();
     let mut client = FlightServiceClient::new(channel);
     let mut req = tonic::Request::new(futures::stream::iter(vec![HandshakeRequest::default()]));
-    req.metadata_mut().insert("authorization", authorization.parse().unwrap());
+    req.metadata_mut()
+        .insert("authorization", authorization.parse().unwrap());
     client.handshake(req).await
 }
 
@@ -23,7 +27,13 @@ async fn handshake_accepts_basic_with_jwt_password_and_returns_bearer() {
     let s = TestServer::start().await;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("admin:{}", s.admin));
     let resp = handshake(&s, &format!("Basic {basic}")).await.unwrap();
-    let bearer = resp.metadata().get("authorization").unwrap().to_str().unwrap().to_string();
+    let bearer = resp
+        .metadata()
+        .get("authorization")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(bearer, format!("Bearer {}", s.admin));
     let resp = handshake(&s, &format!("Bearer {}", s.admin)).await.unwrap();
     assert!(resp.metadata().get("authorization").is_some());

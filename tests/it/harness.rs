@@ -39,9 +39,21 @@ pub fn test_config(root: &Path) -> Config {
     cfg.query.target_partitions = 2;
     cfg.query.memory_limit_bytes = 512 * 1024 * 1024;
     cfg.access.grants = vec![
-        GrantConfig { role: "analyst".into(), privilege: "SELECT".into(), on: "gold".into() },
-        GrantConfig { role: "loader".into(), privilege: "SELECT".into(), on: "bronze".into() },
-        GrantConfig { role: "loader".into(), privilege: "INSERT".into(), on: "bronze".into() },
+        GrantConfig {
+            role: "analyst".into(),
+            privilege: "SELECT".into(),
+            on: "gold".into(),
+        },
+        GrantConfig {
+            role: "loader".into(),
+            privilege: "SELECT".into(),
+            on: "bronze".into(),
+        },
+        GrantConfig {
+            role: "loader".into(),
+            privilege: "INSERT".into(),
+            on: "bronze".into(),
+        },
     ];
     cfg
 }
@@ -57,8 +69,16 @@ impl TestServer {
     }
 
     pub async fn start_with(cfg: Config) -> TestServer {
-        strata::telemetry::init(&strata::config::LogConfig { level: "warn".into(), ..Default::default() });
-        let root = cfg.server.data_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        strata::telemetry::init(&strata::config::LogConfig {
+            level: "warn".into(),
+            ..Default::default()
+        });
+        let root = cfg
+            .server
+            .data_dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let server = strata::Server::build(cfg).await.expect("server builds");
         let http = server.http_addr().unwrap();
         let flight = server.flight_addr().unwrap();
@@ -68,7 +88,12 @@ impl TestServer {
             let _ = rx.await;
         }));
         let admin = auth
-            .mint("admin", &["admin".into()], BTreeMap::new(), Duration::from_secs(3600))
+            .mint(
+                "admin",
+                &["admin".into()],
+                BTreeMap::new(),
+                Duration::from_secs(3600),
+            )
             .unwrap();
         TestServer {
             http,
@@ -96,7 +121,9 @@ impl TestServer {
 
     pub fn token(&self, sub: &str, roles: &[&str]) -> String {
         let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
-        self.auth.mint(sub, &roles, BTreeMap::new(), Duration::from_secs(3600)).unwrap()
+        self.auth
+            .mint(sub, &roles, BTreeMap::new(), Duration::from_secs(3600))
+            .unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -104,18 +131,32 @@ impl TestServer {
     }
 
     pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
-        let r = self.client.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        let r = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
         status_json(r).await
     }
 
     pub async fn post_json(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
-        let r = self.client.post(self.url(path)).bearer_auth(token).json(&body).send().await.unwrap();
+        let r = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         status_json(r).await
     }
 
     /// Runs SQL, JSON result.
     pub async fn sql(&self, token: &str, sql: &str) -> (u16, Value) {
-        self.post_json(token, "/api/v1/query", json!({ "sql": sql })).await
+        self.post_json(token, "/api/v1/query", json!({ "sql": sql }))
+            .await
     }
 
     /// Runs SQL as admin and expects success.
@@ -126,7 +167,12 @@ impl TestServer {
     }
 
     /// Runs SQL and decodes the Arrow IPC stream result.
-    pub async fn sql_arrow(&self, token: &str, sql: &str, params: Value) -> Result<Vec<RecordBatch>, (u16, Value)> {
+    pub async fn sql_arrow(
+        &self,
+        token: &str,
+        sql: &str,
+        params: Value,
+    ) -> Result<Vec<RecordBatch>, (u16, Value)> {
         let r = self
             .client
             .post(self.url("/api/v1/query"))
@@ -140,14 +186,25 @@ impl TestServer {
             return Err(status_json(r).await);
         }
         let bytes = r.bytes().await.unwrap();
-        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+        let reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
         Ok(reader.map(|b| b.unwrap()).collect())
     }
 
-    pub async fn upload(&self, token: &str, table: &str, content_type: &str, body: Vec<u8>, query: &str) -> (u16, Value) {
+    pub async fn upload(
+        &self,
+        token: &str,
+        table: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        query: &str,
+    ) -> (u16, Value) {
         let r = self
             .client
-            .post(self.url(&format!("/api/v1/tables/{}/rows{query}", table.replace('.', "/"))))
+            .post(self.url(&format!(
+                "/api/v1/tables/{}/rows{query}",
+                table.replace('.', "/")
+            )))
             .bearer_auth(token)
             .header("content-type", content_type)
             .body(body)
@@ -179,13 +236,20 @@ impl TestServer {
     }
 
     pub async fn version(&self, table: &str) -> u64 {
-        let (status, body) = self.get(&self.admin.clone(), &format!("/api/v1/tables/{}", table.replace('.', "/"))).await;
+        let (status, body) = self
+            .get(
+                &self.admin.clone(),
+                &format!("/api/v1/tables/{}", table.replace('.', "/")),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
         body["version"].as_u64().unwrap()
     }
 
     pub async fn count(&self, table: &str) -> i64 {
-        let body = self.sql_ok(&format!("SELECT count(*) AS n FROM {table}")).await;
+        let body = self
+            .sql_ok(&format!("SELECT count(*) AS n FROM {table}"))
+            .await;
         body[0]["n"].as_i64().unwrap()
     }
 }
@@ -193,11 +257,18 @@ impl TestServer {
 pub async fn status_json(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
-    let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
     (status, value)
 }
 
 /// The error message of an error body.
 pub fn message(body: &Value) -> String {
-    body["error"]["message"].as_str().unwrap_or_default().to_string()
+    body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }

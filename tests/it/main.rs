@@ -1,5 +1,5 @@
 //! Integration tests: the real server, in process, on 127.0.0.1:0, driven by real clients.
-#![allow(unreachable_pub)]
+#![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
 mod cli;

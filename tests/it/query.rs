@@ -8,9 +8,17 @@ use crate::harness::{TestServer, message};
 async fn seeded() -> TestServer {
     let s = TestServer::start().await;
     s.create_people("gold.people").await;
-    let rows: Vec<_> = (1..=20).map(|i| json!({"id": i, "name": format!("p{i}"), "amount": i as f64 * 1.5})).collect();
+    let rows: Vec<_> = (1..=20)
+        .map(|i| json!({"id": i, "name": format!("p{i}"), "amount": i as f64 * 1.5}))
+        .collect();
     let (status, body) = s
-        .upload(&s.admin.clone(), "gold.people", "application/json", serde_json::to_vec(&rows).unwrap(), "")
+        .upload(
+            &s.admin.clone(),
+            "gold.people",
+            "application/json",
+            serde_json::to_vec(&rows).unwrap(),
+            "",
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     s
@@ -20,8 +28,13 @@ async fn seeded() -> TestServer {
 async fn results_in_json_csv_and_arrow() {
     let s = seeded().await;
     let admin = s.admin.clone();
-    let body = s.sql_ok("SELECT id, name FROM gold.people WHERE id <= 2 ORDER BY id").await;
-    assert_eq!(body, json!([{"id": 1, "name": "p1"}, {"id": 2, "name": "p2"}]));
+    let body = s
+        .sql_ok("SELECT id, name FROM gold.people WHERE id <= 2 ORDER BY id")
+        .await;
+    assert_eq!(
+        body,
+        json!([{"id": 1, "name": "p1"}, {"id": 2, "name": "p2"}])
+    );
     let empty = s.sql_ok("SELECT id FROM gold.people WHERE id < 0").await;
     assert_eq!(empty, json!([]));
 
@@ -35,13 +48,28 @@ async fn results_in_json_csv_and_arrow() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
     assert_eq!(r.text().await.unwrap(), "id,name\n1,p1\n2,p2\n");
 
-    let batches = s.sql_arrow(&admin, "SELECT id FROM gold.people ORDER BY id", json!([])).await.unwrap();
+    let batches = s
+        .sql_arrow(&admin, "SELECT id FROM gold.people ORDER BY id", json!([]))
+        .await
+        .unwrap();
     let ids: Vec<i64> = batches
         .iter()
-        .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec())
+        .flat_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
         .collect();
     assert_eq!(ids, (1..=20).collect::<Vec<_>>());
 
@@ -64,9 +92,20 @@ async fn parameters_bind_by_number_not_by_text() {
     // $10 must be the tenth value: sorting "$1,$10,$2…" as text would pick 2 instead of 10.
     let sql = "SELECT id FROM gold.people WHERE id IN ($1,$2,$3,$4,$5,$6,$7,$8,$9) OR id = $10 OR id = $11 ORDER BY id";
     let params = json!([1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 18]);
-    let (status, body) = s.post_json(&admin, "/api/v1/query", json!({"sql": sql, "params": params})).await;
+    let (status, body) = s
+        .post_json(
+            &admin,
+            "/api/v1/query",
+            json!({"sql": sql, "params": params}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
-    let ids: Vec<i64> = body.as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let ids: Vec<i64> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 18]);
 
     let (status, body) = s
@@ -80,9 +119,17 @@ async fn parameters_bind_by_number_not_by_text() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(body[0]["n"], 0);
-    for (params, needle) in [(json!([]), "parameter"), (json!([1, 2]), "parameter"), (json!([[1]]), "scalars")] {
+    for (params, needle) in [
+        (json!([]), "parameter"),
+        (json!([1, 2]), "parameter"),
+        (json!([[1]]), "scalars"),
+    ] {
         let (status, body) = s
-            .post_json(&admin, "/api/v1/query", json!({"sql": "SELECT * FROM gold.people WHERE id = $1", "params": params}))
+            .post_json(
+                &admin,
+                "/api/v1/query",
+                json!({"sql": "SELECT * FROM gold.people WHERE id = $1", "params": params}),
+            )
             .await;
         assert_eq!(status, 400, "{body}");
         assert!(message(&body).contains(needle), "{body}");
@@ -96,43 +143,67 @@ async fn sql_ddl_and_dml_through_the_query_endpoint() {
         .sql_ok("CREATE TABLE silver.orders (id BIGINT NOT NULL, region STRING, total DECIMAL(10,2) COMMENT 'gross') PARTITIONED BY (region) COMMENT 'orders'")
         .await;
     assert_eq!(body[0]["operation"], "CREATE TABLE");
-    let (_, info) = s.get(&s.admin.clone(), "/api/v1/tables/silver/orders").await;
+    let (_, info) = s
+        .get(&s.admin.clone(), "/api/v1/tables/silver/orders")
+        .await;
     assert_eq!(info["partition_columns"], json!(["region"]));
     assert_eq!(info["columns"][2]["description"], "gross");
     assert_eq!(info["description"], "orders");
 
-    let body = s.sql_ok("INSERT INTO silver.orders VALUES (1, 'eu', 10.50), (2, 'us', 20), (3, 'eu', 1.25)").await;
+    let body = s
+        .sql_ok("INSERT INTO silver.orders VALUES (1, 'eu', 10.50), (2, 'us', 20), (3, 'eu', 1.25)")
+        .await;
     assert_eq!(body[0]["rows_affected"], 3);
     assert_eq!(body[0]["version"], 1);
     let body = s.sql_ok("INSERT INTO silver.orders (region, id) SELECT 'apac', id + 10 FROM silver.orders WHERE region = 'eu'").await;
     assert_eq!(body[0]["rows_affected"], 2);
     let body = s.sql_ok("SELECT region, count(*) AS n, sum(total) AS t FROM silver.orders GROUP BY region ORDER BY region").await;
-    assert_eq!(body, json!([
-        {"region": "apac", "n": 2, "t": null},
-        {"region": "eu", "n": 2, "t": 11.75},
-        {"region": "us", "n": 1, "t": 20.0}
-    ]));
+    assert_eq!(
+        body,
+        json!([
+            {"region": "apac", "n": 2, "t": null},
+            {"region": "eu", "n": 2, "t": 11.75},
+            {"region": "us", "n": 1, "t": 20.0}
+        ])
+    );
 
     let body = s.sql_ok("CREATE TABLE gold.region_totals AS SELECT region, sum(total) AS total, count(*) AS orders FROM silver.orders GROUP BY region").await;
     assert_eq!(body[0]["rows_affected"], 3);
-    let (_, info) = s.get(&s.admin.clone(), "/api/v1/tables/gold/region_totals").await;
+    let (_, info) = s
+        .get(&s.admin.clone(), "/api/v1/tables/gold/region_totals")
+        .await;
     assert_eq!(info["columns"].as_array().unwrap().len(), 3);
     assert_eq!(info["version"], 0, "CTAS is one commit");
-    let (status, body) = s.sql(&s.admin.clone(), "CREATE TABLE gold.region_totals AS SELECT 1 AS x").await;
+    let (status, body) = s
+        .sql(
+            &s.admin.clone(),
+            "CREATE TABLE gold.region_totals AS SELECT 1 AS x",
+        )
+        .await;
     assert_eq!(status, 409, "{body}");
-    s.sql_ok("CREATE TABLE IF NOT EXISTS gold.region_totals AS SELECT 1 AS x").await;
-    s.sql_ok("CREATE TABLE gold.empty_ctas AS SELECT id FROM silver.orders WHERE false").await;
+    s.sql_ok("CREATE TABLE IF NOT EXISTS gold.region_totals AS SELECT 1 AS x")
+        .await;
+    s.sql_ok("CREATE TABLE gold.empty_ctas AS SELECT id FROM silver.orders WHERE false")
+        .await;
     assert_eq!(s.count("gold.empty_ctas").await, 0);
 
-    let body = s.sql_ok("INSERT OVERWRITE silver.orders SELECT * FROM silver.orders WHERE region = 'us'").await;
+    let body = s
+        .sql_ok("INSERT OVERWRITE silver.orders SELECT * FROM silver.orders WHERE region = 'us'")
+        .await;
     assert_eq!(body[0]["operation"], "INSERT OVERWRITE");
     assert_eq!(s.count("silver.orders").await, 1);
 
     // NOT NULL, type and arity errors commit nothing.
     let v = s.version("silver.orders").await;
     for (sql, needle) in [
-        ("INSERT INTO silver.orders (region) VALUES ('x')", "NOT NULL"),
-        ("INSERT INTO silver.orders VALUES (NULL, 'x', 1)", "NOT NULL"),
+        (
+            "INSERT INTO silver.orders (region) VALUES ('x')",
+            "NOT NULL",
+        ),
+        (
+            "INSERT INTO silver.orders VALUES (NULL, 'x', 1)",
+            "NOT NULL",
+        ),
         ("INSERT INTO silver.orders VALUES (1, 'x')", "column"),
         ("INSERT INTO silver.orders (id, nope) VALUES (1, 2)", "nope"),
         ("INSERT INTO silver.orders VALUES ('abc', 'x', 1)", ""),
@@ -143,9 +214,12 @@ async fn sql_ddl_and_dml_through_the_query_endpoint() {
     }
     assert_eq!(s.version("silver.orders").await, v);
 
-    s.sql_ok("DROP TABLE gold.region_totals, gold.empty_ctas").await;
+    s.sql_ok("DROP TABLE gold.region_totals, gold.empty_ctas")
+        .await;
     s.sql_ok("DROP TABLE IF EXISTS gold.region_totals").await;
-    let (status, _) = s.sql(&s.admin.clone(), "DROP TABLE gold.region_totals").await;
+    let (status, _) = s
+        .sql(&s.admin.clone(), "DROP TABLE gold.region_totals")
+        .await;
     assert_eq!(status, 404);
 }
 
@@ -171,7 +245,11 @@ async fn datafusion_ddl_and_unsafe_sql_never_run() {
         assert!(body["error"]["message"].is_string(), "{sql}: {body}");
     }
     assert!(!std::path::Path::new("/tmp/strata-copy.csv").exists());
-    let deep = format!("SELECT {}1{} FROM gold.people", "(".repeat(3000), ")".repeat(3000));
+    let deep = format!(
+        "SELECT {}1{} FROM gold.people",
+        "(".repeat(3000),
+        ")".repeat(3000)
+    );
     let (status, _) = s.sql(&admin, &deep).await;
     assert_eq!(status, 400);
     let (status, body) = s.sql(&admin, "SELECT 1/0").await;
@@ -188,40 +266,71 @@ async fn time_travel_and_history() {
     let mut stamps = Vec::new();
     for i in 1..=3 {
         let (status, _) = s
-            .upload(&admin, "gold.people", "application/json", format!(r#"[{{"id":{i}}}]"#).into_bytes(), "")
+            .upload(
+                &admin,
+                "gold.people",
+                "application/json",
+                format!(r#"[{{"id":{i}}}]"#).into_bytes(),
+                "",
+            )
             .await;
         assert_eq!(status, 200);
         stamps.push(chrono::Utc::now());
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let body = s.sql_ok("SELECT count(*) AS n FROM gold.people VERSION AS OF 2").await;
+    let body = s
+        .sql_ok("SELECT count(*) AS n FROM gold.people VERSION AS OF 2")
+        .await;
     assert_eq!(body[0]["n"], 2);
-    let body = s.sql_ok("SELECT p.id FROM gold.people VERSION AS OF 1 AS p ORDER BY p.id").await;
+    let body = s
+        .sql_ok("SELECT p.id FROM gold.people VERSION AS OF 1 AS p ORDER BY p.id")
+        .await;
     assert_eq!(body, json!([{"id": 1}]));
     let body = s
         .sql_ok("SELECT (SELECT count(*) FROM gold.people VERSION AS OF 0) AS v0, (SELECT count(*) FROM gold.people) AS now")
         .await;
     assert_eq!(body, json!([{"v0": 0, "now": 3}]));
     let ts = stamps[0].to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let body = s.sql_ok(&format!("SELECT count(*) AS n FROM gold.people TIMESTAMP AS OF '{ts}'")).await;
+    let body = s
+        .sql_ok(&format!(
+            "SELECT count(*) AS n FROM gold.people TIMESTAMP AS OF '{ts}'"
+        ))
+        .await;
     assert_eq!(body[0]["n"], 1, "as of {ts}");
 
-    let (status, body) = s.sql(&admin, "SELECT * FROM gold.people VERSION AS OF 99").await;
+    let (status, body) = s
+        .sql(&admin, "SELECT * FROM gold.people VERSION AS OF 99")
+        .await;
     assert_eq!(status, 404, "{body}");
     assert!(message(&body).contains("version 99"), "{body}");
-    let (status, body) = s.sql(&admin, "SELECT * FROM gold.people TIMESTAMP AS OF '1999-01-01'").await;
+    let (status, body) = s
+        .sql(
+            &admin,
+            "SELECT * FROM gold.people TIMESTAMP AS OF '1999-01-01'",
+        )
+        .await;
     assert_eq!(status, 404, "{body}");
-    let (status, _) = s.sql(&admin, "SELECT * FROM gold.people TIMESTAMP AS OF 'yesterday'").await;
+    let (status, _) = s
+        .sql(
+            &admin,
+            "SELECT * FROM gold.people TIMESTAMP AS OF 'yesterday'",
+        )
+        .await;
     assert_eq!(status, 400);
 
     let (status, body) = s.get(&admin, "/api/v1/tables/gold/people/history").await;
     assert_eq!(status, 200, "{body}");
     let history = body["history"].as_array().unwrap();
-    let versions: Vec<u64> = history.iter().map(|h| h["version"].as_u64().unwrap()).collect();
+    let versions: Vec<u64> = history
+        .iter()
+        .map(|h| h["version"].as_u64().unwrap())
+        .collect();
     assert_eq!(versions, vec![3, 2, 1, 0]);
     assert_eq!(history[0]["operation"], "WRITE");
     assert_eq!(history[0]["principal"], "admin");
     assert_eq!(history[3]["operation"], "CREATE TABLE");
-    let (_, body) = s.get(&admin, "/api/v1/tables/gold/people/history?limit=2").await;
+    let (_, body) = s
+        .get(&admin, "/api/v1/tables/gold/people/history?limit=2")
+        .await;
     assert_eq!(body["history"].as_array().unwrap().len(), 2);
 }

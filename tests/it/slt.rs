@@ -44,7 +44,12 @@ impl sqllogictest::AsyncDB for Rest {
             .map_err(|e| SltError(e.to_string()))?;
         if !r.status().is_success() {
             let body: serde_json::Value = r.json().await.map_err(|e| SltError(e.to_string()))?;
-            return Err(SltError(body["error"]["message"].as_str().unwrap_or_default().to_string()));
+            return Err(SltError(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            ));
         }
         let bytes = r.bytes().await.map_err(|e| SltError(e.to_string()))?;
         let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
@@ -54,9 +59,15 @@ impl sqllogictest::AsyncDB for Rest {
             .fields()
             .iter()
             .map(|f| match f.data_type() {
-                DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => DefaultColumnType::Integer,
-                DataType::Float32 | DataType::Float64 | DataType::Decimal128(..) => DefaultColumnType::FloatingPoint,
-                DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => DefaultColumnType::Text,
+                DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
+                    DefaultColumnType::Integer
+                }
+                DataType::Float32 | DataType::Float64 | DataType::Decimal128(..) => {
+                    DefaultColumnType::FloatingPoint
+                }
+                DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => {
+                    DefaultColumnType::Text
+                }
                 _ => DefaultColumnType::Any,
             })
             .collect();
@@ -71,7 +82,11 @@ impl sqllogictest::AsyncDB for Rest {
                     } else {
                         array_value_to_string(c, r).map_err(|e| SltError(e.to_string()))?
                     };
-                    row.push(if v.is_empty() { "(empty)".to_string() } else { v });
+                    row.push(if v.is_empty() {
+                        "(empty)".to_string()
+                    } else {
+                        v
+                    });
                 }
                 rows.push(row);
             }
@@ -101,7 +116,11 @@ async fn sqllogictest_files() {
         let s = TestServer::start().await;
         let (client, url, token) = (s.client.clone(), s.url("/api/v1/query"), s.admin.clone());
         let mut runner = sqllogictest::Runner::new(move || {
-            let db = Rest { client: client.clone(), url: url.clone(), token: token.clone() };
+            let db = Rest {
+                client: client.clone(),
+                url: url.clone(),
+                token: token.clone(),
+            };
             async move { Ok::<_, SltError>(db) }
         });
         if let Err(e) = runner.run_file_async(&file).await {

@@ -17,7 +17,9 @@ fn batch(ids: &[i64]) -> RecordBatch {
         schema,
         vec![
             Arc::new(Int64Array::from(ids.to_vec())),
-            Arc::new(StringArray::from(ids.iter().map(|i| format!("n{i}")).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(
+                ids.iter().map(|i| format!("n{i}")).collect::<Vec<_>>(),
+            )),
         ],
     )
     .unwrap()
@@ -46,11 +48,26 @@ async fn every_format_appends_and_overwrite_replaces() {
     let admin = s.admin.clone();
     s.create_people("bronze.people").await;
     let uploads: Vec<(&str, Vec<u8>)> = vec![
-        ("application/json", br#"[{"id":1,"name":"a","amount":1.5},{"id":2,"NAME":null}]"#.to_vec()),
-        ("application/x-ndjson", b"{\"id\":3,\"name\":\"c\"}\n\n{\"id\":4,\"amount\":2}\n".to_vec()),
-        ("text/csv; charset=utf-8", b"name,id,amount\ne,5,3.25\n,6,\n".to_vec()),
-        ("application/vnd.apache.parquet", parquet_bytes(&batch(&[7, 8]))),
-        ("application/vnd.apache.arrow.stream", ipc_bytes(&batch(&[9, 10]))),
+        (
+            "application/json",
+            br#"[{"id":1,"name":"a","amount":1.5},{"id":2,"NAME":null}]"#.to_vec(),
+        ),
+        (
+            "application/x-ndjson",
+            b"{\"id\":3,\"name\":\"c\"}\n\n{\"id\":4,\"amount\":2}\n".to_vec(),
+        ),
+        (
+            "text/csv; charset=utf-8",
+            b"name,id,amount\ne,5,3.25\n,6,\n".to_vec(),
+        ),
+        (
+            "application/vnd.apache.parquet",
+            parquet_bytes(&batch(&[7, 8])),
+        ),
+        (
+            "application/vnd.apache.arrow.stream",
+            ipc_bytes(&batch(&[9, 10])),
+        ),
     ];
     for (i, (ct, body)) in uploads.into_iter().enumerate() {
         let (status, resp) = s.upload(&admin, "bronze.people", ct, body, "").await;
@@ -59,7 +76,9 @@ async fn every_format_appends_and_overwrite_replaces() {
         assert_eq!(resp["version"], i as u64 + 1);
         assert_eq!(resp["duplicate"], false);
     }
-    let rows = s.sql_ok("SELECT id, name, amount FROM bronze.people ORDER BY id").await;
+    let rows = s
+        .sql_ok("SELECT id, name, amount FROM bronze.people ORDER BY id")
+        .await;
     assert_eq!(rows.as_array().unwrap().len(), 10);
     assert_eq!(rows[0], json!({"id": 1, "name": "a", "amount": 1.5}));
     assert_eq!(rows[1], json!({"id": 2, "name": null, "amount": null}));
@@ -67,12 +86,20 @@ async fn every_format_appends_and_overwrite_replaces() {
     assert_eq!(rows[6]["name"], "n7");
 
     let (status, resp) = s
-        .upload(&admin, "bronze.people", "application/json", br#"[{"id":100}]"#.to_vec(), "?mode=overwrite")
+        .upload(
+            &admin,
+            "bronze.people",
+            "application/json",
+            br#"[{"id":100}]"#.to_vec(),
+            "?mode=overwrite",
+        )
         .await;
     assert_eq!(status, 200, "{resp}");
     assert_eq!(s.count("bronze.people").await, 1);
     // Overwrite keeps history: the old rows are still there by version.
-    let old = s.sql_ok("SELECT count(*) AS n FROM bronze.people VERSION AS OF 5").await;
+    let old = s
+        .sql_ok("SELECT count(*) AS n FROM bronze.people VERSION AS OF 5")
+        .await;
     assert_eq!(old[0]["n"], 10);
 }
 
@@ -93,25 +120,112 @@ async fn bad_uploads_are_400_and_commit_nothing() {
             Field::new("id", DataType::Int32, false),
             Field::new("surprise", DataType::Float64, true),
         ]));
-        RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from(vec![1])), Arc::new(Float64Array::from(vec![1.0]))]).unwrap()
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int32Array::from(vec![1])),
+                Arc::new(Float64Array::from(vec![1.0])),
+            ],
+        )
+        .unwrap()
     };
     let cases: Vec<(&str, Vec<u8>, u16, Vec<&str>)> = vec![
-        ("application/json", br#"[{"id":1},{"id":"abc"}]"#.to_vec(), 400, vec!["row 2"]),
-        ("application/json", br#"[{"id":1},{"id":2,"color":"red"}]"#.to_vec(), 400, vec!["row 2", "color"]),
-        ("application/json", br#"[{"id":1},{"name":"no id"}]"#.to_vec(), 400, vec!["row 2", "id", "NOT NULL"]),
-        ("application/json", br#"[{"id":1},{"id":2"#.to_vec(), 400, vec!["invalid JSON"]),
-        ("application/json", br#"{"id":1}"#.to_vec(), 400, vec!["array"]),
-        ("application/x-ndjson", b"{\"id\":1}\n{\"id\":\n".to_vec(), 400, vec!["line 2"]),
-        ("text/csv", b"id,name\n1,a\n2,b,extra\n".to_vec(), 400, vec!["CSV"]),
-        ("text/csv", b"id,name\n1,a\nxyz,b\n".to_vec(), 400, vec!["xyz"]),
-        ("text/csv", b"id,nickname\n1,a\n".to_vec(), 400, vec!["nickname"]),
-        ("text/csv", b"name\na\n".to_vec(), 400, vec!["id", "NOT NULL"]),
-        ("application/vnd.apache.parquet", good[..good.len() / 2].to_vec(), 400, vec!["Parquet"]),
-        ("application/vnd.apache.parquet", b"not parquet at all".to_vec(), 400, vec!["Parquet"]),
-        ("application/vnd.apache.arrow.stream", truncated_ipc, 400, vec!["Arrow"]),
-        ("application/vnd.apache.arrow.stream", ipc_bytes(&wrong_type), 400, vec!["column id"]),
-        ("application/vnd.apache.arrow.stream", ipc_bytes(&extra_col), 400, vec!["surprise"]),
-        ("application/xml", b"<rows/>".to_vec(), 415, vec!["content type"]),
+        (
+            "application/json",
+            br#"[{"id":1},{"id":"abc"}]"#.to_vec(),
+            400,
+            vec!["row 2"],
+        ),
+        (
+            "application/json",
+            br#"[{"id":1},{"id":2,"color":"red"}]"#.to_vec(),
+            400,
+            vec!["row 2", "color"],
+        ),
+        (
+            "application/json",
+            br#"[{"id":1},{"name":"no id"}]"#.to_vec(),
+            400,
+            vec!["row 2", "id", "NOT NULL"],
+        ),
+        (
+            "application/json",
+            br#"[{"id":1},{"id":2"#.to_vec(),
+            400,
+            vec!["invalid JSON"],
+        ),
+        (
+            "application/json",
+            br#"{"id":1}"#.to_vec(),
+            400,
+            vec!["array"],
+        ),
+        (
+            "application/x-ndjson",
+            b"{\"id\":1}\n{\"id\":\n".to_vec(),
+            400,
+            vec!["line 2"],
+        ),
+        (
+            "text/csv",
+            b"id,name\n1,a\n2,b,extra\n".to_vec(),
+            400,
+            vec!["CSV"],
+        ),
+        (
+            "text/csv",
+            b"id,name\n1,a\nxyz,b\n".to_vec(),
+            400,
+            vec!["xyz"],
+        ),
+        (
+            "text/csv",
+            b"id,nickname\n1,a\n".to_vec(),
+            400,
+            vec!["nickname"],
+        ),
+        (
+            "text/csv",
+            b"name\na\n".to_vec(),
+            400,
+            vec!["id", "NOT NULL"],
+        ),
+        (
+            "application/vnd.apache.parquet",
+            good[..good.len() / 2].to_vec(),
+            400,
+            vec!["Parquet"],
+        ),
+        (
+            "application/vnd.apache.parquet",
+            b"not parquet at all".to_vec(),
+            400,
+            vec!["Parquet"],
+        ),
+        (
+            "application/vnd.apache.arrow.stream",
+            truncated_ipc,
+            400,
+            vec!["Arrow"],
+        ),
+        (
+            "application/vnd.apache.arrow.stream",
+            ipc_bytes(&wrong_type),
+            400,
+            vec!["column id"],
+        ),
+        (
+            "application/vnd.apache.arrow.stream",
+            ipc_bytes(&extra_col),
+            400,
+            vec!["surprise"],
+        ),
+        (
+            "application/xml",
+            b"<rows/>".to_vec(),
+            415,
+            vec!["content type"],
+        ),
     ];
     for (ct, body, status, needles) in cases {
         let (got, resp) = s.upload(&admin, "bronze.people", ct, body, "").await;
@@ -120,9 +234,21 @@ async fn bad_uploads_are_400_and_commit_nothing() {
             assert!(message(&resp).contains(n), "{ct}: {n:?} not in {resp}");
         }
     }
-    assert_eq!(s.version("bronze.people").await, 0, "a rejected upload must not commit");
+    assert_eq!(
+        s.version("bronze.people").await,
+        0,
+        "a rejected upload must not commit"
+    );
     assert_eq!(s.count("bronze.people").await, 0);
-    let (status, _) = s.upload(&admin, "bronze.nope", "application/json", b"[]".to_vec(), "").await;
+    let (status, _) = s
+        .upload(
+            &admin,
+            "bronze.nope",
+            "application/json",
+            b"[]".to_vec(),
+            "",
+        )
+        .await;
     assert_eq!(status, 404);
 }
 
@@ -133,8 +259,19 @@ async fn oversized_bodies_are_413() {
     cfg.server.max_request_bytes = 1024;
     let s = TestServer::start_with(cfg).await;
     s.create_people("bronze.people").await;
-    let big = format!("[{}]", vec![r#"{"id":1,"name":"xxxxxxxxxxxxxxxx"}"#; 100].join(","));
-    let (status, body) = s.upload(&s.admin.clone(), "bronze.people", "application/json", big.into_bytes(), "").await;
+    let big = format!(
+        "[{}]",
+        vec![r#"{"id":1,"name":"xxxxxxxxxxxxxxxx"}"#; 100].join(",")
+    );
+    let (status, body) = s
+        .upload(
+            &s.admin.clone(),
+            "bronze.people",
+            "application/json",
+            big.into_bytes(),
+            "",
+        )
+        .await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(s.version("bronze.people").await, 0);
     s.stop().await;
@@ -146,10 +283,26 @@ async fn idempotent_uploads_commit_once() {
     let admin = s.admin.clone();
     s.create_people("bronze.people").await;
     let body = br#"[{"id":1},{"id":2}]"#.to_vec();
-    let (status, first) = s.upload(&admin, "bronze.people", "application/json", body.clone(), "?idempotency_key=batch-001").await;
+    let (status, first) = s
+        .upload(
+            &admin,
+            "bronze.people",
+            "application/json",
+            body.clone(),
+            "?idempotency_key=batch-001",
+        )
+        .await;
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["duplicate"], false);
-    let (status, again) = s.upload(&admin, "bronze.people", "application/json", body.clone(), "?idempotency_key=batch-001").await;
+    let (status, again) = s
+        .upload(
+            &admin,
+            "bronze.people",
+            "application/json",
+            body.clone(),
+            "?idempotency_key=batch-001",
+        )
+        .await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["duplicate"], true);
     assert_eq!(again["version"], first["version"]);
@@ -172,7 +325,10 @@ async fn idempotent_uploads_commit_once() {
                 .send()
                 .await
                 .unwrap();
-            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
         }));
     }
     let mut fresh = 0;
@@ -187,6 +343,14 @@ async fn idempotent_uploads_commit_once() {
     assert_eq!(s.count("bronze.people").await, 4);
     assert_eq!(s.version("bronze.people").await, 2);
 
-    let (status, body) = s.upload(&admin, "bronze.people", "application/json", body.clone(), "?idempotency_key=bad%20key").await;
+    let (status, body) = s
+        .upload(
+            &admin,
+            "bronze.people",
+            "application/json",
+            body.clone(),
+            "?idempotency_key=bad%20key",
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
 }

@@ -21,7 +21,9 @@ pub(super) fn bearer(md: &MetadataMap) -> Option<String> {
     if scheme.eq_ignore_ascii_case("bearer") {
         Some(rest.trim().to_string())
     } else if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
         let text = String::from_utf8(decoded).ok()?;
         let (_user, password) = text.split_once(':')?;
         Some(password.to_string())
@@ -40,7 +42,10 @@ pub(super) fn handshake(
         ))
     })?;
     auth.authenticate(&token).map_err(to_status)?;
-    let reply = HandshakeResponse { protocol_version: 0, payload: token.clone().into() };
+    let reply = HandshakeResponse {
+        protocol_version: 0,
+        payload: token.clone().into(),
+    };
     let stream: HandshakeStream = Box::pin(futures::stream::iter(vec![Ok(reply)]));
     let mut response = Response::new(stream);
     let header = MetadataValue::try_from(format!("Bearer {token}"))

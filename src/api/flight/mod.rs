@@ -39,7 +39,10 @@ impl FlightSqlServer {
     pub(crate) fn principal<T>(&self, req: &tonic::Request<T>) -> Result<Arc<Principal>, Status> {
         let token = handshake::bearer(req.metadata())
             .ok_or_else(|| to_status(Error::Unauthenticated("missing bearer token".into())))?;
-        self.auth.authenticate(&token).map(Arc::new).map_err(to_status)
+        self.auth
+            .authenticate(&token)
+            .map(Arc::new)
+            .map_err(to_status)
     }
 }
 
@@ -60,7 +63,10 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<
         tonic::Response<
             std::pin::Pin<
-                Box<dyn futures::Stream<Item = Result<arrow_flight::HandshakeResponse, Status>> + Send>,
+                Box<
+                    dyn futures::Stream<Item = Result<arrow_flight::HandshakeResponse, Status>>
+                        + Send,
+                >,
             >,
         >,
         Status,

@@ -14,13 +14,16 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Bytes::from_request(req, state).await.map(RawBody).map_err(|e| {
-            if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
-                Error::PayloadTooLarge("request body exceeds server.max_request_bytes".into())
-            } else {
-                Error::invalid(format!("cannot read request body: {e}"))
-            }
-        })
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| {
+                if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+                    Error::PayloadTooLarge("request body exceeds server.max_request_bytes".into())
+                } else {
+                    Error::invalid(format!("cannot read request body: {e}"))
+                }
+            })
     }
 }
 

@@ -34,7 +34,12 @@ impl Format {
             return Ok(Format::Json);
         };
         for part in accept.split(',') {
-            let media = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let media = part
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             match media.as_str() {
                 "application/json" | "*/*" | "application/*" => return Ok(Format::Json),
                 "text/csv" | "text/*" => return Ok(Format::Csv),
@@ -58,7 +63,12 @@ impl Encoder {
     fn new(format: Format, schema: &SchemaRef) -> Result<(Encoder, Bytes)> {
         Ok(match format {
             Format::Json => (Encoder::Json { rows: 0 }, Bytes::from_static(b"[")),
-            Format::Csv => (Encoder::Csv { header_written: false }, Bytes::new()),
+            Format::Csv => (
+                Encoder::Csv {
+                    header_written: false,
+                },
+                Bytes::new(),
+            ),
             Format::Arrow => {
                 let mut w = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)?;
                 let head = std::mem::take(w.get_mut());
@@ -114,10 +124,12 @@ impl Encoder {
                     return Ok(Bytes::new());
                 }
                 // No rows: still send the header line.
-                let empty = RecordBatch::new_empty(schema.clone());
+                let empty = RecordBatch::new_empty(std::sync::Arc::clone(schema));
                 let mut buf = Vec::new();
                 {
-                    let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut buf);
+                    let mut w = arrow::csv::WriterBuilder::new()
+                        .with_header(true)
+                        .build(&mut buf);
                     w.write(&empty)?;
                 }
                 Ok(Bytes::from(buf))
@@ -146,7 +158,14 @@ pub(super) fn body_stream(
         stream: SendableRecordBatchStream,
         done: bool,
     }
-    let st = St { encoder, schema, pending: vec![head], first, stream, done: false };
+    let st = St {
+        encoder,
+        schema,
+        pending: vec![head],
+        first,
+        stream,
+        done: false,
+    };
     let out = futures::stream::unfold(st, |mut st| async move {
         loop {
             if let Some(chunk) = st.pending.pop() {

@@ -21,7 +21,9 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Json<serde_json::V
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let check = tokio::time::timeout(Duration::from_secs(2), state.engine.catalog().ping()).await;
     match check {
-        Ok(Ok(())) => Json(json!({"status": "ready", "checks": {"object_store": "ok"}})).into_response(),
+        Ok(Ok(())) => {
+            Json(json!({"status": "ready", "checks": {"object_store": "ok"}})).into_response()
+        }
         Ok(Err(e)) => {
             let trace_id = e.log();
             (

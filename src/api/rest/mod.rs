@@ -57,12 +57,17 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/tables", get(tables::list).post(tables::create))
         .route(
             "/tables/{layer}/{name}",
-            get(tables::describe).patch(tables::patch).delete(tables::drop_table),
+            get(tables::describe)
+                .patch(tables::patch)
+                .delete(tables::drop_table),
         )
         .route("/tables/{layer}/{name}/rows", post(tables::upload))
         .route("/tables/{layer}/{name}/history", get(tables::history))
         .route("/openapi.json", get(openapi::document))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_bearer));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_bearer,
+        ));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(health::healthz))

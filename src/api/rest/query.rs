@@ -31,7 +31,9 @@ pub(super) async fn query(
     JsonBody(req): JsonBody<QueryRequest>,
 ) -> Result<Response> {
     let format = Format::negotiate(
-        headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()),
+        headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
     )?;
     let params = req
         .params

@@ -65,7 +65,11 @@ pub(super) async fn create(
         partition_by: req.partition_by,
         description: req.description,
     };
-    match state.engine.create_table(&principal, &t, &spec, req.if_not_exists).await? {
+    match state
+        .engine
+        .create_table(&principal, &t, &spec, req.if_not_exists)
+        .await?
+    {
         Some(info) => Ok((http::StatusCode::CREATED, Json(info)).into_response()),
         None => Ok(Json(state.engine.describe_table(&principal, &t).await?).into_response()),
     }
@@ -94,9 +98,17 @@ pub(super) async fn patch(
 ) -> Result<Response> {
     let t = TableRef::new(&layer, &name)?;
     let Some(description) = req.description else {
-        return Err(Error::invalid("nothing to change: PATCH takes {\"description\": \"…\"}"));
+        return Err(Error::invalid(
+            "nothing to change: PATCH takes {\"description\": \"…\"}",
+        ));
     };
-    Ok(Json(state.engine.set_description(&principal, &t, description).await?).into_response())
+    Ok(Json(
+        state
+            .engine
+            .set_description(&principal, &t, description)
+            .await?,
+    )
+    .into_response())
 }
 
 pub(super) async fn drop_table(
@@ -142,7 +154,9 @@ pub(super) async fn upload(
         .transpose()?;
     let idempotency_key = match (header_key, params.idempotency_key) {
         (Some(h), Some(q)) if h != q => {
-            return Err(Error::invalid("Idempotency-Key header and idempotency_key query differ"));
+            return Err(Error::invalid(
+                "Idempotency-Key header and idempotency_key query differ",
+            ));
         }
         (h, q) => h.or(q),
     };

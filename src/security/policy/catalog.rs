@@ -76,7 +76,14 @@ impl SecureCatalog {
         catalog: Arc<Catalog>,
         runtime: Arc<RuntimeEnv>,
     ) -> SecureCatalog {
-        SecureCatalog { cx: Context { principal, access, catalog, runtime } }
+        SecureCatalog {
+            cx: Context {
+                principal,
+                access,
+                catalog,
+                runtime,
+            },
+        }
     }
 }
 
@@ -87,7 +94,10 @@ impl CatalogProvider for SecureCatalog {
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
         let layer = Layer::parse(name)?;
-        Some(Arc::new(SecureSchema { layer, cx: self.cx.clone() }))
+        Some(Arc::new(SecureSchema {
+            layer,
+            cx: self.cx.clone(),
+        }))
     }
 }
 
@@ -99,7 +109,9 @@ struct SecureSchema {
 
 impl SecureSchema {
     fn visible(&self, t: &TableRef) -> bool {
-        self.cx.access.allows(&self.cx.principal, Privilege::Select, t)
+        self.cx
+            .access
+            .allows(&self.cx.principal, Privilege::Select, t)
     }
 
     /// delta-rs scans read through the session's object store registry; register the
@@ -113,7 +125,9 @@ impl SecureSchema {
             &root[url::Position::BeforeHost..url::Position::AfterPort]
         ))?;
         if self.cx.runtime.object_store(&url).is_err() {
-            self.cx.runtime.register_object_store(url.as_ref(), log_store.root_object_store(None));
+            self.cx
+                .runtime
+                .register_object_store(url.as_ref(), log_store.root_object_store(None));
         }
         Ok(())
     }
@@ -157,9 +171,14 @@ impl SchemaProvider for SecureSchema {
             Err(e) => return Err(e.into()),
         };
         self.ensure_store_registered(&table)?;
-        let version = table.version().and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+        let version = table.version().unwrap_or(0);
         let inner = table.table_provider().await?;
-        Ok(Some(Arc::new(PolicyTable::new(t, version, Arc::clone(&self.cx.principal), inner))))
+        Ok(Some(Arc::new(PolicyTable::new(
+            t,
+            version,
+            Arc::clone(&self.cx.principal),
+            inner,
+        ))))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -175,7 +194,11 @@ mod tests {
 
     #[test]
     fn versioned_relation_names_round_trip() {
-        for spec in [VersionSpec::Latest, VersionSpec::Version(7), VersionSpec::Timestamp(1700)] {
+        for spec in [
+            VersionSpec::Latest,
+            VersionSpec::Version(7),
+            VersionSpec::Timestamp(1700),
+        ] {
             let name = spec.relation_name("orders");
             assert_eq!(VersionSpec::parse_relation(&name), Some(("orders", spec)));
         }

@@ -33,7 +33,12 @@ impl PolicyTable {
         principal: Arc<Principal>,
         inner: Arc<dyn TableProvider>,
     ) -> PolicyTable {
-        PolicyTable { table, version, principal, inner }
+        PolicyTable {
+            table,
+            version,
+            principal,
+            inner,
+        }
     }
 
     pub fn table(&self) -> &TableRef {
