@@ -142,7 +142,16 @@ impl Authenticator {
         }
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer/audience must be present, not just right when present:
+        // jsonwebtoken only compares `aud`/`iss` that a token carries.
+        let mut required = vec!["exp", "sub"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.leeway = self.leeway;

@@ -285,3 +285,144 @@ async fn default_deny_and_grants() {
     assert_eq!(status, 404, "reading gold needs SELECT on it: {body}");
     assert_eq!(s.count("bronze.raw").await, 1);
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/jwt")
+        .join(name)
+}
+
+fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: serde_json::Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+/// `auth.mode = "jwt"` with PEM public keys (EC, Ed25519), a JWKS file (RSA, by kid),
+/// required issuer and audience.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_mode_with_public_keys_jwks_issuer_and_audience() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = crate::harness::test_config(dir.path());
+    cfg.auth.mode = strata::config::AuthMode::Jwt;
+    cfg.auth.algorithms = vec!["RS256".into(), "ES256".into(), "EdDSA".into()];
+    cfg.auth.public_key_files = vec![fixture("ec-public.pem"), fixture("ed-public.pem")];
+    cfg.auth.jwks_file = Some(fixture("jwks.json"));
+    cfg.auth.issuer = Some("https://idp.test/".into());
+    cfg.auth.audience = Some("strata".into());
+    let s = TestServer::start_with(cfg).await;
+    assert!(
+        !dir.path().join("data/dev-secret").exists(),
+        "no dev secret outside dev mode"
+    );
+
+    let rsa =
+        EncodingKey::from_rsa_pem(&std::fs::read(fixture("rsa-private.pem")).unwrap()).unwrap();
+    let ec = EncodingKey::from_ec_pem(&std::fs::read(fixture("ec-private.pem")).unwrap()).unwrap();
+    let ed = EncodingKey::from_ed_pem(&std::fs::read(fixture("ed-private.pem")).unwrap()).unwrap();
+    let claims = |iss: &str, aud: &str| json!({"sub": "svc", "roles": ["admin"], "exp": now() + 600, "iss": iss, "aud": aud, "tenant": "acme"});
+
+    let accepted = [
+        (
+            "RS256 via JWKS kid",
+            sign(
+                Algorithm::RS256,
+                Some("test-rsa"),
+                &rsa,
+                claims("https://idp.test/", "strata"),
+            ),
+        ),
+        (
+            "ES256 via PEM",
+            sign(
+                Algorithm::ES256,
+                None,
+                &ec,
+                claims("https://idp.test/", "strata"),
+            ),
+        ),
+        (
+            "EdDSA via PEM",
+            sign(
+                Algorithm::EdDSA,
+                None,
+                &ed,
+                claims("https://idp.test/", "strata"),
+            ),
+        ),
+    ];
+    for (what, token) in &accepted {
+        let (status, body) = s.get(token, "/api/v1/tables").await;
+        assert_eq!(status, 200, "{what}: {body}");
+    }
+    let public_pem = std::fs::read(fixture("rsa-public.pem")).unwrap();
+    let rejected = [
+        (
+            "wrong issuer",
+            sign(
+                Algorithm::RS256,
+                Some("test-rsa"),
+                &rsa,
+                claims("https://evil.test/", "strata"),
+            ),
+        ),
+        (
+            "wrong audience",
+            sign(
+                Algorithm::ES256,
+                None,
+                &ec,
+                claims("https://idp.test/", "other"),
+            ),
+        ),
+        (
+            "missing audience",
+            sign(
+                Algorithm::ES256,
+                None,
+                &ec,
+                json!({"sub": "svc", "exp": now() + 600, "iss": "https://idp.test/"}),
+            ),
+        ),
+        (
+            "missing issuer",
+            sign(
+                Algorithm::ES256,
+                None,
+                &ec,
+                json!({"sub": "svc", "exp": now() + 600, "aud": "strata"}),
+            ),
+        ),
+        (
+            "unknown kid",
+            sign(
+                Algorithm::RS256,
+                Some("nope"),
+                &rsa,
+                claims("https://idp.test/", "strata"),
+            ),
+        ),
+        (
+            "HS256 with the public key as secret",
+            forge(
+                &public_pem,
+                Algorithm::HS256,
+                claims("https://idp.test/", "strata"),
+            ),
+        ),
+        (
+            "expired",
+            sign(
+                Algorithm::EdDSA,
+                None,
+                &ed,
+                json!({"sub": "svc", "exp": now() - 600, "iss": "https://idp.test/", "aud": "strata"}),
+            ),
+        ),
+    ];
+    for (what, token) in &rejected {
+        let (status, body) = s.get(token, "/api/v1/tables").await;
+        assert_eq!(status, 401, "{what}: {body}");
+    }
+    s.stop().await;
+}

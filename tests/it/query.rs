@@ -334,3 +334,52 @@ async fn time_travel_and_history() {
         .await;
     assert_eq!(body["history"].as_array().unwrap().len(), 2);
 }
+
+/// A failure after the first batch must not look like a complete result: the body is cut
+/// off (a transfer error), never a well-formed but truncated JSON array or CSV.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_fails_midway_is_not_a_valid_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = crate::harness::test_config(dir.path());
+    cfg.query.batch_size = 2;
+    cfg.query.target_partitions = 1;
+    let s = TestServer::start_with(cfg).await;
+    s.create_people("gold.people").await;
+    let rows: Vec<_> = (1..=20).map(|i| json!({"id": i})).collect();
+    let (status, _) = s
+        .upload(
+            &s.admin.clone(),
+            "gold.people",
+            "application/json",
+            serde_json::to_vec(&rows).unwrap(),
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+    for accept in [
+        "application/json",
+        "text/csv",
+        "application/vnd.apache.arrow.stream",
+    ] {
+        let sent = s
+            .client
+            .post(s.url("/api/v1/query"))
+            .bearer_auth(&s.admin)
+            .header("accept", accept)
+            .json(&json!({"sql": "SELECT id, 100 / (id - 15) AS x FROM gold.people"}))
+            .send()
+            .await;
+        // Either the connection drops before the headers are flushed, or the body ends in
+        // a transfer error; never a 200 with a complete-looking body.
+        if let Ok(r) = sent {
+            assert_eq!(r.status(), 200, "{accept}");
+            assert!(
+                r.bytes().await.is_err(),
+                "{accept}: the body must end in a transfer error"
+            );
+        }
+    }
+    // The server is fine afterwards.
+    assert_eq!(s.count("gold.people").await, 20);
+    s.stop().await;
+}

@@ -353,4 +353,16 @@ async fn idempotent_uploads_commit_once() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
+    let (status, resp) = s
+        .upload(
+            &admin,
+            "bronze.people",
+            "application/json",
+            br#"[{"id":9}]"#.to_vec(),
+            "?mode=upsert",
+        )
+        .await;
+    assert_eq!(status, 400, "{resp}");
+    assert!(message(&resp).contains("invalid query string"), "{resp}");
+    assert_eq!(s.count("bronze.people").await, 4);
 }

@@ -1,7 +1,8 @@
 //! Request bodies with our error format (axum's own rejections are plain text).
 
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use bytes::Bytes;
+use http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
@@ -39,5 +40,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Query-string parameters with a helpful 400 in our error format.
+#[derive(Debug)]
+pub(super) struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| Error::invalid(format!("invalid query string: {}", e.body_text())))
     }
 }

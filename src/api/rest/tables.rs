@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
-use super::body::{JsonBody, RawBody};
+use super::body::{JsonBody, QueryParams, RawBody};
 use crate::engine::tables::Upload;
 use crate::error::{Error, Result};
 use crate::ingest::UploadFormat;
@@ -28,7 +28,7 @@ pub(super) struct ListParams {
 pub(super) async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
-    Query(params): Query<ListParams>,
+    QueryParams(params): QueryParams<ListParams>,
 ) -> Result<Json<serde_json::Value>> {
     let layer = match params.layer.as_deref() {
         Some(l) => Some(Layer::parse(l).ok_or_else(|| {
@@ -134,7 +134,7 @@ pub(super) async fn upload(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
     Path((layer, name)): Path<(String, String)>,
-    Query(params): Query<UploadParams>,
+    QueryParams(params): QueryParams<UploadParams>,
     headers: http::HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response> {
@@ -180,7 +180,7 @@ pub(super) async fn history(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
     Path((layer, name)): Path<(String, String)>,
-    Query(params): Query<HistoryParams>,
+    QueryParams(params): QueryParams<HistoryParams>,
 ) -> Result<Response> {
     let t = TableRef::new(&layer, &name)?;
     let limit = params.limit.unwrap_or(100).clamp(1, 10_000);
