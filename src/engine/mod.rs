@@ -121,11 +121,20 @@ impl Engine {
             }
             Statement::Explain { analyze, statement } => {
                 let plan = self.plan_query(&state, *statement, params).await?;
-                if analyze {
+                let scanned = scanned_tables(&plan)?;
+                let manages_all = scanned
+                    .iter()
+                    .all(|t| self.access.allows(principal, Privilege::Manage, t));
+                if analyze && !manages_all {
                     // Runtime metrics reveal data volumes: MANAGE on everything scanned.
-                    for t in scanned_tables(&plan)? {
-                        self.access.check(principal, Privilege::Manage, &t)?;
+                    for t in &scanned {
+                        self.access.check(principal, Privilege::Manage, t)?;
                     }
+                }
+                let mut state = state;
+                if !manages_all {
+                    // Physical plans list data files; file listings need MANAGE.
+                    state.config_mut().options_mut().explain.logical_plan_only = true;
                 }
                 self.run(state, plan, kind).await
             }

@@ -233,8 +233,15 @@ async fn default_deny_and_grants() {
         .sql(&analyst, "EXPLAIN ANALYZE SELECT * FROM gold.people")
         .await;
     assert_eq!(status, 403, "EXPLAIN ANALYZE needs MANAGE");
-    let (status, _) = s.sql(&analyst, "EXPLAIN SELECT * FROM gold.people").await;
+    let (status, body) = s.sql(&analyst, "EXPLAIN SELECT * FROM gold.people").await;
     assert_eq!(status, 200);
+    assert!(
+        !body.to_string().contains(".parquet"),
+        "file listings need MANAGE: {body}"
+    );
+    assert!(body.to_string().contains("logical_plan"), "{body}");
+    let (_, body) = s.sql(&admin, "EXPLAIN SELECT * FROM gold.people").await;
+    assert!(body.to_string().contains("physical_plan"), "{body}");
     let body = s.sql(&analyst, "SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = 'strata' AND table_schema <> 'information_schema' ORDER BY 2").await.1;
     assert_eq!(
         body,
