@@ -50,7 +50,32 @@ pub struct Config {
     pub auth: AuthConfig,
     pub access: AccessConfig,
     pub query: QueryConfig,
+    pub flight: FlightConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlightConfig {
+    /// Lifetime of tickets and prepared-statement handles, in seconds.
+    pub ticket_ttl_secs: u64,
+    /// Send `Utf8`/`Binary` instead of `Utf8View`/`BinaryView` (the Flight SQL JDBC driver
+    /// cannot read view types). A connection may override it with the call header
+    /// `x-strata-view-types: keep` or `downcast`.
+    pub downcast_view_types: bool,
+    /// Largest Flight message Strata sends (and accepts), in bytes. Results are split and
+    /// compacted to stay below it; ADBC's default limit is 16 MiB.
+    pub max_message_bytes: usize,
+}
+
+impl Default for FlightConfig {
+    fn default() -> Self {
+        FlightConfig {
+            ticket_ttl_secs: 600,
+            downcast_view_types: true,
+            max_message_bytes: 4 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +167,10 @@ pub struct AuthConfig {
     pub admin_role: String,
     /// Lifetime of the admin token printed in dev mode, in seconds.
     pub dev_token_ttl_secs: u64,
+    /// HMAC key for Flight tickets and prepared handles (at least 32 bytes). Every replica
+    /// needs the same key. Default: derived from the HS256 secret; without one, a random key
+    /// per process (tickets then only work on the replica that issued them).
+    pub ticket_secret: Option<Secret>,
 }
 
 impl Default for AuthConfig {
@@ -158,6 +187,7 @@ impl Default for AuthConfig {
             leeway_secs: 30,
             admin_role: "admin".to_string(),
             dev_token_ttl_secs: 12 * 3600,
+            ticket_secret: None,
         }
     }
 }
@@ -294,6 +324,14 @@ impl Config {
         }
         if self.query.memory_limit_bytes < 64 * 1024 * 1024 {
             out.push("query.memory_limit_bytes must be at least 64 MiB".to_string());
+        }
+        if let Some(s) = &self.auth.ticket_secret
+            && s.expose().len() < 32
+        {
+            out.push("auth.ticket_secret is weaker than 32 bytes".to_string());
+        }
+        if self.flight.max_message_bytes < 64 * 1024 {
+            out.push("flight.max_message_bytes must be at least 64 KiB".to_string());
         }
         if self.query.batch_size == 0 {
             out.push("query.batch_size must be positive".to_string());

@@ -43,6 +43,8 @@ pub enum ErrorKind {
     ResourceExhausted,
     /// A dependency (object store) is unreachable; the request may succeed later.
     Unavailable,
+    /// The client cancelled the request.
+    Cancelled,
     /// A bug or an unexpected failure.
     Internal,
 }
@@ -63,6 +65,8 @@ impl ErrorKind {
             ErrorKind::Unsupported => S::BAD_REQUEST,
             ErrorKind::ResourceExhausted => S::TOO_MANY_REQUESTS,
             ErrorKind::Unavailable => S::SERVICE_UNAVAILABLE,
+            // nginx's "client closed request"; nobody is usually listening any more.
+            ErrorKind::Cancelled => S::from_u16(499).unwrap_or(S::BAD_REQUEST),
             ErrorKind::Internal => S::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,6 +85,7 @@ impl ErrorKind {
             ErrorKind::UnsupportedMediaType | ErrorKind::NotAcceptable => C::InvalidArgument,
             ErrorKind::Unsupported => C::Unimplemented,
             ErrorKind::Unavailable => C::Unavailable,
+            ErrorKind::Cancelled => C::Cancelled,
             ErrorKind::Internal => C::Internal,
         }
     }
@@ -100,6 +105,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::ResourceExhausted => "resource_exhausted",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "internal",
         }
     }
@@ -138,6 +144,8 @@ pub enum Error {
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
+    Cancelled(String),
+    #[error("{0}")]
     Internal(String),
     #[error("configuration: {0}")]
     Config(String),
@@ -167,6 +175,7 @@ impl Error {
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
             Error::Unavailable(_) => ErrorKind::Unavailable,
+            Error::Cancelled(_) => ErrorKind::Cancelled,
             Error::Internal(_) | Error::Config(_) | Error::Io(_) => ErrorKind::Internal,
             Error::DataFusion(e) => classify_datafusion(e),
             Error::Delta(e) => classify_delta(e),

@@ -84,13 +84,16 @@ impl Server {
         };
         let router = rest::router(state, self.config.server.max_request_bytes);
         let http = axum::serve(self.http, router).with_graceful_shutdown(stopped(stop_rx.clone()));
-        let flight_service = FlightSqlServer {
-            engine: Arc::clone(&self.engine),
-            auth: Arc::clone(&self.auth),
-        }
-        .into_service();
+        let flight_server = FlightSqlServer::new(
+            &self.config,
+            Arc::clone(&self.engine),
+            Arc::clone(&self.auth),
+        )?;
+        let auth_layer = flight_server.auth_layer();
+        let flight_service = flight_server.into_service();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.flight);
         let flight = tonic::transport::Server::builder()
+            .layer(auth_layer)
             .add_service(flight_service)
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 

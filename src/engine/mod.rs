@@ -11,7 +11,7 @@ pub mod tables;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::source_as_provider;
@@ -34,6 +34,33 @@ use crate::storage::catalog::TableSpec;
 use crate::storage::{Catalog, TableRef};
 
 pub use sql::Statement;
+
+/// A planned but not executed statement.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Statement kind (`SELECT`, `INSERT`, …).
+    pub kind: &'static str,
+    /// Result schema of a query; `None` for commands (their result is one summary row).
+    pub schema: Option<SchemaRef>,
+    /// Types DataFusion inferred for `$1…$n` (`None` where it could not).
+    pub parameters: Vec<Option<DataType>>,
+}
+
+impl Prepared {
+    pub fn is_query(&self) -> bool {
+        self.schema.is_some()
+    }
+}
+
+/// Schema of the one-row result of commands.
+pub fn command_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("operation", DataType::Utf8, false),
+        Field::new("table", DataType::Utf8, false),
+        Field::new("rows_affected", DataType::Int64, true),
+        Field::new("version", DataType::Int64, true),
+    ]))
+}
 
 /// What a statement produced: a stream of batches (for commands, one summary row).
 pub struct QueryOutput {
@@ -97,13 +124,49 @@ impl Engine {
         &self.access
     }
 
-    /// Runs one SQL statement for `principal`, with positional parameters `$1…$n`.
-    pub async fn execute(
-        &self,
-        principal: &Arc<Principal>,
-        sql: &str,
-        params: Vec<ScalarValue>,
-    ) -> Result<QueryOutput> {
+    /// Plans one SQL statement without running it: the result schema of a query and the
+    /// types of its parameters. Privileges are checked as for execution.
+    pub async fn prepare(&self, principal: &Arc<Principal>, sql: &str) -> Result<Prepared> {
+        self.check_sql_size(sql)?;
+        let statement = sql::parse(sql, &self.default_layer)?;
+        let kind = statement.kind();
+        match statement {
+            Statement::Query(ast) | Statement::Explain { statement: ast, .. } => {
+                let state = self.sessions.session(principal);
+                let plan = self.plan_unbound(&state, *ast).await?;
+                let types = plan.get_parameter_types()?;
+                let count = types
+                    .keys()
+                    .filter_map(|id| id.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()))
+                    .max()
+                    .unwrap_or(0);
+                let parameters = (1..=count)
+                    .map(|i| types.get(&format!("${i}")).cloned().flatten())
+                    .collect();
+                let schema = if kind == "EXPLAIN" {
+                    // EXPLAIN's output schema is fixed: plan_type, plan.
+                    Arc::new(Schema::new(vec![
+                        Field::new("plan_type", DataType::Utf8, false),
+                        Field::new("plan", DataType::Utf8, false),
+                    ]))
+                } else {
+                    Arc::new(plan.schema().as_arrow().clone())
+                };
+                Ok(Prepared {
+                    kind,
+                    schema: Some(schema),
+                    parameters,
+                })
+            }
+            _ => Ok(Prepared {
+                kind,
+                schema: None,
+                parameters: Vec::new(),
+            }),
+        }
+    }
+
+    fn check_sql_size(&self, sql: &str) -> Result<()> {
         if sql.len() > self.max_sql_bytes {
             return Err(Error::PayloadTooLarge(format!(
                 "SQL text is {} bytes; the limit is {}",
@@ -111,6 +174,17 @@ impl Engine {
                 self.max_sql_bytes
             )));
         }
+        Ok(())
+    }
+
+    /// Runs one SQL statement for `principal`, with positional parameters `$1…$n`.
+    pub async fn execute(
+        &self,
+        principal: &Arc<Principal>,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<QueryOutput> {
+        self.check_sql_size(sql)?;
         let statement = sql::parse(sql, &self.default_layer)?;
         let kind = statement.kind();
         let state = self.sessions.session(principal);
@@ -253,6 +327,15 @@ impl Engine {
         statement: ast::Statement,
         params: Vec<ScalarValue>,
     ) -> Result<LogicalPlan> {
+        let plan = self.plan_unbound(state, statement).await?;
+        bind_params(plan, params)
+    }
+
+    async fn plan_unbound(
+        &self,
+        state: &SessionState,
+        statement: ast::Statement,
+    ) -> Result<LogicalPlan> {
         let plan = state
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))
             .await?;
@@ -261,7 +344,7 @@ impl Engine {
             .with_allow_dml(false)
             .with_allow_statements(false)
             .verify_plan(&plan)?;
-        bind_params(plan, params)
+        Ok(plan)
     }
 
     async fn run(
@@ -406,7 +489,7 @@ fn delta_compatible(plan: LogicalPlan) -> Result<LogicalPlan> {
                 f.name()
             ))
         })?;
-        let target = delta_type(f.data_type()).ok_or_else(|| {
+        let target = crate::storage::types::delta_arrow_type(f.data_type()).ok_or_else(|| {
             Error::Unsupported(format!(
                 "column {} has type {}, which Delta tables cannot store",
                 f.name(),
@@ -424,35 +507,6 @@ fn delta_compatible(plan: LogicalPlan) -> Result<LogicalPlan> {
     Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
 }
 
-fn delta_type(dt: &DataType) -> Option<DataType> {
-    use DataType as D;
-    Some(match dt {
-        D::Boolean
-        | D::Int8
-        | D::Int16
-        | D::Int32
-        | D::Int64
-        | D::Float32
-        | D::Float64
-        | D::Utf8
-        | D::Binary
-        | D::Date32
-        | D::Decimal128(..) => dt.clone(),
-        D::Null | D::Utf8View | D::LargeUtf8 => D::Utf8,
-        D::BinaryView | D::LargeBinary | D::FixedSizeBinary(_) => D::Binary,
-        D::UInt8 => D::Int16,
-        D::UInt16 => D::Int32,
-        D::UInt32 => D::Int64,
-        D::UInt64 => D::Decimal128(20, 0),
-        D::Float16 => D::Float32,
-        D::Date64 => D::Date32,
-        D::Timestamp(_, None) => D::Timestamp(TimeUnit::Microsecond, None),
-        D::Timestamp(_, Some(_)) => D::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-        D::Dictionary(_, v) => delta_type(v)?,
-        _ => return None,
-    })
-}
-
 /// The one-row result of a command.
 fn command_output(
     kind: &'static str,
@@ -460,12 +514,7 @@ fn command_output(
     rows: Option<i64>,
     version: Option<i64>,
 ) -> QueryOutput {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("operation", DataType::Utf8, false),
-        Field::new("table", DataType::Utf8, false),
-        Field::new("rows_affected", DataType::Int64, true),
-        Field::new("version", DataType::Int64, true),
-    ]));
+    let schema = command_schema();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![kind])),
         Arc::new(StringArray::from(vec![table.to_string()])),

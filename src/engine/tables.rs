@@ -41,6 +41,22 @@ pub struct TableInfo {
     pub created_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// What to do when the target of an ingest exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfExists {
+    Fail,
+    Append,
+    Replace,
+}
+
+/// ADBC ingest modes: create = (create, fail), append = (no create, append),
+/// replace = (create, replace), create_append = (create, append).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestMode {
+    pub create_if_missing: bool,
+    pub if_exists: IfExists,
+}
+
 /// An upload of rows.
 #[derive(Debug)]
 pub struct Upload {
@@ -140,12 +156,7 @@ impl Engine {
         t: &TableRef,
         upload: Upload,
     ) -> Result<WriteOutcome> {
-        self.access.check(p, Privilege::Insert, t)?;
-        if upload.mode == WriteMode::Overwrite {
-            self.access.check(p, Privilege::Modify, t)?;
-        }
-        let table = self.catalog.load(t).await?;
-        let schema = table.snapshot()?.snapshot().arrow_schema();
+        let schema = self.writable_schema(p, t, upload.mode).await?;
         let batches = ingest::decode(upload.format, upload.body, &schema)?;
         commit::write(
             &self.catalog,
@@ -157,6 +168,89 @@ impl Engine {
             "UPLOAD",
         )
         .await
+    }
+
+    /// Checks write privileges for `mode` and returns the table's Arrow schema.
+    async fn writable_schema(
+        &self,
+        p: &Arc<Principal>,
+        t: &TableRef,
+        mode: WriteMode,
+    ) -> Result<arrow::datatypes::SchemaRef> {
+        self.access.check(p, Privilege::Insert, t)?;
+        if mode == WriteMode::Overwrite {
+            self.access.check(p, Privilege::Modify, t)?;
+        }
+        let table = self.catalog.load(t).await?;
+        Ok(table.snapshot()?.snapshot().arrow_schema())
+    }
+
+    /// Bulk ingest of Arrow batches (Flight SQL `CommandStatementIngest`, ADBC `adbc_ingest`):
+    /// creates the table from the batches' schema when allowed, else appends or replaces.
+    pub async fn ingest(
+        &self,
+        p: &Arc<Principal>,
+        t: &TableRef,
+        schema: arrow::datatypes::SchemaRef,
+        batches: Vec<arrow::array::RecordBatch>,
+        mode: IngestMode,
+    ) -> Result<WriteOutcome> {
+        let exists = self.catalog.exists(t).await?;
+        let write_mode = match (exists, mode.if_exists, mode.create_if_missing) {
+            (true, IfExists::Fail, _) => {
+                // Don't reveal existence to principals who can't see the table.
+                if !self.access.is_visible(p, t) {
+                    self.access.check_layer(p, Privilege::Manage, t.layer)?;
+                }
+                return Err(Error::AlreadyExists(format!("table {t} already exists")));
+            }
+            (true, IfExists::Append, _) => WriteMode::Append,
+            (true, IfExists::Replace, _) => WriteMode::Overwrite,
+            (false, _, false) => return Err(Error::NotFound(format!("table {t} not found"))),
+            (false, _, true) => {
+                self.access.check_layer(p, Privilege::Manage, t.layer)?;
+                let (schema, batches) = ingest::delta_compatible(&schema, batches)?;
+                let spec = TableSpec {
+                    columns: Vec::new(),
+                    partition_by: Vec::new(),
+                    description: None,
+                };
+                let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+                let version =
+                    commit::create_with_data(&self.catalog, t, p, &spec, schema, batches).await?;
+                return Ok(WriteOutcome {
+                    version,
+                    rows,
+                    duplicate: false,
+                });
+            }
+        };
+        let target = self.writable_schema(p, t, write_mode).await?;
+        let batches = batches
+            .iter()
+            .map(|b| ingest::conform(b, &target))
+            .collect::<Result<Vec<_>>>()?;
+        let batches = ingest::enforce_schema(batches, &target)?;
+        commit::write(&self.catalog, t, p, batches, write_mode, None, "INGEST").await
+    }
+
+    /// Visible tables with their Arrow schemas (Flight `GetTables include_schema`).
+    pub async fn table_schemas(
+        &self,
+        p: &Arc<Principal>,
+    ) -> Result<Vec<(TableRef, arrow::datatypes::SchemaRef)>> {
+        let mut out = Vec::new();
+        for t in self.catalog.list(None).await? {
+            if !self.access.is_visible(p, &t) {
+                continue;
+            }
+            match self.catalog.load(&t).await {
+                Ok(table) => out.push((t, table.snapshot()?.snapshot().arrow_schema())),
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 }
 

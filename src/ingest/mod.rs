@@ -328,6 +328,33 @@ pub fn enforce_schema(batches: Vec<RecordBatch>, target: &SchemaRef) -> Result<V
         .collect()
 }
 
+/// Casts batches of any Arrow schema to types a new Delta table can store (for tables created
+/// from client data: ADBC ingest).
+pub fn delta_compatible(
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let name = f.name().to_ascii_lowercase();
+        crate::storage::validate_name(&name).map_err(|e| Error::invalid(format!("column: {e}")))?;
+        let dt = crate::storage::types::delta_arrow_type(f.data_type()).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "column {} has type {}, which Delta tables cannot store",
+                f.name(),
+                f.data_type()
+            ))
+        })?;
+        fields.push(Field::new(name, dt, true));
+    }
+    let target: SchemaRef = Arc::new(Schema::new(fields));
+    let out = batches
+        .iter()
+        .map(|b| conform(b, &target))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((target, out))
+}
+
 fn clean_arrow_message(e: &arrow::error::ArrowError) -> String {
     let s = e.to_string();
     for prefix in [

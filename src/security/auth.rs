@@ -54,6 +54,8 @@ struct Claims {
 pub struct Authenticator {
     algorithms: Vec<Algorithm>,
     hmac: Option<(DecodingKey, EncodingKey)>,
+    /// Key material for [`Authenticator::derive_key`].
+    secret: Option<Secret>,
     public_keys: Vec<DecodingKey>,
     jwks: Option<JwkSet>,
     issuer: Option<String>,
@@ -88,7 +90,7 @@ impl Authenticator {
                 "the HS256 secret is weaker than 32 bytes".into(),
             ));
         }
-        let hmac = secret.map(|s| {
+        let hmac = secret.as_ref().map(|s| {
             (
                 DecodingKey::from_secret(s.expose().as_bytes()),
                 EncodingKey::from_secret(s.expose().as_bytes()),
@@ -122,6 +124,7 @@ impl Authenticator {
         Ok(Authenticator {
             algorithms,
             hmac,
+            secret,
             public_keys,
             jwks,
             issuer: auth.issuer.clone(),
@@ -213,6 +216,17 @@ impl Authenticator {
                 _ => "invalid token".into(),
             },
         ))
+    }
+
+    /// A key for another purpose (e.g. Flight tickets) derived from the HS256 secret:
+    /// HMAC-SHA256(secret, label). `None` without an HS256 secret.
+    pub fn derive_key(&self, label: &str) -> Option<Vec<u8>> {
+        use hmac::Mac;
+        let secret = self.secret.as_ref()?;
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.expose().as_bytes()).ok()?;
+        mac.update(label.as_bytes());
+        Some(mac.finalize().into_bytes().to_vec())
     }
 
     /// Mints an HS256 token (dev mode and `strata token`).

@@ -11,6 +11,7 @@ pub mod access;
 pub mod auth;
 pub mod policy;
 pub mod principal;
+pub mod ticket;
 
 pub use access::{AccessControl, Privilege};
 pub use auth::Authenticator;

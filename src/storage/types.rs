@@ -113,6 +113,37 @@ fn bad_type(name: &str) -> Error {
     ))
 }
 
+/// The Arrow type a Delta table stores for `dt` (no views, large or unsigned types;
+/// microsecond timestamps), or `None` if Delta cannot store it.
+pub fn delta_arrow_type(dt: &arrow::datatypes::DataType) -> Option<arrow::datatypes::DataType> {
+    use arrow::datatypes::{DataType as D, TimeUnit};
+    Some(match dt {
+        D::Boolean
+        | D::Int8
+        | D::Int16
+        | D::Int32
+        | D::Int64
+        | D::Float32
+        | D::Float64
+        | D::Utf8
+        | D::Binary
+        | D::Date32
+        | D::Decimal128(..) => dt.clone(),
+        D::Null | D::Utf8View | D::LargeUtf8 => D::Utf8,
+        D::BinaryView | D::LargeBinary | D::FixedSizeBinary(_) => D::Binary,
+        D::UInt8 => D::Int16,
+        D::UInt16 => D::Int32,
+        D::UInt32 => D::Int64,
+        D::UInt64 => D::Decimal128(20, 0),
+        D::Float16 => D::Float32,
+        D::Date64 => D::Date32,
+        D::Timestamp(_, None) => D::Timestamp(TimeUnit::Microsecond, None),
+        D::Timestamp(_, Some(_)) => D::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        D::Dictionary(_, v) => delta_arrow_type(v)?,
+        _ => return None,
+    })
+}
+
 /// The Delta type name (`long`, `decimal(10,2)`, `array<…>` as JSON) for display.
 pub fn type_name(dt: &DataType) -> String {
     match serde_json::to_value(dt) {

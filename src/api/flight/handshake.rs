@@ -5,7 +5,7 @@ use std::pin::Pin;
 use arrow_flight::{HandshakeRequest, HandshakeResponse};
 use base64::Engine as _;
 use futures::Stream;
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::MetadataValue;
 use tonic::{Response, Status};
 
 use super::to_status;
@@ -14,9 +14,9 @@ use crate::security::Authenticator;
 
 type HandshakeStream = Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>;
 
-/// The JWT of a request: `Bearer <JWT>`, or `Basic base64(user:<JWT>)` as BI tools send it.
-pub(super) fn bearer(md: &MetadataMap) -> Option<String> {
-    let value = md.get("authorization")?.to_str().ok()?;
+/// The JWT in an `authorization` value: `Bearer <JWT>`, or `Basic base64(user:<JWT>)` as BI
+/// tools send it.
+fn token_from_value(value: &str) -> Option<String> {
     let (scheme, rest) = value.split_once(' ')?;
     if scheme.eq_ignore_ascii_case("bearer") {
         Some(rest.trim().to_string())
@@ -32,15 +32,25 @@ pub(super) fn bearer(md: &MetadataMap) -> Option<String> {
     }
 }
 
+pub(super) fn token_from_headers(headers: &http::HeaderMap) -> Option<String> {
+    token_from_value(headers.get(http::header::AUTHORIZATION)?.to_str().ok()?)
+}
+
 pub(super) fn handshake(
     auth: &Authenticator,
     request: tonic::Request<tonic::Streaming<HandshakeRequest>>,
 ) -> Result<Response<HandshakeStream>, Status> {
-    let token = bearer(request.metadata()).ok_or_else(|| {
-        to_status(Error::Unauthenticated(
-            "handshake needs authorization: Bearer <JWT> or Basic with the JWT as password".into(),
-        ))
-    })?;
+    let token = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(token_from_value)
+        .ok_or_else(|| {
+            to_status(Error::Unauthenticated(
+                "handshake needs authorization: Bearer <JWT> or Basic with the JWT as password"
+                    .into(),
+            ))
+        })?;
     auth.authenticate(&token).map_err(to_status)?;
     let reply = HandshakeResponse {
         protocol_version: 0,
