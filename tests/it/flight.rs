@@ -1,25 +1,113 @@
-//! Flight SQL port: authenticated handshake (the statement surface comes with the Flight issue).
+//! Flight SQL over the real `FlightSqlServiceClient`: every command, auth, tickets, cancel,
+//! message sizes.
 
-use arrow_flight::HandshakeRequest;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{
+    CommandGetDbSchemas, CommandGetPrimaryKeys, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandStatementIngest, SqlInfo, TableDefinitionOptions, TableExistsOption,
+    TableNotExistOption,
+};
+use arrow_flight::{CancelFlightInfoRequest, CancelStatus, FlightInfo, HandshakeRequest};
 use base64::Engine as _;
+use futures::{StreamExt, TryStreamExt};
+use serde_json::json;
+use tonic::transport::Channel;
 
 use crate::harness::TestServer;
+
+async fn channel(s: &TestServer) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", s.flight))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn client(s: &TestServer, token: &str) -> FlightSqlServiceClient<Channel> {
+    let mut c = FlightSqlServiceClient::new(channel(s).await);
+    c.set_token(token.to_string());
+    c
+}
+
+/// All batches behind a FlightInfo.
+async fn fetch(
+    c: &mut FlightSqlServiceClient<Channel>,
+    info: &FlightInfo,
+) -> Result<Vec<RecordBatch>, arrow_flight::error::FlightError> {
+    let mut out = Vec::new();
+    for ep in &info.endpoint {
+        let ticket = ep.ticket.clone().unwrap();
+        let batches: Vec<RecordBatch> = c.do_get(ticket).await?.try_collect().await?;
+        out.extend(batches);
+    }
+    Ok(out)
+}
+
+async fn query(c: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<RecordBatch> {
+    let info = c.execute(sql.to_string(), None).await.unwrap();
+    fetch(c, &info).await.unwrap()
+}
+
+fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
+fn status_code(e: &arrow_flight::error::FlightError) -> tonic::Code {
+    match e {
+        arrow_flight::error::FlightError::Tonic(s) => s.code(),
+        other => panic!("not a gRPC status: {other:?}"),
+    }
+}
 
 async fn handshake(
     s: &TestServer,
     authorization: &str,
 ) -> Result<tonic::Response<tonic::Streaming<arrow_flight::HandshakeResponse>>, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.flight))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = FlightServiceClient::new(channel);
+    let mut client = FlightServiceClient::new(channel(s).await);
     let mut req = tonic::Request::new(futures::stream::iter(vec![HandshakeRequest::default()]));
     req.metadata_mut()
         .insert("authorization", authorization.parse().unwrap());
     client.handshake(req).await
+}
+
+async fn cancel(
+    c: &mut FlightSqlServiceClient<Channel>,
+    info: &FlightInfo,
+) -> Result<CancelStatus, arrow_flight::error::FlightError> {
+    use prost::Message;
+    let action = arrow_flight::Action::new(
+        "CancelFlightInfo",
+        CancelFlightInfoRequest::new(info.clone()).encode_to_vec(),
+    );
+    let mut results = c.do_action(action).await?;
+    let r = results.message().await?.expect("a result");
+    let result = arrow_flight::CancelFlightInfoResult::decode(r.body).unwrap();
+    Ok(result.status())
+}
+
+async fn seeded() -> TestServer {
+    let s = TestServer::start().await;
+    s.create_people("gold.people").await;
+    s.create_people("silver.hidden").await;
+    let rows: Vec<_> = (1..=20)
+        .map(|i| json!({"id": i, "name": format!("p{i}"), "amount": i as f64}))
+        .collect();
+    let (status, _) = s
+        .upload(
+            &s.admin.clone(),
+            "gold.people",
+            "application/json",
+            serde_json::to_vec(&rows).unwrap(),
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+    s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,12 +123,527 @@ async fn handshake_accepts_basic_with_jwt_password_and_returns_bearer() {
         .unwrap()
         .to_string();
     assert_eq!(bearer, format!("Bearer {}", s.admin));
-    let resp = handshake(&s, &format!("Bearer {}", s.admin)).await.unwrap();
-    assert!(resp.metadata().get("authorization").is_some());
+    // The client library's own handshake stores the bearer token and uses it afterwards.
+    let mut c = FlightSqlServiceClient::new(channel(&s).await);
+    c.handshake("admin", &s.admin).await.unwrap();
+    assert_eq!(rows(&query(&mut c, "SELECT 1 AS x").await), 1);
 
     let bad = base64::engine::general_purpose::STANDARD.encode("admin:not-a-token");
     let err = handshake(&s, &format!("Basic {bad}")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    let err = handshake(&s, "Bearer x.y.z").await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    // Every other RPC needs a token too.
+    let mut anon = FlightSqlServiceClient::new(channel(&s).await);
+    for e in [
+        anon.execute("SELECT 1".into(), None).await.unwrap_err(),
+        anon.get_catalogs().await.unwrap_err(),
+        anon.get_sql_info(vec![SqlInfo::FlightSqlServerName])
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(status_code(&e), tonic::Code::Unauthenticated, "{e:?}");
+    }
+    let mut wrong = client(&s, "x.y.z").await;
+    assert_eq!(
+        status_code(
+            &wrong
+                .get_tables(CommandGetTables::default())
+                .await
+                .unwrap_err()
+        ),
+        tonic::Code::Unauthenticated
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_prepared_statements_and_twelve_parameters() {
+    let s = seeded().await;
+    let mut c = client(&s, &s.admin).await;
+    let batches = query(
+        &mut c,
+        "SELECT id, name FROM gold.people WHERE id <= 3 ORDER BY id",
+    )
+    .await;
+    assert_eq!(rows(&batches), 3);
+    // JDBC cannot read view types: strings arrive as Utf8 by default.
+    assert_eq!(batches[0].schema().field(1).data_type(), &DataType::Utf8);
+
+    // Twelve parameters, bound by number ($10 is the tenth value, not the second).
+    let sql = "SELECT id FROM gold.people WHERE id IN ($1,$2,$3,$4,$5,$6,$7,$8,$9) OR id = $10 OR id = $11 OR name = $12 ORDER BY id";
+    let mut stmt = c.prepare(sql.to_string(), None).await.unwrap();
+    assert_eq!(stmt.parameter_schema().unwrap().fields().len(), 12);
+    let mut fields: Vec<Field> = (1..=11)
+        .map(|i| Field::new(format!("${i}"), DataType::Int64, false))
+        .collect();
+    fields.push(Field::new("$12", DataType::Utf8, false));
+    let mut cols: Vec<Arc<dyn Array>> = [1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 18]
+        .into_iter()
+        .map(|v| Arc::new(Int64Array::from(vec![v as i64])) as Arc<dyn Array>)
+        .collect();
+    cols.push(Arc::new(StringArray::from(vec!["p20"])));
+    stmt.set_parameters(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap())
+        .unwrap();
+    let info = stmt.execute().await.unwrap();
+    let batches = fetch(&mut c, &info).await.unwrap();
+    let ids: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 18, 20]);
+    stmt.close().await.unwrap();
+
+    // Updates: DDL and DML with affected counts.
+    assert_eq!(
+        c.execute_update(
+            "CREATE TABLE silver.t (id BIGINT NOT NULL, v STRING)".into(),
+            None
+        )
+        .await
+        .unwrap(),
+        0
+    );
+    assert_eq!(
+        c.execute_update(
+            "INSERT INTO silver.t VALUES (1, 'a'), (2, 'b')".into(),
+            None
+        )
+        .await
+        .unwrap(),
+        2
+    );
+    // A prepared update with several parameter rows runs once per row.
+    let mut ins = c
+        .prepare("INSERT INTO silver.t VALUES ($1, $2)".into(), None)
+        .await
+        .unwrap();
+    let params = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("$1", DataType::Int64, false),
+            Field::new("$2", DataType::Utf8, false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![3, 4, 5])),
+            Arc::new(StringArray::from(vec!["c", "d", "e"])),
+        ],
+    )
+    .unwrap();
+    ins.set_parameters(params).unwrap();
+    assert_eq!(ins.execute_update().await.unwrap(), 3);
+    assert_eq!(s.count("silver.t").await, 5);
+    // DDL sent as a query (what DBAPI cursor.execute does) runs exactly once.
+    let info = c
+        .execute("INSERT INTO silver.t VALUES (6, 'f')".into(), None)
+        .await
+        .unwrap();
+    let summary = fetch(&mut c, &info).await.unwrap();
+    assert_eq!(
+        summary[0]
+            .column_by_name("rows_affected")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .value(0),
+        1
+    );
+    let again = fetch(&mut c, &info).await.unwrap();
+    assert_eq!(rows(&again), 1);
+    assert_eq!(
+        s.count("silver.t").await,
+        6,
+        "DoGet replays the summary, it does not re-run the INSERT"
+    );
+
+    // Errors map to gRPC codes.
+    let e = c.execute("SELEC 1".into(), None).await.unwrap_err();
+    assert_eq!(status_code(&e), tonic::Code::InvalidArgument);
+    let e = c
+        .execute("SELECT * FROM gold.nope".into(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&e), tonic::Code::NotFound);
+    let e = c
+        .execute_update("CREATE TABLE silver.t (a INT)".into(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&e), tonic::Code::AlreadyExists);
+    let e = c.begin_transaction().await.unwrap_err();
+    assert_eq!(status_code(&e), tonic::Code::Unimplemented);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_commands_show_only_what_the_principal_may_see() {
+    let s = seeded().await;
+    let mut admin = client(&s, &s.admin).await;
+    let analyst_token = s.token("ann", &["analyst"]);
+    let mut analyst = client(&s, &analyst_token).await;
+
+    let cats = {
+        let info = admin.get_catalogs().await.unwrap();
+        fetch(&mut admin, &info).await.unwrap()
+    };
+    assert_eq!(cats[0].column(0).as_string::<i32>().value(0), "strata");
+    let schemas = {
+        let info = admin
+            .get_db_schemas(CommandGetDbSchemas::default())
+            .await
+            .unwrap();
+        fetch(&mut admin, &info).await.unwrap()
+    };
+    let names: Vec<&str> = schemas[0]
+        .column(1)
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .collect();
+    assert_eq!(names, vec!["bronze", "gold", "silver"]);
+    let types = {
+        let info = admin.get_table_types().await.unwrap();
+        fetch(&mut admin, &info).await.unwrap()
+    };
+    assert_eq!(types[0].column(0).as_string::<i32>().value(0), "TABLE");
+
+    let all_tables = CommandGetTables {
+        include_schema: true,
+        ..Default::default()
+    };
+    let t = {
+        let info = admin.get_tables(all_tables.clone()).await.unwrap();
+        fetch(&mut admin, &info).await.unwrap()
+    };
+    let names: Vec<&str> = t[0].column(2).as_string::<i32>().iter().flatten().collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec!["hidden", "people"]);
+    let schema_bytes = t[0].column(4).as_binary::<i32>().value(0);
+    let schema = arrow::ipc::convert::try_schema_from_ipc_buffer(schema_bytes).unwrap();
+    assert_eq!(schema.field(0).name(), "id");
+    let t = {
+        let info = analyst.get_tables(all_tables).await.unwrap();
+        fetch(&mut analyst, &info).await.unwrap()
+    };
+    let names: Vec<&str> = t[0].column(2).as_string::<i32>().iter().flatten().collect();
+    assert_eq!(names, vec!["people"], "no grant, no table");
+    let filtered = CommandGetTables {
+        db_schema_filter_pattern: Some("sil%".into()),
+        table_name_filter_pattern: Some("hid%".into()),
+        ..Default::default()
+    };
+    let t = {
+        let info = admin.get_tables(filtered).await.unwrap();
+        fetch(&mut admin, &info).await.unwrap()
+    };
+    assert_eq!(t[0].num_rows(), 1);
+
+    let info = {
+        let info = admin.get_sql_info(vec![]).await.unwrap();
+        fetch(&mut admin, &info).await.unwrap()
+    };
+    assert!(rows(&info) > 60, "complete SqlInfo: {}", rows(&info));
+    let info = {
+        let info = admin
+            .get_sql_info(vec![
+                SqlInfo::FlightSqlServerName,
+                SqlInfo::SqlIdentifierQuoteChar,
+                SqlInfo::SqlAnsi92SupportedLevel,
+                SqlInfo::SqlTransactionsSupported,
+            ])
+            .await
+            .unwrap();
+        fetch(&mut admin, &info).await.unwrap()
+    };
+    assert_eq!(rows(&info), 4);
+    let xdbc = {
+        let info = admin
+            .get_xdbc_type_info(CommandGetXdbcTypeInfo::default())
+            .await
+            .unwrap();
+        fetch(&mut admin, &info).await.unwrap()
+    };
+    let type_names: Vec<&str> = xdbc[0]
+        .column(0)
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .collect();
+    for t in [
+        "BIGINT",
+        "VARCHAR",
+        "DOUBLE",
+        "DECIMAL",
+        "TIMESTAMP",
+        "DATE",
+        "BOOLEAN",
+    ] {
+        assert!(type_names.contains(&t), "{t} missing from {type_names:?}");
+    }
+    let pk = CommandGetPrimaryKeys {
+        table: "people".into(),
+        db_schema: Some("gold".into()),
+        catalog: None,
+    };
+    let keys = {
+        let info = admin.get_primary_keys(pk).await.unwrap();
+        fetch(&mut admin, &info).await.unwrap()
+    };
+    assert_eq!(rows(&keys), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_cannot_be_replayed_by_another_principal_or_tampered() {
+    let s = seeded().await;
+    let ann = s.token("ann", &["analyst"]);
+    let bob = s.token("bob", &["analyst"]);
+    let mut a = client(&s, &ann).await;
+    let info = a
+        .execute("SELECT * FROM gold.people".into(), None)
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut b = client(&s, &bob).await;
+    let err = match b.do_get(ticket.clone()).await {
+        Err(e) => e,
+        Ok(stream) => stream.try_collect::<Vec<_>>().await.unwrap_err(),
+    };
+    assert_eq!(status_code(&err), tonic::Code::PermissionDenied);
+    // Same subject, more roles: a different principal.
+    let ann_admin = s.token("ann", &["analyst", "admin"]);
+    let mut a2 = client(&s, &ann_admin).await;
+    let err = match a2.do_get(ticket.clone()).await {
+        Err(e) => e,
+        Ok(stream) => stream.try_collect::<Vec<_>>().await.unwrap_err(),
+    };
+    assert_eq!(status_code(&err), tonic::Code::PermissionDenied);
+    let mut tampered = ticket.ticket.to_vec();
+    let n = tampered.len();
+    tampered[n - 3] ^= 0x55;
+    let err = match a.do_get(arrow_flight::Ticket::new(tampered)).await {
+        Err(e) => e,
+        Ok(stream) => stream.try_collect::<Vec<_>>().await.unwrap_err(),
+    };
+    assert!(
+        matches!(
+            status_code(&err),
+            tonic::Code::InvalidArgument | tonic::Code::Unimplemented
+        ),
+        "{err:?}"
+    );
+    // The owner can use it.
+    assert_eq!(rows(&fetch(&mut a, &info).await.unwrap()), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_create_append_replace() {
+    let s = TestServer::start().await;
+    let mut c = client(&s, &s.admin).await;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("label", DataType::Utf8View, true),
+        Field::new(
+            "ts",
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, None),
+            true,
+        ),
+    ]));
+    let batch = |ids: Vec<i64>| {
+        let n = ids.len();
+        RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(arrow::array::StringViewArray::from_iter_values(
+                    (0..n).map(|i| format!("l{i}")),
+                )),
+                Arc::new(arrow::array::TimestampNanosecondArray::from(
+                    vec![1_700_000_000_000_000_000i64; n],
+                )),
+            ],
+        )
+        .unwrap()
+    };
+    let cmd =
+        |if_not_exist: TableNotExistOption, if_exists: TableExistsOption| CommandStatementIngest {
+            table_definition_options: Some(TableDefinitionOptions {
+                if_not_exist: if_not_exist as i32,
+                if_exists: if_exists as i32,
+            }),
+            table: "events".into(),
+            schema: Some("bronze".into()),
+            ..Default::default()
+        };
+    let n = c
+        .execute_ingest(
+            cmd(TableNotExistOption::Create, TableExistsOption::Fail),
+            futures::stream::iter(vec![Ok(batch(vec![1, 2, 3]))]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    let n = c
+        .execute_ingest(
+            cmd(TableNotExistOption::Fail, TableExistsOption::Append),
+            futures::stream::iter(vec![Ok(batch(vec![4])), Ok(batch(vec![5]))]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(s.count("bronze.events").await, 5);
+    let e = c
+        .execute_ingest(
+            cmd(TableNotExistOption::Create, TableExistsOption::Fail),
+            futures::stream::iter(vec![Ok(batch(vec![9]))]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&e), tonic::Code::AlreadyExists);
+    let n = c
+        .execute_ingest(
+            cmd(TableNotExistOption::Create, TableExistsOption::Replace),
+            futures::stream::iter(vec![Ok(batch(vec![7]))]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(s.count("bronze.events").await, 1);
+    let (_, info) = s
+        .get(&s.admin.clone(), "/api/v1/tables/bronze/events")
+        .await;
+    assert_eq!(info["columns"][1]["type"], "string");
+    assert_eq!(info["columns"][2]["type"], "timestamp_ntz");
+    // A loader may append to bronze but not create.
+    let loader = s.token("lou", &["loader"]);
+    let mut l = client(&s, &loader).await;
+    let mut new_table = cmd(TableNotExistOption::Create, TableExistsOption::Fail);
+    new_table.table = "other".into();
+    let e = l
+        .execute_ingest(new_table, futures::stream::iter(vec![Ok(batch(vec![1]))]))
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&e), tonic::Code::PermissionDenied);
+    let n = l
+        .execute_ingest(
+            cmd(TableNotExistOption::Fail, TableExistsOption::Append),
+            futures::stream::iter(vec![Ok(batch(vec![8]))]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+/// Sizes of the raw FlightData messages of a DoGet.
+async fn message_sizes(s: &TestServer, token: &str, info: &FlightInfo) -> Vec<usize> {
+    let mut raw = FlightServiceClient::new(channel(s).await);
+    let mut req = tonic::Request::new(info.endpoint[0].ticket.clone().unwrap());
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let stream = raw.do_get(req).await.unwrap().into_inner();
+    stream
+        .map_ok(|m| m.data_header.len() + m.data_body.len())
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twenty_row_slice_of_a_wide_string_table_stays_small_on_the_wire() {
+    let s = TestServer::start().await;
+    let mut c = client(&s, &s.admin).await;
+    // 4,000 rows of 2 KiB strings: 8 MiB of string data in one file.
+    c.execute_update("CREATE TABLE gold.wide AS SELECT v AS id, repeat('x', 2048) || CAST(v AS VARCHAR) AS s FROM (SELECT unnest(range(0, 4000)) AS v)".into(), None)
+        .await
+        .unwrap();
+    let info = c
+        .execute("SELECT s FROM gold.wide LIMIT 20".into(), None)
+        .await
+        .unwrap();
+    let sizes = message_sizes(&s, &s.admin, &info).await;
+    let total: usize = sizes.iter().sum();
+    assert!(total < 100 * 1024, "20 rows × 2 KiB sent as {total} bytes");
+    // Clients that read views keep them, still compacted.
+    c.set_header("x-strata-view-types", "keep");
+    let info = c
+        .execute("SELECT s FROM gold.wide LIMIT 20".into(), None)
+        .await
+        .unwrap();
+    let total: usize = message_sizes(&s, &s.admin, &info).await.iter().sum();
+    assert!(total < 100 * 1024, "views: {total} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_rows_stream_in_messages_under_four_mib() {
+    let s = TestServer::start().await;
+    let mut c = client(&s, &s.admin).await;
+    c.execute_update("CREATE TABLE gold.big AS SELECT v AS id, v * 2 AS twice, 'row-' || CAST(v AS VARCHAR) AS label FROM (SELECT unnest(range(0, 1000000)) AS v)".into(), None)
+        .await
+        .unwrap();
+    let info = c
+        .execute("SELECT * FROM gold.big".into(), None)
+        .await
+        .unwrap();
+    let sizes = message_sizes(&s, &s.admin, &info).await;
+    let max = sizes.iter().max().copied().unwrap_or(0);
+    assert!(max <= 4 * 1024 * 1024, "largest message {max} bytes");
+    assert!(sizes.len() > 10, "streamed in {} messages", sizes.len());
+    let batches = fetch(&mut c, &info).await.unwrap();
+    assert_eq!(rows(&batches), 1_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_flight_info_stops_the_query() {
+    let s = TestServer::start().await;
+    let mut c = client(&s, &s.admin).await;
+    c.execute_update(
+        "CREATE TABLE gold.n AS SELECT unnest(range(0, 2000)) AS v".into(),
+        None,
+    )
+    .await
+    .unwrap();
+    // A 4M-row cross join: long enough to cancel midway.
+    let info = c
+        .execute(
+            "SELECT a.v, b.v AS w FROM gold.n a CROSS JOIN gold.n b".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut stream = c
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.num_rows() > 0);
+    let status = cancel(&mut c, &info).await.unwrap();
+    assert_eq!(status, CancelStatus::Cancelled);
+    let mut seen = first.num_rows();
+    let mut cancelled = false;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(b) => seen += b.num_rows(),
+            Err(e) => {
+                assert_eq!(status_code(&e), tonic::Code::Cancelled, "{e:?}");
+                cancelled = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        cancelled,
+        "the stream must end with CANCELLED, not look complete ({seen} rows)"
+    );
+    assert!(seen < 4_000_000);
+
+    // Cancelled before DoGet: the DoGet fails.
+    let info = c
+        .execute("SELECT * FROM gold.n".into(), None)
+        .await
+        .unwrap();
+    cancel(&mut c, &info).await.unwrap();
+    let e = fetch(&mut c, &info).await.unwrap_err();
+    assert_eq!(status_code(&e), tonic::Code::Cancelled);
+    // Another principal cannot cancel someone else's query.
+    let mut other = client(&s, &s.token("eve", &["admin"])).await;
+    let info = c
+        .execute("SELECT * FROM gold.n".into(), None)
+        .await
+        .unwrap();
+    let e = cancel(&mut other, &info).await.unwrap_err();
+    assert_eq!(status_code(&e), tonic::Code::PermissionDenied);
+    assert_eq!(rows(&fetch(&mut c, &info).await.unwrap()), 2000);
 }

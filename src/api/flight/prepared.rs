@@ -172,9 +172,12 @@ impl FlightSqlServer {
 pub(super) async fn read_batches(
     request: Request<PeekableFlightDataStream>,
 ) -> Result<(Option<arrow::datatypes::SchemaRef>, Vec<RecordBatch>)> {
+    // A DoPut may carry only the descriptor (an update without parameters): skip messages
+    // without an IPC header instead of failing to decode them.
     let stream = request
         .into_inner()
-        .map_err(|s| FlightError::Tonic(Box::new(s)));
+        .map_err(|s| FlightError::Tonic(Box::new(s)))
+        .try_filter(|fd| futures::future::ready(!fd.data_header.is_empty()));
     let mut decoder = FlightRecordBatchStream::new_from_flight_data(stream);
     let mut batches = Vec::new();
     while let Some(batch) = decoder
