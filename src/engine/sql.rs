@@ -127,6 +127,7 @@ pub fn parse(sql: &str, default_layer: &str) -> Result<Statement> {
 }
 
 fn classify(mut stmt: ast::Statement, default_layer: &str) -> Result<Statement> {
+    number_placeholders(&mut stmt)?;
     match &mut stmt {
         ast::Statement::Query(_) => {
             rewrite_time_travel(&mut stmt)?;
@@ -418,6 +419,45 @@ pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>> {
     Err(timestamp_error(&format!("'{s}'")))
 }
 
+/// Numbers `?` placeholders (ADBC/DBAPI "qmark" style) as `$1…$n` in textual order.
+/// Mixing `?` with `$n` is ambiguous and rejected.
+struct QmarkPlaceholders {
+    next: usize,
+    numbered: bool,
+}
+
+impl VisitorMut for QmarkPlaceholders {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Expr::Value(v) = expr
+            && let Value::Placeholder(p) = &mut v.value
+        {
+            if p == "?" {
+                self.next += 1;
+                *p = format!("${}", self.next);
+            } else {
+                self.numbered = true;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+fn number_placeholders(stmt: &mut ast::Statement) -> Result<()> {
+    let mut v = QmarkPlaceholders {
+        next: 0,
+        numbered: false,
+    };
+    let _ = stmt.visit(&mut v);
+    if v.next > 0 && v.numbered {
+        return Err(Error::invalid(
+            "use either ? or $1, $2, … placeholders, not both",
+        ));
+    }
+    Ok(())
+}
+
 fn rewrite_time_travel(stmt: &mut ast::Statement) -> Result<()> {
     let mut v = TimeTravel { error: None };
     let _ = stmt.visit(&mut v);
@@ -487,6 +527,23 @@ mod tests {
             parse("DROP TABLE IF EXISTS gold.a, b", "gold").unwrap(),
             Statement::DropTable { .. }
         ));
+    }
+
+    #[test]
+    fn qmark_placeholders_are_numbered_in_order() {
+        let Statement::Query(q) =
+            parse("SELECT a FROM t WHERE a = ? AND b IN (?, ?)", "gold").unwrap()
+        else {
+            panic!()
+        };
+        assert!(q.to_string().contains("a = $1 AND b IN ($2, $3)"), "{q}");
+        assert!(parse("SELECT a FROM t WHERE a = ? AND b = $1", "gold").is_err());
+        let Statement::Insert { source, .. } =
+            parse("INSERT INTO t VALUES (?, ?)", "gold").unwrap()
+        else {
+            panic!()
+        };
+        assert!(source.to_string().contains("($1, $2)"), "{source}");
     }
 
     #[test]

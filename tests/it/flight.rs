@@ -527,6 +527,16 @@ async fn ingest_create_append_replace() {
     assert_eq!(n, 1);
 }
 
+/// Peak resident set size of this process (VmHWM), in KiB.
+fn peak_rss_kib() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 /// Sizes of the raw FlightData messages of a DoGet.
 async fn message_sizes(s: &TestServer, token: &str, info: &FlightInfo) -> Vec<usize> {
     let mut raw = FlightServiceClient::new(channel(s).await);
@@ -577,7 +587,20 @@ async fn a_million_rows_stream_in_messages_under_four_mib() {
         .execute("SELECT * FROM gold.big".into(), None)
         .await
         .unwrap();
+    // Server and client share this process; the client side only counts message sizes, so
+    // the peak RSS growth is the server's streaming footprint.
+    let before = peak_rss_kib();
     let sizes = message_sizes(&s, &s.admin, &info).await;
+    let growth_mib = (peak_rss_kib() - before) / 1024;
+    let logical_mib = sizes.iter().sum::<usize>() / (1024 * 1024);
+    println!(
+        "streamed {logical_mib} MiB in {} messages; peak RSS grew {growth_mib} MiB",
+        sizes.len()
+    );
+    assert!(
+        growth_mib < 64,
+        "streaming 1M rows grew peak RSS by {growth_mib} MiB (result is {logical_mib} MiB)"
+    );
     let max = sizes.iter().max().copied().unwrap_or(0);
     assert!(max <= 4 * 1024 * 1024, "largest message {max} bytes");
     assert!(sizes.len() > 10, "streamed in {} messages", sizes.len());

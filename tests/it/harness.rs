@@ -273,3 +273,49 @@ pub fn message(body: &Value) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// The Python interpreter of the test venv, created (and its pinned requirements installed)
+/// on first use. A file lock serializes creation across test processes.
+pub fn python() -> PathBuf {
+    use std::io::Write;
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&base).unwrap();
+    let venv = base.join("strata-test-venv");
+    let requirements =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).unwrap();
+    let lock = std::fs::File::create(base.join("strata-test-venv.lock")).unwrap();
+    lock.lock().unwrap();
+    let marker = venv.join(".strata-requirements");
+    let python = venv.join("bin/python");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
+        let _ = std::fs::remove_dir_all(&venv);
+        let ok = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "python3 -m venv failed");
+        let out = std::process::Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pip install failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut f = std::fs::File::create(&marker).unwrap();
+        f.write_all(wanted.as_bytes()).unwrap();
+    }
+    lock.unlock().unwrap();
+    python
+}

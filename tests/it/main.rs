@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod flight;
 mod harness;
+mod python;
 mod query;
 mod slt;
 mod tables;

@@ -1,0 +1,50 @@
+//! The Python client suite (`tests/python`): pytest with the ADBC Flight SQL driver, pandas
+//! and polars, against this real server. The venv is created on first use (see
+//! `harness::python`).
+
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::harness::{TestServer, python};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_adbc_clients() {
+    let python = tokio::task::spawn_blocking(python).await.unwrap();
+    let s = TestServer::start().await;
+    s.create_people("gold.people").await;
+    s.create_people("silver.hidden").await;
+    let rows: Vec<_> = (1..=20)
+        .map(|i| json!({"id": i, "name": format!("p{i}"), "amount": i as f64}))
+        .collect();
+    let (status, _) = s
+        .upload(
+            &s.admin.clone(),
+            "gold.people",
+            "application/json",
+            serde_json::to_vec(&rows).unwrap(),
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+    let suite = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python");
+    let uri = format!("grpc://{}", s.flight);
+    let admin = s.admin.clone();
+    let analyst = s.token("ann", &["analyst"]);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+            .arg(&suite)
+            .env("STRATA_FLIGHT_URI", uri)
+            .env("STRATA_ADMIN_TOKEN", admin)
+            .env("STRATA_ANALYST_TOKEN", analyst)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pytest failed:\n{stdout}\n{stderr}");
+    println!("{stdout}");
+}
