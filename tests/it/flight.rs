@@ -384,6 +384,22 @@ async fn metadata_commands_show_only_what_the_principal_may_see() {
         fetch(&mut admin, &info).await.unwrap()
     };
     assert_eq!(rows(&keys), 0);
+    let exported = arrow_flight::sql::CommandGetExportedKeys {
+        table: "people".into(),
+        db_schema: Some("gold".into()),
+        catalog: None,
+    };
+    let info = admin.get_exported_keys(exported).await.unwrap();
+    let keys = fetch(&mut admin, &info).await.unwrap();
+    assert_eq!(keys[0].schema().field(0).name(), "pk_catalog_name");
+    assert_eq!(rows(&keys), 0);
+    let imported = arrow_flight::sql::CommandGetImportedKeys {
+        table: "people".into(),
+        db_schema: Some("gold".into()),
+        catalog: None,
+    };
+    let info = admin.get_imported_keys(imported).await.unwrap();
+    assert_eq!(rows(&fetch(&mut admin, &info).await.unwrap()), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
