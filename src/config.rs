@@ -192,14 +192,27 @@ impl Default for AuthConfig {
     }
 }
 
-/// Static grants from configuration. Default deny: a role without a grant sees nothing.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Static grants from configuration (run-time grants and policies live in the policy store).
+/// Default deny: a role without a grant sees nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccessConfig {
     pub grants: Vec<GrantConfig>,
+    /// Holders of this role read raw rows and values: row filters and column masks do not
+    /// apply to them. The admin role does not imply it.
+    pub bypass_role: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            grants: Vec::new(),
+            bypass_role: "policy_bypass".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantConfig {
     pub role: String,

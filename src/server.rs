@@ -16,7 +16,8 @@ use crate::api::rest::{self, AppState};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::security::{AccessControl, Authenticator};
+use crate::security::Authenticator;
+use crate::security::policy::store::PolicyStore;
 use crate::storage::{Catalog, Warehouse};
 
 #[derive(Debug)]
@@ -37,12 +38,16 @@ impl Server {
         // Loads the table list (and proves the store answers) before we accept requests.
         let tables = catalog.list(None).await?;
         tracing::info!(tables = tables.len(), warehouse = %catalog.warehouse().root(), "catalog loaded");
-        let access = Arc::new(AccessControl::new(
+        let policies = Arc::new(PolicyStore::new(
+            Arc::clone(catalog.warehouse().store()),
             config.auth.admin_role.clone(),
-            &config.access,
-        )?);
+            config.access.bypass_role.clone(),
+            config.access.clone(),
+        ));
+        // Fails start-up on an unreadable policy document rather than serving without it.
+        policies.current().await?;
         let auth = Arc::new(Authenticator::from_config(&config.auth, &config.server)?);
-        let engine = Arc::new(Engine::new(&config, catalog, access)?);
+        let engine = Arc::new(Engine::new(&config, catalog, policies)?);
         let http = bind(config.server.http_addr, "server.http_addr").await?;
         let flight = bind(config.server.flight_addr, "server.flight_addr").await?;
         Ok(Server {

@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pipelines::commit::{self, WriteMode};
 use crate::security::policy::PolicyTable;
+use crate::security::policy::store::PolicyStore;
 use crate::security::{AccessControl, Principal, Privilege};
 use crate::storage::catalog::TableSpec;
 use crate::storage::{Catalog, TableRef};
@@ -85,14 +86,14 @@ impl std::fmt::Debug for QueryOutput {
 #[derive(Debug)]
 pub struct Engine {
     catalog: Arc<Catalog>,
-    access: Arc<AccessControl>,
+    policies: Arc<PolicyStore>,
     sessions: session::SessionFactory,
     default_layer: String,
     max_sql_bytes: usize,
 }
 
 impl Engine {
-    pub fn new(cfg: &Config, catalog: Arc<Catalog>, access: Arc<AccessControl>) -> Result<Engine> {
+    pub fn new(cfg: &Config, catalog: Arc<Catalog>, policies: Arc<PolicyStore>) -> Result<Engine> {
         let spill = cfg.server.data_dir.join("spill");
         std::fs::create_dir_all(&spill)
             .map_err(|e| Error::Config(format!("spill dir {}: {e}", spill.display())))?;
@@ -101,15 +102,10 @@ impl Engine {
             .with_temp_file_path(&spill)
             .build_arc()
             .map_err(|e| Error::Config(format!("query runtime: {e}")))?;
-        let sessions = session::SessionFactory::new(
-            &cfg.query,
-            runtime,
-            Arc::clone(&access),
-            Arc::clone(&catalog),
-        );
+        let sessions = session::SessionFactory::new(&cfg.query, runtime, Arc::clone(&catalog));
         Ok(Engine {
             catalog,
-            access,
+            policies,
             sessions,
             default_layer: cfg.query.default_layer.to_ascii_lowercase(),
             max_sql_bytes: cfg.query.max_sql_bytes,
@@ -120,8 +116,18 @@ impl Engine {
         &self.catalog
     }
 
-    pub fn access(&self) -> &Arc<AccessControl> {
-        &self.access
+    /// The policies in force now (one cheap freshness check against the store).
+    pub async fn access(&self) -> Result<Arc<AccessControl>> {
+        self.policies.current().await
+    }
+
+    pub fn policies(&self) -> &Arc<PolicyStore> {
+        &self.policies
+    }
+
+    /// A session state for planning policy expressions outside a query.
+    pub fn planning_state(&self) -> &datafusion::execution::context::SessionState {
+        self.sessions.template()
     }
 
     /// Plans one SQL statement without running it: the result schema of a query and the
@@ -132,7 +138,8 @@ impl Engine {
         let kind = statement.kind();
         match statement {
             Statement::Query(ast) | Statement::Explain { statement: ast, .. } => {
-                let state = self.sessions.session(principal);
+                let access = self.access().await?;
+                let state = self.sessions.session(principal, &access);
                 let plan = self.plan_unbound(&state, *ast).await?;
                 let types = plan.get_parameter_types()?;
                 let count = types
@@ -187,7 +194,8 @@ impl Engine {
         self.check_sql_size(sql)?;
         let statement = sql::parse(sql, &self.default_layer)?;
         let kind = statement.kind();
-        let state = self.sessions.session(principal);
+        let access = self.access().await?;
+        let state = self.sessions.session(principal, &access);
         match statement {
             Statement::Query(ast) => {
                 let plan = self.plan_query(&state, *ast, params).await?;
@@ -198,11 +206,11 @@ impl Engine {
                 let scanned = scanned_tables(&plan)?;
                 let manages_all = scanned
                     .iter()
-                    .all(|t| self.access.allows(principal, Privilege::Manage, t));
+                    .all(|t| access.allows(principal, Privilege::Manage, t));
                 if analyze && !manages_all {
                     // Runtime metrics reveal data volumes: MANAGE on everything scanned.
                     for t in &scanned {
-                        self.access.check(principal, Privilege::Manage, t)?;
+                        access.check(principal, Privilege::Manage, t)?;
                     }
                 }
                 let mut state = state;
@@ -238,8 +246,7 @@ impl Engine {
                 description,
                 query,
             } => {
-                self.access
-                    .check_layer(principal, Privilege::Manage, table.layer)?;
+                access.check_layer(principal, Privilege::Manage, table.layer)?;
                 if self.catalog.exists(&table).await? {
                     return if if_not_exists {
                         Ok(command_output(kind, &table, Some(0), None))
@@ -281,9 +288,9 @@ impl Engine {
                 columns,
                 source,
             } => {
-                self.access.check(principal, Privilege::Insert, &table)?;
+                access.check(principal, Privilege::Insert, &table)?;
                 if overwrite {
-                    self.access.check(principal, Privilege::Modify, &table)?;
+                    access.check(principal, Privilege::Modify, &table)?;
                 }
                 let current = self.catalog.load(&table).await?;
                 let target = current.snapshot()?.snapshot().arrow_schema();

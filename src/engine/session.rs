@@ -21,9 +21,8 @@ use crate::storage::{CATALOG_NAME, Catalog};
 
 #[derive(Debug)]
 pub struct SessionFactory {
-    template: SessionState,
+    template: Arc<SessionState>,
     runtime: Arc<RuntimeEnv>,
-    access: Arc<AccessControl>,
     catalog: Arc<Catalog>,
 }
 
@@ -31,7 +30,6 @@ impl SessionFactory {
     pub fn new(
         cfg: &QueryConfig,
         runtime: Arc<RuntimeEnv>,
-        access: Arc<AccessControl>,
         catalog: Arc<Catalog>,
     ) -> SessionFactory {
         let partitions = if cfg.target_partitions == 0 {
@@ -55,26 +53,31 @@ impl SessionFactory {
             .with_table_functions(HashMap::new())
             .build();
         SessionFactory {
-            template,
+            template: Arc::new(template),
             runtime,
-            access,
             catalog,
         }
     }
 
-    /// A session that can see exactly what `principal` may see.
-    pub fn session(&self, principal: &Arc<Principal>) -> SessionState {
+    /// The template state (functions, config): for planning policy expressions.
+    pub fn template(&self) -> &SessionState {
+        &self.template
+    }
+
+    /// A session that can see exactly what `principal` may see under `access`.
+    pub fn session(&self, principal: &Arc<Principal>, access: &Arc<AccessControl>) -> SessionState {
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog(
             CATALOG_NAME.to_string(),
             Arc::new(SecureCatalog::new(
                 Arc::clone(principal),
-                Arc::clone(&self.access),
+                Arc::clone(access),
                 Arc::clone(&self.catalog),
                 Arc::clone(&self.runtime),
+                Arc::clone(&self.template),
             )),
         );
-        SessionStateBuilder::new_from_existing(self.template.clone())
+        SessionStateBuilder::new_from_existing(self.template.as_ref().clone())
             .with_catalog_list(Arc::new(catalogs) as Arc<dyn CatalogProviderList>)
             .with_analyzer_rule(Arc::new(PolicyGuard::new(Arc::clone(principal))))
             .build()

@@ -75,7 +75,8 @@ impl Engine {
         spec: &TableSpec,
         if_not_exists: bool,
     ) -> Result<Option<TableInfo>> {
-        self.access.check_layer(p, Privilege::Manage, t.layer)?;
+        let access = self.access().await?;
+        access.check_layer(p, Privilege::Manage, t.layer)?;
         let props = commit::commit_properties(p, "CREATE TABLE");
         match self.catalog.create(t, spec, &p.subject, props).await {
             Ok(table) => Ok(Some(describe(t, &table)?)),
@@ -90,7 +91,8 @@ impl Engine {
         t: &TableRef,
         if_exists: bool,
     ) -> Result<()> {
-        self.access.check(p, Privilege::Manage, t)?;
+        let access = self.access().await?;
+        access.check(p, Privilege::Manage, t)?;
         match self.catalog.drop_table(t).await {
             Err(Error::NotFound(_)) if if_exists => Ok(()),
             other => other,
@@ -103,9 +105,10 @@ impl Engine {
         p: &Arc<Principal>,
         layer: Option<Layer>,
     ) -> Result<Vec<TableInfo>> {
+        let access = self.access().await?;
         let mut out = Vec::new();
         for t in self.catalog.list(layer).await? {
-            if !self.access.is_visible(p, &t) {
+            if !access.is_visible(p, &t) {
                 continue;
             }
             match self.catalog.load(&t).await {
@@ -119,7 +122,8 @@ impl Engine {
     }
 
     pub async fn describe_table(&self, p: &Arc<Principal>, t: &TableRef) -> Result<TableInfo> {
-        if !self.access.is_visible(p, t) {
+        let access = self.access().await?;
+        if !access.is_visible(p, t) {
             return Err(Error::NotFound(format!("table {t} not found")));
         }
         let table = self.catalog.load(t).await?;
@@ -132,7 +136,8 @@ impl Engine {
         t: &TableRef,
         description: String,
     ) -> Result<TableInfo> {
-        self.access.check(p, Privilege::Manage, t)?;
+        let access = self.access().await?;
+        access.check(p, Privilege::Manage, t)?;
         let table = self.catalog.load(t).await?;
         let updated = commit::set_description(table, p, description).await?;
         self.catalog.remember(t, &updated).await;
@@ -145,7 +150,8 @@ impl Engine {
         t: &TableRef,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>> {
-        self.access.check(p, Privilege::Manage, t)?;
+        let access = self.access().await?;
+        access.check(p, Privilege::Manage, t)?;
         self.catalog.history(t, limit).await
     }
 
@@ -177,9 +183,10 @@ impl Engine {
         t: &TableRef,
         mode: WriteMode,
     ) -> Result<arrow::datatypes::SchemaRef> {
-        self.access.check(p, Privilege::Insert, t)?;
+        let access = self.access().await?;
+        access.check(p, Privilege::Insert, t)?;
         if mode == WriteMode::Overwrite {
-            self.access.check(p, Privilege::Modify, t)?;
+            access.check(p, Privilege::Modify, t)?;
         }
         let table = self.catalog.load(t).await?;
         Ok(table.snapshot()?.snapshot().arrow_schema())
@@ -195,12 +202,13 @@ impl Engine {
         batches: Vec<arrow::array::RecordBatch>,
         mode: IngestMode,
     ) -> Result<WriteOutcome> {
+        let access = self.access().await?;
         let exists = self.catalog.exists(t).await?;
         let write_mode = match (exists, mode.if_exists, mode.create_if_missing) {
             (true, IfExists::Fail, _) => {
                 // Don't reveal existence to principals who can't see the table.
-                if !self.access.is_visible(p, t) {
-                    self.access.check_layer(p, Privilege::Manage, t.layer)?;
+                if !access.is_visible(p, t) {
+                    access.check_layer(p, Privilege::Manage, t.layer)?;
                 }
                 return Err(Error::AlreadyExists(format!("table {t} already exists")));
             }
@@ -208,7 +216,7 @@ impl Engine {
             (true, IfExists::Replace, _) => WriteMode::Overwrite,
             (false, _, false) => return Err(Error::NotFound(format!("table {t} not found"))),
             (false, _, true) => {
-                self.access.check_layer(p, Privilege::Manage, t.layer)?;
+                access.check_layer(p, Privilege::Manage, t.layer)?;
                 let (schema, batches) = ingest::delta_compatible(&schema, batches)?;
                 let spec = TableSpec {
                     columns: Vec::new(),
@@ -239,9 +247,10 @@ impl Engine {
         &self,
         p: &Arc<Principal>,
     ) -> Result<Vec<(TableRef, arrow::datatypes::SchemaRef)>> {
+        let access = self.access().await?;
         let mut out = Vec::new();
         for t in self.catalog.list(None).await? {
-            if !self.access.is_visible(p, &t) {
+            if !access.is_visible(p, &t) {
                 continue;
             }
             match self.catalog.load(&t).await {

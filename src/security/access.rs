@@ -6,9 +6,12 @@
 
 use std::fmt;
 
+use std::collections::HashMap;
+
 use crate::config::{AccessConfig, GrantConfig};
 use crate::error::{Error, Result};
 use crate::security::Principal;
+use crate::security::policy::model::{PolicyDoc, TablePolicy};
 use crate::storage::{Layer, TableRef};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -105,24 +108,67 @@ impl Grant {
     }
 }
 
-/// Decides privileges.
+/// Decides privileges, and holds the row filters and column masks in force.
 #[derive(Debug)]
 pub struct AccessControl {
     admin_role: String,
+    bypass_role: String,
     grants: Vec<Grant>,
+    tables: HashMap<TableRef, TablePolicy>,
+    version: u64,
 }
 
 impl AccessControl {
+    /// Configuration grants only (no run-time policies).
     pub fn new(admin_role: impl Into<String>, cfg: &AccessConfig) -> Result<AccessControl> {
-        let grants = cfg
-            .grants
-            .iter()
-            .map(Grant::parse)
-            .collect::<Result<Vec<_>>>()?;
+        AccessControl::from_doc(
+            admin_role.into(),
+            cfg.bypass_role.clone(),
+            cfg,
+            &PolicyDoc::default(),
+        )
+    }
+
+    /// Configuration grants plus the policy document.
+    pub fn from_doc(
+        admin_role: String,
+        bypass_role: String,
+        cfg: &AccessConfig,
+        doc: &PolicyDoc,
+    ) -> Result<AccessControl> {
+        let mut grants = Vec::new();
+        for g in cfg.grants.iter().chain(doc.grants.iter()) {
+            grants.push(Grant::parse(g)?);
+        }
+        let mut tables = HashMap::new();
+        for (name, policy) in &doc.tables {
+            if !policy.is_empty() {
+                tables.insert(TableRef::parse(name)?, policy.clone());
+            }
+        }
         Ok(AccessControl {
-            admin_role: admin_role.into(),
+            admin_role,
+            bypass_role,
             grants,
+            tables,
+            version: doc.version,
         })
+    }
+
+    /// Version of the policy document in force.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Row filters and masks of `t`, if any.
+    pub fn table_policy(&self, t: &TableRef) -> Option<&TablePolicy> {
+        self.tables.get(t)
+    }
+
+    /// Whether `p` reads raw rows and values (the explicit bypass role; admins are filtered
+    /// like everyone else unless they also hold it).
+    pub fn bypasses_policies(&self, p: &Principal) -> bool {
+        !self.bypass_role.is_empty() && p.has_role(&self.bypass_role)
     }
 
     pub fn is_admin(&self, p: &Principal) -> bool {
@@ -195,6 +241,7 @@ mod tests {
     #[test]
     fn default_deny_and_scopes() {
         let cfg = AccessConfig {
+            bypass_role: String::new(),
             grants: vec![
                 GrantConfig {
                     role: "analyst".into(),

@@ -16,8 +16,10 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 
 use crate::error::Error;
 use crate::security::policy::PolicyTable;
+use crate::security::policy::table::Enforcement;
 use crate::security::{AccessControl, Principal, Privilege};
 use crate::storage::{Catalog, Layer, TableRef};
+use datafusion::execution::context::SessionState;
 
 /// Which snapshot of a table a name asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,8 @@ struct Context {
     access: Arc<AccessControl>,
     catalog: Arc<Catalog>,
     runtime: Arc<RuntimeEnv>,
+    /// For compiling policy expressions.
+    planner: Arc<SessionState>,
 }
 
 #[derive(Debug)]
@@ -75,6 +79,7 @@ impl SecureCatalog {
         access: Arc<AccessControl>,
         catalog: Arc<Catalog>,
         runtime: Arc<RuntimeEnv>,
+        planner: Arc<SessionState>,
     ) -> SecureCatalog {
         SecureCatalog {
             cx: Context {
@@ -82,6 +87,7 @@ impl SecureCatalog {
                 access,
                 catalog,
                 runtime,
+                planner,
             },
         }
     }
@@ -173,11 +179,21 @@ impl SchemaProvider for SecureSchema {
         self.ensure_store_registered(&table)?;
         let version = table.version().unwrap_or(0);
         let inner = table.table_provider().await?;
+        // The current policy applies to every version, time travel included.
+        let enforcement = Enforcement::compile(
+            &t,
+            self.cx.access.table_policy(&t),
+            &self.cx.principal,
+            self.cx.access.bypasses_policies(&self.cx.principal),
+            &inner.schema(),
+            &self.cx.planner,
+        )?;
         Ok(Some(Arc::new(PolicyTable::new(
             t,
             version,
             Arc::clone(&self.cx.principal),
             inner,
+            enforcement,
         ))))
     }
 

@@ -1,22 +1,103 @@
 //! [`PolicyTable`]: the one wrapper every table read goes through.
 //!
-//! It binds a Delta table snapshot to the principal whose session resolved it. Row filters
-//! and column masks attach here (access-control issue); today it enforces that the provider is
-//! principal-bound and that exact statistics never leave the table (else `COUNT(*)`, `MIN`,
-//! `MAX` could be answered from Delta file statistics, past any future row filter).
+//! Invariant: rows leave a `PolicyTable` only through its [`PolicyExec`]: the principal's row
+//! filter is applied inside it, masks are applied in its projection, and DataFusion can
+//! neither push a user predicate below it (so a user expression never sees a hidden row:
+//! `1/(CASE WHEN hidden THEN 0 ELSE 1 END)` cannot fail) nor read exact statistics through it
+//! (so `COUNT(*)`, `MIN`, `MAX` are never answered from Delta file statistics). The policy
+//! predicate (and user predicates on unmasked columns) still reach the Delta scan for file
+//! pruning, which reads statistics only.
 
+use std::collections::HashSet;
+use std::fmt;
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{ScanArgs, ScanResult, Session, TableProvider};
-use datafusion::common::{Result as DfResult, Statistics};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DFSchema, Result as DfResult, Statistics};
 use datafusion::datasource::TableType;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::execution::context::SessionState;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, cast, lit};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::expressions::Column as PhysicalColumn;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::statistics::StatisticsArgs;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 
+use crate::error::{Error, Result};
 use crate::security::Principal;
+use crate::security::policy::expr;
+use crate::security::policy::model::TablePolicy;
 use crate::storage::TableRef;
+
+/// A principal's row filter and column masks for one table, as DataFusion expressions.
+#[derive(Debug, Clone, Default)]
+pub struct Enforcement {
+    /// Rows the principal may see (`false` when filters exist but none is for its roles).
+    pub filter: Option<Expr>,
+    /// (column index, expression) for each masked column.
+    pub masks: Vec<(usize, Expr)>,
+}
+
+impl Enforcement {
+    pub fn is_none(&self) -> bool {
+        self.filter.is_none() && self.masks.is_empty()
+    }
+
+    /// Compiles `policy` for `p` against `schema`. Fails closed: a policy that no longer
+    /// plans (a dropped column, a bad expression) is an error, never "no policy".
+    pub fn compile(
+        t: &TableRef,
+        policy: Option<&TablePolicy>,
+        p: &Principal,
+        bypass: bool,
+        schema: &SchemaRef,
+        state: &SessionState,
+    ) -> Result<Enforcement> {
+        let Some(policy) = policy else {
+            return Ok(Enforcement::default());
+        };
+        if bypass {
+            return Ok(Enforcement::default());
+        }
+        let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+        let fail = |e: Error| Error::internal(format!("policy of {t} cannot be applied: {e}"));
+        let filter = if policy.row_filters.is_empty() {
+            None
+        } else {
+            let mine: Vec<Expr> = policy
+                .row_filters
+                .iter()
+                .filter(|f| f.roles.iter().any(|r| p.has_role(r)))
+                .map(|f| expr::to_expr(&f.predicate, p, &df_schema, state).map_err(fail))
+                .collect::<Result<_>>()?;
+            Some(
+                mine.into_iter()
+                    .reduce(Expr::or)
+                    .unwrap_or_else(|| lit(false)),
+            )
+        };
+        let mut masks = Vec::new();
+        for m in &policy.column_masks {
+            if m.exempt_roles.iter().any(|r| p.has_role(r)) {
+                continue;
+            }
+            let idx = schema.index_of(&m.column).map_err(|_| {
+                fail(Error::invalid(format!(
+                    "masked column {} does not exist",
+                    m.column
+                )))
+            })?;
+            let e = expr::to_expr(&m.mask, p, &df_schema, state).map_err(fail)?;
+            masks.push((idx, cast(e, schema.field(idx).data_type().clone())));
+        }
+        Ok(Enforcement { filter, masks })
+    }
+}
 
 #[derive(Debug)]
 pub struct PolicyTable {
@@ -24,6 +105,8 @@ pub struct PolicyTable {
     version: u64,
     principal: Arc<Principal>,
     inner: Arc<dyn TableProvider>,
+    enforcement: Enforcement,
+    schema: SchemaRef,
 }
 
 impl PolicyTable {
@@ -32,12 +115,37 @@ impl PolicyTable {
         version: u64,
         principal: Arc<Principal>,
         inner: Arc<dyn TableProvider>,
+        enforcement: Enforcement,
     ) -> PolicyTable {
+        let inner_schema = inner.schema();
+        // A mask may produce NULL in a NOT NULL column.
+        let schema = if enforcement.masks.is_empty() {
+            inner_schema
+        } else {
+            let masked: HashSet<usize> = enforcement.masks.iter().map(|(i, _)| *i).collect();
+            Arc::new(Schema::new_with_metadata(
+                inner_schema
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        if masked.contains(&i) {
+                            Arc::new(Field::new(f.name(), f.data_type().clone(), true))
+                        } else {
+                            Arc::clone(f)
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+                inner_schema.metadata().clone(),
+            ))
+        };
         PolicyTable {
             table,
             version,
             principal,
             inner,
+            enforcement,
+            schema,
         }
     }
 
@@ -54,12 +162,17 @@ impl PolicyTable {
     pub fn is_bound_to(&self, principal: &Arc<Principal>) -> bool {
         Arc::ptr_eq(&self.principal, principal)
     }
+
+    /// Whether a row filter or mask applies.
+    pub fn is_restricted(&self) -> bool {
+        !self.enforcement.is_none()
+    }
 }
 
 #[async_trait]
 impl TableProvider for PolicyTable {
     fn schema(&self) -> SchemaRef {
-        self.inner.schema()
+        Arc::clone(&self.schema)
     }
 
     fn table_type(&self) -> TableType {
@@ -73,7 +186,51 @@ impl TableProvider for PolicyTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.inner.scan(state, projection, filters, limit).await
+        if self.enforcement.is_none() {
+            return self.inner.scan(state, projection, filters, limit).await;
+        }
+        let inner_schema = self.inner.schema();
+        let df_schema = DFSchema::try_from(inner_schema.as_ref().clone())?;
+        let masked: HashSet<&str> = self
+            .enforcement
+            .masks
+            .iter()
+            .map(|(i, _)| inner_schema.field(*i).name().as_str())
+            .collect();
+        // File pruning only: the policy predicate, and user predicates that read no masked
+        // column (pruning on raw values of a masked column would leak them through timing).
+        let mut pruning: Vec<Expr> = self.enforcement.filter.iter().cloned().collect();
+        pruning.extend(
+            filters
+                .iter()
+                .filter(|f| {
+                    f.column_refs()
+                        .iter()
+                        .all(|c| !masked.contains(c.name.as_str()))
+                })
+                .cloned(),
+        );
+        let mut plan = self.inner.scan(state, None, &pruning, None).await?;
+        if let Some(filter) = &self.enforcement.filter {
+            let predicate = state.create_physical_expr(filter.clone(), &df_schema)?;
+            plan = Arc::new(FilterExec::try_new(predicate, plan)?);
+        }
+        let indices: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..inner_schema.fields().len()).collect(),
+        };
+        let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(indices.len());
+        for i in indices {
+            let name = inner_schema.field(i).name().clone();
+            let e: Arc<dyn PhysicalExpr> =
+                match self.enforcement.masks.iter().find(|(m, _)| *m == i) {
+                    Some((_, mask)) => state.create_physical_expr(mask.clone(), &df_schema)?,
+                    None => Arc::new(PhysicalColumn::new(&name, i)),
+                };
+            exprs.push((e, name));
+        }
+        let plan: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(exprs, plan)?);
+        Ok(Arc::new(PolicyExec::new(plan, self.table.clone())))
     }
 
     async fn scan_with_args<'a>(
@@ -81,15 +238,26 @@ impl TableProvider for PolicyTable {
         state: &dyn Session,
         args: ScanArgs<'a>,
     ) -> DfResult<ScanResult> {
-        self.inner.scan_with_args(state, args).await
+        if self.enforcement.is_none() {
+            return self.inner.scan_with_args(state, args).await;
+        }
+        let filters = args.filters().unwrap_or(&[]);
+        let projection = args.projection().map(|p| p.to_vec());
+        Ok(self
+            .scan(state, projection.as_ref(), filters, args.limit())
+            .await?
+            .into())
     }
 
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        // Never claim Exact: DataFusion then keeps its own Filter above the scan, so a user
-        // predicate is always evaluated on rows this table already released.
+        if !self.enforcement.is_none() {
+            // Nothing is Exact here: DataFusion keeps every user predicate above the policy.
+            return Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()]);
+        }
+        // Never claim Exact: DataFusion then keeps its own Filter above the scan.
         Ok(self
             .inner
             .supports_filters_pushdown(filters)?
@@ -103,5 +271,82 @@ impl TableProvider for PolicyTable {
 
     fn statistics(&self) -> Option<Statistics> {
         None
+    }
+}
+
+/// The boundary of a restricted table in the physical plan: opaque to filter and
+/// projection pushdown, and without statistics.
+#[derive(Debug)]
+pub struct PolicyExec {
+    input: Arc<dyn ExecutionPlan>,
+    table: TableRef,
+}
+
+impl PolicyExec {
+    fn new(input: Arc<dyn ExecutionPlan>, table: TableRef) -> PolicyExec {
+        PolicyExec { input, table }
+    }
+}
+
+impl DisplayAs for PolicyExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PolicyExec: table={}", self.table)
+    }
+}
+
+impl ExecutionPlan for PolicyExec {
+    fn name(&self) -> &str {
+        "PolicyExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        match (children.pop(), children.is_empty()) {
+            (Some(input), true) => Ok(Arc::new(PolicyExec {
+                input,
+                table: self.table.clone(),
+            })),
+            _ => Err(datafusion::error::DataFusionError::Internal(
+                "PolicyExec has one child".into(),
+            )),
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        self.input.execute(partition, context)
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> DfResult<Arc<Statistics>> {
+        Ok(Arc::new(Statistics::new_unknown(&self.schema())))
+    }
+
+    #[allow(deprecated)]
+    fn partition_statistics(&self, _partition: Option<usize>) -> DfResult<Arc<Statistics>> {
+        Ok(Arc::new(Statistics::new_unknown(&self.schema())))
     }
 }

@@ -1,0 +1,144 @@
+//! Policy expressions → DataFusion expressions for one principal.
+//!
+//! `current_user()`, `has_role('r')` and `current_claim('k')` are replaced by literal nodes in
+//! the parsed SQL tree (never by editing SQL text), typed from the principal's token: a claim
+//! string becomes a string literal, a number a number, a boolean a boolean. A claim that is
+//! missing becomes NULL, so a filter on it keeps no rows.
+
+use std::ops::ControlFlow;
+
+use datafusion::common::DFSchema;
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::Expr;
+use datafusion::sql::sqlparser::ast::{
+    self, Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Value, VisitMut,
+    VisitorMut,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use crate::error::{Error, Result};
+use crate::security::Principal;
+
+const MAX_POLICY_EXPR_BYTES: usize = 16 * 1024;
+
+/// Parses a policy expression.
+pub fn parse(sql: &str) -> Result<SqlExpr> {
+    if sql.len() > MAX_POLICY_EXPR_BYTES {
+        return Err(Error::invalid("policy expression too long"));
+    }
+    Parser::new(&GenericDialect {})
+        .with_recursion_limit(64)
+        .try_with_sql(sql)
+        .and_then(|mut p| {
+            let e = p.parse_expr()?;
+            p.expect_token(&datafusion::sql::sqlparser::tokenizer::Token::EOF)?;
+            Ok(e)
+        })
+        .map_err(|e| Error::invalid(format!("policy expression {sql:?}: {e}")))
+}
+
+struct Bind<'a> {
+    principal: &'a Principal,
+    error: Option<Error>,
+}
+
+fn string_arg(f: &ast::Function) -> Option<String> {
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    match list.args.as_slice() {
+        [FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Value(v)))] => match &v.value {
+            Value::SingleQuotedString(s) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn no_args(f: &ast::Function) -> bool {
+    match &f.args {
+        FunctionArguments::None => true,
+        FunctionArguments::List(l) => l.args.is_empty(),
+        FunctionArguments::Subquery(_) => false,
+    }
+}
+
+fn literal(v: Value) -> SqlExpr {
+    SqlExpr::Value(v.into())
+}
+
+fn claim_literal(v: Option<&serde_json::Value>) -> std::result::Result<SqlExpr, String> {
+    Ok(match v {
+        None | Some(serde_json::Value::Null) => literal(Value::Null),
+        Some(serde_json::Value::String(s)) => literal(Value::SingleQuotedString(s.clone())),
+        Some(serde_json::Value::Bool(b)) => literal(Value::Boolean(*b)),
+        Some(serde_json::Value::Number(n)) => literal(Value::Number(n.to_string(), false)),
+        Some(other) => return Err(format!("claim value {other} is not a scalar")),
+    })
+}
+
+impl VisitorMut for Bind<'_> {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, expr: &mut SqlExpr) -> ControlFlow<()> {
+        let SqlExpr::Function(f) = expr else {
+            return ControlFlow::Continue(());
+        };
+        let name = f.name.to_string().to_ascii_lowercase();
+        let replacement = match name.as_str() {
+            "current_user" | "session_user" if no_args(f) => Ok(literal(
+                Value::SingleQuotedString(self.principal.subject.clone()),
+            )),
+            "has_role" => match string_arg(f) {
+                Some(role) => Ok(literal(Value::Boolean(self.principal.has_role(&role)))),
+                None => Err("has_role takes one string literal".to_string()),
+            },
+            "current_claim" => match string_arg(f) {
+                Some(k) => claim_literal(self.principal.claims.get(&k)),
+                None => Err("current_claim takes one string literal".to_string()),
+            },
+            _ => return ControlFlow::Continue(()),
+        };
+        match replacement {
+            Ok(e) => {
+                *expr = SqlExpr::Nested(Box::new(e));
+                ControlFlow::Continue(())
+            }
+            Err(msg) => {
+                self.error = Some(Error::invalid(msg));
+                ControlFlow::Break(())
+            }
+        }
+    }
+}
+
+/// Binds the session functions for `principal` and plans the expression against `schema`.
+pub fn to_expr(
+    sql: &str,
+    principal: &Principal,
+    schema: &DFSchema,
+    state: &SessionState,
+) -> Result<Expr> {
+    let mut ast = parse(sql)?;
+    let mut bind = Bind {
+        principal,
+        error: None,
+    };
+    let _ = ast.visit(&mut bind);
+    if let Some(e) = bind.error {
+        return Err(e);
+    }
+    let with_alias = datafusion::sql::sqlparser::ast::ExprWithAlias {
+        expr: ast,
+        alias: None,
+    };
+    state
+        .create_logical_expr_from_sql_expr(with_alias, schema)
+        .map_err(|e| {
+            Error::invalid(format!(
+                "policy expression {sql:?}: {}",
+                Error::from(e).client_message("")
+            ))
+        })
+}
