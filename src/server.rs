@@ -86,6 +86,7 @@ impl Server {
             engine: Arc::clone(&self.engine),
             auth: Arc::clone(&self.auth),
             started: Instant::now(),
+            config_grants: self.config.access.grants.clone(),
         };
         let router = rest::router(state, self.config.server.max_request_bytes);
         let http = axum::serve(self.http, router).with_graceful_shutdown(stopped(stop_rx.clone()));

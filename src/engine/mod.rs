@@ -4,6 +4,7 @@
 //! ([`session::SessionFactory`]); every write checks privileges through
 //! [`crate::security::AccessControl`] and commits through [`crate::pipelines::commit`].
 
+pub mod policies;
 pub mod session;
 pub mod sql;
 pub mod tables;
@@ -260,6 +261,15 @@ impl Engine {
                 let plan = delta_compatible(plan)?;
                 let batches = DataFrame::new(state, plan.clone()).collect().await?;
                 let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                let new_schema = Arc::new(plan.schema().as_arrow().clone());
+                self.check_write(
+                    &access,
+                    principal,
+                    &table,
+                    WriteMode::Append,
+                    &new_schema,
+                    &batches,
+                )?;
                 let spec = TableSpec {
                     columns: Vec::new(),
                     partition_by,
@@ -298,6 +308,19 @@ impl Engine {
                 let plan = project_onto(plan, &target, &columns)?;
                 let batches = DataFrame::new(state, plan).collect().await?;
                 let batches = crate::ingest::enforce_schema(batches, &target)?;
+                let mode_for_check = if overwrite {
+                    WriteMode::Overwrite
+                } else {
+                    WriteMode::Append
+                };
+                self.check_write(
+                    &access,
+                    principal,
+                    &table,
+                    mode_for_check,
+                    &target,
+                    &batches,
+                )?;
                 let mode = if overwrite {
                     WriteMode::Overwrite
                 } else {

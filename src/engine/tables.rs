@@ -9,7 +9,9 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ingest::{self, UploadFormat};
 use crate::pipelines::commit::{self, WriteMode, WriteOutcome};
-use crate::security::{Principal, Privilege};
+use crate::security::policy::table::Enforcement;
+use crate::security::policy::write;
+use crate::security::{AccessControl, Principal, Privilege};
 use crate::storage::catalog::{HistoryEntry, OWNER_PROPERTY, TableSpec};
 use crate::storage::types::{COLUMN_COMMENT_KEY, type_name};
 use crate::storage::{Layer, TableRef};
@@ -164,6 +166,8 @@ impl Engine {
     ) -> Result<WriteOutcome> {
         let schema = self.writable_schema(p, t, upload.mode).await?;
         let batches = ingest::decode(upload.format, upload.body, &schema)?;
+        let access = self.access().await?;
+        self.check_write(&access, p, t, upload.mode, &schema, &batches)?;
         commit::write(
             &self.catalog,
             t,
@@ -174,6 +178,33 @@ impl Engine {
             "UPLOAD",
         )
         .await
+    }
+
+    /// WITH CHECK: every written row must satisfy the writer's row filter, and a writer with
+    /// a row filter may not overwrite (that would delete rows it cannot see).
+    pub(crate) fn check_write(
+        &self,
+        access: &AccessControl,
+        p: &Principal,
+        t: &TableRef,
+        mode: WriteMode,
+        schema: &arrow::datatypes::SchemaRef,
+        batches: &[arrow::array::RecordBatch],
+    ) -> Result<()> {
+        let enforcement = Enforcement::compile(
+            t,
+            access.table_policy(t),
+            p,
+            access.bypasses_policies(p),
+            schema,
+            self.planning_state(),
+        )?;
+        if mode == WriteMode::Overwrite && enforcement.filter.is_some() {
+            return Err(Error::PermissionDenied(format!(
+                "overwriting {t} would remove rows outside your row filter"
+            )));
+        }
+        write::check_rows(t, &enforcement, schema, batches, self.planning_state())
     }
 
     /// Checks write privileges for `mode` and returns the table's Arrow schema.
@@ -218,6 +249,7 @@ impl Engine {
             (false, _, true) => {
                 access.check_layer(p, Privilege::Manage, t.layer)?;
                 let (schema, batches) = ingest::delta_compatible(&schema, batches)?;
+                self.check_write(&access, p, t, WriteMode::Append, &schema, &batches)?;
                 let spec = TableSpec {
                     columns: Vec::new(),
                     partition_by: Vec::new(),
@@ -239,6 +271,7 @@ impl Engine {
             .map(|b| ingest::conform(b, &target))
             .collect::<Result<Vec<_>>>()?;
         let batches = ingest::enforce_schema(batches, &target)?;
+        self.check_write(&access, p, t, write_mode, &target, &batches)?;
         commit::write(&self.catalog, t, p, batches, write_mode, None, "INGEST").await
     }
 

@@ -10,6 +10,7 @@ mod encode;
 mod error;
 mod health;
 mod openapi;
+mod policies;
 mod query;
 mod tables;
 
@@ -32,6 +33,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub auth: Arc<Authenticator>,
     pub started: Instant,
+    /// Grants from the configuration file (shown read-only next to run-time grants).
+    pub config_grants: Vec<crate::config::GrantConfig>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -46,6 +49,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/tables/{layer}/{name}"),
     ("post", "/api/v1/tables/{layer}/{name}/rows"),
     ("get", "/api/v1/tables/{layer}/{name}/history"),
+    ("get", "/api/v1/tables/{layer}/{name}/policies"),
+    ("put", "/api/v1/tables/{layer}/{name}/policies"),
+    ("get", "/api/v1/grants"),
+    ("put", "/api/v1/grants"),
     ("get", "/api/v1/openapi.json"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -63,6 +70,14 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         )
         .route("/tables/{layer}/{name}/rows", post(tables::upload))
         .route("/tables/{layer}/{name}/history", get(tables::history))
+        .route(
+            "/tables/{layer}/{name}/policies",
+            get(policies::get_policies).put(policies::put_policies),
+        )
+        .route(
+            "/grants",
+            get(policies::get_grants).put(policies::put_grants),
+        )
         .route("/openapi.json", get(openapi::document))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -109,6 +109,24 @@ pub(crate) fn spec() -> Value {
                     "responses": with_errors(json!({"200": {"description": "History"}}))
                 }
             },
+            "/api/v1/tables/{layer}/{name}/policies": {
+                "parameters": table_path_params(),
+                "get": {"summary": "Row filters and column masks of a table (MANAGE)", "responses": with_errors(json!({"200": {"description": "Policies", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TablePolicy"}}}}}))},
+                "put": {
+                    "summary": "Replace the row filters and column masks of a table (MANAGE)",
+                    "description": "Validated before storing: predicates must be boolean over the table's columns; masks must name existing columns. Predicates and masks may call current_user(), has_role('r'), current_claim('k'). Applies to the next query on every replica.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TablePolicy"}}}},
+                    "responses": with_errors(json!({"200": {"description": "Stored"}}))
+                }
+            },
+            "/api/v1/grants": {
+                "get": {"summary": "Run-time grants (admin role)", "responses": with_errors(json!({"200": {"description": "Grants", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Grants"}}}}}))},
+                "put": {
+                    "summary": "Replace the run-time grants (admin role)",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Grants"}}}},
+                    "responses": with_errors(json!({"200": {"description": "Stored"}}))
+                }
+            },
             "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI document"}}}},
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "Alive"}}}},
             "/readyz": {"get": {"summary": "Readiness: catalog loaded and object store reachable", "security": [], "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}}
@@ -121,6 +139,14 @@ pub(crate) fn spec() -> Value {
                 "Column": {"type": "object", "required": ["name", "type"], "properties": {"name": {"type": "string"}, "type": {"type": "string", "examples": ["bigint", "string", "decimal(10,2)", "timestamp"]}, "nullable": {"type": "boolean", "default": true}, "description": {"type": "string"}}},
                 "CreateTable": {"type": "object", "required": ["layer", "name", "columns"], "properties": {"layer": {"type": "string", "enum": ["bronze", "silver", "gold"]}, "name": {"type": "string"}, "columns": {"type": "array", "items": {"$ref": "#/components/schemas/Column"}}, "partition_by": {"type": "array", "items": {"type": "string"}}, "description": {"type": "string"}, "if_not_exists": {"type": "boolean"}}},
                 "Table": {"type": "object", "properties": {"layer": {"type": "string"}, "name": {"type": "string"}, "full_name": {"type": "string"}, "description": {"type": ["string", "null"]}, "owner": {"type": ["string", "null"]}, "version": {"type": "integer"}, "columns": {"type": "array", "items": {"$ref": "#/components/schemas/Column"}}, "partition_columns": {"type": "array", "items": {"type": "string"}}, "file_count": {"type": "integer"}, "size_bytes": {"type": "integer"}, "created_at": {"type": ["string", "null"]}}},
+                "Grant": {"type": "object", "required": ["role", "privilege", "on"], "properties": {"role": {"type": "string"}, "privilege": {"type": "string", "enum": ["SELECT", "INSERT", "MODIFY", "MANAGE"]}, "on": {"type": "string", "description": "*, a layer, or layer.table"}}},
+                "Grants": {"type": "object", "required": ["grants"], "properties": {"version": {"type": "integer"}, "expected_version": {"type": "integer"}, "grants": {"type": "array", "items": {"$ref": "#/components/schemas/Grant"}}, "config_grants": {"type": "array", "readOnly": true, "items": {"$ref": "#/components/schemas/Grant"}}}},
+                "TablePolicy": {"type": "object", "properties": {
+                    "version": {"type": "integer"},
+                    "expected_version": {"type": "integer"},
+                    "row_filters": {"type": "array", "items": {"type": "object", "required": ["roles", "predicate"], "properties": {"roles": {"type": "array", "items": {"type": "string"}}, "predicate": {"type": "string", "examples": ["region = current_claim('region')"]}}}},
+                    "column_masks": {"type": "array", "items": {"type": "object", "required": ["column", "mask"], "properties": {"column": {"type": "string"}, "mask": {"type": "string", "examples": ["'***'", "left(email, 2) || '…'"]}, "exempt_roles": {"type": "array", "items": {"type": "string"}}}}}
+                }},
                 "WriteOutcome": {"type": "object", "properties": {"version": {"type": "integer"}, "rows": {"type": "integer"}, "duplicate": {"type": "boolean"}}}
             }
         }
