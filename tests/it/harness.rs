@@ -127,6 +127,30 @@ impl TestServer {
             .unwrap()
     }
 
+    /// A token with roles and extra claims (e.g. `region`).
+    pub fn token_with(&self, sub: &str, roles: &[&str], claims: serde_json::Value) -> String {
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        let claims: BTreeMap<String, Value> = claims
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        self.auth
+            .mint(sub, &roles, claims, Duration::from_secs(3600))
+            .unwrap()
+    }
+
+    pub async fn put_json(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .put(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        status_json(r).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
     }

@@ -7,6 +7,7 @@ mod flight;
 mod harness;
 mod python;
 mod query;
+mod rls;
 mod slt;
 mod tables;
 mod uploads;

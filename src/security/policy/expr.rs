@@ -133,8 +133,21 @@ pub fn to_expr(
         expr: ast,
         alias: None,
     };
-    state
+    let planned = state
         .create_logical_expr_from_sql_expr(with_alias, schema)
+        .map_err(|e| {
+            Error::invalid(format!(
+                "policy expression {sql:?}: {}",
+                Error::from(e).client_message("")
+            ))
+        })?;
+    // Coerce types now: the expression also goes to the Delta scan for file pruning, which
+    // compares types strictly (`amount > 15` on a DOUBLE column).
+    let context = datafusion::logical_expr::simplify::SimplifyContext::builder()
+        .with_schema(std::sync::Arc::new(schema.clone()))
+        .build();
+    datafusion::optimizer::simplify_expressions::ExprSimplifier::new(context)
+        .coerce(planned, schema)
         .map_err(|e| {
             Error::invalid(format!(
                 "policy expression {sql:?}: {}",

@@ -1,14 +1,18 @@
-//! The policy store: `{warehouse}/_strata/policies.json`.
+//! The policy store: `{warehouse}/_strata/policies/<version>.json`.
 //!
-//! Reads are cheap: each request does one HEAD and re-reads the document only when its
-//! ETag changed, so a change made on any replica applies to the next query everywhere.
-//! Writes are compare-and-swap (conditional put on the ETag we read): a concurrent change
-//! is a conflict, never a lost update.
+//! Like the Delta log, every version is an immutable object created with put-if-absent: the
+//! current policies are the highest version, two concurrent writers cannot both create the
+//! same next version (one gets a conflict, never a lost update), and the history stays for
+//! audit. Conditional *update* is not needed, which local disk does not offer.
+//!
+//! Reads are cheap: each request lists only versions newer than the cached one, so a change
+//! made on any replica applies to the next query everywhere.
 
 use std::sync::Arc;
 
+use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::sync::RwLock;
 
 use super::model::PolicyDoc;
@@ -18,8 +22,6 @@ use crate::security::AccessControl;
 
 #[derive(Debug, Clone)]
 struct Loaded {
-    e_tag: Option<String>,
-    version: Option<String>,
     doc: PolicyDoc,
     access: Arc<AccessControl>,
 }
@@ -27,7 +29,7 @@ struct Loaded {
 #[derive(Debug)]
 pub struct PolicyStore {
     store: Arc<dyn ObjectStore>,
-    path: Path,
+    prefix: Path,
     admin_role: String,
     bypass_role: String,
     static_grants: AccessConfig,
@@ -43,7 +45,7 @@ impl PolicyStore {
     ) -> PolicyStore {
         PolicyStore {
             store,
-            path: Path::from("_strata/policies.json"),
+            prefix: Path::from("_strata/policies"),
             admin_role,
             bypass_role,
             static_grants,
@@ -51,12 +53,11 @@ impl PolicyStore {
         }
     }
 
-    fn build(
-        &self,
-        doc: PolicyDoc,
-        e_tag: Option<String>,
-        version: Option<String>,
-    ) -> Result<Loaded> {
+    fn path(&self, version: u64) -> Path {
+        self.prefix.clone().join(format!("{version:020}.json"))
+    }
+
+    fn build(&self, doc: PolicyDoc) -> Result<Loaded> {
         let access = AccessControl::from_doc(
             self.admin_role.clone(),
             self.bypass_role.clone(),
@@ -64,14 +65,12 @@ impl PolicyStore {
             &doc,
         )?;
         Ok(Loaded {
-            e_tag,
-            version,
             doc,
             access: Arc::new(access),
         })
     }
 
-    /// The current policies (one HEAD; a GET only after a change).
+    /// The current policies.
     pub async fn current(&self) -> Result<Arc<AccessControl>> {
         Ok(self.loaded().await?.access)
     }
@@ -81,46 +80,61 @@ impl PolicyStore {
         Ok(self.loaded().await?.doc)
     }
 
-    async fn loaded(&self) -> Result<Loaded> {
-        let head = match self.store.head(&self.path).await {
-            Ok(meta) => Some(meta),
-            Err(object_store::Error::NotFound { .. }) => None,
+    /// Highest stored version newer than `after` (all versions when `None`).
+    async fn latest_after(&self, after: Option<u64>) -> Result<Option<u64>> {
+        let listing = match after {
+            Some(v) => self
+                .store
+                .list_with_offset(Some(&self.prefix), &self.path(v)),
+            None => self.store.list(Some(&self.prefix)),
+        };
+        let metas: Vec<_> = match listing.try_collect().await {
+            Ok(m) => m,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        if let Some(cached) = self.current.read().await.as_ref() {
-            let same = match &head {
-                Some(meta) => meta.e_tag.is_some() && meta.e_tag == cached.e_tag,
-                None => cached.e_tag.is_none(),
-            };
-            if same {
-                return Ok(cached.clone());
-            }
-        }
-        let loaded = match head {
-            None => self.build(PolicyDoc::default(), None, None)?,
-            Some(_) => {
-                let got = match self.store.get(&self.path).await {
-                    Ok(g) => g,
-                    Err(object_store::Error::NotFound { .. }) => {
-                        return Box::pin(self.loaded()).await;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                let e_tag = got.meta.e_tag.clone();
-                let version = got.meta.version.clone();
-                let bytes = got.bytes().await?;
+        Ok(metas
+            .iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()?
+                    .strip_suffix(".json")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .filter(|v| after.is_none_or(|a| *v > a))
+            .max())
+    }
+
+    async fn loaded(&self) -> Result<Loaded> {
+        let cached = self.current.read().await.clone();
+        let newest = self
+            .latest_after(cached.as_ref().map(|c| c.doc.version))
+            .await?;
+        let loaded = match (newest, cached) {
+            (None, Some(cached)) => return Ok(cached),
+            (None, None) => self.build(PolicyDoc::default())?,
+            (Some(v), _) => {
+                let bytes = self.store.get(&self.path(v)).await?.bytes().await?;
                 let doc: PolicyDoc = serde_json::from_slice(&bytes).map_err(|e| {
-                    Error::internal(format!("policy document {} is corrupt: {e}", self.path))
+                    Error::internal(format!("policy document version {v} is corrupt: {e}"))
                 })?;
-                self.build(doc, e_tag, version)?
+                self.build(doc)?
             }
         };
-        *self.current.write().await = Some(loaded.clone());
+        let mut slot = self.current.write().await;
+        // Keep the newest of what concurrent loads found.
+        if slot
+            .as_ref()
+            .is_none_or(|c| c.doc.version <= loaded.doc.version)
+        {
+            *slot = Some(loaded.clone());
+        }
         Ok(loaded)
     }
 
-    /// Applies `change` to the current document and stores it with a conditional put.
-    /// `expected_version`, when given, must match the stored version (optimistic locking
+    /// Applies `change` to the current document and stores it as the next version.
+    /// `expected_version`, when given, must match the current version (optimistic locking
     /// for clients); a concurrent writer makes this a conflict.
     pub async fn update(
         &self,
@@ -140,22 +154,15 @@ impl PolicyStore {
         change(&mut doc)?;
         doc.version = current.doc.version + 1;
         // Validate the whole result before storing it.
-        self.build(doc.clone(), None, None)?;
+        let next = self.build(doc.clone())?;
         let body = serde_json::to_vec_pretty(&doc).map_err(|e| Error::internal(e.to_string()))?;
-        let mode = match &current.e_tag {
-            None => PutMode::Create,
-            Some(e_tag) => PutMode::Update(UpdateVersion {
-                e_tag: Some(e_tag.clone()),
-                version: current.version.clone(),
-            }),
-        };
         let opts = PutOptions {
-            mode,
+            mode: PutMode::Create,
             ..Default::default()
         };
         match self
             .store
-            .put_opts(&self.path, PutPayload::from(body), opts)
+            .put_opts(&self.path(doc.version), PutPayload::from(body), opts)
             .await
         {
             Ok(_) => {}
@@ -169,7 +176,7 @@ impl PolicyStore {
             }
             Err(e) => return Err(e.into()),
         }
-        *self.current.write().await = None;
+        *self.current.write().await = Some(next);
         Ok(doc)
     }
 }
