@@ -24,7 +24,9 @@ impl std::error::Error for SltError {}
 struct Rest {
     client: reqwest::Client,
     url: String,
-    token: String,
+    /// Principal name → token. A statement whose first line is `-- as NAME` runs as NAME;
+    /// others run as `admin`.
+    tokens: std::collections::HashMap<String, String>,
 }
 
 #[async_trait]
@@ -33,10 +35,20 @@ impl sqllogictest::AsyncDB for Rest {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SltError> {
+        let who = sql
+            .lines()
+            .next()
+            .and_then(|l| l.trim().strip_prefix("-- as "))
+            .map(str::trim)
+            .unwrap_or("admin");
+        let token = self
+            .tokens
+            .get(who)
+            .ok_or_else(|| SltError(format!("unknown principal {who:?} in -- as directive")))?;
         let r = self
             .client
             .post(&self.url)
-            .bearer_auth(&self.token)
+            .bearer_auth(token)
             .header("accept", "application/vnd.apache.arrow.stream")
             .json(&serde_json::json!({ "sql": sql }))
             .send()
@@ -112,15 +124,20 @@ async fn sqllogictest_files() {
     files.sort();
     assert!(!files.is_empty(), "no .slt files in {}", dir.display());
     for file in files {
-        // One isolated server per file.
-        let s = TestServer::start().await;
-        let (client, url, token) = (s.client.clone(), s.url("/api/v1/query"), s.admin.clone());
+        // One isolated server per file; rls_* files start from the row-level security
+        // fixture (gold.sales with filters and masks) and its principals.
+        let rls = file.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("rls_"));
+        let s = if rls { crate::rls::sales_server().await } else { TestServer::start().await };
+        let mut tokens = std::collections::HashMap::new();
+        tokens.insert("admin".to_string(), s.admin.clone());
+        tokens.insert("ann".to_string(), crate::rls::ann(&s));
+        tokens.insert("bob".to_string(), s.token_with("bob", &["analyst"], serde_json::json!({"region": "us"})));
+        tokens.insert("mia".to_string(), s.token_with("mia", &["manager"], serde_json::json!({})));
+        tokens.insert("root".to_string(), s.token_with("root", &["admin", "policy_bypass"], serde_json::json!({})));
+        tokens.insert("nobody".to_string(), s.token("nobody", &[]));
+        let (client, url) = (s.client.clone(), s.url("/api/v1/query"));
         let mut runner = sqllogictest::Runner::new(move || {
-            let db = Rest {
-                client: client.clone(),
-                url: url.clone(),
-                token: token.clone(),
-            };
+            let db = Rest { client: client.clone(), url: url.clone(), tokens: tokens.clone() };
             async move { Ok::<_, SltError>(db) }
         });
         if let Err(e) = runner.run_file_async(&file).await {
