@@ -126,18 +126,38 @@ async fn sqllogictest_files() {
     for file in files {
         // One isolated server per file; rls_* files start from the row-level security
         // fixture (gold.sales with filters and masks) and its principals.
-        let rls = file.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("rls_"));
-        let s = if rls { crate::rls::sales_server().await } else { TestServer::start().await };
+        let rls = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("rls_"));
+        let s = if rls {
+            crate::rls::sales_server().await
+        } else {
+            TestServer::start().await
+        };
         let mut tokens = std::collections::HashMap::new();
         tokens.insert("admin".to_string(), s.admin.clone());
         tokens.insert("ann".to_string(), crate::rls::ann(&s));
-        tokens.insert("bob".to_string(), s.token_with("bob", &["analyst"], serde_json::json!({"region": "us"})));
-        tokens.insert("mia".to_string(), s.token_with("mia", &["manager"], serde_json::json!({})));
-        tokens.insert("root".to_string(), s.token_with("root", &["admin", "policy_bypass"], serde_json::json!({})));
+        tokens.insert(
+            "bob".to_string(),
+            s.token_with("bob", &["analyst"], serde_json::json!({"region": "us"})),
+        );
+        tokens.insert(
+            "mia".to_string(),
+            s.token_with("mia", &["manager"], serde_json::json!({})),
+        );
+        tokens.insert(
+            "root".to_string(),
+            s.token_with("root", &["admin", "policy_bypass"], serde_json::json!({})),
+        );
         tokens.insert("nobody".to_string(), s.token("nobody", &[]));
         let (client, url) = (s.client.clone(), s.url("/api/v1/query"));
         let mut runner = sqllogictest::Runner::new(move || {
-            let db = Rest { client: client.clone(), url: url.clone(), tokens: tokens.clone() };
+            let db = Rest {
+                client: client.clone(),
+                url: url.clone(),
+                tokens: tokens.clone(),
+            };
             async move { Ok::<_, SltError>(db) }
         });
         if let Err(e) = runner.run_file_async(&file).await {
