@@ -113,6 +113,37 @@ async fn no_statistics_shortcuts_or_error_oracles() {
         .sql(&ann, "SELECT id, CAST(CASE WHEN amount > 1000 THEN 'x' ELSE '1' END AS INT) AS v FROM gold.sales ORDER BY id")
         .await;
     assert_eq!(status, 200, "{body}");
+    // Structurally: no user predicate is pushed below the policy (the Delta scan would run
+    // it row by row in parquet, on hidden rows).
+    let manager_of_eu = s.token_with("ann", &["analyst", "admin"], json!({"region": "eu"}));
+    let (status, body) = s
+        .sql(
+            &manager_of_eu,
+            "EXPLAIN SELECT id FROM gold.sales WHERE amount > 12345 AND rep <> 'zed'",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let physical = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["plan_type"] == "physical_plan")
+        .unwrap()["plan"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let inside = physical
+        .split("PolicyExec")
+        .nth(1)
+        .expect("restricted scans go through PolicyExec");
+    assert!(
+        !inside.contains("12345") && !inside.contains("zed"),
+        "user predicate below the policy: {physical}"
+    );
+    assert!(
+        inside.contains("region"),
+        "the policy predicate is inside: {physical}"
+    );
     // Masked values are what predicates, joins and grouping see.
     let (_, body) = s
         .sql(

@@ -146,8 +146,12 @@ pub fn to_expr(
     let context = datafusion::logical_expr::simplify::SimplifyContext::builder()
         .with_schema(std::sync::Arc::new(schema.clone()))
         .build();
-    datafusion::optimizer::simplify_expressions::ExprSimplifier::new(context)
+    let simplifier = datafusion::optimizer::simplify_expressions::ExprSimplifier::new(context);
+    // Simplify after coercing: `region = CAST('eu' AS Dictionary)` must become a literal
+    // comparison, or Delta cannot prune partitions by it.
+    simplifier
         .coerce(planned, schema)
+        .and_then(|e| simplifier.simplify(e))
         .map_err(|e| {
             Error::invalid(format!(
                 "policy expression {sql:?}: {}",

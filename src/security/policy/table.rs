@@ -26,7 +26,9 @@ use datafusion::physical_plan::expressions::Column as PhysicalColumn;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::statistics::StatisticsArgs;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
 
 use crate::error::{Error, Result};
 use crate::security::Principal;
@@ -190,46 +192,63 @@ impl TableProvider for PolicyTable {
             return self.inner.scan(state, projection, filters, limit).await;
         }
         let inner_schema = self.inner.schema();
-        let df_schema = DFSchema::try_from(inner_schema.as_ref().clone())?;
-        let masked: HashSet<&str> = self
-            .enforcement
-            .masks
-            .iter()
-            .map(|(i, _)| inner_schema.field(*i).name().as_str())
-            .collect();
-        // File pruning only: the policy predicate, and user predicates that read no masked
-        // column (pruning on raw values of a masked column would leak them through timing).
-        let mut pruning: Vec<Expr> = self.enforcement.filter.iter().cloned().collect();
-        pruning.extend(
-            filters
-                .iter()
-                .filter(|f| {
-                    f.column_refs()
-                        .iter()
-                        .all(|c| !masked.contains(c.name.as_str()))
-                })
-                .cloned(),
-        );
-        let mut plan = self.inner.scan(state, None, &pruning, None).await?;
+        // File pruning and parquet pushdown by the policy predicate only. User predicates are
+        // never pushed below the policy: the Delta scan evaluates the predicates it receives
+        // row by row in parquet, which would run user expressions on hidden rows.
+        let pruning: Vec<Expr> = self.enforcement.filter.iter().cloned().collect();
+        let _ = filters;
+        let requested: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..inner_schema.fields().len()).collect(),
+        };
+        // Read only what the query, the filter and the masks of requested columns need.
+        let mut needed: std::collections::BTreeSet<usize> = requested.iter().copied().collect();
+        let mut add_refs = |e: &Expr| -> DfResult<()> {
+            for c in e.column_refs() {
+                needed.insert(inner_schema.index_of(&c.name)?);
+            }
+            Ok(())
+        };
+        if let Some(f) = &self.enforcement.filter {
+            add_refs(f)?;
+        }
+        for (i, m) in &self.enforcement.masks {
+            if requested.contains(i) {
+                add_refs(m)?;
+            }
+        }
+        let needed: Vec<usize> = needed.into_iter().collect();
+        let read_schema = Arc::new(inner_schema.project(&needed)?);
+        let df_schema = DFSchema::try_from(read_schema.as_ref().clone())?;
+        let mut plan = self
+            .inner
+            .scan(state, Some(&needed), &pruning, None)
+            .await?;
         if let Some(filter) = &self.enforcement.filter {
             let predicate = state.create_physical_expr(filter.clone(), &df_schema)?;
             plan = Arc::new(FilterExec::try_new(predicate, plan)?);
         }
-        let indices: Vec<usize> = match projection {
-            Some(p) => p.clone(),
-            None => (0..inner_schema.fields().len()).collect(),
-        };
-        let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(indices.len());
-        for i in indices {
+        let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(requested.len());
+        for i in requested {
             let name = inner_schema.field(i).name().clone();
             let e: Arc<dyn PhysicalExpr> =
                 match self.enforcement.masks.iter().find(|(m, _)| *m == i) {
                     Some((_, mask)) => state.create_physical_expr(mask.clone(), &df_schema)?,
-                    None => Arc::new(PhysicalColumn::new(&name, i)),
+                    None => {
+                        let pos = needed.iter().position(|n| *n == i).unwrap_or_default();
+                        Arc::new(PhysicalColumn::new(&name, pos))
+                    }
                 };
             exprs.push((e, name));
         }
-        let plan: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(exprs, plan)?);
+        let mut plan: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(exprs, plan)?);
+        // The subtree becomes opaque below, so optimize it now (file-range repartitioning,
+        // policy predicate into parquet). It holds only policy expressions.
+        if let Some(session) = state.as_any().downcast_ref::<SessionState>() {
+            for rule in session.physical_optimizers() {
+                plan = rule.optimize(plan, session.config_options())?;
+            }
+        }
         Ok(Arc::new(PolicyExec::new(plan, self.table.clone())))
     }
 
@@ -274,8 +293,14 @@ impl TableProvider for PolicyTable {
     }
 }
 
-/// The boundary of a restricted table in the physical plan: opaque to filter and
-/// projection pushdown, and without statistics.
+/// The boundary of a restricted table in the physical plan.
+///
+/// It is a leaf to the optimizer: the filtered, masked subtree is held privately, so no
+/// physical optimizer rule can push a user predicate into it (the Delta scan below enables
+/// parquet row-level pushdown for the predicates it receives, which would evaluate user
+/// expressions on hidden rows), swap projections through it, or read its statistics. The
+/// subtree is complete when built: the Delta scan already has its partitions and the policy
+/// predicate.
 #[derive(Debug)]
 pub struct PolicyExec {
     input: Arc<dyn ExecutionPlan>,
@@ -289,8 +314,18 @@ impl PolicyExec {
 }
 
 impl DisplayAs for PolicyExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PolicyExec: table={}", self.table)
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PolicyExec: table={}, partitions={}",
+            self.table,
+            self.input.output_partitioning().partition_count()
+        )?;
+        let _ = t;
+        let inner = datafusion::physical_plan::displayable(self.input.as_ref())
+            .indent(false)
+            .to_string();
+        write!(f, " [{}]", inner.trim().replace('\n', " <- "))
     }
 }
 
@@ -304,7 +339,7 @@ impl ExecutionPlan for PolicyExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
+        Vec::new()
     }
 
     fn apply_expressions(
@@ -316,16 +351,14 @@ impl ExecutionPlan for PolicyExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(PolicyExec {
-                input,
-                table: self.table.clone(),
-            })),
-            _ => Err(datafusion::error::DataFusionError::Internal(
-                "PolicyExec has one child".into(),
-            )),
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(datafusion::error::DataFusionError::Internal(
+                "PolicyExec is a leaf".into(),
+            ))
         }
     }
 
