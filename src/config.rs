@@ -51,6 +51,7 @@ pub struct Config {
     pub access: AccessConfig,
     pub query: QueryConfig,
     pub flight: FlightConfig,
+    pub cache: crate::cache::CacheConfig,
     pub log: LogConfig,
 }
 

@@ -27,6 +27,7 @@
 //! `config`, `error`, `telemetry`.
 
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;

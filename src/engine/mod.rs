@@ -26,6 +26,7 @@ use datafusion::prelude::{DataFrame, SQLOptions};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast;
 
+use crate::cache::ResultCache;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pipelines::commit::{self, WriteMode};
@@ -72,6 +73,18 @@ pub struct QueryOutput {
     pub stream: SendableRecordBatchStream,
     /// Tables the statement read or wrote (for logs and the cache).
     pub tables: Vec<TableRef>,
+    /// Entity tag of a cacheable result (REST `ETag`).
+    pub etag: Option<String>,
+    /// Whether the result came from the cache.
+    pub cache_hit: bool,
+}
+
+/// The outcome of a conditional execution.
+#[derive(Debug)]
+pub enum Executed {
+    Output(QueryOutput),
+    /// The caller's `If-None-Match` matches the result's entity tag: nothing was executed.
+    NotModified(String),
 }
 
 impl std::fmt::Debug for QueryOutput {
@@ -89,6 +102,7 @@ pub struct Engine {
     catalog: Arc<Catalog>,
     policies: Arc<PolicyStore>,
     sessions: session::SessionFactory,
+    cache: Option<Arc<ResultCache>>,
     default_layer: String,
     max_sql_bytes: usize,
 }
@@ -108,6 +122,7 @@ impl Engine {
             catalog,
             policies,
             sessions,
+            cache: ResultCache::new(&cfg.cache),
             default_layer: cfg.query.default_layer.to_ascii_lowercase(),
             max_sql_bytes: cfg.query.max_sql_bytes,
         })
@@ -192,16 +207,55 @@ impl Engine {
         sql: &str,
         params: Vec<ScalarValue>,
     ) -> Result<QueryOutput> {
+        match self
+            .execute_conditional(principal, sql, params, None)
+            .await?
+        {
+            Executed::Output(o) => Ok(o),
+            Executed::NotModified(_) => Err(Error::internal("not modified without a validator")),
+        }
+    }
+
+    /// [`Engine::execute`], answering `NotModified` without executing when `if_none_match`
+    /// holds the result's entity tag.
+    pub async fn execute_conditional(
+        &self,
+        principal: &Arc<Principal>,
+        sql: &str,
+        params: Vec<ScalarValue>,
+        if_none_match: Option<&str>,
+    ) -> Result<Executed> {
         self.check_sql_size(sql)?;
         let statement = sql::parse(sql, &self.default_layer)?;
         let kind = statement.kind();
         let access = self.access().await?;
         let state = self.sessions.session(principal, &access);
-        match statement {
+        let statement = match statement {
             Statement::Query(ast) => {
                 let plan = self.plan_query(&state, *ast, params).await?;
-                self.run(state, plan, kind).await
+                return self
+                    .run_cached(state, plan, kind, principal, &access, if_none_match)
+                    .await;
             }
+            other => other,
+        };
+        self.execute_statement(statement, kind, state, access, principal, params)
+            .await
+            .map(Executed::Output)
+    }
+
+    /// Everything but plain queries (which [`Engine::run_cached`] handles).
+    async fn execute_statement(
+        &self,
+        statement: Statement,
+        kind: &'static str,
+        state: SessionState,
+        access: Arc<AccessControl>,
+        principal: &Arc<Principal>,
+        params: Vec<ScalarValue>,
+    ) -> Result<QueryOutput> {
+        match statement {
+            Statement::Query(_) => Err(Error::internal("queries run through run_cached")),
             Statement::Explain { analyze, statement } => {
                 let plan = self.plan_query(&state, *statement, params).await?;
                 let scanned = scanned_tables(&plan)?;
@@ -392,7 +446,92 @@ impl Engine {
             schema,
             stream,
             tables,
+            etag: None,
+            cache_hit: false,
         })
+    }
+
+    /// Runs a query through the result cache (see [`crate::cache`]).
+    async fn run_cached(
+        &self,
+        state: SessionState,
+        plan: LogicalPlan,
+        kind: &'static str,
+        principal: &Arc<Principal>,
+        access: &Arc<AccessControl>,
+        if_none_match: Option<&str>,
+    ) -> Result<Executed> {
+        let Some(cache) = &self.cache else {
+            return self.run(state, plan, kind).await.map(Executed::Output);
+        };
+        let uncacheable = || {
+            cache
+                .stats()
+                .uncacheable
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        let Some(versions) = table_versions(&plan)? else {
+            // Reads metadata (information_schema): not versioned, not cached.
+            uncacheable();
+            return self.run(state, plan, kind).await.map(Executed::Output);
+        };
+        if !crate::cache::key::is_deterministic(&plan) {
+            uncacheable();
+            return self.run(state, plan, kind).await.map(Executed::Output);
+        }
+        let key = crate::cache::key::compute(
+            &plan,
+            &versions,
+            access.version(),
+            &crate::security::ticket::fingerprint(principal),
+        );
+        let etag = key.etag();
+        if let Some(header) = if_none_match
+            && header.split(',').any(|t| t.trim() == etag)
+        {
+            cache
+                .stats()
+                .not_modified
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(Executed::NotModified(etag));
+        }
+        let tables: Vec<TableRef> = versions.iter().map(|(t, _)| t.clone()).collect();
+        if let Some(hit) = cache.get(&key) {
+            let batches: Vec<datafusion::error::Result<RecordBatch>> =
+                hit.batches.iter().cloned().map(Ok).collect();
+            let stream = RecordBatchStreamAdapter::new(
+                Arc::clone(&hit.schema),
+                futures::stream::iter(batches),
+            );
+            return Ok(Executed::Output(QueryOutput {
+                kind,
+                schema: Arc::clone(&hit.schema),
+                stream: Box::pin(stream),
+                tables,
+                etag: Some(etag),
+                cache_hit: true,
+            }));
+        }
+        let mut output = self.run(state, plan, kind).await?;
+        output.stream = Box::pin(crate::cache::tee::Tee::new(
+            output.stream,
+            Arc::clone(cache),
+            key,
+        ));
+        output.etag = Some(etag);
+        Ok(Executed::Output(output))
+    }
+
+    /// Cache metrics in Prometheus text (nothing when the cache is disabled).
+    pub fn render_cache_metrics(&self, out: &mut String) {
+        if let Some(cache) = &self.cache {
+            cache.render_metrics(out);
+        }
+    }
+
+    /// (entries, bytes) of the result cache.
+    pub fn cache_usage(&self) -> Option<(u64, u64)> {
+        self.cache.as_ref().map(|c| c.usage())
     }
 }
 
@@ -445,6 +584,26 @@ fn bind_params(plan: LogicalPlan, params: Vec<ScalarValue>) -> Result<LogicalPla
         bound.push(value);
     }
     Ok(plan.with_param_values(bound)?)
+}
+
+/// Every scanned table with its Delta version; `None` if the plan scans anything that is
+/// not a versioned table (`information_schema`).
+fn table_versions(plan: &LogicalPlan) -> Result<Option<Vec<(TableRef, u64)>>> {
+    let mut out = Vec::new();
+    let mut versioned = true;
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let provider = source_as_provider(&scan.source)?;
+            let any: &dyn std::any::Any = provider.as_ref();
+            match any.downcast_ref::<PolicyTable>() {
+                Some(t) => out.push((t.table().clone(), t.version())),
+                None => versioned = false,
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    out.sort();
+    Ok(versioned.then_some(out))
 }
 
 /// Tables read by `plan` (subqueries included).
@@ -561,5 +720,7 @@ fn command_output(
         schema,
         stream: Box::pin(stream),
         tables: vec![table.clone()],
+        etag: None,
+        cache_hit: false,
     }
 }

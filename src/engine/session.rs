@@ -77,9 +77,12 @@ impl SessionFactory {
                 Arc::clone(&self.template),
             )),
         );
-        SessionStateBuilder::new_from_existing(self.template.as_ref().clone())
+        let mut state = SessionStateBuilder::new_from_existing(self.template.as_ref().clone())
             .with_catalog_list(Arc::new(catalogs) as Arc<dyn CatalogProviderList>)
             .with_analyzer_rule(Arc::new(PolicyGuard::new(Arc::clone(principal))))
-            .build()
+            .build();
+        // now(), current_date() … are fixed per statement from this instant.
+        state.mark_start_execution();
+        state
     }
 }

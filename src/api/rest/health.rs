@@ -39,3 +39,17 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
             .into_response(),
     }
 }
+
+/// Prometheus text metrics (authenticated like the API).
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    let mut out = String::new();
+    state.engine.render_cache_metrics(&mut out);
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}

@@ -54,6 +54,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/grants"),
     ("put", "/api/v1/grants"),
     ("get", "/api/v1/openapi.json"),
+    ("get", "/metrics"),
     ("get", "/healthz"),
     ("get", "/readyz"),
 ];
@@ -83,8 +84,15 @@ pub fn router(state: AppState, max_body: usize) -> Router {
             state.clone(),
             auth::require_bearer,
         ));
+    let metrics = Router::new()
+        .route("/metrics", get(health::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_bearer,
+        ));
     Router::new()
         .nest("/api/v1", api)
+        .merge(metrics)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(error::not_found)

@@ -48,7 +48,7 @@ pub(crate) fn spec() -> Value {
         "paths": {
             "/api/v1/query": {"post": {
                 "summary": "Run one SQL statement",
-                "description": "SELECT/EXPLAIN stream rows; CREATE TABLE [AS SELECT], INSERT INTO/OVERWRITE and DROP TABLE return one summary row. Time travel: `FROM t VERSION AS OF n` or `TIMESTAMP AS OF '2024-05-01T00:00:00Z'`. Parameters bind to $1…$n.",
+                "description": "Cacheable SELECT results carry an ETag; send it back in If-None-Match to get 304 without re-running the query. SELECT/EXPLAIN stream rows; CREATE TABLE [AS SELECT], INSERT INTO/OVERWRITE and DROP TABLE return one summary row. Time travel: `FROM t VERSION AS OF n` or `TIMESTAMP AS OF '2024-05-01T00:00:00Z'`. Parameters bind to $1…$n.",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/QueryRequest"}}}},
                 "responses": with_errors(json!({
                     "200": {"description": "Rows", "content": {
@@ -128,6 +128,7 @@ pub(crate) fn spec() -> Value {
                 }
             },
             "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI document"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (text format; bearer token required)", "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}, "401": error_response("Missing or invalid bearer token")}}},
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "Alive"}}}},
             "/readyz": {"get": {"summary": "Readiness: catalog loaded and object store reachable", "security": [], "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}}
         },

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::body::JsonBody;
 use super::encode::{Format, body_stream};
+use crate::engine::Executed;
 use crate::error::{Error, Result};
 use crate::security::Principal;
 
@@ -41,21 +42,49 @@ pub(super) async fn query(
         .enumerate()
         .map(|(i, v)| json_to_scalar(v).map_err(|e| Error::invalid(format!("params[{i}]: {e}"))))
         .collect::<Result<Vec<_>>>()?;
-    let output = state.engine.execute(&principal, &req.sql, params).await?;
+    let if_none_match = headers
+        .get(http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    let output = match state
+        .engine
+        .execute_conditional(&principal, &req.sql, params, if_none_match)
+        .await?
+    {
+        Executed::Output(output) => output,
+        Executed::NotModified(etag) => {
+            return Response::builder()
+                .status(http::StatusCode::NOT_MODIFIED)
+                .header(http::header::ETAG, etag)
+                .body(Body::empty())
+                .map_err(|e| Error::internal(format!("response: {e}")));
+        }
+    };
     tracing::info!(
         principal = %principal.subject,
         statement = output.kind,
         tables = ?output.tables.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        cache_hit = output.cache_hit,
         "query"
     );
     let mut stream = output.stream;
     // Errors before the first batch still get a proper status code.
     let first = stream.next().await.transpose()?;
     let body = body_stream(format, output.schema, first, stream)?;
-    Response::builder()
+    let mut response = Response::builder()
         .status(http::StatusCode::OK)
         .header(http::header::CONTENT_TYPE, format.content_type())
-        .header("x-strata-statement", output.kind)
+        .header("x-strata-statement", output.kind);
+    if let Some(etag) = &output.etag {
+        // The tag identifies the rows, not their encoding.
+        response = response
+            .header(http::header::ETAG, etag)
+            .header(http::header::VARY, "Accept, Authorization")
+            .header(
+                "x-strata-cache",
+                if output.cache_hit { "hit" } else { "miss" },
+            );
+    }
+    response
         .body(Body::from_stream(body))
         .map_err(|e| Error::internal(format!("response: {e}")))
 }

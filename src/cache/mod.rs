@@ -1,0 +1,190 @@
+//! The result cache: Arrow batches of finished queries, keyed so that it can never serve
+//! one principal's rows to another, nor rows from before a commit or a policy change.
+//!
+//! ```text
+//! plan (parameters bound, per-principal catalog) ─┐
+//! policy version ‖ principal fingerprint ─────────┼─ SHA-256 ─▶ key ─▶ hit: replay batches
+//! every scanned (table, Delta version) ───────────┘                   miss: execute, tee
+//! ```
+//! Entries go in only after the result stream ended cleanly ([`tee`]); a commit or policy
+//! change yields a new key, so a stale entry is unreachable (and ages out by TTL/size).
+//! Queries with non-immutable functions (`now()`, `random()`), EXPLAIN, commands and
+//! `information_schema` reads are never cached.
+
+pub mod key;
+pub mod tee;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use moka::notification::RemovalCause;
+use serde::{Deserialize, Serialize};
+
+pub use key::CacheKey;
+
+/// `[cache]` configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// Total size of cached results (Arrow memory), in bytes.
+    pub max_bytes: u64,
+    /// Results larger than this are not cached, in bytes.
+    pub max_entry_bytes: u64,
+    /// Lifetime of an entry, in seconds.
+    pub ttl_secs: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            max_bytes: 256 * 1024 * 1024,
+            max_entry_bytes: 32 * 1024 * 1024,
+            ttl_secs: 300,
+        }
+    }
+}
+
+/// A cached result.
+#[derive(Debug)]
+pub struct CachedResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub bytes: u64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub inserts: AtomicU64,
+    pub evictions: AtomicU64,
+    pub not_modified: AtomicU64,
+    pub uncacheable: AtomicU64,
+    pub too_large: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct ResultCache {
+    entries: moka::sync::Cache<CacheKey, Arc<CachedResult>>,
+    max_entry_bytes: u64,
+    stats: Arc<CacheStats>,
+}
+
+impl ResultCache {
+    /// `None` when disabled.
+    pub fn new(cfg: &CacheConfig) -> Option<Arc<ResultCache>> {
+        if !cfg.enabled || cfg.max_bytes == 0 {
+            return None;
+        }
+        let stats = Arc::new(CacheStats::default());
+        let listener_stats = Arc::clone(&stats);
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(cfg.max_bytes)
+            .weigher(|_k: &CacheKey, v: &Arc<CachedResult>| {
+                u32::try_from(v.bytes).unwrap_or(u32::MAX)
+            })
+            .time_to_live(Duration::from_secs(cfg.ttl_secs.max(1)))
+            .eviction_listener(move |_k, _v, cause| {
+                if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                    listener_stats.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build();
+        Some(Arc::new(ResultCache {
+            entries,
+            max_entry_bytes: cfg.max_entry_bytes,
+            stats,
+        }))
+    }
+
+    pub fn get(&self, key: &CacheKey) -> Option<Arc<CachedResult>> {
+        let hit = self.entries.get(key);
+        let counter = if hit.is_some() {
+            &self.stats.hits
+        } else {
+            &self.stats.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        hit
+    }
+
+    pub fn max_entry_bytes(&self) -> u64 {
+        self.max_entry_bytes
+    }
+
+    pub fn insert(&self, key: CacheKey, result: CachedResult) {
+        self.entries.insert(key, Arc::new(result));
+        self.stats.inserts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    /// (entries, weighted bytes), after pending maintenance.
+    pub fn usage(&self) -> (u64, u64) {
+        self.entries.run_pending_tasks();
+        (self.entries.entry_count(), self.entries.weighted_size())
+    }
+
+    /// Prometheus text lines for the cache.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let (entries, bytes) = self.usage();
+        let s = &self.stats;
+        let counters = [
+            ("strata_cache_hits_total", "Result cache hits", &s.hits),
+            (
+                "strata_cache_misses_total",
+                "Result cache misses (cacheable queries)",
+                &s.misses,
+            ),
+            (
+                "strata_cache_inserts_total",
+                "Results inserted after a clean end of stream",
+                &s.inserts,
+            ),
+            (
+                "strata_cache_evictions_total",
+                "Entries evicted by size or TTL",
+                &s.evictions,
+            ),
+            (
+                "strata_cache_not_modified_total",
+                "REST requests answered 304 from If-None-Match",
+                &s.not_modified,
+            ),
+            (
+                "strata_cache_uncacheable_total",
+                "Queries not cacheable (volatile functions, metadata)",
+                &s.uncacheable,
+            ),
+            (
+                "strata_cache_too_large_total",
+                "Results over the per-entry limit",
+                &s.too_large,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP strata_cache_entries Cached results\n# TYPE strata_cache_entries gauge\nstrata_cache_entries {entries}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP strata_cache_bytes Arrow memory of cached results\n# TYPE strata_cache_bytes gauge\nstrata_cache_bytes {bytes}"
+        );
+    }
+}
