@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
 
 use crate::api::flight::FlightSqlServer;
 use crate::api::rest::{self, AppState};
@@ -97,7 +98,14 @@ impl Server {
         )?;
         let auth_layer = flight_server.auth_layer();
         let flight_service = flight_server.into_service();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.flight);
+        // tonic only sets TCP_NODELAY on listeners it binds itself; without it every small
+        // Flight reply waits on Nagle/delayed ACK (~40 ms per round trip).
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.flight).map(|conn| {
+            if let Ok(stream) = &conn {
+                let _ = stream.set_nodelay(true);
+            }
+            conn
+        });
         let flight = tonic::transport::Server::builder()
             .layer(auth_layer)
             .add_service(flight_service)
