@@ -15,7 +15,6 @@ use arrow_flight::sql::{
 use arrow_flight::{CancelFlightInfoRequest, CancelStatus, FlightInfo, HandshakeRequest};
 use base64::Engine as _;
 use futures::{StreamExt, TryStreamExt};
-use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::harness::TestServer;
@@ -92,21 +91,8 @@ async fn cancel(
 
 async fn seeded() -> TestServer {
     let s = TestServer::start().await;
-    s.create_people("gold.people").await;
+    s.seed_people("gold.people", 20).await;
     s.create_people("silver.hidden").await;
-    let rows: Vec<_> = (1..=20)
-        .map(|i| json!({"id": i, "name": format!("p{i}"), "amount": i as f64}))
-        .collect();
-    let (status, _) = s
-        .upload(
-            &s.admin.clone(),
-            "gold.people",
-            "application/json",
-            serde_json::to_vec(&rows).unwrap(),
-            "",
-        )
-        .await;
-    assert_eq!(status, 200);
     s
 }
 

@@ -260,6 +260,20 @@ impl TestServer {
         assert_eq!(status, 201, "{body}");
     }
 
+    /// Creates `table` (see [`TestServer::create_people`]) with rows 1..=n: id, name `p{i}`,
+    /// amount `i`.
+    pub async fn seed_people(&self, table: &str, n: i64) {
+        self.create_people(table).await;
+        let rows: Vec<Value> = (1..=n)
+            .map(|i| json!({"id": i, "name": format!("p{i}"), "amount": i as f64}))
+            .collect();
+        let body = serde_json::to_vec(&rows).unwrap();
+        let (status, resp) = self
+            .upload(&self.admin.clone(), table, "application/json", body, "")
+            .await;
+        assert_eq!(status, 200, "{resp}");
+    }
+
     pub async fn version(&self, table: &str) -> u64 {
         let (status, body) = self
             .get(

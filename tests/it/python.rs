@@ -4,7 +4,6 @@
 
 use std::process::Command;
 
-use serde_json::json;
 
 use crate::harness::{TestServer, python};
 
@@ -12,21 +11,8 @@ use crate::harness::{TestServer, python};
 async fn python_adbc_clients() {
     let python = tokio::task::spawn_blocking(python).await.unwrap();
     let s = TestServer::start().await;
-    s.create_people("gold.people").await;
+    s.seed_people("gold.people", 20).await;
     s.create_people("silver.hidden").await;
-    let rows: Vec<_> = (1..=20)
-        .map(|i| json!({"id": i, "name": format!("p{i}"), "amount": i as f64}))
-        .collect();
-    let (status, _) = s
-        .upload(
-            &s.admin.clone(),
-            "gold.people",
-            "application/json",
-            serde_json::to_vec(&rows).unwrap(),
-            "",
-        )
-        .await;
-    assert_eq!(status, 200);
     let suite = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python");
     let uri = format!("grpc://{}", s.flight);
     let admin = s.admin.clone();

@@ -7,20 +7,7 @@ use crate::harness::{TestServer, message};
 
 async fn seeded() -> TestServer {
     let s = TestServer::start().await;
-    s.create_people("gold.people").await;
-    let rows: Vec<_> = (1..=20)
-        .map(|i| json!({"id": i, "name": format!("p{i}"), "amount": i as f64 * 1.5}))
-        .collect();
-    let (status, body) = s
-        .upload(
-            &s.admin.clone(),
-            "gold.people",
-            "application/json",
-            serde_json::to_vec(&rows).unwrap(),
-            "",
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    s.seed_people("gold.people", 20).await;
     s
 }
 
