@@ -133,6 +133,9 @@ pub struct S3Config {
     pub allow_http: bool,
     /// Path-style addressing (`endpoint/bucket/key`), needed by most S3-compatible servers.
     pub path_style: bool,
+    /// Serve on a store that fails the conditional-put preflight. Only safe when exactly one
+    /// writer ever commits; logged loudly at start.
+    pub allow_unsafe_single_writer: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -35,6 +35,20 @@ impl Server {
         config.validate()?;
         deltalake::aws::register_handlers(None);
         let warehouse = Warehouse::open(&config.storage)?;
+        if matches!(
+            warehouse.location(),
+            crate::storage::warehouse::Location::S3 { .. }
+        ) {
+            match warehouse.preflight_conditional_put().await {
+                Ok(()) => tracing::info!("storage preflight: conditional put honoured"),
+                Err(Error::Config(msg)) if config.storage.s3.allow_unsafe_single_writer => {
+                    tracing::error!(
+                        "UNSAFE: {msg}; continuing because storage.s3.allow_unsafe_single_writer = true"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let catalog = Arc::new(Catalog::new(warehouse));
         // Loads the table list (and proves the store answers) before we accept requests.
         let tables = catalog.list(None).await?;

@@ -153,6 +153,35 @@ impl Warehouse {
             .map_err(|e| Error::internal(format!("table url for {t}: {e}")))
     }
 
+    /// Checks that the store honours put-if-absent, the one primitive Delta commits rely on:
+    /// create a scratch key twice; the second create must fail. Some S3 emulators ignore
+    /// `If-None-Match` and would silently lose concurrent commits.
+    pub async fn preflight_conditional_put(&self) -> Result<()> {
+        use object_store::{ObjectStoreExt, PutMode, PutOptions};
+        let path = Path::from(format!("_strata/preflight/{}", uuid::Uuid::new_v4()));
+        let create = || PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.store
+            .put_opts(&path, "1".into(), create())
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "storage preflight: cannot write to the warehouse: {e}"
+                ))
+            })?;
+        let second = self.store.put_opts(&path, "2".into(), create()).await;
+        let _ = self.store.delete(&path).await;
+        match second {
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
+            Ok(_) => Err(Error::Config(
+                "the object store accepted a second put-if-absent on the same key: it ignores conditional puts (If-None-Match), so concurrent Delta commits would be lost. Use a store that supports them (AWS S3, MinIO), or set storage.s3.allow_unsafe_single_writer = true if exactly one writer will ever commit".into(),
+            )),
+            Err(e) => Err(Error::Unavailable(format!("storage preflight: {e}"))),
+        }
+    }
+
     /// Path of a table's root relative to the warehouse store.
     pub fn table_path(t: &TableRef) -> Path {
         Path::from(format!("{}/{}", t.layer, t.name))

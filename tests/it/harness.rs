@@ -357,3 +357,78 @@ pub fn python() -> PathBuf {
     lock.unlock().unwrap();
     python
 }
+
+/// A moto S3 server process (the S3 stand-in, see ../shared/S3.md) with one bucket; killed
+/// on drop.
+pub struct Moto {
+    child: std::process::Child,
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        use std::io::BufRead;
+        let python = tokio::task::spawn_blocking(python).await.unwrap();
+        let server = python.with_file_name("moto_server");
+        let mut child = std::process::Command::new(server)
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(i) = line.find("http://127.0.0.1:") {
+                    let url: String = line[i..]
+                        .chars()
+                        .take_while(|c| !c.is_whitespace())
+                        .collect();
+                    let _ = tx.send(url);
+                }
+            }
+        });
+        let endpoint =
+            tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+                .await
+                .unwrap()
+                .expect("moto_server prints its address");
+        let bucket = format!("strata-{}", std::process::id());
+        let r = reqwest::Client::new()
+            .put(format!("{endpoint}/{bucket}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "create bucket: {}", r.status());
+        Moto {
+            child,
+            endpoint,
+            bucket,
+        }
+    }
+
+    /// A server configuration whose warehouse is `s3://bucket/prefix` on this moto.
+    pub fn config(&self, root: &Path, prefix: &str) -> Config {
+        let mut cfg = test_config(root);
+        cfg.storage.warehouse = format!("s3://{}/{prefix}", self.bucket);
+        cfg.storage.s3.endpoint = Some(self.endpoint.clone());
+        cfg.storage.s3.region = Some("us-east-1".into());
+        cfg.storage.s3.access_key_id = Some(strata::config::Secret::new("test"));
+        cfg.storage.s3.secret_access_key = Some(strata::config::Secret::new("test"));
+        cfg.storage.s3.allow_http = true;
+        cfg.storage.s3.path_style = true;
+        cfg
+    }
+}

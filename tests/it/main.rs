@@ -9,6 +9,7 @@ mod harness;
 mod python;
 mod query;
 mod rls;
+mod s3;
 mod slt;
 mod tables;
 mod uploads;

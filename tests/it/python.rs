@@ -4,7 +4,6 @@
 
 use std::process::Command;
 
-
 use crate::harness::{TestServer, python};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
