@@ -177,6 +177,53 @@ async fn statements_prepared_statements_and_twelve_parameters() {
     assert_eq!(ids, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 18, 20]);
     stmt.close().await.unwrap();
 
+    // A client may also send the prepared command itself as the DoGet ticket.
+    {
+        use arrow_flight::sql::{
+            ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+            CommandPreparedStatementQuery, ProstMessageExt,
+        };
+        use prost::Message;
+        let req = ActionCreatePreparedStatementRequest {
+            query: "SELECT id FROM gold.people WHERE id <= 2 ORDER BY id".into(),
+            transaction_id: None,
+        };
+        let mut results = c
+            .do_action(arrow_flight::Action::new(
+                "CreatePreparedStatement",
+                req.as_any().encode_to_vec(),
+            ))
+            .await
+            .unwrap();
+        let body = results.message().await.unwrap().unwrap().body;
+        let created: ActionCreatePreparedStatementResult = arrow_flight::sql::Any::decode(body)
+            .unwrap()
+            .unpack()
+            .unwrap()
+            .unwrap();
+        let cmd = CommandPreparedStatementQuery {
+            prepared_statement_handle: created.prepared_statement_handle,
+        };
+        let batches: Vec<RecordBatch> = c
+            .do_get(arrow_flight::Ticket::new(cmd.as_any().encode_to_vec()))
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(rows(&batches), 2);
+        // Another principal cannot use the handle.
+        let mut other = client(&s, &s.token("eve", &["admin"])).await;
+        let r = match other
+            .do_get(arrow_flight::Ticket::new(cmd.as_any().encode_to_vec()))
+            .await
+        {
+            Err(e) => Err(e),
+            Ok(st) => st.try_collect::<Vec<_>>().await,
+        };
+        assert_eq!(status_code(&r.unwrap_err()), tonic::Code::PermissionDenied);
+    }
+
     // Updates: DDL and DML with affected counts.
     assert_eq!(
         c.execute_update(

@@ -327,42 +327,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> std::result::Result<Response<DoGetStream>, Status> {
-        // Our FlightInfos hand out statement tickets; a client that sends the prepared
-        // command as a ticket gets the same thing in one step.
-        let p = principal(&request)?;
-        let downcast = self.downcast(&request);
-        let handle = self
-            .signer
-            .open(
-                crate::security::ticket::Kind::Prepared,
-                &query.prepared_statement_handle,
-                &p,
-                |m: &crate::security::ticket::proto::PreparedHandle| m.binding.as_ref(),
-            )
-            .map_err(to_status)?;
-        let info = self
-            .statement_info(
-                &p,
-                &handle.sql,
-                handle.params_ipc,
-                downcast,
-                FlightDescriptor::new_cmd(Vec::<u8>::new()),
-            )
-            .await
-            .map_err(to_status)?;
-        let ticket = info
-            .endpoint
-            .first()
-            .and_then(|e| e.ticket.clone())
-            .ok_or_else(|| to_status(Error::internal("no ticket")))?;
-        let any = arrow_flight::sql::Any::decode_any(&ticket.ticket).map_err(to_status)?;
-        let stmt = any
-            .unpack::<TicketStatementQuery>()
-            .map_err(|e| to_status(Error::internal(e.to_string())))?
-            .ok_or_else(|| to_status(Error::internal("no statement ticket")))?;
-        let mut req = Request::new(ticket);
-        req.extensions_mut().insert(p);
-        self.do_get_statement_impl(stmt, req).await
+        self.do_get_prepared_impl(query, request).await
     }
 
     // ---- metadata ----
@@ -708,17 +673,6 @@ impl DecodeFrom for FlightInfo {
     fn decode_from(bytes: &[u8]) -> std::result::Result<Self, Status> {
         <FlightInfo as prost::Message>::decode(bytes)
             .map_err(|e| to_status(Error::invalid(format!("invalid FlightInfo: {e}"))))
-    }
-}
-
-trait DecodeAny: Sized {
-    fn decode_any(bytes: &[u8]) -> Result<Self>;
-}
-
-impl DecodeAny for arrow_flight::sql::Any {
-    fn decode_any(bytes: &[u8]) -> Result<Self> {
-        <arrow_flight::sql::Any as prost::Message>::decode(bytes)
-            .map_err(|e| Error::invalid(format!("invalid ticket: {e}")))
     }
 }
 

@@ -116,6 +116,46 @@ impl FlightSqlServer {
         Ok(Response::new(info))
     }
 
+    /// DoGet with the prepared command as the ticket. Our FlightInfos hand out statement
+    /// tickets; a client that sends the prepared command instead gets the same result in one
+    /// step, through the same statement DoGet.
+    pub(super) async fn do_get_prepared_impl(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<arrow_flight::Ticket>,
+    ) -> std::result::Result<Response<super::DoGetStream>, Status> {
+        let p = principal(&request)?;
+        let downcast = self.downcast(&request);
+        let handle = self
+            .open_handle(&p, &query.prepared_statement_handle)
+            .map_err(to_status)?;
+        let info = self
+            .statement_info(
+                &p,
+                &handle.sql,
+                handle.params_ipc,
+                downcast,
+                FlightDescriptor::new_cmd(Vec::<u8>::new()),
+            )
+            .await
+            .map_err(to_status)?;
+        let ticket = info
+            .endpoint
+            .into_iter()
+            .next()
+            .and_then(|e| e.ticket)
+            .ok_or_else(|| to_status(Error::internal("no ticket")))?;
+        let any = <arrow_flight::sql::Any as prost::Message>::decode(ticket.ticket.as_ref())
+            .map_err(|e| to_status(Error::internal(format!("ticket: {e}"))))?;
+        let stmt = any
+            .unpack::<arrow_flight::sql::TicketStatementQuery>()
+            .map_err(|e| to_status(Error::internal(e.to_string())))?
+            .ok_or_else(|| to_status(Error::internal("no statement ticket")))?;
+        let mut req = Request::new(ticket);
+        req.extensions_mut().insert(p);
+        self.do_get_statement_impl(stmt, req).await
+    }
+
     /// Binds parameters: returns a new handle carrying them.
     pub(super) async fn bind_prepared_impl(
         &self,
