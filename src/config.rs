@@ -123,7 +123,7 @@ impl Default for StorageConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3Config {
     pub endpoint: Option<String>,
@@ -136,6 +136,31 @@ pub struct S3Config {
     /// Serve on a store that fails the conditional-put preflight. Only safe when exactly one
     /// writer ever commits; logged loudly at start.
     pub allow_unsafe_single_writer: bool,
+    /// Retries of a failed request (connection errors, 5xx, throttling) before giving up.
+    pub max_retries: usize,
+    /// Total time a request may spend retrying; after it the request fails with 503.
+    pub retry_timeout_secs: u64,
+    /// Per-request timeout (connect included).
+    pub request_timeout_secs: u64,
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            path_style: false,
+            allow_unsafe_single_writer: false,
+            max_retries: 10,
+            retry_timeout_secs: 60,
+            request_timeout_secs: 30,
+            connect_timeout_secs: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -255,7 +255,21 @@ impl From<DataFusionError> for Error {
 
 impl From<DeltaTableError> for Error {
     fn from(e: DeltaTableError) -> Self {
-        Error::Delta(Box::new(e))
+        use deltalake::kernel::transaction::TransactionError as T;
+        match e {
+            // delta-rs says "Failed to commit transaction: 15"; say what happened instead.
+            DeltaTableError::Transaction {
+                source: T::MaxCommitAttempts(n),
+            } => Error::Conflict(format!(
+                "the table kept changing under this write ({n} commit attempts lost the race to concurrent writers); nothing was committed, retry the request"
+            )),
+            DeltaTableError::Transaction {
+                source: T::CommitConflict(c),
+            } => Error::Conflict(format!(
+                "a concurrent commit conflicts with this write ({c}); nothing was committed, retry the request"
+            )),
+            other => Error::Delta(Box::new(other)),
+        }
     }
 }
 
@@ -310,9 +324,8 @@ fn classify_datafusion(e: &DataFusionError) -> ErrorKind {
 fn classify_delta(e: &DeltaTableError) -> ErrorKind {
     match e {
         DeltaTableError::NotATable(_) | DeltaTableError::InvalidVersion(_) => ErrorKind::NotFound,
-        DeltaTableError::VersionAlreadyExists(_) | DeltaTableError::Transaction { .. } => {
-            ErrorKind::Conflict
-        }
+        DeltaTableError::VersionAlreadyExists(_) => ErrorKind::Conflict,
+        DeltaTableError::Transaction { source } => classify_transaction(source),
         DeltaTableError::InvalidDateTimeString { .. }
         | DeltaTableError::SchemaMismatch { .. }
         | DeltaTableError::InvalidData { .. }
@@ -321,6 +334,20 @@ fn classify_delta(e: &DeltaTableError) -> ErrorKind {
         | DeltaTableError::CommitValidation { .. } => ErrorKind::InvalidArgument,
         DeltaTableError::ObjectStore { source } => classify_object_store(source),
         _ => ErrorKind::Internal,
+    }
+}
+
+fn classify_transaction(e: &deltalake::kernel::transaction::TransactionError) -> ErrorKind {
+    use deltalake::kernel::transaction::TransactionError as T;
+    match e {
+        T::VersionAlreadyExists(_) | T::CommitConflict(_) | T::MaxCommitAttempts(_) => {
+            ErrorKind::Conflict
+        }
+        T::ObjectStore { source } => classify_object_store(source),
+        T::LogStoreError { .. } => ErrorKind::Unavailable,
+        T::DeltaTableAppendOnly => ErrorKind::InvalidArgument,
+        T::UnsupportedTableFeatures(_) | T::TableFeaturesRequired(_) => ErrorKind::Unsupported,
+        T::SerializeLogJson { .. } => ErrorKind::Internal,
     }
 }
 

@@ -15,7 +15,7 @@ use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::update_table_metadata::TableMetadataUpdate;
 use deltalake::protocol::SaveMode;
-use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use deltalake::{DeltaTable, DeltaTableError};
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -27,6 +27,8 @@ use crate::storage::{Catalog, TableRef};
 pub const PRINCIPAL_KEY: &str = "strata.principal";
 /// Commit-info key naming the Strata operation.
 pub const OPERATION_KEY: &str = "strata.operation";
+/// Commit-info key holding a unique id per commit attempt.
+pub const COMMIT_ID_KEY: &str = "strata.commit_id";
 const MAX_IDEMPOTENCY_KEY: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -55,6 +57,12 @@ pub fn commit_properties(p: &Principal, operation: &str) -> CommitProperties {
         (
             OPERATION_KEY.to_string(),
             serde_json::Value::String(operation.to_string()),
+        ),
+        // Makes every commit's bytes unique, so a read-back after an ambiguous create can
+        // tell this commit from any other (storage::commit_guard).
+        (
+            COMMIT_ID_KEY.to_string(),
+            serde_json::Value::String(uuid::Uuid::new_v4().to_string()),
         ),
     ])
 }
@@ -197,9 +205,7 @@ pub async fn create_with_data(
         return Ok(version_of(&table));
     }
     let url = catalog.warehouse().table_url(t)?;
-    let table = DeltaTableBuilder::from_url(url)?
-        .with_storage_options(catalog.warehouse().storage_options().clone())
-        .build()?;
+    let table = catalog.warehouse().delta_builder(url)?.build()?;
     let mut write = table
         .write(batches)
         .with_save_mode(SaveMode::ErrorIfExists)

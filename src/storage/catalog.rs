@@ -73,8 +73,7 @@ impl Catalog {
 
     fn builder(&self, t: &TableRef) -> Result<DeltaTableBuilder> {
         let url = self.warehouse.table_url(t)?;
-        Ok(DeltaTableBuilder::from_url(url)?
-            .with_storage_options(self.warehouse.storage_options().clone()))
+        self.warehouse.delta_builder(url)
     }
 
     /// Cheap reachability check of the store (used by `/readyz`).
@@ -213,10 +212,51 @@ impl Catalog {
     }
 
     /// `t` as it was at `ts`: the last version committed at or before it.
+    ///
+    /// Versions are dated by their commit timestamp (`inCommitTimestamp`, else the
+    /// commit info's `timestamp`, the time `DESCRIBE HISTORY` shows), not by the log file's
+    /// modification time, which S3 and most S3-compatible stores report to the second only.
+    /// A binary search reads O(log n) commits.
     pub async fn load_at(&self, t: &TableRef, ts: DateTime<Utc>) -> Result<DeltaTable> {
-        if !self.exists(t).await? {
-            return Err(not_found(t));
+        let latest = self.load(t).await?;
+        let log_store = latest.log_store();
+        let target = ts.timestamp_millis();
+        let too_early = || {
+            Error::NotFound(format!(
+                "table {t} has no version at or before {}",
+                ts.to_rfc3339()
+            ))
+        };
+        let commit_time = async |v: u64| -> Result<Option<i64>> {
+            let bytes = log_store.read_commit_entry(v).await?;
+            Ok(bytes.and_then(|b| {
+                parse_commit_info(v, &b)
+                    .timestamp
+                    .map(|t| t.timestamp_millis())
+            }))
+        };
+        // Invariant: lo is at or before ts (once checked), hi is the latest version.
+        let (mut lo, mut hi) = (0u64, latest.version().unwrap_or(0));
+        match commit_time(lo).await? {
+            Some(first) if first > target => return Err(too_early()),
+            Some(_) => {}
+            // Version 0 is gone (log cleanup): time travel before the oldest kept commit is
+            // not possible, and delta-rs finds the oldest one for us.
+            None => return self.load_by_file_time(t, ts).await,
         }
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            match commit_time(mid).await? {
+                Some(at) if at <= target => lo = mid,
+                Some(_) => hi = mid - 1,
+                None => return self.load_by_file_time(t, ts).await,
+            }
+        }
+        self.load_version(t, lo).await
+    }
+
+    /// delta-rs's own timestamp resolution (log file modification times).
+    async fn load_by_file_time(&self, t: &TableRef, ts: DateTime<Utc>) -> Result<DeltaTable> {
         let table = self
             .builder(t)?
             .with_timestamp(ts)

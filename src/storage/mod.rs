@@ -5,6 +5,7 @@
 //! Nothing here checks access: callers go through `engine`, which asks `security` first.
 
 pub mod catalog;
+pub mod commit_guard;
 pub mod types;
 pub mod warehouse;
 

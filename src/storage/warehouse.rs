@@ -2,14 +2,18 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::ObjectStore;
 use object_store::path::Path;
 use url::Url;
 
+use deltalake::DeltaTableBuilder;
+
 use crate::config::StorageConfig;
 use crate::error::{Error, Result};
 use crate::storage::TableRef;
+use crate::storage::commit_guard::CommitGuard;
 
 /// Where the warehouse is, before anything is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +30,8 @@ pub struct Warehouse {
     location: Location,
     storage_options: HashMap<String, String>,
     store: Arc<dyn ObjectStore>,
+    /// S3 only: the bucket-rooted store delta-rs opens tables with (behind [`CommitGuard`]).
+    bucket_store: Option<Arc<dyn ObjectStore>>,
 }
 
 impl Warehouse {
@@ -69,6 +75,7 @@ impl Warehouse {
                     location,
                     storage_options: HashMap::new(),
                     store: Arc::new(store),
+                    bucket_store: None,
                 })
             }
             Location::S3 { bucket, prefix } => {
@@ -93,22 +100,34 @@ impl Warehouse {
                 );
                 // Delta commits rely on put-if-absent; object_store sends If-None-Match.
                 opts.insert("aws_conditional_put".to_string(), "etag".to_string());
-                let mut builder =
-                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket.clone());
+                let retry = object_store::RetryConfig {
+                    max_retries: s3.max_retries,
+                    retry_timeout: Duration::from_secs(s3.retry_timeout_secs),
+                    ..Default::default()
+                };
+                let client = object_store::ClientOptions::new()
+                    .with_timeout(Duration::from_secs(s3.request_timeout_secs))
+                    .with_connect_timeout(Duration::from_secs(s3.connect_timeout_secs));
+                let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket.clone())
+                    .with_retry(retry)
+                    .with_client_options(client);
                 for (k, v) in &opts {
                     let key: object_store::aws::AmazonS3ConfigKey = k
                         .parse()
                         .map_err(|e| Error::Config(format!("storage option {k}: {e}")))?;
                     builder = builder.with_config(key, v.clone());
                 }
-                let bucket_store = builder
-                    .build()
-                    .map_err(|e| Error::Config(format!("S3 warehouse: {e}")))?;
+                let bucket_store: Arc<dyn ObjectStore> = Arc::new(CommitGuard::new(Arc::new(
+                    builder
+                        .build()
+                        .map_err(|e| Error::Config(format!("S3 warehouse: {e}")))?,
+                )));
                 let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                    Arc::new(bucket_store)
+                    Arc::clone(&bucket_store)
                 } else {
                     Arc::new(object_store::prefix::PrefixStore::new(
-                        bucket_store,
+                        Arc::clone(&bucket_store),
                         Path::from(prefix.as_str()),
                     ))
                 };
@@ -124,6 +143,7 @@ impl Warehouse {
                     location,
                     storage_options: opts,
                     store,
+                    bucket_store: Some(bucket_store),
                 })
             }
         }
@@ -144,6 +164,18 @@ impl Warehouse {
     /// Object store rooted at the warehouse (paths are relative to it).
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+
+    /// A delta-rs builder for the table at `url` (a table root under this warehouse). On S3
+    /// it shares the warehouse's connection pool and [`CommitGuard`]; local disk creates
+    /// atomically without retries, so it needs neither.
+    pub fn delta_builder(&self, url: Url) -> Result<DeltaTableBuilder> {
+        let builder = DeltaTableBuilder::from_url(url.clone())?
+            .with_storage_options(self.storage_options.clone());
+        Ok(match &self.bucket_store {
+            Some(store) => builder.with_storage_backend(Arc::clone(store), url),
+            None => builder,
+        })
     }
 
     /// `{warehouse}/{layer}/{name}/`.

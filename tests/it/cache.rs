@@ -3,8 +3,10 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, test_config};
+use crate::harness::{Backend, TestServer, test_config};
 use crate::rls::{ann, sales_server};
+
+crate::on_both_backends!(repeat_hits_commit_misses_and_304);
 
 /// POST /query returning (status, ETag, x-strata-cache, body).
 async fn query(
@@ -51,9 +53,8 @@ async fn metric(s: &TestServer, name: &str) -> u64 {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeat_hits_commit_misses_and_304() {
-    let s = TestServer::start().await;
+async fn repeat_hits_commit_misses_and_304(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let admin = s.admin.clone();
     s.create_people("gold.people").await;
     let (status, _) = s

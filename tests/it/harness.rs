@@ -22,9 +22,40 @@ pub struct TestServer {
     pub admin: String,
     pub client: reqwest::Client,
     auth: Arc<Authenticator>,
+    pub config: Config,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<strata::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
+    moto: Option<Arc<Moto>>,
+}
+
+/// Where a test's warehouse lives. Storage-dependent tests run on both (see
+/// [`on_both_backends`](crate::on_both_backends)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    /// `s3://…` on a moto server process started for the test.
+    S3,
+}
+
+/// Turns `async fn name(backend: Backend)` functions into two tests each, `name::local` and
+/// `name::s3`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn local() {
+                    super::$name($crate::harness::Backend::Local).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn s3() {
+                    super::$name($crate::harness::Backend::S3).await
+                }
+            }
+        )*
+    };
 }
 
 /// The configuration tests use: dev auth, ports 0, warehouse under `root`, and grants for
@@ -60,11 +91,42 @@ pub fn test_config(root: &Path) -> Config {
 
 impl TestServer {
     pub async fn start() -> TestServer {
+        TestServer::start_on(Backend::Local).await
+    }
+
+    /// A server with the test configuration on `backend`.
+    pub async fn start_on(backend: Backend) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let mut s = TestServer::start_with(test_config(&root)).await;
+        let (cfg, moto) = match backend {
+            Backend::Local => (test_config(&root), None),
+            Backend::S3 => {
+                let moto = Moto::start().await;
+                (moto.config(&root, "wh"), Some(Arc::new(moto)))
+            }
+        };
+        let mut s = TestServer::start_with(cfg).await;
         s._dir = Some(dir);
         s.root = root;
+        s.moto = moto;
+        s
+    }
+
+    /// Another server on the same warehouse (a second replica).
+    pub async fn replica(&self) -> TestServer {
+        let mut r = TestServer::start_with(self.config.clone()).await;
+        r.moto = self.moto.clone();
+        r
+    }
+
+    /// Stops the server and starts a new one on the same warehouse and data dir.
+    pub async fn restart(mut self) -> TestServer {
+        let cfg = self.config.clone();
+        let moto = self.moto.take();
+        let dir = self.stop().await;
+        let mut s = TestServer::start_with(cfg).await;
+        s._dir = dir;
+        s.moto = moto;
         s
     }
 
@@ -79,6 +141,7 @@ impl TestServer {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
+        let config = cfg.clone();
         let server = strata::Server::build(cfg).await.expect("server builds");
         let http = server.http_addr().unwrap();
         let flight = server.flight_addr().unwrap();
@@ -103,9 +166,11 @@ impl TestServer {
             admin,
             client: reqwest::Client::new(),
             auth,
+            config,
             stop: Some(tx),
             task: Some(task),
             _dir: None,
+            moto: None,
         }
     }
 

@@ -3,7 +3,12 @@
 use arrow::array::{Array, Int64Array};
 use serde_json::json;
 
-use crate::harness::{TestServer, message};
+use crate::harness::{Backend, TestServer, message};
+
+crate::on_both_backends!(
+    sql_ddl_and_dml_through_the_query_endpoint,
+    time_travel_and_history
+);
 
 async fn seeded() -> TestServer {
     let s = TestServer::start().await;
@@ -123,9 +128,8 @@ async fn parameters_bind_by_number_not_by_text() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sql_ddl_and_dml_through_the_query_endpoint() {
-    let s = TestServer::start().await;
+async fn sql_ddl_and_dml_through_the_query_endpoint(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let body = s
         .sql_ok("CREATE TABLE silver.orders (id BIGINT NOT NULL, region STRING, total DECIMAL(10,2) COMMENT 'gross') PARTITIONED BY (region) COMMENT 'orders'")
         .await;
@@ -245,9 +249,8 @@ async fn datafusion_ddl_and_unsafe_sql_never_run() {
     assert_eq!(s.count("gold.people").await, 20);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn time_travel_and_history() {
-    let s = TestServer::start().await;
+async fn time_travel_and_history(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let admin = s.admin.clone();
     s.create_people("gold.people").await;
     let mut stamps = Vec::new();

@@ -8,12 +8,21 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, message, test_config};
+use crate::harness::{Backend, TestServer, message};
+
+crate::on_both_backends!(
+    writes_must_stay_inside_the_writers_filter,
+    policies_are_validated_versioned_and_shared_by_replicas
+);
 
 /// gold.sales with rows in eu/us/apac, a region filter for analysts, an open filter for
 /// managers, and an email mask.
 pub(crate) async fn sales_server() -> TestServer {
-    let s = TestServer::start().await;
+    sales_server_on(Backend::Local).await
+}
+
+pub(crate) async fn sales_server_on(backend: Backend) -> TestServer {
+    let s = TestServer::start_on(backend).await;
     let admin = s.admin.clone();
     s.sql_ok("CREATE TABLE gold.sales (id BIGINT NOT NULL, region STRING, rep STRING, amount DOUBLE, email STRING)").await;
     s.sql_ok(
@@ -196,9 +205,8 @@ async fn no_statistics_shortcuts_or_error_oracles() {
     assert_eq!(ids(&body), vec![1, 2, 6]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_must_stay_inside_the_writers_filter() {
-    let s = sales_server().await;
+async fn writes_must_stay_inside_the_writers_filter(backend: Backend) {
+    let s = sales_server_on(backend).await;
     let ann = ann(&s);
     let before = s.version("gold.sales").await;
     let (status, body) = s
@@ -377,9 +385,8 @@ async fn flight_returns_the_same_filtered_rows_and_binds_tickets() {
     assert!(r.is_err(), "claims are part of the binding");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn policies_are_validated_versioned_and_shared_by_replicas() {
-    let s = sales_server().await;
+async fn policies_are_validated_versioned_and_shared_by_replicas(backend: Backend) {
+    let s = sales_server_on(backend).await;
     let admin = s.admin.clone();
     let path = "/api/v1/tables/gold/sales/policies";
     for (body, needle) in [
@@ -453,7 +460,7 @@ async fn policies_are_validated_versioned_and_shared_by_replicas() {
     assert_eq!(status, 409);
 
     // A second replica on the same warehouse.
-    let replica = TestServer::start_with(test_config(&s.root)).await;
+    let replica = s.replica().await;
     let (_, body) = replica
         .sql(&ann, "SELECT count(*) AS n FROM gold.sales")
         .await;

@@ -2,11 +2,16 @@
 
 use serde_json::json;
 
-use crate::harness::{TestServer, message, test_config};
+use crate::harness::{Backend, TestServer, message};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn create_list_describe_drop_in_every_layer() {
-    let s = TestServer::start().await;
+crate::on_both_backends!(
+    create_list_describe_drop_in_every_layer,
+    concurrent_creates_of_one_table_have_one_winner,
+    everything_survives_a_restart
+);
+
+async fn create_list_describe_drop_in_every_layer(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let admin = s.admin.clone();
     for layer in ["bronze", "silver", "gold"] {
         let (status, body) = s
@@ -148,9 +153,8 @@ async fn bad_table_definitions_are_rejected_clearly() {
     assert_eq!(body["tables"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_creates_of_one_table_have_one_winner() {
-    let s = TestServer::start().await;
+async fn concurrent_creates_of_one_table_have_one_winner(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let mut handles = Vec::new();
     for _ in 0..6 {
         let client = s.client.clone();
@@ -183,9 +187,8 @@ async fn concurrent_creates_of_one_table_have_one_winner() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn everything_survives_a_restart() {
-    let s = TestServer::start().await;
+async fn everything_survives_a_restart(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     s.create_people("silver.people").await;
     for i in 0..3 {
         let row = format!(r#"[{{"id":{i},"name":"p{i}","amount":{i}.5}}]"#);
@@ -204,14 +207,11 @@ async fn everything_survives_a_restart() {
         "CREATE TABLE gold.summary COMMENT 'rollup' AS SELECT count(*) AS n FROM silver.people",
     )
     .await;
-    let root = s.root.clone();
     let before = s
         .get(&s.admin.clone(), "/api/v1/tables/silver/people")
         .await
         .1;
-    let dir = s.stop().await;
-
-    let s = TestServer::start_with(test_config(&root)).await;
+    let s = s.restart().await;
     let after = s
         .get(&s.admin.clone(), "/api/v1/tables/silver/people")
         .await
@@ -235,5 +235,4 @@ async fn everything_survives_a_restart() {
     assert_eq!(history["history"].as_array().unwrap().len(), 4);
     // The admin token minted before the restart still works: the dev secret persisted.
     s.stop().await;
-    drop(dir);
 }

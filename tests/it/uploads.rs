@@ -6,7 +6,13 @@ use arrow::array::{Float64Array, Int32Array, Int64Array, RecordBatch, StringArra
 use arrow::datatypes::{DataType, Field, Schema};
 use serde_json::json;
 
-use crate::harness::{TestServer, message, test_config};
+use crate::harness::{Backend, TestServer, message, test_config};
+
+crate::on_both_backends!(
+    every_format_appends_and_overwrite_replaces,
+    bad_uploads_are_400_and_commit_nothing,
+    idempotent_uploads_commit_once
+);
 
 fn batch(ids: &[i64]) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
@@ -42,9 +48,8 @@ fn ipc_bytes(b: &RecordBatch) -> Vec<u8> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_format_appends_and_overwrite_replaces() {
-    let s = TestServer::start().await;
+async fn every_format_appends_and_overwrite_replaces(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let admin = s.admin.clone();
     s.create_people("bronze.people").await;
     let uploads: Vec<(&str, Vec<u8>)> = vec![
@@ -103,9 +108,8 @@ async fn every_format_appends_and_overwrite_replaces() {
     assert_eq!(old[0]["n"], 10);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_uploads_are_400_and_commit_nothing() {
-    let s = TestServer::start().await;
+async fn bad_uploads_are_400_and_commit_nothing(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let admin = s.admin.clone();
     s.create_people("bronze.people").await;
     let good = parquet_bytes(&batch(&[1, 2, 3]));
@@ -277,9 +281,8 @@ async fn oversized_bodies_are_413() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotent_uploads_commit_once() {
-    let s = TestServer::start().await;
+async fn idempotent_uploads_commit_once(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let admin = s.admin.clone();
     s.create_people("bronze.people").await;
     let body = br#"[{"id":1},{"id":2}]"#.to_vec();
