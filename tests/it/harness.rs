@@ -465,7 +465,7 @@ impl Moto {
                 }
             }
         });
-        let endpoint =
+        let endpoint: String =
             tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
                 .await
                 .unwrap()
@@ -484,16 +484,152 @@ impl Moto {
         }
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap()
+    }
+
     /// A server configuration whose warehouse is `s3://bucket/prefix` on this moto.
     pub fn config(&self, root: &Path, prefix: &str) -> Config {
+        self.config_via(root, prefix, &self.endpoint)
+    }
+
+    /// The same, reaching moto through `endpoint` (e.g. a [`FaultProxy`]).
+    pub fn config_via(&self, root: &Path, prefix: &str, endpoint: &str) -> Config {
         let mut cfg = test_config(root);
         cfg.storage.warehouse = format!("s3://{}/{prefix}", self.bucket);
-        cfg.storage.s3.endpoint = Some(self.endpoint.clone());
+        cfg.storage.s3.endpoint = Some(endpoint.to_string());
         cfg.storage.s3.region = Some("us-east-1".into());
         cfg.storage.s3.access_key_id = Some(strata::config::Secret::new("test"));
         cfg.storage.s3.secret_access_key = Some(strata::config::Secret::new("test"));
         cfg.storage.s3.allow_http = true;
         cfg.storage.s3.path_style = true;
         cfg
+    }
+}
+
+/// A TCP proxy in front of a real server that can cut the network and restore it: cutting
+/// closes every open connection and refuses new ones until [`FaultProxy::restore`].
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultProxy {
+    pub async fn start(target: SocketAddr) -> FaultProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let (flag, gen_tx) = (Arc::clone(&up), generation.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !flag.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut = gen_tx.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        FaultProxy {
+            addr,
+            up,
+            generation,
+            task,
+        }
+    }
+
+    /// The network is down: open connections drop, new ones are refused.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A running `strata serve` process (the real binary) and what its banner printed.
+pub struct StrataProcess {
+    pub child: std::process::Child,
+    pub http: String,
+    pub token: String,
+}
+
+impl Drop for StrataProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl StrataProcess {
+    /// Starts `strata serve` in `dir` with `env` on top of ports 0, and waits for the
+    /// banner (REST address and the dev admin token).
+    pub async fn spawn(dir: &Path, env: &[(String, String)]) -> StrataProcess {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
+        cmd.current_dir(dir)
+            .env("STRATA__SERVER__HTTP_ADDR", "127.0.0.1:0")
+            .env("STRATA__SERVER__FLIGHT_ADDR", "127.0.0.1:0")
+            .env_remove("STRATA_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::task::spawn_blocking(move || {
+            let (mut http, mut token) = (None, None);
+            while http.is_none() || token.is_none() {
+                let line = rx.recv_timeout(Duration::from_secs(60)).expect("banner");
+                if let Some(rest) = line.trim().strip_prefix("REST") {
+                    http = rest.split_whitespace().next().map(str::to_string);
+                } else if line.starts_with("eyJ") {
+                    token = Some(line.trim().to_string());
+                }
+            }
+            StrataProcess {
+                child,
+                http: http.unwrap(),
+                token: token.unwrap(),
+            }
+        })
+        .await
+        .unwrap()
     }
 }

@@ -4,6 +4,8 @@
 mod auth;
 mod cache;
 mod cli;
+mod commits;
+mod faults;
 mod flight;
 mod harness;
 mod python;

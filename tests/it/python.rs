@@ -12,6 +12,8 @@ async fn python_adbc_clients() {
     let s = TestServer::start().await;
     s.seed_people("gold.people", 20).await;
     s.create_people("silver.hidden").await;
+    s.seed_people("silver.external", 3).await;
+    let warehouse = s.root.join("data/warehouse");
     let suite = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python");
     let uri = format!("grpc://{}", s.flight);
     let admin = s.admin.clone();
@@ -23,6 +25,7 @@ async fn python_adbc_clients() {
             .env("STRATA_FLIGHT_URI", uri)
             .env("STRATA_ADMIN_TOKEN", admin)
             .env("STRATA_ANALYST_TOKEN", analyst)
+            .env("STRATA_WAREHOUSE", warehouse)
             .output()
             .unwrap()
     })

@@ -113,3 +113,31 @@ def test_bad_token_is_rejected():
         with connect("not.a.token") as conn, conn.cursor() as cur:
             cur.execute("SELECT 1")
             cur.fetchall()
+
+
+def test_an_external_writer_commit_is_seen_on_the_next_query():
+    """Another Delta writer (the deltalake package, as a Spark or delta-rs job would) appends
+    to a table Strata serves; the next query sees the new version, and no cached result of
+    the old version is served."""
+    from deltalake import DeltaTable, write_deltalake
+
+    path = os.path.join(os.environ["STRATA_WAREHOUSE"], "silver", "external")
+    count = "SELECT count(*) AS n, sum(amount) AS total FROM silver.external"
+    with connect(ADMIN) as conn, conn.cursor() as cur:
+        cur.execute(count)
+        assert cur.fetchall() == [(3, 6.0)]
+        before = DeltaTable(path).version()
+        schema = pa.schema(
+            [
+                pa.field("id", pa.int64(), nullable=False),
+                pa.field("name", pa.string()),
+                pa.field("amount", pa.float64()),
+            ]
+        )
+        rows = pa.table({"id": [100, 101], "name": ["x", "y"], "amount": [10.0, 20.0]}, schema=schema)
+        write_deltalake(path, rows, mode="append")
+        assert DeltaTable(path).version() == before + 1
+        cur.execute(count)
+        assert cur.fetchall() == [(5, 36.0)]
+        cur.execute("SELECT name FROM silver.external VERSION AS OF " + str(before) + " ORDER BY id")
+        assert [r[0] for r in cur.fetchall()] == ["p1", "p2", "p3"]

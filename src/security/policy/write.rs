@@ -3,10 +3,15 @@
 //! Invariant: a write whose rows are not all visible to the writer under its own row filter
 //! fails as a whole before anything is committed (Postgres `WITH CHECK` semantics).
 
-use arrow::array::{Array, RecordBatch};
-use arrow::datatypes::SchemaRef;
-use datafusion::common::DFSchema;
+use arrow::array::{Array, BooleanArray, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, DFSchema, DataFusionError, ScalarValue, TableReference};
+use datafusion::error::Result as DfResult;
 use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 
 use crate::error::{Error, Result};
 use crate::security::policy::table::Enforcement;
@@ -41,4 +46,97 @@ pub fn check_rows(
         offset += batch.num_rows();
     }
     Ok(())
+}
+
+/// `strata_with_check(ok, value)`: `value`, unless a row's `ok` is not TRUE, in which case
+/// the whole statement fails. MERGE and UPDATE wrap one assigned value in it, with `ok` the
+/// writer's row filter evaluated over the row as it will be written, so a row leaving the
+/// writer's filter aborts the statement before anything is committed. Volatile, so it is
+/// never folded away; delta-rs evaluates assignments only for the rows a clause applies to
+/// (inside `CASE WHEN <clause> THEN …`), so untouched rows are never checked.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct WithCheck {
+    table: String,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for WithCheck {
+    fn name(&self) -> &str {
+        "strata_with_check"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        arg_types
+            .get(1)
+            .cloned()
+            .ok_or_else(|| DataFusionError::Plan("strata_with_check takes two arguments".into()))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let [ok, value] = <[ColumnarValue; 2]>::try_from(args.args)
+            .map_err(|_| DataFusionError::Plan("strata_with_check takes two arguments".into()))?;
+        let violated = match &ok {
+            ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))) => false,
+            ColumnarValue::Scalar(_) => args.number_rows > 0,
+            ColumnarValue::Array(a) => {
+                let a = a
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .ok_or_else(|| DataFusionError::Plan("row filter is not boolean".into()))?;
+                a.null_count() > 0 || a.false_count() > 0
+            }
+        };
+        if violated {
+            return Err(DataFusionError::External(Box::new(Error::PermissionDenied(
+                format!(
+                    "a row this statement writes violates your row filter on {}: you may only write rows you can read; nothing was committed",
+                    self.table
+                ),
+            ))));
+        }
+        Ok(value)
+    }
+}
+
+/// `value`, guarded by `post_filter` (see [`WithCheck`]).
+pub fn with_check(t: &TableRef, post_filter: Expr, value: Expr) -> Expr {
+    let udf = ScalarUDF::new_from_impl(WithCheck {
+        table: t.to_string(),
+        signature: Signature::any(2, Volatility::Volatile),
+    });
+    udf.call(vec![post_filter, value])
+}
+
+/// The row filter over the row as written: each column replaced by its new value
+/// (`new_value(name)`), e.g. the SET expression or the target column it keeps.
+pub fn post_image(filter: &Expr, new_value: &dyn Fn(&str) -> Expr) -> Result<Expr> {
+    Ok(filter
+        .clone()
+        .transform(|e| {
+            Ok(match e {
+                Expr::Column(c) => Transformed::yes(new_value(&c.name)),
+                other => Transformed::no(other),
+            })
+        })
+        .map(|t| t.data)?)
+}
+
+/// `filter` with every column qualified by `alias` (the target's alias in a MERGE).
+pub fn qualify(filter: &Expr, alias: &str) -> Result<Expr> {
+    Ok(filter
+        .clone()
+        .transform(|e| {
+            Ok(match e {
+                Expr::Column(c) => Transformed::yes(Expr::Column(Column::new(
+                    Some(TableReference::bare(alias)),
+                    c.name,
+                ))),
+                other => Transformed::no(other),
+            })
+        })
+        .map(|t| t.data)?)
 }
