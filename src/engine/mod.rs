@@ -4,6 +4,7 @@
 //! ([`session::SessionFactory`]); every write checks privileges through
 //! [`crate::security::AccessControl`] and commits through [`crate::pipelines::commit`].
 
+pub mod dml;
 pub mod policies;
 pub mod session;
 pub mod sql;
@@ -30,6 +31,7 @@ use crate::cache::ResultCache;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pipelines::commit::{self, WriteMode};
+use crate::pipelines::merge::DmlOutcome;
 use crate::security::policy::PolicyTable;
 use crate::security::policy::store::PolicyStore;
 use crate::security::{AccessControl, Principal, Privilege};
@@ -62,6 +64,9 @@ pub fn command_schema() -> SchemaRef {
         Field::new("table", DataType::Utf8, false),
         Field::new("rows_affected", DataType::Int64, true),
         Field::new("version", DataType::Int64, true),
+        Field::new("rows_inserted", DataType::Int64, true),
+        Field::new("rows_updated", DataType::Int64, true),
+        Field::new("rows_deleted", DataType::Int64, true),
     ]))
 }
 
@@ -390,6 +395,47 @@ impl Engine {
                     Some(outcome.version as i64),
                 ))
             }
+            Statement::Merge {
+                table,
+                source,
+                spec,
+            } => {
+                let plan = self.plan_query(&state, *source, params.clone()).await?;
+                let outcome = self
+                    .run_merge(
+                        principal,
+                        &access,
+                        &table,
+                        dml::MergeSource::Plan(plan),
+                        &spec,
+                        &params,
+                    )
+                    .await?;
+                Ok(dml_output(kind, &table, &outcome))
+            }
+            Statement::Update {
+                table,
+                set,
+                predicate,
+            } => {
+                let outcome = self
+                    .run_update(
+                        principal,
+                        &access,
+                        &table,
+                        &set,
+                        predicate.as_deref(),
+                        &params,
+                    )
+                    .await?;
+                Ok(dml_output(kind, &table, &outcome))
+            }
+            Statement::Delete { table, predicate } => {
+                let outcome = self
+                    .run_delete(principal, &access, &table, predicate.as_deref(), &params)
+                    .await?;
+                Ok(dml_output(kind, &table, &outcome))
+            }
             Statement::DropTable { tables, if_exists } => {
                 no_params(&params, kind)?;
                 for t in &tables {
@@ -703,12 +749,36 @@ fn command_output(
     rows: Option<i64>,
     version: Option<i64>,
 ) -> QueryOutput {
+    command_output_with(kind, table, rows, version, None)
+}
+
+fn dml_output(kind: &'static str, table: &TableRef, o: &DmlOutcome) -> QueryOutput {
+    command_output_with(
+        kind,
+        table,
+        Some(o.affected() as i64),
+        Some(o.version as i64),
+        Some([o.inserted as i64, o.updated as i64, o.deleted as i64]),
+    )
+}
+
+fn command_output_with(
+    kind: &'static str,
+    table: &TableRef,
+    rows: Option<i64>,
+    version: Option<i64>,
+    changes: Option<[i64; 3]>,
+) -> QueryOutput {
     let schema = command_schema();
+    let change = |i: usize| -> ArrayRef { Arc::new(Int64Array::from(vec![changes.map(|c| c[i])])) };
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![kind])),
         Arc::new(StringArray::from(vec![table.to_string()])),
         Arc::new(Int64Array::from(vec![rows])),
         Arc::new(Int64Array::from(vec![version])),
+        change(0),
+        change(1),
+        change(2),
     ];
     let batch = RecordBatch::try_new(Arc::clone(&schema), columns);
     let stream = RecordBatchStreamAdapter::new(

@@ -66,6 +66,28 @@ impl SessionFactory {
 
     /// A session that can see exactly what `principal` may see under `access`.
     pub fn session(&self, principal: &Arc<Principal>, access: &Arc<AccessControl>) -> SessionState {
+        self.build(principal, access, true)
+    }
+
+    /// The session delta-rs runs a MERGE/UPDATE/DELETE in. Its own scan of the target is not
+    /// a `PolicyTable` (delta-rs rewrites files), so the guard rule is left out; the target is
+    /// protected by the writer's row filter folded into the operation
+    /// (`pipelines::merge`), and the source plan is guarded by the caller before it is
+    /// handed over. Tables named in expressions still resolve only through the secure catalog.
+    pub fn dml_session(
+        &self,
+        principal: &Arc<Principal>,
+        access: &Arc<AccessControl>,
+    ) -> SessionState {
+        self.build(principal, access, false)
+    }
+
+    fn build(
+        &self,
+        principal: &Arc<Principal>,
+        access: &Arc<AccessControl>,
+        guard: bool,
+    ) -> SessionState {
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog(
             CATALOG_NAME.to_string(),
@@ -77,10 +99,17 @@ impl SessionFactory {
                 Arc::clone(&self.template),
             )),
         );
-        let mut state = SessionStateBuilder::new_from_existing(self.template.as_ref().clone())
-            .with_catalog_list(Arc::new(catalogs) as Arc<dyn CatalogProviderList>)
-            .with_analyzer_rule(Arc::new(PolicyGuard::new(Arc::clone(principal))))
-            .build();
+        let mut builder = SessionStateBuilder::new_from_existing(self.template.as_ref().clone())
+            .with_catalog_list(Arc::new(catalogs) as Arc<dyn CatalogProviderList>);
+        if guard {
+            builder = builder.with_analyzer_rule(Arc::new(PolicyGuard::new(Arc::clone(principal))));
+        } else {
+            // delta-rs's UPDATE/DELETE plans carry its own extension nodes (metrics, write
+            // validation); its planner knows how to execute them.
+            builder = builder
+                .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new());
+        }
+        let mut state = builder.build();
         // now(), current_date() … are fixed per statement from this instant.
         state.mark_start_execution();
         state

@@ -1,3 +1,4 @@
 //! Write pipelines: every commit Strata makes goes through [`commit`].
 
 pub mod commit;
+pub mod merge;

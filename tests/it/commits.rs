@@ -19,7 +19,7 @@ fn commits(backend: Backend) -> u64 {
     }
 }
 
-/// 8 writers × 50 commits, spread over two replicas of the server. Every acknowledged
+/// 8 writers × 50 commits (appends and MERGEs), spread over two replicas of the server. Every acknowledged
 /// commit must be in the table exactly once at its own version, versions must be gap-free,
 /// and the contents must equal a serial replay of the commits in version order.
 async fn concurrent_writers_lose_and_duplicate_nothing(backend: Backend) {
@@ -39,18 +39,40 @@ async fn concurrent_writers_lose_and_duplicate_nothing(backend: Backend) {
             for i in 0..per_writer {
                 let id = w * 1000 + i;
                 let body = format!(r#"[{{"id":{id},"name":"w{w}","amount":{i}}}]"#).into_bytes();
-                // A lost race is a 409 the client retries with the same idempotency key.
+                // Every other commit is a MERGE: it renames the row this writer appended
+                // just before and inserts this commit's row. Either way, one new row.
+                let merge = format!(
+                    "MERGE INTO bronze.events t USING (SELECT {prev} AS id UNION ALL SELECT {id}) s \
+                     ON t.id = s.id WHEN MATCHED THEN UPDATE SET name = 'm{w}' \
+                     WHEN NOT MATCHED THEN INSERT (id, name, amount) VALUES (s.id, 'w{w}', {i})",
+                    prev = id.saturating_sub(1)
+                );
+                // A lost race is a 409 the client retries (uploads with the same
+                // idempotency key; a MERGE that lost committed nothing).
                 loop {
-                    let (status, resp) = s
-                        .upload(
+                    let (status, resp) = if i % 2 == 1 {
+                        let (status, body) = s.sql(&admin, &merge).await;
+                        (status, body.get(0).cloned().unwrap_or(body))
+                    } else {
+                        s.upload(
                             &admin,
                             "bronze.events",
                             "application/json",
                             body.clone(),
                             &format!("?idempotency_key=w{w}-{i}"),
                         )
-                        .await;
+                        .await
+                    };
                     match status {
+                        200 if i % 2 == 1 => {
+                            assert_eq!(
+                                (&resp["rows_inserted"], &resp["rows_updated"]),
+                                (&serde_json::json!(1), &serde_json::json!(1)),
+                                "{resp}"
+                            );
+                            acks.push((resp["version"].as_u64().unwrap(), id));
+                            break;
+                        }
                         200 => {
                             assert_eq!(resp["duplicate"], false, "{resp}");
                             acks.push((resp["version"].as_u64().unwrap(), id));
@@ -64,7 +86,7 @@ async fn concurrent_writers_lose_and_duplicate_nothing(backend: Backend) {
             (acks, conflicts)
         }));
     }
-    let mut acks = Vec::new();
+    let mut acks: Vec<(u64, u64)> = Vec::new();
     let mut conflicts = 0;
     for t in tasks {
         let (a, c) = t.await.unwrap();
@@ -77,11 +99,18 @@ async fn concurrent_writers_lose_and_duplicate_nothing(backend: Backend) {
 
     // Every acknowledged commit has its own version, and versions 1..=total are exactly them.
     let versions: BTreeSet<u64> = acks.iter().map(|(v, _)| *v).collect();
-    assert_eq!(versions.len() as u64, total, "two commits acknowledged at one version");
+    assert_eq!(
+        versions.len() as u64,
+        total,
+        "two commits acknowledged at one version"
+    );
     assert_eq!(versions, (1..=total).collect::<BTreeSet<_>>());
     assert_eq!(s.version("bronze.events").await, total);
     let (_, history) = s
-        .get(&s.admin.clone(), "/api/v1/tables/bronze/events/history?limit=1000")
+        .get(
+            &s.admin.clone(),
+            "/api/v1/tables/bronze/events/history?limit=1000",
+        )
         .await;
     let logged: BTreeSet<u64> = history["history"]
         .as_array()
@@ -89,7 +118,11 @@ async fn concurrent_writers_lose_and_duplicate_nothing(backend: Backend) {
         .iter()
         .map(|h| h["version"].as_u64().unwrap())
         .collect();
-    assert_eq!(logged, (0..=total).collect::<BTreeSet<_>>(), "gap in the log");
+    assert_eq!(
+        logged,
+        (0..=total).collect::<BTreeSet<_>>(),
+        "gap in the log"
+    );
 
     // Contents = serial replay: each version added exactly the row its writer was told.
     let rows = s
@@ -98,7 +131,11 @@ async fn concurrent_writers_lose_and_duplicate_nothing(backend: Backend) {
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len() as u64, total, "lost commits");
     assert!(rows.iter().all(|r| r["n"] == 1), "duplicated commits");
-    let mut acks = acks;
+    // Every MERGE's update landed (no lost update): each odd commit renamed its predecessor.
+    let merged = s
+        .sql_ok("SELECT count(*) AS n FROM bronze.events WHERE name LIKE 'm%'")
+        .await;
+    assert_eq!(merged[0]["n"], total / 2, "lost MERGE updates");
     acks.sort();
     for (version, id) in acks.iter().step_by(37) {
         let body = s
@@ -155,11 +192,13 @@ async fn s3_stand_in_has_exactly_one_winner_per_racing_create() {
         for r in futures::future::join_all(racers).await {
             match r.unwrap() {
                 Ok(_) => winners += 1,
-                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {}
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => {}
                 Err(e) => panic!("{e}"),
             }
         }
         assert_eq!(winners, 1, "key {key}");
     }
 }
-

@@ -82,7 +82,8 @@ async fn sigkill_during_writes_never_loses_an_acknowledged_commit(backend: Backe
                 .unwrap();
             assert_eq!(r.status(), 200);
         }
-        check(&client, &p, &acked.lock().unwrap().clone(), round).await;
+        let so_far = acked.lock().unwrap().clone();
+        check(&client, &p, &so_far, round).await;
 
         let writers: Vec<_> = (0..3)
             .map(|_| {
@@ -99,11 +100,11 @@ async fn sigkill_during_writes_never_loses_an_acknowledged_commit(backend: Backe
                             .send()
                             .await;
                         let Ok(r) = sent else { return };
-                        let Ok((status, body)) = tokio::time::timeout(
-                            Duration::from_secs(30),
-                            async { (r.status().as_u16(), r.json::<Value>().await) },
-                        )
-                        .await
+                        let Ok((status, body)) =
+                            tokio::time::timeout(Duration::from_secs(30), async {
+                                (r.status().as_u16(), r.json::<Value>().await)
+                            })
+                            .await
                         else {
                             return;
                         };
@@ -130,7 +131,11 @@ async fn sigkill_during_writes_never_loses_an_acknowledged_commit(backend: Backe
     let p = StrataProcess::spawn(dir.path(), &env).await;
     let acked = acked.lock().unwrap().clone();
     check(&client, &p, &acked, 25).await;
-    assert!(acked.len() > 25, "too few commits to mean anything: {}", acked.len());
+    assert!(
+        acked.len() > 25,
+        "too few commits to mean anything: {}",
+        acked.len()
+    );
 }
 
 async fn check(client: &reqwest::Client, p: &StrataProcess, acked: &[(u64, u64)], round: usize) {
@@ -144,14 +149,23 @@ async fn check(client: &reqwest::Client, p: &StrataProcess, acked: &[(u64, u64)]
     assert_eq!(status, 200, "round {round}: {info}");
     let version = info["version"].as_u64().unwrap();
     let last_acked = acked.iter().map(|(v, _)| *v).max().unwrap_or(0);
-    assert!(version >= last_acked, "round {round}: version {version} < acknowledged {last_acked}");
+    assert!(
+        version >= last_acked,
+        "round {round}: version {version} < acknowledged {last_acked}"
+    );
     let present = batches(client, &p.http, &p.token).await;
     for (batch, rows) in &present {
-        assert_eq!(*rows, ROWS_PER_BATCH, "round {round}: batch {batch} partial or doubled");
+        assert_eq!(
+            *rows, ROWS_PER_BATCH,
+            "round {round}: batch {batch} partial or doubled"
+        );
     }
     let present: BTreeSet<u64> = present.into_keys().collect();
     for (v, batch) in acked {
-        assert!(present.contains(batch), "round {round}: acknowledged batch {batch} (v{v}) lost");
+        assert!(
+            present.contains(batch),
+            "round {round}: acknowledged batch {batch} (v{v}) lost"
+        );
     }
 }
 
@@ -208,7 +222,9 @@ async fn s3_outage_mid_write_fails_cleanly_and_recovers() {
     let (status, ready) = s.get("", "/readyz").await;
     assert_eq!(status, 503, "{ready}");
     assert_ne!(ready["checks"]["object_store"], "ok");
-    let (status, body) = s.sql(&s.admin.clone(), "SELECT count(*) FROM bronze.people").await;
+    let (status, body) = s
+        .sql(&s.admin.clone(), "SELECT count(*) FROM bronze.people")
+        .await;
     assert_eq!(status, 503, "{body}");
     let (status, _) = upload(7).await;
     assert_eq!(status, 503);

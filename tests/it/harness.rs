@@ -485,10 +485,7 @@ impl Moto {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.endpoint
-            .trim_start_matches("http://")
-            .parse()
-            .unwrap()
+        self.endpoint.trim_start_matches("http://").parse().unwrap()
     }
 
     /// A server configuration whose warehouse is `s3://bucket/prefix` on this moto.

@@ -8,6 +8,7 @@ mod commits;
 mod faults;
 mod flight;
 mod harness;
+mod merge;
 mod python;
 mod query;
 mod rls;

@@ -48,6 +48,10 @@ pub fn check_rows(
     Ok(())
 }
 
+/// The words every WITH CHECK failure carries (delta-rs turns execution errors into text;
+/// `pipelines::merge` finds them again by these words).
+pub const WITH_CHECK_VIOLATION: &str = "violates your row filter";
+
 /// `strata_with_check(ok, value)`: `value`, unless a row's `ok` is not TRUE, in which case
 /// the whole statement fails. MERGE and UPDATE wrap one assigned value in it, with `ok` the
 /// writer's row filter evaluated over the row as it will be written, so a row leaving the
@@ -91,12 +95,12 @@ impl ScalarUDFImpl for WithCheck {
             }
         };
         if violated {
-            return Err(DataFusionError::External(Box::new(Error::PermissionDenied(
-                format!(
-                    "a row this statement writes violates your row filter on {}: you may only write rows you can read; nothing was committed",
+            return Err(DataFusionError::External(Box::new(
+                Error::PermissionDenied(format!(
+                    "a row this statement writes {WITH_CHECK_VIOLATION} on {}: you may only write rows you can read; nothing was committed",
                     self.table
-                ),
-            ))));
+                )),
+            )));
         }
         Ok(value)
     }
