@@ -3,24 +3,38 @@
 
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use datafusion::common::ScalarValue;
+use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::prelude::DataFrame;
+use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::engine::Engine;
+use crate::engine::sql::{self, Statement};
 use crate::error::{Error, Result};
 use crate::pipelines::merge::{self, Dml, DmlOutcome, MergeSpec};
+use crate::pipelines::scd2::{self, Scd2Spec};
 use crate::security::Principal;
 use crate::security::access::{AccessControl, Privilege};
 use crate::security::policy::PolicyGuard;
 use crate::security::policy::table::Enforcement;
 use crate::storage::TableRef;
 
-/// What a MERGE reads from.
+/// What a MERGE or SCD2 reads from.
 #[derive(Debug)]
 pub enum MergeSource {
     /// A plan made in the principal's secure session.
     Plan(LogicalPlan),
+    /// Rows sent by the client (already decoded and validated).
+    Rows(Vec<RecordBatch>),
+}
+
+/// A source as an API caller gives it.
+#[derive(Debug)]
+pub enum SourceInput {
+    /// A query, or a table name.
+    Sql(String),
+    Rows(Vec<RecordBatch>),
 }
 
 impl Engine {
@@ -61,10 +75,8 @@ impl Engine {
         params: &[ScalarValue],
     ) -> Result<DmlOutcome> {
         let filter = self.modify_filter(access, principal, t).await?;
-        let MergeSource::Plan(plan) = source;
-        PolicyGuard::new(Arc::clone(principal)).check(&plan)?;
         let state = self.sessions.dml_session(principal, access);
-        let source = DataFrame::new(state.clone(), plan);
+        let source = self.source_frame(principal, &state, source)?;
         let dml = Dml {
             catalog: self.catalog(),
             table: t,
@@ -74,6 +86,94 @@ impl Engine {
             params,
         };
         merge::merge(&dml, source, spec).await
+    }
+
+    /// The source as a DataFrame in the DML session; plans are checked by the guard first.
+    fn source_frame(
+        &self,
+        principal: &Arc<Principal>,
+        state: &SessionState,
+        source: MergeSource,
+    ) -> Result<DataFrame> {
+        Ok(match source {
+            MergeSource::Plan(plan) => {
+                PolicyGuard::new(Arc::clone(principal)).check(&plan)?;
+                DataFrame::new(state.clone(), plan)
+            }
+            MergeSource::Rows(batches) => {
+                SessionContext::new_with_state(state.clone()).read_batches(batches)?
+            }
+        })
+    }
+
+    /// Plans `input` for `principal` (SQL through the secure catalog).
+    async fn plan_source(
+        &self,
+        principal: &Arc<Principal>,
+        access: &Arc<AccessControl>,
+        input: SourceInput,
+    ) -> Result<MergeSource> {
+        match input {
+            SourceInput::Rows(batches) => Ok(MergeSource::Rows(batches)),
+            SourceInput::Sql(sql) => {
+                let sql = sql.trim();
+                let is_name = !sql.is_empty()
+                    && sql
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+                let sql = if is_name {
+                    format!("SELECT * FROM {sql}")
+                } else {
+                    sql.to_string()
+                };
+                let Statement::Query(ast) = sql::parse(&sql, &self.default_layer)? else {
+                    return Err(Error::invalid("the source must be a query or a table name"));
+                };
+                let state = self.sessions.session(principal, access);
+                Ok(MergeSource::Plan(
+                    self.plan_query(&state, *ast, Vec::new()).await?,
+                ))
+            }
+        }
+    }
+
+    /// MERGE from the REST API.
+    pub async fn merge(
+        &self,
+        principal: &Arc<Principal>,
+        t: &TableRef,
+        source: SourceInput,
+        spec: &MergeSpec,
+    ) -> Result<DmlOutcome> {
+        let access = self.access().await?;
+        access.check(principal, Privilege::Modify, t)?;
+        let source = self.plan_source(principal, &access, source).await?;
+        self.run_merge(principal, &access, t, source, spec, &[])
+            .await
+    }
+
+    /// SCD Type 2 (`pipelines::scd2`) from REST or SQL.
+    pub async fn scd2(
+        &self,
+        principal: &Arc<Principal>,
+        t: &TableRef,
+        source: SourceInput,
+        spec: &Scd2Spec,
+    ) -> Result<DmlOutcome> {
+        let access = self.access().await?;
+        let filter = self.modify_filter(&access, principal, t).await?;
+        let source = self.plan_source(principal, &access, source).await?;
+        let state = self.sessions.dml_session(principal, &access);
+        let source = self.source_frame(principal, &state, source)?;
+        let dml = Dml {
+            catalog: self.catalog(),
+            table: t,
+            principal,
+            state: &state,
+            filter: filter.as_ref(),
+            params: &[],
+        };
+        scd2::scd2(&dml, source, spec).await
     }
 
     pub(crate) async fn run_update(

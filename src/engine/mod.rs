@@ -430,6 +430,17 @@ impl Engine {
                     .await?;
                 Ok(dml_output(kind, &table, &outcome))
             }
+            Statement::Scd2 {
+                table,
+                source,
+                spec,
+            } => {
+                no_params(&params, kind)?;
+                let outcome = self
+                    .scd2(principal, &table, dml::SourceInput::Sql(source), &spec)
+                    .await?;
+                Ok(dml_output(kind, &table, &outcome))
+            }
             Statement::Delete { table, predicate } => {
                 let outcome = self
                     .run_delete(principal, &access, &table, predicate.as_deref(), &params)

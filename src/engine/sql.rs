@@ -21,6 +21,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Wor
 
 use crate::error::{Error, Result};
 use crate::pipelines::merge::{Action, Clause, MergeSpec, When};
+use crate::pipelines::scd2::Scd2Spec;
 use crate::security::policy::catalog::VersionSpec;
 use crate::storage::TableRef;
 use crate::storage::types::ColumnSpec;
@@ -110,6 +111,12 @@ pub enum Statement {
         table: TableRef,
         predicate: Option<String>,
     },
+    /// `CALL scd2(target => 'layer.t', source => '<query or table>', keys => 'k1, k2', …)`.
+    Scd2 {
+        table: TableRef,
+        source: String,
+        spec: Scd2Spec,
+    },
 }
 
 impl Statement {
@@ -130,6 +137,7 @@ impl Statement {
             Statement::Merge { .. } => "MERGE",
             Statement::Update { .. } => "UPDATE",
             Statement::Delete { .. } => "DELETE",
+            Statement::Scd2 { .. } => "SCD2",
         }
     }
 }
@@ -312,6 +320,7 @@ fn classify(mut stmt: ast::Statement, default_layer: &str) -> Result<Statement> 
             })
         }
         ast::Statement::Merge(merge) => classify_merge(merge, default_layer),
+        ast::Statement::Call(call) => classify_call(call, default_layer),
         ast::Statement::Update(update) => {
             let table = match &update.table.relation {
                 TableFactor::Table {
@@ -604,7 +613,106 @@ fn classify_merge(merge: &ast::Merge, default_layer: &str) -> Result<Statement> 
             source_alias,
             on: merge.on.to_string(),
             clauses,
+            operation: "MERGE".into(),
         },
+    })
+}
+
+/// `CALL scd2(target => …, source => …, keys => …, [tracked => …,] [effective_time => …,]
+/// [close_missing => true,] [valid_from => …, valid_to => …, is_current => …])`.
+fn classify_call(call: &ast::Function, default_layer: &str) -> Result<Statement> {
+    let name = call.name.to_string().to_ascii_lowercase();
+    if name != "scd2" && name != "strata.scd2" {
+        return Err(Error::Unsupported(format!(
+            "unknown procedure {name}; Strata has CALL scd2(…)"
+        )));
+    }
+    let ast::FunctionArguments::List(list) = &call.args else {
+        return Err(Error::invalid(
+            "CALL scd2 takes named arguments: scd2(target => 'silver.dim', source => 'bronze.src', keys => 'id')",
+        ));
+    };
+    let mut args: std::collections::BTreeMap<String, Expr> = std::collections::BTreeMap::new();
+    for a in &list.args {
+        let (name, value) = match a {
+            ast::FunctionArg::Named {
+                name,
+                arg: ast::FunctionArgExpr::Expr(e),
+                ..
+            } => (name.value.to_ascii_lowercase(), e.clone()),
+            _ => {
+                return Err(Error::invalid(
+                    "CALL scd2 takes named arguments only (name => value)",
+                ));
+            }
+        };
+        if args.insert(name.clone(), value).is_some() {
+            return Err(Error::invalid(format!("argument {name} given twice")));
+        }
+    }
+    let text = |args: &mut std::collections::BTreeMap<String, Expr>,
+                k: &str|
+     -> Result<Option<String>> {
+        match args.remove(k) {
+            None => Ok(None),
+            Some(Expr::Value(v)) => match &v.value {
+                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Ok(Some(s.clone())),
+                other => Err(Error::invalid(format!(
+                    "argument {k} must be a string, not {other}"
+                ))),
+            },
+            Some(other) => Err(Error::invalid(format!(
+                "argument {k} must be a string, not {other}"
+            ))),
+        }
+    };
+    let list_of = |s: String| -> Vec<String> {
+        s.split(',')
+            .map(|c| c.trim().to_ascii_lowercase())
+            .filter(|c| !c.is_empty())
+            .collect()
+    };
+    let target = text(&mut args, "target")?
+        .ok_or_else(|| Error::invalid("CALL scd2 needs target => 'layer.table'"))?;
+    let table = TableRef::parse(&target).or_else(|_| TableRef::new(default_layer, &target))?;
+    let source = text(&mut args, "source")?
+        .ok_or_else(|| Error::invalid("CALL scd2 needs source => 'query or table'"))?;
+    let keys = text(&mut args, "keys")?.map(list_of).unwrap_or_default();
+    let mut spec = Scd2Spec {
+        keys,
+        tracked: text(&mut args, "tracked")?.map(list_of),
+        effective_time: text(&mut args, "effective_time")?.map(|s| s.trim().to_ascii_lowercase()),
+        ..Scd2Spec::default()
+    };
+    if let Some(v) = text(&mut args, "valid_from")? {
+        spec.valid_from = v;
+    }
+    if let Some(v) = text(&mut args, "valid_to")? {
+        spec.valid_to = v;
+    }
+    if let Some(v) = text(&mut args, "is_current")? {
+        spec.is_current = v;
+    }
+    match args.remove("close_missing") {
+        None => {}
+        Some(Expr::Value(v)) if matches!(v.value, Value::Boolean(_)) => {
+            spec.close_missing = v.value == Value::Boolean(true);
+        }
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "close_missing must be true or false, not {other}"
+            )));
+        }
+    }
+    if let Some(unknown) = args.keys().next() {
+        return Err(Error::invalid(format!(
+            "unknown argument {unknown}; CALL scd2 takes target, source, keys, tracked, effective_time, close_missing, valid_from, valid_to, is_current"
+        )));
+    }
+    Ok(Statement::Scd2 {
+        table,
+        source,
+        spec,
     })
 }
 

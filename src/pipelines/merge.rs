@@ -70,6 +70,8 @@ pub struct MergeSpec {
     pub source_alias: String,
     pub on: String,
     pub clauses: Vec<Clause>,
+    /// The operation the commit records (`MERGE`, `SCD2`).
+    pub operation: String,
 }
 
 /// Who changes which table, in which session, under which row filter.
@@ -266,7 +268,7 @@ pub async fn merge(dml: &Dml<'_>, source: DataFrame, spec: &MergeSpec) -> Result
                 .with_source_alias(sa)
                 .with_target_alias(ta)
                 .with_session_state(Arc::new(state.clone()))
-                .with_commit_properties(commit_properties(p, "MERGE"));
+                .with_commit_properties(commit_properties(p, &spec.operation));
             for clause in &spec.clauses {
                 let mut predicate = clause.predicate.as_deref().map(plan).transpose()?;
                 if clause.when == When::NotMatchedBySource

@@ -2,3 +2,4 @@
 
 pub mod commit;
 pub mod merge;
+pub mod scd2;

@@ -43,6 +43,8 @@ pub struct HistoryEntry {
     pub operation_parameters: Option<serde_json::Value>,
     /// Principal that made the commit, when Strata made it.
     pub principal: Option<String>,
+    /// Strata's name for the operation (e.g. `SCD2`, which Delta records as `MERGE`).
+    pub strata_operation: Option<String>,
     pub read_version: Option<i64>,
     pub is_blind_append: Option<bool>,
     pub operation_metrics: Option<serde_json::Value>,
@@ -421,6 +423,7 @@ fn parse_commit_info(version: u64, bytes: &[u8]) -> HistoryEntry {
         operation: None,
         operation_parameters: None,
         principal: None,
+        strata_operation: None,
         read_version: None,
         is_blind_append: None,
         operation_metrics: None,
@@ -441,6 +444,8 @@ fn parse_commit_info(version: u64, bytes: &[u8]) -> HistoryEntry {
         entry.operation = get("operation").and_then(|v| v.as_str().map(str::to_string));
         entry.operation_parameters = get("operationParameters");
         entry.principal = get(crate::pipelines::commit::PRINCIPAL_KEY)
+            .and_then(|v| v.as_str().map(str::to_string));
+        entry.strata_operation = get(crate::pipelines::commit::OPERATION_KEY)
             .and_then(|v| v.as_str().map(str::to_string));
         entry.read_version = get("readVersion").and_then(|v| v.as_i64());
         entry.is_blind_append = get("isBlindAppend").and_then(|v| v.as_bool());

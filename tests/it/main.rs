@@ -13,6 +13,7 @@ mod python;
 mod query;
 mod rls;
 mod s3;
+mod scd2;
 mod slt;
 mod tables;
 mod uploads;

@@ -6,6 +6,7 @@
 
 mod auth;
 mod body;
+mod dml;
 mod encode;
 mod error;
 mod health;
@@ -49,6 +50,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/tables/{layer}/{name}"),
     ("post", "/api/v1/tables/{layer}/{name}/rows"),
     ("get", "/api/v1/tables/{layer}/{name}/history"),
+    ("post", "/api/v1/tables/{layer}/{name}/merge"),
+    ("post", "/api/v1/tables/{layer}/{name}/scd2"),
     ("get", "/api/v1/tables/{layer}/{name}/policies"),
     ("put", "/api/v1/tables/{layer}/{name}/policies"),
     ("get", "/api/v1/grants"),
@@ -71,6 +74,8 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         )
         .route("/tables/{layer}/{name}/rows", post(tables::upload))
         .route("/tables/{layer}/{name}/history", get(tables::history))
+        .route("/tables/{layer}/{name}/merge", post(dml::merge))
+        .route("/tables/{layer}/{name}/scd2", post(dml::scd2))
         .route(
             "/tables/{layer}/{name}/policies",
             get(policies::get_policies).put(policies::put_policies),

@@ -109,6 +109,24 @@ pub(crate) fn spec() -> Value {
                     "responses": with_errors(json!({"200": {"description": "History"}}))
                 }
             },
+            "/api/v1/tables/{layer}/{name}/merge": {
+                "parameters": table_path_params(),
+                "post": {
+                    "summary": "MERGE a source into the table (MODIFY)",
+                    "description": "Body: {\"source\": {\"sql\": \"query or table\"} | {\"rows\": [{…}]}, \"on\": \"t.id = s.id\" | \"keys\": [\"id\"], \"clauses\": [{\"when\": \"matched\"|\"not_matched\"|\"not_matched_by_source\", \"if\": \"condition\", \"update\": \"*\"|{col: expr} | \"insert\": \"*\"|{col: expr} | \"delete\": true}]}. Without clauses: upsert (update * / insert *). Target alias t, source alias s. Delta semantics: a target row matched by two source rows fails with 400 and commits nothing. The writer's row filter applies: hidden rows never match, written rows must stay visible (403 otherwise).",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["source"]}}}},
+                    "responses": with_errors(json!({"200": {"description": "Committed: version, inserted, updated, deleted, files_added, files_removed"}}))
+                }
+            },
+            "/api/v1/tables/{layer}/{name}/scd2": {
+                "parameters": table_path_params(),
+                "post": {
+                    "summary": "SCD Type 2 upsert in one commit (MODIFY)",
+                    "description": "Body: {\"source\": {\"sql\": …} | {\"rows\": […]}, \"keys\": [\"id\"], \"tracked\": [cols] (default: all non-key data columns), \"effective_time\": \"column\" (default: commit time), \"close_missing\": false, \"valid_from\"/\"valid_to\"/\"is_current\": column names}. New key → open row; changed tracked values (null-safe) → close the current row at the effective time and open a new one; unchanged → nothing; several changes of a key → a chain in effective-time order; a change dated at or before the key's current version → 400 (late changes are rejected).",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["source", "keys"]}}}},
+                    "responses": with_errors(json!({"200": {"description": "Committed (or nothing to do): version, inserted, updated"}}))
+                }
+            },
             "/api/v1/tables/{layer}/{name}/policies": {
                 "parameters": table_path_params(),
                 "get": {"summary": "Row filters and column masks of a table (MANAGE)", "responses": with_errors(json!({"200": {"description": "Policies", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TablePolicy"}}}}}))},

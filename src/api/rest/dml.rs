@@ -1,0 +1,227 @@
+//! `POST /api/v1/tables/{layer}/{name}/merge` and `…/scd2`, for apps that do not write SQL.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::body::JsonBody;
+use crate::engine::dml::SourceInput;
+use crate::error::{Error, Result};
+use crate::pipelines::merge::{Action, Clause, DmlOutcome, MergeSpec, When};
+use crate::pipelines::scd2::Scd2Spec;
+use crate::security::Principal;
+use crate::storage::TableRef;
+
+/// At most this many rows inline; larger sources belong in a table (`{"sql": "…"}`).
+const MAX_INLINE_ROWS: usize = 1_000_000;
+
+/// `{"sql": "query or table"}` or `{"rows": [{…}, …]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub(super) enum SourceBody {
+    Sql(String),
+    Rows(Vec<Value>),
+}
+
+impl SourceBody {
+    fn into_input(self) -> Result<SourceInput> {
+        match self {
+            SourceBody::Sql(sql) => Ok(SourceInput::Sql(sql)),
+            SourceBody::Rows(rows) => {
+                if rows.is_empty() {
+                    return Err(Error::invalid("source rows are empty"));
+                }
+                if rows.len() > MAX_INLINE_ROWS {
+                    return Err(Error::PayloadTooLarge(format!(
+                        "at most {MAX_INLINE_ROWS} inline source rows; load them into a table and use {{\"sql\": …}}"
+                    )));
+                }
+                if let Some(i) = rows.iter().position(|r| !r.is_object()) {
+                    return Err(Error::invalid(format!(
+                        "source row {} is not an object",
+                        i + 1
+                    )));
+                }
+                let schema = arrow::json::reader::infer_json_schema_from_iterator(
+                    rows.iter().map(Ok::<_, arrow::error::ArrowError>),
+                )
+                .map_err(|e| Error::invalid(format!("source rows: {e}")))?;
+                let mut decoder = arrow::json::ReaderBuilder::new(Arc::new(schema))
+                    .build_decoder()
+                    .map_err(|e| Error::invalid(format!("source rows: {e}")))?;
+                decoder
+                    .serialize(&rows)
+                    .map_err(|e| Error::invalid(format!("source rows: {e}")))?;
+                let batch = decoder
+                    .flush()
+                    .map_err(|e| Error::invalid(format!("source rows: {e}")))?
+                    .ok_or_else(|| Error::invalid("source rows are empty"))?;
+                Ok(SourceInput::Rows(vec![batch]))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClauseBody {
+    when: When,
+    /// Extra condition (`WHEN … AND <if>`).
+    #[serde(rename = "if")]
+    condition: Option<String>,
+    /// `"*"` or `{"column": "expression"}`.
+    update: Option<Value>,
+    /// `"*"` or `{"column": "expression"}`.
+    insert: Option<Value>,
+    #[serde(default)]
+    delete: bool,
+}
+
+fn assignments(v: Value, what: &str) -> Result<Option<Vec<(String, String)>>> {
+    match v {
+        Value::String(s) if s == "*" => Ok(None),
+        Value::Object(map) => map
+            .into_iter()
+            .map(|(c, e)| match e {
+                Value::String(e) => Ok((c, e)),
+                other => Err(Error::invalid(format!(
+                    "{what}: the expression for {c} must be SQL text, got {other}"
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some),
+        other => Err(Error::invalid(format!(
+            "{what} must be \"*\" or an object of column → expression, got {other}"
+        ))),
+    }
+}
+
+impl ClauseBody {
+    fn into_clause(self) -> Result<Clause> {
+        let action = match (self.update, self.insert, self.delete) {
+            (Some(u), None, false) => match assignments(u, "update")? {
+                None => Action::UpdateAll,
+                Some(set) => Action::Update(set),
+            },
+            (None, Some(i), false) => match assignments(i, "insert")? {
+                None => Action::InsertAll,
+                Some(set) => Action::Insert(set),
+            },
+            (None, None, true) => Action::Delete,
+            _ => {
+                return Err(Error::invalid(
+                    "each clause has exactly one of update, insert or delete: true",
+                ));
+            }
+        };
+        Ok(Clause {
+            when: self.when,
+            predicate: self.condition,
+            action,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MergeRequest {
+    source: SourceBody,
+    /// Join condition over `t.` and `s.`; or give `keys`.
+    on: Option<String>,
+    /// Columns equal in target and source (`t.k = s.k AND …`).
+    keys: Option<Vec<String>>,
+    /// Default: upsert (`update: "*"` when matched, `insert: "*"` when not).
+    #[serde(default)]
+    clauses: Vec<ClauseBody>,
+}
+
+fn outcome(t: &TableRef, o: &DmlOutcome) -> Response {
+    Json(json!({
+        "table": t.to_string(),
+        "version": o.version,
+        "inserted": o.inserted,
+        "updated": o.updated,
+        "deleted": o.deleted,
+        "files_added": o.files_added,
+        "files_removed": o.files_removed,
+        "attempts": o.attempts,
+    }))
+    .into_response()
+}
+
+pub(super) async fn merge(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path((layer, name)): Path<(String, String)>,
+    JsonBody(req): JsonBody<MergeRequest>,
+) -> Result<Response> {
+    let t = TableRef::new(&layer, &name)?;
+    let quote = |c: &str| format!("\"{}\"", c.replace('"', "\"\""));
+    let on = match (req.on, req.keys) {
+        (Some(on), None) => on,
+        (None, Some(keys)) if !keys.is_empty() => keys
+            .iter()
+            .map(|k| format!("t.{} = s.{}", quote(k), quote(k)))
+            .collect::<Vec<_>>()
+            .join(" AND "),
+        _ => return Err(Error::invalid("give exactly one of on or keys")),
+    };
+    let clauses = if req.clauses.is_empty() {
+        vec![
+            Clause {
+                when: When::Matched,
+                predicate: None,
+                action: Action::UpdateAll,
+            },
+            Clause {
+                when: When::NotMatched,
+                predicate: None,
+                action: Action::InsertAll,
+            },
+        ]
+    } else {
+        req.clauses
+            .into_iter()
+            .map(ClauseBody::into_clause)
+            .collect::<Result<_>>()?
+    };
+    let spec = MergeSpec {
+        target_alias: "t".into(),
+        source_alias: "s".into(),
+        on,
+        clauses,
+        operation: "MERGE".into(),
+    };
+    let o = state
+        .engine
+        .merge(&principal, &t, req.source.into_input()?, &spec)
+        .await?;
+    Ok(outcome(&t, &o))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Scd2Request {
+    source: SourceBody,
+    #[serde(flatten)]
+    spec: Scd2Spec,
+}
+
+pub(super) async fn scd2(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path((layer, name)): Path<(String, String)>,
+    JsonBody(req): JsonBody<Scd2Request>,
+) -> Result<Response> {
+    let t = TableRef::new(&layer, &name)?;
+    let o = state
+        .engine
+        .scd2(&principal, &t, req.source.into_input()?, &req.spec)
+        .await?;
+    Ok(outcome(&t, &o))
+}
