@@ -4,13 +4,11 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
 use serde_json::json;
-use strata::config::Config;
 
 const RUNS: usize = 40;
 
@@ -19,33 +17,16 @@ fn pct(mut v: Vec<f64>, p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+mod common;
+
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    common::block_on(run());
 }
 
 async fn run() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::default();
-    cfg.server.http_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.server.flight_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.server.data_dir = dir.path().join("data");
-    cfg.storage.warehouse = dir.path().join("data/warehouse").display().to_string();
-    let server = strata::Server::build(cfg).await.unwrap();
-    let (http, flight) = (server.http_addr().unwrap(), server.flight_addr().unwrap());
-    let token = server
-        .authenticator()
-        .mint(
-            "bench",
-            &["admin".into()],
-            BTreeMap::new(),
-            Duration::from_secs(3600),
-        )
-        .unwrap();
-    tokio::spawn(server.run_until_stopped(std::future::pending()));
+    let server = common::BenchServer::start(|_| {}).await;
+    let (http, flight) = (server.http, server.flight);
+    let token = server.token(&["admin"], json!({}));
     let client = reqwest::Client::new();
     let rest = |sql: String| {
         let (client, token) = (client.clone(), token.clone());

@@ -9,49 +9,30 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
-use strata::config::{Config, GrantConfig};
+use strata::config::GrantConfig;
 
 const RUNS: usize = 7;
 
+mod common;
+
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    common::block_on(run());
 }
 
 async fn run() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::default();
-    cfg.server.http_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.server.flight_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.server.data_dir = dir.path().join("data");
-    cfg.storage.warehouse = dir.path().join("data/warehouse").display().to_string();
-    cfg.access.grants = vec![GrantConfig {
-        role: "analyst".into(),
-        privilege: "SELECT".into(),
-        on: "gold".into(),
-    }];
-    let server = strata::Server::build(cfg).await.unwrap();
-    let http = server.http_addr().unwrap();
-    let auth = server.authenticator();
-    tokio::spawn(server.run_until_stopped(std::future::pending()));
-    let mint = |roles: &[&str], claims: serde_json::Value| {
-        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
-        let claims: BTreeMap<String, serde_json::Value> = claims
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        auth.mint("bench", &roles, claims, Duration::from_secs(3600))
-            .unwrap()
-    };
+    let server = common::BenchServer::start(|cfg| {
+        cfg.access.grants = vec![GrantConfig {
+            role: "analyst".into(),
+            privilege: "SELECT".into(),
+            on: "gold".into(),
+        }];
+    })
+    .await;
+    let http = server.http;
+    let mint = |roles: &[&str], claims: serde_json::Value| server.token(roles, claims);
     let admin = mint(&["admin"], json!({}));
     let root = mint(&["admin", "policy_bypass"], json!({}));
     let analyst = mint(&["analyst"], json!({"region": "eu"}));

@@ -319,3 +319,107 @@ async fn writers_touch_only_visible_rows_and_stay_inside_their_filter() {
     let (status, _) = s.sql(&reader, "DELETE FROM silver.customers").await;
     assert_eq!(status, 404);
 }
+
+/// MERGE against a simple in-memory reference on random data (NULLs included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_equals_a_reference_on_random_data() {
+    use std::collections::BTreeMap;
+    let s = TestServer::start().await;
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for round in 0..6 {
+        let (target, source) = (format!("silver.t{round}"), format!("bronze.s{round}"));
+        s.sql_ok(&format!("CREATE TABLE {target} (id BIGINT, v BIGINT)"))
+            .await;
+        s.sql_ok(&format!(
+            "CREATE TABLE {source} (id BIGINT, v BIGINT, op STRING)"
+        ))
+        .await;
+        let val = |x: u64| {
+            if x.is_multiple_of(7) {
+                None
+            } else {
+                Some(x as i64 % 50)
+            }
+        };
+        let mut t: BTreeMap<i64, Option<i64>> = BTreeMap::new();
+        for id in 0..30 {
+            if next(3) > 0 {
+                t.insert(id, val(next(100)));
+            }
+        }
+        let mut src: Vec<(i64, Option<i64>, &str)> = Vec::new();
+        for id in 0..40 {
+            if next(2) == 0 {
+                src.push((id, val(next(100)), ["U", "D", "I"][next(3) as usize]));
+            }
+        }
+        let lit = |v: Option<i64>| v.map_or("NULL".to_string(), |v| v.to_string());
+        if !t.is_empty() {
+            let values: Vec<String> = t
+                .iter()
+                .map(|(id, v)| format!("({id}, {})", lit(*v)))
+                .collect();
+            s.sql_ok(&format!(
+                "INSERT INTO {target} VALUES {}",
+                values.join(", ")
+            ))
+            .await;
+        }
+        if !src.is_empty() {
+            let values: Vec<String> = src
+                .iter()
+                .map(|(id, v, op)| format!("({id}, {}, '{op}')", lit(*v)))
+                .collect();
+            s.sql_ok(&format!(
+                "INSERT INTO {source} VALUES {}",
+                values.join(", ")
+            ))
+            .await;
+        }
+        s.sql_ok(&format!(
+            "MERGE INTO {target} t USING {source} s ON t.id = s.id \
+             WHEN MATCHED AND s.op = 'D' THEN DELETE \
+             WHEN MATCHED THEN UPDATE SET v = t.v + s.v \
+             WHEN NOT MATCHED AND s.op <> 'D' THEN INSERT (id, v) VALUES (s.id, s.v * 2) \
+             WHEN NOT MATCHED BY SOURCE AND t.v % 3 = 0 THEN DELETE"
+        ))
+        .await;
+        // The reference, clause by clause (first matching clause wins; NULL is not true).
+        let mut expected = BTreeMap::new();
+        let by_id: BTreeMap<i64, (Option<i64>, &str)> =
+            src.iter().map(|(id, v, op)| (*id, (*v, *op))).collect();
+        for (id, tv) in &t {
+            match by_id.get(id) {
+                Some((_, "D")) => {}
+                Some((sv, _)) => {
+                    expected.insert(*id, tv.zip(*sv).map(|(a, b)| a + b));
+                }
+                None if tv.is_some_and(|v| v % 3 == 0) => {}
+                None => {
+                    expected.insert(*id, *tv);
+                }
+            }
+        }
+        for (id, (sv, op)) in &by_id {
+            if !t.contains_key(id) && *op != "D" {
+                expected.insert(*id, sv.map(|v| v * 2));
+            }
+        }
+        let got = s
+            .sql_ok(&format!("SELECT id, v FROM {target} ORDER BY id"))
+            .await;
+        let got: BTreeMap<i64, Option<i64>> = got
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["id"].as_i64().unwrap(), r["v"].as_i64()))
+            .collect();
+        assert_eq!(got, expected, "round {round}");
+    }
+}
