@@ -423,3 +423,47 @@ async fn merge_equals_a_reference_on_random_data() {
         assert_eq!(got, expected, "round {round}");
     }
 }
+
+/// A partitioned target: only the partitions with matches are rewritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_targets_rewrite_only_matching_partitions() {
+    let s = TestServer::start().await;
+    s.sql_ok(
+        "CREATE TABLE gold.sales (id BIGINT, region STRING, amount DOUBLE) PARTITIONED BY (region)",
+    )
+    .await;
+    s.sql_ok(
+        "INSERT INTO gold.sales VALUES (1, 'eu', 1.0), (2, 'eu', 2.0), (3, 'us', 3.0), (4, 'apac', 4.0)",
+    )
+    .await;
+    let (status, body) = s
+        .post_json(
+            &s.admin.clone(),
+            "/api/v1/tables/gold/sales/merge",
+            json!({"source": {"rows": [{"id": 3, "region": "us", "amount": 30.5}, {"id": 5, "region": "us", "amount": 5}]},
+                   "on": "t.region = s.region AND t.id = s.id"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["inserted"], &body["updated"]),
+        (&json!(1), &json!(1))
+    );
+    // Only the us partition's file was replaced.
+    assert_eq!(body["files_removed"], 1, "{body}");
+    assert_eq!(
+        rows(&s, "SELECT id, region, amount FROM gold.sales ORDER BY id").await,
+        json!([
+            {"id": 1, "region": "eu", "amount": 1.0},
+            {"id": 2, "region": "eu", "amount": 2.0},
+            {"id": 3, "region": "us", "amount": 30.5},
+            {"id": 4, "region": "apac", "amount": 4.0},
+            {"id": 5, "region": "us", "amount": 5.0},
+        ])
+    );
+    // UPDATE with a partition predicate touches one partition too.
+    let body = s
+        .sql_ok("UPDATE gold.sales SET amount = amount * 2 WHERE region = 'eu'")
+        .await;
+    assert_eq!(body[0]["rows_updated"], 2);
+}
