@@ -112,6 +112,8 @@ pub struct StorageConfig {
     /// A local path, or `s3://bucket/prefix`.
     pub warehouse: String,
     pub s3: S3Config,
+    /// Allow VACUUM with a retention under 168 hours (can break readers and time travel).
+    pub allow_short_vacuum_retention: bool,
 }
 
 impl Default for StorageConfig {
@@ -119,6 +121,7 @@ impl Default for StorageConfig {
         StorageConfig {
             warehouse: "./data/warehouse".to_string(),
             s3: S3Config::default(),
+            allow_short_vacuum_retention: false,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! [`crate::security::AccessControl`] and commits through [`crate::pipelines::commit`].
 
 pub mod dml;
+pub mod maintenance;
 pub mod policies;
 pub mod session;
 pub mod sql;
@@ -110,6 +111,7 @@ pub struct Engine {
     cache: Option<Arc<ResultCache>>,
     default_layer: String,
     max_sql_bytes: usize,
+    allow_short_vacuum: bool,
 }
 
 impl Engine {
@@ -130,6 +132,7 @@ impl Engine {
             cache: ResultCache::new(&cfg.cache),
             default_layer: cfg.query.default_layer.to_ascii_lowercase(),
             max_sql_bytes: cfg.query.max_sql_bytes,
+            allow_short_vacuum: cfg.storage.allow_short_vacuum_retention,
         })
     }
 
@@ -440,6 +443,42 @@ impl Engine {
                     .scd2(principal, &table, dml::SourceInput::Sql(source), &spec)
                     .await?;
                 Ok(dml_output(kind, &table, &outcome))
+            }
+            Statement::Optimize { table, zorder } => {
+                no_params(&params, kind)?;
+                let o = self.optimize(principal, &table, zorder, None).await?;
+                Ok(command_output(
+                    kind,
+                    &table,
+                    Some(o.files_removed as i64),
+                    Some(o.version as i64),
+                ))
+            }
+            Statement::Vacuum {
+                table,
+                retain_hours,
+                dry_run,
+            } => {
+                no_params(&params, kind)?;
+                let o = self
+                    .vacuum(principal, &table, retain_hours, dry_run)
+                    .await?;
+                Ok(command_output(
+                    kind,
+                    &table,
+                    Some(o.files.len() as i64),
+                    None,
+                ))
+            }
+            Statement::Restore { table, to } => {
+                no_params(&params, kind)?;
+                let o = self.restore(principal, &table, to).await?;
+                Ok(command_output(
+                    kind,
+                    &table,
+                    Some(o.files_restored as i64),
+                    Some(o.version as i64),
+                ))
             }
             Statement::Delete { table, predicate } => {
                 let outcome = self

@@ -20,6 +20,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Word};
 
 use crate::error::{Error, Result};
+use crate::pipelines::maintenance::RestoreTo;
 use crate::pipelines::merge::{Action, Clause, MergeSpec, When};
 use crate::pipelines::scd2::Scd2Spec;
 use crate::security::policy::catalog::VersionSpec;
@@ -111,6 +112,19 @@ pub enum Statement {
         table: TableRef,
         predicate: Option<String>,
     },
+    /// `OPTIMIZE t [ZORDER BY (c, …)]`.
+    Optimize {
+        table: TableRef,
+        zorder: Vec<String>,
+    },
+    /// `VACUUM t [RETAIN n HOURS] [DRY RUN]`.
+    Vacuum {
+        table: TableRef,
+        retain_hours: Option<u64>,
+        dry_run: bool,
+    },
+    /// `RESTORE [TABLE] t TO VERSION AS OF n | TIMESTAMP AS OF '…'`.
+    Restore { table: TableRef, to: RestoreTo },
     /// `CALL scd2(target => 'layer.t', source => '<query or table>', keys => 'k1, k2', …)`.
     Scd2 {
         table: TableRef,
@@ -138,6 +152,9 @@ impl Statement {
             Statement::Update { .. } => "UPDATE",
             Statement::Delete { .. } => "DELETE",
             Statement::Scd2 { .. } => "SCD2",
+            Statement::Optimize { .. } => "OPTIMIZE",
+            Statement::Vacuum { .. } => "VACUUM",
+            Statement::Restore { .. } => "RESTORE",
         }
     }
 }
@@ -145,6 +162,9 @@ impl Statement {
 /// Parses exactly one statement.
 pub fn parse(sql: &str, default_layer: &str) -> Result<Statement> {
     let dialect = StrataDialect::default();
+    if let Some(maintenance) = parse_maintenance(sql, default_layer)? {
+        return Ok(maintenance);
+    }
     let mut statements = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(Into::into)
@@ -385,6 +405,150 @@ fn classify(mut stmt: ast::Statement, default_layer: &str) -> Result<Statement> 
             first_words(&other.to_string())
         ))),
     }
+}
+
+/// OPTIMIZE, VACUUM and RESTORE (Delta/Databricks syntax, which sqlparser does not know),
+/// parsed from tokens. `None` when the statement is something else.
+fn parse_maintenance(sql: &str, default_layer: &str) -> Result<Option<Statement>> {
+    let dialect = StrataDialect::default();
+    let tokens: Vec<Token> = Tokenizer::new(&dialect, sql)
+        .tokenize()
+        .map_err(|e| Error::invalid(format!("SQL parse error: {e}")))?
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)) && *t != Token::SemiColon)
+        .collect();
+    let word = |i: usize| match tokens.get(i) {
+        Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    };
+    let Some(first) = word(0) else {
+        return Ok(None);
+    };
+    if !matches!(first.as_str(), "OPTIMIZE" | "VACUUM" | "RESTORE") {
+        return Ok(None);
+    }
+    let syntax = || {
+        Error::invalid(format!(
+            "{first} syntax: OPTIMIZE t [ZORDER BY (col, …)] | VACUUM t [RETAIN n HOURS] [DRY RUN] | RESTORE [TABLE] t TO VERSION AS OF n | TIMESTAMP AS OF '…'"
+        ))
+    };
+    let mut i = 1;
+    if first == "RESTORE" && word(i).as_deref() == Some("TABLE") {
+        i += 1;
+    }
+    // A table name: word (. word)*
+    let mut parts = Vec::new();
+    loop {
+        match tokens.get(i) {
+            Some(Token::Word(w)) => parts.push(w.value.clone()),
+            _ => return Err(syntax()),
+        }
+        i += 1;
+        if tokens.get(i) == Some(&Token::Period) {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    let table = match parts.as_slice() {
+        [t] => TableRef::new(default_layer, t)?,
+        _ => TableRef::parse(&parts.join("."))?,
+    };
+    let expect = |i: &mut usize, w: &str| -> Result<()> {
+        if word(*i).as_deref() == Some(w) {
+            *i += 1;
+            Ok(())
+        } else {
+            Err(syntax())
+        }
+    };
+    let statement = match first.as_str() {
+        "OPTIMIZE" => {
+            let mut zorder = Vec::new();
+            if word(i).as_deref() == Some("WHERE") {
+                return Err(Error::Unsupported(
+                    "OPTIMIZE … WHERE is not supported yet; OPTIMIZE compacts every partition"
+                        .into(),
+                ));
+            }
+            if word(i).as_deref() == Some("ZORDER") {
+                i += 1;
+                expect(&mut i, "BY")?;
+                let parens = tokens.get(i) == Some(&Token::LParen);
+                if parens {
+                    i += 1;
+                }
+                loop {
+                    match tokens.get(i) {
+                        Some(Token::Word(w)) => zorder.push(w.value.to_ascii_lowercase()),
+                        _ => return Err(syntax()),
+                    }
+                    i += 1;
+                    if tokens.get(i) == Some(&Token::Comma) {
+                        i += 1;
+                    } else {
+                        break;
+                    }
+                }
+                if parens {
+                    if tokens.get(i) != Some(&Token::RParen) {
+                        return Err(syntax());
+                    }
+                    i += 1;
+                }
+            }
+            Statement::Optimize { table, zorder }
+        }
+        "VACUUM" => {
+            let mut retain_hours = None;
+            let mut dry_run = false;
+            if word(i).as_deref() == Some("RETAIN") {
+                i += 1;
+                let hours = match tokens.get(i) {
+                    Some(Token::Number(n, _)) => n
+                        .parse::<u64>()
+                        .map_err(|_| Error::invalid(format!("RETAIN {n}: whole hours")))?,
+                    _ => return Err(syntax()),
+                };
+                i += 1;
+                expect(&mut i, "HOURS")?;
+                retain_hours = Some(hours);
+            }
+            if word(i).as_deref() == Some("DRY") {
+                i += 1;
+                expect(&mut i, "RUN")?;
+                dry_run = true;
+            }
+            Statement::Vacuum {
+                table,
+                retain_hours,
+                dry_run,
+            }
+        }
+        _ => {
+            expect(&mut i, "TO")?;
+            let kind = word(i).ok_or_else(syntax)?;
+            i += 1;
+            expect(&mut i, "AS")?;
+            expect(&mut i, "OF")?;
+            let to = match (kind.as_str(), tokens.get(i)) {
+                ("VERSION", Some(Token::Number(n, _))) => RestoreTo::Version(
+                    n.parse::<u64>()
+                        .map_err(|_| Error::invalid(format!("VERSION AS OF {n}")))?,
+                ),
+                ("TIMESTAMP", Some(Token::SingleQuotedString(s))) => {
+                    RestoreTo::Timestamp(parse_timestamp(s)?)
+                }
+                _ => return Err(syntax()),
+            };
+            i += 1;
+            Statement::Restore { table, to }
+        }
+    };
+    if i != tokens.len() {
+        return Err(syntax());
+    }
+    Ok(Some(statement))
 }
 
 /// Name the star form assignments get (see [`merge_star_shorthands`]).

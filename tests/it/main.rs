@@ -8,6 +8,7 @@ mod commits;
 mod faults;
 mod flight;
 mod harness;
+mod maintenance;
 mod merge;
 mod python;
 mod query;

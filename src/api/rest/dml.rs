@@ -1,4 +1,5 @@
-//! `POST /api/v1/tables/{layer}/{name}/merge` and `…/scd2`, for apps that do not write SQL.
+//! `POST /api/v1/tables/{layer}/{name}/merge`, `…/scd2`, `…/optimize`, `…/vacuum` and
+//! `…/restore`, for apps and admins that do not write SQL.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use super::AppState;
 use super::body::JsonBody;
 use crate::engine::dml::SourceInput;
 use crate::error::{Error, Result};
+use crate::pipelines::maintenance::RestoreTo;
 use crate::pipelines::merge::{Action, Clause, DmlOutcome, MergeSpec, When};
 use crate::pipelines::scd2::Scd2Spec;
 use crate::security::Principal;
@@ -224,4 +226,71 @@ pub(super) async fn scd2(
         .scd2(&principal, &t, req.source.into_input()?, &req.spec)
         .await?;
     Ok(outcome(&t, &o))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct OptimizeRequest {
+    zorder: Vec<String>,
+    /// Target file size in bytes.
+    target_size: Option<u64>,
+}
+
+pub(super) async fn optimize(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path((layer, name)): Path<(String, String)>,
+    JsonBody(req): JsonBody<OptimizeRequest>,
+) -> Result<Response> {
+    let t = TableRef::new(&layer, &name)?;
+    let o = state
+        .engine
+        .optimize(&principal, &t, req.zorder, req.target_size)
+        .await?;
+    Ok(Json(o).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct VacuumRequest {
+    retain_hours: Option<u64>,
+    dry_run: bool,
+}
+
+pub(super) async fn vacuum(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path((layer, name)): Path<(String, String)>,
+    JsonBody(req): JsonBody<VacuumRequest>,
+) -> Result<Response> {
+    let t = TableRef::new(&layer, &name)?;
+    let o = state
+        .engine
+        .vacuum(&principal, &t, req.retain_hours, req.dry_run)
+        .await?;
+    Ok(Json(o).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RestoreRequest {
+    version: Option<u64>,
+    /// RFC 3339 (or `YYYY-MM-DD[ HH:MM:SS]`, UTC).
+    timestamp: Option<String>,
+}
+
+pub(super) async fn restore(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path((layer, name)): Path<(String, String)>,
+    JsonBody(req): JsonBody<RestoreRequest>,
+) -> Result<Response> {
+    let t = TableRef::new(&layer, &name)?;
+    let to = match (req.version, req.timestamp) {
+        (Some(v), None) => RestoreTo::Version(v),
+        (None, Some(ts)) => RestoreTo::Timestamp(crate::engine::sql::parse_timestamp(&ts)?),
+        _ => return Err(Error::invalid("give exactly one of version or timestamp")),
+    };
+    let o = state.engine.restore(&principal, &t, to).await?;
+    Ok(Json(o).into_response())
 }

@@ -52,6 +52,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/tables/{layer}/{name}/history"),
     ("post", "/api/v1/tables/{layer}/{name}/merge"),
     ("post", "/api/v1/tables/{layer}/{name}/scd2"),
+    ("post", "/api/v1/tables/{layer}/{name}/optimize"),
+    ("post", "/api/v1/tables/{layer}/{name}/vacuum"),
+    ("post", "/api/v1/tables/{layer}/{name}/restore"),
     ("get", "/api/v1/tables/{layer}/{name}/policies"),
     ("put", "/api/v1/tables/{layer}/{name}/policies"),
     ("get", "/api/v1/grants"),
@@ -76,6 +79,9 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/tables/{layer}/{name}/history", get(tables::history))
         .route("/tables/{layer}/{name}/merge", post(dml::merge))
         .route("/tables/{layer}/{name}/scd2", post(dml::scd2))
+        .route("/tables/{layer}/{name}/optimize", post(dml::optimize))
+        .route("/tables/{layer}/{name}/vacuum", post(dml::vacuum))
+        .route("/tables/{layer}/{name}/restore", post(dml::restore))
         .route(
             "/tables/{layer}/{name}/policies",
             get(policies::get_policies).put(policies::put_policies),

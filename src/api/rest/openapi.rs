@@ -127,6 +127,32 @@ pub(crate) fn spec() -> Value {
                     "responses": with_errors(json!({"200": {"description": "Committed (or nothing to do): version, inserted, updated"}}))
                 }
             },
+            "/api/v1/tables/{layer}/{name}/optimize": {
+                "parameters": table_path_params(),
+                "post": {
+                    "summary": "Compact small files, optionally Z-ordered (MANAGE); SQL: OPTIMIZE t [ZORDER BY (c, …)]",
+                    "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"zorder": {"type": "array", "items": {"type": "string"}}, "target_size": {"type": "integer", "description": "bytes"}}}}}},
+                    "responses": with_errors(json!({"200": {"description": "version, files_removed, files_added, bytes_removed, bytes_added, partitions_optimized"}}))
+                }
+            },
+            "/api/v1/tables/{layer}/{name}/vacuum": {
+                "parameters": table_path_params(),
+                "post": {
+                    "summary": "Delete unreferenced files older than the retention (MANAGE); SQL: VACUUM t [RETAIN n HOURS] [DRY RUN]",
+                    "description": "Default retention 168 hours; a shorter one is refused (400) unless storage.allow_short_vacuum_retention is set. A dry run lists what would be deleted.",
+                    "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"retain_hours": {"type": "integer"}, "dry_run": {"type": "boolean"}}}}}},
+                    "responses": with_errors(json!({"200": {"description": "dry_run, retain_hours, files"}}))
+                }
+            },
+            "/api/v1/tables/{layer}/{name}/restore": {
+                "parameters": table_path_params(),
+                "post": {
+                    "summary": "Return the table to an earlier version in one new commit (MANAGE); SQL: RESTORE TABLE t TO VERSION AS OF n | TIMESTAMP AS OF '…'",
+                    "description": "Refused (409) when the version's files were vacuumed.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"version": {"type": "integer"}, "timestamp": {"type": "string"}}}}}},
+                    "responses": with_errors(json!({"200": {"description": "version, restored_version, files_removed, files_restored"}}))
+                }
+            },
             "/api/v1/tables/{layer}/{name}/policies": {
                 "parameters": table_path_params(),
                 "get": {"summary": "Row filters and column masks of a table (MANAGE)", "responses": with_errors(json!({"200": {"description": "Policies", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TablePolicy"}}}}}))},
