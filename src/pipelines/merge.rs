@@ -144,6 +144,14 @@ fn plan_expr(
     Ok(bound.data)
 }
 
+/// `predicate AND filter`, either of which may be absent.
+fn and_filter(predicate: Option<Expr>, filter: Option<&Expr>) -> Option<Expr> {
+    match (predicate, filter) {
+        (Some(p), Some(f)) => Some(p.and(f.clone())),
+        (p, f) => p.or_else(|| f.cloned()),
+    }
+}
+
 /// Re-plans and re-runs `op` on a fresh snapshot while it loses commit races.
 async fn with_retries<F, Fut>(catalog: &Catalog, t: &TableRef, op: F) -> Result<DmlOutcome>
 where
@@ -271,13 +279,8 @@ pub async fn merge(dml: &Dml<'_>, source: DataFrame, spec: &MergeSpec) -> Result
                 .with_commit_properties(commit_properties(p, &spec.operation));
             for clause in &spec.clauses {
                 let mut predicate = clause.predicate.as_deref().map(plan).transpose()?;
-                if clause.when == When::NotMatchedBySource
-                    && let Some(f) = &filter_t
-                {
-                    predicate = Some(match predicate {
-                        Some(p) => p.and(f.clone()),
-                        None => f.clone(),
-                    });
+                if clause.when == When::NotMatchedBySource {
+                    predicate = and_filter(predicate, filter_t.as_ref());
                 }
                 // (column, new value) in assignment order.
                 let assignments: Vec<(String, Expr)> = match &clause.action {
@@ -454,13 +457,7 @@ pub async fn update(
         let plan = |sql: &str| -> Result<Expr> {
             plan_expr(state, sql, &schema, params, "UPDATE expression")
         };
-        let mut pred = predicate.map(plan).transpose()?;
-        if let Some(f) = filter {
-            pred = Some(match pred {
-                Some(p) => p.and(f.clone()),
-                None => f.clone(),
-            });
-        }
+        let pred = and_filter(predicate.map(plan).transpose()?, filter);
         let assignments: Vec<(String, Expr)> = set
             .iter()
             .map(|(c, e)| Ok((c.clone(), plan(e)?)))
@@ -518,15 +515,10 @@ pub async fn delete(dml: &Dml<'_>, predicate: Option<&str>) -> Result<DmlOutcome
     with_retries(catalog, t, |table| async move {
         let schema =
             DFSchema::try_from(table.snapshot()?.snapshot().arrow_schema().as_ref().clone())?;
-        let mut pred = predicate
+        let pred = predicate
             .map(|sql| plan_expr(state, sql, &schema, params, "DELETE condition"))
             .transpose()?;
-        if let Some(f) = filter {
-            pred = Some(match pred {
-                Some(p) => p.and(f.clone()),
-                None => f.clone(),
-            });
-        }
+        let pred = and_filter(pred, filter);
         let mut builder = table
             .delete()
             .with_session_state(Arc::new(state.clone()))
