@@ -77,15 +77,27 @@ impl Engine {
         let filter = self.modify_filter(access, principal, t).await?;
         let state = self.sessions.dml_session(principal, access);
         let source = self.source_frame(principal, &state, source)?;
-        let dml = Dml {
+        let dml = self.dml(t, principal, &state, filter.as_ref(), params);
+        merge::merge(&dml, source, spec).await
+    }
+
+    /// A MERGE/UPDATE/DELETE/SCD2 of `t` by `principal` in `state`.
+    fn dml<'a>(
+        &'a self,
+        t: &'a TableRef,
+        principal: &'a Principal,
+        state: &'a SessionState,
+        filter: Option<&'a Expr>,
+        params: &'a [ScalarValue],
+    ) -> Dml<'a> {
+        Dml {
             catalog: self.catalog(),
             table: t,
             principal,
-            state: &state,
-            filter: filter.as_ref(),
+            state,
+            filter,
             params,
-        };
-        merge::merge(&dml, source, spec).await
+        }
     }
 
     /// The source as a DataFrame in the DML session; plans are checked by the guard first.
@@ -165,14 +177,7 @@ impl Engine {
         let source = self.plan_source(principal, &access, source).await?;
         let state = self.sessions.dml_session(principal, &access);
         let source = self.source_frame(principal, &state, source)?;
-        let dml = Dml {
-            catalog: self.catalog(),
-            table: t,
-            principal,
-            state: &state,
-            filter: filter.as_ref(),
-            params: &[],
-        };
+        let dml = self.dml(t, principal, &state, filter.as_ref(), &[]);
         scd2::scd2(&dml, source, spec).await
     }
 
@@ -187,14 +192,7 @@ impl Engine {
     ) -> Result<DmlOutcome> {
         let filter = self.modify_filter(access, principal, t).await?;
         let state = self.sessions.dml_session(principal, access);
-        let dml = Dml {
-            catalog: self.catalog(),
-            table: t,
-            principal,
-            state: &state,
-            filter: filter.as_ref(),
-            params,
-        };
+        let dml = self.dml(t, principal, &state, filter.as_ref(), params);
         merge::update(&dml, set, predicate).await
     }
 
@@ -208,14 +206,7 @@ impl Engine {
     ) -> Result<DmlOutcome> {
         let filter = self.modify_filter(access, principal, t).await?;
         let state = self.sessions.dml_session(principal, access);
-        let dml = Dml {
-            catalog: self.catalog(),
-            table: t,
-            principal,
-            state: &state,
-            filter: filter.as_ref(),
-            params,
-        };
+        let dml = self.dml(t, principal, &state, filter.as_ref(), params);
         merge::delete(&dml, predicate).await
     }
 }

@@ -1,8 +1,6 @@
 //! The `strata` binary: zero-config `serve`, `token`, `check-config`, SIGTERM.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_strata");
@@ -22,15 +20,7 @@ async fn zero_config_serve_prints_a_working_admin_token_and_stops_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = crate::harness::line_channel(child.stdout.take().unwrap());
     let (mut http, mut token) = (None, None);
     while http.is_none() || token.is_none() {
         let line = rx.recv_timeout(Duration::from_secs(60)).expect("banner");

@@ -440,7 +440,6 @@ impl Drop for Moto {
 
 impl Moto {
     pub async fn start() -> Moto {
-        use std::io::BufRead;
         let python = tokio::task::spawn_blocking(python).await.unwrap();
         let server = python.with_file_name("moto_server");
         let mut child = std::process::Command::new(server)
@@ -449,27 +448,22 @@ impl Moto {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
+        let rx = line_channel(child.stderr.take().unwrap());
+        let endpoint: String = tokio::task::spawn_blocking(move || {
+            loop {
+                let line = rx
+                    .recv_timeout(Duration::from_secs(60))
+                    .expect("moto_server prints its address");
                 if let Some(i) = line.find("http://127.0.0.1:") {
-                    let url: String = line[i..]
+                    break line[i..]
                         .chars()
                         .take_while(|c| !c.is_whitespace())
                         .collect();
-                    let _ = tx.send(url);
                 }
             }
-        });
-        let endpoint: String =
-            tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
-                .await
-                .unwrap()
-                .expect("moto_server prints its address");
+        })
+        .await
+        .unwrap();
         let bucket = format!("strata-{}", std::process::id());
         let r = reqwest::Client::new()
             .put(format!("{endpoint}/{bucket}"))
@@ -585,7 +579,6 @@ impl StrataProcess {
     /// Starts `strata serve` in `dir` with `env` on top of ports 0, and waits for the
     /// banner (REST address and the dev admin token).
     pub async fn spawn(dir: &Path, env: &[(String, String)]) -> StrataProcess {
-        use std::io::BufRead;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
         cmd.current_dir(dir)
             .env("STRATA__SERVER__HTTP_ADDR", "127.0.0.1:0")
@@ -598,18 +591,7 @@ impl StrataProcess {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = line_channel(child.stdout.take().unwrap());
         tokio::task::spawn_blocking(move || {
             let (mut http, mut token) = (None, None);
             while http.is_none() || token.is_none() {
@@ -629,4 +611,18 @@ impl StrataProcess {
         .await
         .unwrap()
     }
+}
+
+/// The lines `r` produces, read on a thread of their own (child process output).
+pub fn line_channel(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
