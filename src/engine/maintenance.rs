@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::pipelines::maintenance::{
-    self, OptimizeOutcome, RestoreOutcome, RestoreTo, VacuumOutcome,
+    self, OptimizeOutcome, OptimizeSpec, RestoreOutcome, RestoreTo, VacuumOutcome,
 };
 use crate::security::{Principal, Privilege};
 use crate::storage::TableRef;
@@ -15,13 +15,12 @@ impl Engine {
         &self,
         principal: &Arc<Principal>,
         t: &TableRef,
-        zorder: Vec<String>,
-        target_size: Option<u64>,
+        spec: OptimizeSpec,
     ) -> Result<OptimizeOutcome> {
         self.access()
             .await?
             .check(principal, Privilege::Manage, t)?;
-        maintenance::optimize(self.catalog(), t, principal, zorder, target_size).await
+        maintenance::optimize(self.catalog(), t, principal, spec).await
     }
 
     pub async fn vacuum(

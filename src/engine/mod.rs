@@ -32,6 +32,7 @@ use crate::cache::ResultCache;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pipelines::commit::{self, WriteMode};
+use crate::pipelines::maintenance::OptimizeSpec;
 use crate::pipelines::merge::DmlOutcome;
 use crate::security::policy::PolicyTable;
 use crate::security::policy::store::PolicyStore;
@@ -289,12 +290,14 @@ impl Engine {
                 columns,
                 partition_by,
                 description,
+                properties,
             } => {
                 no_params(&params, kind)?;
                 let spec = TableSpec {
                     columns,
                     partition_by,
                     description,
+                    properties,
                 };
                 let created = self
                     .create_table(principal, &table, &spec, if_not_exists)
@@ -307,6 +310,7 @@ impl Engine {
                 if_not_exists,
                 partition_by,
                 description,
+                properties,
                 query,
             } => {
                 access.check_layer(principal, Privilege::Manage, table.layer)?;
@@ -336,6 +340,7 @@ impl Engine {
                     columns: Vec::new(),
                     partition_by,
                     description,
+                    properties,
                 };
                 let arrow_schema = Arc::new(plan.schema().as_arrow().clone());
                 let version = commit::create_with_data(
@@ -444,9 +449,18 @@ impl Engine {
                     .await?;
                 Ok(dml_output(kind, &table, &outcome))
             }
-            Statement::Optimize { table, zorder } => {
+            Statement::Optimize {
+                table,
+                zorder,
+                partitions,
+            } => {
                 no_params(&params, kind)?;
-                let o = self.optimize(principal, &table, zorder, None).await?;
+                let spec = OptimizeSpec {
+                    zorder,
+                    partitions,
+                    target_size: None,
+                };
+                let o = self.optimize(principal, &table, spec).await?;
                 Ok(command_output(
                     kind,
                     &table,
@@ -478,6 +492,16 @@ impl Engine {
                     &table,
                     Some(o.files_restored as i64),
                     Some(o.version as i64),
+                ))
+            }
+            Statement::AlterTable { table, change } => {
+                no_params(&params, kind)?;
+                let info = self.alter_table(principal, &table, &change).await?;
+                Ok(command_output(
+                    kind,
+                    &table,
+                    None,
+                    Some(info.version as i64),
                 ))
             }
             Statement::Delete { table, predicate } => {

@@ -7,6 +7,7 @@
 //! that the secure catalog resolves.
 
 use std::any::TypeId;
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
@@ -20,9 +21,10 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Word};
 
 use crate::error::{Error, Result};
-use crate::pipelines::maintenance::RestoreTo;
+use crate::pipelines::maintenance::{PartitionFilter, RestoreTo};
 use crate::pipelines::merge::{Action, Clause, MergeSpec, When};
 use crate::pipelines::scd2::Scd2Spec;
+use crate::pipelines::schema::TableChange;
 use crate::security::policy::catalog::VersionSpec;
 use crate::storage::TableRef;
 use crate::storage::types::ColumnSpec;
@@ -51,6 +53,9 @@ impl Dialect for StrataDialect {
     fn supports_filter_during_aggregation(&self) -> bool {
         self.0.supports_filter_during_aggregation()
     }
+    fn supports_comment_on(&self) -> bool {
+        true
+    }
     fn supports_group_by_expr(&self) -> bool {
         self.0.supports_group_by_expr()
     }
@@ -76,12 +81,14 @@ pub enum Statement {
         columns: Vec<ColumnSpec>,
         partition_by: Vec<String>,
         description: Option<String>,
+        properties: BTreeMap<String, String>,
     },
     CreateTableAs {
         table: TableRef,
         if_not_exists: bool,
         partition_by: Vec<String>,
         description: Option<String>,
+        properties: BTreeMap<String, String>,
         query: Box<ast::Statement>,
     },
     Insert {
@@ -112,10 +119,11 @@ pub enum Statement {
         table: TableRef,
         predicate: Option<String>,
     },
-    /// `OPTIMIZE t [ZORDER BY (c, …)]`.
+    /// `OPTIMIZE t [WHERE partition predicate] [ZORDER BY (c, …)]`.
     Optimize {
         table: TableRef,
         zorder: Vec<String>,
+        partitions: Vec<PartitionFilter>,
     },
     /// `VACUUM t [RETAIN n HOURS] [DRY RUN]`.
     Vacuum {
@@ -125,6 +133,11 @@ pub enum Statement {
     },
     /// `RESTORE [TABLE] t TO VERSION AS OF n | TIMESTAMP AS OF '…'`.
     Restore { table: TableRef, to: RestoreTo },
+    /// `ALTER TABLE …` and `COMMENT ON TABLE|COLUMN …`.
+    AlterTable {
+        table: TableRef,
+        change: TableChange,
+    },
     /// `CALL scd2(target => 'layer.t', source => '<query or table>', keys => 'k1, k2', …)`.
     Scd2 {
         table: TableRef,
@@ -155,6 +168,11 @@ impl Statement {
             Statement::Optimize { .. } => "OPTIMIZE",
             Statement::Vacuum { .. } => "VACUUM",
             Statement::Restore { .. } => "RESTORE",
+            Statement::AlterTable {
+                change: TableChange::Description(_) | TableChange::ColumnComment { .. },
+                ..
+            } => "COMMENT",
+            Statement::AlterTable { .. } => "ALTER TABLE",
         }
     }
 }
@@ -218,19 +236,15 @@ fn classify(mut stmt: ast::Statement, default_layer: &str) -> Result<Statement> 
                     ));
                 }
             };
-            let description = ct.comment.as_ref().map(comment_text).or_else(|| {
-                let options = match &ct.table_options {
-                    ast::CreateTableOptions::With(o)
-                    | ast::CreateTableOptions::Options(o)
-                    | ast::CreateTableOptions::Plain(o)
-                    | ast::CreateTableOptions::TableProperties(o) => o.as_slice(),
-                    ast::CreateTableOptions::None => &[],
-                };
-                options.iter().find_map(|o| match o {
-                    ast::SqlOption::Comment(c) => Some(comment_text(c)),
-                    _ => None,
-                })
-            });
+            let options = match &ct.table_options {
+                ast::CreateTableOptions::With(o)
+                | ast::CreateTableOptions::Options(o)
+                | ast::CreateTableOptions::Plain(o)
+                | ast::CreateTableOptions::TableProperties(o) => o.as_slice(),
+                ast::CreateTableOptions::None => &[],
+            };
+            let (option_comment, properties) = table_options(options)?;
+            let description = ct.comment.as_ref().map(comment_text).or(option_comment);
             if ct.or_replace {
                 return Err(Error::Unsupported(
                     "CREATE OR REPLACE TABLE is not supported; use INSERT OVERWRITE".into(),
@@ -250,6 +264,7 @@ fn classify(mut stmt: ast::Statement, default_layer: &str) -> Result<Statement> 
                         if_not_exists: ct.if_not_exists,
                         partition_by,
                         description,
+                        properties,
                         query: Box::new(q),
                     })
                 }
@@ -257,30 +272,7 @@ fn classify(mut stmt: ast::Statement, default_layer: &str) -> Result<Statement> 
                     let columns = ct
                         .columns
                         .iter()
-                        .map(|c| {
-                            let mut nullable = true;
-                            let mut description = None;
-                            for opt in &c.options {
-                                match &opt.option {
-                                    ast::ColumnOption::NotNull => nullable = false,
-                                    ast::ColumnOption::Null => nullable = true,
-                                    ast::ColumnOption::Comment(text) => {
-                                        description = Some(text.clone())
-                                    }
-                                    other => {
-                                        return Err(Error::Unsupported(format!(
-                                            "column option {other} is not supported"
-                                        )));
-                                    }
-                                }
-                            }
-                            Ok(ColumnSpec {
-                                name: c.name.value.clone(),
-                                data_type: c.data_type.to_string(),
-                                nullable,
-                                description,
-                            })
-                        })
+                        .map(column_spec)
                         .collect::<Result<Vec<_>>>()?;
                     Ok(Statement::CreateTable {
                         table,
@@ -288,6 +280,7 @@ fn classify(mut stmt: ast::Statement, default_layer: &str) -> Result<Statement> 
                         columns,
                         partition_by,
                         description,
+                        properties,
                     })
                 }
             }
@@ -338,6 +331,39 @@ fn classify(mut stmt: ast::Statement, default_layer: &str) -> Result<Statement> 
                 tables,
                 if_exists: *if_exists,
             })
+        }
+        ast::Statement::AlterTable(alter) => classify_alter(alter, default_layer),
+        ast::Statement::Comment {
+            object_type,
+            object_name,
+            comment,
+            ..
+        } => {
+            let comment = comment.clone();
+            match object_type {
+                ast::CommentObject::Table => Ok(Statement::AlterTable {
+                    table: table_ref(object_name, default_layer)?,
+                    change: TableChange::Description(comment),
+                }),
+                ast::CommentObject::Column => {
+                    let mut parts = object_name.0.clone();
+                    let column = match parts.pop() {
+                        Some(ObjectNamePart::Identifier(c)) if !parts.is_empty() => c.value,
+                        _ => {
+                            return Err(Error::invalid(format!(
+                                "COMMENT ON COLUMN needs table.column, not {object_name}"
+                            )));
+                        }
+                    };
+                    Ok(Statement::AlterTable {
+                        table: table_ref(&ObjectName(parts), default_layer)?,
+                        change: TableChange::ColumnComment { column, comment },
+                    })
+                }
+                other => Err(Error::Unsupported(format!(
+                    "COMMENT ON {other} is not supported; comment on a TABLE or COLUMN"
+                ))),
+            }
         }
         ast::Statement::Merge(merge) => classify_merge(merge, default_layer),
         ast::Statement::Call(call) => classify_call(call, default_layer),
@@ -407,6 +433,91 @@ fn classify(mut stmt: ast::Statement, default_layer: &str) -> Result<Statement> 
     }
 }
 
+/// `OPTIMIZE … WHERE` / REST `where`: a conjunction of comparisons of partition columns with
+/// literals (`region = 'eu' AND day >= '2024-05-01'`, `region IN ('eu', 'us')`).
+pub fn partition_predicate(text: &str) -> Result<Vec<PartitionFilter>> {
+    let dialect = StrataDialect::default();
+    let expr = Parser::new(&dialect)
+        .with_recursion_limit(MAX_RECURSION)
+        .try_with_sql(text)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| Error::invalid(format!("OPTIMIZE … WHERE: {e}")))?;
+    let mut out = Vec::new();
+    collect_partition_filters(&expr, &mut out)?;
+    Ok(out)
+}
+
+fn collect_partition_filters(expr: &Expr, out: &mut Vec<PartitionFilter>) -> Result<()> {
+    use ast::BinaryOperator as B;
+    let unsupported = || {
+        Error::Unsupported(format!(
+            "OPTIMIZE … WHERE takes partition-column comparisons with literals joined by AND (col = 'v', col IN ('a', 'b'), col >= 'v'), not {expr}"
+        ))
+    };
+    let literal = |e: &Expr| match e {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Some(s.clone()),
+            Value::Number(n, _) => Some(n.clone()),
+            Value::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let column = |e: &Expr| match e {
+        Expr::Identifier(i) => Some(i.value.to_ascii_lowercase()),
+        _ => None,
+    };
+    match expr {
+        Expr::Nested(e) => collect_partition_filters(e, out),
+        Expr::BinaryOp {
+            left,
+            op: B::And,
+            right,
+        } => {
+            collect_partition_filters(left, out)?;
+            collect_partition_filters(right, out)
+        }
+        Expr::BinaryOp { left, op, right } => {
+            let op = match op {
+                B::Eq => "=",
+                B::NotEq => "!=",
+                B::Lt => "<",
+                B::LtEq => "<=",
+                B::Gt => ">",
+                B::GtEq => ">=",
+                _ => return Err(unsupported()),
+            };
+            let (Some(c), Some(v)) = (column(left), literal(right)) else {
+                return Err(unsupported());
+            };
+            out.push(PartitionFilter {
+                column: c,
+                op: op.into(),
+                values: vec![v],
+            });
+            Ok(())
+        }
+        Expr::InList {
+            expr,
+            list,
+            negated,
+        } => {
+            let c = column(expr).ok_or_else(unsupported)?;
+            let values = list
+                .iter()
+                .map(|e| literal(e).ok_or_else(unsupported))
+                .collect::<Result<Vec<_>>>()?;
+            out.push(PartitionFilter {
+                column: c,
+                op: if *negated { "not in" } else { "in" }.into(),
+                values,
+            });
+            Ok(())
+        }
+        _ => Err(unsupported()),
+    }
+}
+
 /// OPTIMIZE, VACUUM and RESTORE (Delta/Databricks syntax, which sqlparser does not know),
 /// parsed from tokens. `None` when the statement is something else.
 fn parse_maintenance(sql: &str, default_layer: &str) -> Result<Option<Statement>> {
@@ -429,7 +540,7 @@ fn parse_maintenance(sql: &str, default_layer: &str) -> Result<Option<Statement>
     }
     let syntax = || {
         Error::invalid(format!(
-            "{first} syntax: OPTIMIZE t [ZORDER BY (col, …)] | VACUUM t [RETAIN n HOURS] [DRY RUN] | RESTORE [TABLE] t TO VERSION AS OF n | TIMESTAMP AS OF '…'"
+            "{first} syntax: OPTIMIZE t [WHERE partition predicate] [ZORDER BY (col, …)] | VACUUM t [RETAIN n HOURS] [DRY RUN] | RESTORE [TABLE] t TO VERSION AS OF n | TIMESTAMP AS OF '…'"
         ))
     };
     let mut i = 1;
@@ -465,11 +576,15 @@ fn parse_maintenance(sql: &str, default_layer: &str) -> Result<Option<Statement>
     let statement = match first.as_str() {
         "OPTIMIZE" => {
             let mut zorder = Vec::new();
+            let mut partitions = Vec::new();
             if word(i).as_deref() == Some("WHERE") {
-                return Err(Error::Unsupported(
-                    "OPTIMIZE … WHERE is not supported yet; OPTIMIZE compacts every partition"
-                        .into(),
-                ));
+                i += 1;
+                let end = (i..tokens.len())
+                    .find(|j| word(*j).as_deref() == Some("ZORDER"))
+                    .unwrap_or(tokens.len());
+                let text: String = tokens[i..end].iter().map(|t| format!("{t} ")).collect();
+                partitions = partition_predicate(&text)?;
+                i = end;
             }
             if word(i).as_deref() == Some("ZORDER") {
                 i += 1;
@@ -497,7 +612,11 @@ fn parse_maintenance(sql: &str, default_layer: &str) -> Result<Option<Statement>
                     i += 1;
                 }
             }
-            Statement::Optimize { table, zorder }
+            Statement::Optimize {
+                table,
+                zorder,
+                partitions,
+            }
         }
         "VACUUM" => {
             let mut retain_hours = None;
@@ -661,16 +780,18 @@ fn classify_merge(merge: &ast::Merge, default_layer: &str) -> Result<Statement> 
     if merge.output.is_some() {
         return Err(Error::Unsupported("MERGE … OUTPUT is not supported".into()));
     }
-    // The source as a query of its own; its alias names it in the merge.
+    // The source as a query of its own; its alias names it in the merge. An alias that
+    // names columns (`USING (VALUES …) AS s(id, v)`) stays on the query, which needs it.
     let mut source = merge.source.clone();
+    let alias_name = |alias: &mut Option<ast::TableAlias>| match alias {
+        Some(a) if !a.columns.is_empty() => Some(a.name.value.to_ascii_lowercase()),
+        _ => alias.take().map(|a| a.name.value.to_ascii_lowercase()),
+    };
     let source_alias = match &mut source {
-        TableFactor::Table { name, alias, .. } => alias
-            .take()
-            .map(|a| a.name.value.to_ascii_lowercase())
-            .or_else(|| name.0.last().map(|p| p.to_string().to_ascii_lowercase())),
-        TableFactor::Derived { alias, .. } => {
-            alias.take().map(|a| a.name.value.to_ascii_lowercase())
+        TableFactor::Table { name, alias, .. } => {
+            alias_name(alias).or_else(|| name.0.last().map(|p| p.to_string().to_ascii_lowercase()))
         }
+        TableFactor::Derived { alias, .. } => alias_name(alias),
         _ => {
             return Err(Error::Unsupported(
                 "MERGE … USING takes a table or a subquery".into(),
@@ -884,6 +1005,163 @@ fn first_words(sql: &str) -> String {
     sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
+/// `ALTER TABLE`: one change per statement (several `ADD COLUMN`s are one change).
+fn classify_alter(alter: &ast::AlterTable, default_layer: &str) -> Result<Statement> {
+    use ast::{AlterColumnOperation as Col, AlterTableOperation as Op};
+    let table = table_ref(&alter.name, default_layer)?;
+    let rewrite_hint = "delta-rs cannot yet write tables with Delta column mapping, which this needs; \
+        create a new table instead (CREATE TABLE … AS SELECT …) and drop the old one";
+    let adds: Vec<_> = alter
+        .operations
+        .iter()
+        .filter_map(|op| match op {
+            Op::AddColumn {
+                if_not_exists,
+                column_def,
+                column_position,
+                ..
+            } => Some((*if_not_exists, column_def, column_position)),
+            _ => None,
+        })
+        .collect();
+    if !adds.is_empty() {
+        if adds.len() != alter.operations.len() {
+            return Err(Error::Unsupported(
+                "ALTER TABLE makes one change at a time (several ADD COLUMN are fine)".into(),
+            ));
+        }
+        if adds.iter().any(|(_, _, pos)| pos.is_some()) {
+            return Err(Error::Unsupported(
+                "ADD COLUMN … FIRST/AFTER is not supported: new columns go last".into(),
+            ));
+        }
+        return Ok(Statement::AlterTable {
+            table,
+            change: TableChange::AddColumns {
+                columns: adds
+                    .iter()
+                    .map(|(_, c, _)| column_spec(c))
+                    .collect::<Result<_>>()?,
+                if_not_exists: adds.iter().all(|(ine, _, _)| *ine),
+            },
+        });
+    }
+    let [op] = alter.operations.as_slice() else {
+        return Err(Error::Unsupported(
+            "ALTER TABLE makes one change at a time (several ADD COLUMN are fine)".into(),
+        ));
+    };
+    let change = match op {
+        Op::SetTblProperties { table_properties } => {
+            let (comment, properties) = table_options(table_properties)?;
+            if comment.is_some() {
+                return Err(Error::invalid(
+                    "set a table comment with COMMENT ON TABLE t IS '…'",
+                ));
+            }
+            TableChange::SetProperties(properties)
+        }
+        Op::AlterColumn { column_name, op } => {
+            let column = column_name.value.clone();
+            match op {
+                Col::SetDataType {
+                    data_type,
+                    using: None,
+                    ..
+                } => TableChange::SetColumnType {
+                    column,
+                    data_type: data_type.to_string(),
+                },
+                Col::DropNotNull => TableChange::DropNotNull { column },
+                Col::SetNotNull => {
+                    return Err(Error::Unsupported(
+                        "SET NOT NULL is not supported: existing rows are not re-checked; create the table with NOT NULL instead".into(),
+                    ));
+                }
+                other => {
+                    return Err(Error::Unsupported(format!(
+                        "ALTER COLUMN … {other} is not supported"
+                    )));
+                }
+            }
+        }
+        Op::RenameColumn { .. } => {
+            return Err(Error::Unsupported(format!(
+                "RENAME COLUMN is not supported: {rewrite_hint}"
+            )));
+        }
+        Op::DropColumn { .. } => {
+            return Err(Error::Unsupported(format!(
+                "DROP COLUMN is not supported: {rewrite_hint}"
+            )));
+        }
+        Op::RenameTable { .. } => {
+            return Err(Error::Unsupported(
+                "renaming a table is not supported: a table's location is its name; CREATE TABLE new AS SELECT * FROM old, then DROP TABLE old".into(),
+            ));
+        }
+        other => {
+            return Err(Error::Unsupported(format!(
+                "ALTER TABLE … {other} is not supported"
+            )));
+        }
+    };
+    Ok(Statement::AlterTable { table, change })
+}
+
+fn column_spec(c: &ast::ColumnDef) -> Result<ColumnSpec> {
+    let mut nullable = true;
+    let mut description = None;
+    for opt in &c.options {
+        match &opt.option {
+            ast::ColumnOption::NotNull => nullable = false,
+            ast::ColumnOption::Null => nullable = true,
+            ast::ColumnOption::Comment(text) => description = Some(text.clone()),
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "column option {other} is not supported"
+                )));
+            }
+        }
+    }
+    Ok(ColumnSpec {
+        name: c.name.value.clone(),
+        data_type: c.data_type.to_string(),
+        nullable,
+        description,
+    })
+}
+
+/// `COMMENT '…'` and `'key' = 'value'` table options / `TBLPROPERTIES`.
+fn table_options(options: &[ast::SqlOption]) -> Result<(Option<String>, BTreeMap<String, String>)> {
+    let mut comment = None;
+    let mut properties = BTreeMap::new();
+    for o in options {
+        match o {
+            ast::SqlOption::Comment(c) => comment = Some(comment_text(c)),
+            ast::SqlOption::KeyValue { key, value } => {
+                let value = match value {
+                    Expr::Value(v) => match &v.value {
+                        Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+                        Value::Number(n, _) => n.clone(),
+                        Value::Boolean(b) => b.to_string(),
+                        other => other.to_string(),
+                    },
+                    Expr::Identifier(i) => i.value.clone(),
+                    other => other.to_string(),
+                };
+                properties.insert(key.value.clone(), value);
+            }
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "table option {other} is not supported"
+                )));
+            }
+        }
+    }
+    Ok((comment, properties))
+}
+
 fn comment_text(c: &ast::CommentDef) -> String {
     match c {
         ast::CommentDef::WithEq(s) | ast::CommentDef::WithoutEq(s) => s.clone(),
@@ -920,11 +1198,38 @@ impl VisitorMut for TimeTravel {
             name,
             alias,
             version,
+            args,
             ..
         } = tf
         else {
             return ControlFlow::Continue(());
         };
+        if let Some(function_args) = args.take() {
+            match table_changes(name, &function_args) {
+                Ok((table, spec)) => {
+                    let base = table.last().map(|i| i.value.clone()).unwrap_or_default();
+                    if alias.is_none() {
+                        *alias = Some(ast::TableAlias {
+                            explicit: true,
+                            name: ast::Ident::new(base.clone()),
+                            columns: vec![],
+                            at: None,
+                        });
+                    }
+                    let mut parts: Vec<ObjectNamePart> =
+                        table.into_iter().map(ObjectNamePart::Identifier).collect();
+                    if let Some(ObjectNamePart::Identifier(last)) = parts.last_mut() {
+                        *last = ast::Ident::with_quote('"', spec.relation_name(&base));
+                    }
+                    *name = ObjectName(parts);
+                    return ControlFlow::Continue(());
+                }
+                Err(e) => {
+                    self.error = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+        }
         let Some(v) = version.take() else {
             return ControlFlow::Continue(());
         };
@@ -952,6 +1257,52 @@ impl VisitorMut for TimeTravel {
         *last = ast::Ident::with_quote('"', spec.relation_name(&base.to_ascii_lowercase()));
         ControlFlow::Continue(())
     }
+}
+
+/// `table_changes('layer.t', start[, end])`, the one table function: the table's name parts
+/// and the change-feed version range. Any other table function is refused.
+fn table_changes(
+    name: &ObjectName,
+    args: &ast::TableFunctionArgs,
+) -> Result<(Vec<ast::Ident>, VersionSpec)> {
+    let usage = "table_changes('layer.table', start_version[, end_version])";
+    if !name.to_string().eq_ignore_ascii_case("table_changes") {
+        return Err(Error::Unsupported(format!(
+            "table function {name} is not supported; the one table function is {usage}"
+        )));
+    }
+    let values: Vec<&Value> = args
+        .args
+        .iter()
+        .map(|a| match a {
+            ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(Expr::Value(v))) => Ok(&v.value),
+            _ => Err(Error::invalid(format!(
+                "{usage}: arguments must be literals"
+            ))),
+        })
+        .collect::<Result<_>>()?;
+    let version = |v: &Value| match v {
+        Value::Number(n, _) => n
+            .parse::<u64>()
+            .map_err(|_| Error::invalid(format!("{usage}: {n} is not a version"))),
+        other => Err(Error::invalid(format!("{usage}: {other} is not a version"))),
+    };
+    let (table, start, end) = match values.as_slice() {
+        [Value::SingleQuotedString(t), s] => (t, version(s)?, None),
+        [Value::SingleQuotedString(t), s, e] => (t, version(s)?, Some(version(e)?)),
+        _ => return Err(Error::invalid(format!("usage: {usage}"))),
+    };
+    let parts: Vec<ast::Ident> = table
+        .split('.')
+        .map(|p| ast::Ident::new(p.trim().to_ascii_lowercase()))
+        .collect();
+    if parts.is_empty() || parts.len() > 3 || parts.iter().any(|p| p.value.is_empty()) {
+        return Err(Error::invalid(format!(
+            "{usage}: invalid table name {table:?}"
+        )));
+    }
+    crate::storage::validate_name(&parts[parts.len() - 1].value)?;
+    Ok((parts, VersionSpec::Changes { start, end }))
 }
 
 fn version_spec(v: &TableVersion) -> Result<VersionSpec> {
@@ -1089,6 +1440,106 @@ mod tests {
     }
 
     #[test]
+    fn schema_changes_are_classified() {
+        let change = |sql: &str| match parse(sql, "gold") {
+            Ok(Statement::AlterTable { table, change }) => (table.to_string(), change),
+            other => panic!("{sql}: {other:?}"),
+        };
+        let (t, c) = change(
+            "ALTER TABLE silver.t ADD COLUMN a INT, ADD COLUMN IF NOT EXISTS b STRING COMMENT 'x'",
+        );
+        assert_eq!(t, "silver.t");
+        let TableChange::AddColumns {
+            columns,
+            if_not_exists,
+        } = c
+        else {
+            panic!("{c:?}")
+        };
+        assert_eq!(columns.len(), 2);
+        assert_eq!(columns[1].description.as_deref(), Some("x"));
+        assert!(!if_not_exists);
+        assert_eq!(
+            change("ALTER TABLE t ALTER COLUMN q TYPE BIGINT").1,
+            TableChange::SetColumnType {
+                column: "q".into(),
+                data_type: "BIGINT".into()
+            }
+        );
+        assert_eq!(
+            change("ALTER TABLE t SET TBLPROPERTIES ('delta.enableChangeDataFeed' = 'true')").1,
+            TableChange::SetProperties(
+                [("delta.enableChangeDataFeed".to_string(), "true".to_string())].into()
+            )
+        );
+        assert_eq!(
+            change("COMMENT ON COLUMN gold.t.c IS 'hi'"),
+            (
+                "gold.t".to_string(),
+                TableChange::ColumnComment {
+                    column: "c".into(),
+                    comment: Some("hi".into())
+                }
+            )
+        );
+        assert_eq!(
+            change("COMMENT ON TABLE t IS NULL").1,
+            TableChange::Description(None)
+        );
+        for bad in [
+            "ALTER TABLE t RENAME COLUMN a TO b",
+            "ALTER TABLE t DROP COLUMN a",
+            "ALTER TABLE t ADD COLUMN a INT, DROP COLUMN b",
+            "ALTER TABLE t RENAME TO u",
+        ] {
+            assert!(parse(bad, "gold").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn table_changes_and_optimize_where_are_parsed() {
+        let Statement::Query(q) = parse(
+            "SELECT * FROM table_changes('silver.t', 3, 5) JOIN table_changes('u', 1) c ON true",
+            "gold",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        let text = q.to_string();
+        assert!(text.contains(r#"silver."t@c3-5" AS t"#), "{text}");
+        assert!(text.contains(r#""u@c1-" c ON"#), "{text}");
+        for bad in [
+            "SELECT * FROM table_changes('t')",
+            "SELECT * FROM table_changes('t', 'x')",
+            "SELECT * FROM table_changes('a.b.c.d', 1)",
+            "SELECT * FROM generate_series(1, 3)",
+        ] {
+            assert!(parse(bad, "gold").is_err(), "{bad}");
+        }
+        let Statement::Optimize {
+            partitions, zorder, ..
+        } = parse(
+            "OPTIMIZE t WHERE region = 'eu' AND (day >= 20240501 AND kind NOT IN ('a', 'b')) ZORDER BY (id)",
+            "gold",
+        )
+        .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(zorder, vec!["id"]);
+        let ops: Vec<(&str, &str, usize)> = partitions
+            .iter()
+            .map(|f| (f.column.as_str(), f.op.as_str(), f.values.len()))
+            .collect();
+        assert_eq!(
+            ops,
+            vec![("region", "=", 1), ("day", ">=", 1), ("kind", "not in", 2)]
+        );
+        assert!(parse("OPTIMIZE t WHERE a = b", "gold").is_err());
+        assert!(parse("OPTIMIZE t WHERE a = 1 OR a = 2", "gold").is_err());
+    }
+
+    #[test]
     fn ddl_is_classified() {
         let s = parse(
             "CREATE TABLE IF NOT EXISTS silver.t (id BIGINT NOT NULL COMMENT 'key', r STRING) PARTITIONED BY (r) COMMENT 'demo'",
@@ -1101,10 +1552,12 @@ mod tests {
             columns,
             partition_by,
             description,
+            properties,
         } = s
         else {
             panic!("{s:?}")
         };
+        assert!(properties.is_empty());
         assert_eq!(table.to_string(), "silver.t");
         assert!(if_not_exists);
         assert!(!columns[0].nullable);

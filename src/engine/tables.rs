@@ -9,6 +9,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ingest::{self, UploadFormat};
 use crate::pipelines::commit::{self, WriteMode, WriteOutcome};
+use crate::pipelines::schema::{self, TableChange};
 use crate::security::policy::table::Enforcement;
 use crate::security::policy::write;
 use crate::security::{AccessControl, Principal, Privilege};
@@ -38,6 +39,8 @@ pub struct TableInfo {
     pub version: u64,
     pub columns: Vec<ColumnInfo>,
     pub partition_columns: Vec<String>,
+    /// Delta table properties (`delta.*`), e.g. `delta.enableChangeDataFeed`.
+    pub properties: std::collections::BTreeMap<String, String>,
     pub file_count: usize,
     pub size_bytes: u64,
     pub created_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -57,6 +60,8 @@ pub enum IfExists {
 pub struct IngestMode {
     pub create_if_missing: bool,
     pub if_exists: IfExists,
+    /// Add the batches' columns the table lacks (needs MANAGE) instead of refusing them.
+    pub merge_schema: bool,
 }
 
 /// An upload of rows.
@@ -66,6 +71,8 @@ pub struct Upload {
     pub body: bytes::Bytes,
     pub mode: WriteMode,
     pub idempotency_key: Option<String>,
+    /// Add the upload's columns the table lacks (needs MANAGE) instead of refusing them.
+    pub merge_schema: bool,
 }
 
 impl Engine {
@@ -132,17 +139,17 @@ impl Engine {
         describe(t, &table)
     }
 
-    pub async fn set_description(
+    /// One schema or metadata change (`ALTER TABLE`, `COMMENT ON`, REST `PATCH`).
+    pub async fn alter_table(
         &self,
         p: &Arc<Principal>,
         t: &TableRef,
-        description: String,
+        change: &TableChange,
     ) -> Result<TableInfo> {
         let access = self.access().await?;
         access.check(p, Privilege::Manage, t)?;
-        let table = self.catalog.load(t).await?;
-        let updated = commit::set_description(table, p, description).await?;
-        self.catalog.remember(t, &updated).await;
+        let state = self.sessions.dml_session(p, &access);
+        let updated = schema::alter(&self.catalog, t, p, change, &state).await?;
         describe(t, &updated)
     }
 
@@ -164,9 +171,13 @@ impl Engine {
         t: &TableRef,
         upload: Upload,
     ) -> Result<WriteOutcome> {
-        let schema = self.writable_schema(p, t, upload.mode).await?;
-        let batches = ingest::decode(upload.format, upload.body, &schema)?;
+        let mut schema = self.writable_schema(p, t, upload.mode).await?;
         let access = self.access().await?;
+        if upload.merge_schema {
+            let incoming = ingest::upload_schema(upload.format, &upload.body)?;
+            schema = self.evolve(&access, p, t, schema, &incoming)?;
+        }
+        let batches = ingest::decode(upload.format, upload.body, &schema)?;
         self.check_write(&access, p, t, upload.mode, &schema, &batches)?;
         commit::write(
             &self.catalog,
@@ -205,6 +216,26 @@ impl Engine {
             )));
         }
         write::check_rows(t, &enforcement, schema, batches, self.planning_state())
+    }
+
+    /// `merge_schema`: the table's schema plus the incoming columns it lacks. Adding columns
+    /// alters the table, so it needs MANAGE as `ALTER TABLE … ADD COLUMN` does; the columns
+    /// are added by the write's own commit (Delta schema merge), atomically with the rows.
+    fn evolve(
+        &self,
+        access: &AccessControl,
+        p: &Principal,
+        t: &TableRef,
+        target: arrow::datatypes::SchemaRef,
+        incoming: &arrow::datatypes::Schema,
+    ) -> Result<arrow::datatypes::SchemaRef> {
+        match ingest::with_new_columns(&target, incoming)? {
+            None => Ok(target),
+            Some(evolved) => {
+                access.check(p, Privilege::Manage, t)?;
+                Ok(evolved)
+            }
+        }
     }
 
     /// Checks write privileges for `mode` and returns the table's Arrow schema.
@@ -254,6 +285,7 @@ impl Engine {
                     columns: Vec::new(),
                     partition_by: Vec::new(),
                     description: None,
+                    properties: Default::default(),
                 };
                 let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
                 let version =
@@ -265,7 +297,10 @@ impl Engine {
                 });
             }
         };
-        let target = self.writable_schema(p, t, write_mode).await?;
+        let mut target = self.writable_schema(p, t, write_mode).await?;
+        if mode.merge_schema {
+            target = self.evolve(&access, p, t, target, &schema)?;
+        }
         let batches = batches
             .iter()
             .map(|b| ingest::conform(b, &target))
@@ -306,10 +341,14 @@ fn describe(t: &TableRef, table: &DeltaTable) -> Result<TableInfo> {
             name: f.name().to_string(),
             data_type: type_name(f.data_type()),
             nullable: f.is_nullable(),
-            description: f.metadata().get(COLUMN_COMMENT_KEY).map(|v| match v {
-                deltalake::kernel::MetadataValue::String(s) => s.clone(),
-                other => format!("{other:?}"),
-            }),
+            description: f
+                .metadata()
+                .get(COLUMN_COMMENT_KEY)
+                .map(|v| match v {
+                    deltalake::kernel::MetadataValue::String(s) => s.clone(),
+                    other => format!("{other:?}"),
+                })
+                .filter(|s| !s.is_empty()),
         })
         .collect();
     let log_data = state.log_data();
@@ -319,11 +358,20 @@ fn describe(t: &TableRef, table: &DeltaTable) -> Result<TableInfo> {
         layer: t.layer,
         name: t.name.clone(),
         full_name: t.to_string(),
-        description: metadata.description().map(str::to_string),
+        description: metadata
+            .description()
+            .filter(|d| !d.is_empty())
+            .map(str::to_string),
         owner: metadata.configuration().get(OWNER_PROPERTY).cloned(),
         version: state.version(),
         columns,
         partition_columns: metadata.partition_columns().to_vec(),
+        properties: metadata
+            .configuration()
+            .iter()
+            .filter(|(k, _)| k.starts_with("delta."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         file_count,
         size_bytes,
         created_at: metadata

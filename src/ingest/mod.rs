@@ -112,6 +112,65 @@ pub fn decode(format: UploadFormat, body: Bytes, target: &SchemaRef) -> Result<V
     enforce_schema(batches, target)
 }
 
+/// The columns an upload carries: typed as the upload states them (Parquet, Arrow) or as
+/// inferred from its values (JSON, CSV). For `merge_schema`, which adds the ones the table
+/// lacks.
+pub fn upload_schema(format: UploadFormat, body: &Bytes) -> Result<Schema> {
+    let bad =
+        |what: &str, e: &dyn std::fmt::Display| Error::invalid(format!("invalid {what}: {e}"));
+    match format {
+        UploadFormat::Json => {
+            let value: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| bad("JSON", &e))?;
+            let serde_json::Value::Array(rows) = value else {
+                return Err(Error::invalid("a JSON upload must be an array of objects"));
+            };
+            arrow::json::reader::infer_json_schema_from_iterator(rows.into_iter().map(Ok))
+                .map_err(|e| bad("JSON", &clean_arrow_message(&e)))
+        }
+        UploadFormat::NdJson => arrow::json::reader::infer_json_schema(Cursor::new(body), None)
+            .map(|(schema, _)| schema)
+            .map_err(|e| bad("JSON", &clean_arrow_message(&e))),
+        UploadFormat::Csv => arrow::csv::reader::Format::default()
+            .with_header(true)
+            .infer_schema(Cursor::new(body), None)
+            .map(|(schema, _)| schema)
+            .map_err(|e| bad("CSV", &clean_arrow_message(&e))),
+        UploadFormat::Parquet => {
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(body.clone())
+                .map(|b| b.schema().as_ref().clone())
+                .map_err(|e| bad("Parquet", &e))
+        }
+        UploadFormat::ArrowStream => {
+            arrow::ipc::reader::StreamReader::try_new(Cursor::new(body.clone()), None)
+                .map(|r| r.schema().as_ref().clone())
+                .map_err(|e| bad("Arrow IPC stream", &e))
+        }
+    }
+}
+
+/// `target` followed by the columns of `incoming` it lacks (matched case-insensitively),
+/// as nullable Delta-storable types. Returns `None` when there are none.
+pub fn with_new_columns(target: &SchemaRef, incoming: &Schema) -> Result<Option<SchemaRef>> {
+    let mut fields: Vec<Field> = target.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let before = fields.len();
+    for f in incoming.fields() {
+        let name = f.name().trim().to_ascii_lowercase();
+        if fields.iter().any(|g| g.name() == &name) {
+            continue;
+        }
+        crate::storage::validate_name(&name).map_err(|e| Error::invalid(format!("column: {e}")))?;
+        let dt = crate::storage::types::delta_arrow_type(f.data_type()).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "new column {name} has type {}, which cannot be added",
+                f.data_type()
+            ))
+        })?;
+        fields.push(Field::new(name, dt, true));
+    }
+    Ok((fields.len() > before).then(|| Arc::new(Schema::new(fields))))
+}
+
 /// The target schema with every field nullable: decoders fill absent values with nulls and
 /// [`check_not_null`] then reports them with their row.
 fn nullable(target: &SchemaRef) -> SchemaRef {

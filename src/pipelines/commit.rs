@@ -13,7 +13,6 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::operations::update_table_metadata::TableMetadataUpdate;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use serde::Serialize;
@@ -128,12 +127,25 @@ pub async fn write(
         WriteMode::Append => SaveMode::Append,
         WriteMode::Overwrite => SaveMode::Overwrite,
     };
-    let result = table
+    // Batches carry columns the table lacks only when the engine evolved the schema on
+    // purpose (`merge_schema`, checked for MANAGE); everything else is conformed to the
+    // table's schema first.
+    let table_schema = table.snapshot()?.snapshot().arrow_schema();
+    let adds_columns = batches.first().is_some_and(|b| {
+        b.schema()
+            .fields()
+            .iter()
+            .any(|f| table_schema.field_with_name(f.name()).is_err())
+    });
+    let mut write = table
         .clone()
         .write(batches)
         .with_save_mode(save_mode)
-        .with_commit_properties(props)
-        .await;
+        .with_commit_properties(props);
+    if adds_columns {
+        write = write.with_schema_mode(deltalake::operations::write::SchemaMode::Merge);
+    }
+    let result = write.await;
     match result {
         Ok(written) => {
             catalog.remember(t, &written).await;
@@ -217,6 +229,10 @@ pub async fn create_with_data(
     if let Some(d) = &spec.description {
         write = write.with_description(d.clone());
     }
+    let properties = crate::storage::properties::validate(&spec.properties)?;
+    if !properties.is_empty() {
+        write = write.with_configuration(properties.into_iter().map(|(k, v)| (k, Some(v))));
+    }
     let written = write.await.map_err(|e| match e {
         DeltaTableError::VersionAlreadyExists(_) => {
             Error::AlreadyExists(format!("table {t} already exists"))
@@ -249,21 +265,4 @@ fn arrow_type_name(dt: &arrow::datatypes::DataType) -> Result<String> {
             )));
         }
     })
-}
-
-/// Sets the table description (a Delta metadata commit).
-pub async fn set_description(
-    table: DeltaTable,
-    p: &Principal,
-    description: String,
-) -> Result<DeltaTable> {
-    let update = TableMetadataUpdate {
-        name: None,
-        description: Some(description),
-    };
-    Ok(table
-        .update_table_metadata()
-        .with_update(update)
-        .with_commit_properties(commit_properties(p, "SET DESCRIPTION"))
-        .await?)
 }

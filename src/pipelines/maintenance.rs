@@ -25,16 +25,40 @@ pub struct OptimizeOutcome {
     pub partitions_optimized: u64,
 }
 
-/// Compacts small files toward `target_size` bytes (default: the table's
-/// `delta.targetFileSize`, else delta-rs's default), Z-ordering by `zorder` when given.
-/// Concurrent appends do not conflict with it: it only removes files it rewrote.
+/// `column op value(s)` on a partition column: which partitions OPTIMIZE rewrites.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PartitionFilter {
+    pub column: String,
+    /// `=`, `!=`, `<`, `<=`, `>`, `>=`, `in`, `not in`.
+    pub op: String,
+    /// One value, or the set for `in` / `not in`.
+    pub values: Vec<String>,
+}
+
+/// What OPTIMIZE does.
+#[derive(Debug, Clone, Default)]
+pub struct OptimizeSpec {
+    /// Z-order by these columns (default: bin-packing only).
+    pub zorder: Vec<String>,
+    /// Only partitions matching all of these (default: every partition).
+    pub partitions: Vec<PartitionFilter>,
+    /// Target file size in bytes (default: `delta.targetFileSize`, else delta-rs's).
+    pub target_size: Option<u64>,
+}
+
+/// Compacts small files toward the target size, Z-ordering when asked, in the matching
+/// partitions. Concurrent appends do not conflict with it: it only removes files it rewrote.
 pub async fn optimize(
     catalog: &Catalog,
     t: &TableRef,
     p: &Principal,
-    zorder: Vec<String>,
-    target_size: Option<u64>,
+    spec: OptimizeSpec,
 ) -> Result<OptimizeOutcome> {
+    let OptimizeSpec {
+        zorder,
+        partitions,
+        target_size,
+    } = spec;
     let table = catalog.load(t).await?;
     let schema = table.snapshot()?.snapshot().arrow_schema();
     for c in &zorder {
@@ -44,8 +68,37 @@ pub async fn optimize(
             )));
         }
     }
+    let partition_columns = table.snapshot()?.metadata().partition_columns().to_vec();
+    let filters = partitions
+        .iter()
+        .map(|f| {
+            if !partition_columns.contains(&f.column) {
+                return Err(Error::invalid(format!(
+                    "OPTIMIZE … WHERE filters by partition columns only; {} is not one of {t}'s ({})",
+                    f.column,
+                    if partition_columns.is_empty() {
+                        "it has none".to_string()
+                    } else {
+                        partition_columns.join(", ")
+                    }
+                )));
+            }
+            let value = match f.op.as_str() {
+                "in" | "not in" => {
+                    deltalake::FilterValue::Set(f.values.iter().map(String::as_str).collect())
+                }
+                _ => match f.values.as_slice() {
+                    [v] => deltalake::FilterValue::Scalar(v.as_str()),
+                    _ => return Err(Error::invalid(format!("{} {} needs one value", f.column, f.op))),
+                },
+            };
+            deltalake::filter_literal(&f.column, &f.op, value)
+                .map_err(|e| Error::invalid(e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut builder = table
         .optimize()
+        .with_filters(&filters)
         .with_commit_properties(commit_properties(p, "OPTIMIZE"));
     if !zorder.is_empty() {
         builder = builder.with_type(deltalake::operations::optimize::OptimizeType::ZOrder(

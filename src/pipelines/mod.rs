@@ -4,3 +4,4 @@ pub mod commit;
 pub mod maintenance;
 pub mod merge;
 pub mod scd2;
+pub mod schema;

@@ -6,7 +6,7 @@
 //! refreshes incrementally (one listing of `_delta_log` past the cached version), never
 //! replays the whole log.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -32,6 +32,8 @@ pub struct TableSpec {
     pub columns: Vec<ColumnSpec>,
     pub partition_by: Vec<String>,
     pub description: Option<String>,
+    /// Delta table properties (see [`crate::storage::properties`]).
+    pub properties: BTreeMap<String, String>,
 }
 
 /// One commit in a table's history.
@@ -328,6 +330,7 @@ impl Catalog {
                 "a table needs at least one non-partition column",
             ));
         }
+        let properties = crate::storage::properties::validate(&spec.properties)?;
         if self.exists(t).await? {
             return Err(already_exists(t));
         }
@@ -340,7 +343,12 @@ impl Catalog {
             .with_configuration_property(deltalake::TableProperty::AppendOnly, Some("false"))
             // Our own `strata.*` keys are not Delta properties; let them through.
             .with_raise_if_key_not_exists(false)
-            .with_configuration([(OWNER_PROPERTY.to_string(), Some(owner.to_string()))])
+            .with_configuration(
+                properties
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v)))
+                    .chain([(OWNER_PROPERTY.to_string(), Some(owner.to_string()))]),
+            )
             // A create is only valid as version 0: never let delta-rs retry it as version 1
             // on top of a concurrent create (that would replace the winner's metadata).
             .with_commit_properties(commit.with_max_retries(0));

@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod commit_guard;
+pub mod properties;
 pub mod types;
 pub mod warehouse;
 
@@ -117,6 +118,25 @@ pub fn validate_name(name: &str) -> Result<()> {
             "invalid name {name:?}: use letters, digits and underscores, starting with a letter or underscore (at most 128)"
         )))
     }
+}
+
+/// delta-rs scans read through a session's object store registry: registers the store of
+/// `table`'s warehouse in `runtime` once (idempotent).
+pub fn register_table_store(
+    runtime: &datafusion::execution::runtime_env::RuntimeEnv,
+    table: &deltalake::DeltaTable,
+) -> Result<()> {
+    let log_store = table.log_store();
+    let root = log_store.root_url();
+    let url = datafusion::execution::object_store::ObjectStoreUrl::parse(format!(
+        "{}://{}",
+        root.scheme(),
+        &root[url::Position::BeforeHost..url::Position::AfterPort]
+    ))?;
+    if runtime.object_store(&url).is_err() {
+        runtime.register_object_store(url.as_ref(), log_store.root_object_store(None));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -43,7 +43,9 @@ async fn batches(client: &reqwest::Client, http: &str, token: &str) -> BTreeMap<
 /// 25 rounds of: start the real binary, check the table, write from three clients, SIGKILL
 /// the process at a random moment after the round's first acknowledged commit. Every table
 /// opens at a version ≥ the last acknowledged one, every acknowledged batch is there whole,
-/// no batch is there in part or twice, and a full scan reads every referenced file.
+/// no batch is there in part or twice, and a full scan reads every referenced file. The
+/// table checkpoints every 5 commits, so kills also land while a checkpoint is written: a
+/// table killed mid-checkpoint must still open.
 async fn sigkill_during_writes_never_loses_an_acknowledged_commit(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let moto = match backend {
@@ -76,7 +78,7 @@ async fn sigkill_during_writes_never_loses_an_acknowledged_commit(backend: Backe
             let r = client
                 .post(format!("{}/api/v1/query", p.http))
                 .bearer_auth(&p.token)
-                .json(&json!({"sql": "CREATE TABLE bronze.crash (id BIGINT NOT NULL, name STRING, amount DOUBLE)"}))
+                .json(&json!({"sql": "CREATE TABLE bronze.crash (id BIGINT NOT NULL, name STRING, amount DOUBLE) TBLPROPERTIES ('delta.checkpointInterval' = '5')"}))
                 .send()
                 .await
                 .unwrap();

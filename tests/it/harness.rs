@@ -204,16 +204,33 @@ impl TestServer {
             .unwrap()
     }
 
-    pub async fn put_json(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+    /// `method path` with a JSON body; status and JSON answer.
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value) {
         let r = self
             .client
-            .put(self.url(path))
+            .request(method, self.url(path))
             .bearer_auth(token)
             .json(&body)
             .send()
             .await
             .unwrap();
         status_json(r).await
+    }
+
+    pub async fn put_json(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        self.send_json(reqwest::Method::PUT, token, path, body)
+            .await
+    }
+
+    pub async fn patch_json(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        self.send_json(reqwest::Method::PATCH, token, path, body)
+            .await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -232,15 +249,8 @@ impl TestServer {
     }
 
     pub async fn post_json(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .client
-            .post(self.url(path))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
+        self.send_json(reqwest::Method::POST, token, path, body)
             .await
-            .unwrap();
-        status_json(r).await
     }
 
     /// Runs SQL, JSON result.

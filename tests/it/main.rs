@@ -8,6 +8,7 @@ mod commits;
 mod faults;
 mod flight;
 mod harness;
+mod lifecycle;
 mod maintenance;
 mod merge;
 mod python;

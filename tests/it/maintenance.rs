@@ -150,3 +150,90 @@ async fn vacuum_refuses_short_retention_and_restore_undoes_a_bad_overwrite() {
     let (status, _) = s.sql(&ann, "OPTIMIZE gold.people").await;
     assert_eq!(status, 403);
 }
+
+/// OPTIMIZE … WHERE compacts only the matching partitions, and appends that commit while an
+/// OPTIMIZE runs neither fail nor get lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimize_where_and_concurrent_appends() {
+    let s = std::sync::Arc::new(TestServer::start().await);
+    let admin = s.admin.clone();
+    s.sql_ok("CREATE TABLE bronze.ev (id BIGINT, region STRING) PARTITIONED BY (region)")
+        .await;
+    for i in 0..20 {
+        for region in ["eu", "us"] {
+            s.sql_ok(&format!("INSERT INTO bronze.ev VALUES ({i}, '{region}')"))
+                .await;
+        }
+    }
+    assert_eq!(files(&s, "bronze.ev").await, 40);
+    let body = s.sql_ok("OPTIMIZE bronze.ev WHERE region = 'eu'").await;
+    assert_eq!(body[0]["rows_affected"], 20, "{body}");
+    assert_eq!(files(&s, "bronze.ev").await, 21);
+    let (status, body) = s
+        .post_json(
+            &admin,
+            "/api/v1/tables/bronze/ev/optimize",
+            json!({"where": "region IN ('us', 'apac')"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["files_removed"], 20);
+    assert_eq!(files(&s, "bronze.ev").await, 2);
+    for (sql, needle) in [
+        ("OPTIMIZE bronze.ev WHERE id = 1", "partition columns only"),
+        (
+            "OPTIMIZE bronze.ev WHERE region LIKE 'e%'",
+            "partition-column",
+        ),
+        ("OPTIMIZE bronze.ev WHERE", "OPTIMIZE"),
+    ] {
+        let (status, body) = s.sql(&admin, sql).await;
+        assert_eq!(status, 400, "{sql}: {body}");
+        assert!(message(&body).contains(needle), "{sql}: {body}");
+    }
+
+    // 4 writers × 25 appends of one row each against back-to-back OPTIMIZEs.
+    for i in 0..100 {
+        s.sql_ok(&format!(
+            "INSERT INTO bronze.ev VALUES ({}, 'eu')",
+            1000 + i
+        ))
+        .await;
+    }
+    let before = s.count("bronze.ev").await;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let s = std::sync::Arc::clone(&s);
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let id = 10_000 + w * 100 + i;
+                    let (status, body) = s
+                        .sql(
+                            &s.admin.clone(),
+                            &format!("INSERT INTO bronze.ev VALUES ({id}, 'eu')"),
+                        )
+                        .await;
+                    assert_eq!(status, 200, "append {id} during OPTIMIZE: {body}");
+                }
+            })
+        })
+        .collect();
+    let mut optimized = 0;
+    while !writers.iter().all(|w| w.is_finished()) {
+        let (status, body) = s.sql(&admin, "OPTIMIZE bronze.ev").await;
+        assert!(
+            status == 200 || status == 409,
+            "OPTIMIZE during appends: {status} {body}"
+        );
+        optimized += u64::from(status == 200);
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(optimized > 0, "no OPTIMIZE committed during the appends");
+    assert_eq!(s.count("bronze.ev").await, before + 100);
+    let distinct = s
+        .sql_ok("SELECT count(DISTINCT id) AS n FROM bronze.ev WHERE id >= 10000")
+        .await;
+    assert_eq!(distinct[0]["n"], 100);
+}

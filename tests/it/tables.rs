@@ -65,16 +65,14 @@ async fn create_list_describe_drop_in_every_layer(backend: Backend) {
     assert_eq!(body["file_count"], 1);
     assert!(body["size_bytes"].as_u64().unwrap() > 0);
 
-    let r = s
-        .client
-        .patch(s.url("/api/v1/tables/gold/events"))
-        .bearer_auth(&admin)
-        .json(&json!({"description": "curated events"}))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    assert_eq!(status, 200, "{:?}", r.text().await);
+    let (status, body) = s
+        .patch_json(
+            &admin,
+            "/api/v1/tables/gold/events",
+            json!({"description": "curated events"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     let (_, body) = s.get(&admin, "/api/v1/tables/gold/events").await;
     assert_eq!(body["description"], "curated events");
 

@@ -46,9 +46,25 @@ fn mode(cmd: &CommandStatementIngest) -> Result<IngestMode> {
         Ok(TableExistsOption::Replace) => IfExists::Replace,
         Err(_) => return Err(Error::invalid("unknown if_exists option")),
     };
+    let merge_schema = match cmd
+        .options
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("merge_schema"))
+        .map(|(_, v)| v.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "ingest option merge_schema must be true or false, not {other:?}"
+            )));
+        }
+    };
     Ok(IngestMode {
         create_if_missing,
         if_exists,
+        merge_schema,
     })
 }
 

@@ -48,7 +48,7 @@ pub(crate) fn spec() -> Value {
         "paths": {
             "/api/v1/query": {"post": {
                 "summary": "Run one SQL statement",
-                "description": "Cacheable SELECT results carry an ETag; send it back in If-None-Match to get 304 without re-running the query. SELECT/EXPLAIN stream rows; CREATE TABLE [AS SELECT], INSERT INTO/OVERWRITE and DROP TABLE return one summary row. Time travel: `FROM t VERSION AS OF n` or `TIMESTAMP AS OF '2024-05-01T00:00:00Z'`. Parameters bind to $1…$n.",
+                "description": "Cacheable SELECT results carry an ETag; send it back in If-None-Match to get 304 without re-running the query. SELECT/EXPLAIN stream rows; CREATE TABLE [AS SELECT], INSERT INTO/OVERWRITE and DROP TABLE return one summary row. Time travel: `FROM t VERSION AS OF n` or `TIMESTAMP AS OF '2024-05-01T00:00:00Z'`. Change data feed (tables with delta.enableChangeDataFeed): `FROM table_changes('layer.t', start[, end])` with _change_type, _commit_version, _commit_timestamp; row filters and masks apply. Parameters bind to $1…$n.",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/QueryRequest"}}}},
                 "responses": with_errors(json!({
                     "200": {"description": "Rows", "content": {
@@ -75,8 +75,14 @@ pub(crate) fn spec() -> Value {
                 "parameters": table_path_params(),
                 "get": {"summary": "Describe a table", "responses": with_errors(json!({"200": {"description": "Table", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Table"}}}}}))},
                 "patch": {
-                    "summary": "Change the description (MANAGE)",
-                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"description": {"type": "string"}}, "additionalProperties": false}}}},
+                    "summary": "Evolve the schema and metadata (MANAGE)",
+                    "description": "Applied in this order, one commit each: add_columns (nullable, added last), properties (delta.enableChangeDataFeed, delta.appendOnly, delta.checkpointInterval, delta.targetFileSize, delta.dataSkippingNumIndexedCols, delta.logRetentionDuration, delta.deletedFileRetentionDuration, delta.enableExpiredLogCleanup), column_descriptions, description. SQL: ALTER TABLE … ADD COLUMN / SET TBLPROPERTIES / ALTER COLUMN c TYPE wider / ALTER COLUMN c DROP NOT NULL, COMMENT ON TABLE|COLUMN.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "add_columns": {"type": "array", "items": {"$ref": "#/components/schemas/Column"}},
+                        "properties": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "column_descriptions": {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
+                        "description": {"type": "string"}
+                    }, "additionalProperties": false}}}},
                     "responses": with_errors(json!({"200": {"description": "Table"}}))
                 },
                 "delete": {"summary": "Drop a table (MANAGE)", "responses": with_errors(json!({"204": {"description": "Dropped"}}))}
@@ -89,6 +95,7 @@ pub(crate) fn spec() -> Value {
                     "parameters": [
                         {"name": "mode", "in": "query", "schema": {"type": "string", "enum": ["append", "overwrite"], "default": "append"}},
                         {"name": "idempotency_key", "in": "query", "schema": {"type": "string"}},
+                        {"name": "merge_schema", "in": "query", "description": "Add columns the table lacks (nullable, types as uploaded or inferred) in the same commit; needs MANAGE. Without it, unknown columns are a 400.", "schema": {"type": "boolean", "default": false}},
                         {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}
                     ],
                     "requestBody": {"required": true, "content": {
@@ -130,8 +137,8 @@ pub(crate) fn spec() -> Value {
             "/api/v1/tables/{layer}/{name}/optimize": {
                 "parameters": table_path_params(),
                 "post": {
-                    "summary": "Compact small files, optionally Z-ordered (MANAGE); SQL: OPTIMIZE t [ZORDER BY (c, …)]",
-                    "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"zorder": {"type": "array", "items": {"type": "string"}}, "target_size": {"type": "integer", "description": "bytes"}}}}}},
+                    "summary": "Compact small files, optionally Z-ordered (MANAGE); SQL: OPTIMIZE t [WHERE partition predicate] [ZORDER BY (c, …)]",
+                    "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"zorder": {"type": "array", "items": {"type": "string"}}, "target_size": {"type": "integer", "description": "bytes"}, "where": {"type": "string", "description": "partition predicate, e.g. region = 'eu' AND day >= '2024-05-01'"}}}}}},
                     "responses": with_errors(json!({"200": {"description": "version, files_removed, files_added, bytes_removed, bytes_added, partitions_optimized"}}))
                 }
             },
@@ -182,7 +189,7 @@ pub(crate) fn spec() -> Value {
                 "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "trace_id": {"type": "string"}}}}},
                 "QueryRequest": {"type": "object", "required": ["sql"], "properties": {"sql": {"type": "string"}, "params": {"type": "array", "items": {}}}},
                 "Column": {"type": "object", "required": ["name", "type"], "properties": {"name": {"type": "string"}, "type": {"type": "string", "examples": ["bigint", "string", "decimal(10,2)", "timestamp"]}, "nullable": {"type": "boolean", "default": true}, "description": {"type": "string"}}},
-                "CreateTable": {"type": "object", "required": ["layer", "name", "columns"], "properties": {"layer": {"type": "string", "enum": ["bronze", "silver", "gold"]}, "name": {"type": "string"}, "columns": {"type": "array", "items": {"$ref": "#/components/schemas/Column"}}, "partition_by": {"type": "array", "items": {"type": "string"}}, "description": {"type": "string"}, "if_not_exists": {"type": "boolean"}}},
+                "CreateTable": {"type": "object", "required": ["layer", "name", "columns"], "properties": {"layer": {"type": "string", "enum": ["bronze", "silver", "gold"]}, "name": {"type": "string"}, "columns": {"type": "array", "items": {"$ref": "#/components/schemas/Column"}}, "partition_by": {"type": "array", "items": {"type": "string"}}, "description": {"type": "string"}, "properties": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Delta table properties, e.g. {\"delta.enableChangeDataFeed\": \"true\"}"}, "if_not_exists": {"type": "boolean"}}},
                 "Table": {"type": "object", "properties": {"layer": {"type": "string"}, "name": {"type": "string"}, "full_name": {"type": "string"}, "description": {"type": ["string", "null"]}, "owner": {"type": ["string", "null"]}, "version": {"type": "integer"}, "columns": {"type": "array", "items": {"$ref": "#/components/schemas/Column"}}, "partition_columns": {"type": "array", "items": {"type": "string"}}, "file_count": {"type": "integer"}, "size_bytes": {"type": "integer"}, "created_at": {"type": ["string", "null"]}}},
                 "Grant": {"type": "object", "required": ["role", "privilege", "on"], "properties": {"role": {"type": "string"}, "privilege": {"type": "string", "enum": ["SELECT", "INSERT", "MODIFY", "MANAGE"]}, "on": {"type": "string", "description": "*, a layer, or layer.table"}}},
                 "Grants": {"type": "object", "required": ["grants"], "properties": {"version": {"type": "integer"}, "expected_version": {"type": "integer"}, "grants": {"type": "array", "items": {"$ref": "#/components/schemas/Grant"}}, "config_grants": {"type": "array", "readOnly": true, "items": {"$ref": "#/components/schemas/Grant"}}}},

@@ -1,5 +1,6 @@
 //! Table management: `/api/v1/tables…`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -14,10 +15,11 @@ use crate::engine::tables::Upload;
 use crate::error::{Error, Result};
 use crate::ingest::UploadFormat;
 use crate::pipelines::commit::WriteMode;
+use crate::pipelines::schema::TableChange;
 use crate::security::Principal;
 use crate::storage::catalog::TableSpec;
 use crate::storage::types::ColumnSpec;
-use crate::storage::{Layer, TableRef};
+use crate::storage::{Layer, TableRef, properties};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,6 +52,9 @@ pub(super) struct CreateTable {
     partition_by: Vec<String>,
     #[serde(default)]
     description: Option<String>,
+    /// Delta table properties, e.g. `{"delta.enableChangeDataFeed": "true"}`.
+    #[serde(default)]
+    properties: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     if_not_exists: bool,
 }
@@ -64,6 +69,7 @@ pub(super) async fn create(
         columns: req.columns,
         partition_by: req.partition_by,
         description: req.description,
+        properties: req.properties,
     };
     match state
         .engine
@@ -87,9 +93,21 @@ pub(super) async fn describe(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PatchTable {
+    /// New nullable columns, added last.
+    #[serde(default)]
+    add_columns: Vec<ColumnSpec>,
+    #[serde(default)]
+    properties: BTreeMap<String, String>,
+    /// Column → comment (`null` clears it).
+    #[serde(default)]
+    column_descriptions: BTreeMap<String, Option<String>>,
+    #[serde(default)]
     description: Option<String>,
 }
 
+/// Applies each given change in the order above, one commit each. Everything that can be
+/// checked without the table (types, property names and values) is checked before the
+/// first commit.
 pub(super) async fn patch(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
@@ -97,18 +115,37 @@ pub(super) async fn patch(
     JsonBody(req): JsonBody<PatchTable>,
 ) -> Result<Response> {
     let t = TableRef::new(&layer, &name)?;
-    let Some(description) = req.description else {
+    for c in &req.add_columns {
+        c.to_field()?;
+    }
+    properties::validate(&req.properties)?;
+    let mut changes = Vec::new();
+    if !req.add_columns.is_empty() {
+        changes.push(TableChange::AddColumns {
+            columns: req.add_columns,
+            if_not_exists: false,
+        });
+    }
+    if !req.properties.is_empty() {
+        changes.push(TableChange::SetProperties(req.properties));
+    }
+    for (column, comment) in req.column_descriptions {
+        changes.push(TableChange::ColumnComment { column, comment });
+    }
+    if let Some(d) = req.description {
+        changes.push(TableChange::Description(Some(d)));
+    }
+    if changes.is_empty() {
         return Err(Error::invalid(
-            "nothing to change: PATCH takes {\"description\": \"…\"}",
+            "nothing to change: PATCH takes add_columns, properties, column_descriptions and/or description",
         ));
-    };
-    Ok(Json(
-        state
-            .engine
-            .set_description(&principal, &t, description)
-            .await?,
-    )
-    .into_response())
+    }
+    let mut info = None;
+    for change in &changes {
+        info = Some(state.engine.alter_table(&principal, &t, change).await?);
+    }
+    let info = info.ok_or_else(|| Error::internal("no change applied"))?;
+    Ok(Json(info).into_response())
 }
 
 pub(super) async fn drop_table(
@@ -128,6 +165,9 @@ pub(super) struct UploadParams {
     mode: Option<WriteMode>,
     #[serde(default)]
     idempotency_key: Option<String>,
+    /// Add the upload's new columns (nullable; needs MANAGE) instead of refusing them.
+    #[serde(default)]
+    merge_schema: bool,
 }
 
 pub(super) async fn upload(
@@ -165,6 +205,7 @@ pub(super) async fn upload(
         body,
         mode: params.mode.unwrap_or(WriteMode::Append),
         idempotency_key,
+        merge_schema: params.merge_schema,
     };
     let outcome = state.engine.write_rows(&principal, &t, upload).await?;
     Ok(Json(outcome).into_response())

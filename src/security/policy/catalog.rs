@@ -11,15 +11,15 @@ use async_trait::async_trait;
 use chrono::DateTime;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::common::{DataFusionError, Result as DfResult};
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
 
 use crate::error::Error;
 use crate::security::policy::PolicyTable;
 use crate::security::policy::table::Enforcement;
 use crate::security::{AccessControl, Principal, Privilege};
-use crate::storage::{Catalog, Layer, TableRef};
+use crate::storage::{Catalog, Layer, TableRef, properties};
 use datafusion::execution::context::SessionState;
+use deltalake::delta_datafusion::DeltaCdfTableProvider;
 
 /// Which snapshot of a table a name asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,12 @@ pub enum VersionSpec {
     Version(u64),
     /// Milliseconds since the epoch.
     Timestamp(i64),
+    /// The change data feed from `start` to `end` (inclusive; default: the latest version):
+    /// `table_changes('layer.t', start[, end])`.
+    Changes {
+        start: u64,
+        end: Option<u64>,
+    },
 }
 
 impl VersionSpec {
@@ -37,6 +43,11 @@ impl VersionSpec {
             VersionSpec::Latest => name.to_string(),
             VersionSpec::Version(v) => format!("{name}@v{v}"),
             VersionSpec::Timestamp(ms) => format!("{name}@t{ms}"),
+            VersionSpec::Changes { start, end: None } => format!("{name}@c{start}-"),
+            VersionSpec::Changes {
+                start,
+                end: Some(end),
+            } => format!("{name}@c{start}-{end}"),
         }
     }
 
@@ -49,6 +60,15 @@ impl VersionSpec {
                     VersionSpec::Version(v.parse().ok()?)
                 } else if let Some(t) = rest.strip_prefix('t') {
                     VersionSpec::Timestamp(t.parse().ok()?)
+                } else if let Some(c) = rest.strip_prefix('c') {
+                    let (start, end) = c.split_once('-')?;
+                    VersionSpec::Changes {
+                        start: start.parse().ok()?,
+                        end: match end {
+                            "" => None,
+                            e => Some(e.parse().ok()?),
+                        },
+                    }
                 } else {
                     return None;
                 };
@@ -114,28 +134,79 @@ struct SecureSchema {
 }
 
 impl SecureSchema {
+    /// `inner` wrapped in the principal's policy. The current policy applies to every
+    /// version: time travel and the change feed included.
+    fn guarded(
+        &self,
+        t: TableRef,
+        version: u64,
+        inner: Arc<dyn TableProvider>,
+        opaque: bool,
+    ) -> DfResult<Arc<dyn TableProvider>> {
+        let enforcement = Enforcement::compile(
+            &t,
+            self.cx.access.table_policy(&t),
+            &self.cx.principal,
+            self.cx.access.bypasses_policies(&self.cx.principal),
+            &inner.schema(),
+            &self.cx.planner,
+        )?;
+        let table = PolicyTable::new(
+            t,
+            version,
+            Arc::clone(&self.cx.principal),
+            inner,
+            enforcement,
+        );
+        Ok(Arc::new(if opaque { table.opaque() } else { table }))
+    }
+
+    /// The change data feed of `t` between two versions, with the table's row filter and
+    /// masks applied to every change row exactly as to the table.
+    async fn changes(
+        &self,
+        t: TableRef,
+        start: u64,
+        end: Option<u64>,
+    ) -> DfResult<Arc<dyn TableProvider>> {
+        let table = self.cx.catalog.load(&t).await?;
+        let latest = table.version().unwrap_or(0);
+        let end = end.unwrap_or(latest);
+        let cdf_hint = format!(
+            "ALTER TABLE {t} SET TBLPROPERTIES ('{}' = 'true') turns it on",
+            properties::CHANGE_DATA_FEED
+        );
+        if !properties::change_data_feed(table.snapshot()?.metadata().configuration()) {
+            return Err(Error::invalid(format!("{t} has no change data feed; {cdf_hint}")).into());
+        }
+        if start > end || end > latest {
+            return Err(Error::invalid(format!(
+                "table_changes({t}, {start}, {end}): versions must satisfy start ≤ end ≤ {latest} (the latest version)"
+            ))
+            .into());
+        }
+        // Versions before the feed was turned on have no change files: reading them would
+        // report whole rewritten files as deletes and inserts.
+        let first = self.cx.catalog.load_version(&t, start).await?;
+        if !properties::change_data_feed(first.snapshot()?.metadata().configuration()) {
+            return Err(Error::invalid(format!(
+                "{t} had no change data feed at version {start}; start at a version after it was turned on"
+            ))
+            .into());
+        }
+        crate::storage::register_table_store(&self.cx.runtime, &table)?;
+        let cdf = table
+            .scan_cdf()
+            .with_starting_version(start)
+            .with_ending_version(end);
+        let inner = Arc::new(DeltaCdfTableProvider::try_new(cdf)?);
+        self.guarded(t, end, inner, true)
+    }
+
     fn visible(&self, t: &TableRef) -> bool {
         self.cx
             .access
             .allows(&self.cx.principal, Privilege::Select, t)
-    }
-
-    /// delta-rs scans read through the session's object store registry; register the
-    /// warehouse store once (idempotent).
-    fn ensure_store_registered(&self, table: &deltalake::DeltaTable) -> DfResult<()> {
-        let log_store = table.log_store();
-        let root = log_store.root_url();
-        let url = ObjectStoreUrl::parse(format!(
-            "{}://{}",
-            root.scheme(),
-            &root[url::Position::BeforeHost..url::Position::AfterPort]
-        ))?;
-        if self.cx.runtime.object_store(&url).is_err() {
-            self.cx
-                .runtime
-                .register_object_store(url.as_ref(), log_store.root_object_store(None));
-        }
-        Ok(())
     }
 }
 
@@ -161,8 +232,11 @@ impl SchemaProvider for SecureSchema {
         if !self.visible(&t) {
             return Ok(None);
         }
+        if let VersionSpec::Changes { start, end } = spec {
+            return self.changes(t, start, end).await.map(Some);
+        }
         let loaded = match spec {
-            VersionSpec::Latest => self.cx.catalog.load(&t).await,
+            VersionSpec::Latest | VersionSpec::Changes { .. } => self.cx.catalog.load(&t).await,
             VersionSpec::Version(v) => self.cx.catalog.load_version(&t, v).await,
             VersionSpec::Timestamp(ms) => {
                 let ts = DateTime::from_timestamp_millis(ms).ok_or_else(|| {
@@ -176,25 +250,10 @@ impl SchemaProvider for SecureSchema {
             Err(Error::NotFound(_)) if spec == VersionSpec::Latest => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        self.ensure_store_registered(&table)?;
+        crate::storage::register_table_store(&self.cx.runtime, &table)?;
         let version = table.version().unwrap_or(0);
         let inner = table.table_provider().await?;
-        // The current policy applies to every version, time travel included.
-        let enforcement = Enforcement::compile(
-            &t,
-            self.cx.access.table_policy(&t),
-            &self.cx.principal,
-            self.cx.access.bypasses_policies(&self.cx.principal),
-            &inner.schema(),
-            &self.cx.planner,
-        )?;
-        Ok(Some(Arc::new(PolicyTable::new(
-            t,
-            version,
-            Arc::clone(&self.cx.principal),
-            inner,
-            enforcement,
-        ))))
+        self.guarded(t, version, inner, false).map(Some)
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -214,6 +273,14 @@ mod tests {
             VersionSpec::Latest,
             VersionSpec::Version(7),
             VersionSpec::Timestamp(1700),
+            VersionSpec::Changes {
+                start: 2,
+                end: None,
+            },
+            VersionSpec::Changes {
+                start: 2,
+                end: Some(9),
+            },
         ] {
             let name = spec.relation_name("orders");
             assert_eq!(VersionSpec::parse_relation(&name), Some(("orders", spec)));

@@ -109,6 +109,8 @@ pub struct PolicyTable {
     inner: Arc<dyn TableProvider>,
     enforcement: Enforcement,
     schema: SchemaRef,
+    /// Keep the inner plan behind [`PolicyExec`] even without a policy.
+    opaque: bool,
 }
 
 impl PolicyTable {
@@ -148,7 +150,23 @@ impl PolicyTable {
             inner,
             enforcement,
             schema,
+            opaque: false,
         }
+    }
+
+    /// Always hides the inner plan from the session's physical optimizer (optimized on its
+    /// own instead). For the change feed: delta-rs builds it as a union of three parquet
+    /// scans, and DataFusion 55's sort pushdown turns `ORDER BY` over that union into a
+    /// sort over one empty scan ("does not satisfy distribution requirements …
+    /// UnknownPartitioning(0)", the symptom of edgeandnode/amp#1353).
+    pub fn opaque(mut self) -> PolicyTable {
+        self.opaque = true;
+        self
+    }
+
+    /// Whether the scan passes straight through to the inner provider.
+    fn passes_through(&self) -> bool {
+        self.enforcement.is_none() && !self.opaque
     }
 
     pub fn table(&self) -> &TableRef {
@@ -188,7 +206,7 @@ impl TableProvider for PolicyTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if self.enforcement.is_none() {
+        if self.passes_through() {
             return self.inner.scan(state, projection, filters, limit).await;
         }
         let inner_schema = self.inner.schema();
@@ -257,7 +275,7 @@ impl TableProvider for PolicyTable {
         state: &dyn Session,
         args: ScanArgs<'a>,
     ) -> DfResult<ScanResult> {
-        if self.enforcement.is_none() {
+        if self.passes_through() {
             return self.inner.scan_with_args(state, args).await;
         }
         let filters = args.filters().unwrap_or(&[]);
@@ -272,7 +290,7 @@ impl TableProvider for PolicyTable {
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        if !self.enforcement.is_none() {
+        if !self.passes_through() {
             // Nothing is Exact here: DataFusion keeps every user predicate above the policy.
             return Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()]);
         }
