@@ -576,6 +576,49 @@ async fn ingest_create_append_replace() {
         .await
         .unwrap();
     assert_eq!(n, 1);
+
+    // A batch with a column the table lacks: refused, unless the ingest asks for
+    // merge_schema, which needs MANAGE (the loader only appends).
+    let wider = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("score", DataType::Float64, true),
+    ]));
+    let wide = RecordBatch::try_new(
+        Arc::clone(&wider),
+        vec![
+            Arc::new(Int64Array::from(vec![20])),
+            Arc::new(arrow::array::Float64Array::from(vec![0.5])),
+        ],
+    )
+    .unwrap();
+    let mut merging = cmd(TableNotExistOption::Fail, TableExistsOption::Append);
+    merging.options.insert("merge_schema".into(), "true".into());
+    let e = c
+        .execute_ingest(
+            cmd(TableNotExistOption::Fail, TableExistsOption::Append),
+            futures::stream::iter(vec![Ok(wide.clone())]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&e), tonic::Code::InvalidArgument, "{e}");
+    let e = l
+        .execute_ingest(
+            merging.clone(),
+            futures::stream::iter(vec![Ok(wide.clone())]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&e), tonic::Code::PermissionDenied, "{e}");
+    let n = c
+        .execute_ingest(merging, futures::stream::iter(vec![Ok(wide)]))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let (_, info) = s
+        .get(&s.admin.clone(), "/api/v1/tables/bronze/events")
+        .await;
+    assert_eq!(info["columns"][3]["name"], "score");
+    assert_eq!(info["columns"][3]["type"], "double");
 }
 
 /// Peak resident set size of this process (VmHWM), in KiB.
