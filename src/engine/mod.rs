@@ -494,6 +494,13 @@ impl Engine {
                     Some(o.version as i64),
                 ))
             }
+            Statement::History { table, limit } => {
+                no_params(&params, kind)?;
+                let entries = self
+                    .history(principal, &table, limit.unwrap_or(100))
+                    .await?;
+                history_output(kind, &table, &entries)
+            }
             Statement::AlterTable { table, change } => {
                 no_params(&params, kind)?;
                 let info = self.alter_table(principal, &table, &change).await?;
@@ -824,6 +831,72 @@ fn command_output(
     version: Option<i64>,
 ) -> QueryOutput {
     command_output_with(kind, table, rows, version, None)
+}
+
+/// `DESCRIBE HISTORY` rows, newest first (parameters and metrics as JSON text).
+fn history_output(
+    kind: &'static str,
+    table: &TableRef,
+    entries: &[crate::storage::catalog::HistoryEntry],
+) -> Result<QueryOutput> {
+    use arrow::array::{BooleanArray, TimestampMillisecondArray};
+    let text = |f: fn(&crate::storage::catalog::HistoryEntry) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from(entries.iter().map(f).collect::<Vec<_>>()))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("version", DataType::Int64, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("operation", DataType::Utf8, true),
+        Field::new("operation_parameters", DataType::Utf8, true),
+        Field::new("operation_metrics", DataType::Utf8, true),
+        Field::new("principal", DataType::Utf8, true),
+        Field::new("strata_operation", DataType::Utf8, true),
+        Field::new("read_version", DataType::Int64, true),
+        Field::new("is_blind_append", DataType::Boolean, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(
+            entries.iter().map(|e| e.version as i64).collect::<Vec<_>>(),
+        )),
+        Arc::new(
+            TimestampMillisecondArray::from(
+                entries
+                    .iter()
+                    .map(|e| e.timestamp.map(|t| t.timestamp_millis()))
+                    .collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
+        ),
+        text(|e| e.operation.clone()),
+        text(|e| e.operation_parameters.as_ref().map(|v| v.to_string())),
+        text(|e| e.operation_metrics.as_ref().map(|v| v.to_string())),
+        text(|e| e.principal.clone()),
+        text(|e| e.strata_operation.clone()),
+        Arc::new(Int64Array::from(
+            entries.iter().map(|e| e.read_version).collect::<Vec<_>>(),
+        )),
+        Arc::new(BooleanArray::from(
+            entries
+                .iter()
+                .map(|e| e.is_blind_append)
+                .collect::<Vec<_>>(),
+        )),
+    ];
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+    let stream =
+        RecordBatchStreamAdapter::new(Arc::clone(&schema), futures::stream::iter(vec![Ok(batch)]));
+    Ok(QueryOutput {
+        kind,
+        schema,
+        stream: Box::pin(stream),
+        tables: vec![table.clone()],
+        etag: None,
+        cache_hit: false,
+    })
 }
 
 fn dml_output(kind: &'static str, table: &TableRef, o: &DmlOutcome) -> QueryOutput {

@@ -133,6 +133,11 @@ pub enum Statement {
     },
     /// `RESTORE [TABLE] t TO VERSION AS OF n | TIMESTAMP AS OF '…'`.
     Restore { table: TableRef, to: RestoreTo },
+    /// `DESCRIBE HISTORY t [LIMIT n]`.
+    History {
+        table: TableRef,
+        limit: Option<usize>,
+    },
     /// `ALTER TABLE …` and `COMMENT ON TABLE|COLUMN …`.
     AlterTable {
         table: TableRef,
@@ -168,6 +173,7 @@ impl Statement {
             Statement::Optimize { .. } => "OPTIMIZE",
             Statement::Vacuum { .. } => "VACUUM",
             Statement::Restore { .. } => "RESTORE",
+            Statement::History { .. } => "DESCRIBE HISTORY",
             Statement::AlterTable {
                 change: TableChange::Description(_) | TableChange::ColumnComment { .. },
                 ..
@@ -535,16 +541,17 @@ fn parse_maintenance(sql: &str, default_layer: &str) -> Result<Option<Statement>
     let Some(first) = word(0) else {
         return Ok(None);
     };
-    if !matches!(first.as_str(), "OPTIMIZE" | "VACUUM" | "RESTORE") {
+    let history = first == "DESCRIBE" && word(1).as_deref() == Some("HISTORY");
+    if !history && !matches!(first.as_str(), "OPTIMIZE" | "VACUUM" | "RESTORE") {
         return Ok(None);
     }
     let syntax = || {
         Error::invalid(format!(
-            "{first} syntax: OPTIMIZE t [WHERE partition predicate] [ZORDER BY (col, …)] | VACUUM t [RETAIN n HOURS] [DRY RUN] | RESTORE [TABLE] t TO VERSION AS OF n | TIMESTAMP AS OF '…'"
+            "{first} syntax: DESCRIBE HISTORY t [LIMIT n] | OPTIMIZE t [WHERE partition predicate] [ZORDER BY (col, …)] | VACUUM t [RETAIN n HOURS] [DRY RUN] | RESTORE [TABLE] t TO VERSION AS OF n | TIMESTAMP AS OF '…'"
         ))
     };
     let mut i = 1;
-    if first == "RESTORE" && word(i).as_deref() == Some("TABLE") {
+    if (first == "RESTORE" && word(i).as_deref() == Some("TABLE")) || history {
         i += 1;
     }
     // A table name: word (. word)*
@@ -574,6 +581,22 @@ fn parse_maintenance(sql: &str, default_layer: &str) -> Result<Option<Statement>
         }
     };
     let statement = match first.as_str() {
+        "DESCRIBE" => {
+            let mut limit = None;
+            if word(i).as_deref() == Some("LIMIT") {
+                i += 1;
+                limit = match tokens.get(i) {
+                    Some(Token::Number(n, _)) => {
+                        Some(n.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                            Error::invalid(format!("LIMIT {n}: a positive count"))
+                        })?)
+                    }
+                    _ => return Err(syntax()),
+                };
+                i += 1;
+            }
+            Statement::History { table, limit }
+        }
         "OPTIMIZE" => {
             let mut zorder = Vec::new();
             let mut partitions = Vec::new();

@@ -266,6 +266,18 @@ async fn schema_evolves_through_alter_table_patch_and_merge_schema_uploads() {
         .sql(&loader, "COMMENT ON TABLE bronze.people IS 'mine'")
         .await;
     assert_eq!(status, 403, "{body}");
+
+    // DESCRIBE HISTORY: newest first, who and what; MANAGE only.
+    let history = s.sql_ok("DESCRIBE HISTORY bronze.people LIMIT 3").await;
+    let history = history.as_array().unwrap();
+    assert_eq!(history.len(), 3);
+    let latest = s.version("bronze.people").await;
+    assert_eq!(history[0]["version"], latest);
+    assert_eq!(history[0]["strata_operation"], "SET DESCRIPTION");
+    assert_eq!(history[0]["principal"], "admin");
+    assert_eq!(history[2]["version"], latest - 2);
+    let (status, body) = s.sql(&loader, "DESCRIBE HISTORY bronze.people").await;
+    assert_eq!(status, 403, "{body}");
 }
 
 const ACCOUNTS: &str = "CREATE TABLE silver.accounts (id BIGINT NOT NULL, region STRING, balance DOUBLE) \
