@@ -67,6 +67,8 @@ pub struct FlightConfig {
     /// Largest Flight message Strata sends (and accepts), in bytes. Results are split and
     /// compacted to stay below it; ADBC's default limit is 16 MiB.
     pub max_message_bytes: usize,
+    /// Largest HTTP/2 header list (all request metadata) a client may send, in bytes.
+    pub max_header_list_bytes: u32,
 }
 
 impl Default for FlightConfig {
@@ -75,6 +77,7 @@ impl Default for FlightConfig {
             ticket_ttl_secs: 600,
             downcast_view_types: true,
             max_message_bytes: 4 * 1024 * 1024,
+            max_header_list_bytes: 64 * 1024,
         }
     }
 }
@@ -266,6 +269,17 @@ pub struct QueryConfig {
     pub memory_limit_bytes: usize,
     /// Largest accepted SQL text, in bytes.
     pub max_sql_bytes: usize,
+    /// A query (planning, execution and streaming of its result) is stopped after this many
+    /// seconds (0 = no limit). Writes are not cut off: a commit is never left ambiguous.
+    pub timeout_secs: u64,
+    /// Statements that run at once (0 = 4 × cores).
+    pub max_concurrent: usize,
+    /// Statements that may wait for a slot; beyond that, 429 / RESOURCE_EXHAUSTED.
+    pub max_queued: usize,
+    /// How long a statement may wait for a slot before 429 / RESOURCE_EXHAUSTED.
+    pub queue_timeout_secs: u64,
+    /// Largest result a query may stream (Arrow bytes; 0 = no limit).
+    pub max_result_bytes: u64,
 }
 
 impl Default for QueryConfig {
@@ -276,6 +290,11 @@ impl Default for QueryConfig {
             batch_size: 8192,
             memory_limit_bytes: 2 * 1024 * 1024 * 1024,
             max_sql_bytes: 1024 * 1024,
+            timeout_secs: 300,
+            max_concurrent: 0,
+            max_queued: 64,
+            queue_timeout_secs: 10,
+            max_result_bytes: 4 * 1024 * 1024 * 1024,
         }
     }
 }

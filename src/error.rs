@@ -39,8 +39,10 @@ pub enum ErrorKind {
     NotAcceptable,
     /// The statement or feature is valid SQL but not offered by Strata.
     Unsupported,
-    /// A limit (memory, concurrency) was hit.
+    /// A limit (memory, concurrency, result size) was hit.
     ResourceExhausted,
+    /// The statement ran past its time limit and was stopped.
+    DeadlineExceeded,
     /// A dependency (object store) is unreachable; the request may succeed later.
     Unavailable,
     /// The client cancelled the request.
@@ -64,6 +66,7 @@ impl ErrorKind {
             ErrorKind::NotAcceptable => S::NOT_ACCEPTABLE,
             ErrorKind::Unsupported => S::BAD_REQUEST,
             ErrorKind::ResourceExhausted => S::TOO_MANY_REQUESTS,
+            ErrorKind::DeadlineExceeded => S::GATEWAY_TIMEOUT,
             ErrorKind::Unavailable => S::SERVICE_UNAVAILABLE,
             // nginx's "client closed request"; nobody is usually listening any more.
             ErrorKind::Cancelled => S::from_u16(499).unwrap_or(S::BAD_REQUEST),
@@ -84,6 +87,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge | ErrorKind::ResourceExhausted => C::ResourceExhausted,
             ErrorKind::UnsupportedMediaType | ErrorKind::NotAcceptable => C::InvalidArgument,
             ErrorKind::Unsupported => C::Unimplemented,
+            ErrorKind::DeadlineExceeded => C::DeadlineExceeded,
             ErrorKind::Unavailable => C::Unavailable,
             ErrorKind::Cancelled => C::Cancelled,
             ErrorKind::Internal => C::Internal,
@@ -104,6 +108,7 @@ impl ErrorKind {
             ErrorKind::NotAcceptable => "not_acceptable",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::ResourceExhausted => "resource_exhausted",
+            ErrorKind::DeadlineExceeded => "deadline_exceeded",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "internal",
@@ -142,6 +147,8 @@ pub enum Error {
     #[error("{0}")]
     ResourceExhausted(String),
     #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Cancelled(String),
@@ -174,6 +181,7 @@ impl Error {
             Error::NotAcceptable(_) => ErrorKind::NotAcceptable,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
+            Error::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
             Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::Cancelled(_) => ErrorKind::Cancelled,
             Error::Internal(_) | Error::Config(_) | Error::Io(_) => ErrorKind::Internal,
@@ -216,9 +224,15 @@ impl Error {
         }
     }
 
-    /// Logs the error with a fresh trace id and returns that id.
+    /// Logs the error with a fresh trace id and returns that id. Both front ends call this
+    /// once per failed request, so it also counts refused commits.
     pub fn log(&self) -> String {
         let trace_id = uuid::Uuid::new_v4().simple().to_string();
+        if self.kind() == ErrorKind::Conflict {
+            crate::telemetry::metrics()
+                .conflicts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         match self.kind() {
             ErrorKind::Internal | ErrorKind::Unavailable => {
                 tracing::error!(trace_id = %trace_id, error = %self, error_debug = ?self, "request failed");

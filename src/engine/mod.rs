@@ -5,6 +5,7 @@
 //! [`crate::security::AccessControl`] and commits through [`crate::pipelines::commit`].
 
 pub mod dml;
+pub mod limits;
 pub mod maintenance;
 pub mod policies;
 pub mod session;
@@ -113,6 +114,8 @@ pub struct Engine {
     default_layer: String,
     max_sql_bytes: usize,
     allow_short_vacuum: bool,
+    admission: limits::Admission,
+    runtime: Arc<RuntimeEnv>,
 }
 
 impl Engine {
@@ -125,7 +128,8 @@ impl Engine {
             .with_temp_file_path(&spill)
             .build_arc()
             .map_err(|e| Error::Config(format!("query runtime: {e}")))?;
-        let sessions = session::SessionFactory::new(&cfg.query, runtime, Arc::clone(&catalog));
+        let sessions =
+            session::SessionFactory::new(&cfg.query, Arc::clone(&runtime), Arc::clone(&catalog));
         Ok(Engine {
             catalog,
             policies,
@@ -134,6 +138,8 @@ impl Engine {
             default_layer: cfg.query.default_layer.to_ascii_lowercase(),
             max_sql_bytes: cfg.query.max_sql_bytes,
             allow_short_vacuum: cfg.storage.allow_short_vacuum_retention,
+            admission: limits::Admission::new(&cfg.query),
+            runtime,
         })
     }
 
@@ -236,6 +242,83 @@ impl Engine {
     ) -> Result<Executed> {
         self.check_sql_size(sql)?;
         let statement = sql::parse(sql, &self.default_layer)?;
+        let slot = self.admission.admit().await?;
+        // Reads stop at the deadline; writes are not cut off mid-commit (their object
+        // store calls are bounded by the storage retry limits instead).
+        let deadline = match statement {
+            Statement::Query(_) | Statement::Explain { .. } => self
+                .admission
+                .timeout
+                .map(|t| tokio::time::Instant::now() + t),
+            _ => None,
+        };
+        let kind = statement.kind();
+        let started = std::time::Instant::now();
+        let run = self.execute_admitted(principal, statement, params, if_none_match);
+        let executed = match deadline {
+            Some(d) => tokio::time::timeout_at(d, run)
+                .await
+                .unwrap_or_else(|_| Err(self.admission.timeout_error())),
+            None => run.await,
+        };
+        let summary = match &executed {
+            Ok(Executed::Output(o)) => (o.tables.clone(), o.cache_hit, "ok"),
+            Ok(Executed::NotModified(_)) => (Vec::new(), true, "not_modified"),
+            Err(e) => (Vec::new(), false, e.kind().code()),
+        };
+        self.audit(principal, kind, summary, started).await;
+        Ok(match executed? {
+            Executed::Output(mut o) => {
+                o.stream = Box::pin(limits::Limited::new(
+                    o.stream,
+                    deadline,
+                    &self.admission,
+                    slot,
+                ));
+                Executed::Output(o)
+            }
+            not_modified => not_modified,
+        })
+    }
+
+    /// One structured `strata::audit` event per statement: who, what kind, which tables,
+    /// which of them had a row filter or mask applied, cache hit, outcome, time to result.
+    async fn audit(
+        &self,
+        principal: &Principal,
+        kind: &str,
+        (tables, cache_hit, outcome): (Vec<TableRef>, bool, &str),
+        started: std::time::Instant,
+    ) {
+        let policies: Vec<String> = match self.access().await {
+            Ok(access) if !access.bypasses_policies(principal) => tables
+                .iter()
+                .filter(|t| access.table_policy(t).is_some())
+                .map(TableRef::to_string)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let tables: Vec<String> = tables.iter().map(TableRef::to_string).collect();
+        tracing::info!(
+            target: "strata::audit",
+            principal = %principal.subject,
+            statement = kind,
+            tables = ?tables,
+            policies_applied = ?policies,
+            cache_hit,
+            outcome,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "statement"
+        );
+    }
+
+    async fn execute_admitted(
+        &self,
+        principal: &Arc<Principal>,
+        statement: Statement,
+        params: Vec<ScalarValue>,
+        if_none_match: Option<&str>,
+    ) -> Result<Executed> {
         let kind = statement.kind();
         let access = self.access().await?;
         let state = self.sessions.session(principal, &access);
@@ -650,7 +733,25 @@ impl Engine {
     }
 
     /// Cache metrics in Prometheus text (nothing when the cache is disabled).
-    pub fn render_cache_metrics(&self, out: &mut String) {
+    /// The engine's metrics (process registry, memory pool, cache) in Prometheus text.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        crate::telemetry::metrics().render(out);
+        let pool = &self.runtime.memory_pool;
+        let limit = match pool.memory_limit() {
+            datafusion::execution::memory_pool::MemoryLimit::Finite(n) => n as f64,
+            _ => f64::INFINITY,
+        };
+        let _ = writeln!(
+            out,
+            "# HELP strata_memory_pool_reserved_bytes Query memory reserved from the pool\n\
+             # TYPE strata_memory_pool_reserved_bytes gauge\n\
+             strata_memory_pool_reserved_bytes {}\n\
+             # HELP strata_memory_pool_limit_bytes Query memory pool size (query.memory_limit_bytes)\n\
+             # TYPE strata_memory_pool_limit_bytes gauge\n\
+             strata_memory_pool_limit_bytes {limit}",
+            pool.reserved()
+        );
         if let Some(cache) = &self.cache {
             cache.render_metrics(out);
         }

@@ -13,7 +13,7 @@ use std::ops::ControlFlow;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use datafusion::sql::sqlparser::ast::{
     self, Expr, HiveDistributionStyle, ObjectName, ObjectNamePart, ObjectType, TableFactor,
-    TableVersion, Value, VisitMut, VisitorMut,
+    TableVersion, Value, Visit, VisitMut, Visitor, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::{Dialect, GenericDialect};
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -25,6 +25,7 @@ use crate::pipelines::maintenance::{PartitionFilter, RestoreTo};
 use crate::pipelines::merge::{Action, Clause, MergeSpec, When};
 use crate::pipelines::scd2::Scd2Spec;
 use crate::pipelines::schema::TableChange;
+use crate::security::expression::{check_expression_text, check_operator_runs};
 use crate::security::policy::catalog::VersionSpec;
 use crate::storage::TableRef;
 use crate::storage::types::ColumnSpec;
@@ -189,16 +190,14 @@ pub fn parse(sql: &str, default_layer: &str) -> Result<Statement> {
     if let Some(maintenance) = parse_maintenance(sql, default_layer)? {
         return Ok(maintenance);
     }
-    let mut statements = Tokenizer::new(&dialect, sql)
+    let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
-        .map_err(Into::into)
-        .map(merge_star_shorthands)
-        .and_then(|tokens| {
-            Parser::new(&dialect)
-                .with_recursion_limit(MAX_RECURSION)
-                .with_tokens_with_locations(tokens)
-                .parse_statements()
-        })
+        .map_err(|e| Error::invalid(format!("SQL parse error: {e}")))?;
+    check_operator_runs(tokens.iter().map(|t| &t.token))?;
+    let mut statements = Parser::new(&dialect)
+        .with_recursion_limit(MAX_RECURSION)
+        .with_tokens_with_locations(merge_star_shorthands(tokens))
+        .parse_statements()
         .map_err(|e| Error::invalid(format!("SQL parse error: {e}")))?;
     let stmt = match statements.len() {
         0 => return Err(Error::invalid("empty SQL")),
@@ -209,6 +208,7 @@ pub fn parse(sql: &str, default_layer: &str) -> Result<Statement> {
 }
 
 fn classify(mut stmt: ast::Statement, default_layer: &str) -> Result<Statement> {
+    limit_expression_depth(&mut stmt)?;
     number_placeholders(&mut stmt)?;
     match &mut stmt {
         ast::Statement::Query(_) => {
@@ -442,6 +442,7 @@ fn classify(mut stmt: ast::Statement, default_layer: &str) -> Result<Statement> 
 /// `OPTIMIZE … WHERE` / REST `where`: a conjunction of comparisons of partition columns with
 /// literals (`region = 'eu' AND day >= '2024-05-01'`, `region IN ('eu', 'us')`).
 pub fn partition_predicate(text: &str) -> Result<Vec<PartitionFilter>> {
+    check_expression_text(text)?;
     let dialect = StrataDialect::default();
     let expr = Parser::new(&dialect)
         .with_recursion_limit(MAX_RECURSION)
@@ -1383,6 +1384,88 @@ pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>> {
         return Ok(t.and_utc());
     }
     Err(timestamp_error(&format!("'{s}'")))
+}
+
+/// Deepest expression nesting a statement may have after AND/OR chains are balanced.
+/// DataFusion formats, plans and evaluates expressions recursively; a 250-term `1 + 1 + …`
+/// overflows a 2 MiB worker stack in a debug build (in `SchemaDisplay`), and a stack
+/// overflow aborts the whole process, so deeper statements are refused up front.
+const MAX_EXPRESSION_DEPTH: usize = 128;
+
+/// Balances long AND/OR chains (`a = 1 OR a = 2 OR …`, as BI tools write them: depth n
+/// becomes log₂ n; AND and OR are associative in SQL's three-valued logic, so results do
+/// not change), then refuses anything still nested deeper than [`MAX_EXPRESSION_DEPTH`].
+fn limit_expression_depth(stmt: &mut ast::Statement) -> Result<()> {
+    struct Balance;
+    impl VisitorMut for Balance {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+            let Expr::BinaryOp { op, .. } = expr else {
+                return ControlFlow::Continue(());
+            };
+            let op = op.clone();
+            if !matches!(op, ast::BinaryOperator::And | ast::BinaryOperator::Or) {
+                return ControlFlow::Continue(());
+            }
+            // Every operand of the same-operator tree rooted here, left to right (an
+            // explicit stack: the tree may be thousands deep).
+            let mut operands = Vec::new();
+            let mut stack = vec![std::mem::replace(expr, Expr::value(Value::Null))];
+            while let Some(e) = stack.pop() {
+                match e {
+                    Expr::BinaryOp {
+                        left,
+                        op: ref o,
+                        right,
+                    } if *o == op => {
+                        stack.push(*right);
+                        stack.push(*left);
+                    }
+                    other => operands.push(other),
+                }
+            }
+            *expr = balanced(operands, &op);
+            ControlFlow::Continue(())
+        }
+    }
+    fn balanced(mut operands: Vec<Expr>, op: &ast::BinaryOperator) -> Expr {
+        if operands.len() == 1 {
+            return operands.remove(0);
+        }
+        let right = operands.split_off(operands.len() / 2);
+        Expr::BinaryOp {
+            left: Box::new(balanced(operands, op)),
+            op: op.clone(),
+            right: Box::new(balanced(right, op)),
+        }
+    }
+    struct Depth {
+        current: usize,
+    }
+    impl Visitor for Depth {
+        type Break = ();
+        fn pre_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+            self.current += 1;
+            if self.current > MAX_EXPRESSION_DEPTH {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+        fn post_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+            self.current -= 1;
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = stmt.visit(&mut Balance);
+    let mut depth = Depth { current: 0 };
+    if Visit::visit(&*stmt, &mut depth).is_break() {
+        return Err(Error::invalid(format!(
+            "an expression is nested more than {MAX_EXPRESSION_DEPTH} levels deep; \
+             write long lists as IN (…) and split long arithmetic"
+        )));
+    }
+    Ok(())
 }
 
 /// Numbers `?` placeholders (ADBC/DBAPI "qmark" style) as `$1…$n` in textual order.

@@ -117,6 +117,7 @@ fn plan_expr(
     what: &str,
 ) -> Result<Expr> {
     use datafusion::common::tree_node::{Transformed, TreeNode};
+    crate::security::expression::check_expression_text(sql)?;
     let expr = state.create_logical_expr(sql, schema).map_err(|e| {
         let e = Error::from(e);
         match e.kind() {
@@ -170,6 +171,9 @@ where
             }
             Err(e) if e.kind() == ErrorKind::Conflict && attempt < MAX_ATTEMPTS => {
                 tracing::info!(table = %t, attempt, error = %e, "commit conflict, re-planning");
+                crate::telemetry::metrics()
+                    .replans
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // Jittered backoff, so writers that collided do not collide again in step.
                 let jitter = rand::random_range(0..20 * attempt as u64);
                 tokio::time::sleep(std::time::Duration::from_millis(

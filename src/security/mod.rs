@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod expression;
 pub mod policy;
 pub mod principal;
 pub mod ticket;

@@ -186,6 +186,9 @@ impl Catalog {
             None => true,
         };
         if newer {
+            crate::telemetry::metrics()
+                .commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             open.insert(t.clone(), table.clone());
         }
     }

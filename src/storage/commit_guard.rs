@@ -15,7 +15,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -27,12 +27,12 @@ use object_store::{
     Result as StoreResult,
 };
 
-/// Creates that failed on the wire but had landed (see the module docs).
-static RESOLVED: AtomicU64 = AtomicU64::new(0);
-
-/// How many ambiguous creates were resolved as landed since start (exported as a metric).
+/// How many ambiguous creates were resolved as landed since start (also exported as
+/// `strata_commit_ambiguous_resolved_total`).
 pub fn resolved_ambiguous_creates() -> u64 {
-    RESOLVED.load(Ordering::Relaxed)
+    crate::telemetry::metrics()
+        .ambiguous_resolved
+        .load(Ordering::Relaxed)
 }
 
 /// An [`ObjectStore`] whose put-if-absent reads back before reporting a failure.
@@ -86,7 +86,9 @@ impl ObjectStore for CommitGuard {
             Ok(done) => Ok(done),
             Err(err) => {
                 if self.holds(location, &payload).await {
-                    RESOLVED.fetch_add(1, Ordering::Relaxed);
+                    crate::telemetry::metrics()
+                        .ambiguous_resolved
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         path = %location,
                         error = %err,

@@ -11,6 +11,7 @@ mod harness;
 mod lifecycle;
 mod maintenance;
 mod merge;
+mod ops;
 mod python;
 mod query;
 mod rls;

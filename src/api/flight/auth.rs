@@ -11,6 +11,41 @@ use super::{handshake, to_status};
 use crate::error::Error;
 use crate::security::Authenticator;
 
+/// Metrics, audit event and request-id echo for one Flight call. The status is the one in
+/// the response head: errors before the first message (the usual case) carry it there; a
+/// stream that fails later is counted by its head as OK.
+fn observed(
+    mut response: http::Response<tonic::body::Body>,
+    method: &str,
+    subject: &str,
+    request_id: &str,
+    started: std::time::Instant,
+) -> http::Response<tonic::body::Body> {
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from_i32);
+    let status = format!("{code:?}");
+    if let Ok(v) = http::HeaderValue::from_str(request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    crate::telemetry::metrics().request("flight", method, &status, started.elapsed());
+    if !subject.is_empty() {
+        tracing::info!(
+            target: "strata::audit",
+            protocol = "flight",
+            principal = %subject,
+            method = %method,
+            status = %status,
+            request_id = %request_id,
+            "request"
+        );
+    }
+    response
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct AuthLayer {
     pub(crate) auth: Arc<Authenticator>,
@@ -53,25 +88,53 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let method = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        // The client's request id, or a fresh one; echoed in the response metadata.
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+        let started = std::time::Instant::now();
         // The handshake authenticates itself (it is where Basic credentials arrive).
-        if req.uri().path().ends_with("/Handshake") {
-            return Box::pin(inner.call(req));
-        }
-        let principal = match handshake::token_from_headers(req.headers()) {
-            Some(token) => self.auth.authenticate(&token),
-            None => Err(Error::Unauthenticated(
-                "missing credentials: send authorization: Bearer <JWT>".into(),
-            )),
+        let principal = if method == "Handshake" {
+            Ok(None)
+        } else {
+            match handshake::token_from_headers(req.headers()) {
+                Some(token) => self.auth.authenticate(&token).map(Some),
+                None => Err(Error::Unauthenticated(
+                    "missing credentials: send authorization: Bearer <JWT>".into(),
+                )),
+            }
         };
-        match principal {
+        let subject = match &principal {
+            Ok(Some(p)) => p.subject.clone(),
+            _ => String::new(),
+        };
+        let response = match principal {
             Ok(p) => {
-                req.extensions_mut().insert(Arc::new(p));
-                Box::pin(inner.call(req))
+                if let Some(p) = p {
+                    req.extensions_mut().insert(Arc::new(p));
+                }
+                inner.call(req)
             }
             Err(e) => {
                 let response = to_status(e).into_http::<tonic::body::Body>();
-                Box::pin(async move { Ok(response) })
+                return Box::pin(async move {
+                    Ok(observed(response, &method, &subject, &request_id, started))
+                });
             }
-        }
+        };
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(observed(response, &method, &subject, &request_id, started))
+        })
     }
 }

@@ -138,26 +138,44 @@ impl FlightSqlServer {
         let Some(cancel) = self.cancels.start(&t.id) else {
             return Err(to_status(Error::Cancelled("query was cancelled".into())));
         };
-        let rows = param_rows(&t.params_ipc).map_err(to_status)?;
-        let mut streams = Vec::with_capacity(rows.len());
-        for params in rows {
-            match self.engine.execute(&p, &t.sql, params).await {
-                Ok(output) => streams.push(output),
-                Err(e) => {
-                    self.cancels.finish(&t.id);
-                    return Err(to_status(e));
-                }
+        let mut rows = param_rows(&t.params_ipc).map_err(to_status)?.into_iter();
+        // The first parameter row runs now (its errors are the call's status); the others
+        // run one after the other as the stream reaches them, so one call never holds more
+        // than one execution slot.
+        let first = match rows.next() {
+            Some(params) => self.engine.execute(&p, &t.sql, params).await,
+            None => Err(Error::internal("no statement to run")),
+        };
+        let first = match first {
+            Ok(output) => output,
+            Err(e) => {
+                self.cancels.finish(&t.id);
+                return Err(to_status(e));
             }
-        }
-        let Some(first) = streams.first() else {
-            self.cancels.finish(&t.id);
-            return Err(to_status(Error::internal("no statement to run")));
         };
         let schema = Arc::clone(&first.schema);
+        let (engine, sql) = (Arc::clone(&self.engine), t.sql.clone());
+        let rest = futures::stream::iter(rows)
+            .then(move |params| {
+                let (engine, sql, p) = (Arc::clone(&engine), sql.clone(), Arc::clone(&p));
+                async move { engine.execute(&p, &sql, params).await }
+            })
+            .map(|executed| match executed {
+                Ok(output) => output.stream,
+                Err(e) => Box::pin(
+                    datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                        Arc::new(arrow::datatypes::Schema::empty()),
+                        futures::stream::once(async move {
+                            Err(datafusion::error::DataFusionError::External(Box::new(e)))
+                        }),
+                    ),
+                ),
+            })
+            .flatten();
         let merged: datafusion::execution::SendableRecordBatchStream = Box::pin(
             datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
                 Arc::clone(&schema),
-                futures::stream::iter(streams.into_iter().map(|o| o.stream)).flatten(),
+                first.stream.chain(rest),
             ),
         );
         let cancels = Arc::clone(&self.cancels);

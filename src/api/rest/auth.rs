@@ -30,8 +30,27 @@ pub(super) async fn require_bearer(
     match state.auth.authenticate(token) {
         Ok(principal) => {
             tracing::Span::current().record("principal", principal.subject.as_str());
+            let (method, path) = (request.method().clone(), request.uri().path().to_string());
+            let request_id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let subject = principal.subject.clone();
             request.extensions_mut().insert(Arc::new(principal));
-            next.run(request).await
+            let response = next.run(request).await;
+            tracing::info!(
+                target: "strata::audit",
+                protocol = "http",
+                principal = %subject,
+                method = %method,
+                path = %path,
+                status = response.status().as_u16(),
+                request_id = %request_id,
+                "request"
+            );
+            response
         }
         Err(e) => e.into_response(),
     }

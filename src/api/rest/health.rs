@@ -43,7 +43,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
 /// Prometheus text metrics (authenticated like the API).
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let mut out = String::new();
-    state.engine.render_cache_metrics(&mut out);
+    state.engine.render_metrics(&mut out);
     (
         [(
             http::header::CONTENT_TYPE,

@@ -65,6 +65,27 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/readyz"),
 ];
 
+/// Counts every routed request by its route template and status, with its latency (to the
+/// response head; bodies stream after it).
+async fn observe(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    crate::telemetry::metrics().request(
+        "http",
+        &route,
+        response.status().as_str(),
+        started.elapsed(),
+    );
+    response
+}
+
 pub fn router(state: AppState, max_body: usize) -> Router {
     let api = Router::new()
         .route("/query", post(query::query))
@@ -106,10 +127,26 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .merge(metrics)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route_layer(axum::middleware::from_fn(observe))
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |req: &http::Request<axum::body::Body>| {
+                let request_id = req
+                    .headers()
+                    .get(REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                tracing::info_span!(
+                    "http",
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    request_id = %request_id,
+                    principal = tracing::field::Empty,
+                )
+            },
+        ))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
 }

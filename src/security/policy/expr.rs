@@ -120,6 +120,7 @@ pub fn to_expr(
     schema: &DFSchema,
     state: &SessionState,
 ) -> Result<Expr> {
+    crate::security::expression::check_expression_text(sql)?;
     let mut ast = parse(sql)?;
     let mut bind = Bind {
         principal,

@@ -1,4 +1,8 @@
-//! Logging setup.
+//! Logging setup and the process's metrics.
+
+pub mod metrics;
+
+pub use metrics::{Metrics, metrics};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;

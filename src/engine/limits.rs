@@ -1,0 +1,230 @@
+//! Admission and per-query limits.
+//!
+//! At most `query.max_concurrent` statements run at once; up to `query.max_queued` more wait
+//! for a slot (at most `query.queue_timeout_secs`); beyond that a statement is refused with
+//! `ResourceExhausted` (HTTP 429 / gRPC RESOURCE_EXHAUSTED), so overload never turns into
+//! unbounded memory or a crash. An admitted query holds its slot until its result stream
+//! ends or is dropped, stops at its deadline (`query.timeout_secs`) and at
+//! `query.max_result_bytes`. Stopping means dropping the DataFusion stream, which cancels its
+//! tasks: a timed-out query stops using CPU.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
+use futures::{Future, Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+use crate::config::QueryConfig;
+use crate::error::{Error, Result};
+use crate::telemetry::metrics;
+
+/// Execution slots and the queue in front of them.
+#[derive(Debug)]
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    max_concurrent: usize,
+    max_queued: i64,
+    queue_timeout: Duration,
+    /// Query time limit (`None`: unlimited).
+    pub timeout: Option<Duration>,
+    /// Result size limit in Arrow bytes (`None`: unlimited).
+    pub max_result_bytes: Option<u64>,
+}
+
+/// An execution slot; released on drop.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        metrics().running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Decrements the queue gauge however the wait ends.
+struct Queued;
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        metrics().queued.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Admission {
+    pub fn new(cfg: &QueryConfig) -> Admission {
+        let max_concurrent = if cfg.max_concurrent == 0 {
+            4 * std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        } else {
+            cfg.max_concurrent
+        };
+        Admission {
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
+            max_queued: i64::try_from(cfg.max_queued).unwrap_or(i64::MAX),
+            queue_timeout: Duration::from_secs(cfg.queue_timeout_secs),
+            timeout: (cfg.timeout_secs > 0).then(|| Duration::from_secs(cfg.timeout_secs)),
+            max_result_bytes: (cfg.max_result_bytes > 0).then_some(cfg.max_result_bytes),
+        }
+    }
+
+    /// A slot now, or after waiting in the queue; `ResourceExhausted` when the queue is full
+    /// or the wait times out.
+    pub async fn admit(&self) -> Result<Slot> {
+        let m = metrics();
+        let slot = |permit| {
+            m.running.fetch_add(1, Ordering::Relaxed);
+            Slot { _permit: permit }
+        };
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Ok(slot(permit));
+        }
+        let busy = |what: &str| {
+            m.rejected.fetch_add(1, Ordering::Relaxed);
+            Error::ResourceExhausted(format!(
+                "the server is busy: {} statements running, {what}; retry later",
+                self.max_concurrent
+            ))
+        };
+        let waiting = m.queued.fetch_add(1, Ordering::Relaxed);
+        let _queued = Queued;
+        if waiting >= self.max_queued {
+            return Err(busy(&format!(
+                "{} waiting (query.max_queued)",
+                self.max_queued
+            )));
+        }
+        match tokio::time::timeout(self.queue_timeout, Arc::clone(&self.slots).acquire_owned())
+            .await
+        {
+            Ok(Ok(permit)) => Ok(slot(permit)),
+            Ok(Err(_)) => Err(Error::internal("admission semaphore closed")),
+            Err(_) => Err(busy(&format!(
+                "no slot within {} s (query.queue_timeout_secs)",
+                self.queue_timeout.as_secs()
+            ))),
+        }
+    }
+
+    /// The error a query gets at its deadline (counted).
+    pub fn timeout_error(&self) -> Error {
+        deadline_exceeded(self.timeout.map_or(0, |t| t.as_secs()))
+    }
+}
+
+fn deadline_exceeded(secs: u64) -> Error {
+    metrics().timeouts.fetch_add(1, Ordering::Relaxed);
+    Error::DeadlineExceeded(format!(
+        "the query ran longer than {secs} s (query.timeout_secs) and was stopped"
+    ))
+}
+
+/// A result stream under limits: deadline, size cap, slot held until it ends; counts rows
+/// and bytes served.
+pub struct Limited {
+    inner: Option<SendableRecordBatchStream>,
+    schema: SchemaRef,
+    deadline: Option<Pin<Box<Sleep>>>,
+    timeout_secs: u64,
+    max_bytes: Option<u64>,
+    bytes: u64,
+    slot: Option<Slot>,
+}
+
+impl std::fmt::Debug for Limited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limited")
+            .field("bytes", &self.bytes)
+            .field("max_bytes", &self.max_bytes)
+            .field("done", &self.inner.is_none())
+            .finish()
+    }
+}
+
+impl Limited {
+    pub fn new(
+        inner: SendableRecordBatchStream,
+        deadline: Option<Instant>,
+        admission: &Admission,
+        slot: Slot,
+    ) -> Limited {
+        Limited {
+            schema: inner.schema(),
+            inner: Some(inner),
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            timeout_secs: admission.timeout.map_or(0, |t| t.as_secs()),
+            max_bytes: admission.max_result_bytes,
+            bytes: 0,
+            slot: Some(slot),
+        }
+    }
+
+    /// Ends the stream with `e`: drops the inner stream (cancelling its work) and the slot.
+    fn stop(&mut self, e: Error) -> Poll<Option<datafusion::error::Result<RecordBatch>>> {
+        self.inner = None;
+        self.slot = None;
+        Poll::Ready(Some(Err(DataFusionError::External(Box::new(e)))))
+    }
+}
+
+impl Stream for Limited {
+    type Item = datafusion::error::Result<RecordBatch>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.inner.is_none() {
+            return Poll::Ready(None);
+        }
+        if let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            let e = deadline_exceeded(this.timeout_secs);
+            return this.stop(e);
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(batch))) => {
+                let size = batch.get_array_memory_size() as u64;
+                this.bytes += size;
+                if let Some(max) = this.max_bytes
+                    && this.bytes > max
+                {
+                    metrics().result_too_large.fetch_add(1, Ordering::Relaxed);
+                    return this.stop(Error::ResourceExhausted(format!(
+                        "the result is larger than {max} bytes (query.max_result_bytes); add a filter, a LIMIT or fewer columns"
+                    )));
+                }
+                let m = metrics();
+                m.rows_served
+                    .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                m.bytes_served.fetch_add(size, Ordering::Relaxed);
+                Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(None) => {
+                this.inner = None;
+                this.slot = None;
+                Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
+}
+
+impl RecordBatchStream for Limited {
+    fn schema(&self) -> SchemaRef {
+        SchemaRef::clone(&self.schema)
+    }
+}
