@@ -477,6 +477,52 @@ mod tests {
         assert_eq!(Config::default().problems(), Vec::<String>::new());
     }
 
+    /// `config/strata.toml` documents every key (set or commented out) and the values it
+    /// sets are the defaults.
+    #[test]
+    fn the_reference_file_documents_every_key_with_its_default() {
+        let text = include_str!("../config/strata.toml");
+        let file: toml::Table = text.parse().unwrap();
+        let from_file = Config::deserialize(toml::Value::Table(file)).unwrap();
+        assert_eq!(
+            toml::to_string(&from_file).unwrap(),
+            toml::to_string(&Config::default()).unwrap(),
+            "values in config/strata.toml differ from the defaults"
+        );
+        fn keys(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
+            for (k, v) in t {
+                match v {
+                    toml::Value::Table(inner) => keys(&format!("{prefix}{k}."), inner, out),
+                    _ => out.push(format!("{prefix}{k}")),
+                }
+            }
+        }
+        let mut all = Vec::new();
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        if let toml::Value::Table(t) = &defaults {
+            keys("", t, &mut all);
+        }
+        for key in &all {
+            let leaf = key.rsplit('.').next().unwrap_or(key);
+            let documented = text.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim_start();
+                l.starts_with(&format!("{leaf} ="))
+                    || l.starts_with(&format!("{leaf}="))
+                    || l.starts_with(&format!("[[{key}]]"))
+            });
+            assert!(documented, "config/strata.toml does not mention {key}");
+        }
+        for optional in [
+            "storage.s3.endpoint",
+            "auth.hs256_secret_file",
+            "auth.jwks_file",
+            "auth.ticket_secret",
+        ] {
+            let leaf = optional.rsplit('.').next().unwrap_or(optional);
+            assert!(text.contains(&format!("# {leaf} =")), "{optional}");
+        }
+    }
+
     #[test]
     fn env_overrides_file_values() {
         let mut doc: toml::Table = "[server]\nhttp_addr = \"127.0.0.1:1\"".parse().unwrap();

@@ -12,6 +12,7 @@ mod lifecycle;
 mod maintenance;
 mod merge;
 mod ops;
+mod packaging;
 mod python;
 mod query;
 mod rls;
