@@ -305,7 +305,7 @@ impl From<Error> for DataFusionError {
     }
 }
 
-fn classify_datafusion(e: &DataFusionError) -> ErrorKind {
+pub(crate) fn classify_datafusion(e: &DataFusionError) -> ErrorKind {
     match e.find_root() {
         DataFusionError::External(inner) => {
             if let Some(ours) = inner.downcast_ref::<Error>() {

@@ -130,8 +130,18 @@ fn deadline_exceeded(secs: u64) -> Error {
     ))
 }
 
+/// What the end-of-stream event reports besides rows, bytes and outcome.
+#[derive(Debug)]
+pub struct Finished {
+    pub principal: String,
+    pub statement: &'static str,
+    pub cache_hit: bool,
+    /// When the statement arrived (planning included).
+    pub started: std::time::Instant,
+}
+
 /// A result stream under limits: deadline, size cap, slot held until it ends; counts rows
-/// and bytes served.
+/// and bytes served and logs one `strata::query` event when it ends, however it ends.
 pub struct Limited {
     inner: Option<SendableRecordBatchStream>,
     schema: SchemaRef,
@@ -139,7 +149,9 @@ pub struct Limited {
     timeout_secs: u64,
     max_bytes: Option<u64>,
     bytes: u64,
+    rows: u64,
     slot: Option<Slot>,
+    finished: Option<Finished>,
 }
 
 impl std::fmt::Debug for Limited {
@@ -158,6 +170,7 @@ impl Limited {
         deadline: Option<Instant>,
         admission: &Admission,
         slot: Slot,
+        finished: Finished,
     ) -> Limited {
         Limited {
             schema: inner.schema(),
@@ -166,7 +179,9 @@ impl Limited {
             timeout_secs: admission.timeout.map_or(0, |t| t.as_secs()),
             max_bytes: admission.max_result_bytes,
             bytes: 0,
+            rows: 0,
             slot: Some(slot),
+            finished: Some(finished),
         }
     }
 
@@ -174,7 +189,33 @@ impl Limited {
     fn stop(&mut self, e: Error) -> Poll<Option<datafusion::error::Result<RecordBatch>>> {
         self.inner = None;
         self.slot = None;
+        self.log_end(e.kind().code());
         Poll::Ready(Some(Err(DataFusionError::External(Box::new(e)))))
+    }
+
+    fn log_end(&mut self, outcome: &str) {
+        if let Some(f) = self.finished.take() {
+            tracing::info!(
+                target: "strata::query",
+                principal = %f.principal,
+                statement = f.statement,
+                cache_hit = f.cache_hit,
+                rows = self.rows,
+                bytes = self.bytes,
+                elapsed_ms = f.started.elapsed().as_millis() as u64,
+                outcome,
+                "result streamed"
+            );
+        }
+    }
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away or cancelled.
+        if self.inner.is_some() {
+            self.log_end("cancelled");
+        }
     }
 }
 
@@ -199,6 +240,7 @@ impl Stream for Limited {
             Poll::Ready(Some(Ok(batch))) => {
                 let size = batch.get_array_memory_size() as u64;
                 this.bytes += size;
+                this.rows += batch.num_rows() as u64;
                 if let Some(max) = this.max_bytes
                     && this.bytes > max
                 {
@@ -216,9 +258,16 @@ impl Stream for Limited {
             Poll::Ready(None) => {
                 this.inner = None;
                 this.slot = None;
+                this.log_end("ok");
                 Poll::Ready(None)
             }
-            other => other,
+            Poll::Ready(Some(Err(e))) => {
+                this.inner = None;
+                this.slot = None;
+                this.log_end(crate::error::classify_datafusion(&e).code());
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }

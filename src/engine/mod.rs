@@ -274,6 +274,12 @@ impl Engine {
                     deadline,
                     &self.admission,
                     slot,
+                    limits::Finished {
+                        principal: principal.subject.clone(),
+                        statement: kind,
+                        cache_hit: o.cache_hit,
+                        started,
+                    },
                 ));
                 Executed::Output(o)
             }

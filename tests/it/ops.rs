@@ -209,12 +209,22 @@ async fn admission_timeouts_and_result_limits() {
     assert_eq!(status, 504, "{body}");
     assert_eq!(body["error"]["code"], "deadline_exceeded");
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
-    // … and really stops: the process is (nearly) idle a moment later.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let cpu = cpu_seconds();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let used = cpu_seconds() - cpu;
-    assert!(used < 0.5, "{used} s of CPU in 1 s after the timeout");
+    // … and really stops. Uncancelled, this query runs for ~35 s (debug build) at 0.6+ CPU
+    // seconds per second; cancelled, the batches in flight finish within a few seconds and
+    // the process goes idle.
+    let mut windows = Vec::new();
+    for _ in 0..12 {
+        let cpu = cpu_seconds();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        windows.push(cpu_seconds() - cpu);
+        if windows.last().is_some_and(|w| *w < 0.15) {
+            break;
+        }
+    }
+    assert!(
+        windows.last().is_some_and(|w| *w < 0.15),
+        "still busy after the timeout: CPU seconds per second {windows:?}"
+    );
 
     // The slot is free again; a result over max_result_bytes fails instead of streaming on.
     assert_eq!(s.sql_ok("SELECT 1 AS one").await, json!([{"one": 1}]));
