@@ -29,6 +29,11 @@ pub const OPERATION_KEY: &str = "strata.operation";
 /// Commit-info key holding a unique id per commit attempt.
 pub const COMMIT_ID_KEY: &str = "strata.commit_id";
 const MAX_IDEMPOTENCY_KEY: usize = 200;
+/// Commit attempts of a blind append. An append reads nothing, so losing a race never
+/// invalidates it: delta-rs just tries the next version. Its default (15) let appends fail
+/// with 409 under five busy writers (four appenders and back-to-back OPTIMIZEs on a loaded
+/// CI machine); each extra attempt costs one log read.
+const APPEND_COMMIT_ATTEMPTS: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -120,6 +125,9 @@ pub async fn write(
         });
     }
     let mut props = commit_properties(p, operation);
+    if mode == WriteMode::Append {
+        props = props.with_max_retries(APPEND_COMMIT_ATTEMPTS);
+    }
     if let Some(app) = &app {
         props = props.with_application_transaction(Transaction::new(app, 1));
     }
