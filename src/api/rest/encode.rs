@@ -110,7 +110,7 @@ impl Encoder {
                 Ok(Bytes::from(buf))
             }
             Encoder::Arrow(w) => {
-                w.write(batch)?;
+                w.write(&crate::api::wire::compact(batch, &batch.schema(), false)?)?;
                 Ok(Bytes::from(std::mem::take(w.get_mut())))
             }
         }

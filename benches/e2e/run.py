@@ -1,0 +1,552 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark: Strata side by side with what users would pick instead.
+
+One run, same data, same cores, engine order rotated every iteration:
+
+  * TPC-H q1 q3 q5 q6 q10 through Strata over Flight SQL (ADBC) and REST (Arrow IPC stream),
+    vs the Python `datafusion` package in process over the same Delta data files, vs DuckDB in
+    process over the generated Parquet files: medians, ratios, geomean;
+  * `SELECT * FROM lineitem` streamed over Flight SQL vs a raw `pyarrow.flight` DoGet of the
+    same table from an in-memory server (GB/s), and the largest Flight message;
+  * wire bytes (REST Arrow stream) per result vs the result's Arrow size;
+  * result-cache hit latency p50/p99 vs a raw Flight round trip;
+  * MERGE upsert vs the Python `deltalake` package on copies of one target (results checked
+    equal);
+  * 1/2/4/8 concurrent ADBC clients running q6: throughput and p99;
+  * server peak RSS while the lineitem scan streams.
+
+Every engine gets 2 threads / target partitions. Raw samples, load averages and settings go to
+`<out>/results.json`, a Markdown summary to `<out>/summary.md`.
+
+Usage (from the repository root; the release build is what you compare):
+    cargo build --release
+    python3 -m venv .bench-venv && .bench-venv/bin/pip install -r benches/e2e/requirements.txt
+    .bench-venv/bin/python benches/e2e/run.py --strata target/release/strata --sf 1 --out bench-out
+"""
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import queue
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import adbc_driver_flightsql
+import adbc_driver_flightsql.dbapi as flight_sql
+import datafusion
+import deltalake
+import duckdb
+import psutil
+import pyarrow as pa
+import pyarrow.flight as paflight
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from queries import QUERIES, TABLES  # noqa: E402
+
+THREADS = 2
+
+
+# ---------------------------------------------------------------- Strata process
+
+
+class Strata:
+    """The real server binary on free ports, dev auth, a warehouse under `work`."""
+
+    def __init__(self, binary, work, cache):
+        self.work = pathlib.Path(work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.pop("STRATA_CONFIG", None)
+        env.update({
+            "STRATA__SERVER__HTTP_ADDR": "127.0.0.1:0",
+            "STRATA__SERVER__FLIGHT_ADDR": "127.0.0.1:0",
+            "STRATA__SERVER__DATA_DIR": str(self.work / "data"),
+            "STRATA__SERVER__MAX_REQUEST_BYTES": str(4 << 30),
+            "STRATA__STORAGE__WAREHOUSE": str(self.work / "data" / "warehouse"),
+            "STRATA__QUERY__TARGET_PARTITIONS": str(THREADS),
+            "STRATA__QUERY__TIMEOUT_SECS": "0",
+            "STRATA__CACHE__ENABLED": "true" if cache else "false",
+            "STRATA__LOG__LEVEL": "warn",
+        })
+        self.proc = subprocess.Popen(
+            [binary, "serve"], env=env, cwd=self.work, stdout=subprocess.PIPE, text=True
+        )
+        self.http = self.flight = self.token = None
+        deadline = time.time() + 120
+        while self.token is None:
+            line = self.proc.stdout.readline()
+            if not line or time.time() > deadline:
+                raise RuntimeError("strata did not start")
+            line = line.strip()
+            if line.startswith("REST"):
+                self.http = line.split()[1]
+            elif line.startswith("Flight SQL"):
+                self.flight = line.split()[2]
+            elif line.startswith("eyJ"):
+                self.token = line
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        self.ps = psutil.Process(self.proc.pid)
+
+    def connect(self):
+        return flight_sql.connect(
+            self.flight,
+            db_kwargs={
+                adbc_driver_flightsql.DatabaseOptions.AUTHORIZATION_HEADER.value: f"Bearer {self.token}"
+            },
+        )
+
+    def rest(self, sql, accept="application/vnd.apache.arrow.stream"):
+        """Runs `sql` over REST; returns (wire bytes, Arrow table)."""
+        req = urllib.request.Request(
+            f"{self.http}/api/v1/query",
+            data=json.dumps({"sql": sql}).encode(),
+            headers={
+                "authorization": f"Bearer {self.token}",
+                "content-type": "application/json",
+                "accept": accept,
+            },
+        )
+        with urllib.request.urlopen(req, timeout=3600) as r:
+            body = r.read()
+        return len(body), pa.ipc.open_stream(body).read_all()
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def timed(f):
+    t = time.perf_counter()
+    out = f()
+    return time.perf_counter() - t, out
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(math.ceil(p / 100 * len(xs))) - 1)]
+
+
+def geomean(xs):
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def same(a, b):
+    """Results equal up to float rounding and column names."""
+    if a.num_rows != b.num_rows or a.num_columns != b.num_columns:
+        return False
+    for ca, cb in zip(a.columns, b.columns):
+        for x, y in zip(ca.to_pylist(), cb.to_pylist()):
+            if isinstance(x, float) or isinstance(y, float) or hasattr(x, "as_tuple"):
+                if x is None or y is None:
+                    if x is not y:
+                        return False
+                elif abs(float(x) - float(y)) > 1e-6 * max(1.0, abs(float(x))):
+                    return False
+            elif x != y:
+                return False
+    return True
+
+
+def raw_flight_server(tables):
+    """The baseline: pyarrow's own Flight server streaming the tables from memory, in a child
+    process (so it does not share the client's GIL); returns (process, location)."""
+    script = (
+        "import sys, pyarrow as pa, pyarrow.flight as f, pyarrow.parquet as pq\n"
+        "class S(f.FlightServerBase):\n"
+        "    def __init__(s, t):\n"
+        "        super().__init__('grpc://127.0.0.1:0'); s.t = t\n"
+        "    def do_get(s, c, k):\n"
+        "        return f.RecordBatchStream(s.t[k.ticket.decode()])\n"
+        "t = {n: pq.read_table(p) for n, p in (a.split('=', 1) for a in sys.argv[1:])}\n"
+        "s = S(t); print(s.port, flush=True); s.serve()\n"
+    )
+    args = [f"{k}={v}" for k, v in tables.items()]
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline())
+    return proc, f"grpc://127.0.0.1:{port}"
+
+
+# ---------------------------------------------------------------- phases
+
+
+def generate(sf, data):
+    if not (data / "lineitem.parquet").exists():
+        subprocess.run(
+            ["tpchgen-cli", "parquet", "-s", str(sf), "--output-dir", str(data)], check=True
+        )
+    return {t: data / f"{t}.parquet" for t in TABLES}
+
+
+def load(strata, files):
+    """ADBC bulk ingest of every table into gold, in 64k-row batches."""
+    with strata.connect() as conn, conn.cursor() as cur:
+        for table, path in files.items():
+            f = pq.ParquetFile(path)
+            reader = pa.RecordBatchReader.from_batches(f.schema_arrow, f.iter_batches(65536))
+            cur.adbc_ingest(table, reader, mode="create", db_schema_name="gold")
+        conn.commit()
+
+
+def engines(strata, files, warehouse):
+    """name → callable(sql) → Arrow table."""
+    df = datafusion.SessionContext(
+        datafusion.SessionConfig().with_target_partitions(THREADS)
+    )
+    for t in TABLES:
+        # Exactly the Parquet files of the current snapshot of Strata's Delta table,
+        # hard-linked into a directory of their own for DataFusion's listing table.
+        linked = warehouse.parent / "datafusion" / t
+        shutil.rmtree(linked, ignore_errors=True)
+        linked.mkdir(parents=True)
+        for uri in deltalake.DeltaTable(str(warehouse / "gold" / t)).file_uris():
+            src = pathlib.Path(uri.removeprefix("file://"))
+            os.link(src, linked / src.name)
+        df.register_listing_table(t, str(linked), file_extension=".parquet")
+    duck = duckdb.connect()
+    duck.execute(f"SET threads = {THREADS}")
+    for t, p in files.items():
+        duck.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{p}')")
+    conn = strata.connect()
+    cur = conn.cursor()
+
+    def flight(sql):
+        cur.execute(sql)
+        return cur.fetch_arrow_table()
+
+    return {
+        "strata_flight": flight,
+        "strata_rest": lambda sql: strata.rest(sql)[1],
+        "datafusion": lambda sql: df.sql(sql).to_arrow_table(),
+        "duckdb": lambda sql: duck.execute(sql).to_arrow_table(),
+    }, conn
+
+
+def tpch(strata, files, warehouse, runs):
+    run, conn = engines(strata, files, warehouse)
+    names = list(run)
+    samples = {q: {e: [] for e in names} for q in QUERIES}
+    checked = {}
+    for i in range(runs):
+        order = names[i % len(names):] + names[: i % len(names)]
+        for q, sql in QUERIES.items():
+            results = {}
+            for e in order:
+                secs, table = timed(lambda: run[e](sql))
+                samples[q][e].append(secs)
+                results[e] = table
+            if i == 0:
+                ref = results["datafusion"]
+                checked[q] = {e: same(ref, t) for e, t in results.items()}
+    conn.close()
+    medians = {q: {e: median(s) for e, s in per.items()} for q, per in samples.items()}
+    ratios = {
+        e: {q: medians[q][e] / medians[q]["datafusion"] for q in QUERIES}
+        for e in names
+    }
+    return {
+        "samples_s": samples,
+        "median_s": medians,
+        "ratio_vs_datafusion": ratios,
+        "geomean_vs_datafusion": {e: geomean(list(r.values())) for e, r in ratios.items()},
+        "results_equal_datafusion": checked,
+    }
+
+
+def streaming(strata, files, runs):
+    """lineitem over Flight SQL vs raw pyarrow.flight; server RSS sampled meanwhile."""
+    lineitem = pq.read_table(files["lineitem"])
+    logical = lineitem.nbytes
+    del lineitem
+    raw, location = raw_flight_server({"lineitem": files["lineitem"]})
+    peak = {"rss": 0}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak["rss"] = max(peak["rss"], strata.ps.memory_info().rss)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    strata_s, raw_s, largest = [], [], 0
+    try:
+        client = paflight.FlightClient(location)
+        for i in range(runs):
+            def via_strata():
+                with strata.connect() as conn, conn.cursor() as cur:
+                    cur.execute("SELECT * FROM lineitem")
+                    n = 0
+                    for batch in cur.fetch_record_batch():
+                        n += batch.nbytes
+                    return n
+
+            def via_raw():
+                return sum(c.data.nbytes for c in client.do_get(paflight.Ticket(b"lineitem")))
+
+            for name, f in ([("strata", via_strata), ("raw", via_raw)] if i % 2 == 0 else [("raw", via_raw), ("strata", via_strata)]):
+                secs, _ = timed(f)
+                (strata_s if name == "strata" else raw_s).append(secs)
+        # The largest Flight message, measured from the REST Arrow stream's batches (same
+        # compaction as Flight).
+        _, t = strata.rest("SELECT * FROM lineitem LIMIT 200000")
+        largest = max(b.nbytes for b in t.to_batches())
+    finally:
+        stop.set()
+        sampler.join()
+        raw.terminate()
+    return {
+        "logical_bytes": logical,
+        "strata_s": strata_s,
+        "raw_flight_s": raw_s,
+        "strata_gb_s": logical / median(strata_s) / 1e9,
+        "raw_flight_gb_s": logical / median(raw_s) / 1e9,
+        "ratio_vs_raw": median(raw_s) / median(strata_s),
+        "largest_batch_bytes": largest,
+        "server_peak_rss_bytes": peak["rss"],
+    }
+
+
+def wire_bytes(strata):
+    out = {}
+    for q, sql in QUERIES.items():
+        wire, table = strata.rest(sql)
+        out[q] = {"wire_bytes": wire, "arrow_bytes": table.nbytes, "rows": table.num_rows}
+    wire, table = strata.rest("SELECT * FROM lineitem LIMIT 20")
+    out["lineitem_20_rows"] = {"wire_bytes": wire, "arrow_bytes": table.nbytes, "rows": table.num_rows}
+    return out
+
+
+def cache_hits(strata_cached, files, n=200):
+    raw, location = raw_flight_server({"nation": files["nation"]})
+    try:
+        client = paflight.FlightClient(location)
+        with strata_cached.connect() as conn, conn.cursor() as cur:
+            sql = "SELECT n_name, n_regionkey FROM nation ORDER BY n_nationkey"
+            cur.execute(sql)
+            cur.fetch_arrow_table()  # fill the cache
+            hit, rtt = [], []
+            for i in range(n):
+                def strata_hit():
+                    cur.execute(sql)
+                    return cur.fetch_arrow_table()
+
+                def raw_rtt():
+                    return client.do_get(paflight.Ticket(b"nation")).read_all()
+
+                for name, f in ([("hit", strata_hit), ("raw", raw_rtt)] if i % 2 == 0 else [("raw", raw_rtt), ("hit", strata_hit)]):
+                    secs, _ = timed(f)
+                    (hit if name == "hit" else rtt).append(secs)
+    finally:
+        raw.terminate()
+    return {
+        "hit_s": hit,
+        "raw_flight_s": rtt,
+        "hit_p50_ms": pct(hit, 50) * 1e3,
+        "hit_p99_ms": pct(hit, 99) * 1e3,
+        "raw_p50_ms": pct(rtt, 50) * 1e3,
+        "raw_p99_ms": pct(rtt, 99) * 1e3,
+        "ratio_p50": pct(hit, 50) / pct(rtt, 50),
+    }
+
+
+def concurrency(strata, duration=10.0):
+    out = {}
+    for clients in (1, 2, 4, 8):
+        latencies = queue.Queue()
+        stop = time.perf_counter() + duration
+
+        def client():
+            with strata.connect() as conn, conn.cursor() as cur:
+                while time.perf_counter() < stop:
+                    secs, _ = timed(lambda: (cur.execute(QUERIES["q6"]), cur.fetch_arrow_table()))
+                    latencies.put(secs)
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        xs = list(latencies.queue)
+        out[str(clients)] = {
+            "queries": len(xs),
+            "qps": len(xs) / duration,
+            "p50_ms": pct(xs, 50) * 1e3,
+            "p99_ms": pct(xs, 99) * 1e3,
+        }
+    return out
+
+
+def merge(strata, work, target_rows, source_rows):
+    """Upsert `source_rows` (half updates, half inserts) into `target_rows`, through Strata's
+    MERGE and through Python deltalake on a copy of the same target."""
+    stride = max(2, (2 * target_rows // max(source_rows, 1)) & ~1)
+    _json(strata, (
+        "CREATE TABLE silver.target AS SELECT v * 2 AS id, 'name-' || CAST(v AS STRING) AS name, "
+        f"CAST(v % 1000 AS DOUBLE) AS amount FROM (SELECT unnest(range(0, {target_rows})) AS v)"
+    ))
+    _json(strata, (
+        f"CREATE TABLE bronze.source AS SELECT v * {stride} + v % 2 AS id, 'new-' || CAST(v AS STRING) AS name, "
+        f"CAST(v AS DOUBLE) AS amount FROM (SELECT unnest(range(0, {source_rows})) AS v)"
+    ))
+    warehouse = strata.work / "data" / "warehouse"
+    copy = pathlib.Path(work) / "deltalake-target"
+    shutil.copytree(warehouse / "silver" / "target", copy)
+    source = deltalake.DeltaTable(str(warehouse / "bronze" / "source")).to_pyarrow_table()
+
+    def via_strata():
+        return _json(strata, (
+            "MERGE INTO silver.target t USING bronze.source s ON t.id = s.id "
+            "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
+        ))
+
+    def via_deltalake():
+        return (
+            deltalake.DeltaTable(str(copy))
+            .merge(source, predicate="t.id = s.id", source_alias="s", target_alias="t")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute()
+        )
+
+    rss_before = strata.ps.memory_info().rss
+    strata_s, _ = timed(via_strata)
+    me = psutil.Process()
+    py_rss_before = me.memory_info().rss
+    deltalake_s, _ = timed(via_deltalake)
+    check = "SELECT count(*) AS n, sum(id) AS s, sum(amount) AS a FROM silver.target"
+    mine = _json(strata, check)[0]
+    theirs = deltalake.DeltaTable(str(copy)).to_pyarrow_table()
+    theirs_summary = {
+        "n": theirs.num_rows,
+        "s": pa.compute.sum(theirs["id"]).as_py(),
+        "a": pa.compute.sum(theirs["amount"]).as_py(),
+    }
+    return {
+        "target_rows": target_rows,
+        "source_rows": source_rows,
+        "strata_s": strata_s,
+        "deltalake_s": deltalake_s,
+        "ratio": strata_s / deltalake_s,
+        "strata_server_rss_growth_bytes": strata.ps.memory_info().rss - rss_before,
+        "deltalake_process_rss_growth_bytes": me.memory_info().rss - py_rss_before,
+        "results_equal": mine["n"] == theirs_summary["n"]
+        and mine["s"] == theirs_summary["s"]
+        and abs(mine["a"] - theirs_summary["a"]) < 1e-6 * max(1.0, abs(mine["a"])),
+    }
+
+
+def _json(strata, sql):
+    req = urllib.request.Request(
+        f"{strata.http}/api/v1/query",
+        data=json.dumps({"sql": sql}).encode(),
+        headers={"authorization": f"Bearer {strata.token}", "content-type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=7200) as r:
+        return json.loads(r.read())
+
+
+# ---------------------------------------------------------------- report
+
+
+def summary(r):
+    lines = [f"# Strata end-to-end benchmark (SF {r['settings']['sf']}, {THREADS} threads per engine)", ""]
+    t = r["tpch"]
+    engines = list(t["ratio_vs_datafusion"])
+    lines += ["| query | " + " | ".join(f"{e} (ms)" for e in engines) + " | flight ÷ datafusion |", "|---" * (len(engines) + 2) + "|"]
+    for q in QUERIES:
+        lines.append(
+            f"| {q} | "
+            + " | ".join(f"{t['median_s'][q][e] * 1e3:.1f}" for e in engines)
+            + f" | {t['ratio_vs_datafusion']['strata_flight'][q]:.2f} |"
+        )
+    lines.append(
+        "| geomean ÷ datafusion | "
+        + " | ".join(f"{t['geomean_vs_datafusion'][e]:.2f}" for e in engines)
+        + " | |"
+    )
+    s = r["streaming"]
+    lines += [
+        "",
+        f"- lineitem scan: Strata Flight SQL {s['strata_gb_s']:.3f} GB/s vs raw pyarrow.flight {s['raw_flight_gb_s']:.3f} GB/s "
+        f"(ratio {s['ratio_vs_raw']:.2f}); largest batch {s['largest_batch_bytes'] / 2**20:.2f} MiB; "
+        f"server peak RSS {s['server_peak_rss_bytes'] / 2**20:.0f} MiB",
+    ]
+    c = r["cache"]
+    lines.append(
+        f"- cache hit p50 {c['hit_p50_ms']:.2f} ms / p99 {c['hit_p99_ms']:.2f} ms vs raw Flight round trip "
+        f"p50 {c['raw_p50_ms']:.2f} ms / p99 {c['raw_p99_ms']:.2f} ms (p50 ratio {c['ratio_p50']:.2f})"
+    )
+    m = r["merge"]
+    lines.append(
+        f"- MERGE {m['source_rows']} → {m['target_rows']}: Strata {m['strata_s']:.2f} s vs deltalake {m['deltalake_s']:.2f} s "
+        f"(ratio {m['ratio']:.2f}), results equal: {m['results_equal']}"
+    )
+    lines += ["", "| clients | qps | p50 ms | p99 ms |", "|---|---|---|---|"]
+    for n, x in r["concurrency"].items():
+        lines.append(f"| {n} | {x['qps']:.2f} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} |")
+    lines += ["", "| result | wire bytes | Arrow bytes | rows |", "|---|---|---|---|"]
+    for q, x in r["wire"].items():
+        lines.append(f"| {q} | {x['wire_bytes']} | {x['arrow_bytes']} | {x['rows']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--strata", default="target/release/strata", help="server binary")
+    p.add_argument("--sf", type=float, default=1.0, help="TPC-H scale factor")
+    p.add_argument("--runs", type=int, default=3, help="iterations per measurement (median)")
+    p.add_argument("--merge-target", type=int, default=10_000_000)
+    p.add_argument("--merge-source", type=int, default=1_000_000)
+    p.add_argument("--concurrency-secs", type=float, default=10.0, help="per client count")
+    p.add_argument("--out", default="bench-out")
+    p.add_argument("--work", help="scratch directory (default: a temp dir)")
+    args = p.parse_args()
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="strata-bench-"))
+    binary = str(pathlib.Path(args.strata).resolve())
+    results = {
+        "settings": {**vars(args), "threads": THREADS, "cpus": os.cpu_count()},
+        "loadavg_start": os.getloadavg(),
+    }
+    files = generate(args.sf, work / "tpch")
+    strata = Strata(binary, work / "strata", cache=False)
+    try:
+        results["load_s"], _ = timed(lambda: load(strata, files))
+        warehouse = strata.work / "data" / "warehouse"
+        results["tpch"] = tpch(strata, files, warehouse, args.runs)
+        results["streaming"] = streaming(strata, files, args.runs)
+        results["wire"] = wire_bytes(strata)
+        results["concurrency"] = concurrency(strata, args.concurrency_secs)
+        results["merge"] = merge(strata, work, args.merge_target, args.merge_source)
+    finally:
+        strata.stop()
+    cached = Strata(binary, work / "strata", cache=True)
+    try:
+        results["cache"] = cache_hits(cached, files)
+    finally:
+        cached.stop()
+    results["loadavg_end"] = os.getloadavg()
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "summary.md").write_text(summary(results))
+    print(summary(results))
+
+
+if __name__ == "__main__":
+    main()
