@@ -12,13 +12,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn env_rows(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Peak resident set size of this process so far (Linux), in MiB.
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -39,8 +32,8 @@ fn main() {
 }
 
 async fn run() {
-    let target_rows = env_rows("STRATA_BENCH_TARGET_ROWS", 10_000_000);
-    let source_rows = env_rows("STRATA_BENCH_SOURCE_ROWS", 1_000_000);
+    let target_rows = common::env_u64("STRATA_BENCH_TARGET_ROWS", 10_000_000);
+    let source_rows = common::env_u64("STRATA_BENCH_SOURCE_ROWS", 1_000_000);
     let server = common::BenchServer::start(|_| {}).await;
     let http = server.http;
     let token = server.token(&["admin"], json!({}));

@@ -15,13 +15,6 @@ use serde_json::{Value, json};
 
 mod common;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
     common::block_on(run());
 }
@@ -35,8 +28,8 @@ const QUERIES: [(&str, &str); 2] = [
 ];
 
 async fn run() {
-    let files = env_u64("STRATA_BENCH_FILES", 200);
-    let rows_per_file = env_u64("STRATA_BENCH_ROWS_PER_FILE", 10_000);
+    let files = common::env_u64("STRATA_BENCH_FILES", 200);
+    let rows_per_file = common::env_u64("STRATA_BENCH_ROWS_PER_FILE", 10_000);
     let server = common::BenchServer::start(|cfg| cfg.cache.enabled = false).await;
     let http = server.http;
     let token = server.token(&["admin"], json!({}));

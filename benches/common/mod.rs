@@ -16,6 +16,14 @@ use std::time::Duration;
 use strata::config::Config;
 use strata::security::Authenticator;
 
+/// A numeric setting from the environment (`STRATA_BENCH_…`), else `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -37,15 +37,7 @@ async fn query(
 }
 
 async fn metric(s: &TestServer, name: &str) -> u64 {
-    let r = s
-        .client
-        .get(s.url("/metrics"))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let text = r.text().await.unwrap();
+    let text = s.metrics_text().await;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("{name} missing from\n{text}"))

@@ -253,6 +253,19 @@ impl TestServer {
             .await
     }
 
+    /// `GET /metrics` as admin: the Prometheus text.
+    pub async fn metrics_text(&self) -> String {
+        let r = self
+            .client
+            .get(self.url("/metrics"))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
     /// Runs SQL, JSON result.
     pub async fn sql(&self, token: &str, sql: &str) -> (u16, Value) {
         self.post_json(token, "/api/v1/query", json!({ "sql": sql }))

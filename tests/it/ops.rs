@@ -51,21 +51,7 @@ fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
 }
 
 async fn metrics(s: &TestServer) -> BTreeMap<String, f64> {
-    let r = s
-        .client
-        .get(s.url("/metrics"))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4")
-    );
-    parse_prometheus(&r.text().await.unwrap())
+    parse_prometheus(&s.metrics_text().await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +91,20 @@ async fn metrics_parse_move_and_requests_carry_ids() {
     assert!(after.contains_key("strata_memory_pool_limit_bytes"));
     assert!(after.contains_key("strata_cache_hits_total"));
     assert_eq!(get(&after, "strata_queries_running"), 0.0);
-    // Metrics need a token like the API.
+    // Prometheus' content type; metrics need a token like the API.
+    let r = s
+        .client
+        .get(s.url("/metrics"))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
     let r = s.client.get(s.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 401);
 
