@@ -464,24 +464,12 @@ impl Engine {
                 let plan = project_onto(plan, &target, &columns)?;
                 let batches = DataFrame::new(state, plan).collect().await?;
                 let batches = crate::ingest::enforce_schema(batches, &target)?;
-                let mode_for_check = if overwrite {
-                    WriteMode::Overwrite
-                } else {
-                    WriteMode::Append
-                };
-                self.check_write(
-                    &access,
-                    principal,
-                    &table,
-                    mode_for_check,
-                    &target,
-                    &batches,
-                )?;
                 let mode = if overwrite {
                     WriteMode::Overwrite
                 } else {
                     WriteMode::Append
                 };
+                self.check_write(&access, principal, &table, mode, &target, &batches)?;
                 let outcome =
                     commit::write(&self.catalog, &table, principal, batches, mode, None, kind)
                         .await?;

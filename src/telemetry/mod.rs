@@ -4,6 +4,26 @@ pub mod metrics;
 
 pub use metrics::{Metrics, metrics};
 
+/// The audit event of one authenticated request, the same fields for both protocols:
+/// `operation` is `METHOD /path` (REST) or the Flight method (`DoGet`, …).
+pub fn audit_request(
+    protocol: &str,
+    principal: &str,
+    operation: &str,
+    status: &str,
+    request_id: &str,
+) {
+    tracing::info!(
+        target: "strata::audit",
+        protocol,
+        principal,
+        operation,
+        status,
+        request_id,
+        "request"
+    );
+}
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 

@@ -33,15 +33,7 @@ fn observed(
     }
     crate::telemetry::metrics().request("flight", method, &status, started.elapsed());
     if !subject.is_empty() {
-        tracing::info!(
-            target: "strata::audit",
-            protocol = "flight",
-            principal = %subject,
-            method = %method,
-            status = %status,
-            request_id = %request_id,
-            "request"
-        );
+        crate::telemetry::audit_request("flight", subject, method, &status, request_id);
     }
     response
 }

@@ -40,15 +40,12 @@ pub(super) async fn require_bearer(
             let subject = principal.subject.clone();
             request.extensions_mut().insert(Arc::new(principal));
             let response = next.run(request).await;
-            tracing::info!(
-                target: "strata::audit",
-                protocol = "http",
-                principal = %subject,
-                method = %method,
-                path = %path,
-                status = response.status().as_u16(),
-                request_id = %request_id,
-                "request"
+            crate::telemetry::audit_request(
+                "http",
+                &subject,
+                &format!("{method} {path}"),
+                response.status().as_str(),
+                &request_id,
             );
             response
         }
