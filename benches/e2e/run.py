@@ -10,10 +10,10 @@ One run, same data, same cores, engine order rotated every iteration:
     same table from an in-memory server (GB/s), and the largest Flight message;
   * wire bytes (REST Arrow stream) per result vs the result's Arrow size;
   * result-cache hit latency p50/p99 vs a raw Flight round trip;
-  * MERGE upsert vs the Python `deltalake` package on copies of one target (results checked
-    equal);
+  * MERGE upsert and SCD Type 2 vs the Python `deltalake` package on copies of one target
+    (results checked equal; wall time and peak RSS growth of the process doing the work);
   * 1/2/4/8 concurrent ADBC clients running q6: throughput and p99;
-  * server peak RSS while the lineitem scan streams.
+  * server peak RSS while the lineitem scan streams, and while an SF-10 lineitem streams.
 
 Every engine gets 2 threads / target partitions. Raw samples, load averages and settings go to
 `<out>/results.json`, a Markdown summary to `<out>/summary.md`.
@@ -163,6 +163,37 @@ def same(a, b):
     return True
 
 
+class PeakRss:
+    """Samples a process's RSS every 20 ms while in the `with` block; `.peak` and `.growth`
+    (peak minus the RSS on entry) in bytes."""
+
+    def __init__(self, process):
+        self.process = process
+        self.peak = self.start = 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self.start = self.peak = self.process.memory_info().rss
+
+        def sample():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self.process.memory_info().rss)
+                time.sleep(0.02)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def growth(self):
+        return self.peak - self.start
+
+
 def raw_flight_server(tables):
     """The baseline: pyarrow's own Flight server streaming the tables from memory, in a child
     process (so it does not share the client's GIL); returns (process, location)."""
@@ -274,17 +305,7 @@ def streaming(strata, files, runs):
     logical = lineitem.nbytes
     del lineitem
     raw, location = raw_flight_server({"lineitem": files["lineitem"]})
-    peak = {"rss": 0}
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak["rss"] = max(peak["rss"], strata.ps.memory_info().rss)
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    strata_s, raw_s, largest = [], [], 0
+    strata_s, raw_s, largest, peak = [], [], 0, 0
     try:
         client = paflight.FlightClient(location)
         for i in range(runs):
@@ -300,15 +321,18 @@ def streaming(strata, files, runs):
                 return sum(c.data.nbytes for c in client.do_get(paflight.Ticket(b"lineitem")))
 
             for name, f in ([("strata", via_strata), ("raw", via_raw)] if i % 2 == 0 else [("raw", via_raw), ("strata", via_strata)]):
-                secs, _ = timed(f)
+                if name == "strata":
+                    with PeakRss(strata.ps) as rss:
+                        secs, _ = timed(f)
+                    peak = max(peak, rss.peak)
+                else:
+                    secs, _ = timed(f)
                 (strata_s if name == "strata" else raw_s).append(secs)
         # The largest Flight message, measured from the REST Arrow stream's batches (same
         # compaction as Flight).
         _, t = strata.rest("SELECT * FROM lineitem LIMIT 200000")
         largest = max(b.nbytes for b in t.to_batches())
     finally:
-        stop.set()
-        sampler.join()
         raw.terminate()
     return {
         "logical_bytes": logical,
@@ -318,7 +342,53 @@ def streaming(strata, files, runs):
         "raw_flight_gb_s": logical / median(raw_s) / 1e9,
         "ratio_vs_raw": median(raw_s) / median(strata_s),
         "largest_batch_bytes": largest,
-        "server_peak_rss_bytes": peak["rss"],
+        "server_peak_rss_bytes": peak,
+    }
+
+
+def big_scan(strata, work, sf, parts=20):
+    """Server peak RSS while one client streams `SELECT *` of an SF-`sf` lineitem (loaded
+    through ADBC ingest, one part per commit, so no single upload is the whole table)."""
+    data = pathlib.Path(work) / f"tpch-sf{sf:g}"
+    if not (data / "lineitem").exists():
+        subprocess.run(
+            ["tpchgen-cli", "parquet", "-s", str(sf), "--tables=lineitem", f"--parts={parts}",
+             "--output-dir", str(data)],
+            check=True,
+        )
+    files = sorted((data / "lineitem").glob("*.parquet"))
+    table = f"lineitem_sf{sf:g}".replace(".", "_")
+
+    def load_parts():
+        with strata.connect() as conn, conn.cursor() as cur:
+            for path in files:
+                f = pq.ParquetFile(path)
+                reader = pa.RecordBatchReader.from_batches(f.schema_arrow, f.iter_batches(65536))
+                cur.adbc_ingest(table, reader, mode="create_append", db_schema_name="gold")
+            conn.commit()
+
+    load_s, _ = timed(load_parts)
+
+    def scan():
+        rows = logical = 0
+        with strata.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT * FROM {table}")
+            for batch in cur.fetch_record_batch():
+                rows += batch.num_rows
+                logical += batch.nbytes
+        return rows, logical
+
+    with PeakRss(strata.ps) as rss:
+        secs, (rows, logical) = timed(scan)
+    return {
+        "sf": sf,
+        "rows": rows,
+        "logical_bytes": logical,
+        "load_s": load_s,
+        "scan_s": secs,
+        "scan_gb_s": logical / secs / 1e9,
+        "server_rss_before_bytes": rss.start,
+        "server_peak_rss_bytes": rss.peak,
     }
 
 
@@ -392,22 +462,52 @@ def concurrency(strata, duration=10.0):
     return out
 
 
+def _sides(strata, strata_op, deltalake_op):
+    """Runs Strata's operation, then deltalake's, each under its own peak-RSS sampler (the
+    server process for Strata, this process for deltalake)."""
+    with PeakRss(strata.ps) as server:
+        strata_s, _ = timed(strata_op)
+    with PeakRss(psutil.Process()) as me:
+        deltalake_s, _ = timed(deltalake_op)
+    return {
+        "strata_s": strata_s,
+        "deltalake_s": deltalake_s,
+        "ratio": strata_s / deltalake_s,
+        "strata_server_peak_rss_growth_bytes": server.growth,
+        "deltalake_process_peak_rss_growth_bytes": me.growth,
+        "memory_ratio": server.growth / max(me.growth, 1),
+    }
+
+
+def _upsert_source(strata, name, target_rows, source_rows):
+    """`bronze.<name>`: `source_rows` rows, half of them keys of the target (`v * 2` for
+    v < target_rows) with new values, half new keys."""
+    stride = max(2, (2 * target_rows // max(source_rows, 1)) & ~1)
+    _json(strata, (
+        f"CREATE TABLE bronze.{name} AS SELECT v * {stride} + v % 2 AS id, 'new-' || CAST(v AS STRING) AS name, "
+        f"CAST(v AS DOUBLE) AS amount FROM (SELECT unnest(range(0, {source_rows})) AS v)"
+    ))
+    warehouse = strata.work / "data" / "warehouse"
+    return deltalake.DeltaTable(str(warehouse / "bronze" / name)).to_pyarrow_table()
+
+
+def _copy_for_deltalake(strata, work, table):
+    """A copy of Strata's `silver.<table>` for the deltalake side (same files, same log)."""
+    copy = pathlib.Path(work) / f"deltalake-{table}"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(strata.work / "data" / "warehouse" / "silver" / table, copy)
+    return copy
+
+
 def merge(strata, work, target_rows, source_rows):
     """Upsert `source_rows` (half updates, half inserts) into `target_rows`, through Strata's
     MERGE and through Python deltalake on a copy of the same target."""
-    stride = max(2, (2 * target_rows // max(source_rows, 1)) & ~1)
     _json(strata, (
         "CREATE TABLE silver.target AS SELECT v * 2 AS id, 'name-' || CAST(v AS STRING) AS name, "
         f"CAST(v % 1000 AS DOUBLE) AS amount FROM (SELECT unnest(range(0, {target_rows})) AS v)"
     ))
-    _json(strata, (
-        f"CREATE TABLE bronze.source AS SELECT v * {stride} + v % 2 AS id, 'new-' || CAST(v AS STRING) AS name, "
-        f"CAST(v AS DOUBLE) AS amount FROM (SELECT unnest(range(0, {source_rows})) AS v)"
-    ))
-    warehouse = strata.work / "data" / "warehouse"
-    copy = pathlib.Path(work) / "deltalake-target"
-    shutil.copytree(warehouse / "silver" / "target", copy)
-    source = deltalake.DeltaTable(str(warehouse / "bronze" / "source")).to_pyarrow_table()
+    source = _upsert_source(strata, "source", target_rows, source_rows)
+    copy = _copy_for_deltalake(strata, work, "target")
 
     def via_strata():
         return _json(strata, (
@@ -424,15 +524,11 @@ def merge(strata, work, target_rows, source_rows):
             .execute()
         )
 
-    rss_before = strata.ps.memory_info().rss
-    strata_s, _ = timed(via_strata)
-    me = psutil.Process()
-    py_rss_before = me.memory_info().rss
-    deltalake_s, _ = timed(via_deltalake)
+    out = _sides(strata, via_strata, via_deltalake)
     check = "SELECT count(*) AS n, sum(id) AS s, sum(amount) AS a FROM silver.target"
     mine = _json(strata, check)[0]
     theirs = deltalake.DeltaTable(str(copy)).to_pyarrow_table()
-    theirs_summary = {
+    theirs = {
         "n": theirs.num_rows,
         "s": pa.compute.sum(theirs["id"]).as_py(),
         "a": pa.compute.sum(theirs["amount"]).as_py(),
@@ -440,15 +536,107 @@ def merge(strata, work, target_rows, source_rows):
     return {
         "target_rows": target_rows,
         "source_rows": source_rows,
-        "strata_s": strata_s,
-        "deltalake_s": deltalake_s,
-        "ratio": strata_s / deltalake_s,
-        "strata_server_rss_growth_bytes": strata.ps.memory_info().rss - rss_before,
-        "deltalake_process_rss_growth_bytes": me.memory_info().rss - py_rss_before,
-        "results_equal": mine["n"] == theirs_summary["n"]
-        and mine["s"] == theirs_summary["s"]
-        and abs(mine["a"] - theirs_summary["a"]) < 1e-6 * max(1.0, abs(mine["a"])),
+        **out,
+        "results_equal": _close(mine, theirs),
     }
+
+
+def scd2(strata, work, target_rows, source_rows):
+    """SCD Type 2 of `source_rows` (half changed keys, half new keys) into a dimension of
+    `target_rows` current rows: Strata's `CALL scd2` vs the standard staged-MERGE recipe on
+    Python deltalake (find the changed keys, then one MERGE that closes their current rows
+    and inserts new versions and new keys), on a copy of the same target."""
+    _json(strata, (
+        "CREATE TABLE silver.dim (id BIGINT, name STRING, amount DOUBLE, "
+        "valid_from TIMESTAMP, valid_to TIMESTAMP, is_current BOOLEAN)"
+    ))
+    _json(strata, (
+        "INSERT INTO silver.dim SELECT v * 2, 'name-' || CAST(v AS STRING), CAST(v % 1000 AS DOUBLE), "
+        "TIMESTAMP '2020-01-01T00:00:00Z', NULL, true "
+        f"FROM (SELECT unnest(range(0, {target_rows})) AS v)"
+    ))
+    source = _upsert_source(strata, "dim_changes", target_rows, source_rows)
+    copy = _copy_for_deltalake(strata, work, "dim")
+    ts_type = pa.timestamp("us", tz="UTC")
+
+    def via_strata():
+        return _json(strata, "CALL scd2(target => 'silver.dim', source => 'bronze.dim_changes', keys => 'id')")
+
+    def via_deltalake():
+        import datetime
+
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        dt = deltalake.DeltaTable(str(copy))
+        now = pa.scalar(datetime.datetime.now(datetime.timezone.utc), ts_type)
+        current = dt.to_pyarrow_dataset().to_table(
+            columns=["id", "name", "amount"],
+            filter=(ds.field("is_current") == True) & ds.field("id").isin(source["id"]),  # noqa: E712
+        )
+        joined = source.join(current, "id", join_type="inner", right_suffix="_t")
+
+        def differs(a, b):  # NULL-safe
+            return pc.or_kleene(
+                pc.fill_null(pc.not_equal(joined[a], joined[b]), False),
+                pc.xor(pc.is_null(joined[a]), pc.is_null(joined[b])),
+            )
+
+        changed = joined.filter(pc.or_(differs("name", "name_t"), differs("amount", "amount_t")))
+        changed = changed.select(["id", "name", "amount"])
+
+        def staged(t, merge_key):
+            return t.append_column("merge_key", merge_key).append_column(
+                "eff", pa.array([now.as_py()] * t.num_rows, ts_type)
+            )
+
+        rows = pa.concat_tables([
+            staged(changed, pa.nulls(changed.num_rows, pa.int64())),
+            staged(source, source["id"]),
+        ])
+        return (
+            dt.merge(rows, predicate="t.id = s.merge_key AND t.is_current", source_alias="s", target_alias="t")
+            .when_matched_update(
+                updates={"is_current": "false", "valid_to": "s.eff"},
+                predicate="(t.name IS DISTINCT FROM s.name) OR (t.amount IS DISTINCT FROM s.amount)",
+            )
+            .when_not_matched_insert(updates={
+                "id": "s.id", "name": "s.name", "amount": "s.amount",
+                "valid_from": "s.eff", "valid_to": "NULL", "is_current": "true",
+            })
+            .execute()
+        )
+
+    out = _sides(strata, via_strata, via_deltalake)
+    mine = _json(strata, (
+        "SELECT count(*) AS n, sum(CASE WHEN is_current THEN 1 ELSE 0 END) AS c, "
+        "sum(CASE WHEN valid_to IS NOT NULL THEN 1 ELSE 0 END) AS closed, "
+        "sum(CASE WHEN is_current THEN amount ELSE 0 END) AS a FROM silver.dim"
+    ))[0]
+    t = deltalake.DeltaTable(str(copy)).to_pyarrow_table()
+    cur = t.filter(t["is_current"])
+    theirs = {
+        "n": t.num_rows,
+        "c": cur.num_rows,
+        "closed": t.num_rows - pa.compute.count(t["valid_to"], mode="only_null").as_py(),
+        "a": pa.compute.sum(cur["amount"]).as_py(),
+    }
+    return {
+        "target_rows": target_rows,
+        "source_rows": source_rows,
+        **out,
+        "strata_summary": mine,
+        "deltalake_summary": theirs,
+        "results_equal": _close(mine, theirs),
+    }
+
+
+def _close(mine, theirs):
+    """Same counts, same sums up to float rounding."""
+    return all(
+        abs(float(mine[k]) - float(theirs[k])) <= 1e-9 * max(1.0, abs(float(theirs[k])))
+        for k in theirs
+    )
 
 
 def _json(strata, sql):
@@ -492,11 +680,22 @@ def summary(r):
         f"- cache hit p50 {c['hit_p50_ms']:.2f} ms / p99 {c['hit_p99_ms']:.2f} ms vs raw Flight round trip "
         f"p50 {c['raw_p50_ms']:.2f} ms / p99 {c['raw_p99_ms']:.2f} ms (p50 ratio {c['ratio_p50']:.2f})"
     )
-    m = r["merge"]
-    lines.append(
-        f"- MERGE {m['source_rows']} → {m['target_rows']}: Strata {m['strata_s']:.2f} s vs deltalake {m['deltalake_s']:.2f} s "
-        f"(ratio {m['ratio']:.2f}), results equal: {m['results_equal']}"
-    )
+    for op in ("merge", "scd2"):
+        m = r[op]
+        lines.append(
+            f"- {op.upper()} {m['source_rows']} → {m['target_rows']}: Strata {m['strata_s']:.2f} s vs deltalake "
+            f"{m['deltalake_s']:.2f} s (ratio {m['ratio']:.2f}); peak RSS growth: server "
+            f"{m['strata_server_peak_rss_growth_bytes'] / 2**20:.0f} MiB vs deltalake "
+            f"{m['deltalake_process_peak_rss_growth_bytes'] / 2**20:.0f} MiB (ratio {m['memory_ratio']:.2f}); "
+            f"results equal: {m['results_equal']}"
+        )
+    if "big_scan" in r:
+        b = r["big_scan"]
+        lines.append(
+            f"- SF {b['sf']:g} lineitem ({b['rows']} rows, {b['logical_bytes'] / 2**30:.2f} GiB Arrow) streamed in "
+            f"{b['scan_s']:.1f} s ({b['scan_gb_s']:.3f} GB/s): server peak RSS {b['server_peak_rss_bytes'] / 2**20:.0f} MiB "
+            f"(before the scan {b['server_rss_before_bytes'] / 2**20:.0f} MiB); loaded in {b['load_s']:.0f} s"
+        )
     lines += ["", "| clients | qps | p50 ms | p99 ms |", "|---|---|---|---|"]
     for n, x in r["concurrency"].items():
         lines.append(f"| {n} | {x['qps']:.2f} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} |")
@@ -513,6 +712,9 @@ def main():
     p.add_argument("--runs", type=int, default=3, help="iterations per measurement (median)")
     p.add_argument("--merge-target", type=int, default=10_000_000)
     p.add_argument("--merge-source", type=int, default=1_000_000)
+    p.add_argument("--scd2-target", type=int, default=10_000_000)
+    p.add_argument("--scd2-source", type=int, default=1_000_000)
+    p.add_argument("--rss-sf", type=float, default=10.0, help="scale factor of the big lineitem scan (0: skip)")
     p.add_argument("--concurrency-secs", type=float, default=10.0, help="per client count")
     p.add_argument("--out", default="bench-out")
     p.add_argument("--work", help="scratch directory (default: a temp dir)")
@@ -535,6 +737,9 @@ def main():
         results["wire"] = wire_bytes(strata)
         results["concurrency"] = concurrency(strata, args.concurrency_secs)
         results["merge"] = merge(strata, work, args.merge_target, args.merge_source)
+        results["scd2"] = scd2(strata, work, args.scd2_target, args.scd2_source)
+        if args.rss_sf > 0:
+            results["big_scan"] = big_scan(strata, work, args.rss_sf)
     finally:
         strata.stop()
     cached = Strata(binary, work / "strata", cache=True)
