@@ -299,49 +299,88 @@ def tpch(strata, files, warehouse, runs):
     }
 
 
+def _varint(n):
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def flight_sql_command(sql):
+    """A Flight SQL `CommandStatementQuery` wrapped in `google.protobuf.Any`, as every
+    Flight SQL client sends it (hand-encoded: two length-delimited fields)."""
+    query = sql.encode()
+    inner = b"\x0a" + _varint(len(query)) + query
+    url = b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery"
+    return b"\x0a" + _varint(len(url)) + url + b"\x12" + _varint(len(inner)) + inner
+
+
+def strata_do_get(strata, sql):
+    """Runs `sql` on Strata with pyarrow's own Flight client (GetFlightInfo + DoGet):
+    the same client as the raw baseline. Returns (Arrow bytes, rows, largest message body)."""
+    client = paflight.FlightClient(strata.flight)
+    options = paflight.FlightCallOptions(headers=[(b"authorization", f"Bearer {strata.token}".encode())])
+    info = client.get_flight_info(paflight.FlightDescriptor.for_command(flight_sql_command(sql)), options)
+    n = rows = largest = 0
+    for endpoint in info.endpoints:
+        for chunk in client.do_get(endpoint.ticket, options):
+            size = chunk.data.get_total_buffer_size()
+            n, rows, largest = n + chunk.data.nbytes, rows + chunk.data.num_rows, max(largest, size)
+    client.close()
+    return n, rows, largest
+
+
 def streaming(strata, files, runs):
-    """lineitem over Flight SQL vs raw pyarrow.flight; server RSS sampled meanwhile."""
+    """`SELECT * FROM lineitem` from Strata over Flight SQL, with pyarrow's Flight client (the
+    same client as the baseline) and with the ADBC driver, vs a raw pyarrow.flight DoGet of
+    the same table from memory; server RSS sampled meanwhile; the largest message body."""
     lineitem = pq.read_table(files["lineitem"])
     logical = lineitem.nbytes
     del lineitem
     raw, location = raw_flight_server({"lineitem": files["lineitem"]})
-    strata_s, raw_s, largest, peak = [], [], 0, 0
+    samples = {"strata_pyarrow": [], "strata_adbc": [], "raw": []}
+    largest = peak = 0
     try:
         client = paflight.FlightClient(location)
+
+        def via_adbc():
+            with strata.connect() as conn, conn.cursor() as cur:
+                cur.execute("SELECT * FROM lineitem")
+                return sum(batch.nbytes for batch in cur.fetch_record_batch())
+
+        def via_pyarrow():
+            nonlocal largest
+            n, _, biggest = strata_do_get(strata, "SELECT * FROM lineitem")
+            largest = max(largest, biggest)
+            return n
+
+        def via_raw():
+            return sum(c.data.nbytes for c in client.do_get(paflight.Ticket(b"lineitem")))
+
+        paths = [("strata_pyarrow", via_pyarrow), ("strata_adbc", via_adbc), ("raw", via_raw)]
         for i in range(runs):
-            def via_strata():
-                with strata.connect() as conn, conn.cursor() as cur:
-                    cur.execute("SELECT * FROM lineitem")
-                    n = 0
-                    for batch in cur.fetch_record_batch():
-                        n += batch.nbytes
-                    return n
-
-            def via_raw():
-                return sum(c.data.nbytes for c in client.do_get(paflight.Ticket(b"lineitem")))
-
-            for name, f in ([("strata", via_strata), ("raw", via_raw)] if i % 2 == 0 else [("raw", via_raw), ("strata", via_strata)]):
-                if name == "strata":
+            for name, f in paths[i % 3:] + paths[: i % 3]:
+                if name == "raw":
+                    secs, _ = timed(f)
+                else:
                     with PeakRss(strata.ps) as rss:
                         secs, _ = timed(f)
                     peak = max(peak, rss.peak)
-                else:
-                    secs, _ = timed(f)
-                (strata_s if name == "strata" else raw_s).append(secs)
-        # The largest Flight message, measured from the REST Arrow stream's batches (same
-        # compaction as Flight).
-        _, t = strata.rest("SELECT * FROM lineitem LIMIT 200000")
-        largest = max(b.nbytes for b in t.to_batches())
+                samples[name].append(secs)
     finally:
         raw.terminate()
+    gb_s = {name: logical / median(xs) / 1e9 for name, xs in samples.items()}
     return {
         "logical_bytes": logical,
-        "strata_s": strata_s,
-        "raw_flight_s": raw_s,
-        "strata_gb_s": logical / median(strata_s) / 1e9,
-        "raw_flight_gb_s": logical / median(raw_s) / 1e9,
-        "ratio_vs_raw": median(raw_s) / median(strata_s),
-        "largest_batch_bytes": largest,
+        "samples_s": samples,
+        "strata_gb_s": gb_s["strata_pyarrow"],
+        "strata_adbc_gb_s": gb_s["strata_adbc"],
+        "raw_flight_gb_s": gb_s["raw"],
+        "ratio_vs_raw": gb_s["strata_pyarrow"] / gb_s["raw"],
+        "adbc_ratio_vs_raw": gb_s["strata_adbc"] / gb_s["raw"],
+        "largest_message_body_bytes": largest,
         "server_peak_rss_bytes": peak,
     }
 
@@ -403,35 +442,43 @@ def wire_bytes(strata):
 
 
 def cache_hits(strata_cached, files, n=200):
+    """A cached 25-row result: Strata over Flight SQL (GetFlightInfo + DoGet, with pyarrow's
+    Flight client and with ADBC) vs one raw pyarrow.flight DoGet of the same rows."""
     raw, location = raw_flight_server({"nation": files["nation"]})
+    sql = "SELECT n_name, n_regionkey FROM nation ORDER BY n_nationkey"
+    samples = {"hit_pyarrow": [], "hit_adbc": [], "raw": []}
     try:
         client = paflight.FlightClient(location)
         with strata_cached.connect() as conn, conn.cursor() as cur:
-            sql = "SELECT n_name, n_regionkey FROM nation ORDER BY n_nationkey"
             cur.execute(sql)
             cur.fetch_arrow_table()  # fill the cache
-            hit, rtt = [], []
+
+            def hit_adbc():
+                cur.execute(sql)
+                return cur.fetch_arrow_table()
+
+            paths = [
+                ("hit_pyarrow", lambda: strata_do_get(strata_cached, sql)),
+                ("hit_adbc", hit_adbc),
+                ("raw", lambda: client.do_get(paflight.Ticket(b"nation")).read_all()),
+            ]
             for i in range(n):
-                def strata_hit():
-                    cur.execute(sql)
-                    return cur.fetch_arrow_table()
-
-                def raw_rtt():
-                    return client.do_get(paflight.Ticket(b"nation")).read_all()
-
-                for name, f in ([("hit", strata_hit), ("raw", raw_rtt)] if i % 2 == 0 else [("raw", raw_rtt), ("hit", strata_hit)]):
+                for name, f in paths[i % 3:] + paths[: i % 3]:
                     secs, _ = timed(f)
-                    (hit if name == "hit" else rtt).append(secs)
+                    samples[name].append(secs)
     finally:
         raw.terminate()
+    hit, adbc, rtt = samples["hit_pyarrow"], samples["hit_adbc"], samples["raw"]
     return {
-        "hit_s": hit,
-        "raw_flight_s": rtt,
+        "samples_s": samples,
         "hit_p50_ms": pct(hit, 50) * 1e3,
         "hit_p99_ms": pct(hit, 99) * 1e3,
+        "hit_adbc_p50_ms": pct(adbc, 50) * 1e3,
+        "hit_adbc_p99_ms": pct(adbc, 99) * 1e3,
         "raw_p50_ms": pct(rtt, 50) * 1e3,
         "raw_p99_ms": pct(rtt, 99) * 1e3,
         "ratio_p50": pct(hit, 50) / pct(rtt, 50),
+        "adbc_ratio_p50": pct(adbc, 50) / pct(rtt, 50),
     }
 
 
@@ -671,14 +718,16 @@ def summary(r):
     s = r["streaming"]
     lines += [
         "",
-        f"- lineitem scan: Strata Flight SQL {s['strata_gb_s']:.3f} GB/s vs raw pyarrow.flight {s['raw_flight_gb_s']:.3f} GB/s "
-        f"(ratio {s['ratio_vs_raw']:.2f}); largest batch {s['largest_batch_bytes'] / 2**20:.2f} MiB; "
-        f"server peak RSS {s['server_peak_rss_bytes'] / 2**20:.0f} MiB",
+        f"- lineitem scan: Strata Flight SQL {s['strata_gb_s']:.3f} GB/s (pyarrow.flight client; ADBC "
+        f"{s['strata_adbc_gb_s']:.3f} GB/s) vs raw pyarrow.flight {s['raw_flight_gb_s']:.3f} GB/s "
+        f"(ratio {s['ratio_vs_raw']:.2f}; ADBC {s['adbc_ratio_vs_raw']:.2f}); largest message body "
+        f"{s['largest_message_body_bytes'] / 2**20:.2f} MiB; server peak RSS {s['server_peak_rss_bytes'] / 2**20:.0f} MiB",
     ]
     c = r["cache"]
     lines.append(
-        f"- cache hit p50 {c['hit_p50_ms']:.2f} ms / p99 {c['hit_p99_ms']:.2f} ms vs raw Flight round trip "
-        f"p50 {c['raw_p50_ms']:.2f} ms / p99 {c['raw_p99_ms']:.2f} ms (p50 ratio {c['ratio_p50']:.2f})"
+        f"- cache hit (GetFlightInfo + DoGet, pyarrow.flight client) p50 {c['hit_p50_ms']:.2f} ms / p99 {c['hit_p99_ms']:.2f} ms, "
+        f"ADBC p50 {c['hit_adbc_p50_ms']:.2f} ms / p99 {c['hit_adbc_p99_ms']:.2f} ms, vs one raw Flight DoGet "
+        f"p50 {c['raw_p50_ms']:.2f} ms / p99 {c['raw_p99_ms']:.2f} ms (p50 ratio {c['ratio_p50']:.2f}, ADBC {c['adbc_ratio_p50']:.2f})"
     )
     for op in ("merge", "scd2"):
         m = r[op]
@@ -728,6 +777,8 @@ def main():
         "loadavg_start": os.getloadavg(),
     }
     files = generate(args.sf, work / "tpch")
+    # Generated data is reused between runs in one work dir; the warehouse never is.
+    shutil.rmtree(work / "strata", ignore_errors=True)
     strata = Strata(binary, work / "strata", cache=False)
     try:
         results["load_s"], _ = timed(lambda: load(strata, files))
