@@ -86,6 +86,11 @@ impl Server {
         Arc::clone(&self.auth)
     }
 
+    /// The query engine both front ends call (for embedding and the internals benchmarks).
+    pub fn engine(&self) -> Arc<Engine> {
+        Arc::clone(&self.engine)
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

@@ -36,6 +36,7 @@ pub struct BenchServer {
     pub http: SocketAddr,
     pub flight: SocketAddr,
     pub auth: Arc<Authenticator>,
+    pub engine: Arc<strata::engine::Engine>,
     _dir: tempfile::TempDir,
 }
 
@@ -52,11 +53,13 @@ impl BenchServer {
         let server = strata::Server::build(cfg).await.unwrap();
         let (http, flight) = (server.http_addr().unwrap(), server.flight_addr().unwrap());
         let auth = server.authenticator();
+        let engine = server.engine();
         tokio::spawn(server.run_until_stopped(std::future::pending()));
         BenchServer {
             http,
             flight,
             auth,
+            engine,
             _dir: dir,
         }
     }

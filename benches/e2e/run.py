@@ -264,7 +264,7 @@ def engines(strata, files, warehouse):
         "strata_flight": flight,
         "strata_rest": lambda sql: strata.rest(sql)[1],
         "datafusion": lambda sql: df.sql(sql).to_arrow_table(),
-        "duckdb": lambda sql: duck.execute(sql).to_arrow_table(),
+        "duckdb": lambda sql: duck.sql(sql).to_arrow_table(),
     }, conn
 
 

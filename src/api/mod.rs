@@ -2,4 +2,4 @@
 
 pub mod flight;
 pub mod rest;
-pub(crate) mod wire;
+pub mod wire;

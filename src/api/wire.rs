@@ -22,7 +22,7 @@ fn wire_type(dt: &DataType, downcast: bool) -> DataType {
 }
 
 /// The schema clients see for `schema`.
-pub(crate) fn wire_schema(schema: &SchemaRef, downcast: bool) -> SchemaRef {
+pub fn wire_schema(schema: &SchemaRef, downcast: bool) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(
         schema
             .fields()
@@ -54,7 +54,7 @@ fn compact_column(col: &ArrayRef, downcast: bool) -> Result<ArrayRef, Error> {
 }
 
 /// Compacts `batch` to `schema` (its wire schema).
-pub(crate) fn compact(
+pub fn compact(
     batch: &RecordBatch,
     schema: &SchemaRef,
     downcast: bool,

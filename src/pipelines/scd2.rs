@@ -32,6 +32,7 @@ use arrow::array::{
 use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::{JoinType, ScalarValue};
+use datafusion::datasource::MemTable;
 use datafusion::logical_expr::{col, lit};
 use datafusion::prelude::{DataFrame, SessionContext};
 use serde::{Deserialize, Serialize};
@@ -191,6 +192,8 @@ pub async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> Result<D
             .collect::<Result<Vec<_>>>()?,
     ));
     let src = concat_batches(&src_schema, &src_batches)?;
+    drop(src_batches);
+    check_source(&src, &spec.keys)?;
 
     // The history of the batch's keys (only those keys), under the writer's row filter.
     let ctx = SessionContext::new_with_state(dml.state.clone());
@@ -206,17 +209,373 @@ pub async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> Result<D
             .map(|(k, alias)| col(quote(k)).alias(alias.as_str()))
             .collect::<Vec<_>>(),
     )?;
-    let history = history
-        .join(
-            key_df,
-            JoinType::LeftSemi,
-            &spec.keys.iter().map(String::as_str).collect::<Vec<_>>(),
-            &key_names.iter().map(String::as_str).collect::<Vec<_>>(),
-            None,
-        )?
-        .collect()
-        .await?;
+    let history = history.join(
+        key_df,
+        JoinType::LeftSemi,
+        &spec.keys.iter().map(String::as_str).collect::<Vec<_>>(),
+        &key_names.iter().map(String::as_str).collect::<Vec<_>>(),
+        None,
+    )?;
+    let history_schema = Arc::new(history.schema().as_arrow().clone());
+    let history = history.collect().await?;
 
+    // Most keys take the vectorized path; only keys with several changes in the batch, a
+    // change dated at or before their latest version (late changes, re-runs), or not
+    // exactly one current row go through the row-by-row chain logic.
+    let table_name = t.to_string();
+    let cols = Columns {
+        table: &table_name,
+        keys: &spec.keys,
+        tracked: &tracked,
+        data: &data_cols,
+        spec,
+    };
+    // A private context over the batch's own data (the session's limits and memory pool).
+    let work = SessionContext::new_with_config_rt(
+        dml.state
+            .config()
+            .clone()
+            .with_create_default_catalog_and_schema(true)
+            .with_default_catalog_and_schema("scd2", "work"),
+        Arc::clone(dml.state.runtime_env()),
+    );
+    work.register_table("s", mem(&src_schema, vec![src.clone()])?)?;
+    work.register_table("h", mem(&history_schema, history)?)?;
+    let complex_df = work.sql(&cols.complex_keys_sql()).await?;
+    let complex_schema = Arc::new(complex_df.schema().as_arrow().clone());
+    let complex = complex_df.collect().await?;
+    let n_complex: usize = complex.iter().map(RecordBatch::num_rows).sum();
+    work.register_table("x", mem(&complex_schema, complex)?)?;
+    let staged_schema = staged_schema(&cols, &|c: &str| Ok(field(c)?.data_type().clone()))?;
+    let mut staged: Vec<RecordBatch> = Vec::new();
+    if n_complex > 0 {
+        let semi = |t: &str| {
+            format!(
+                "SELECT {t}.* FROM {t} LEFT SEMI JOIN x ON {}",
+                cols.keys_equal(t, "x")
+            )
+        };
+        let src_x = work.sql(&semi("s")).await?.collect().await?;
+        let src_x = concat_batches(&src_schema, &src_x)?;
+        let hist_x = work.sql(&semi("h")).await?.collect().await?;
+        staged.push(stage_rows(
+            &cols,
+            &src_x,
+            &hist_x,
+            &staged_schema,
+            &|name: &str| Ok(field(name)?.data_type().clone()),
+        )?);
+    }
+    for b in work.sql(&cols.fast_sql()).await?.collect().await? {
+        staged.push(conform(&b, &staged_schema)?);
+    }
+    let changes: usize = staged
+        .iter()
+        .map(|b| {
+            b.column(b.num_columns() - 1)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .map(|a| a.iter().filter(|v| *v != Some("keep")).count())
+                .unwrap_or(b.num_rows())
+        })
+        .sum();
+    if changes == 0 && !spec.close_missing {
+        // Nothing changed: no commit at all.
+        return Ok(DmlOutcome {
+            version: table.version().unwrap_or(0),
+            attempts: 1,
+            ..Default::default()
+        });
+    }
+    let staged_df = ctx.read_table(mem(&staged_schema, staged)?)?;
+
+    let on = spec
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            format!(
+                "t.{} = s.{}",
+                quote(k),
+                quote(&format!("{MATCH_PREFIX}{i}"))
+            )
+        })
+        .chain(std::iter::once(format!("t.{}", quote(&spec.is_current))))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let mut clauses = vec![
+        Clause {
+            when: When::Matched,
+            predicate: Some(format!("s.{ACTION} = 'close'")),
+            action: Action::Update(vec![
+                (
+                    spec.valid_to.clone(),
+                    format!("s.{}", quote(&spec.valid_to)),
+                ),
+                (spec.is_current.clone(), "false".into()),
+            ]),
+        },
+        Clause {
+            when: When::NotMatched,
+            predicate: Some(format!("s.{ACTION} = 'insert'")),
+            action: Action::Insert(
+                data_cols
+                    .iter()
+                    .chain(scd_cols)
+                    .map(|c| (c.clone(), format!("s.{}", quote(c))))
+                    .collect(),
+            ),
+        },
+    ];
+    if spec.close_missing {
+        clauses.push(Clause {
+            when: When::NotMatchedBySource,
+            predicate: Some(format!("t.{}", quote(&spec.is_current))),
+            action: Action::Update(vec![
+                (spec.valid_to.clone(), "$1".into()),
+                (spec.is_current.clone(), "false".into()),
+            ]),
+        });
+    }
+    let merge_spec = MergeSpec {
+        target_alias: "t".into(),
+        source_alias: "s".into(),
+        on,
+        clauses,
+        operation: "SCD2".into(),
+    };
+    let params = [ScalarValue::TimestampMicrosecond(
+        Some(batch_time),
+        Some("UTC".into()),
+    )];
+    let dml = Dml {
+        params: &params,
+        ..*dml
+    };
+    merge::merge(&dml, staged_df, &merge_spec).await
+}
+
+/// Column roles of one SCD2 run.
+struct Columns<'a> {
+    /// The target, for error messages.
+    table: &'a str,
+    keys: &'a [String],
+    tracked: &'a [String],
+    data: &'a [String],
+    spec: &'a Scd2Spec,
+}
+
+impl Columns<'_> {
+    /// `a.k1 = b.k1 AND …` over the keys.
+    fn keys_equal(&self, a: &str, b: &str) -> String {
+        self.keys
+            .iter()
+            .map(|k| format!("{a}.{k} = {b}.{k}", k = quote(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    /// Keys of `s` (the source) that need the row-by-row path: several rows in the batch,
+    /// history but not exactly one current row, or a change dated at or before the key's
+    /// latest version (a late change or a re-run).
+    fn complex_keys_sql(&self) -> String {
+        let keys: Vec<String> = self.keys.iter().map(|k| quote(k)).collect();
+        let keys = keys.join(", ");
+        let sk: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| format!("sk.{}", quote(k)))
+            .collect();
+        format!(
+            "SELECT {sk} FROM \
+               (SELECT {keys}, count(*) AS __n, min(\"__eff\") AS __min_eff FROM s GROUP BY {keys}) sk \
+             LEFT JOIN \
+               (SELECT {keys}, max({from}) AS __max_from, count(*) AS __versions, \
+                       sum(CASE WHEN {current} THEN 1 ELSE 0 END) AS __current \
+                FROM h GROUP BY {keys}) hk \
+             ON {on} \
+             WHERE sk.__n > 1 OR (hk.__versions IS NOT NULL \
+               AND (hk.__current <> 1 OR sk.__min_eff <= hk.__max_from))",
+            sk = sk.join(", "),
+            from = quote(&self.spec.valid_from),
+            current = quote(&self.spec.is_current),
+            on = self.keys_equal("sk", "hk"),
+        )
+    }
+
+    /// The staged rows of every other key (one change each, dated after its history): a
+    /// changed key closes its current row and opens a new one, a new key opens one, an
+    /// unchanged key stays (a `keep` row only matters to `close_missing`). Typed NULLs are
+    /// written `CASE WHEN false THEN c END` so no SQL type names are needed.
+    fn fast_sql(&self) -> String {
+        let null = |rel: &str, c: &str| format!("CASE WHEN false THEN {rel}.{} END", quote(c));
+        let same = if self.tracked.is_empty() {
+            "true".to_string()
+        } else {
+            self.tracked
+                .iter()
+                // Parenthesized: sqlparser binds `AND` tighter than `IS NOT DISTINCT FROM`.
+                .map(|c| format!("(ss.{c} IS NOT DISTINCT FROM c.{c})", c = quote(c)))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        let data = |rel: &str, present: bool| -> String {
+            self.data
+                .iter()
+                .map(|c| {
+                    let v = if present {
+                        format!("{rel}.{}", quote(c))
+                    } else {
+                        null(rel, c)
+                    };
+                    format!("{v} AS {}", quote(c))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let match_keys = |rel: &str, present: bool| -> String {
+            self.keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let v = if present {
+                        format!("{rel}.{}", quote(k))
+                    } else {
+                        null(rel, k)
+                    };
+                    format!("{v} AS {}", quote(&format!("{MATCH_PREFIX}{i}")))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let eff = |rel: &str| format!("{rel}.\"__eff\"");
+        let mut sql = format!(
+            "WITH ss AS (SELECT s.* FROM s LEFT ANTI JOIN x ON {ss_x}), \
+                  c AS (SELECT * FROM h WHERE {current}), \
+                  j AS (SELECT ss.*, ({same}) AS __same FROM ss JOIN c ON {ss_c}), \
+                  n AS (SELECT ss.* FROM ss LEFT ANTI JOIN h ON {ss_h}) \
+             SELECT {j_null}, {j_null_eff} AS {vf}, {j_eff} AS {vt}, false AS {cur}, {j_keys}, 'close' AS {action} \
+               FROM j WHERE NOT __same \
+             UNION ALL \
+             SELECT {j_data}, {j_eff} AS {vf}, {j_null_eff} AS {vt}, true AS {cur}, {j_no_keys}, 'insert' AS {action} \
+               FROM j WHERE NOT __same \
+             UNION ALL \
+             SELECT {n_data}, {n_eff} AS {vf}, {n_null_eff} AS {vt}, true AS {cur}, {n_no_keys}, 'insert' AS {action} \
+               FROM n",
+            ss_x = self.keys_equal("s", "x"),
+            vf = quote(&self.spec.valid_from),
+            vt = quote(&self.spec.valid_to),
+            cur = quote(&self.spec.is_current),
+            action = quote(ACTION),
+            current = quote(&self.spec.is_current),
+            ss_c = self.keys_equal("ss", "c"),
+            ss_h = self.keys_equal("ss", "h"),
+            j_null = data("j", false),
+            j_null_eff = null("j", "__eff"),
+            j_eff = eff("j"),
+            j_keys = match_keys("j", true),
+            j_data = data("j", true),
+            j_no_keys = match_keys("j", false),
+            n_data = data("n", true),
+            n_eff = eff("n"),
+            n_null_eff = null("n", "__eff"),
+            n_no_keys = match_keys("n", false),
+        );
+        if self.spec.close_missing {
+            sql.push_str(&format!(
+                " UNION ALL SELECT {}, {null_eff} AS {vf}, {null_eff} AS {vt}, true AS {cur}, {}, \
+                 'keep' AS {action} FROM j WHERE __same",
+                data("j", false),
+                match_keys("j", true),
+                null_eff = null("j", "__eff"),
+                vf = quote(&self.spec.valid_from),
+                vt = quote(&self.spec.valid_to),
+                cur = quote(&self.spec.is_current),
+                action = quote(ACTION),
+            ));
+        }
+        sql
+    }
+}
+
+/// The staged source of the MERGE: data columns (source values for inserts), the SCD
+/// columns, the match keys (only on close/keep rows) and the action.
+fn staged_schema(
+    cols: &Columns<'_>,
+    target_type: &dyn Fn(&str) -> Result<DataType>,
+) -> Result<SchemaRef> {
+    let spec = cols.spec;
+    let mut fields = Vec::new();
+    for c in cols.data {
+        fields.push(Field::new(c, target_type(c)?, true));
+    }
+    for c in [&spec.valid_from, &spec.valid_to] {
+        fields.push(Field::new(c, target_type(c)?, true));
+    }
+    fields.push(Field::new(&spec.is_current, DataType::Boolean, true));
+    for (i, k) in cols.keys.iter().enumerate() {
+        fields.push(Field::new(
+            format!("{MATCH_PREFIX}{i}"),
+            target_type(k)?,
+            true,
+        ));
+    }
+    fields.push(Field::new(ACTION, DataType::Utf8, false));
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// `batch` with its columns cast to `schema` (same order).
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| Ok(cast(c, f.data_type())?))
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+fn mem(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Arc<MemTable>> {
+    Ok(Arc::new(MemTable::try_new(
+        Arc::clone(schema),
+        vec![batches],
+    )?))
+}
+
+/// NULL keys and missing effective times are errors, named by their source row.
+fn check_source(src: &RecordBatch, keys: &[String]) -> Result<()> {
+    let first_null = |name: &str| {
+        src.column_by_name(name)
+            .and_then(|c| c.logical_nulls())
+            .and_then(|n| (0..n.len()).find(|i| n.is_null(*i)))
+    };
+    if let Some(row) = keys.iter().filter_map(|k| first_null(k)).min() {
+        return Err(Error::invalid(format!(
+            "source row {} has a NULL key; SCD2 keys must not be NULL",
+            row + 1
+        )));
+    }
+    if let Some(row) = first_null("__eff") {
+        return Err(Error::invalid(format!(
+            "source row {} has no effective time",
+            row + 1
+        )));
+    }
+    Ok(())
+}
+
+/// The row-by-row path for the keys that need it (see [`Columns::complex_keys_sql`]):
+/// chains in effective-time order, re-runs, late changes.
+fn stage_rows(
+    cols: &Columns<'_>,
+    src: &RecordBatch,
+    history: &[RecordBatch],
+    schema: &SchemaRef,
+    target_type: &dyn Fn(&str) -> Result<DataType>,
+) -> Result<RecordBatch> {
+    let spec = cols.spec;
+    let tracked = cols.tracked;
+    let t = cols.table;
     let value = |b: &RecordBatch, name: &str, row: usize| -> Result<ScalarValue> {
         let c = b
             .column_by_name(name)
@@ -243,11 +602,11 @@ pub async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> Result<D
         current: Option<(i64, Vec<ScalarValue>)>,
     }
     let mut known: HashMap<Vec<ScalarValue>, Known> = HashMap::new();
-    for b in &history {
+    for b in history {
         for row in 0..b.num_rows() {
             let key = values_of(b, &spec.keys, row)?;
             let from = micros(value(b, &spec.valid_from, row)?).unwrap_or(i64::MIN);
-            let vals = values_of(b, &tracked, row)?;
+            let vals = values_of(b, tracked, row)?;
             let entry = known.entry(key.clone()).or_default();
             if value(b, &spec.is_current, row)? == ScalarValue::Boolean(Some(true)) {
                 if entry.current.is_some() {
@@ -266,14 +625,14 @@ pub async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> Result<D
     let mut by_key: HashMap<Vec<ScalarValue>, Vec<(i64, usize)>> = HashMap::new();
     let mut key_order = Vec::new();
     for row in 0..src.num_rows() {
-        let key = values_of(&src, &spec.keys, row)?;
+        let key = values_of(src, &spec.keys, row)?;
         if key.iter().any(ScalarValue::is_null) {
             return Err(Error::invalid(format!(
                 "source row {} has a NULL key; SCD2 keys must not be NULL",
                 row + 1
             )));
         }
-        let eff = micros(value(&src, "__eff", row)?).ok_or_else(|| {
+        let eff = micros(value(src, "__eff", row)?).ok_or_else(|| {
             Error::invalid(format!("source row {} has no effective time", row + 1))
         })?;
         let rows = by_key.entry(key.clone()).or_default();
@@ -303,7 +662,7 @@ pub async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> Result<D
         let mut chain: Vec<(i64, usize)> = Vec::new();
         let mut last_eff: Option<(i64, Vec<ScalarValue>)> = None;
         for (eff, row) in rows {
-            let vals = values_of(&src, &tracked, row)?;
+            let vals = values_of(src, tracked, row)?;
             if let Some((e, v)) = &last_eff
                 && *e == eff
             {
@@ -379,27 +738,16 @@ pub async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> Result<D
             });
         }
     }
-    if staged.iter().all(|s| s.action == "keep") && !spec.close_missing {
-        // Nothing changed: no commit at all.
-        return Ok(DmlOutcome {
-            version: table.version().unwrap_or(0),
-            attempts: 1,
-            ..Default::default()
-        });
-    }
-
     // The staged batch: data columns (source values for inserts), SCD columns, the match
     // keys (only on close/keep rows) and the action.
     let take_rows: Vec<Option<u64>> = staged.iter().map(|s| s.row.map(|r| r as u64)).collect();
     let indices = arrow::array::UInt64Array::from(take_rows);
-    let mut fields = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
-    for c in &data_cols {
+    for c in cols.data {
         let column = src
             .column_by_name(c)
             .ok_or_else(|| Error::internal(format!("missing column {c}")))?;
         columns.push(arrow::compute::take(column.as_ref(), &indices, None)?);
-        fields.push(Field::new(c, column.data_type().clone(), true));
     }
     let ts = |f: &dyn Fn(&Staged) -> Option<i64>| -> ArrayRef {
         Arc::new(
@@ -407,21 +755,16 @@ pub async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> Result<D
                 .with_timezone("UTC"),
         )
     };
-    let target_ts = |name: &str| -> Result<DataType> { Ok(field(name)?.data_type().clone()) };
-    columns.push(cast(&ts(&|s| s.valid_from), &target_ts(&spec.valid_from)?)?);
-    fields.push(Field::new(
-        &spec.valid_from,
-        target_ts(&spec.valid_from)?,
-        true,
-    ));
-    columns.push(cast(&ts(&|s| s.valid_to), &target_ts(&spec.valid_to)?)?);
-    fields.push(Field::new(&spec.valid_to, target_ts(&spec.valid_to)?, true));
+    columns.push(cast(
+        &ts(&|s| s.valid_from),
+        &target_type(&spec.valid_from)?,
+    )?);
+    columns.push(cast(&ts(&|s| s.valid_to), &target_type(&spec.valid_to)?)?);
     columns.push(Arc::new(BooleanArray::from(
         staged.iter().map(|s| s.is_current).collect::<Vec<_>>(),
     )));
-    fields.push(Field::new(&spec.is_current, DataType::Boolean, true));
     for (i, k) in spec.keys.iter().enumerate() {
-        let dt = field(k)?.data_type().clone();
+        let dt = target_type(k)?;
         let values = staged
             .iter()
             .map(|s| {
@@ -438,79 +781,11 @@ pub async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> Result<D
             ScalarValue::iter_to_array(values)?
         };
         columns.push(cast(&array, &dt)?);
-        fields.push(Field::new(format!("{MATCH_PREFIX}{i}"), dt, true));
     }
     columns.push(Arc::new(StringArray::from(
         staged.iter().map(|s| s.action).collect::<Vec<_>>(),
     )));
-    fields.push(Field::new(ACTION, DataType::Utf8, false));
-    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-    let staged_df = ctx.read_batch(batch)?;
-
-    let on = spec
-        .keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            format!(
-                "t.{} = s.{}",
-                quote(k),
-                quote(&format!("{MATCH_PREFIX}{i}"))
-            )
-        })
-        .chain(std::iter::once(format!("t.{}", quote(&spec.is_current))))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    let mut clauses = vec![
-        Clause {
-            when: When::Matched,
-            predicate: Some(format!("s.{ACTION} = 'close'")),
-            action: Action::Update(vec![
-                (
-                    spec.valid_to.clone(),
-                    format!("s.{}", quote(&spec.valid_to)),
-                ),
-                (spec.is_current.clone(), "false".into()),
-            ]),
-        },
-        Clause {
-            when: When::NotMatched,
-            predicate: Some(format!("s.{ACTION} = 'insert'")),
-            action: Action::Insert(
-                data_cols
-                    .iter()
-                    .chain(scd_cols)
-                    .map(|c| (c.clone(), format!("s.{}", quote(c))))
-                    .collect(),
-            ),
-        },
-    ];
-    if spec.close_missing {
-        clauses.push(Clause {
-            when: When::NotMatchedBySource,
-            predicate: Some(format!("t.{}", quote(&spec.is_current))),
-            action: Action::Update(vec![
-                (spec.valid_to.clone(), "$1".into()),
-                (spec.is_current.clone(), "false".into()),
-            ]),
-        });
-    }
-    let merge_spec = MergeSpec {
-        target_alias: "t".into(),
-        source_alias: "s".into(),
-        on,
-        clauses,
-        operation: "SCD2".into(),
-    };
-    let params = [ScalarValue::TimestampMicrosecond(
-        Some(batch_time),
-        Some("UTC".into()),
-    )];
-    let dml = Dml {
-        params: &params,
-        ..*dml
-    };
-    merge::merge(&dml, staged_df, &merge_spec).await
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
 
 /// One representation per value, so that the target's view types (as its scan reads them)

@@ -21,7 +21,7 @@ use crate::error::Error;
 
 /// Encodes a result stream. `cancel` ends it with CANCELLED (never a silent, complete-looking
 /// end).
-pub(crate) fn flight_stream(
+pub fn flight_stream(
     schema: SchemaRef,
     stream: SendableRecordBatchStream,
     downcast: bool,

@@ -15,7 +15,7 @@
 mod auth;
 mod cancel;
 mod cancel_action;
-mod encode;
+pub mod encode;
 mod handshake;
 mod ingest;
 mod metadata;
