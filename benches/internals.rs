@@ -178,7 +178,11 @@ mod cache {
     #[divan::bench]
     fn key_of_q1_plan(b: divan::Bencher<'_, '_>) {
         let plan = q1_plan();
-        let tables = [(TableRef::new("gold", "lineitem").unwrap(), 42u64)];
+        let tables = [key::TableVersion {
+            table: TableRef::new("gold", "lineitem").unwrap(),
+            version: 42,
+            id: "6b1f3c0e-1d2a-4c55-9c4e-0d6f1c2b3a4d".into(),
+        }];
         let fingerprint = [7u8; 32];
         b.bench(|| key::compute(&plan, &tables, 3, &fingerprint));
     }

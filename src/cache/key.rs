@@ -32,21 +32,33 @@ impl CacheKey {
     }
 }
 
+/// One scanned table as a result depends on it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TableVersion {
+    pub table: TableRef,
+    pub version: u64,
+    /// Delta metadata `id`: differs between a dropped table and its re-creation, whose
+    /// versions restart at 0.
+    pub id: String,
+}
+
 /// Digest of everything that determines a result.
 pub fn compute(
     plan: &LogicalPlan,
-    tables: &[(TableRef, u64)],
+    tables: &[TableVersion],
     policy_version: u64,
     principal_fingerprint: &[u8],
 ) -> CacheKey {
     let mut h = Sha256::new();
-    h.update(b"strata-result-cache-v1\0");
+    h.update(b"strata-result-cache-v2\0");
     h.update(plan.display_indent_schema().to_string().as_bytes());
     h.update([0]);
-    for (t, v) in tables {
-        h.update(t.to_string().as_bytes());
+    for t in tables {
+        h.update(t.table.to_string().as_bytes());
         h.update(b"@");
-        h.update(v.to_le_bytes());
+        h.update(t.version.to_le_bytes());
+        h.update(b"#");
+        h.update(t.id.as_bytes());
         h.update([0]);
     }
     h.update(policy_version.to_le_bytes());

@@ -699,7 +699,7 @@ impl Engine {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(Executed::NotModified(etag));
         }
-        let tables: Vec<TableRef> = versions.iter().map(|(t, _)| t.clone()).collect();
+        let tables: Vec<TableRef> = versions.iter().map(|v| v.table.clone()).collect();
         if let Some(hit) = cache.get(&key) {
             let batches: Vec<datafusion::error::Result<RecordBatch>> =
                 hit.batches.iter().cloned().map(Ok).collect();
@@ -810,7 +810,9 @@ fn bind_params(plan: LogicalPlan, params: Vec<ScalarValue>) -> Result<LogicalPla
 
 /// Every scanned table with its Delta version; `None` if the plan scans anything that is
 /// not a versioned table (`information_schema`).
-fn table_versions(plan: &LogicalPlan) -> Result<Option<Vec<(TableRef, u64)>>> {
+/// Every scanned table with the version and Delta table id read, or `None` when the plan
+/// reads something unversioned (`information_schema`).
+fn table_versions(plan: &LogicalPlan) -> Result<Option<Vec<crate::cache::key::TableVersion>>> {
     let mut out = Vec::new();
     let mut versioned = true;
     plan.apply_with_subqueries(|node| {
@@ -818,7 +820,11 @@ fn table_versions(plan: &LogicalPlan) -> Result<Option<Vec<(TableRef, u64)>>> {
             let provider = source_as_provider(&scan.source)?;
             let any: &dyn std::any::Any = provider.as_ref();
             match any.downcast_ref::<PolicyTable>() {
-                Some(t) => out.push((t.table().clone(), t.version())),
+                Some(t) => out.push(crate::cache::key::TableVersion {
+                    table: t.table().clone(),
+                    version: t.version(),
+                    id: t.table_id().to_string(),
+                }),
                 None => versioned = false,
             }
         }

@@ -287,3 +287,28 @@ async fn flight_shares_the_cache_and_the_cache_can_be_disabled() {
     assert_eq!((status, tag), (200, None));
     off.stop().await;
 }
+
+/// A dropped and re-created table restarts at version 0: the cache must still tell it from
+/// the old table at the same version (the key carries the Delta table id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_table_at_the_same_version_is_a_miss() {
+    let s = TestServer::start().await;
+    let admin = s.admin.clone();
+    let sql = "SELECT sum(n) AS total FROM silver.t";
+    s.sql_ok("CREATE TABLE silver.t AS SELECT 1 AS n").await;
+    let (_, tag1, cache, body) = query(&s, &admin, sql, None).await;
+    assert_eq!(
+        (cache.as_deref(), &body),
+        (Some("miss"), &json!([{"total": 1}]))
+    );
+    assert_eq!(query(&s, &admin, sql, None).await.2.as_deref(), Some("hit"));
+    s.sql_ok("DROP TABLE silver.t").await;
+    s.sql_ok("CREATE TABLE silver.t AS SELECT 2 AS n").await;
+    assert_eq!(s.version("silver.t").await, 0);
+    let (_, tag2, cache, body) = query(&s, &admin, sql, None).await;
+    assert_eq!(
+        (cache.as_deref(), &body),
+        (Some("miss"), &json!([{"total": 2}]))
+    );
+    assert_ne!(tag1, tag2);
+}

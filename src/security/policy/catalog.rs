@@ -140,6 +140,7 @@ impl SecureSchema {
         &self,
         t: TableRef,
         version: u64,
+        table_id: String,
         inner: Arc<dyn TableProvider>,
         opaque: bool,
     ) -> DfResult<Arc<dyn TableProvider>> {
@@ -154,6 +155,7 @@ impl SecureSchema {
         let table = PolicyTable::new(
             t,
             version,
+            table_id,
             Arc::clone(&self.cx.principal),
             inner,
             enforcement,
@@ -195,12 +197,13 @@ impl SecureSchema {
             .into());
         }
         crate::storage::register_table_store(&self.cx.runtime, &table)?;
+        let table_id = table.snapshot()?.metadata().id().to_string();
         let cdf = table
             .scan_cdf()
             .with_starting_version(start)
             .with_ending_version(end);
         let inner = Arc::new(DeltaCdfTableProvider::try_new(cdf)?);
-        self.guarded(t, end, inner, true)
+        self.guarded(t, end, table_id, inner, true)
     }
 
     fn visible(&self, t: &TableRef) -> bool {
@@ -252,8 +255,9 @@ impl SchemaProvider for SecureSchema {
         };
         crate::storage::register_table_store(&self.cx.runtime, &table)?;
         let version = table.version().unwrap_or(0);
+        let table_id = table.snapshot()?.metadata().id().to_string();
         let inner = table.table_provider().await?;
-        self.guarded(t, version, inner, false).map(Some)
+        self.guarded(t, version, table_id, inner, false).map(Some)
     }
 
     fn table_exist(&self, name: &str) -> bool {

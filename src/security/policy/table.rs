@@ -105,6 +105,9 @@ impl Enforcement {
 pub struct PolicyTable {
     table: TableRef,
     version: u64,
+    /// The Delta table's id (metadata `id`, new on every CREATE): a dropped and re-created
+    /// table at the same version is another table.
+    table_id: String,
     principal: Arc<Principal>,
     inner: Arc<dyn TableProvider>,
     enforcement: Enforcement,
@@ -117,6 +120,7 @@ impl PolicyTable {
     pub fn new(
         table: TableRef,
         version: u64,
+        table_id: String,
         principal: Arc<Principal>,
         inner: Arc<dyn TableProvider>,
         enforcement: Enforcement,
@@ -146,6 +150,7 @@ impl PolicyTable {
         PolicyTable {
             table,
             version,
+            table_id,
             principal,
             inner,
             enforcement,
@@ -176,6 +181,11 @@ impl PolicyTable {
     /// The Delta version this provider reads.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The Delta table id of the version this provider reads.
+    pub fn table_id(&self) -> &str {
+        &self.table_id
     }
 
     /// Whether this provider was resolved for exactly `principal` (same session binding).
