@@ -74,6 +74,8 @@ class Strata:
             "STRATA__STORAGE__WAREHOUSE": str(self.work / "data" / "warehouse"),
             "STRATA__QUERY__TARGET_PARTITIONS": str(THREADS),
             "STRATA__QUERY__TIMEOUT_SECS": "0",
+            # The SF-10 scan streams ~10 GB, over the 4 GiB default result cap.
+            "STRATA__QUERY__MAX_RESULT_BYTES": str(1 << 40),
             "STRATA__CACHE__ENABLED": "true" if cache else "false",
             "STRATA__LOG__LEVEL": "warn",
         })
@@ -409,12 +411,7 @@ def big_scan(strata, work, sf, parts=20):
     load_s, _ = timed(load_parts)
 
     def scan():
-        rows = logical = 0
-        with strata.connect() as conn, conn.cursor() as cur:
-            cur.execute(f"SELECT * FROM {table}")
-            for batch in cur.fetch_record_batch():
-                rows += batch.num_rows
-                logical += batch.nbytes
+        logical, rows, _ = strata_do_get(strata, f"SELECT * FROM {table}")
         return rows, logical
 
     with PeakRss(strata.ps) as rss:
