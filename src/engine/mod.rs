@@ -254,7 +254,21 @@ impl Engine {
         };
         let kind = statement.kind();
         let started = std::time::Instant::now();
-        let run = self.execute_admitted(principal, statement, params, if_none_match);
+        // One freshness check of the policies per statement, shared by the run and the audit.
+        let access = match self.access().await {
+            Ok(access) => access,
+            Err(e) => {
+                audit(
+                    principal,
+                    None,
+                    kind,
+                    (Vec::new(), false, e.kind().code()),
+                    started,
+                );
+                return Err(e);
+            }
+        };
+        let run = self.execute_admitted(principal, &access, statement, params, if_none_match);
         let executed = match deadline {
             Some(d) => tokio::time::timeout_at(d, run)
                 .await
@@ -266,7 +280,7 @@ impl Engine {
             Ok(Executed::NotModified(_)) => (Vec::new(), true, "not_modified"),
             Err(e) => (Vec::new(), false, e.kind().code()),
         };
-        self.audit(principal, kind, summary, started).await;
+        audit(principal, Some(&access), kind, summary, started);
         Ok(match executed? {
             Executed::Output(mut o) => {
                 o.stream = Box::pin(limits::Limited::new(
@@ -287,46 +301,16 @@ impl Engine {
         })
     }
 
-    /// One structured `strata::audit` event per statement: who, what kind, which tables,
-    /// which of them had a row filter or mask applied, cache hit, outcome, time to result.
-    async fn audit(
-        &self,
-        principal: &Principal,
-        kind: &str,
-        (tables, cache_hit, outcome): (Vec<TableRef>, bool, &str),
-        started: std::time::Instant,
-    ) {
-        let policies: Vec<String> = match self.access().await {
-            Ok(access) if !access.bypasses_policies(principal) => tables
-                .iter()
-                .filter(|t| access.table_policy(t).is_some())
-                .map(TableRef::to_string)
-                .collect(),
-            _ => Vec::new(),
-        };
-        let tables: Vec<String> = tables.iter().map(TableRef::to_string).collect();
-        tracing::info!(
-            target: "strata::audit",
-            principal = %principal.subject,
-            statement = kind,
-            tables = ?tables,
-            policies_applied = ?policies,
-            cache_hit,
-            outcome,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "statement"
-        );
-    }
-
     async fn execute_admitted(
         &self,
         principal: &Arc<Principal>,
+        access: &Arc<AccessControl>,
         statement: Statement,
         params: Vec<ScalarValue>,
         if_none_match: Option<&str>,
     ) -> Result<Executed> {
         let kind = statement.kind();
-        let access = self.access().await?;
+        let access = Arc::clone(access);
         let state = self.sessions.session(principal, &access);
         let statement = match statement {
             Statement::Query(ast) => {
@@ -810,6 +794,37 @@ fn bind_params(plan: LogicalPlan, params: Vec<ScalarValue>) -> Result<LogicalPla
 
 /// Every scanned table with its Delta version; `None` if the plan scans anything that is
 /// not a versioned table (`information_schema`).
+/// One structured `strata::audit` event per statement: who, what kind, which tables, which of
+/// them had a row filter or mask applied, cache hit, outcome, time to result.
+fn audit(
+    principal: &Principal,
+    access: Option<&AccessControl>,
+    kind: &str,
+    (tables, cache_hit, outcome): (Vec<TableRef>, bool, &str),
+    started: std::time::Instant,
+) {
+    let policies: Vec<String> = match access {
+        Some(access) if !access.bypasses_policies(principal) => tables
+            .iter()
+            .filter(|t| access.table_policy(t).is_some())
+            .map(TableRef::to_string)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let tables: Vec<String> = tables.iter().map(TableRef::to_string).collect();
+    tracing::info!(
+        target: "strata::audit",
+        principal = %principal.subject,
+        statement = kind,
+        tables = ?tables,
+        policies_applied = ?policies,
+        cache_hit,
+        outcome,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "statement"
+    );
+}
+
 /// Every scanned table with the version and Delta table id read, or `None` when the plan
 /// reads something unversioned (`information_schema`).
 fn table_versions(plan: &LogicalPlan) -> Result<Option<Vec<crate::cache::key::TableVersion>>> {
