@@ -179,10 +179,6 @@ pub async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> Result<D
         .alias("__eff"),
     });
     let source = source.select(projection)?;
-    let key_df = source
-        .clone()
-        .select(spec.keys.iter().map(|k| col(quote(k))).collect::<Vec<_>>())?
-        .distinct()?;
     let src_batches = source.collect().await?;
     let src_schema = Arc::new(Schema::new(
         data_cols
@@ -202,13 +198,18 @@ pub async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> Result<D
         history = history.filter(f.clone())?;
     }
     let key_names: Vec<String> = spec.keys.iter().map(|k| format!("__k_{k}")).collect();
-    let key_df = key_df.select(
-        spec.keys
-            .iter()
-            .zip(&key_names)
-            .map(|(k, alias)| col(quote(k)).alias(alias.as_str()))
-            .collect::<Vec<_>>(),
-    )?;
+    // The keys come from the collected batch: the source query runs exactly once.
+    let key_df = ctx
+        .read_batch(src.clone())?
+        .select(spec.keys.iter().map(|k| col(quote(k))).collect::<Vec<_>>())?
+        .distinct()?
+        .select(
+            spec.keys
+                .iter()
+                .zip(&key_names)
+                .map(|(k, alias)| col(quote(k)).alias(alias.as_str()))
+                .collect::<Vec<_>>(),
+        )?;
     let history = history.join(
         key_df,
         JoinType::LeftSemi,
