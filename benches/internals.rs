@@ -205,6 +205,7 @@ mod cache {
                     schema: Arc::clone(&schema),
                     batches: Vec::new(),
                     bytes: 64,
+                    versions: Vec::new(),
                 },
             );
         }

@@ -55,6 +55,8 @@ pub struct CachedResult {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
     pub bytes: u64,
+    /// The table versions the result was computed from (freshness checks, audit log).
+    pub versions: Vec<key::TableVersion>,
 }
 
 /// Counters for `/metrics`.
@@ -112,6 +114,16 @@ impl ResultCache {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         hit
+    }
+
+    /// The entry under `key`, counting nothing: for a probe whose caller either serves it
+    /// ([`ResultCache::count_hit`]) or falls back to planning (which counts its own lookup).
+    pub fn peek(&self, key: &CacheKey) -> Option<Arc<CachedResult>> {
+        self.entries.get(key)
+    }
+
+    pub fn count_hit(&self) {
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn max_entry_bytes(&self) -> u64 {

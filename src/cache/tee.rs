@@ -15,12 +15,14 @@ use datafusion::error::Result as DfResult;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use futures::Stream;
 
+use super::key::TableVersion;
 use super::{CacheKey, CachedResult, ResultCache};
 
 pub struct Tee {
     inner: SendableRecordBatchStream,
     cache: Arc<ResultCache>,
     key: CacheKey,
+    versions: Vec<TableVersion>,
     batches: Vec<RecordBatch>,
     bytes: u64,
     state: State,
@@ -43,11 +45,17 @@ impl std::fmt::Debug for Tee {
 }
 
 impl Tee {
-    pub fn new(inner: SendableRecordBatchStream, cache: Arc<ResultCache>, key: CacheKey) -> Tee {
+    pub fn new(
+        inner: SendableRecordBatchStream,
+        cache: Arc<ResultCache>,
+        key: CacheKey,
+        versions: Vec<TableVersion>,
+    ) -> Tee {
         Tee {
             inner,
             cache,
             key,
+            versions,
             batches: Vec::new(),
             bytes: 0,
             state: State::Collecting,
@@ -85,6 +93,7 @@ impl Stream for Tee {
                         schema: this.inner.schema(),
                         batches: std::mem::take(&mut this.batches),
                         bytes: this.bytes,
+                        versions: std::mem::take(&mut this.versions),
                     };
                     this.cache.insert(this.key, result);
                 }

@@ -52,6 +52,16 @@ pub struct Prepared {
     pub schema: Option<SchemaRef>,
     /// Types DataFusion inferred for `$1…$n` (`None` where it could not).
     pub parameters: Vec<Option<DataType>>,
+    /// For a cacheable query without parameters: where its result is (or will be) cached,
+    /// so a later fetch can replay it without planning again ([`Engine::fetch_cached`]).
+    pub result_key: Option<ResultKey>,
+}
+
+/// The result cache key of a planned query and the policy version it was computed under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultKey {
+    pub key: crate::cache::CacheKey,
+    pub policy_version: u64,
 }
 
 impl Prepared {
@@ -181,25 +191,41 @@ impl Engine {
                 let parameters = (1..=count)
                     .map(|i| types.get(&format!("${i}")).cloned().flatten())
                     .collect();
-                let schema = if kind == "EXPLAIN" {
+                let (schema, result_key) = if kind == "EXPLAIN" {
                     // EXPLAIN's output schema is fixed: plan_type, plan.
-                    Arc::new(Schema::new(vec![
+                    let schema = Arc::new(Schema::new(vec![
                         Field::new("plan_type", DataType::Utf8, false),
                         Field::new("plan", DataType::Utf8, false),
-                    ]))
+                    ]));
+                    (schema, None)
                 } else {
-                    Arc::new(plan.schema().as_arrow().clone())
+                    let schema = Arc::new(plan.schema().as_arrow().clone());
+                    // The key of exactly the plan an execution without parameters runs.
+                    let result_key = match (&self.cache, types.is_empty()) {
+                        (Some(_), true) => {
+                            cache_key(&bind_params(plan, Vec::new())?, &access, principal)?.map(
+                                |(key, _)| ResultKey {
+                                    key,
+                                    policy_version: access.version(),
+                                },
+                            )
+                        }
+                        _ => None,
+                    };
+                    (schema, result_key)
                 };
                 Ok(Prepared {
                     kind,
                     schema: Some(schema),
                     parameters,
+                    result_key,
                 })
             }
             _ => Ok(Prepared {
                 kind,
                 schema: None,
                 parameters: Vec::new(),
+                result_key: None,
             }),
         }
     }
@@ -282,23 +308,89 @@ impl Engine {
         };
         audit(principal, Some(&access), kind, summary, started);
         Ok(match executed? {
-            Executed::Output(mut o) => {
-                o.stream = Box::pin(limits::Limited::new(
-                    o.stream,
-                    deadline,
-                    &self.admission,
-                    slot,
-                    limits::Finished {
-                        principal: principal.subject.clone(),
-                        statement: kind,
-                        cache_hit: o.cache_hit,
-                        started,
-                    },
-                ));
-                Executed::Output(o)
+            Executed::Output(o) => {
+                Executed::Output(self.limited(o, deadline, slot, principal, started))
             }
             not_modified => not_modified,
         })
+    }
+
+    /// Whether every table is still at the version (and Delta table id) given: one log
+    /// listing per table ([`Catalog::is_current`]). Any error counts as not (planning then
+    /// reports it). A time-travel read is never latest once its table moved on.
+    async fn is_latest(&self, versions: &[crate::cache::key::TableVersion]) -> bool {
+        let checks = versions
+            .iter()
+            .map(|v| self.catalog.is_current(&v.table, v.version, &v.id));
+        futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .all(|current| matches!(current, Ok(true)))
+    }
+
+    /// A result stream under the statement's limits: deadline, size cap, its slot held
+    /// until the stream ends; logged when it does.
+    fn limited(
+        &self,
+        mut o: QueryOutput,
+        deadline: Option<tokio::time::Instant>,
+        slot: limits::Slot,
+        principal: &Principal,
+        started: std::time::Instant,
+    ) -> QueryOutput {
+        o.stream = Box::pin(limits::Limited::new(
+            o.stream,
+            deadline,
+            &self.admission,
+            slot,
+            limits::Finished {
+                principal: principal.subject.clone(),
+                statement: o.kind,
+                cache_hit: o.cache_hit,
+                started,
+            },
+        ));
+        o
+    }
+
+    /// Replays the cached result under `key` without planning, if it is still cached, the
+    /// policy version it was computed under is still in force and every table it read is
+    /// still at the version it read; `None` otherwise (the caller then plans and runs the
+    /// statement, which reads the latest versions).
+    pub async fn fetch_cached(
+        &self,
+        principal: &Arc<Principal>,
+        key: &ResultKey,
+    ) -> Result<Option<QueryOutput>> {
+        let Some((cache, hit)) = self
+            .cache
+            .as_ref()
+            .and_then(|c| Some((c, c.peek(&key.key)?)))
+        else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        let slot = self.admission.admit().await?;
+        let access = self.access().await?;
+        if access.version() != key.policy_version || !self.is_latest(&hit.versions).await {
+            return Ok(None);
+        }
+        cache.count_hit();
+        let output = replay(&hit, "SELECT", key.key.etag());
+        audit(
+            principal,
+            Some(&access),
+            output.kind,
+            (output.tables.clone(), true, "ok"),
+            started,
+        );
+        let deadline = self
+            .admission
+            .timeout
+            .map(|t| tokio::time::Instant::now() + t);
+        Ok(Some(
+            self.limited(output, deadline, slot, principal, started),
+        ))
     }
 
     async fn execute_admitted(
@@ -658,21 +750,10 @@ impl Engine {
                 .uncacheable
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         };
-        let Some(versions) = table_versions(&plan)? else {
-            // Reads metadata (information_schema): not versioned, not cached.
+        let Some((key, versions)) = cache_key(&plan, access, principal)? else {
             uncacheable();
             return self.run(state, plan, kind).await.map(Executed::Output);
         };
-        if !crate::cache::key::is_deterministic(&plan) {
-            uncacheable();
-            return self.run(state, plan, kind).await.map(Executed::Output);
-        }
-        let key = crate::cache::key::compute(
-            &plan,
-            &versions,
-            access.version(),
-            &crate::security::ticket::fingerprint(principal),
-        );
         let etag = key.etag();
         if let Some(header) = if_none_match
             && header.split(',').any(|t| t.trim() == etag)
@@ -683,28 +764,15 @@ impl Engine {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(Executed::NotModified(etag));
         }
-        let tables: Vec<TableRef> = versions.iter().map(|v| v.table.clone()).collect();
         if let Some(hit) = cache.get(&key) {
-            let batches: Vec<datafusion::error::Result<RecordBatch>> =
-                hit.batches.iter().cloned().map(Ok).collect();
-            let stream = RecordBatchStreamAdapter::new(
-                Arc::clone(&hit.schema),
-                futures::stream::iter(batches),
-            );
-            return Ok(Executed::Output(QueryOutput {
-                kind,
-                schema: Arc::clone(&hit.schema),
-                stream: Box::pin(stream),
-                tables,
-                etag: Some(etag),
-                cache_hit: true,
-            }));
+            return Ok(Executed::Output(replay(&hit, kind, etag)));
         }
         let mut output = self.run(state, plan, kind).await?;
         output.stream = Box::pin(crate::cache::tee::Tee::new(
             output.stream,
             Arc::clone(cache),
             key,
+            versions,
         ));
         output.etag = Some(etag);
         Ok(Executed::Output(output))
@@ -792,8 +860,45 @@ fn bind_params(plan: LogicalPlan, params: Vec<ScalarValue>) -> Result<LogicalPla
     Ok(plan.with_param_values(bound)?)
 }
 
-/// Every scanned table with its Delta version; `None` if the plan scans anything that is
-/// not a versioned table (`information_schema`).
+/// The result cache key of `plan` for `principal` under `access`, with the tables it reads;
+/// `None` when the result must not be cached: it reads something unversioned
+/// (`information_schema`) or calls a non-immutable function.
+fn cache_key(
+    plan: &LogicalPlan,
+    access: &AccessControl,
+    principal: &Principal,
+) -> Result<Option<(crate::cache::CacheKey, Vec<crate::cache::key::TableVersion>)>> {
+    let Some(versions) = table_versions(plan)? else {
+        return Ok(None);
+    };
+    if !crate::cache::key::is_deterministic(plan) {
+        return Ok(None);
+    }
+    let key = crate::cache::key::compute(
+        plan,
+        &versions,
+        access.version(),
+        &crate::security::ticket::fingerprint(principal),
+    );
+    Ok(Some((key, versions)))
+}
+
+/// A cached result as a query's output.
+fn replay(hit: &crate::cache::CachedResult, kind: &'static str, etag: String) -> QueryOutput {
+    let batches: Vec<datafusion::error::Result<RecordBatch>> =
+        hit.batches.iter().cloned().map(Ok).collect();
+    let stream =
+        RecordBatchStreamAdapter::new(Arc::clone(&hit.schema), futures::stream::iter(batches));
+    QueryOutput {
+        kind,
+        schema: Arc::clone(&hit.schema),
+        stream: Box::pin(stream),
+        tables: hit.versions.iter().map(|v| v.table.clone()).collect(),
+        etag: Some(etag),
+        cache_hit: true,
+    }
+}
+
 /// One structured `strata::audit` event per statement: who, what kind, which tables, which of
 /// them had a row filter or mask applied, cache hit, outcome, time to result.
 fn audit(

@@ -97,6 +97,41 @@ impl Catalog {
         }
     }
 
+    /// Whether `t` is still at `version`, as the table whose Delta id is `id`: one listing
+    /// of `_delta_log` from that version, no snapshot update. For checking that a result
+    /// read from that version is still current. The id is checked against the snapshot
+    /// this replica has open (a drop forgets it); like [`Catalog::load`], a table dropped
+    /// and re-created to the same version by another writer in between is not told apart.
+    pub async fn is_current(&self, t: &TableRef, version: u64, id: &str) -> Result<bool> {
+        let same_table = self
+            .open
+            .read()
+            .await
+            .get(t)
+            .is_some_and(|table| table.snapshot().is_ok_and(|s| s.metadata().id() == id));
+        if !same_table {
+            return Ok(false);
+        }
+        let log = Warehouse::table_path(t).join("_delta_log");
+        // Just before `{version}.json`, so the listing shows that commit and anything later.
+        let offset = log.clone().join(format!("{version:020}"));
+        let mut listing = self.warehouse.store().list_with_offset(Some(&log), &offset);
+        let mut found = false;
+        while let Some(meta) = listing.next().await {
+            let meta = match meta {
+                Ok(meta) => meta,
+                Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            };
+            match meta.location.filename().and_then(commit_version) {
+                Some(n) if n > version => return Ok(false),
+                Some(n) => found |= n == version,
+                None => {}
+            }
+        }
+        Ok(found)
+    }
+
     /// Tables in `layer` (or all layers), sorted.
     pub async fn list(&self, layer: Option<Layer>) -> Result<Vec<TableRef>> {
         let layers: Vec<Layer> = layer
@@ -479,6 +514,15 @@ async fn delete_prefix(store: &Arc<dyn object_store::ObjectStore>, prefix: &Path
     Ok(())
 }
 
+/// The version of a commit file name (`00000000000000000012.json`).
+fn commit_version(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".json")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 fn not_found(t: &TableRef) -> Error {
     Error::NotFound(format!("table {t} not found"))
 }
@@ -491,5 +535,27 @@ fn map_load_error(t: &TableRef, e: DeltaTableError) -> Error {
     match e {
         DeltaTableError::NotATable(_) => not_found(t),
         other => other.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::commit_version;
+
+    #[test]
+    fn only_commit_files_have_a_version() {
+        assert_eq!(commit_version("00000000000000000012.json"), Some(12));
+        assert_eq!(commit_version("00000000000000000000.json"), Some(0));
+        for other in [
+            "00000000000000000010.checkpoint.parquet",
+            "00000000000000000003.00000000000000000005.compacted.json",
+            "00000000000000000012.crc",
+            "_last_checkpoint",
+            "0000000000000000012.json",
+            "0000000000000000001a.json",
+            "00000000000000000012.7d5c0f0e-9a7e-4c1b-9f5e-3f1a2b3c4d5e.json",
+        ] {
+            assert_eq!(commit_version(other), None, "{other}");
+        }
     }
 }

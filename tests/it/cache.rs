@@ -7,6 +7,7 @@ use crate::harness::{Backend, TestServer, test_config};
 use crate::rls::{ann, sales_server};
 
 crate::on_both_backends!(repeat_hits_commit_misses_and_304);
+crate::on_both_backends!(flight_tickets_replay_hits_only_while_tables_and_policies_are_unchanged);
 
 /// POST /query returning (status, ETag, x-strata-cache, body).
 async fn query(
@@ -311,4 +312,99 @@ async fn a_recreated_table_at_the_same_version_is_a_miss() {
         (Some("miss"), &json!([{"total": 2}]))
     );
     assert_ne!(tag1, tag2);
+}
+
+/// Flight tickets of cacheable queries carry their result's cache key, so DoGet replays a
+/// hit without planning again; but only while it is still the right answer: a commit, a
+/// policy change or a revoked grant between GetFlightInfo and DoGet must reach the client.
+async fn flight_tickets_replay_hits_only_while_tables_and_policies_are_unchanged(backend: Backend) {
+    let s = crate::rls::sales_server_on(backend).await;
+    let mut c = crate::flight::client(&s, &ann(&s)).await;
+    let sql = "SELECT id FROM gold.sales ORDER BY id";
+    let ids = |batches: Vec<arrow::array::RecordBatch>| -> Vec<i64> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    };
+    let info = c.execute(sql.into(), None).await.unwrap();
+    assert_eq!(
+        ids(crate::flight::fetch(&mut c, &info).await.unwrap()),
+        [1, 2, 6]
+    );
+    let (hits, misses) = (
+        metric(&s, "strata_cache_hits_total").await,
+        metric(&s, "strata_cache_misses_total").await,
+    );
+    // A ticket can be fetched more than once; each fetch is a hit, none plans (no lookup miss).
+    let info = c.execute(sql.into(), None).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            ids(crate::flight::fetch(&mut c, &info).await.unwrap()),
+            [1, 2, 6]
+        );
+    }
+    assert_eq!(metric(&s, "strata_cache_hits_total").await, hits + 2);
+    assert_eq!(metric(&s, "strata_cache_misses_total").await, misses);
+
+    // A commit after GetFlightInfo: DoGet reads the new version.
+    let info = c.execute(sql.into(), None).await.unwrap();
+    let root = s.token_with("root", &["admin", "policy_bypass"], json!({}));
+    let (status, body) = s
+        .sql(
+            &root,
+            "INSERT INTO gold.sales VALUES (7, 'eu', 'fay', 70.0, 'fay@eu.example')",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        ids(crate::flight::fetch(&mut c, &info).await.unwrap()),
+        [1, 2, 6, 7]
+    );
+
+    // A revoked grant after GetFlightInfo: DoGet is refused (managers read through the
+    // grant the server started with).
+    let mut mia = crate::flight::client(&s, &s.token_with("mia", &["manager"], json!({}))).await;
+    let info = mia.execute(sql.into(), None).await.unwrap();
+    let all = [1, 2, 3, 4, 5, 6, 7];
+    assert_eq!(
+        ids(crate::flight::fetch(&mut mia, &info).await.unwrap()),
+        all
+    );
+    let info = mia.execute(sql.into(), None).await.unwrap();
+    assert_eq!(
+        ids(crate::flight::fetch(&mut mia, &info).await.unwrap()),
+        all
+    );
+    let (status, body) = s
+        .put_json(&s.admin.clone(), "/api/v1/grants", json!({"grants": []}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(crate::flight::fetch(&mut mia, &info).await.is_err());
+
+    // A row filter change after GetFlightInfo: DoGet applies the new filter.
+    let info = c.execute(sql.into(), None).await.unwrap();
+    assert_eq!(
+        ids(crate::flight::fetch(&mut c, &info).await.unwrap()),
+        [1, 2, 6, 7]
+    );
+    let (status, body) = s
+        .put_json(&s.admin.clone(), "/api/v1/tables/gold/sales/policies", json!({"row_filters": [{"roles": ["analyst"], "predicate": "region = current_claim('region') AND amount > 15"}]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        ids(crate::flight::fetch(&mut c, &info).await.unwrap()),
+        [2, 6, 7]
+    );
+
+    // Nobody else can present the ticket.
+    let mut bob = crate::flight::client(&s, &s.admin.clone()).await;
+    assert!(crate::flight::fetch(&mut bob, &info).await.is_err());
 }

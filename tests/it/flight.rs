@@ -27,14 +27,14 @@ async fn channel(s: &TestServer) -> Channel {
         .unwrap()
 }
 
-async fn client(s: &TestServer, token: &str) -> FlightSqlServiceClient<Channel> {
+pub(crate) async fn client(s: &TestServer, token: &str) -> FlightSqlServiceClient<Channel> {
     let mut c = FlightSqlServiceClient::new(channel(s).await);
     c.set_token(token.to_string());
     c
 }
 
 /// All batches behind a FlightInfo.
-async fn fetch(
+pub(crate) async fn fetch(
     c: &mut FlightSqlServiceClient<Channel>,
     info: &FlightInfo,
 ) -> Result<Vec<RecordBatch>, arrow_flight::error::FlightError> {

@@ -3,6 +3,9 @@
 //! ```text
 //! query:   GetFlightInfo(CommandStatementQuery) → plan only → FlightInfo{schema, signed ticket}
 //!          DoGet(ticket) → verify signature, expiry, principal → re-plan → stream batches
+//!          (a cacheable query's ticket carries its result cache key: while the policies it
+//!          was planned under are in force and the result is cached, DoGet replays it
+//!          without planning again)
 //! command: GetFlightInfo(CommandStatementQuery "INSERT …") → runs once now → ticket carries
 //!          the one-row result;  DoPut(CommandStatementUpdate) → runs → affected rows
 //! ```
@@ -21,7 +24,8 @@ use tonic::{Request, Response, Status};
 
 use super::encode::{self, flight_stream, from_ipc, to_ipc, wire_schema};
 use super::{DoGetStream, FlightSqlServer, principal, to_status};
-use crate::engine::command_schema;
+use crate::cache::CacheKey;
+use crate::engine::{ResultKey, command_schema};
 use crate::error::{Error, Result};
 use crate::security::Principal;
 use crate::security::ticket::{Kind, proto};
@@ -57,7 +61,16 @@ impl FlightSqlServer {
             binding: Some(self.signer.binding(p)),
             downcast_views: downcast,
             result_ipc: Vec::new(),
+            cache_key: Vec::new(),
+            policy_version: 0,
         };
+        // The key holds for this statement without parameters only.
+        if let Some(k) = prepared.result_key
+            && ticket.params_ipc.is_empty()
+        {
+            ticket.cache_key = k.key.0.to_vec();
+            ticket.policy_version = k.policy_version;
+        }
         let schema = match &prepared.schema {
             Some(schema) => wire_schema(schema, downcast),
             None => {
@@ -138,6 +151,34 @@ impl FlightSqlServer {
         let Some(cancel) = self.cancels.start(&t.id) else {
             return Err(to_status(Error::Cancelled("query was cancelled".into())));
         };
+        let finish = {
+            let (cancels, id) = (Arc::clone(&self.cancels), t.id.clone());
+            move || cancels.finish(&id)
+        };
+        if let Ok(key) = <[u8; 32]>::try_from(t.cache_key.as_slice()) {
+            let key = ResultKey {
+                key: CacheKey(key),
+                policy_version: t.policy_version,
+            };
+            match self.engine.fetch_cached(&p, &key).await {
+                Ok(Some(output)) => {
+                    let stream = flight_stream(
+                        output.schema,
+                        output.stream,
+                        t.downcast_views,
+                        self.flight.max_message_bytes,
+                        Some(cancel),
+                        finish,
+                    );
+                    return Ok(Response::new(Box::pin(stream)));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    finish();
+                    return Err(to_status(e));
+                }
+            }
+        }
         let mut rows = param_rows(&t.params_ipc).map_err(to_status)?.into_iter();
         // The first parameter row runs now (its errors are the call's status); the others
         // run one after the other as the stream reaches them, so one call never holds more
@@ -149,7 +190,7 @@ impl FlightSqlServer {
         let first = match first {
             Ok(output) => output,
             Err(e) => {
-                self.cancels.finish(&t.id);
+                finish();
                 return Err(to_status(e));
             }
         };
@@ -178,15 +219,13 @@ impl FlightSqlServer {
                 first.stream.chain(rest),
             ),
         );
-        let cancels = Arc::clone(&self.cancels);
-        let id = t.id.clone();
         let stream = flight_stream(
             schema,
             merged,
             t.downcast_views,
             self.flight.max_message_bytes,
             Some(cancel),
-            move || cancels.finish(&id),
+            finish,
         );
         Ok(Response::new(Box::pin(stream)))
     }
