@@ -44,6 +44,9 @@ pub struct Metrics {
     /// Conditional creates whose response was lost but which had landed
     /// (`storage::commit_guard`).
     pub ambiguous_resolved: AtomicU64,
+    /// Heap trims and the free bytes they returned (`telemetry::heap`).
+    pub heap_trims: AtomicU64,
+    pub heap_trimmed_bytes: AtomicU64,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -122,7 +125,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "strata_rows_served_total",
                 "Rows streamed to clients by queries",
@@ -168,6 +171,16 @@ impl Metrics {
                 "Conditional creates whose response was lost, found committed by reading back",
                 &self.ambiguous_resolved,
             ),
+            (
+                "strata_heap_trims_total",
+                "Times free heap memory was returned to the OS",
+                &self.heap_trims,
+            ),
+            (
+                "strata_heap_trimmed_bytes_total",
+                "Free heap bytes returned to the OS",
+                &self.heap_trimmed_bytes,
+            ),
         ];
         for (name, help, v) in counters {
             header(out, name, "counter", help);
@@ -187,6 +200,11 @@ impl Metrics {
         ] {
             header(out, name, "gauge", help);
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        }
+        if let Some(free) = super::heap::free_bytes() {
+            let name = "strata_heap_free_bytes";
+            header(out, name, "gauge", "Heap memory the allocator holds free");
+            let _ = writeln!(out, "{name} {free}");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Logging setup and the process's metrics.
 
+pub mod heap;
 pub mod metrics;
 
 pub use metrics::{Metrics, metrics};
