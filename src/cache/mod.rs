@@ -10,6 +10,12 @@
 //! change yields a new key, so a stale entry is unreachable (and ages out by TTL/size).
 //! Queries with non-immutable functions (`now()`, `random()`), EXPLAIN, commands and
 //! `information_schema` reads are never cached.
+//!
+//! Flight splits a query into GetFlightInfo (plans, computes the key, puts it in the signed
+//! ticket) and DoGet, which replays an entry under the ticket's key without planning again
+//! only after checking what planning would have: the policy version is unchanged and every
+//! table is still at the version and Delta id the key was computed from
+//! ([`crate::engine::Engine::fetch_cached`]).
 
 pub mod key;
 pub mod tee;
