@@ -1,6 +1,12 @@
 //! Table operations shared by SQL DDL and the REST table API.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::RecordBatch;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 
 use deltalake::DeltaTable;
 use serde::Serialize;
@@ -202,6 +208,20 @@ impl Engine {
         schema: &arrow::datatypes::SchemaRef,
         batches: &[arrow::array::RecordBatch],
     ) -> Result<()> {
+        let mut check = self.row_check(access, p, t, mode, schema)?;
+        batches.iter().try_for_each(|b| check.check(b))
+    }
+
+    /// The WITH CHECK of `p`'s writes of `schema` rows to `t` ([`Engine::check_write`] one
+    /// batch at a time).
+    fn row_check(
+        &self,
+        access: &AccessControl,
+        p: &Principal,
+        t: &TableRef,
+        mode: WriteMode,
+        schema: &arrow::datatypes::SchemaRef,
+    ) -> Result<write::RowCheck> {
         let enforcement = Enforcement::compile(
             t,
             access.table_policy(t),
@@ -215,7 +235,7 @@ impl Engine {
                 "overwriting {t} would remove rows outside your row filter"
             )));
         }
-        write::check_rows(t, &enforcement, schema, batches, self.planning_state())
+        write::RowCheck::new(t, &enforcement, schema, self.planning_state())
     }
 
     /// `merge_schema`: the table's schema plus the incoming columns it lacks. Adding columns
@@ -254,18 +274,21 @@ impl Engine {
         Ok(table.snapshot()?.snapshot().arrow_schema())
     }
 
-    /// Bulk ingest of Arrow batches (Flight SQL `CommandStatementIngest`, ADBC `adbc_ingest`):
-    /// creates the table from the batches' schema when allowed, else appends or replaces.
+    /// Bulk ingest (Flight `CommandStatementIngest`). Batches are converted, checked (NOT
+    /// NULL, the writer's row filter) and written to data files as they arrive, so memory
+    /// stays bounded by the writer whatever the size of the upload. A bad batch or a broken
+    /// client stream fails the ingest before its commit: nothing is committed.
     pub async fn ingest(
         &self,
         p: &Arc<Principal>,
         t: &TableRef,
         schema: arrow::datatypes::SchemaRef,
-        batches: Vec<arrow::array::RecordBatch>,
+        mut batches: BoxStream<'static, Result<RecordBatch>>,
         mode: IngestMode,
     ) -> Result<WriteOutcome> {
         let access = self.access().await?;
         let exists = self.catalog.exists(t).await?;
+        // `None`: create the table with the rows.
         let write_mode = match (exists, mode.if_exists, mode.create_if_missing) {
             (true, IfExists::Fail, _) => {
                 // Don't reveal existence to principals who can't see the table.
@@ -274,40 +297,109 @@ impl Engine {
                 }
                 return Err(Error::AlreadyExists(format!("table {t} already exists")));
             }
-            (true, IfExists::Append, _) => WriteMode::Append,
-            (true, IfExists::Replace, _) => WriteMode::Overwrite,
+            (true, IfExists::Append, _) => Some(WriteMode::Append),
+            (true, IfExists::Replace, _) => Some(WriteMode::Overwrite),
             (false, _, false) => return Err(Error::NotFound(format!("table {t} not found"))),
             (false, _, true) => {
                 access.check_layer(p, Privilege::Manage, t.layer)?;
-                let (schema, batches) = ingest::delta_compatible(&schema, batches)?;
-                self.check_write(&access, p, t, WriteMode::Append, &schema, &batches)?;
-                let spec = TableSpec {
-                    columns: Vec::new(),
-                    partition_by: Vec::new(),
-                    description: None,
-                    properties: Default::default(),
-                };
-                let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-                let version =
-                    commit::create_with_data(&self.catalog, t, p, &spec, schema, batches).await?;
-                return Ok(WriteOutcome {
-                    version,
-                    rows,
-                    duplicate: false,
-                });
+                None
             }
         };
-        let mut target = self.writable_schema(p, t, write_mode).await?;
-        if mode.merge_schema {
-            target = self.evolve(&access, p, t, target, &schema)?;
+        let target = match write_mode {
+            None => ingest::delta_schema(&schema)?,
+            Some(m) => {
+                let target = self.writable_schema(p, t, m).await?;
+                if mode.merge_schema {
+                    self.evolve(&access, p, t, target, &schema)?
+                } else {
+                    target
+                }
+            }
+        };
+        let mut check = self.row_check(
+            &access,
+            p,
+            t,
+            write_mode.unwrap_or(WriteMode::Append),
+            &target,
+        )?;
+        let rows = Arc::new(AtomicU64::new(0));
+        let mut prepare = {
+            let (target, rows) = (Arc::clone(&target), Arc::clone(&rows));
+            move |batch: RecordBatch| -> Result<RecordBatch> {
+                let offset = rows.load(Ordering::Relaxed) as usize;
+                let batch =
+                    ingest::enforce_batch(ingest::conform(&batch, &target)?, &target, offset)?;
+                check.check(&batch)?;
+                rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                Ok(batch)
+            }
+        };
+        let spec = TableSpec {
+            columns: Vec::new(),
+            partition_by: Vec::new(),
+            description: None,
+            properties: Default::default(),
+        };
+        // Up to the first row: an ingest without rows commits nothing to an existing table
+        // (replace empties it) and creates a new one empty.
+        let mut first = None;
+        while let Some(batch) = batches.try_next().await? {
+            if batch.num_rows() > 0 {
+                first = Some(prepare(batch)?);
+                break;
+            }
         }
-        let batches = batches
-            .iter()
-            .map(|b| ingest::conform(b, &target))
-            .collect::<Result<Vec<_>>>()?;
-        let batches = ingest::enforce_schema(batches, &target)?;
-        self.check_write(&access, p, t, write_mode, &target, &batches)?;
-        commit::write(&self.catalog, t, p, batches, write_mode, None, "INGEST").await
+        let Some(first) = first else {
+            return match write_mode {
+                None => {
+                    let version =
+                        commit::create_with_data(&self.catalog, t, p, &spec, target, Vec::new())
+                            .await?;
+                    Ok(WriteOutcome {
+                        version,
+                        rows: 0,
+                        duplicate: false,
+                    })
+                }
+                Some(m) => commit::write(&self.catalog, t, p, Vec::new(), m, None, "INGEST").await,
+            };
+        };
+        // The first error of the stream, as it was: delta-rs reports it as text.
+        let failure = Arc::new(std::sync::Mutex::new(None::<Error>));
+        let stream = {
+            let failure = Arc::clone(&failure);
+            futures::stream::once(std::future::ready(Ok(first)))
+                .chain(batches.and_then(move |b| std::future::ready(prepare(b))))
+                .map_err(move |e| {
+                    let message = e.to_string();
+                    if let Ok(mut slot) = failure.lock() {
+                        slot.get_or_insert(e);
+                    }
+                    datafusion::error::DataFusionError::Execution(message)
+                })
+        };
+        let input = commit::WriteInput::Stream(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&target),
+            stream,
+        )));
+        let written = match write_mode {
+            None => commit::create_with_data(&self.catalog, t, p, &spec, target, input)
+                .await
+                .map(|version| WriteOutcome {
+                    version,
+                    rows: 0,
+                    duplicate: false,
+                }),
+            Some(m) => commit::write(&self.catalog, t, p, input, m, None, "INGEST").await,
+        };
+        match written {
+            Ok(outcome) => Ok(WriteOutcome {
+                rows: rows.load(Ordering::Relaxed),
+                ..outcome
+            }),
+            Err(e) => Err(failure.lock().ok().and_then(|mut f| f.take()).unwrap_or(e)),
+        }
     }
 
     /// Visible tables with their Arrow schemas (Flight `GetTables include_schema`).

@@ -358,33 +358,38 @@ fn with_schema_columns(
 /// batches with `target` (whose nullability now holds).
 pub fn enforce_schema(batches: Vec<RecordBatch>, target: &SchemaRef) -> Result<Vec<RecordBatch>> {
     let mut offset = 0usize;
-    for batch in &batches {
-        for (i, field) in target.fields().iter().enumerate() {
-            if field.is_nullable() {
-                continue;
-            }
-            let Some(col) = batch.columns().get(i) else {
-                continue;
-            };
-            if col.null_count() > 0
-                && let Some(row) = (0..col.len()).find(|r| col.is_null(*r))
-            {
-                return Err(Error::invalid(format!(
-                    "row {}: column {} is NOT NULL but has no value",
-                    offset + row + 1,
-                    field.name()
-                )));
-            }
-        }
-        offset += batch.num_rows();
-    }
     batches
         .into_iter()
         .map(|b| {
-            RecordBatch::try_new(Arc::clone(target), b.columns().to_vec())
-                .map_err(|e| Error::invalid(clean_arrow_message(&e)))
+            let rows = b.num_rows();
+            let out = enforce_batch(b, target, offset);
+            offset += rows;
+            out
         })
         .collect()
+}
+
+/// [`enforce_schema`] of one batch whose first row is row `offset + 1` of the upload.
+pub fn enforce_batch(batch: RecordBatch, target: &SchemaRef, offset: usize) -> Result<RecordBatch> {
+    for (i, field) in target.fields().iter().enumerate() {
+        if field.is_nullable() {
+            continue;
+        }
+        let Some(col) = batch.columns().get(i) else {
+            continue;
+        };
+        if col.null_count() > 0
+            && let Some(row) = (0..col.len()).find(|r| col.is_null(*r))
+        {
+            return Err(Error::invalid(format!(
+                "row {}: column {} is NOT NULL but has no value",
+                offset + row + 1,
+                field.name()
+            )));
+        }
+    }
+    RecordBatch::try_new(Arc::clone(target), batch.columns().to_vec())
+        .map_err(|e| Error::invalid(clean_arrow_message(&e)))
 }
 
 /// Casts batches of any Arrow schema to types a new Delta table can store (for tables created
@@ -393,6 +398,17 @@ pub fn delta_compatible(
     schema: &SchemaRef,
     batches: Vec<RecordBatch>,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let target = delta_schema(schema)?;
+    let out = batches
+        .iter()
+        .map(|b| conform(b, &target))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((target, out))
+}
+
+/// The schema of a new Delta table for client data of `schema`: lower-case names, types a
+/// Delta table can store, every column nullable.
+pub fn delta_schema(schema: &SchemaRef) -> Result<SchemaRef> {
     let mut fields = Vec::with_capacity(schema.fields().len());
     for f in schema.fields() {
         let name = f.name().to_ascii_lowercase();
@@ -406,12 +422,7 @@ pub fn delta_compatible(
         })?;
         fields.push(Field::new(name, dt, true));
     }
-    let target: SchemaRef = Arc::new(Schema::new(fields));
-    let out = batches
-        .iter()
-        .map(|b| conform(b, &target))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((target, out))
+    Ok(Arc::new(Schema::new(fields)))
 }
 
 fn clean_arrow_message(e: &arrow::error::ArrowError) -> String {

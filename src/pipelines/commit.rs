@@ -9,12 +9,24 @@
 //!   → catalog remembers the new snapshot (new version ⇒ new cache keys)
 //! ```
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::datasource::provider_as_source;
+use datafusion::error::DataFusionError;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::LogicalPlanBuilder;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::WriteBuilder;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
+use futures::TryStreamExt;
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -95,16 +107,140 @@ async fn already_committed(table: &DeltaTable, app_id: &str) -> Result<bool> {
         .is_some())
 }
 
-/// Appends or overwrites `batches` in one commit.
+/// What a write writes.
+pub enum WriteInput {
+    /// Batches in memory.
+    Batches(Vec<RecordBatch>),
+    /// Batches written to data files as they arrive, so memory stays bounded whatever the
+    /// size of the upload; an error from the stream fails the write before its commit,
+    /// leaving only unreferenced files behind (VACUUM removes them). The caller has made
+    /// sure it holds at least one row.
+    Stream(SendableRecordBatchStream),
+}
+
+impl std::fmt::Debug for WriteInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteInput::Batches(b) => write!(f, "Batches({})", b.len()),
+            WriteInput::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+impl From<Vec<RecordBatch>> for WriteInput {
+    fn from(batches: Vec<RecordBatch>) -> WriteInput {
+        WriteInput::Batches(batches)
+    }
+}
+
+impl WriteInput {
+    fn schema(&self) -> Option<SchemaRef> {
+        match self {
+            WriteInput::Batches(b) => b.first().map(RecordBatch::schema),
+            WriteInput::Stream(s) => Some(s.schema()),
+        }
+    }
+
+    /// A delta-rs write of this input, and the rows it writes (counted as they pass for a
+    /// stream).
+    fn into_write(self, table: DeltaTable) -> Result<(WriteBuilder, RowCount)> {
+        match self {
+            WriteInput::Batches(batches) => {
+                let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+                Ok((table.write(batches), RowCount::Known(rows)))
+            }
+            WriteInput::Stream(stream) => {
+                let counter = Arc::new(AtomicU64::new(0));
+                let counted = Arc::clone(&counter);
+                let schema = stream.schema();
+                let stream = RecordBatchStreamAdapter::new(
+                    Arc::clone(&schema),
+                    stream.inspect_ok(move |b| {
+                        counted.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                    }),
+                );
+                let source = StreamingTable::try_new(
+                    Arc::clone(&schema),
+                    vec![Arc::new(OnceStream::new(schema, Box::pin(stream)))],
+                )?;
+                let plan =
+                    LogicalPlanBuilder::scan("input", provider_as_source(Arc::new(source)), None)?
+                        .build()?;
+                Ok((
+                    table.write(Vec::new()).with_input_plan(plan),
+                    RowCount::Counted(counter),
+                ))
+            }
+        }
+    }
+}
+
+enum RowCount {
+    Known(u64),
+    Counted(Arc<AtomicU64>),
+}
+
+impl RowCount {
+    fn get(&self) -> u64 {
+        match self {
+            RowCount::Known(n) => *n,
+            RowCount::Counted(n) => n.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A partition that hands out its stream once (delta-rs executes its input plan once).
+struct OnceStream {
+    schema: SchemaRef,
+    stream: std::sync::Mutex<Option<SendableRecordBatchStream>>,
+}
+
+impl OnceStream {
+    fn new(schema: SchemaRef, stream: SendableRecordBatchStream) -> OnceStream {
+        OnceStream {
+            schema,
+            stream: std::sync::Mutex::new(Some(stream)),
+        }
+    }
+}
+
+impl std::fmt::Debug for OnceStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnceStream").finish_non_exhaustive()
+    }
+}
+
+impl PartitionStream for OnceStream {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let taken = self.stream.lock().ok().and_then(|mut s| s.take());
+        taken.unwrap_or_else(|| {
+            Box::pin(RecordBatchStreamAdapter::new(
+                Arc::clone(&self.schema),
+                futures::stream::once(async {
+                    Err(DataFusionError::Internal(
+                        "an ingest stream can be read only once".into(),
+                    ))
+                }),
+            ))
+        })
+    }
+}
+
+/// Appends or overwrites `input` in one commit.
 pub async fn write(
     catalog: &Catalog,
     t: &TableRef,
     p: &Principal,
-    batches: Vec<RecordBatch>,
+    input: impl Into<WriteInput>,
     mode: WriteMode,
     idempotency_key: Option<&str>,
     operation: &str,
 ) -> Result<WriteOutcome> {
+    let input = input.into();
     let app = idempotency_key.map(app_id).transpose()?;
     let table = catalog.load(t).await?;
     if let Some(app) = &app
@@ -116,8 +252,10 @@ pub async fn write(
             duplicate: true,
         });
     }
-    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-    if rows == 0 && mode == WriteMode::Append {
+    if let WriteInput::Batches(batches) = &input
+        && batches.iter().all(|b| b.num_rows() == 0)
+        && mode == WriteMode::Append
+    {
         return Ok(WriteOutcome {
             version: version_of(&table),
             rows: 0,
@@ -139,15 +277,13 @@ pub async fn write(
     // purpose (`merge_schema`, checked for MANAGE); everything else is conformed to the
     // table's schema first.
     let table_schema = table.snapshot()?.snapshot().arrow_schema();
-    let adds_columns = batches.first().is_some_and(|b| {
-        b.schema()
-            .fields()
+    let adds_columns = input.schema().is_some_and(|s| {
+        s.fields()
             .iter()
             .any(|f| table_schema.field_with_name(f.name()).is_err())
     });
-    let mut write = table
-        .clone()
-        .write(batches)
+    let (write, rows) = input.into_write(table.clone())?;
+    let mut write = write
         .with_save_mode(save_mode)
         .with_commit_properties(props);
     if adds_columns {
@@ -159,7 +295,7 @@ pub async fn write(
             catalog.remember(t, &written).await;
             Ok(WriteOutcome {
                 version: version_of(&written),
-                rows,
+                rows: rows.get(),
                 duplicate: false,
             })
         }
@@ -193,9 +329,13 @@ pub async fn create_with_data(
     p: &Principal,
     spec: &TableSpec,
     schema: SchemaRef,
-    batches: Vec<RecordBatch>,
+    input: impl Into<WriteInput>,
 ) -> Result<u64> {
-    let has_rows = batches.iter().any(|b| b.num_rows() > 0);
+    let input = input.into();
+    let has_rows = match &input {
+        WriteInput::Batches(batches) => batches.iter().any(|b| b.num_rows() > 0),
+        WriteInput::Stream(_) => true,
+    };
     if !has_rows {
         // Nothing to write: create from the query's schema.
         let columns = schema
@@ -226,8 +366,8 @@ pub async fn create_with_data(
     }
     let url = catalog.warehouse().table_url(t)?;
     let table = catalog.warehouse().delta_builder(url)?.build()?;
-    let mut write = table
-        .write(batches)
+    let (write, _) = input.into_write(table)?;
+    let mut write = write
         .with_save_mode(SaveMode::ErrorIfExists)
         .with_table_name(t.name.clone())
         .with_commit_properties(commit_properties(p, "CREATE TABLE AS SELECT"));

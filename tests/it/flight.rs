@@ -619,6 +619,71 @@ async fn ingest_create_append_replace() {
         .await;
     assert_eq!(info["columns"][3]["name"], "score");
     assert_eq!(info["columns"][3]["type"], "double");
+
+    // Batches are written as they arrive; one that fails late (a value that does not
+    // convert, in the 40th batch) fails the whole ingest and commits nothing.
+    let before = s.count("bronze.events").await;
+    let (_, history) = s
+        .get(&s.admin.clone(), "/api/v1/tables/bronze/events/history")
+        .await;
+    let texts = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)]));
+    let text_batch = |first: usize, bad: bool| {
+        let values: Vec<String> = (first..first + 1000)
+            .map(|i| {
+                if bad && i == first + 500 {
+                    "x".into()
+                } else {
+                    i.to_string()
+                }
+            })
+            .collect();
+        RecordBatch::try_new(
+            Arc::clone(&texts),
+            vec![Arc::new(StringArray::from(values))],
+        )
+        .unwrap()
+    };
+    let batches: Vec<_> = (0..60).map(|i| Ok(text_batch(i * 1000, i == 39))).collect();
+    let e = c
+        .execute_ingest(
+            cmd(TableNotExistOption::Fail, TableExistsOption::Append),
+            futures::stream::iter(batches),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&e), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("column id"), "{e}");
+    // A client that goes away halfway (its call dropped, the HTTP/2 stream reset after ten
+    // batches): nothing committed either. (A client stream that merely ends is a complete
+    // upload: the wire can't tell it from one.)
+    let mut gone = c.clone();
+    let ten: Vec<_> = (0..10).map(|i| Ok(text_batch(i * 1000, false))).collect();
+    let call = tokio::spawn(async move {
+        gone.execute_ingest(
+            cmd(TableNotExistOption::Fail, TableExistsOption::Append),
+            futures::stream::iter(ten).chain(futures::stream::pending()),
+        )
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    call.abort();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(s.count("bronze.events").await, before);
+    let (_, after) = s
+        .get(&s.admin.clone(), "/api/v1/tables/bronze/events/history")
+        .await;
+    assert_eq!(after, history);
+    // The same 60 batches, all good: 60 000 rows in one commit.
+    let batches: Vec<_> = (0..60).map(|i| Ok(text_batch(i * 1000, false))).collect();
+    let n = c
+        .execute_ingest(
+            cmd(TableNotExistOption::Fail, TableExistsOption::Append),
+            futures::stream::iter(batches),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 60_000);
+    assert_eq!(s.count("bronze.events").await, before + 60_000);
 }
 
 /// Peak resident set size of this process (VmHWM), in KiB.

@@ -297,11 +297,20 @@ async fn writes_must_stay_inside_the_writers_filter(backend: Backend) {
         schema: Some("gold".into()),
         ..Default::default()
     };
+    // Ingests are checked batch by batch as they stream in: the row outside the filter is
+    // found in the third batch, numbered across the upload, and nothing is committed.
+    let before = s.count("gold.sales").await;
+    let eu = batches[0].clone();
     let e = c
-        .execute_ingest(cmd, futures::stream::iter(vec![Ok(us)]))
+        .execute_ingest(
+            cmd,
+            futures::stream::iter(vec![Ok(eu.clone()), Ok(eu), Ok(us)]),
+        )
         .await
         .unwrap_err();
     assert!(format!("{e:?}").contains("PermissionDenied"), "{e:?}");
+    assert!(format!("{e:?}").contains("row 3 violates"), "{e:?}");
+    assert_eq!(s.count("gold.sales").await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,11 +5,41 @@ use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{TableExistsOption, TableNotExistOption};
 use tonic::{Request, Status};
 
-use super::prepared::read_batches;
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+
 use super::{FlightSqlServer, principal, to_status};
 use crate::engine::tables::{IfExists, IngestMode};
 use crate::error::{Error, Result};
 use crate::storage::{CATALOG_NAME, TableRef};
+
+/// The DoPut's batches as they arrive (the ingest writes them as they come), with the
+/// schema from its first message.
+async fn batch_stream(
+    request: Request<PeekableFlightDataStream>,
+) -> Result<(SchemaRef, BoxStream<'static, Result<RecordBatch>>)> {
+    let invalid = |e: FlightError| Error::invalid(format!("invalid Arrow data in DoPut: {e}"));
+    // Messages without an IPC header (the descriptor alone) carry no data.
+    let stream = request
+        .into_inner()
+        .map_err(|s| FlightError::Tonic(Box::new(s)))
+        .try_filter(|fd| std::future::ready(!fd.data_header.is_empty()));
+    let mut decoder = FlightRecordBatchStream::new_from_flight_data(stream);
+    let first = decoder.try_next().await.map_err(invalid)?;
+    let schema = decoder
+        .schema()
+        .map(std::sync::Arc::clone)
+        .or_else(|| first.as_ref().map(RecordBatch::schema))
+        .ok_or_else(|| Error::invalid("ingest without an Arrow schema"))?;
+    let batches = futures::stream::iter(first.map(Ok))
+        .chain(decoder.map_err(invalid))
+        .boxed();
+    Ok((schema, batches))
+}
 
 /// The target table: `schema` is the layer; a dotted `table` (`gold.t`) also works, since
 /// ADBC passes `adbc_ingest("gold.t", …)` through as the table name.
@@ -81,8 +111,7 @@ impl FlightSqlServer {
             }
             let t = target(&cmd, &self.default_layer)?;
             let mode = mode(&cmd)?;
-            let (schema, batches) = read_batches(request).await?;
-            let schema = schema.ok_or_else(|| Error::invalid("ingest without an Arrow schema"))?;
+            let (schema, batches) = batch_stream(request).await?;
             let outcome = self.engine.ingest(&p, &t, schema, batches, mode).await?;
             Ok(outcome.rows as i64)
         };

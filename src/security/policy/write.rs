@@ -3,6 +3,8 @@
 //! Invariant: a write whose rows are not all visible to the writer under its own row filter
 //! fails as a whole before anything is committed (Postgres `WITH CHECK` semantics).
 
+use std::sync::Arc;
+
 use arrow::array::{Array, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -25,27 +27,66 @@ pub fn check_rows(
     batches: &[RecordBatch],
     state: &SessionState,
 ) -> Result<()> {
-    let Some(filter) = &enforcement.filter else {
-        return Ok(());
-    };
-    let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
-    let predicate = state.create_physical_expr(filter.clone(), &df_schema)?;
-    let mut offset = 0usize;
-    for batch in batches {
-        let result = predicate.evaluate(batch)?.into_array(batch.num_rows())?;
-        let ok = result
-            .as_any()
-            .downcast_ref::<arrow::array::BooleanArray>()
-            .ok_or_else(|| Error::internal("row filter is not boolean"))?;
-        if let Some(row) = (0..ok.len()).find(|i| !ok.is_valid(*i) || !ok.value(*i)) {
-            return Err(Error::PermissionDenied(format!(
-                "row {} violates your row filter on {t}: you may only write rows you can read",
-                offset + row + 1
-            )));
-        }
-        offset += batch.num_rows();
+    let mut check = RowCheck::new(t, enforcement, schema, state)?;
+    batches.iter().try_for_each(|b| check.check(b))
+}
+
+/// [`check_rows`] one batch after another (streamed writes), with row numbers counted
+/// across them.
+pub struct RowCheck {
+    table: TableRef,
+    predicate: Option<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
+    offset: usize,
+}
+
+impl std::fmt::Debug for RowCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowCheck")
+            .field("table", &self.table)
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
     }
-    Ok(())
+}
+
+impl RowCheck {
+    pub fn new(
+        t: &TableRef,
+        enforcement: &Enforcement,
+        schema: &SchemaRef,
+        state: &SessionState,
+    ) -> Result<RowCheck> {
+        let predicate = match &enforcement.filter {
+            Some(filter) => {
+                let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+                Some(state.create_physical_expr(filter.clone(), &df_schema)?)
+            }
+            None => None,
+        };
+        Ok(RowCheck {
+            table: t.clone(),
+            predicate,
+            offset: 0,
+        })
+    }
+
+    pub fn check(&mut self, batch: &RecordBatch) -> Result<()> {
+        if let Some(predicate) = &self.predicate {
+            let result = predicate.evaluate(batch)?.into_array(batch.num_rows())?;
+            let ok = result
+                .as_any()
+                .downcast_ref::<arrow::array::BooleanArray>()
+                .ok_or_else(|| Error::internal("row filter is not boolean"))?;
+            if let Some(row) = (0..ok.len()).find(|i| !ok.is_valid(*i) || !ok.value(*i)) {
+                return Err(Error::PermissionDenied(format!(
+                    "row {} violates your row filter on {}: you may only write rows you can read",
+                    self.offset + row + 1,
+                    self.table
+                )));
+            }
+        }
+        self.offset += batch.num_rows();
+        Ok(())
+    }
 }
 
 /// The words every WITH CHECK failure carries (delta-rs turns execution errors into text;
