@@ -10,8 +10,9 @@ One run, same data, same cores, engine order rotated every iteration:
     same table from an in-memory server (GB/s), and the largest Flight message;
   * wire bytes (REST Arrow stream) per result vs the result's Arrow size;
   * result-cache hit latency p50/p99 vs a raw Flight round trip;
-  * MERGE upsert and SCD Type 2 vs the Python `deltalake` package on copies of one target
-    (results checked equal; wall time and peak RSS growth of the process doing the work);
+  * MERGE upsert and SCD Type 2 vs the Python `deltalake` package, `--runs` rounds on fresh
+    copies of one target, sides alternating who goes first (results checked equal; wall
+    time and peak RSS growth of the process doing the work);
   * 1/2/4/8 concurrent ADBC clients running q6: throughput and p99;
   * server peak RSS while the lineitem scan streams, and while an SF-10 lineitem streams.
 
@@ -523,20 +524,56 @@ def concurrency(strata, duration=10.0):
     return out
 
 
-def _sides(strata, strata_op, deltalake_op):
-    """Runs Strata's operation, then deltalake's, each under its own peak-RSS sampler (the
-    server process for Strata, this process for deltalake)."""
-    with PeakRss(strata.ps) as server:
-        strata_s, _ = timed(strata_op)
-    with PeakRss(psutil.Process()) as me:
-        deltalake_s, _ = timed(deltalake_op)
+def _rounds(strata, work, table, runs, strata_op, deltalake_op, summaries):
+    """`runs` rounds of one write, each on fresh copies of `silver.<table>` (files and log):
+    one registered in Strata's warehouse as `silver.<table>_r<i>` (Strata reads the store,
+    so a copied table is a table), one for deltalake. The two sides alternate which goes
+    first; each runs under its own peak-RSS sampler (the server for Strata, this process
+    for deltalake). `strata_op(name)`, `deltalake_op(path)`; `summaries(name, path)` gives
+    both results for the equality check. Median times; memory is the largest growth over
+    the rounds, because a process that keeps freed memory (this one, with deltalake's
+    allocator) shows next to no growth after its first round. Raw samples too."""
+    warehouse = strata.work / "data" / "warehouse" / "silver"
+    samples = {"strata_s": [], "deltalake_s": [], "strata_growth": [], "deltalake_growth": []}
+    equal, last = [], None
+    for i in range(runs):
+        name = f"{table}_r{i}"
+        copy = pathlib.Path(work) / f"deltalake-{table}-r{i}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(warehouse / table, warehouse / name)
+        shutil.copytree(warehouse / table, copy)
+
+        def strata_side():
+            with PeakRss(strata.ps) as server:
+                secs, _ = timed(lambda: strata_op(name))
+            samples["strata_s"].append(secs)
+            samples["strata_growth"].append(server.growth)
+
+        def deltalake_side():
+            with PeakRss(psutil.Process()) as me:
+                secs, _ = timed(lambda: deltalake_op(copy))
+            samples["deltalake_s"].append(secs)
+            samples["deltalake_growth"].append(me.growth)
+
+        for side in (strata_side, deltalake_side) if i % 2 == 0 else (deltalake_side, strata_side):
+            side()
+        mine, theirs = summaries(name, copy)
+        equal.append(_close(mine, theirs))
+        last = {"strata_summary": mine, "deltalake_summary": theirs}
+        _json(strata, f"DROP TABLE silver.{name}")
+        shutil.rmtree(copy, ignore_errors=True)
+    m = {k: (max(v) if k.endswith("growth") else median(v)) for k, v in samples.items()}
     return {
-        "strata_s": strata_s,
-        "deltalake_s": deltalake_s,
-        "ratio": strata_s / deltalake_s,
-        "strata_server_peak_rss_growth_bytes": server.growth,
-        "deltalake_process_peak_rss_growth_bytes": me.growth,
-        "memory_ratio": server.growth / max(me.growth, 1),
+        "runs": runs,
+        "strata_s": m["strata_s"],
+        "deltalake_s": m["deltalake_s"],
+        "ratio": m["strata_s"] / m["deltalake_s"],
+        "strata_server_peak_rss_growth_bytes": m["strata_growth"],
+        "deltalake_process_peak_rss_growth_bytes": m["deltalake_growth"],
+        "memory_ratio": m["strata_growth"] / max(m["deltalake_growth"], 1),
+        "samples": samples,
+        **last,
+        "results_equal": all(equal),
     }
 
 
@@ -552,31 +589,22 @@ def _upsert_source(strata, name, target_rows, source_rows):
     return deltalake.DeltaTable(str(warehouse / "bronze" / name)).to_pyarrow_table()
 
 
-def _copy_for_deltalake(strata, work, table):
-    """A copy of Strata's `silver.<table>` for the deltalake side (same files, same log)."""
-    copy = pathlib.Path(work) / f"deltalake-{table}"
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(strata.work / "data" / "warehouse" / "silver" / table, copy)
-    return copy
-
-
-def merge(strata, work, target_rows, source_rows):
+def merge(strata, work, target_rows, source_rows, runs):
     """Upsert `source_rows` (half updates, half inserts) into `target_rows`, through Strata's
-    MERGE and through Python deltalake on a copy of the same target."""
+    MERGE and through Python deltalake on copies of the same target, `runs` rounds."""
     _json(strata, (
         "CREATE TABLE silver.target AS SELECT v * 2 AS id, 'name-' || CAST(v AS STRING) AS name, "
         f"CAST(v % 1000 AS DOUBLE) AS amount FROM (SELECT unnest(range(0, {target_rows})) AS v)"
     ))
     source = _upsert_source(strata, "source", target_rows, source_rows)
-    copy = _copy_for_deltalake(strata, work, "target")
 
-    def via_strata():
+    def via_strata(name):
         return _json(strata, (
-            "MERGE INTO silver.target t USING bronze.source s ON t.id = s.id "
+            f"MERGE INTO silver.{name} t USING bronze.source s ON t.id = s.id "
             "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
         ))
 
-    def via_deltalake():
+    def via_deltalake(copy):
         return (
             deltalake.DeltaTable(str(copy))
             .merge(source, predicate="t.id = s.id", source_alias="s", target_alias="t")
@@ -585,28 +613,24 @@ def merge(strata, work, target_rows, source_rows):
             .execute()
         )
 
-    out = _sides(strata, via_strata, via_deltalake)
-    check = "SELECT count(*) AS n, sum(id) AS s, sum(amount) AS a FROM silver.target"
-    mine = _json(strata, check)[0]
-    theirs = deltalake.DeltaTable(str(copy)).to_pyarrow_table()
-    theirs = {
-        "n": theirs.num_rows,
-        "s": pa.compute.sum(theirs["id"]).as_py(),
-        "a": pa.compute.sum(theirs["amount"]).as_py(),
-    }
-    return {
-        "target_rows": target_rows,
-        "source_rows": source_rows,
-        **out,
-        "results_equal": _close(mine, theirs),
-    }
+    def summaries(name, copy):
+        mine = _json(strata, f"SELECT count(*) AS n, sum(id) AS s, sum(amount) AS a FROM silver.{name}")[0]
+        theirs = deltalake.DeltaTable(str(copy)).to_pyarrow_table()
+        return mine, {
+            "n": theirs.num_rows,
+            "s": pa.compute.sum(theirs["id"]).as_py(),
+            "a": pa.compute.sum(theirs["amount"]).as_py(),
+        }
+
+    out = _rounds(strata, work, "target", runs, via_strata, via_deltalake, summaries)
+    return {"target_rows": target_rows, "source_rows": source_rows, **out}
 
 
-def scd2(strata, work, target_rows, source_rows):
+def scd2(strata, work, target_rows, source_rows, runs):
     """SCD Type 2 of `source_rows` (half changed keys, half new keys) into a dimension of
     `target_rows` current rows: Strata's `CALL scd2` vs the standard staged-MERGE recipe on
     Python deltalake (find the changed keys, then one MERGE that closes their current rows
-    and inserts new versions and new keys), on a copy of the same target."""
+    and inserts new versions and new keys), on copies of the same target, `runs` rounds."""
     _json(strata, (
         "CREATE TABLE silver.dim (id BIGINT, name STRING, amount DOUBLE, "
         "valid_from TIMESTAMP, valid_to TIMESTAMP, is_current BOOLEAN)"
@@ -617,13 +641,12 @@ def scd2(strata, work, target_rows, source_rows):
         f"FROM (SELECT unnest(range(0, {target_rows})) AS v)"
     ))
     source = _upsert_source(strata, "dim_changes", target_rows, source_rows)
-    copy = _copy_for_deltalake(strata, work, "dim")
     ts_type = pa.timestamp("us", tz="UTC")
 
-    def via_strata():
-        return _json(strata, "CALL scd2(target => 'silver.dim', source => 'bronze.dim_changes', keys => 'id')")
+    def via_strata(name):
+        return _json(strata, f"CALL scd2(target => 'silver.{name}', source => 'bronze.dim_changes', keys => 'id')")
 
-    def via_deltalake():
+    def via_deltalake(copy):
         import datetime
 
         import pyarrow.compute as pc
@@ -668,28 +691,23 @@ def scd2(strata, work, target_rows, source_rows):
             .execute()
         )
 
-    out = _sides(strata, via_strata, via_deltalake)
-    mine = _json(strata, (
-        "SELECT count(*) AS n, sum(CASE WHEN is_current THEN 1 ELSE 0 END) AS c, "
-        "sum(CASE WHEN valid_to IS NOT NULL THEN 1 ELSE 0 END) AS closed, "
-        "sum(CASE WHEN is_current THEN amount ELSE 0 END) AS a FROM silver.dim"
-    ))[0]
-    t = deltalake.DeltaTable(str(copy)).to_pyarrow_table()
-    cur = t.filter(t["is_current"])
-    theirs = {
-        "n": t.num_rows,
-        "c": cur.num_rows,
-        "closed": t.num_rows - pa.compute.count(t["valid_to"], mode="only_null").as_py(),
-        "a": pa.compute.sum(cur["amount"]).as_py(),
-    }
-    return {
-        "target_rows": target_rows,
-        "source_rows": source_rows,
-        **out,
-        "strata_summary": mine,
-        "deltalake_summary": theirs,
-        "results_equal": _close(mine, theirs),
-    }
+    def summaries(name, copy):
+        mine = _json(strata, (
+            "SELECT count(*) AS n, sum(CASE WHEN is_current THEN 1 ELSE 0 END) AS c, "
+            "sum(CASE WHEN valid_to IS NOT NULL THEN 1 ELSE 0 END) AS closed, "
+            f"sum(CASE WHEN is_current THEN amount ELSE 0 END) AS a FROM silver.{name}"
+        ))[0]
+        t = deltalake.DeltaTable(str(copy)).to_pyarrow_table()
+        cur = t.filter(t["is_current"])
+        return mine, {
+            "n": t.num_rows,
+            "c": cur.num_rows,
+            "closed": t.num_rows - pa.compute.count(t["valid_to"], mode="only_null").as_py(),
+            "a": pa.compute.sum(cur["amount"]).as_py(),
+        }
+
+    out = _rounds(strata, work, "dim", runs, via_strata, via_deltalake, summaries)
+    return {"target_rows": target_rows, "source_rows": source_rows, **out}
 
 
 def _close(mine, theirs):
@@ -746,8 +764,8 @@ def summary(r):
     for op in ("merge", "scd2"):
         m = r[op]
         lines.append(
-            f"- {op.upper()} {m['source_rows']} → {m['target_rows']}: Strata {m['strata_s']:.2f} s vs deltalake "
-            f"{m['deltalake_s']:.2f} s (ratio {m['ratio']:.2f}); peak RSS growth: server "
+            f"- {op.upper()} {m['source_rows']} → {m['target_rows']} (median of {m['runs']} rounds on fresh copies): Strata {m['strata_s']:.2f} s vs deltalake "
+            f"{m['deltalake_s']:.2f} s (ratio {m['ratio']:.2f}); largest peak RSS growth: server "
             f"{m['strata_server_peak_rss_growth_bytes'] / 2**20:.0f} MiB vs deltalake "
             f"{m['deltalake_process_peak_rss_growth_bytes'] / 2**20:.0f} MiB (ratio {m['memory_ratio']:.2f}); "
             f"results equal: {m['results_equal']}"
@@ -802,8 +820,8 @@ def main():
         results["streaming"] = streaming(strata, files, args.runs)
         results["wire"] = wire_bytes(strata)
         results["concurrency"] = concurrency(strata, args.concurrency_secs)
-        results["merge"] = merge(strata, work, args.merge_target, args.merge_source)
-        results["scd2"] = scd2(strata, work, args.scd2_target, args.scd2_source)
+        results["merge"] = merge(strata, work, args.merge_target, args.merge_source, args.runs)
+        results["scd2"] = scd2(strata, work, args.scd2_target, args.scd2_source, args.runs)
         if args.rss_sf > 0:
             results["big_scan"] = big_scan(strata, work, args.rss_sf)
     finally:
