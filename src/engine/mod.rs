@@ -174,6 +174,21 @@ impl Engine {
     /// Plans one SQL statement without running it: the result schema of a query and the
     /// types of its parameters. Privileges are checked as for execution.
     pub async fn prepare(&self, principal: &Arc<Principal>, sql: &str) -> Result<Prepared> {
+        self.prepare_with(principal, sql, false).await
+    }
+
+    /// [`Engine::prepare`] for a fetch that follows (Flight GetFlightInfo → DoGet): also
+    /// the result key of a cacheable query without parameters.
+    pub async fn prepare_fetch(&self, principal: &Arc<Principal>, sql: &str) -> Result<Prepared> {
+        self.prepare_with(principal, sql, true).await
+    }
+
+    async fn prepare_with(
+        &self,
+        principal: &Arc<Principal>,
+        sql: &str,
+        want_key: bool,
+    ) -> Result<Prepared> {
         self.check_sql_size(sql)?;
         let statement = sql::parse(sql, &self.default_layer)?;
         let kind = statement.kind();
@@ -201,7 +216,7 @@ impl Engine {
                 } else {
                     let schema = Arc::new(plan.schema().as_arrow().clone());
                     // The key of exactly the plan an execution without parameters runs.
-                    let result_key = match (&self.cache, types.is_empty()) {
+                    let result_key = match (&self.cache, want_key && types.is_empty()) {
                         (Some(_), true) => {
                             cache_key(&bind_params(plan, Vec::new())?, &access, principal)?.map(
                                 |(key, _)| ResultKey {

@@ -7,11 +7,10 @@ use tonic::{Request, Status};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::error::FlightError;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
+use super::prepared::{do_put_batches, invalid_do_put};
 use super::{FlightSqlServer, principal, to_status};
 use crate::engine::tables::{IfExists, IngestMode};
 use crate::error::{Error, Result};
@@ -22,21 +21,15 @@ use crate::storage::{CATALOG_NAME, TableRef};
 async fn batch_stream(
     request: Request<PeekableFlightDataStream>,
 ) -> Result<(SchemaRef, BoxStream<'static, Result<RecordBatch>>)> {
-    let invalid = |e: FlightError| Error::invalid(format!("invalid Arrow data in DoPut: {e}"));
-    // Messages without an IPC header (the descriptor alone) carry no data.
-    let stream = request
-        .into_inner()
-        .map_err(|s| FlightError::Tonic(Box::new(s)))
-        .try_filter(|fd| std::future::ready(!fd.data_header.is_empty()));
-    let mut decoder = FlightRecordBatchStream::new_from_flight_data(stream);
-    let first = decoder.try_next().await.map_err(invalid)?;
+    let mut decoder = do_put_batches(request);
+    let first = decoder.try_next().await.map_err(invalid_do_put)?;
     let schema = decoder
         .schema()
         .map(std::sync::Arc::clone)
         .or_else(|| first.as_ref().map(RecordBatch::schema))
         .ok_or_else(|| Error::invalid("ingest without an Arrow schema"))?;
     let batches = futures::stream::iter(first.map(Ok))
-        .chain(decoder.map_err(invalid))
+        .chain(decoder.map_err(invalid_do_put))
         .boxed();
     Ok((schema, batches))
 }

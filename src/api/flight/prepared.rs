@@ -208,23 +208,31 @@ impl FlightSqlServer {
     }
 }
 
-/// Reads the record batches of a DoPut (the first message carries the descriptor).
-pub(super) async fn read_batches(
+/// The record batches of a DoPut, decoded as they arrive (the first message carries the
+/// descriptor). A DoPut may carry only the descriptor (an update without parameters):
+/// messages without an IPC header are skipped instead of failing to decode.
+pub(super) fn do_put_batches(
     request: Request<PeekableFlightDataStream>,
-) -> Result<(Option<arrow::datatypes::SchemaRef>, Vec<RecordBatch>)> {
-    // A DoPut may carry only the descriptor (an update without parameters): skip messages
-    // without an IPC header instead of failing to decode them.
+) -> FlightRecordBatchStream {
     let stream = request
         .into_inner()
         .map_err(|s| FlightError::Tonic(Box::new(s)))
         .try_filter(|fd| futures::future::ready(!fd.data_header.is_empty()));
-    let mut decoder = FlightRecordBatchStream::new_from_flight_data(stream);
+    FlightRecordBatchStream::new_from_flight_data(stream)
+}
+
+/// A DoPut whose data does not decode: the client's error.
+pub(super) fn invalid_do_put(e: FlightError) -> Error {
+    Error::invalid(format!("invalid Arrow data in DoPut: {e}"))
+}
+
+/// Reads all the record batches of a DoPut ([`do_put_batches`]).
+pub(super) async fn read_batches(
+    request: Request<PeekableFlightDataStream>,
+) -> Result<(Option<arrow::datatypes::SchemaRef>, Vec<RecordBatch>)> {
+    let mut decoder = do_put_batches(request);
     let mut batches = Vec::new();
-    while let Some(batch) = decoder
-        .try_next()
-        .await
-        .map_err(|e| Error::invalid(format!("invalid Arrow data in DoPut: {e}")))?
-    {
+    while let Some(batch) = decoder.try_next().await.map_err(invalid_do_put)? {
         batches.push(batch);
     }
     let schema = decoder

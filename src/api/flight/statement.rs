@@ -53,7 +53,7 @@ impl FlightSqlServer {
         downcast: bool,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo> {
-        let prepared = self.engine.prepare(p, sql).await?;
+        let prepared = self.engine.prepare_fetch(p, sql).await?;
         let mut ticket = proto::StatementTicket {
             id: uuid::Uuid::new_v4().to_string(),
             sql: sql.to_string(),
