@@ -429,6 +429,9 @@ pub fn python() -> PathBuf {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
+                // The wheels are installed once per venv; keeping a second copy of them in
+                // ~/.cache/pip only costs disk (a CI run once hit ENOSPC here).
+                "--no-cache-dir",
                 "-r",
             ])
             .arg(&requirements)
