@@ -41,3 +41,8 @@ pub mod telemetry;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use server::Server;
+
+// The unit tests allocate as the server does (see `src/main.rs` and `telemetry::heap`).
+#[cfg(all(test, unix, not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -131,7 +131,6 @@ impl Server {
             .add_service(flight_service)
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
-        crate::telemetry::heap::spawn_trimmer();
         let mut http_task = tokio::spawn(async move { http.await });
         let mut flight_task = tokio::spawn(flight);
         tokio::select! {

@@ -225,8 +225,6 @@ impl Catalog {
                 .commits
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             open.insert(t.clone(), table.clone());
-            // A write may have freed a lot (its input, the writer's buffers).
-            crate::telemetry::heap::trim_soon();
         }
     }
 

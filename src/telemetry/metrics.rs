@@ -44,9 +44,6 @@ pub struct Metrics {
     /// Conditional creates whose response was lost but which had landed
     /// (`storage::commit_guard`).
     pub ambiguous_resolved: AtomicU64,
-    /// Heap trims and the free bytes they returned (`telemetry::heap`).
-    pub heap_trims: AtomicU64,
-    pub heap_trimmed_bytes: AtomicU64,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -125,7 +122,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 9] = [
             (
                 "strata_rows_served_total",
                 "Rows streamed to clients by queries",
@@ -171,16 +168,6 @@ impl Metrics {
                 "Conditional creates whose response was lost, found committed by reading back",
                 &self.ambiguous_resolved,
             ),
-            (
-                "strata_heap_trims_total",
-                "Times free heap memory was returned to the OS",
-                &self.heap_trims,
-            ),
-            (
-                "strata_heap_trimmed_bytes_total",
-                "Free heap bytes returned to the OS",
-                &self.heap_trimmed_bytes,
-            ),
         ];
         for (name, help, v) in counters {
             header(out, name, "counter", help);
@@ -201,10 +188,27 @@ impl Metrics {
             header(out, name, "gauge", help);
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
         }
-        if let Some(free) = super::heap::free_bytes() {
-            let name = "strata_heap_free_bytes";
-            header(out, name, "gauge", "Heap memory the allocator holds free");
-            let _ = writeln!(out, "{name} {free}");
+        if let Some(heap) = super::heap::stats() {
+            for (name, help, v) in [
+                (
+                    "strata_heap_allocated_bytes",
+                    "Bytes in live heap allocations",
+                    heap.allocated,
+                ),
+                (
+                    "strata_heap_resident_bytes",
+                    "Resident bytes the allocator maps (live, freed but not yet returned, metadata)",
+                    heap.resident,
+                ),
+                (
+                    "strata_heap_retained_bytes",
+                    "Virtual memory the allocator keeps mapped after returning its pages to the OS",
+                    heap.retained,
+                ),
+            ] {
+                header(out, name, "gauge", help);
+                let _ = writeln!(out, "{name} {v}");
+            }
         }
     }
 }
