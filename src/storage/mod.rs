@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod commit_guard;
 pub mod properties;
+pub mod scan;
 pub mod types;
 pub mod warehouse;
 

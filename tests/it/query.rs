@@ -376,3 +376,29 @@ async fn a_stream_that_fails_midway_is_not_a_valid_result() {
     assert_eq!(s.count("gold.people").await, 20);
     s.stop().await;
 }
+
+/// A selective predicate on a sorted column skips the row groups whose statistics rule it
+/// out, while rows are filtered above the Parquet decoder (DataFusion's default), not row
+/// by row inside it as delta-rs would set up its scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selective_filters_prune_row_groups_without_row_level_filtering() {
+    let s = TestServer::start().await;
+    // One file of three row groups (the Parquet writer's default is 1 Mi rows per group).
+    s.sql_ok(
+        "CREATE TABLE gold.sorted AS SELECT v AS id, v % 7 AS k \
+         FROM (SELECT unnest(range(0, 2200000)) AS v)",
+    )
+    .await;
+    let sql = "SELECT count(*) AS n FROM gold.sorted WHERE id < 1000 AND k = 3";
+    let body = s.sql_ok(sql).await;
+    assert_eq!(body, json!([{"n": 143}]));
+    let plan = s.sql_ok(&format!("EXPLAIN ANALYZE {sql}")).await.to_string();
+    assert!(
+        plan.contains("row_groups_pruned_statistics=3 total → 1 matched"),
+        "row groups not pruned: {plan}"
+    );
+    assert!(
+        plan.contains("pushdown_rows_pruned=0,"),
+        "rows filtered inside the Parquet decoder: {plan}"
+    );
+}

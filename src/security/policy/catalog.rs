@@ -256,13 +256,7 @@ impl SchemaProvider for SecureSchema {
         crate::storage::register_table_store(&self.cx.runtime, &table)?;
         let version = table.version().unwrap_or(0);
         let table_id = table.snapshot()?.metadata().id().to_string();
-        // Scan options (Parquet filter pushdown, view types) come from the server's session
-        // config, as for any DataFusion table; without a session delta-rs turns row-level
-        // Parquet pushdown on, which made TPC-H q6 1.7x slower than a plain listing table.
-        let inner = table
-            .table_provider()
-            .with_session(Arc::clone(&self.cx.planner))
-            .await?;
+        let inner = table.table_provider().await?;
         self.guarded(t, version, table_id, inner, false).map(Some)
     }
 

@@ -35,6 +35,7 @@ use crate::security::Principal;
 use crate::security::policy::expr;
 use crate::security::policy::model::TablePolicy;
 use crate::storage::TableRef;
+use crate::storage::scan::with_session_parquet_options;
 
 /// A principal's row filter and column masks for one table, as DataFusion expressions.
 #[derive(Debug, Clone, Default)]
@@ -217,7 +218,8 @@ impl TableProvider for PolicyTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if self.passes_through() {
-            return self.inner.scan(state, projection, filters, limit).await;
+            let plan = self.inner.scan(state, projection, filters, limit).await?;
+            return with_session_parquet_options(plan, state);
         }
         let inner_schema = self.inner.schema();
         // File pruning and parquet pushdown by the policy predicate only. User predicates are
@@ -248,10 +250,12 @@ impl TableProvider for PolicyTable {
         let needed: Vec<usize> = needed.into_iter().collect();
         let read_schema = Arc::new(inner_schema.project(&needed)?);
         let df_schema = DFSchema::try_from(read_schema.as_ref().clone())?;
-        let mut plan = self
-            .inner
-            .scan(state, Some(&needed), &pruning, None)
-            .await?;
+        let mut plan = with_session_parquet_options(
+            self.inner
+                .scan(state, Some(&needed), &pruning, None)
+                .await?,
+            state,
+        )?;
         if let Some(filter) = &self.enforcement.filter {
             let predicate = state.create_physical_expr(filter.clone(), &df_schema)?;
             plan = Arc::new(FilterExec::try_new(predicate, plan)?);
@@ -286,7 +290,8 @@ impl TableProvider for PolicyTable {
         args: ScanArgs<'a>,
     ) -> DfResult<ScanResult> {
         if self.passes_through() {
-            return self.inner.scan_with_args(state, args).await;
+            let result = self.inner.scan_with_args(state, args).await?;
+            return Ok(with_session_parquet_options(result.into_inner(), state)?.into());
         }
         let filters = args.filters().unwrap_or(&[]);
         let projection = args.projection().map(|p| p.to_vec());
