@@ -22,7 +22,12 @@ pub fn with_session_parquet_options(
     plan: Arc<dyn ExecutionPlan>,
     session: &dyn Session,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let pushdown = session.config().options().execution.parquet.pushdown_filters;
+    let pushdown = session
+        .config()
+        .options()
+        .execution
+        .parquet
+        .pushdown_filters;
     plan.transform_up(|node| {
         let Some(exec) = node.downcast_ref::<DataSourceExec>() else {
             return Ok(Transformed::no(node));

@@ -62,7 +62,10 @@ mod tests {
     #[test]
     fn freed_memory_goes_back_without_further_allocation() {
         // The library's unit tests allocate through jemalloc too (src/lib.rs).
-        assert!(background_purging(), "jemalloc was built without background threads");
+        assert!(
+            background_purging(),
+            "jemalloc was built without background threads"
+        );
         let before = stats().map(|s| s.allocated).unwrap_or(0);
         // Many blocks below jemalloc's large-size classes and one large one: both kinds
         // of extents must decay.

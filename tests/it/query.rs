@@ -392,7 +392,10 @@ async fn selective_filters_prune_row_groups_without_row_level_filtering() {
     let sql = "SELECT count(*) AS n FROM gold.sorted WHERE id < 1000 AND k = 3";
     let body = s.sql_ok(sql).await;
     assert_eq!(body, json!([{"n": 143}]));
-    let plan = s.sql_ok(&format!("EXPLAIN ANALYZE {sql}")).await.to_string();
+    let plan = s
+        .sql_ok(&format!("EXPLAIN ANALYZE {sql}"))
+        .await
+        .to_string();
     assert!(
         plan.contains("row_groups_pruned_statistics=3 total → 1 matched"),
         "row groups not pruned: {plan}"
