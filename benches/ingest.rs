@@ -11,11 +11,6 @@ use arrow::datatypes::{DataType, Field, Schema};
 use bytes::Bytes;
 use strata::ingest::{UploadFormat, decode};
 
-/// The allocator of the `strata` binary (`src/main.rs`).
-#[cfg(all(unix, not(target_env = "musl")))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 const ROWS: usize = 100_000;
 
 fn main() {

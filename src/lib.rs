@@ -42,7 +42,9 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use server::Server;
 
-// The unit tests allocate as the server does (see `src/main.rs` and `telemetry::heap`).
-#[cfg(all(test, unix, not(target_env = "musl")))]
+/// jemalloc, with background threads returning freed memory to the OS (see
+/// [`telemetry::heap`] for why and what it reports). Declared here, in the crate every target
+/// links, so the `strata` binary, the tests and the in-process benches all allocate alike.
+#[cfg(all(unix, not(target_env = "musl")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -10,12 +10,6 @@ use strata::config::{AuthMode, Config};
 use strata::security::Authenticator;
 use strata::{Server, telemetry};
 
-/// jemalloc, with background threads returning freed memory to the OS (see
-/// `strata::telemetry::heap` for why and what it reports).
-#[cfg(all(unix, not(target_env = "musl")))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "strata",

@@ -16,12 +16,6 @@ use std::time::Duration;
 use strata::config::Config;
 use strata::security::Authenticator;
 
-/// The allocator of the `strata` binary (`src/main.rs`): these benches run the server in
-/// process, so they allocate as it does.
-#[cfg(all(unix, not(target_env = "musl")))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// A numeric setting from the environment (`STRATA_BENCH_…`), else `default`.
 pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -1,6 +1,6 @@
 //! The server's heap: jemalloc, and what it reports.
 //!
-//! The `strata` binary allocates through jemalloc (`src/main.rs`), built with background
+//! Strata allocates through jemalloc (the global allocator in `src/lib.rs`), built with background
 //! threads (Cargo.toml): pages freed by a large transient allocation (an ingest decoding an
 //! upload, a MERGE's join state) go back to the OS by time decay, on jemalloc's own threads,
 //! whether or not the server allocates again. glibc's malloc kept them in its arenas (after
@@ -61,7 +61,6 @@ mod tests {
 
     #[test]
     fn freed_memory_goes_back_without_further_allocation() {
-        // The library's unit tests allocate through jemalloc too (src/lib.rs).
         assert!(
             background_purging(),
             "jemalloc was built without background threads"
