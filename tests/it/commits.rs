@@ -160,8 +160,10 @@ async fn concurrent_writers_lose_and_duplicate_nothing(backend: Backend) {
 }
 
 /// The stand-in must honour put-if-absent under a race (see ../shared/S3.md): 16 racing
-/// creates of one key, 8 keys, exactly one winner each. Strata's startup preflight runs
-/// against it in every S3 test as well.
+/// creates of one key, 32 keys, exactly one winner each. Bare moto checks, then writes, and
+/// once let two racers win in CI; 256 KiB bodies widen that window (moto hashes the body
+/// between check and write), so the test catches a stand-in that is not atomic. Strata's
+/// startup preflight runs against it in every S3 test as well.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_stand_in_has_exactly_one_winner_per_racing_create() {
     use object_store::{PutMode, PutOptions};
@@ -178,19 +180,20 @@ async fn s3_stand_in_has_exactly_one_winner_per_racing_create() {
             .build()
             .unwrap(),
     );
-    for key in 0..8 {
+    let body = bytes::Bytes::from(vec![b'x'; 256 << 10]);
+    for key in 0..32 {
         let path = object_store::path::Path::from(format!("race/{key}"));
         let racers = (0..16).map(|i| {
             let store = Arc::clone(&store);
             let path = path.clone();
+            let mut body = body.to_vec();
+            body[..8].copy_from_slice(&(i as u64).to_le_bytes());
             tokio::spawn(async move {
                 let opts = PutOptions {
                     mode: PutMode::Create,
                     ..Default::default()
                 };
-                store
-                    .put_opts(&path, format!("racer {i}").into(), opts)
-                    .await
+                store.put_opts(&path, body.into(), opts).await
             })
         });
         let mut winners = 0;

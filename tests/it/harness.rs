@@ -450,7 +450,8 @@ pub fn python() -> PathBuf {
 }
 
 /// A moto S3 server process (the S3 stand-in, see ../shared/S3.md) with one bucket; killed
-/// on drop.
+/// on drop. It runs through `tests/python/s3_stand_in.py`, which makes moto's conditional
+/// puts atomic under a race, as S3's are.
 pub struct Moto {
     child: std::process::Child,
     pub endpoint: String,
@@ -467,9 +468,11 @@ impl Drop for Moto {
 impl Moto {
     pub async fn start() -> Moto {
         let python = tokio::task::spawn_blocking(python).await.unwrap();
-        let server = python.with_file_name("moto_server");
-        let mut child = std::process::Command::new(server)
-            .args(["-H", "127.0.0.1", "-p", "0"])
+        let launcher =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/s3_stand_in.py");
+        let mut child = std::process::Command::new(python)
+            .arg(launcher)
+            .args(["127.0.0.1", "0"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -479,7 +482,7 @@ impl Moto {
             loop {
                 let line = rx
                     .recv_timeout(Duration::from_secs(60))
-                    .expect("moto_server prints its address");
+                    .expect("the S3 stand-in prints its address");
                 if let Some(i) = line.find("http://127.0.0.1:") {
                     break line[i..]
                         .chars()
