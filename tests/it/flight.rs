@@ -776,14 +776,10 @@ async fn a_million_rows_stream_in_messages_under_four_mib() {
     );
     let max = sizes.iter().max().copied().unwrap_or(0);
     assert!(max <= 4 * 1024 * 1024, "largest message {max} bytes");
-    // The scan yields 8192-row batches of about 250 KiB; they go out joined into messages
-    // near 3 MiB (the first message is the schema, the last holds what is left).
-    assert!(sizes.len() >= 8, "streamed in {} messages", sizes.len());
-    let full = &sizes[1..sizes.len() - 1];
-    assert!(
-        full.iter().all(|&n| n > 2 * 1024 * 1024),
-        "message sizes {sizes:?}"
-    );
+    // At most 3 MiB of rows per message: 28 MiB takes at least 10. How batches are joined
+    // into messages depends on when they arrive (a batch waits at most 50 ms for the next),
+    // so the joining itself is tested on a scripted stream (api::flight::encode's tests).
+    assert!(sizes.len() >= 10, "streamed in {} messages", sizes.len());
     let batches = fetch(&mut c, &info).await.unwrap();
     assert_eq!(rows(&batches), 1_000_000);
 }
