@@ -180,6 +180,7 @@ fn messages(
     limit: usize,
 ) -> impl Stream<Item = Result<RecordBatch, Error>> + Send + 'static {
     struct State<S> {
+        target: usize,
         limit: usize,
         input: S,
         held: Vec<RecordBatch>,
@@ -204,7 +205,8 @@ fn messages(
             Ok(())
         }
 
-        fn push(&mut self, batch: RecordBatch, target: usize) -> Result<(), Error> {
+        fn push(&mut self, batch: RecordBatch) -> Result<(), Error> {
+            let target = self.target;
             let bytes = batch_wire_bytes(&batch);
             if self.held_bytes + bytes > target {
                 self.release()?;
@@ -236,6 +238,7 @@ fn messages(
     }
 
     let state = State {
+        target,
         limit,
         input: Box::pin(batches),
         held: Vec::new(),
@@ -262,7 +265,7 @@ fn messages(
             let step = match next {
                 None => st.release(),
                 Some(Some(Ok(batch))) if batch.num_rows() == 0 => Ok(()),
-                Some(Some(Ok(batch))) => st.push(batch, target),
+                Some(Some(Ok(batch))) => st.push(batch),
                 Some(Some(Err(e))) => Err(e),
                 Some(None) => {
                     st.done = true;
