@@ -6,6 +6,8 @@
 //!   → row filter F of the writer on the target (Postgres RLS semantics):
 //!       ON      := on AND F(t)            hidden target rows never match
 //!       BY SOURCE clauses  AND F(t)       hidden target rows are never touched
+//!       every user expression (ON, clause conditions, values) is evaluated only on rows
+//!       inside F, or on source rows (policy::visible): no error oracle on hidden rows
 //!       UPDATE / INSERT values wrapped in strata_with_check(F(row as written), …)
 //!   → delta-rs merge / update / delete: only files with matches are rewritten
 //!   → commit (principal, operation, commit id); a lost race is re-planned and retried
@@ -27,11 +29,15 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipelines::commit::commit_properties;
 use crate::security::Principal;
+use crate::security::policy::visible::{USER_EXPRESSION_FAILED, Visibility};
 use crate::security::policy::write::{WITH_CHECK_VIOLATION, post_image, qualify, with_check};
 use crate::storage::{Catalog, TableRef};
 
 /// Attempts of a MERGE/UPDATE/DELETE that keeps losing commit races to conflicting writers.
 const MAX_ATTEMPTS: usize = 6;
+
+/// A column added to every MERGE source (true on each source row).
+const SOURCE_ROW: &str = "__strata_source_row";
 
 /// Which rows a clause applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,14 +151,6 @@ fn plan_expr(
     Ok(bound.data)
 }
 
-/// `predicate AND filter`, either of which may be absent.
-fn and_filter(predicate: Option<Expr>, filter: Option<&Expr>) -> Option<Expr> {
-    match (predicate, filter) {
-        (Some(p), Some(f)) => Some(p.and(f.clone())),
-        (p, f) => p.or_else(|| f.cloned()),
-    }
-}
-
 /// Re-plans and re-runs `op` on a fresh snapshot while it loses commit races.
 async fn with_retries<F, Fut>(catalog: &Catalog, t: &TableRef, op: F) -> Result<DmlOutcome>
 where
@@ -243,6 +241,14 @@ pub async fn merge(dml: &Dml<'_>, source: DataFrame, spec: &MergeSpec) -> Result
         .iter()
         .map(|f| f.name().clone())
         .collect();
+    if source_columns.iter().any(|c| c == SOURCE_ROW) {
+        return Err(Error::invalid(format!(
+            "the MERGE source may not have a column named {SOURCE_ROW}"
+        )));
+    }
+    // Marks rows that come from the source, so conditions of NOT MATCHED clauses can be
+    // limited to them (rows of hidden target rows have no source side).
+    let source = source.with_column(SOURCE_ROW, lit(true))?;
     with_retries(catalog, t, |table| {
         let source = source.clone();
         let source_columns = source_columns.clone();
@@ -261,11 +267,20 @@ pub async fn merge(dml: &Dml<'_>, source: DataFrame, spec: &MergeSpec) -> Result
             let plan = |sql: &str| -> Result<Expr> {
                 plan_expr(state, sql, &join_schema, params, "MERGE expression")
             };
+            // User expressions see only target rows inside the writer's filter
+            // (policy::visible): hidden target rows never match, never satisfy a clause,
+            // and no expression of the statement is evaluated on them.
             let filter_t = filter.map(|f| qualify(f, ta)).transpose()?;
-            let mut on = plan(&spec.on)?;
-            if let Some(f) = &filter_t {
-                on = on.and(f.clone());
-            }
+            let visibility = Visibility {
+                table: t,
+                schema: &join_schema,
+                state,
+            };
+            let from_source_row = datafusion::prelude::col(format!("{sa}.{SOURCE_ROW}")).is_true();
+            let on = match &filter_t {
+                Some(f) => visibility.predicate(f, Some(plan(&spec.on)?))?,
+                None => plan(&spec.on)?,
+            };
             let from_source = |c: &str| -> Result<Expr> {
                 if source_columns.iter().any(|s| s == c) {
                     Ok(datafusion::prelude::col(format!("{sa}.{c}")))
@@ -282,16 +297,36 @@ pub async fn merge(dml: &Dml<'_>, source: DataFrame, spec: &MergeSpec) -> Result
                 .with_session_state(Arc::new(state.clone()))
                 .with_commit_properties(commit_properties(p, &spec.operation));
             for clause in &spec.clauses {
-                let mut predicate = clause.predicate.as_deref().map(plan).transpose()?;
-                if clause.when == When::NotMatchedBySource {
-                    predicate = and_filter(predicate, filter_t.as_ref());
-                }
+                let user_predicate = clause.predicate.as_deref().map(plan).transpose()?;
+                // The rows a clause may be evaluated on: matched and by-source rows must be
+                // inside the filter; not-matched rows are source rows.
+                let condition = match (&filter_t, clause.when) {
+                    (None, _) => None,
+                    (Some(f), When::Matched | When::NotMatchedBySource) => Some(f.clone()),
+                    (Some(_), When::NotMatched) => Some(from_source_row.clone()),
+                };
+                let predicate = match (&condition, clause.when) {
+                    (None, _) => user_predicate,
+                    (Some(c), When::NotMatchedBySource) => {
+                        Some(visibility.predicate(c, user_predicate)?)
+                    }
+                    (Some(c), _) => user_predicate
+                        .map(|p| visibility.predicate_within(c, p))
+                        .transpose()?,
+                };
+                let value = |sql: &str| -> Result<Expr> {
+                    let e = plan(sql)?;
+                    match &condition {
+                        Some(c) => visibility.value(c, e),
+                        None => Ok(e),
+                    }
+                };
                 // (column, new value) in assignment order.
                 let assignments: Vec<(String, Expr)> = match &clause.action {
                     Action::Update(set) | Action::Insert(set) => {
                         column_set(t, &columns, set)?;
                         set.iter()
-                            .map(|(c, e)| Ok((c.clone(), plan(e)?)))
+                            .map(|(c, e)| Ok((c.clone(), value(e)?)))
                             .collect::<Result<_>>()?
                     }
                     Action::UpdateAll | Action::InsertAll => columns
@@ -432,6 +467,12 @@ fn dml_error(e: deltalake::DeltaTableError) -> Error {
         let start = msg[..at].rfind(": ").map_or(0, |i| i + 2);
         return Error::PermissionDenied(msg[start..].to_string());
     }
+    if let Some(at) = msg.find(USER_EXPRESSION_FAILED) {
+        let start = msg[..at]
+            .rfind("an expression of this statement")
+            .unwrap_or(0);
+        return Error::InvalidArgument(msg[start..].to_string());
+    }
     e.into()
 }
 
@@ -461,10 +502,28 @@ pub async fn update(
         let plan = |sql: &str| -> Result<Expr> {
             plan_expr(state, sql, &schema, params, "UPDATE expression")
         };
-        let pred = and_filter(predicate.map(plan).transpose()?, filter);
+        let visibility = Visibility {
+            table: t,
+            schema: &schema,
+            state,
+        };
+        let user_predicate = predicate.map(plan).transpose()?;
+        let pred = match filter {
+            Some(f) => Some(visibility.predicate(f, user_predicate)?),
+            None => user_predicate,
+        };
         let assignments: Vec<(String, Expr)> = set
             .iter()
-            .map(|(c, e)| Ok((c.clone(), plan(e)?)))
+            .map(|(c, e)| {
+                let e = plan(e)?;
+                Ok((
+                    c.clone(),
+                    match filter {
+                        Some(f) => visibility.value(f, e)?,
+                        None => e,
+                    },
+                ))
+            })
             .collect::<Result<_>>()?;
         let assignments = match filter {
             Some(f) => {
@@ -522,7 +581,17 @@ pub async fn delete(dml: &Dml<'_>, predicate: Option<&str>) -> Result<DmlOutcome
         let pred = predicate
             .map(|sql| plan_expr(state, sql, &schema, params, "DELETE condition"))
             .transpose()?;
-        let pred = and_filter(pred, filter);
+        let pred = match filter {
+            Some(f) => Some(
+                Visibility {
+                    table: t,
+                    schema: &schema,
+                    state,
+                }
+                .predicate(f, pred)?,
+            ),
+            None => pred,
+        };
         let mut builder = table
             .delete()
             .with_session_state(Arc::new(state.clone()))

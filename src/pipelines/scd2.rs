@@ -195,7 +195,15 @@ pub async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> Result<D
     let ctx = SessionContext::new_with_state(dml.state.clone());
     let mut history = ctx.read_table(table.table_provider().await?)?;
     if let Some(f) = dml.filter {
-        history = history.filter(f.clone())?;
+        // The filter itself never reports a hidden value when it fails (policy::visible).
+        let schema = datafusion::common::DFSchema::try_from(target.as_ref().clone())?;
+        let visible = crate::security::policy::visible::Visibility {
+            table: t,
+            schema: &schema,
+            state: dml.state,
+        }
+        .predicate(f, None)?;
+        history = history.filter(visible)?;
     }
     let key_names: Vec<String> = spec.keys.iter().map(|k| format!("__k_{k}")).collect();
     // The keys come from the collected batch: the source query runs exactly once.

@@ -16,6 +16,7 @@ mod packaging;
 mod python;
 mod query;
 mod rls;
+mod rls_writes;
 mod s3;
 mod scd2;
 mod slt;

@@ -3,7 +3,14 @@
 //! `current_user()`, `has_role('r')` and `current_claim('k')` are replaced by literal nodes in
 //! the parsed SQL tree (never by editing SQL text), typed from the principal's token: a claim
 //! string becomes a string literal, a number a number, a boolean a boolean. A claim that is
-//! missing becomes NULL, so a filter on it keeps no rows.
+//! missing, or is an array or an object, becomes NULL, so a filter on it keeps no rows.
+//!
+//! Evaluating a compiled policy never fails on a value: every cast in it (written by the
+//! admin, or added to compare a claim of another type with a column) is a `TRY_CAST`, so a
+//! value that does not convert is NULL (row hidden, fail closed) instead of an error that
+//! would quote it, possibly from a row the principal may not see. A claim whose type cannot
+//! be compared with the column at all (a boolean against a string) makes the policy plan as
+//! if the principal had no claims: NULL, no rows.
 
 use std::ops::ControlFlow;
 
@@ -68,14 +75,16 @@ fn literal(v: Value) -> SqlExpr {
     SqlExpr::Value(v.into())
 }
 
-fn claim_literal(v: Option<&serde_json::Value>) -> std::result::Result<SqlExpr, String> {
-    Ok(match v {
-        None | Some(serde_json::Value::Null) => literal(Value::Null),
+fn claim_literal(v: Option<&serde_json::Value>) -> SqlExpr {
+    match v {
         Some(serde_json::Value::String(s)) => literal(Value::SingleQuotedString(s.clone())),
         Some(serde_json::Value::Bool(b)) => literal(Value::Boolean(*b)),
         Some(serde_json::Value::Number(n)) => literal(Value::Number(n.to_string(), false)),
-        Some(other) => return Err(format!("claim value {other} is not a scalar")),
-    })
+        None
+        | Some(serde_json::Value::Null)
+        | Some(serde_json::Value::Array(_))
+        | Some(serde_json::Value::Object(_)) => literal(Value::Null),
+    }
 }
 
 impl VisitorMut for Bind<'_> {
@@ -95,7 +104,7 @@ impl VisitorMut for Bind<'_> {
                 None => Err("has_role takes one string literal".to_string()),
             },
             "current_claim" => match string_arg(f) {
-                Some(k) => claim_literal(self.principal.claims.get(&k)),
+                Some(k) => Ok(claim_literal(self.principal.claims.get(&k))),
                 None => Err("current_claim takes one string literal".to_string()),
             },
             _ => return ControlFlow::Continue(()),
@@ -113,13 +122,44 @@ impl VisitorMut for Bind<'_> {
     }
 }
 
-/// Binds the session functions for `principal` and plans the expression against `schema`.
+/// Binds the session functions for `principal` and plans the expression against `schema`
+/// (see the module docs for what a claim of the wrong type becomes).
 pub fn to_expr(
     sql: &str,
     principal: &Principal,
     schema: &DFSchema,
     state: &SessionState,
 ) -> Result<Expr> {
+    match plan(sql, principal, schema, state) {
+        Ok(e) => Ok(e),
+        Err(_) if !principal.claims.is_empty() => {
+            let without_claims = Principal {
+                claims: Default::default(),
+                ..principal.clone()
+            };
+            // Only the error of the claim-free plan is reported: it quotes no claim value.
+            plan(sql, &without_claims, schema, state)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Every `CAST` in `e` as a `TRY_CAST` (see the module docs).
+fn never_failing_casts(e: Expr) -> Result<Expr> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::{Cast, TryCast};
+    Ok(e.transform(|e| {
+        Ok(match e {
+            Expr::Cast(Cast { expr, field }) => {
+                Transformed::yes(Expr::TryCast(TryCast { expr, field }))
+            }
+            other => Transformed::no(other),
+        })
+    })?
+    .data)
+}
+
+fn plan(sql: &str, principal: &Principal, schema: &DFSchema, state: &SessionState) -> Result<Expr> {
     crate::security::expression::check_expression_text(sql)?;
     let mut ast = parse(sql)?;
     let mut bind = Bind {
@@ -150,13 +190,17 @@ pub fn to_expr(
     let simplifier = datafusion::optimizer::simplify_expressions::ExprSimplifier::new(context);
     // Simplify after coercing: `region = CAST('eu' AS Dictionary)` must become a literal
     // comparison, or Delta cannot prune partitions by it.
-    simplifier
+    let failed = |e: datafusion::error::DataFusionError| {
+        Error::invalid(format!(
+            "policy expression {sql:?}: {}",
+            Error::from(e).client_message("")
+        ))
+    };
+    let coerced = simplifier
         .coerce(planned, schema)
         .and_then(|e| simplifier.simplify(e))
-        .map_err(|e| {
-            Error::invalid(format!(
-                "policy expression {sql:?}: {}",
-                Error::from(e).client_message("")
-            ))
-        })
+        .map_err(failed)?;
+    simplifier
+        .simplify(never_failing_casts(coerced)?)
+        .map_err(failed)
 }

@@ -15,6 +15,7 @@ pub mod guard;
 pub mod model;
 pub mod store;
 pub mod table;
+pub mod visible;
 pub mod write;
 
 pub use catalog::SecureCatalog;

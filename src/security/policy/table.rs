@@ -16,7 +16,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{ScanArgs, ScanResult, Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DFSchema, Result as DfResult, Statistics};
+use datafusion::common::{DFSchema, DataFusionError, Result as DfResult, Statistics};
 use datafusion::datasource::TableType;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::security::Principal;
 use crate::security::policy::expr;
 use crate::security::policy::model::TablePolicy;
+use crate::security::policy::visible::policy_evaluation_failed;
 use crate::storage::TableRef;
 use crate::storage::scan::with_session_parquet_options;
 
@@ -326,6 +327,19 @@ impl TableProvider for PolicyTable {
     }
 }
 
+/// An error computed from a value (a cast, arithmetic), not one of reading the data.
+fn is_evaluation_error(e: &DataFusionError) -> bool {
+    use arrow::error::ArrowError;
+    match e.find_root() {
+        DataFusionError::ArrowError(a, _) => !matches!(
+            a.as_ref(),
+            ArrowError::IoError(..) | ArrowError::ExternalError(_) | ArrowError::MemoryError(_)
+        ),
+        DataFusionError::Execution(_) => true,
+        _ => false,
+    }
+}
+
 /// The boundary of a restricted table in the physical plan.
 ///
 /// It is a leaf to the optimizer: the filtered, masked subtree is held privately, so no
@@ -389,9 +403,7 @@ impl ExecutionPlan for PolicyExec {
         if children.is_empty() {
             Ok(self)
         } else {
-            Err(datafusion::error::DataFusionError::Internal(
-                "PolicyExec is a leaf".into(),
-            ))
+            Err(DataFusionError::Internal("PolicyExec is a leaf".into()))
         }
     }
 
@@ -400,7 +412,28 @@ impl ExecutionPlan for PolicyExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        self.input.execute(partition, context)
+        use futures::StreamExt;
+        let stream = self.input.execute(partition, context)?;
+        let schema = stream.schema();
+        let table = self.table.to_string();
+        // Only the row filter and the masks are evaluated in here: a value that fails them
+        // may be hidden, so the error says what failed, never on which value.
+        Ok(Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                schema,
+                stream.map(move |r| {
+                    r.map_err(|e| {
+                        if is_evaluation_error(&e) {
+                            DataFusionError::External(Box::new(policy_evaluation_failed(
+                                &table, &e,
+                            )))
+                        } else {
+                            e
+                        }
+                    })
+                }),
+            ),
+        ))
     }
 
     fn statistics_from_inputs(
