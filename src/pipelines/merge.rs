@@ -124,13 +124,18 @@ fn plan_expr(
 ) -> Result<Expr> {
     use datafusion::common::tree_node::{Transformed, TreeNode};
     crate::security::expression::check_expression_text(sql)?;
-    let expr = state.create_logical_expr(sql, schema).map_err(|e| {
-        let e = Error::from(e);
-        match e.kind() {
-            ErrorKind::Internal | ErrorKind::Unavailable => e,
-            _ => Error::invalid(format!("in {what} `{sql}`: {}", e.client_message(""))),
-        }
-    })?;
+    // The SQL planner names function calls with aliases inside the tree (`length(x)`), which
+    // delta-rs cannot write into the commit's operation parameters: drop them.
+    let expr = state
+        .create_logical_expr(sql, schema)
+        .map(|e| e.unalias_nested().data)
+        .map_err(|e| {
+            let e = Error::from(e);
+            match e.kind() {
+                ErrorKind::Internal | ErrorKind::Unavailable => e,
+                _ => Error::invalid(format!("in {what} `{sql}`: {}", e.client_message(""))),
+            }
+        })?;
     let bound = expr.transform(|e| match e {
         Expr::Placeholder(p) => {
             let value =
@@ -269,18 +274,19 @@ pub async fn merge(dml: &Dml<'_>, source: DataFrame, spec: &MergeSpec) -> Result
             };
             // User expressions see only target rows inside the writer's filter
             // (policy::visible): hidden target rows never match, never satisfy a clause,
-            // and no expression of the statement is evaluated on them.
-            let filter_t = filter.map(|f| qualify(f, ta)).transpose()?;
+            // and no expression of the statement is evaluated on them. Without a filter the
+            // same guard makes a failing user expression a client error.
+            let filter_t = filter
+                .map(|f| qualify(f, ta))
+                .transpose()?
+                .unwrap_or_else(|| lit(true));
             let visibility = Visibility {
                 table: t,
                 schema: &join_schema,
                 state,
             };
             let from_source_row = datafusion::prelude::col(format!("{sa}.{SOURCE_ROW}")).is_true();
-            let on = match &filter_t {
-                Some(f) => visibility.predicate(f, Some(plan(&spec.on)?))?,
-                None => plan(&spec.on)?,
-            };
+            let on = visibility.predicate(&filter_t, Some(plan(&spec.on)?))?;
             let from_source = |c: &str| -> Result<Expr> {
                 if source_columns.iter().any(|s| s == c) {
                     Ok(datafusion::prelude::col(format!("{sa}.{c}")))
@@ -300,27 +306,19 @@ pub async fn merge(dml: &Dml<'_>, source: DataFrame, spec: &MergeSpec) -> Result
                 let user_predicate = clause.predicate.as_deref().map(plan).transpose()?;
                 // The rows a clause may be evaluated on: matched and by-source rows must be
                 // inside the filter; not-matched rows are source rows.
-                let condition = match (&filter_t, clause.when) {
-                    (None, _) => None,
-                    (Some(f), When::Matched | When::NotMatchedBySource) => Some(f.clone()),
-                    (Some(_), When::NotMatched) => Some(from_source_row.clone()),
+                let condition = match clause.when {
+                    When::Matched | When::NotMatchedBySource => filter_t.clone(),
+                    When::NotMatched => from_source_row.clone(),
                 };
-                let predicate = match (&condition, clause.when) {
-                    (None, _) => user_predicate,
-                    (Some(c), When::NotMatchedBySource) => {
-                        Some(visibility.predicate(c, user_predicate)?)
+                let predicate = match clause.when {
+                    When::NotMatchedBySource if filter.is_some() => {
+                        Some(visibility.predicate(&condition, user_predicate)?)
                     }
-                    (Some(c), _) => user_predicate
-                        .map(|p| visibility.predicate_within(c, p))
+                    _ => user_predicate
+                        .map(|p| visibility.predicate_within(&condition, p))
                         .transpose()?,
                 };
-                let value = |sql: &str| -> Result<Expr> {
-                    let e = plan(sql)?;
-                    match &condition {
-                        Some(c) => visibility.value(c, e),
-                        None => Ok(e),
-                    }
-                };
+                let value = |sql: &str| visibility.value(&condition, plan(sql)?);
                 // (column, new value) in assignment order.
                 let assignments: Vec<(String, Expr)> = match &clause.action {
                     Action::Update(set) | Action::Insert(set) => {
@@ -507,23 +505,15 @@ pub async fn update(
             schema: &schema,
             state,
         };
+        let condition = filter.cloned().unwrap_or_else(|| lit(true));
         let user_predicate = predicate.map(plan).transpose()?;
-        let pred = match filter {
-            Some(f) => Some(visibility.predicate(f, user_predicate)?),
-            None => user_predicate,
+        let pred = match (filter, user_predicate) {
+            (None, None) => None,
+            (_, user_predicate) => Some(visibility.predicate(&condition, user_predicate)?),
         };
         let assignments: Vec<(String, Expr)> = set
             .iter()
-            .map(|(c, e)| {
-                let e = plan(e)?;
-                Ok((
-                    c.clone(),
-                    match filter {
-                        Some(f) => visibility.value(f, e)?,
-                        None => e,
-                    },
-                ))
-            })
+            .map(|(c, e)| Ok((c.clone(), visibility.value(&condition, plan(e)?)?)))
             .collect::<Result<_>>()?;
         let assignments = match filter {
             Some(f) => {
@@ -581,16 +571,16 @@ pub async fn delete(dml: &Dml<'_>, predicate: Option<&str>) -> Result<DmlOutcome
         let pred = predicate
             .map(|sql| plan_expr(state, sql, &schema, params, "DELETE condition"))
             .transpose()?;
-        let pred = match filter {
-            Some(f) => Some(
+        let pred = match (filter, pred) {
+            (None, None) => None,
+            (filter, pred) => Some(
                 Visibility {
                     table: t,
                     schema: &schema,
                     state,
                 }
-                .predicate(f, pred)?,
+                .predicate(filter.unwrap_or(&lit(true)), pred)?,
             ),
-            None => pred,
         };
         let mut builder = table
             .delete()

@@ -307,11 +307,31 @@ async fn failures_on_visible_rows_are_client_errors_and_hidden_rows_are_untouche
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(s.version("gold.accounts").await, before);
-    // Functions the commit log cannot spell used to fail with 500.
+    // Functions the commit log cannot spell used to fail with 500, with a filter or without.
     let (status, body) = s
         .sql(&carl, "DELETE FROM gold.accounts WHERE length(secret) = 99")
         .await;
     assert_eq!(status, 200, "{body}");
+    s.sql_ok("CREATE TABLE gold.plain (x STRING)").await;
+    s.sql_ok("INSERT INTO gold.plain VALUES ('a'), ('bb')")
+        .await;
+    for sql in [
+        "DELETE FROM gold.plain WHERE length(x) = 2",
+        "UPDATE gold.plain SET x = upper(x) WHERE length(x) = 1",
+    ] {
+        let (status, body) = s.sql(&s.admin.clone(), sql).await;
+        assert_eq!(status, 200, "{sql}: {body}");
+    }
+    let (status, body) = s
+        .sql(
+            &s.admin.clone(),
+            "DELETE FROM gold.plain WHERE 1 / (length(x) - 1) = 1",
+        )
+        .await;
+    assert_eq!(
+        status, 400,
+        "a failing expression is the client's error: {body}"
+    );
     // Writes that do something touch carl's rows only.
     let (status, body) = s
         .sql(

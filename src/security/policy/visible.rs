@@ -66,6 +66,11 @@ impl Visibility<'_> {
     /// `predicate`, evaluated only where `condition` holds: `condition AND predicate` as
     /// delta-rs may evaluate it anywhere. `predicate = None` is `condition` alone.
     pub fn predicate(&self, condition: &Expr, predicate: Option<Expr>) -> Result<Expr> {
+        if let (Expr::Literal(ScalarValue::Boolean(Some(true)), _), Some(p)) =
+            (condition, &predicate)
+        {
+            return self.predicate_within(condition, p.clone());
+        }
         let (mut conjuncts, unsafe_condition) = self.split(condition.clone());
         let unsafe_predicate = match predicate {
             Some(p) => {
