@@ -59,6 +59,7 @@ pub enum WriteMode {
 pub struct WriteOutcome {
     /// Table version after the write (the current version for a duplicate).
     pub version: u64,
+    /// Rows written (for a duplicate: what the original upload with this key wrote).
     pub rows: u64,
     /// True when the idempotency key had already committed: nothing was written.
     pub duplicate: bool,
@@ -83,7 +84,13 @@ pub fn commit_properties(p: &Principal, operation: &str) -> CommitProperties {
     ])
 }
 
-fn app_id(key: &str) -> Result<String> {
+/// The Delta `txn` application id of a client's idempotency key. Keys belong to the
+/// principal that sent them (its subject, hashed): the same key from two principals is two
+/// uploads, and nobody can learn whether another principal used a key, or make another's
+/// upload a "duplicate" that silently drops its rows. Strata's own progress markers live
+/// in other namespaces of `strata:`, which no client key can reach.
+fn app_id(p: &Principal, key: &str) -> Result<String> {
+    use sha2::{Digest, Sha256};
     if key.is_empty()
         || key.len() > MAX_IDEMPOTENCY_KEY
         || !key.chars().all(|c| c.is_ascii_graphic())
@@ -92,19 +99,21 @@ fn app_id(key: &str) -> Result<String> {
             "idempotency key must be 1–{MAX_IDEMPOTENCY_KEY} printable ASCII characters"
         )));
     }
-    Ok(format!("strata:{key}"))
+    let who = Sha256::digest(p.subject.as_bytes());
+    Ok(format!("strata:user:{}:{key}", hex::encode(&who[..16])))
 }
 
 fn version_of(table: &DeltaTable) -> u64 {
     table.version().unwrap_or(0)
 }
 
-async fn already_committed(table: &DeltaTable, app_id: &str) -> Result<bool> {
+/// The rows the write under `app_id` committed, if it did (the `txn` version holds them).
+async fn already_committed(table: &DeltaTable, app_id: &str) -> Result<Option<u64>> {
     let state = table.snapshot()?;
     Ok(state
         .transaction_version(table.log_store().as_ref(), app_id)
         .await?
-        .is_some())
+        .map(|rows| u64::try_from(rows).unwrap_or(0)))
 }
 
 /// What a write writes.
@@ -241,14 +250,14 @@ pub async fn write(
     operation: &str,
 ) -> Result<WriteOutcome> {
     let input = input.into();
-    let app = idempotency_key.map(app_id).transpose()?;
+    let app = idempotency_key.map(|k| app_id(p, k)).transpose()?;
     let table = catalog.load(t).await?;
     if let Some(app) = &app
-        && already_committed(&table, app).await?
+        && let Some(rows) = already_committed(&table, app).await?
     {
         return Ok(WriteOutcome {
             version: version_of(&table),
-            rows: 0,
+            rows,
             duplicate: true,
         });
     }
@@ -267,7 +276,13 @@ pub async fn write(
         props = props.with_max_retries(APPEND_COMMIT_ATTEMPTS);
     }
     if let Some(app) = &app {
-        props = props.with_application_transaction(Transaction::new(app, 1));
+        // The txn version is the row count, so a duplicate reports what the original wrote
+        // (unknown for a stream: 0).
+        let rows = match &input {
+            WriteInput::Batches(b) => b.iter().map(|b| b.num_rows() as i64).sum(),
+            WriteInput::Stream(_) => 0,
+        };
+        props = props.with_application_transaction(Transaction::new(app, rows));
     }
     let save_mode = match mode {
         WriteMode::Append => SaveMode::Append,
@@ -306,10 +321,10 @@ pub async fn write(
                 && err.kind() == ErrorKind::Conflict
             {
                 let fresh = catalog.load(t).await?;
-                if already_committed(&fresh, app).await? {
+                if let Some(rows) = already_committed(&fresh, app).await? {
                     return Ok(WriteOutcome {
                         version: version_of(&fresh),
-                        rows: 0,
+                        rows,
                         duplicate: true,
                     });
                 }

@@ -309,6 +309,10 @@ async fn idempotent_uploads_commit_once(backend: Backend) {
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["duplicate"], true);
     assert_eq!(again["version"], first["version"]);
+    assert_eq!(
+        again["rows"], 2,
+        "a duplicate reports what the original wrote"
+    );
     assert_eq!(s.count("bronze.people").await, 2);
 
     // Eight concurrent retries of a new key: exactly one commit.
@@ -368,4 +372,65 @@ async fn idempotent_uploads_commit_once(backend: Backend) {
     assert_eq!(status, 400, "{resp}");
     assert!(message(&resp).contains("invalid query string"), "{resp}");
     assert_eq!(s.count("bronze.people").await, 4);
+}
+
+/// Idempotency keys belong to the principal that sent them: another principal's upload with
+/// the same key is its own upload (committed, never reported as a duplicate), and it learns
+/// nothing about whether the key was used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_are_scoped_to_the_principal() {
+    let s = TestServer::start().await;
+    s.create_people("bronze.people").await;
+    let (status, body) = s
+        .put_json(
+            &s.admin.clone(),
+            "/api/v1/grants",
+            serde_json::json!({"grants": [{"role": "loader", "privilege": "INSERT", "on": "bronze"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let dave = s.token("dave", &["loader"]);
+    let carl = s.token("carl", &["loader"]);
+    let upload = |token: String, body: &'static [u8], key: &'static str| {
+        let s = &s;
+        async move {
+            s.upload(
+                &token,
+                "bronze.people",
+                "application/json",
+                body.to_vec(),
+                &format!("?idempotency_key={key}"),
+            )
+            .await
+        }
+    };
+    // dave's key, then carl probing it with an empty upload: not a duplicate for carl.
+    let (status, r) = upload(dave.clone(), br#"[{"id":1}]"#, "t2-batch-0001").await;
+    assert_eq!((status, r["duplicate"].clone()), (200, false.into()), "{r}");
+    let (status, r) = upload(carl.clone(), b"[]", "t2-batch-0001").await;
+    assert_eq!((status, r["duplicate"].clone()), (200, false.into()), "{r}");
+    // carl takes a key first; dave's later upload with it still commits dave's row.
+    let (status, r) = upload(carl.clone(), br#"[{"id":2}]"#, "t2-batch-0002").await;
+    assert_eq!((status, r["duplicate"].clone()), (200, false.into()), "{r}");
+    let (status, r) = upload(dave.clone(), br#"[{"id":3}]"#, "t2-batch-0002").await;
+    assert_eq!((status, r["duplicate"].clone()), (200, false.into()), "{r}");
+    assert_eq!(r["rows"], 1, "{r}");
+    // Each principal's own retry is a duplicate, with its own original outcome.
+    let (_, r) = upload(dave.clone(), br#"[{"id":3}]"#, "t2-batch-0002").await;
+    assert_eq!(
+        (r["duplicate"].clone(), r["rows"].clone()),
+        (true.into(), 1.into()),
+        "{r}"
+    );
+    let (_, r) = upload(carl, br#"[{"id":2}]"#, "t2-batch-0002").await;
+    assert_eq!(
+        (r["duplicate"].clone(), r["rows"].clone()),
+        (true.into(), 1.into()),
+        "{r}"
+    );
+    let root = s.token("root", &["admin"]);
+    let (_, ids) = s
+        .sql(&root, "SELECT id FROM bronze.people ORDER BY id")
+        .await;
+    assert_eq!(ids, serde_json::json!([{"id": 1}, {"id": 2}, {"id": 3}]));
 }
