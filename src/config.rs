@@ -95,6 +95,9 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// A separate listener serving only `GET /metrics`, without a token (for a Prometheus
+    /// scraper on a network only operators reach). Off by default.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +108,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./data"),
             max_request_bytes: 256 * 1024 * 1024,
             shutdown_grace_secs: 30,
+            metrics_addr: None,
         }
     }
 }
@@ -236,6 +240,9 @@ pub struct AccessConfig {
     /// Holders of this role read raw rows and values: row filters and column masks do not
     /// apply to them. The admin role does not imply it.
     pub bypass_role: String,
+    /// Holders of this role (or the admin role) read `GET /metrics` on the REST port: server
+    /// counters sum over every principal's queries, so they are not for every token.
+    pub operator_role: String,
 }
 
 impl Default for AccessConfig {
@@ -243,6 +250,7 @@ impl Default for AccessConfig {
         AccessConfig {
             grants: Vec::new(),
             bypass_role: "policy_bypass".to_string(),
+            operator_role: "operator".to_string(),
         }
     }
 }

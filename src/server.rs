@@ -26,6 +26,8 @@ pub struct Server {
     config: Config,
     http: TcpListener,
     flight: TcpListener,
+    /// `server.metrics_addr`, when configured.
+    metrics: Option<TcpListener>,
     engine: Arc<Engine>,
     auth: Arc<Authenticator>,
 }
@@ -65,10 +67,15 @@ impl Server {
         let engine = Arc::new(Engine::new(&config, catalog, policies)?);
         let http = bind(config.server.http_addr, "server.http_addr").await?;
         let flight = bind(config.server.flight_addr, "server.flight_addr").await?;
+        let metrics = match config.server.metrics_addr {
+            Some(addr) => Some(bind(addr, "server.metrics_addr").await?),
+            None => None,
+        };
         Ok(Server {
             config,
             http,
             flight,
+            metrics,
             engine,
             auth,
         })
@@ -80,6 +87,14 @@ impl Server {
 
     pub fn flight_addr(&self) -> Result<SocketAddr> {
         Ok(self.flight.local_addr()?)
+    }
+
+    /// The metrics listener's address, when `server.metrics_addr` is set.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>> {
+        Ok(match &self.metrics {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        })
     }
 
     pub fn authenticator(&self) -> Arc<Authenticator> {
@@ -131,6 +146,19 @@ impl Server {
             .add_service(flight_service)
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
+        // The metrics listener holds no request worth draining: it ends with the process.
+        if let Some(listener) = self.metrics {
+            let router = rest::metrics_router(Arc::clone(&self.engine));
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    tracing::error!(error = %e, "metrics listener stopped");
+                }
+            });
+        }
         let mut http_task = tokio::spawn(async move { http.await });
         let mut flight_task = tokio::spawn(flight);
         tokio::select! {

@@ -482,7 +482,7 @@ impl Engine {
                 let created = self
                     .create_table(principal, &table, &spec, if_not_exists)
                     .await?;
-                let version = created.map(|info| info.version as i64);
+                let version = created.and_then(|info| info.version()).map(|v| v as i64);
                 Ok(command_output(kind, &table, None, version))
             }
             Statement::CreateTableAs {
@@ -676,7 +676,7 @@ impl Engine {
                     kind,
                     &table,
                     None,
-                    Some(info.version as i64),
+                    info.version().map(|v| v as i64),
                 ))
             }
             Statement::Delete { table, predicate } => {

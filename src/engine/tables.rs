@@ -42,14 +42,38 @@ pub struct TableInfo {
     pub full_name: String,
     pub description: Option<String>,
     pub owner: Option<String>,
-    pub version: u64,
     pub columns: Vec<ColumnInfo>,
     pub partition_columns: Vec<String>,
     /// Delta table properties (`delta.*`), e.g. `delta.enableChangeDataFeed`.
     pub properties: std::collections::BTreeMap<String, String>,
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Version, files and bytes of the whole table: `MANAGE` holders only. They count rows
+    /// a filtered reader may not see (another tenant's upload moves them).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageInfo>,
+}
+
+/// Whole-table storage figures (see [`TableInfo::storage`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct StorageInfo {
+    pub version: u64,
     pub file_count: usize,
     pub size_bytes: u64,
-    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl TableInfo {
+    /// The table's version, when the storage figures are shown.
+    pub fn version(&self) -> Option<u64> {
+        self.storage.as_ref().map(|s| s.version)
+    }
+
+    /// Without the storage figures unless `p` may manage the table.
+    fn for_principal(mut self, access: &AccessControl, p: &Principal, t: &TableRef) -> TableInfo {
+        if !access.allows(p, Privilege::Manage, t) {
+            self.storage = None;
+        }
+        self
+    }
 }
 
 /// What to do when the target of an ingest exists.
@@ -127,7 +151,7 @@ impl Engine {
                 continue;
             }
             match self.catalog.load(&t).await {
-                Ok(table) => out.push(describe(&t, &table)?),
+                Ok(table) => out.push(describe(&t, &table)?.for_principal(&access, p, &t)),
                 // Dropped between listing and loading.
                 Err(Error::NotFound(_)) => {}
                 Err(e) => return Err(e),
@@ -142,7 +166,7 @@ impl Engine {
             return Err(Error::NotFound(format!("table {t} not found")));
         }
         let table = self.catalog.load(t).await?;
-        describe(t, &table)
+        Ok(describe(t, &table)?.for_principal(&access, p, t))
     }
 
     /// One schema or metadata change (`ALTER TABLE`, `COMMENT ON`, REST `PATCH`).
@@ -455,7 +479,6 @@ fn describe(t: &TableRef, table: &DeltaTable) -> Result<TableInfo> {
             .filter(|d| !d.is_empty())
             .map(str::to_string),
         owner: metadata.configuration().get(OWNER_PROPERTY).cloned(),
-        version: state.version(),
         columns,
         partition_columns: metadata.partition_columns().to_vec(),
         properties: metadata
@@ -464,10 +487,13 @@ fn describe(t: &TableRef, table: &DeltaTable) -> Result<TableInfo> {
             .filter(|(k, _)| k.starts_with("delta."))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        file_count,
-        size_bytes,
         created_at: metadata
             .created_time()
             .and_then(chrono::DateTime::from_timestamp_millis),
+        storage: Some(StorageInfo {
+            version: state.version(),
+            file_count,
+            size_bytes,
+        }),
     })
 }

@@ -113,6 +113,7 @@ impl Grant {
 pub struct AccessControl {
     admin_role: String,
     bypass_role: String,
+    operator_role: String,
     grants: Vec<Grant>,
     tables: HashMap<TableRef, TablePolicy>,
     version: u64,
@@ -149,6 +150,7 @@ impl AccessControl {
         Ok(AccessControl {
             admin_role,
             bypass_role,
+            operator_role: cfg.operator_role.clone(),
             grants,
             tables,
             version: doc.version,
@@ -173,6 +175,20 @@ impl AccessControl {
 
     pub fn is_admin(&self, p: &Principal) -> bool {
         p.has_role(&self.admin_role)
+    }
+
+    /// Server-wide counters (`/metrics`): the admin and operator roles only. The counters sum
+    /// over every principal's queries (rows served, bytes, cache hits), so another tenant's
+    /// activity would show in them.
+    pub fn check_observe(&self, p: &Principal) -> Result<()> {
+        if self.is_admin(p) || (!self.operator_role.is_empty() && p.has_role(&self.operator_role)) {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!(
+                "metrics need the {} or {} role",
+                self.operator_role, self.admin_role
+            )))
+        }
     }
 
     pub fn allows(&self, p: &Principal, privilege: Privilege, t: &TableRef) -> bool {
@@ -242,6 +258,7 @@ mod tests {
     fn default_deny_and_scopes() {
         let cfg = AccessConfig {
             bypass_role: String::new(),
+            operator_role: "operator".into(),
             grants: vec![
                 GrantConfig {
                     role: "analyst".into(),

@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 pub struct TestServer {
     pub http: SocketAddr,
     pub flight: SocketAddr,
+    /// The token-less metrics listener, when `server.metrics_addr` is set.
+    pub metrics: Option<SocketAddr>,
     pub root: PathBuf,
     pub admin: String,
     pub client: reqwest::Client,
@@ -145,6 +147,7 @@ impl TestServer {
         let server = strata::Server::build(cfg).await.expect("server builds");
         let http = server.http_addr().unwrap();
         let flight = server.flight_addr().unwrap();
+        let metrics = server.metrics_addr().unwrap();
         let auth = server.authenticator();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run_until_stopped(async move {
@@ -162,6 +165,7 @@ impl TestServer {
         TestServer {
             http,
             flight,
+            metrics,
             root,
             admin,
             client: reqwest::Client::new(),

@@ -117,6 +117,25 @@ async fn metrics_parse_move_and_requests_carry_ids() {
     );
     let r = s.client.get(s.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 401);
+    // Counters sum over every principal's queries: operators and admins only.
+    let analyst = s.token("ann", &["analyst"]);
+    let r = s
+        .client
+        .get(s.url("/metrics"))
+        .bearer_auth(&analyst)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let operator = s.token("ops", &["operator"]);
+    let r = s
+        .client
+        .get(s.url("/metrics"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 
     // A request id is echoed (the client's, or a fresh one).
     let r = s
@@ -425,4 +444,32 @@ async fn sigterm_during_writes_finishes_or_drops_each_and_exits_zero() {
             "acknowledged batch {batch} lost"
         );
     }
+}
+
+/// `server.metrics_addr`: a listener serving only `/metrics`, without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_listener_serves_only_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = crate::harness::test_config(dir.path());
+    cfg.server.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    let s = TestServer::start_with(cfg).await;
+    let addr = s.metrics.expect("metrics listener bound");
+    let r = s
+        .client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("strata_requests_total"));
+    for path in ["/api/v1/tables", "/healthz"] {
+        let r = s
+            .client
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    s.stop().await;
 }

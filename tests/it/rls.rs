@@ -672,3 +672,23 @@ async fn differential_results_equal_prefiltered_copies() {
     }
     assert_eq!(checked, 120);
 }
+
+/// Whole-table figures (version, files, bytes) move with other tenants' writes: only MANAGE
+/// holders see them, in the description and the list alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_figures_are_for_managers_only() {
+    let s = sales_server().await;
+    let ann = ann(&s);
+    let (status, mine) = s.get(&ann, "/api/v1/tables/gold/sales").await;
+    assert_eq!(status, 200, "{mine}");
+    let (_, listed) = s.get(&ann, "/api/v1/tables").await;
+    let listed = &listed["tables"][0];
+    for key in ["version", "file_count", "size_bytes"] {
+        assert!(mine.get(key).is_none(), "{key}: {mine}");
+        assert!(listed.get(key).is_none(), "{key}: {listed}");
+    }
+    assert_eq!(mine["columns"].as_array().unwrap().len(), 5);
+    let (_, full) = s.get(&s.admin.clone(), "/api/v1/tables/gold/sales").await;
+    assert!(full["version"].as_u64().is_some(), "{full}");
+    assert!(full["size_bytes"].as_u64().unwrap() > 0, "{full}");
+}

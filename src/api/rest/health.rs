@@ -1,13 +1,16 @@
-//! Liveness and readiness (unauthenticated).
+//! Liveness and readiness (unauthenticated), and metrics.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde_json::json;
 
 use super::AppState;
+use crate::engine::Engine;
+use crate::security::Principal;
 
 pub(super) async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({
@@ -40,10 +43,34 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Prometheus text metrics (authenticated like the API).
-pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+/// Prometheus text metrics: a token with the operator or admin role.
+pub(super) async fn metrics(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+) -> Response {
+    match state.engine.access().await {
+        Ok(access) => match access.check_observe(&principal) {
+            Ok(()) => metrics_text(&state.engine),
+            Err(e) => e.into_response(),
+        },
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The metrics listener (`server.metrics_addr`): no token, nothing else served.
+pub(crate) fn metrics_router(engine: Arc<Engine>) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let engine = Arc::clone(&engine);
+            async move { metrics_text(&engine) }
+        }),
+    )
+}
+
+fn metrics_text(engine: &Engine) -> Response {
     let mut out = String::new();
-    state.engine.render_metrics(&mut out);
+    engine.render_metrics(&mut out);
     (
         [(
             http::header::CONTENT_TYPE,

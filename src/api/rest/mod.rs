@@ -10,6 +10,8 @@ mod dml;
 mod encode;
 mod error;
 mod health;
+
+pub(crate) use health::metrics_router;
 mod openapi;
 mod policies;
 mod query;
