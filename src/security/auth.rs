@@ -194,7 +194,7 @@ impl Authenticator {
         let mut last = None;
         for key in &candidates {
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
-                Ok(data) => return Ok(to_principal(data.claims)),
+                Ok(data) => return to_principal(data.claims),
                 Err(e) => last = Some(e),
             }
         }
@@ -260,16 +260,30 @@ impl Authenticator {
     }
 }
 
-fn to_principal(c: Claims) -> Principal {
+/// The principal of verified claims. Subjects and roles with control characters are
+/// refused: they name nobody a policy was written for, and they are how separator-based
+/// encodings are confused.
+fn to_principal(c: Claims) -> Result<Principal> {
     let mut claims = c.extra;
     for reserved in ["iss", "aud", "jti"] {
         claims.remove(reserved);
     }
-    Principal {
+    let printable = |s: &str| !s.is_empty() && !s.chars().any(char::is_control);
+    if !printable(&c.sub) {
+        return Err(Error::Unauthenticated(
+            "token subject is empty or has control characters".into(),
+        ));
+    }
+    if !c.roles.iter().all(|r| printable(r)) {
+        return Err(Error::Unauthenticated(
+            "token roles are empty or have control characters".into(),
+        ));
+    }
+    Ok(Principal {
         subject: c.sub,
         roles: c.roles.into_iter().collect::<BTreeSet<_>>(),
         claims,
-    }
+    })
 }
 
 /// The HS256 secret: configured value, a configured file, or (dev mode) the generated one.
@@ -353,6 +367,25 @@ mod tests {
         let other = hs("another-secret-0123456789abcdef-xyz");
         assert!(other.authenticate(&t).is_err());
         assert!(a.authenticate("garbage").is_err());
+    }
+
+    #[test]
+    fn control_characters_in_subjects_and_roles_are_refused() {
+        let a = hs("0123456789abcdef0123456789abcdef-x");
+        let ttl = Duration::from_secs(60);
+        for (sub, roles) in [
+            ("ann\0analyst", vec!["zz".to_string()]),
+            ("ann", vec!["analyst\nadmin".to_string()]),
+            ("", vec![]),
+        ] {
+            let t = a.mint(sub, &roles, BTreeMap::new(), ttl).unwrap();
+            let e = a.authenticate(&t).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                crate::error::ErrorKind::Unauthenticated,
+                "{sub:?}"
+            );
+        }
     }
 
     #[test]

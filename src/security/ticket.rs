@@ -28,18 +28,23 @@ pub enum Kind {
     Prepared = 2,
 }
 
-/// SHA-256 over subject, sorted roles and claims.
+/// SHA-256 over subject, sorted roles and claims, each field length-prefixed: no two
+/// different principals encode alike (`sub "ann"` with roles `[analyst, zz]` and
+/// `sub "ann\0analyst"` with `[zz]` did when fields were only separated by NUL bytes).
 pub fn fingerprint(p: &Principal) -> Vec<u8> {
     let mut h = Sha256::new();
-    h.update(p.subject.as_bytes());
-    h.update([0]);
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(b"strata-principal-v2");
+    field(p.subject.as_bytes());
+    field(&(p.roles.len() as u64).to_le_bytes());
     for r in &p.roles {
-        h.update(r.as_bytes());
-        h.update([0]);
+        field(r.as_bytes());
     }
-    h.update([1]);
-    // BTreeMap: stable order.
-    h.update(serde_json::to_vec(&p.claims).unwrap_or_default());
+    // BTreeMap: stable order; JSON encodes each claim unambiguously.
+    field(&serde_json::to_vec(&p.claims).unwrap_or_default());
     h.finalize().to_vec()
 }
 
@@ -140,6 +145,16 @@ mod tests {
             roles: roles.iter().map(|r| r.to_string()).collect(),
             claims: Default::default(),
         }
+    }
+
+    #[test]
+    fn fingerprints_do_not_confuse_fields() {
+        assert_ne!(
+            fingerprint(&p("ann", &["analyst", "zz"])),
+            fingerprint(&p("ann\0analyst", &["zz"]))
+        );
+        assert_ne!(fingerprint(&p("a", &["b"])), fingerprint(&p("ab", &[])));
+        assert_eq!(fingerprint(&p("a", &["b"])), fingerprint(&p("a", &["b"])));
     }
 
     #[test]
