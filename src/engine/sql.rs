@@ -184,6 +184,34 @@ impl Statement {
     }
 }
 
+/// A table's storage is its name (`{warehouse}/{layer}/{name}`): clauses that would put it,
+/// or read it, elsewhere are refused rather than ignored.
+fn refuse_foreign_storage(ct: &ast::CreateTable) -> Result<()> {
+    let hive_location = ct
+        .hive_formats
+        .as_ref()
+        .is_some_and(|h| h.location.is_some() || h.storage.is_some());
+    let clause = if ct.external {
+        Some("CREATE EXTERNAL TABLE")
+    } else if ct.location.is_some() || hive_location {
+        Some("LOCATION / STORED AS")
+    } else if ct.file_format.is_some() {
+        Some("STORED AS")
+    } else if ct.like.is_some() || ct.clone.is_some() {
+        Some("LIKE / CLONE")
+    } else if ct.temporary || ct.global.is_some() || ct.transient || ct.volatile {
+        Some("TEMPORARY tables")
+    } else {
+        None
+    };
+    match clause {
+        Some(c) => Err(Error::Unsupported(format!(
+            "{c} is not supported: a table lives in the warehouse under its name; use CREATE TABLE layer.name (…) or CREATE TABLE … AS SELECT"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Parses exactly one statement.
 pub fn parse(sql: &str, default_layer: &str) -> Result<Statement> {
     let dialect = StrataDialect::default();
@@ -229,6 +257,7 @@ fn classify(mut stmt: ast::Statement, default_layer: &str) -> Result<Statement> 
             })
         }
         ast::Statement::CreateTable(ct) => {
+            refuse_foreign_storage(ct)?;
             let table = table_ref(&ct.name, default_layer)?;
             let partition_by = match &ct.hive_distribution {
                 HiveDistributionStyle::PARTITIONED { columns } => columns
@@ -1536,6 +1565,11 @@ mod tests {
     fn datafusion_ddl_and_other_statements_are_rejected() {
         for sql in [
             "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
+            "CREATE EXTERNAL TABLE gold.t (a INT) STORED AS PARQUET LOCATION '/tmp/x'",
+            "CREATE TABLE gold.t (a INT) LOCATION '/tmp/x'",
+            "CREATE TABLE gold.t (a INT) STORED AS PARQUET",
+            "CREATE TEMPORARY TABLE gold.t (a INT)",
+            "CREATE TABLE gold.t LIKE gold.u",
             "COPY (SELECT 1) TO '/tmp/x'",
             "SET datafusion.execution.batch_size = 1",
             "CREATE VIEW gold.v AS SELECT 1",

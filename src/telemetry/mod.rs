@@ -35,13 +35,19 @@ use crate::config::{LogConfig, LogFormat};
 const QUIET: &str = "buoyant_kernel=off";
 
 /// Installs the global subscriber; a second call (tests) is a no-op.
+///
+/// `log.level` sets Strata's own events; dependencies log warnings and errors only. Their
+/// debug output holds query plans with bound claim values and literals, and delta-rs's
+/// holds DML predicates: Strata never logs claim or row values, and the configuration
+/// cannot turn that on by accident. `RUST_LOG` overrides everything (a deliberate choice
+/// for debugging, which may log such values).
 pub fn init(cfg: &LogConfig) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| {
-            EnvFilter::try_new(format!("{},{QUIET}", cfg.level))
-                .unwrap_or_else(|_| EnvFilter::new("info"))
+            EnvFilter::try_new(format!("warn,strata={},{QUIET}", cfg.level))
+                .unwrap_or_else(|_| EnvFilter::new("warn,strata=info"))
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -692,3 +692,38 @@ async fn storage_figures_are_for_managers_only() {
     assert!(full["version"].as_u64().is_some(), "{full}");
     assert!(full["size_bytes"].as_u64().unwrap() > 0, "{full}");
 }
+
+/// A claim of the wrong type (numeric, boolean, array, object) is bound as NULL or compared
+/// after a TRY_CAST: no rows, never an error quoting a row; a policy that fails on a value
+/// reports what failed, never the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistyped_claims_and_failing_policies_never_quote_values() {
+    let s = sales_server().await;
+    for claim in [
+        json!(5),
+        json!(true),
+        json!(["eu"]),
+        json!({"r": "eu"}),
+        json!(1.5),
+    ] {
+        let t = s.token_with("odd", &["analyst"], json!({ "region": claim }));
+        let (status, body) = s.sql(&t, "SELECT id FROM gold.sales ORDER BY id").await;
+        assert_eq!((status, body.clone()), (200, json!([])), "{claim}: {body}");
+    }
+    let (status, _) = s
+        .put_json(
+            &s.admin.clone(),
+            "/api/v1/tables/gold/sales/policies",
+            json!({"row_filters": [{"roles": ["analyst"], "predicate": "rep = current_claim('rep') OR to_timestamp(email) < now()"}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let ana = s.token_with("ana", &["analyst"], json!({"rep": "ana"}));
+    let (status, body) = s.sql(&ana, "SELECT id FROM gold.sales").await;
+    // to_timestamp fails on every email: the error says a policy failed, not on what.
+    assert_eq!(status, 500, "{body}");
+    let text = body.to_string();
+    for hidden in ["cy@us", "eli@apac", "example"] {
+        assert!(!text.contains(hidden), "{text}");
+    }
+}
