@@ -98,6 +98,10 @@ pub struct ServerConfig {
     /// A separate listener serving only `GET /metrics`, without a token (for a Prometheus
     /// scraper on a network only operators reach). Off by default.
     pub metrics_addr: Option<SocketAddr>,
+    /// The process's heap budget, in bytes: from 90% of it new statements get 429, at it
+    /// running queries are stopped with 429 (`engine::memory`). At least the query memory
+    /// pool plus the result cache plus 256 MiB.
+    pub memory_budget_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +113,7 @@ impl Default for ServerConfig {
             max_request_bytes: 256 * 1024 * 1024,
             shutdown_grace_secs: 30,
             metrics_addr: None,
+            memory_budget_bytes: 3 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -288,6 +293,9 @@ pub struct QueryConfig {
     pub queue_timeout_secs: u64,
     /// Largest result a query may stream (Arrow bytes; 0 = no limit).
     pub max_result_bytes: u64,
+    /// Most bytes one call of a function whose output outgrows its input (`repeat`, `lpad`,
+    /// `range`, …) may produce for one batch (`engine::bounded`); beyond, 429.
+    pub max_function_output_bytes: u64,
 }
 
 impl Default for QueryConfig {
@@ -303,6 +311,7 @@ impl Default for QueryConfig {
             max_queued: 64,
             queue_timeout_secs: 10,
             max_result_bytes: 4 * 1024 * 1024 * 1024,
+            max_function_output_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -393,6 +402,16 @@ impl Config {
                 "query.default_layer must be bronze, silver or gold, not {:?}",
                 self.query.default_layer
             ));
+        }
+        let floor = self.query.memory_limit_bytes as u64 + self.cache.max_bytes + (256 << 20);
+        if self.server.memory_budget_bytes < floor {
+            out.push(format!(
+                "server.memory_budget_bytes ({}) must be at least query.memory_limit_bytes + cache.max_bytes + 256 MiB ({floor})",
+                self.server.memory_budget_bytes
+            ));
+        }
+        if self.query.max_function_output_bytes < 1024 * 1024 {
+            out.push("query.max_function_output_bytes must be at least 1 MiB".to_string());
         }
         if self.query.memory_limit_bytes < 64 * 1024 * 1024 {
             out.push("query.memory_limit_bytes must be at least 64 MiB".to_string());

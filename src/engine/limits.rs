@@ -5,7 +5,8 @@
 //! `ResourceExhausted` (HTTP 429 / gRPC RESOURCE_EXHAUSTED), so overload never turns into
 //! unbounded memory or a crash. An admitted query holds its slot until its result stream
 //! ends or is dropped, stops at its deadline (`query.timeout_secs`) and at
-//! `query.max_result_bytes`. Stopping means dropping the DataFusion stream, which cancels its
+//! `query.max_result_bytes`, and when the heap goes over the memory budget
+//! ([`super::memory`]). Stopping means dropping the DataFusion stream, which cancels its
 //! tasks: a timed-out query stops using CPU.
 
 use std::pin::Pin;
@@ -22,7 +23,10 @@ use futures::{Future, Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
 use crate::config::QueryConfig;
+use crate::engine::memory::{self, MemoryBudget, Registration};
 use crate::error::{Error, Result};
 use crate::telemetry::metrics;
 
@@ -30,6 +34,8 @@ use crate::telemetry::metrics;
 #[derive(Debug)]
 pub struct Admission {
     slots: Arc<Semaphore>,
+    /// The process's memory budget: refuses statements near it, stops queries over it.
+    memory: Arc<MemoryBudget>,
     max_concurrent: usize,
     max_queued: i64,
     queue_timeout: Duration,
@@ -43,6 +49,14 @@ pub struct Admission {
 #[derive(Debug)]
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
+    memory: Registration,
+}
+
+impl Slot {
+    /// Resolves when the heap went over the memory budget while this statement ran.
+    pub fn over_budget(&self) -> WaitForCancellationFutureOwned {
+        self.memory.token().clone().cancelled_owned()
+    }
 }
 
 impl Drop for Slot {
@@ -61,7 +75,7 @@ impl Drop for Queued {
 }
 
 impl Admission {
-    pub fn new(cfg: &QueryConfig) -> Admission {
+    pub fn new(cfg: &QueryConfig, memory_budget_bytes: u64) -> Admission {
         let max_concurrent = if cfg.max_concurrent == 0 {
             4 * std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -71,6 +85,7 @@ impl Admission {
         };
         Admission {
             slots: Arc::new(Semaphore::new(max_concurrent)),
+            memory: MemoryBudget::start(memory_budget_bytes),
             max_concurrent,
             max_queued: i64::try_from(cfg.max_queued).unwrap_or(i64::MAX),
             queue_timeout: Duration::from_secs(cfg.queue_timeout_secs),
@@ -83,9 +98,13 @@ impl Admission {
     /// or the wait times out.
     pub async fn admit(&self) -> Result<Slot> {
         let m = metrics();
+        let memory = self.memory.admit()?;
         let slot = |permit| {
             m.running.fetch_add(1, Ordering::Relaxed);
-            Slot { _permit: permit }
+            Slot {
+                _permit: permit,
+                memory,
+            }
         };
         if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
             return Ok(slot(permit));
@@ -121,6 +140,11 @@ impl Admission {
     pub fn timeout_error(&self) -> Error {
         deadline_exceeded(self.timeout.map_or(0, |t| t.as_secs()))
     }
+
+    /// The error a query gets when the heap went over the memory budget while it ran.
+    pub fn over_budget_error(&self) -> Error {
+        memory::over_budget(self.memory.limit(), "was exceeded while this query ran")
+    }
 }
 
 fn deadline_exceeded(secs: u64) -> Error {
@@ -146,6 +170,9 @@ pub struct Limited {
     inner: Option<SendableRecordBatchStream>,
     schema: SchemaRef,
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Resolves when the heap goes over the memory budget.
+    over_budget: Pin<Box<WaitForCancellationFutureOwned>>,
+    budget_error: Option<Error>,
     timeout_secs: u64,
     max_bytes: Option<u64>,
     bytes: u64,
@@ -176,6 +203,8 @@ impl Limited {
             schema: inner.schema(),
             inner: Some(inner),
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            over_budget: Box::pin(slot.over_budget()),
+            budget_error: Some(admission.over_budget_error()),
             timeout_secs: admission.timeout.map_or(0, |t| t.as_secs()),
             max_bytes: admission.max_result_bytes,
             bytes: 0,
@@ -191,6 +220,14 @@ impl Limited {
         self.slot = None;
         self.log_end(e.kind().code());
         Poll::Ready(Some(Err(DataFusionError::External(Box::new(e)))))
+    }
+
+    fn stop_over_budget(&mut self) -> Poll<Option<datafusion::error::Result<RecordBatch>>> {
+        let e = self
+            .budget_error
+            .take()
+            .unwrap_or_else(|| Error::ResourceExhausted("memory budget exceeded".into()));
+        self.stop(e)
     }
 
     fn log_end(&mut self, outcome: &str) {
@@ -233,10 +270,17 @@ impl Stream for Limited {
             let e = deadline_exceeded(this.timeout_secs);
             return this.stop(e);
         }
+        if this.over_budget.as_mut().poll(cx).is_ready() {
+            return this.stop_over_budget();
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
         match inner.poll_next_unpin(cx) {
+            // A batch computed while the heap went over the budget is not sent.
+            Poll::Ready(Some(Ok(_))) if this.over_budget.as_mut().poll(cx).is_ready() => {
+                this.stop_over_budget()
+            }
             Poll::Ready(Some(Ok(batch))) => {
                 let size = batch.get_array_memory_size() as u64;
                 this.bytes += size;

@@ -4,9 +4,11 @@
 //! ([`session::SessionFactory`]); every write checks privileges through
 //! [`crate::security::AccessControl`] and commits through [`crate::pipelines::commit`].
 
+mod bounded;
 pub mod dml;
 pub mod limits;
 pub mod maintenance;
+pub mod memory;
 pub mod policies;
 pub mod session;
 pub mod sql;
@@ -139,7 +141,7 @@ impl Engine {
             .build_arc()
             .map_err(|e| Error::Config(format!("query runtime: {e}")))?;
         let sessions =
-            session::SessionFactory::new(&cfg.query, Arc::clone(&runtime), Arc::clone(&catalog));
+            session::SessionFactory::new(&cfg.query, Arc::clone(&runtime), Arc::clone(&catalog))?;
         Ok(Engine {
             catalog,
             policies,
@@ -148,7 +150,7 @@ impl Engine {
             default_layer: cfg.query.default_layer.to_ascii_lowercase(),
             max_sql_bytes: cfg.query.max_sql_bytes,
             allow_short_vacuum: cfg.storage.allow_short_vacuum_retention,
-            admission: limits::Admission::new(&cfg.query),
+            admission: limits::Admission::new(&cfg.query, cfg.server.memory_budget_bytes),
             runtime,
         })
     }
@@ -311,9 +313,16 @@ impl Engine {
         };
         let run = self.execute_admitted(principal, &access, statement, params, if_none_match);
         let executed = match deadline {
-            Some(d) => tokio::time::timeout_at(d, run)
-                .await
-                .unwrap_or_else(|_| Err(self.admission.timeout_error())),
+            // A read also stops when the heap goes over the memory budget (engine::memory).
+            Some(d) => {
+                let over_budget = slot.over_budget();
+                tokio::select! {
+                    r = tokio::time::timeout_at(d, run) => {
+                        r.unwrap_or_else(|_| Err(self.admission.timeout_error()))
+                    }
+                    () = over_budget => Err(self.admission.over_budget_error()),
+                }
+            }
             None => run.await,
         };
         let summary = match &executed {

@@ -31,7 +31,7 @@ impl SessionFactory {
         cfg: &QueryConfig,
         runtime: Arc<RuntimeEnv>,
         catalog: Arc<Catalog>,
-    ) -> SessionFactory {
+    ) -> datafusion::error::Result<SessionFactory> {
         let partitions = if cfg.target_partitions == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -45,18 +45,19 @@ impl SessionFactory {
             .with_information_schema(true)
             .with_target_partitions(partitions)
             .with_batch_size(cfg.batch_size);
-        let template = SessionStateBuilder::new()
+        let mut template = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(Arc::clone(&runtime))
             .with_default_features()
             .with_table_factories(HashMap::new())
             .with_table_functions(HashMap::new())
             .build();
-        SessionFactory {
+        super::bounded::install(&mut template, cfg.max_function_output_bytes)?;
+        Ok(SessionFactory {
             template: Arc::new(template),
             runtime,
             catalog,
-        }
+        })
     }
 
     /// The template state (functions, config): for planning policy expressions.

@@ -44,6 +44,12 @@ pub struct Metrics {
     /// Conditional creates whose response was lost but which had landed
     /// (`storage::commit_guard`).
     pub ambiguous_resolved: AtomicU64,
+    /// Function calls refused before allocating (`engine::bounded`).
+    pub function_output_refused: AtomicU64,
+    /// Statements refused, and queries stopped, because the heap was over the memory budget
+    /// (`engine::memory`).
+    pub memory_refused: AtomicU64,
+    pub memory_cancelled: AtomicU64,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -122,7 +128,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 12] = [
             (
                 "strata_rows_served_total",
                 "Rows streamed to clients by queries",
@@ -167,6 +173,21 @@ impl Metrics {
                 "strata_commit_ambiguous_resolved_total",
                 "Conditional creates whose response was lost, found committed by reading back",
                 &self.ambiguous_resolved,
+            ),
+            (
+                "strata_function_output_refused_total",
+                "Function calls refused before allocating past query.max_function_output_bytes",
+                &self.function_output_refused,
+            ),
+            (
+                "strata_memory_budget_refused_total",
+                "Statements refused at admission because the heap was near server.memory_budget_bytes",
+                &self.memory_refused,
+            ),
+            (
+                "strata_memory_budget_cancelled_total",
+                "Running queries stopped because the heap went over server.memory_budget_bytes",
+                &self.memory_cancelled,
             ),
         ];
         for (name, help, v) in counters {

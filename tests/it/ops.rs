@@ -473,3 +473,87 @@ async fn a_metrics_listener_serves_only_metrics() {
     }
     s.stop().await;
 }
+
+/// The queries that took the server down (a 2 GiB allocation inside `lpad`, a 3 GiB
+/// `range`, OOM-killed at 24 GB by `repeat` and `unnest(range(…))`) are refused with 429,
+/// several at once from several analysts, and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generating_functions_are_bounded_and_the_server_keeps_serving() {
+    let s = std::sync::Arc::new(TestServer::start().await);
+    let hostile: [&'static str; 6] = [
+        "SELECT length(lpad('a', 2147483647, 'b')) AS n",
+        "SELECT cardinality(range(1, 400000000)) AS n",
+        "SELECT length(repeat('a', 2000000000)) AS n",
+        "SELECT count(*) AS n FROM (SELECT unnest(range(1, 1000000000)))",
+        "SELECT length(string_agg(repeat('x', 100000000), '')) AS n FROM (SELECT unnest(range(1, 50)))",
+        "SELECT cardinality(array_repeat('x', 1000000000)) AS n",
+    ];
+    let mut running = Vec::new();
+    for (i, sql) in hostile.into_iter().enumerate() {
+        let s = std::sync::Arc::clone(&s);
+        let token = s.token(&format!("analyst{i}"), &["analyst"]);
+        running.push(tokio::spawn(async move { (sql, s.sql(&token, sql).await) }));
+    }
+    for r in running {
+        let (sql, (status, body)) = r.await.unwrap();
+        assert_eq!(status, 429, "{sql}: {body}");
+        assert!(
+            message(&body).contains("max_function_output_bytes"),
+            "{sql}: {body}"
+        );
+    }
+    assert_eq!(s.sql_ok("SELECT 1 AS one").await, json!([{"one": 1}]));
+    let m = metrics(&s).await;
+    assert!(m["strata_function_output_refused_total"] >= 6.0, "{m:?}");
+}
+
+/// The process-wide budget: with the heap over `server.memory_budget_bytes`, a running
+/// query stops with 429, new statements are refused with 429, and once the heap falls back
+/// statements run again. (The heap is pushed over by the test itself: the server runs in
+/// this process.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_memory_budget_queries_stop_with_429_and_the_server_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.query.memory_limit_bytes = 64 << 20;
+    cfg.cache.max_bytes = 16 << 20;
+    cfg.server.memory_budget_bytes = 768 << 20;
+    let s = std::sync::Arc::new(TestServer::start_with(cfg).await);
+    // Minutes of work in a debug build, yielding between batches.
+    let slow = "SELECT count(*) AS n FROM (SELECT unnest(range(1, 4000)) AS a) x, \
+                (SELECT unnest(range(1, 4000)) AS b) y, (SELECT unnest(range(1, 400)) AS c) z \
+                WHERE (a * b + c) % 7 = 3";
+    let query = {
+        let s = std::sync::Arc::clone(&s);
+        tokio::spawn(async move { s.sql(&s.admin.clone(), slow).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metrics(&s).await.get("strata_queries_running").copied() != Some(1.0) {
+        assert!(Instant::now() < deadline, "the query never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ballast: Vec<u8> = vec![1u8; 800 << 20];
+    let (status, body) = tokio::time::timeout(Duration::from_secs(30), query)
+        .await
+        .expect("stopped within 30 s")
+        .unwrap();
+    assert_eq!(status, 429, "{body}");
+    assert!(message(&body).contains("memory budget"), "{body}");
+    let (status, body) = s.sql(&s.admin.clone(), "SELECT 1 AS one").await;
+    assert_eq!(status, 429, "refused while over: {body}");
+    assert!(ballast.iter().step_by(1 << 20).all(|b| *b == 1));
+    drop(ballast);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = s.sql(&s.admin.clone(), "SELECT 1 AS one").await;
+        if status == 200 {
+            assert_eq!(body, json!([{"one": 1}]));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never admitted again: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = metrics(&s).await;
+    assert!(m["strata_memory_budget_cancelled_total"] >= 1.0, "{m:?}");
+    assert!(m["strata_memory_budget_refused_total"] >= 1.0, "{m:?}");
+}
