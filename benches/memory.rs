@@ -12,7 +12,11 @@
 //! STRATA_BENCH_BUDGET_MIB=1536 STRATA_BENCH_ROUNDS=3 cargo bench --bench memory
 //! ```
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_debug_implementations)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
 
 mod common;
 
@@ -64,9 +68,15 @@ fn start(budget: u64) -> Server {
         .env("STRATA__SERVER__HTTP_ADDR", "127.0.0.1:0")
         .env("STRATA__SERVER__FLIGHT_ADDR", "127.0.0.1:0")
         .env("STRATA__SERVER__MEMORY_BUDGET_BYTES", budget.to_string())
-        .env("STRATA__QUERY__MEMORY_LIMIT_BYTES", (budget / 3).to_string())
+        .env(
+            "STRATA__QUERY__MEMORY_LIMIT_BYTES",
+            (budget / 3).to_string(),
+        )
         .env("STRATA__CACHE__MAX_BYTES", (64u64 << 20).to_string())
-        .env("STRATA__ACCESS__GRANTS", r#"[{role = "analyst", privilege = "SELECT", on = "*"}]"#)
+        .env(
+            "STRATA__ACCESS__GRANTS",
+            r#"[{role = "analyst", privilege = "SELECT", on = "*"}]"#,
+        )
         .env("RUST_LOG", "warn")
         .env_remove("STRATA_CONFIG")
         .stdout(std::process::Stdio::piped())

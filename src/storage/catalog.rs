@@ -60,6 +60,8 @@ pub struct Catalog {
     /// Tables seen by the last listing, creates and loads; answers DataFusion's synchronous
     /// `table_names()`. Reads never rely on it: they check the store.
     known: std::sync::RwLock<BTreeSet<TableRef>>,
+    /// Column statistics per table version, folded from the log once.
+    statistics: super::stats::StatisticsCache,
 }
 
 impl Catalog {
@@ -68,11 +70,20 @@ impl Catalog {
             warehouse,
             open: RwLock::new(HashMap::new()),
             known: std::sync::RwLock::new(BTreeSet::new()),
+            statistics: super::stats::StatisticsCache::default(),
         }
     }
 
     pub fn warehouse(&self) -> &Warehouse {
         &self.warehouse
+    }
+
+    /// Column statistics of `table`'s version, from its Delta log ([`super::stats`]).
+    pub fn statistics(
+        &self,
+        table: &DeltaTable,
+    ) -> Option<std::sync::Arc<datafusion::common::Statistics>> {
+        self.statistics.get(table)
     }
 
     fn builder(&self, t: &TableRef) -> Result<DeltaTableBuilder> {

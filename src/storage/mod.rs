@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod commit_guard;
 pub mod properties;
 pub mod scan;
+pub mod stats;
 pub mod types;
 pub mod warehouse;
 

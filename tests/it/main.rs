@@ -13,6 +13,7 @@ mod maintenance;
 mod merge;
 mod ops;
 mod packaging;
+mod planner;
 mod python;
 mod query;
 mod rls;

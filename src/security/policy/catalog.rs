@@ -143,6 +143,7 @@ impl SecureSchema {
         table_id: String,
         inner: Arc<dyn TableProvider>,
         opaque: bool,
+        statistics: Option<Arc<datafusion::common::Statistics>>,
     ) -> DfResult<Arc<dyn TableProvider>> {
         let enforcement = Enforcement::compile(
             &t,
@@ -159,7 +160,8 @@ impl SecureSchema {
             Arc::clone(&self.cx.principal),
             inner,
             enforcement,
-        );
+        )
+        .with_statistics(statistics);
         Ok(Arc::new(if opaque { table.opaque() } else { table }))
     }
 
@@ -203,7 +205,7 @@ impl SecureSchema {
             .with_starting_version(start)
             .with_ending_version(end);
         let inner = Arc::new(DeltaCdfTableProvider::try_new(cdf)?);
-        self.guarded(t, end, table_id, inner, true)
+        self.guarded(t, end, table_id, inner, true, None)
     }
 
     fn visible(&self, t: &TableRef) -> bool {
@@ -257,7 +259,9 @@ impl SchemaProvider for SecureSchema {
         let version = table.version().unwrap_or(0);
         let table_id = table.snapshot()?.metadata().id().to_string();
         let inner = table.table_provider().await?;
-        self.guarded(t, version, table_id, inner, false).map(Some)
+        let statistics = self.cx.catalog.statistics(&table);
+        self.guarded(t, version, table_id, inner, false, statistics)
+            .map(Some)
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -37,6 +37,7 @@ use crate::security::policy::model::TablePolicy;
 use crate::security::policy::visible::policy_evaluation_failed;
 use crate::storage::TableRef;
 use crate::storage::scan::with_session_parquet_options;
+use crate::storage::stats::StatisticsExec;
 
 /// A principal's row filter and column masks for one table, as DataFusion expressions.
 #[derive(Debug, Clone, Default)]
@@ -116,6 +117,8 @@ pub struct PolicyTable {
     schema: SchemaRef,
     /// Keep the inner plan behind [`PolicyExec`] even without a policy.
     opaque: bool,
+    /// Column statistics of the table version (over `inner`'s schema), from the Delta log.
+    statistics: Option<Arc<Statistics>>,
 }
 
 impl PolicyTable {
@@ -158,7 +161,49 @@ impl PolicyTable {
             enforcement,
             schema,
             opaque: false,
+            statistics: None,
         }
+    }
+
+    /// Column statistics for the planner (`storage::stats`). Without a policy they reach it
+    /// as the log has them; with a row filter or mask they are the table's, not the
+    /// principal's rows, so they pass inexact and masked columns have none ([`PolicyExec`]).
+    pub fn with_statistics(mut self, statistics: Option<Arc<Statistics>>) -> PolicyTable {
+        self.statistics = statistics;
+        self
+    }
+
+    /// The inner scan as it is, with the session's parquet options and the table's column
+    /// statistics.
+    fn pass_through(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        state: &dyn Session,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let plan = with_session_parquet_options(plan, state)?;
+        Ok(match &self.statistics {
+            Some(stats) => StatisticsExec::wrap(plan, stats, self.inner.schema().as_ref()),
+            None => plan,
+        })
+    }
+
+    /// What the planner may know of a restricted scan producing `output` (`requested`
+    /// columns of the inner schema): the table's statistics, inexact, none for masked
+    /// columns.
+    fn restricted_statistics(&self, requested: &[usize], output: &Schema) -> Statistics {
+        let Some(stats) = &self.statistics else {
+            return Statistics::new_unknown(output);
+        };
+        let inner = self.inner.schema();
+        let mut s = crate::storage::stats::project(stats, inner.as_ref(), output);
+        for (slot, i) in requested.iter().enumerate() {
+            if self.enforcement.masks.iter().any(|(m, _)| m == i)
+                && let Some(c) = s.column_statistics.get_mut(slot)
+            {
+                *c = datafusion::common::ColumnStatistics::new_unknown();
+            }
+        }
+        s.to_inexact()
     }
 
     /// Always hides the inner plan from the session's physical optimizer (optimized on its
@@ -220,7 +265,7 @@ impl TableProvider for PolicyTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if self.passes_through() {
             let plan = self.inner.scan(state, projection, filters, limit).await?;
-            return with_session_parquet_options(plan, state);
+            return self.pass_through(plan, state);
         }
         let inner_schema = self.inner.schema();
         // File pruning and parquet pushdown by the policy predicate only. User predicates are
@@ -262,7 +307,7 @@ impl TableProvider for PolicyTable {
             plan = Arc::new(FilterExec::try_new(predicate, plan)?);
         }
         let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(requested.len());
-        for i in requested {
+        for &i in &requested {
             let name = inner_schema.field(i).name().clone();
             let e: Arc<dyn PhysicalExpr> =
                 match self.enforcement.masks.iter().find(|(m, _)| *m == i) {
@@ -275,6 +320,7 @@ impl TableProvider for PolicyTable {
             exprs.push((e, name));
         }
         let mut plan: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(exprs, plan)?);
+        let statistics = self.restricted_statistics(&requested, plan.schema().as_ref());
         // The subtree becomes opaque below, so optimize it now (file-range repartitioning,
         // policy predicate into parquet). It holds only policy expressions.
         if let Some(session) = state.as_any().downcast_ref::<SessionState>() {
@@ -282,7 +328,11 @@ impl TableProvider for PolicyTable {
                 plan = rule.optimize(plan, session.config_options())?;
             }
         }
-        Ok(Arc::new(PolicyExec::new(plan, self.table.clone())))
+        Ok(Arc::new(PolicyExec::new(
+            plan,
+            self.table.clone(),
+            statistics,
+        )))
     }
 
     async fn scan_with_args<'a>(
@@ -292,7 +342,7 @@ impl TableProvider for PolicyTable {
     ) -> DfResult<ScanResult> {
         if self.passes_through() {
             let result = self.inner.scan_with_args(state, args).await?;
-            return Ok(with_session_parquet_options(result.into_inner(), state)?.into());
+            return Ok(self.pass_through(result.into_inner(), state)?.into());
         }
         let filters = args.filters().unwrap_or(&[]);
         let projection = args.projection().map(|p| p.to_vec());
@@ -352,11 +402,25 @@ fn is_evaluation_error(e: &DataFusionError) -> bool {
 pub struct PolicyExec {
     input: Arc<dyn ExecutionPlan>,
     table: TableRef,
+    /// Inexact, never exact: see [`PolicyTable::with_statistics`].
+    statistics: Arc<Statistics>,
 }
 
 impl PolicyExec {
-    fn new(input: Arc<dyn ExecutionPlan>, table: TableRef) -> PolicyExec {
-        PolicyExec { input, table }
+    fn new(input: Arc<dyn ExecutionPlan>, table: TableRef, statistics: Statistics) -> PolicyExec {
+        PolicyExec {
+            input,
+            table,
+            statistics: Arc::new(statistics),
+        }
+    }
+
+    /// The statistics of all partitions together; a single partition's are unknown.
+    fn statistics_for(&self, partition: Option<usize>) -> Arc<Statistics> {
+        match partition {
+            None => Arc::clone(&self.statistics),
+            Some(_) => Arc::new(Statistics::new_unknown(&self.schema())),
+        }
     }
 }
 
@@ -439,13 +503,13 @@ impl ExecutionPlan for PolicyExec {
     fn statistics_from_inputs(
         &self,
         _input_stats: &[Arc<Statistics>],
-        _args: &StatisticsArgs,
+        args: &StatisticsArgs,
     ) -> DfResult<Arc<Statistics>> {
-        Ok(Arc::new(Statistics::new_unknown(&self.schema())))
+        Ok(self.statistics_for(args.partition()))
     }
 
     #[allow(deprecated)]
-    fn partition_statistics(&self, _partition: Option<usize>) -> DfResult<Arc<Statistics>> {
-        Ok(Arc::new(Statistics::new_unknown(&self.schema())))
+    fn partition_statistics(&self, partition: Option<usize>) -> DfResult<Arc<Statistics>> {
+        Ok(self.statistics_for(partition))
     }
 }
