@@ -744,7 +744,9 @@ impl Engine {
         let tables = scanned_tables(&plan)?;
         let df = DataFrame::new(state, plan);
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let stream = df.execute_stream().await?;
+        let context = Arc::new(df.task_ctx());
+        let physical = announced_types(df.create_physical_plan().await?, &schema)?;
+        let stream = datafusion::physical_plan::execute_stream(physical, context)?;
         Ok(QueryOutput {
             kind,
             schema,
@@ -952,6 +954,48 @@ fn audit(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "statement"
     );
+}
+
+/// `plan`, producing exactly the types of `announced` (the logical plan's schema, which
+/// GetFlightInfo, prepared statements and REST announce). DataFusion's physical plan can
+/// disagree: with a `COUNT(DISTINCT …)` beside it, `SUM` of a DECIMAL(7,2) is planned as
+/// DECIMAL(17,2) and computed in two phases as DECIMAL(27,2), which Flight clients reject
+/// ("column types must match schema types"). The result is cast to what was announced (an
+/// overflow is an error, never a wrong value).
+fn announced_types(
+    plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    announced: &SchemaRef,
+) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+    use datafusion::physical_expr::expressions::{CastExpr, Column};
+    use datafusion::physical_plan::projection::ProjectionExec;
+    let actual = plan.schema();
+    let differs = actual.fields().len() == announced.fields().len()
+        && actual
+            .fields()
+            .iter()
+            .zip(announced.fields())
+            .any(|(a, b)| a.data_type() != b.data_type());
+    if !differs {
+        return Ok(plan);
+    }
+    let exprs = actual
+        .fields()
+        .iter()
+        .zip(announced.fields())
+        .enumerate()
+        .map(|(i, (a, b))| {
+            let column: Arc<dyn datafusion::physical_expr::PhysicalExpr> =
+                Arc::new(Column::new(a.name(), i));
+            let expr: Arc<dyn datafusion::physical_expr::PhysicalExpr> =
+                if a.data_type() == b.data_type() {
+                    column
+                } else {
+                    Arc::new(CastExpr::new(column, b.data_type().clone(), None))
+                };
+            (expr, b.name().clone())
+        })
+        .collect::<Vec<_>>();
+    Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
 /// Every scanned table with the version and Delta table id read, or `None` when the plan
