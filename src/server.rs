@@ -141,7 +141,9 @@ impl Server {
             conn
         });
         let flight = tonic::transport::Server::builder()
-            .http2_max_header_list_size(self.config.flight.max_header_list_bytes)
+            .http2_max_header_list_size(crate::api::flight::transport_header_limit(
+                self.config.flight.max_header_list_bytes,
+            ))
             .layer(auth_layer)
             .add_service(flight_service)
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));

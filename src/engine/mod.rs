@@ -57,6 +57,9 @@ pub struct Prepared {
     /// For a cacheable query without parameters: where its result is (or will be) cached,
     /// so a later fetch can replay it without planning again ([`Engine::fetch_cached`]).
     pub result_key: Option<ResultKey>,
+    /// For each result column that is a column of a table as it is: that table (for client
+    /// column metadata); `None` for computed columns.
+    pub origins: Vec<Option<TableRef>>,
 }
 
 /// The result cache key of a planned query and the policy version it was computed under.
@@ -176,13 +179,20 @@ impl Engine {
     /// Plans one SQL statement without running it: the result schema of a query and the
     /// types of its parameters. Privileges are checked as for execution.
     pub async fn prepare(&self, principal: &Arc<Principal>, sql: &str) -> Result<Prepared> {
-        self.prepare_with(principal, sql, false).await
+        self.prepare_with(principal, sql, false, None).await
     }
 
     /// [`Engine::prepare`] for a fetch that follows (Flight GetFlightInfo → DoGet): also
-    /// the result key of a cacheable query without parameters.
-    pub async fn prepare_fetch(&self, principal: &Arc<Principal>, sql: &str) -> Result<Prepared> {
-        self.prepare_with(principal, sql, true).await
+    /// the result key of a cacheable query without parameters. With `params` (the first
+    /// row bound to a prepared statement) the schema is the bound plan's: a parameter in the
+    /// select list has the type of its value, not NULL.
+    pub async fn prepare_fetch(
+        &self,
+        principal: &Arc<Principal>,
+        sql: &str,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<Prepared> {
+        self.prepare_with(principal, sql, true, params).await
     }
 
     async fn prepare_with(
@@ -190,6 +200,7 @@ impl Engine {
         principal: &Arc<Principal>,
         sql: &str,
         want_key: bool,
+        params: Option<Vec<ScalarValue>>,
     ) -> Result<Prepared> {
         self.check_sql_size(sql)?;
         let statement = sql::parse(sql, &self.default_layer)?;
@@ -208,6 +219,7 @@ impl Engine {
                 let parameters = (1..=count)
                     .map(|i| types.get(&format!("${i}")).cloned().flatten())
                     .collect();
+                let mut origins = Vec::new();
                 let (schema, result_key) = if kind == "EXPLAIN" {
                     // EXPLAIN's output schema is fixed: plan_type, plan.
                     let schema = Arc::new(Schema::new(vec![
@@ -216,7 +228,15 @@ impl Engine {
                     ]));
                     (schema, None)
                 } else {
-                    let schema = Arc::new(plan.schema().as_arrow().clone());
+                    let bound = match params {
+                        Some(values) if !values.is_empty() => {
+                            Some(bind_params(plan.clone(), values)?)
+                        }
+                        _ => None,
+                    };
+                    let planned = bound.as_ref().unwrap_or(&plan);
+                    origins = column_origins(planned);
+                    let schema = Arc::new(planned.schema().as_arrow().clone());
                     // The key of exactly the plan an execution without parameters runs.
                     let result_key = match (&self.cache, want_key && types.is_empty()) {
                         (Some(_), true) => {
@@ -236,6 +256,7 @@ impl Engine {
                     schema: Some(schema),
                     parameters,
                     result_key,
+                    origins,
                 })
             }
             _ => Ok(Prepared {
@@ -243,6 +264,7 @@ impl Engine {
                 schema: None,
                 parameters: Vec::new(),
                 result_key: None,
+                origins: Vec::new(),
             }),
         }
     }
@@ -954,6 +976,21 @@ fn audit(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "statement"
     );
+}
+
+/// The table each output column of `plan` comes from unchanged (its qualifier names a
+/// table: `gold.orders`, `strata.gold.orders`), else `None`.
+fn column_origins(plan: &LogicalPlan) -> Vec<Option<TableRef>> {
+    plan.schema()
+        .iter()
+        .map(|(qualifier, _)| {
+            let q = qualifier?;
+            match (q.schema(), q.table()) {
+                (Some(layer), table) => TableRef::new(layer, table).ok(),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// `plan`, producing exactly the types of `announced` (the logical plan's schema, which

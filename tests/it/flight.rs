@@ -911,3 +911,23 @@ async fn results_send_exactly_the_announced_schema() {
     let sum = arrow::util::display::array_value_to_string(b.column(1), 0).unwrap();
     assert_eq!(sum, "114.74");
 }
+
+/// A token over `flight.max_header_list_bytes` gets a definite INVALID_ARGUMENT naming the
+/// limit, not the UNAVAILABLE of a dropped connection (which clients retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_token_gets_a_definite_status() {
+    let s = TestServer::start().await;
+    let big = s.token_with(
+        "big",
+        &["admin"],
+        serde_json::json!({ "pad": "x".repeat(100 * 1024) }),
+    );
+    let mut c = client(&s, &big).await;
+    let e = c.execute("SELECT 1".into(), None).await.unwrap_err();
+    let text = format!("{e:?}");
+    assert!(text.contains("InvalidArgument"), "{text}");
+    assert!(text.contains("max_header_list_bytes"), "{text}");
+    // The connection is still good for a normal token.
+    let mut c = client(&s, &s.admin.clone()).await;
+    assert!(c.execute("SELECT 1".into(), None).await.is_ok());
+}

@@ -141,3 +141,68 @@ def test_an_external_writer_commit_is_seen_on_the_next_query():
         assert cur.fetchall() == [(5, 36.0)]
         cur.execute("SELECT name FROM silver.external VERSION AS OF " + str(before) + " ORDER BY id")
         assert [r[0] for r in cur.fetchall()] == ["p1", "p2", "p3"]
+
+
+def test_a_parameter_in_the_select_list_has_its_bound_type():
+    # The FlightInfo after binding is typed by the bound values (the prepare-time type of
+    # `? AS tag` is NULL); the Go driver refuses a DoGet schema that disagrees with it.
+    with connect(ADMIN) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, ? AS tag FROM gold.people WHERE id <= ? ORDER BY id", parameters=("x", 2))
+        table = cur.fetch_arrow_table()
+        assert table.column("tag").to_pylist() == ["x", "x"]
+        assert pa.types.is_string(table.schema.field("tag").type) or pa.types.is_large_string(
+            table.schema.field("tag").type
+        )
+
+
+def test_get_objects_reports_column_types():
+    with connect(ADMIN) as conn:
+        objects = conn.adbc_get_objects(depth="columns", db_schema_filter="gold", table_name_filter="people")
+        columns = [
+            column
+            for catalog in objects.read_all().to_pylist()
+            for schema in (catalog["catalog_db_schemas"] or [])
+            for table in (schema["db_schema_tables"] or [])
+            for column in (table["table_columns"] or [])
+        ]
+        types = {c["column_name"]: c["xdbc_type_name"] for c in columns}
+        assert types == {"id": "BIGINT", "name": "VARCHAR", "amount": "DOUBLE"}, columns
+
+
+def test_incremental_execution_polls_to_completion():
+    # ADBC's incremental execution is PollFlightInfo: Strata answers complete at once.
+    with connect(ADMIN) as conn, conn.cursor() as cur:
+        cur.adbc_statement.set_options(**{"adbc.statement.exec.incremental": "true"})
+        partitions, schema = cur.adbc_execute_partitions("SELECT count(*) AS n FROM gold.people")
+        assert schema.names == ["n"]
+        rows = []
+        for partition in partitions:
+            cur.adbc_read_partition(partition)
+            rows.extend(cur.fetchall())
+        assert rows == [(20,)]
+
+
+def test_execute_schema_plans_without_running():
+    # GetSchema: the schema a query would return, nothing executed.
+    with connect(ADMIN) as conn, conn.cursor() as cur:
+        schema = cur.adbc_execute_schema("SELECT id, name FROM gold.people")
+        assert schema.names == ["id", "name"]
+        assert schema.field("id").metadata[b"ARROW:FLIGHT:SQL:TYPE_NAME"] == b"BIGINT"
+        assert schema.field("id").metadata[b"ARROW:FLIGHT:SQL:TABLE_NAME"] == b"people"
+
+
+def test_flightsql_dbapi_runs_parameterised_queries():
+    # flightsql-dbapi binds parameters with DoPut, then executes the handle it prepared (not
+    # the one DoPut returned): the replica remembers the binding for that handle.
+    from flightsql import FlightSQLClient
+    from flightsql.dbapi import connect as dbapi_connect
+
+    host, port = URI.removeprefix("grpc://").rsplit(":", 1)
+    client = FlightSQLClient(host=host, port=int(port), token=ADMIN, insecure=True)
+    conn = dbapi_connect(client)
+    cur = conn.cursor()
+    cur.execute("SELECT id, name FROM gold.people WHERE id > ? AND name <> ? ORDER BY id", (17, "p19"))
+    assert [row[0] for row in cur.fetchall()] == [18, 20]
+    cur.execute("SELECT count(*) AS n FROM gold.people")
+    assert [list(row) for row in cur.fetchall()] == [[20]]
+    conn.close()

@@ -41,6 +41,8 @@ fn observed(
 #[derive(Debug, Clone)]
 pub(crate) struct AuthLayer {
     pub(crate) auth: Arc<Authenticator>,
+    /// `flight.max_header_list_bytes`: checked here, with a definite answer.
+    pub(crate) max_header_bytes: usize,
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -50,6 +52,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: Arc::clone(&self.auth),
+            max_header_bytes: self.max_header_bytes,
         }
     }
 }
@@ -58,6 +61,23 @@ impl<S> Layer<S> for AuthLayer {
 pub(crate) struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    max_header_bytes: usize,
+}
+
+/// The size HTTP/2 accounts for a header list (RFC 9113 §6.5.2: name, value and 32 bytes per
+/// field).
+fn header_list_size(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 32)
+        .sum()
+}
+
+/// The transport's own header limit: well above the configured one, so a request between the
+/// two reaches [`AuthService`] and gets a definite INVALID_ARGUMENT instead of the connection
+/// error (UNAVAILABLE, which clients retry) HTTP/2 answers past its limit.
+pub(crate) fn transport_header_limit(configured: u32) -> u32 {
+    configured.saturating_mul(4).max(256 * 1024)
 }
 
 impl<S, B> Service<http::Request<B>> for AuthService<S>
@@ -95,8 +115,14 @@ where
             .filter(|v| !v.is_empty() && v.len() <= 128)
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
         let started = std::time::Instant::now();
+        let header_bytes = header_list_size(req.headers());
         // The handshake authenticates itself (it is where Basic credentials arrive).
-        let principal = if method == "Handshake" {
+        let principal = if header_bytes > self.max_header_bytes {
+            Err(Error::invalid(format!(
+                "the request's metadata is {header_bytes} bytes, over flight.max_header_list_bytes ({}); is the token too large?",
+                self.max_header_bytes
+            )))
+        } else if method == "Handshake" {
             Ok(None)
         } else {
             match handshake::token_from_headers(req.headers()) {

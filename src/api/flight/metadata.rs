@@ -469,7 +469,11 @@ impl FlightSqlServer {
     ) -> Result<(SchemaRef, RecordBatch)> {
         let mut b = query.into_builder();
         for (t, schema) in self.engine.table_schemas(p).await? {
-            let wire = wire_schema(&schema, downcast);
+            let origins = vec![Some(t.clone()); schema.fields().len()];
+            let wire = wire_schema(
+                &super::columns::with_metadata(&schema, &origins, false),
+                downcast,
+            );
             b.append(CATALOG_NAME, t.layer.as_str(), &t.name, TABLE_TYPE, &wire)
                 .map_err(flight_error)?;
         }

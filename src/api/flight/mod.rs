@@ -7,6 +7,7 @@
 //! DoGet(ticket)      → statement tickets: verify HMAC, expiry, principal → re-plan → stream
 //! DoPut(cmd, data)   → updates, prepared binding, ingest
 //! DoAction           → prepared statements, CancelFlightInfo
+//! PollFlightInfo, GetSchema → [`service`] (arrow-flight leaves them unimplemented)
 //! ```
 //!
 //! One file per command family: [`statement`], [`prepared`], [`metadata`], [`ingest`],
@@ -15,11 +16,13 @@
 mod auth;
 mod cancel;
 mod cancel_action;
+mod columns;
 pub mod encode;
 mod handshake;
 mod ingest;
 mod metadata;
 mod prepared;
+mod service;
 mod statement;
 
 use std::pin::Pin;
@@ -54,7 +57,7 @@ use crate::error::{Error, Result};
 use crate::security::ticket::TicketSigner;
 use crate::security::{Authenticator, Principal};
 
-pub(crate) use auth::AuthLayer;
+pub(crate) use auth::{AuthLayer, transport_header_limit};
 
 type DoGetStream =
     Pin<Box<dyn Stream<Item = std::result::Result<FlightData, Status>> + Send + 'static>>;
@@ -159,6 +162,11 @@ pub struct FlightSqlServer {
     default_layer: String,
     sql_info: Arc<SqlInfoData>,
     xdbc: Arc<XdbcTypeInfoData>,
+    /// Parameters last bound to a prepared handle, by the handle's digest: for clients that
+    /// ignore the new handle DoPut returns and execute the original one (`flightsql-dbapi`).
+    /// Bounded and short-lived, and per replica: those clients must stay on one; everyone
+    /// else uses the stateless handles.
+    bound: moka::sync::Cache<[u8; 32], Vec<u8>>,
 }
 
 impl std::fmt::Debug for FlightSqlServer {
@@ -201,12 +209,16 @@ impl FlightSqlServer {
             default_layer: cfg.query.default_layer.to_ascii_lowercase(),
             sql_info: Arc::new(metadata::sql_info_data()?),
             xdbc: Arc::new(metadata::xdbc_data()?),
+            bound: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(cfg.flight.ticket_ttl_secs))
+                .build(),
         })
     }
 
-    pub fn into_service(self) -> FlightServiceServer<FlightSqlServer> {
+    pub fn into_service(self) -> FlightServiceServer<service::StrataFlightService> {
         let max = self.flight.max_message_bytes;
-        FlightServiceServer::new(self)
+        FlightServiceServer::new(service::StrataFlightService::new(self))
             .max_decoding_message_size(max.max(16 * 1024 * 1024))
             .max_encoding_message_size(max.max(16 * 1024 * 1024))
     }
@@ -214,6 +226,7 @@ impl FlightSqlServer {
     pub(crate) fn auth_layer(&self) -> AuthLayer {
         AuthLayer {
             auth: Arc::clone(&self.auth),
+            max_header_bytes: self.flight.max_header_list_bytes as usize,
         }
     }
 }

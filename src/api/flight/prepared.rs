@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! DoAction(CreatePreparedStatement sql) → plan → {handle, dataset schema, parameter schema}
-//! DoPut(CommandPreparedStatementQuery handle, batch of parameter rows) → new handle (params in)
+//! DoPut(CommandPreparedStatementQuery handle, batch of parameter rows) → new handle (params in);
+//!     this replica also remembers them for the old handle (clients that execute the handle
+//!     they bound, not the new one: `flightsql-dbapi`)
 //! GetFlightInfo(CommandPreparedStatementQuery handle) → ticket as for ad-hoc statements
 //! DoPut(CommandPreparedStatementUpdate handle [, rows]) → one execution per row → affected rows
 //! DoAction(ClosePreparedStatement handle) → verified, nothing to free
@@ -32,12 +34,46 @@ use crate::error::{Error, Result};
 use crate::security::Principal;
 use crate::security::ticket::{Kind, proto};
 
+/// The key of a handle in [`FlightSqlServer::bound`].
+fn handle_digest(handle: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(handle).into()
+}
+
 impl FlightSqlServer {
     fn open_handle(&self, p: &Principal, handle: &[u8]) -> Result<proto::PreparedHandle> {
         self.signer
             .open(Kind::Prepared, handle, p, |m: &proto::PreparedHandle| {
                 m.binding.as_ref()
             })
+    }
+
+    /// The handle, with the parameters last bound to it on this replica if it carries none
+    /// (a client that executes the handle it bound, not the one DoPut returned).
+    fn open_bound_handle(&self, p: &Principal, handle: &[u8]) -> Result<proto::PreparedHandle> {
+        let mut opened = self.open_handle(p, handle)?;
+        if opened.params_ipc.is_empty()
+            && let Some(params) = self.bound.get(&handle_digest(handle))
+        {
+            opened.params_ipc = params;
+        }
+        Ok(opened)
+    }
+
+    /// The SQL of a prepared handle and the first row of parameters bound to it, if any.
+    pub(super) fn prepared_statement(
+        &self,
+        p: &Principal,
+        handle: &[u8],
+    ) -> Result<(String, Option<Vec<datafusion::common::ScalarValue>>)> {
+        let opened = self.open_bound_handle(p, handle)?;
+        let first = match opened.params_ipc.is_empty() {
+            true => None,
+            false => super::statement::param_rows(&opened.params_ipc)?
+                .into_iter()
+                .next(),
+        };
+        Ok((opened.sql, first))
     }
 
     pub(super) async fn create_prepared_statement_impl(
@@ -56,7 +92,10 @@ impl FlightSqlServer {
                 is_query: prepared.is_query(),
             };
             let dataset = match &prepared.schema {
-                Some(s) => schema_bytes(&wire_schema(s, downcast))?,
+                Some(s) => schema_bytes(&wire_schema(
+                    &super::columns::with_metadata(s, &prepared.origins, true),
+                    downcast,
+                ))?,
                 None => schema_bytes(&Schema::empty())?,
             };
             let params = Schema::new(
@@ -101,7 +140,7 @@ impl FlightSqlServer {
         let p = principal(&request)?;
         let downcast = self.downcast(&request);
         let handle = self
-            .open_handle(&p, &query.prepared_statement_handle)
+            .open_bound_handle(&p, &query.prepared_statement_handle)
             .map_err(to_status)?;
         let info = self
             .statement_info(
@@ -127,7 +166,7 @@ impl FlightSqlServer {
         let p = principal(&request)?;
         let downcast = self.downcast(&request);
         let handle = self
-            .open_handle(&p, &query.prepared_statement_handle)
+            .open_bound_handle(&p, &query.prepared_statement_handle)
             .map_err(to_status)?;
         let info = self
             .statement_info(
@@ -174,6 +213,10 @@ impl FlightSqlServer {
             _ => Vec::new(),
         };
         handle.binding = Some(self.signer.binding(&p));
+        self.bound.insert(
+            handle_digest(&query.prepared_statement_handle),
+            handle.params_ipc.clone(),
+        );
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(
                 self.signer
@@ -191,7 +234,7 @@ impl FlightSqlServer {
     ) -> std::result::Result<i64, Status> {
         let p = principal(&request)?;
         let handle = self
-            .open_handle(&p, &query.prepared_statement_handle)
+            .open_bound_handle(&p, &query.prepared_statement_handle)
             .map_err(to_status)?;
         let (schema, batches) = read_batches(request).await.map_err(to_status)?;
         let params_ipc = match schema {

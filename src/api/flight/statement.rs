@@ -23,7 +23,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::encode::{self, flight_stream, from_ipc, to_ipc, wire_schema};
-use super::{DoGetStream, FlightSqlServer, principal, to_status};
+use super::{DoGetStream, FlightSqlServer, columns, principal, to_status};
 use crate::cache::CacheKey;
 use crate::engine::{ResultKey, command_schema};
 use crate::error::{Error, Result};
@@ -53,7 +53,12 @@ impl FlightSqlServer {
         downcast: bool,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo> {
-        let prepared = self.engine.prepare_fetch(p, sql).await?;
+        // The first bound row types the result (a parameter in the select list).
+        let first = match params_ipc.is_empty() {
+            true => None,
+            false => param_rows(&params_ipc)?.into_iter().next(),
+        };
+        let prepared = self.engine.prepare_fetch(p, sql, first).await?;
         let mut ticket = proto::StatementTicket {
             id: uuid::Uuid::new_v4().to_string(),
             sql: sql.to_string(),
@@ -63,6 +68,11 @@ impl FlightSqlServer {
             result_ipc: Vec::new(),
             cache_key: Vec::new(),
             policy_version: 0,
+            origins: prepared
+                .origins
+                .iter()
+                .map(|o| o.as_ref().map(ToString::to_string).unwrap_or_default())
+                .collect(),
         };
         // The key holds for this statement without parameters only.
         if let Some(k) = prepared.result_key
@@ -72,7 +82,10 @@ impl FlightSqlServer {
             ticket.policy_version = k.policy_version;
         }
         let schema = match &prepared.schema {
-            Some(schema) => wire_schema(schema, downcast),
+            Some(schema) => wire_schema(
+                &columns::with_metadata(schema, &prepared.origins, true),
+                downcast,
+            ),
             None => {
                 // A command: run it exactly once, now; DoGet only replays the summary row.
                 let batches = self.run_command(p, sql, &ticket.params_ipc).await?;
@@ -163,7 +176,7 @@ impl FlightSqlServer {
             match self.engine.fetch_cached(&p, &key).await {
                 Ok(Some(output)) => {
                     let stream = flight_stream(
-                        output.schema,
+                        columns::with_metadata(&output.schema, &origins(&t.origins), true),
                         output.stream,
                         t.downcast_views,
                         self.flight.max_message_bytes,
@@ -220,7 +233,7 @@ impl FlightSqlServer {
             ),
         );
         let stream = flight_stream(
-            schema,
+            columns::with_metadata(&schema, &origins(&t.origins), true),
             merged,
             t.downcast_views,
             self.flight.max_message_bytes,
@@ -245,6 +258,14 @@ impl FlightSqlServer {
 }
 
 use futures::StreamExt as _;
+
+/// The column origins a ticket carries.
+fn origins(names: &[String]) -> Vec<Option<crate::storage::TableRef>> {
+    names
+        .iter()
+        .map(|n| crate::storage::TableRef::parse(n).ok())
+        .collect()
+}
 
 /// Parameter rows from an Arrow IPC stream: one `Vec<ScalarValue>` per row, or a single empty
 /// row when there are none.
