@@ -36,3 +36,30 @@ async fn python_adbc_clients() {
     assert!(out.status.success(), "pytest failed:\n{stdout}\n{stderr}");
     println!("{stdout}");
 }
+
+/// TPC-DS at SF 0.01 (`tests/python/tpcds_check.py`): the decimal aggregate that broke
+/// DoGet and q16, q72, q94, q95 over Flight SQL, each compared with DuckDB's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_tpcds_small_scale() {
+    let python = tokio::task::spawn_blocking(python).await.unwrap();
+    let s = TestServer::start().await;
+    let check =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/tpcds_check.py");
+    let uri = format!("grpc://{}", s.flight);
+    let admin = s.admin.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+            .arg(&check)
+            .env("STRATA_FLIGHT_URI", uri)
+            .env("STRATA_ADMIN_TOKEN", admin)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pytest failed:\n{stdout}\n{stderr}");
+    println!("{stdout}");
+}
