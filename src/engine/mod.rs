@@ -102,6 +102,36 @@ pub struct QueryOutput {
     pub cache_hit: bool,
 }
 
+/// Who asks for a cacheable query, and how (see [`Engine::run_cached`]).
+#[derive(Debug, Clone, Copy)]
+struct Cached<'a> {
+    principal: &'a Arc<Principal>,
+    access: &'a Arc<AccessControl>,
+    if_none_match: Option<&'a str>,
+    /// Remember the result key under this statement key ([`statement_key`]).
+    statement_key: Option<[u8; 32]>,
+}
+
+/// A query's text and parameters as one principal sent them: the key under which the result
+/// key of its last run is remembered, so the same request again can replay a cached result
+/// without planning. Length-prefixed fields; the principal's fingerprint makes it theirs.
+fn statement_key(principal: &Principal, sql: &str, params: &[ScalarValue]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(b"strata-statement-key-v1");
+    field(&crate::security::ticket::fingerprint(principal));
+    field(sql.as_bytes());
+    for p in params {
+        // Debug shows the type and the value (strings quoted and escaped).
+        field(format!("{p:?}").as_bytes());
+    }
+    h.finalize().into()
+}
+
 /// The outcome of a conditional execution.
 #[derive(Debug)]
 pub enum Executed {
@@ -131,6 +161,9 @@ pub struct Engine {
     allow_short_vacuum: bool,
     admission: limits::Admission,
     runtime: Arc<RuntimeEnv>,
+    /// The result key of each (principal, query text, parameters) last run, so the same
+    /// request replays its cached result without planning ([`statement_key`]).
+    statement_keys: moka::sync::Cache<[u8; 32], ResultKey>,
 }
 
 impl Engine {
@@ -155,6 +188,10 @@ impl Engine {
             allow_short_vacuum: cfg.storage.allow_short_vacuum_retention,
             admission: limits::Admission::new(&cfg.query, cfg.server.memory_budget_bytes),
             runtime,
+            statement_keys: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(cfg.cache.ttl_secs.max(1)))
+                .build(),
         })
     }
 
@@ -307,6 +344,20 @@ impl Engine {
     ) -> Result<Executed> {
         self.check_sql_size(sql)?;
         let statement = sql::parse(sql, &self.default_layer)?;
+        // A query this principal ran before with these parameters: replay its cached result
+        // without planning while its policies and tables are unchanged (as Flight tickets
+        // do), else plan as usual below.
+        let statement_key = match (&statement, &self.cache) {
+            (Statement::Query(_), Some(_)) => Some(statement_key(principal, sql, &params)),
+            _ => None,
+        };
+        if let Some(remembered) = statement_key.and_then(|k| self.statement_keys.get(&k))
+            && let Some(executed) = self
+                .replay_cached(principal, &remembered, if_none_match)
+                .await?
+        {
+            return Ok(executed);
+        }
         let slot = self.admission.admit().await?;
         // Reads stop at the deadline; writes are not cut off mid-commit (their object
         // store calls are bounded by the storage retry limits instead).
@@ -333,7 +384,14 @@ impl Engine {
                 return Err(e);
             }
         };
-        let run = self.execute_admitted(principal, &access, statement, params, if_none_match);
+        let run = self.execute_admitted(
+            principal,
+            &access,
+            statement,
+            params,
+            if_none_match,
+            statement_key,
+        );
         let executed = match deadline {
             // A read also stops when the heap goes over the memory budget (engine::memory).
             Some(d) => {
@@ -408,6 +466,20 @@ impl Engine {
         principal: &Arc<Principal>,
         key: &ResultKey,
     ) -> Result<Option<QueryOutput>> {
+        Ok(match self.replay_cached(principal, key, None).await? {
+            Some(Executed::Output(o)) => Some(o),
+            _ => None,
+        })
+    }
+
+    /// [`Engine::fetch_cached`], answering `NotModified` when `if_none_match` holds the
+    /// result's entity tag (checked only once the result is known to be current).
+    async fn replay_cached(
+        &self,
+        principal: &Arc<Principal>,
+        key: &ResultKey,
+        if_none_match: Option<&str>,
+    ) -> Result<Option<Executed>> {
         let Some((cache, hit)) = self
             .cache
             .as_ref()
@@ -421,8 +493,18 @@ impl Engine {
         if access.version() != key.policy_version || !self.is_latest(&hit.versions).await {
             return Ok(None);
         }
+        let etag = key.key.etag();
+        if let Some(header) = if_none_match
+            && header.split(',').any(|t| t.trim() == etag)
+        {
+            cache
+                .stats()
+                .not_modified
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(Some(Executed::NotModified(etag)));
+        }
         cache.count_hit();
-        let output = replay(&hit, "SELECT", key.key.etag());
+        let output = replay(&hit, "SELECT", etag);
         audit(
             principal,
             Some(&access),
@@ -434,9 +516,9 @@ impl Engine {
             .admission
             .timeout
             .map(|t| tokio::time::Instant::now() + t);
-        Ok(Some(
+        Ok(Some(Executed::Output(
             self.limited(output, deadline, slot, principal, started),
-        ))
+        )))
     }
 
     async fn execute_admitted(
@@ -446,6 +528,7 @@ impl Engine {
         statement: Statement,
         params: Vec<ScalarValue>,
         if_none_match: Option<&str>,
+        statement_key: Option<[u8; 32]>,
     ) -> Result<Executed> {
         let kind = statement.kind();
         let access = Arc::clone(access);
@@ -453,9 +536,13 @@ impl Engine {
         let statement = match statement {
             Statement::Query(ast) => {
                 let plan = self.plan_query(&state, *ast, params).await?;
-                return self
-                    .run_cached(state, plan, kind, principal, &access, if_none_match)
-                    .await;
+                let cached = Cached {
+                    principal,
+                    access: &access,
+                    if_none_match,
+                    statement_key,
+                };
+                return self.run_cached(state, plan, kind, cached).await;
             }
             other => other,
         };
@@ -785,10 +872,14 @@ impl Engine {
         state: SessionState,
         plan: LogicalPlan,
         kind: &'static str,
-        principal: &Arc<Principal>,
-        access: &Arc<AccessControl>,
-        if_none_match: Option<&str>,
+        cached: Cached<'_>,
     ) -> Result<Executed> {
+        let Cached {
+            principal,
+            access,
+            if_none_match,
+            statement_key,
+        } = cached;
         let Some(cache) = &self.cache else {
             return self.run(state, plan, kind).await.map(Executed::Output);
         };
@@ -802,6 +893,15 @@ impl Engine {
             uncacheable();
             return self.run(state, plan, kind).await.map(Executed::Output);
         };
+        if let Some(k) = statement_key {
+            self.statement_keys.insert(
+                k,
+                ResultKey {
+                    key,
+                    policy_version: access.version(),
+                },
+            );
+        }
         let etag = key.etag();
         if let Some(header) = if_none_match
             && header.split(',').any(|t| t.trim() == etag)
