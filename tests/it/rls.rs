@@ -727,3 +727,46 @@ async fn mistyped_claims_and_failing_policies_never_quote_values() {
         assert!(!text.contains(hidden), "{text}");
     }
 }
+
+/// A plan kept between GetFlightInfo and DoGet (or between two identical REST queries) is
+/// only used while the policies it was planned under are in force: a policy change in
+/// between is seen by the very next execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_plans_never_outlive_a_policy_change() {
+    let s = sales_server().await;
+    let ann = ann(&s);
+    let q = "SELECT id FROM gold.sales ORDER BY id";
+    assert_eq!(ids(&s.sql(&ann, q).await.1), vec![1, 2, 6]);
+    let mut c = FlightSqlServiceClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", s.flight))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    c.set_token(ann.clone());
+    let info = c.execute(q.into(), None).await.unwrap();
+    let (status, body) = s
+        .put_json(
+            &s.admin.clone(),
+            "/api/v1/tables/gold/sales/policies",
+            json!({"row_filters": [{"roles": ["analyst"], "predicate": "region = current_claim('region') AND amount > 15"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // REST: the same text by the same principal, planned again under the new policy.
+    assert_eq!(ids(&s.sql(&ann, q).await.1), vec![2, 6]);
+    // Flight: the ticket from before the change runs under the new policy.
+    let batches: Vec<RecordBatch> = c
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let got: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    assert_eq!(got, vec![2, 6]);
+}
