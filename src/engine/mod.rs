@@ -397,21 +397,19 @@ impl Engine {
         if_none_match: Option<&str>,
     ) -> Result<Executed> {
         self.check_sql_size(sql)?;
-        let statement = sql::parse(sql, &self.default_layer)?;
         // A query this principal ran before with these parameters: replay its cached result
-        // without planning while its policies and tables are unchanged (as Flight tickets
-        // do), else plan as usual below.
-        let statement_key = match &statement {
-            Statement::Query(_) => Some(statement_key(principal, sql, &params)),
-            _ => None,
-        };
-        if let Some(remembered) = statement_key.and_then(|k| self.statement_keys.get(&k))
+        // without parsing or planning while its policies and tables are unchanged (as Flight
+        // tickets do), else parse and plan as usual below. Only queries are remembered.
+        let key = statement_key(principal, sql, &params);
+        if let Some(remembered) = self.statement_keys.get(&key)
             && let Some(executed) = self
                 .replay_cached(principal, &remembered, if_none_match)
                 .await?
         {
             return Ok(executed);
         }
+        let statement = sql::parse(sql, &self.default_layer)?;
+        let statement_key = matches!(statement, Statement::Query(_)).then_some(key);
         let slot = self.admission.admit().await?;
         // Reads stop at the deadline; writes are not cut off mid-commit (their object
         // store calls are bounded by the storage retry limits instead).
