@@ -212,7 +212,7 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
 fn check_config(file: Option<PathBuf>) -> Result<(), String> {
     let cfg = Config::load(file.as_deref()).map_err(|e| e.to_string())?;
     print!("{}", cfg.to_redacted_toml().map_err(|e| e.to_string())?);
-    let problems = cfg.problems();
+    let problems = strata::server::config_problems(&cfg);
     if problems.is_empty() {
         eprintln!("configuration OK");
         Ok(())

@@ -21,6 +21,20 @@ use crate::security::Authenticator;
 use crate::security::policy::store::PolicyStore;
 use crate::storage::{Catalog, Warehouse};
 
+/// Every problem in `config`: its own checks ([`Config::problems`]) and those that need the
+/// types the values configure (token algorithms, grants, the warehouse URL, the default
+/// layer), which live with those types so that `config` stays a leaf.
+pub fn config_problems(config: &Config) -> Vec<String> {
+    let mut out = config.problems();
+    out.extend(crate::security::auth::config_problems(&config.auth));
+    out.extend(crate::security::access::config_problems(&config.access));
+    out.extend(crate::storage::config_problems(
+        &config.storage,
+        &config.query.default_layer,
+    ));
+    out
+}
+
 #[derive(Debug)]
 pub struct Server {
     config: Config,
@@ -34,7 +48,10 @@ pub struct Server {
 
 impl Server {
     pub async fn build(config: Config) -> Result<Server> {
-        config.validate()?;
+        let problems = config_problems(&config);
+        if !problems.is_empty() {
+            return Err(Error::Config(problems.join("; ")));
+        }
         deltalake::aws::register_handlers(None);
         let warehouse = Warehouse::open(&config.storage)?;
         if matches!(
@@ -206,4 +223,24 @@ async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Config(format!("{key} = {addr}: cannot bind: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_found_by_other_modules_are_listed_too() {
+        let mut cfg = Config::default();
+        cfg.server.http_addr = "0.0.0.0:8080".parse().unwrap();
+        cfg.auth.algorithms = vec!["none".into()];
+        cfg.query.default_layer = "platinum".into();
+        cfg.storage.warehouse = "ftp://host/path".into();
+        let p = config_problems(&cfg);
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert!(p.iter().any(|p| p.starts_with("auth.algorithms")), "{p:?}");
+        assert!(p.iter().any(|p| p.starts_with("query.default_layer")), "{p:?}");
+        assert!(p.iter().any(|p| p.starts_with("storage.warehouse")), "{p:?}");
+        assert_eq!(config_problems(&Config::default()), Vec::<String>::new());
+    }
 }

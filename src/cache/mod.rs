@@ -27,33 +27,10 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use moka::notification::RemovalCause;
-use serde::{Deserialize, Serialize};
 
 pub use key::CacheKey;
 
-/// `[cache]` configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CacheConfig {
-    pub enabled: bool,
-    /// Total size of cached results (Arrow memory), in bytes.
-    pub max_bytes: u64,
-    /// Results larger than this are not cached, in bytes.
-    pub max_entry_bytes: u64,
-    /// Lifetime of an entry, in seconds.
-    pub ttl_secs: u64,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig {
-            enabled: true,
-            max_bytes: 256 * 1024 * 1024,
-            max_entry_bytes: 32 * 1024 * 1024,
-            ttl_secs: 300,
-        }
-    }
-}
+use crate::config::CacheConfig;
 
 /// A cached result.
 #[derive(Debug)]

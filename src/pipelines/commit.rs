@@ -32,14 +32,9 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::security::Principal;
 use crate::storage::catalog::TableSpec;
+use crate::storage::commit_info::{COMMIT_ID_KEY, OPERATION_KEY, PRINCIPAL_KEY};
 use crate::storage::{Catalog, TableRef};
 
-/// Commit-info key naming the principal that made a commit.
-pub const PRINCIPAL_KEY: &str = "strata.principal";
-/// Commit-info key naming the Strata operation.
-pub const OPERATION_KEY: &str = "strata.operation";
-/// Commit-info key holding a unique id per commit attempt.
-pub const COMMIT_ID_KEY: &str = "strata.commit_id";
 const MAX_IDEMPOTENCY_KEY: usize = 200;
 /// Commit attempts of a blind append. An append reads nothing, so losing a race never
 /// invalidates it: delta-rs just tries the next version. Its default (15) let appends fail

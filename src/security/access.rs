@@ -9,6 +9,15 @@ use std::fmt;
 use std::collections::HashMap;
 
 use crate::config::{AccessConfig, GrantConfig};
+
+/// Problems in `[access]`: grants that do not parse (see `server::config_problems`).
+pub fn config_problems(cfg: &AccessConfig) -> Vec<String> {
+    cfg.grants
+        .iter()
+        .enumerate()
+        .filter_map(|(i, g)| Grant::parse(g).err().map(|e| format!("access.grants[{i}]: {e}")))
+        .collect()
+}
 use crate::error::{Error, Result};
 use crate::security::Principal;
 use crate::security::policy::model::{PolicyDoc, TablePolicy};

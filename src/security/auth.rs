@@ -20,6 +20,17 @@ use crate::security::Principal;
 /// File under `server.data_dir` holding the generated dev secret.
 pub const DEV_SECRET_FILE: &str = "dev-secret";
 
+/// Problems in `[auth]` that need the algorithm list (see `server::config_problems`).
+pub fn config_problems(cfg: &AuthConfig) -> Vec<String> {
+    cfg.algorithms
+        .iter()
+        .filter(|alg| parse_algorithm(alg).is_none())
+        .map(|alg| format!(
+            "auth.algorithms: unknown or disallowed algorithm {alg:?} (use HS256, HS384, HS512, RS256, RS384, RS512, PS256, ES256, ES384 or EdDSA)"
+        ))
+        .collect()
+}
+
 pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
     match name.to_ascii_uppercase().as_str() {
         "HS256" => Some(Algorithm::HS256),

@@ -19,6 +19,17 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 pub use catalog::Catalog;
+
+/// Keys Strata writes into every commit's `commitInfo` (by `pipelines::commit`) and reads
+/// back for the history (`Catalog::history`).
+pub mod commit_info {
+    /// The principal that made a commit.
+    pub const PRINCIPAL_KEY: &str = "strata.principal";
+    /// The Strata operation.
+    pub const OPERATION_KEY: &str = "strata.operation";
+    /// A unique id per commit attempt.
+    pub const COMMIT_ID_KEY: &str = "strata.commit_id";
+}
 pub use warehouse::Warehouse;
 
 /// The catalog name SQL sees: `strata.gold.orders`.
@@ -102,6 +113,23 @@ impl fmt::Display for TableRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.layer, self.name)
     }
+}
+
+/// Problems in `[storage]` and the default layer that need the storage types (see
+/// `server::config_problems`).
+pub fn config_problems(cfg: &crate::config::StorageConfig, default_layer: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if !cfg.warehouse.trim().is_empty()
+        && let Err(e) = Warehouse::parse(&cfg.warehouse)
+    {
+        out.push(format!("storage.warehouse: {e}"));
+    }
+    if Layer::parse(default_layer).is_none() {
+        out.push(format!(
+            "query.default_layer must be bronze, silver or gold, not {default_layer:?}"
+        ));
+    }
+    out
 }
 
 /// Table and column names: `[a-z_][a-z0-9_]*`, at most 128 bytes (case-insensitive).
