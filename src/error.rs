@@ -1,9 +1,9 @@
 //! One error type for the whole server.
 //!
 //! Every failure is an [`Error`]; [`Error::kind`] classifies it into a protocol-neutral
-//! [`ErrorKind`], and both front ends derive their status from that kind alone
-//! ([`ErrorKind::http_status`], [`ErrorKind::grpc_code`]). Adding a variant forces a decision at
-//! compile time: there is no catch-all arm in either match.
+//! [`ErrorKind`], and each front end derives its status from that kind alone, in one
+//! exhaustive match of its own (`api::rest::error::http_status`, `api::flight::error::grpc_code`).
+//! Adding a kind forces a decision in both at compile time: neither match has a catch-all arm.
 //!
 //! Internal and unavailable errors reach clients as a code plus a trace id; the detail is only
 //! logged.
@@ -52,48 +52,6 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// HTTP status for REST responses.
-    pub fn http_status(self) -> http::StatusCode {
-        use http::StatusCode as S;
-        match self {
-            ErrorKind::InvalidArgument => S::BAD_REQUEST,
-            ErrorKind::Unauthenticated => S::UNAUTHORIZED,
-            ErrorKind::PermissionDenied => S::FORBIDDEN,
-            ErrorKind::NotFound => S::NOT_FOUND,
-            ErrorKind::AlreadyExists | ErrorKind::Conflict => S::CONFLICT,
-            ErrorKind::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
-            ErrorKind::UnsupportedMediaType => S::UNSUPPORTED_MEDIA_TYPE,
-            ErrorKind::NotAcceptable => S::NOT_ACCEPTABLE,
-            ErrorKind::Unsupported => S::BAD_REQUEST,
-            ErrorKind::ResourceExhausted => S::TOO_MANY_REQUESTS,
-            ErrorKind::DeadlineExceeded => S::GATEWAY_TIMEOUT,
-            ErrorKind::Unavailable => S::SERVICE_UNAVAILABLE,
-            // nginx's "client closed request"; nobody is usually listening any more.
-            ErrorKind::Cancelled => S::from_u16(499).unwrap_or(S::BAD_REQUEST),
-            ErrorKind::Internal => S::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    /// gRPC status code for Flight SQL responses.
-    pub fn grpc_code(self) -> tonic::Code {
-        use tonic::Code as C;
-        match self {
-            ErrorKind::InvalidArgument => C::InvalidArgument,
-            ErrorKind::Unauthenticated => C::Unauthenticated,
-            ErrorKind::PermissionDenied => C::PermissionDenied,
-            ErrorKind::NotFound => C::NotFound,
-            ErrorKind::AlreadyExists => C::AlreadyExists,
-            ErrorKind::Conflict => C::Aborted,
-            ErrorKind::PayloadTooLarge | ErrorKind::ResourceExhausted => C::ResourceExhausted,
-            ErrorKind::UnsupportedMediaType | ErrorKind::NotAcceptable => C::InvalidArgument,
-            ErrorKind::Unsupported => C::Unimplemented,
-            ErrorKind::DeadlineExceeded => C::DeadlineExceeded,
-            ErrorKind::Unavailable => C::Unavailable,
-            ErrorKind::Cancelled => C::Cancelled,
-            ErrorKind::Internal => C::Internal,
-        }
-    }
-
     /// Stable machine-readable code used in REST error bodies.
     pub fn code(self) -> &'static str {
         match self {
@@ -224,15 +182,9 @@ impl Error {
         }
     }
 
-    /// Logs the error with a fresh trace id and returns that id. Both front ends call this
-    /// once per failed request, so it also counts refused commits.
+    /// Logs the error with a fresh trace id and returns that id.
     pub fn log(&self) -> String {
         let trace_id = uuid::Uuid::new_v4().simple().to_string();
-        if self.kind() == ErrorKind::Conflict {
-            crate::telemetry::metrics()
-                .conflicts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
         match self.kind() {
             ErrorKind::Internal | ErrorKind::Unavailable => {
                 tracing::error!(trace_id = %trace_id, error = %self, error_debug = ?self, "request failed");

@@ -239,8 +239,14 @@ mod tests {
         let p = config_problems(&cfg);
         assert_eq!(p.len(), 4, "{p:?}");
         assert!(p.iter().any(|p| p.starts_with("auth.algorithms")), "{p:?}");
-        assert!(p.iter().any(|p| p.starts_with("query.default_layer")), "{p:?}");
-        assert!(p.iter().any(|p| p.starts_with("storage.warehouse")), "{p:?}");
+        assert!(
+            p.iter().any(|p| p.starts_with("query.default_layer")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|p| p.starts_with("storage.warehouse")),
+            "{p:?}"
+        );
         assert_eq!(config_problems(&Config::default()), Vec::<String>::new());
     }
 }

@@ -3,3 +3,16 @@
 pub mod flight;
 pub mod rest;
 pub mod wire;
+
+use crate::error::{Error, ErrorKind};
+
+/// What both front ends do once per failed request: log it under a fresh trace id (returned
+/// for the client) and count refused commits.
+pub(crate) fn report(e: &Error) -> String {
+    if e.kind() == ErrorKind::Conflict {
+        crate::telemetry::metrics()
+            .conflicts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    e.log()
+}

@@ -271,12 +271,12 @@ impl Engine {
             if let Some(planned) = self.planned(Some(key), &access).await {
                 let schema = Arc::new(planned.plan.schema().as_arrow().clone());
                 let result_key = match (&self.cache, values.is_empty()) {
-                    (Some(_), true) => cache_key(&planned.plan, &access, principal)?.map(
-                        |(key, _)| ResultKey {
+                    (Some(_), true) => {
+                        cache_key(&planned.plan, &access, principal)?.map(|(key, _)| ResultKey {
                             key,
                             policy_version: access.version(),
-                        },
-                    ),
+                        })
+                    }
                     _ => None,
                 };
                 return Ok(Prepared {

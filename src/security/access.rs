@@ -15,7 +15,11 @@ pub fn config_problems(cfg: &AccessConfig) -> Vec<String> {
     cfg.grants
         .iter()
         .enumerate()
-        .filter_map(|(i, g)| Grant::parse(g).err().map(|e| format!("access.grants[{i}]: {e}")))
+        .filter_map(|(i, g)| {
+            Grant::parse(g)
+                .err()
+                .map(|e| format!("access.grants[{i}]: {e}"))
+        })
         .collect()
 }
 use crate::error::{Error, Result};

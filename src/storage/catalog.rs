@@ -500,10 +500,10 @@ fn parse_commit_info(version: u64, bytes: &[u8]) -> HistoryEntry {
             .and_then(DateTime::from_timestamp_millis);
         entry.operation = get("operation").and_then(|v| v.as_str().map(str::to_string));
         entry.operation_parameters = get("operationParameters");
-        entry.principal = get(super::commit_info::PRINCIPAL_KEY)
-            .and_then(|v| v.as_str().map(str::to_string));
-        entry.strata_operation = get(super::commit_info::OPERATION_KEY)
-            .and_then(|v| v.as_str().map(str::to_string));
+        entry.principal =
+            get(super::commit_info::PRINCIPAL_KEY).and_then(|v| v.as_str().map(str::to_string));
+        entry.strata_operation =
+            get(super::commit_info::OPERATION_KEY).and_then(|v| v.as_str().map(str::to_string));
         entry.read_version = get("readVersion").and_then(|v| v.as_i64());
         entry.is_blind_append = get("isBlindAppend").and_then(|v| v.as_bool());
         entry.operation_metrics = get("operationMetrics");

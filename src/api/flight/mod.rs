@@ -18,6 +18,7 @@ mod cancel;
 mod cancel_action;
 mod columns;
 pub mod encode;
+mod error;
 mod handshake;
 mod ingest;
 mod metadata;
@@ -62,12 +63,7 @@ pub(crate) use auth::{AuthLayer, transport_header_limit};
 type DoGetStream =
     Pin<Box<dyn Stream<Item = std::result::Result<FlightData, Status>> + Send + 'static>>;
 
-/// gRPC rendering of [`Error`]: code from its kind, internal detail logged only.
-pub fn to_status(e: Error) -> Status {
-    let trace_id = e.log();
-    let kind = e.kind();
-    Status::new(kind.grpc_code(), e.client_message(&trace_id))
-}
+pub use error::to_status;
 
 /// The principal the auth layer attached; fails closed if it is missing.
 fn principal<T>(req: &Request<T>) -> std::result::Result<Arc<Principal>, Status> {

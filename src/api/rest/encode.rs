@@ -192,7 +192,7 @@ pub(super) fn body_stream(
             match encoded {
                 Ok(bytes) => st.pending.push(bytes),
                 Err(e) => {
-                    let trace_id = e.log();
+                    let trace_id = crate::api::report(&e);
                     st.done = true;
                     return Some((
                         Err(std::io::Error::other(format!(

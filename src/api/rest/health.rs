@@ -28,7 +28,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
             Json(json!({"status": "ready", "checks": {"object_store": "ok"}})).into_response()
         }
         Ok(Err(e)) => {
-            let trace_id = e.log();
+            let trace_id = crate::api::report(&e);
             (
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 Json(json!({"status": "unavailable", "checks": {"object_store": "error"}, "trace_id": trace_id})),
