@@ -10,6 +10,7 @@ pub mod properties;
 pub mod scan;
 pub mod stats;
 pub mod types;
+mod version;
 pub mod warehouse;
 
 use std::fmt;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 pub use catalog::Catalog;
+pub use version::VersionSpec;
 
 /// Keys Strata writes into every commit's `commitInfo` (by `pipelines::commit`) and reads
 /// back for the history (`Catalog::history`).

@@ -9,7 +9,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 
 use crate::error::{Error, Result};
-use crate::security::policy::catalog::VersionSpec;
+use crate::storage::VersionSpec;
 
 pub(super) struct TimeTravel {
     error: Option<Error>,
