@@ -10,8 +10,9 @@ use hmac::{Hmac, Mac};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
+use crate::config::AuthConfig;
 use crate::error::{Error, Result};
-use crate::security::Principal;
+use crate::security::{Authenticator, Principal};
 
 /// Generated from `proto/strata/v1/flight.proto`.
 #[allow(missing_debug_implementations, unreachable_pub, clippy::all)]
@@ -71,6 +72,27 @@ fn now_ms() -> i64 {
 impl TicketSigner {
     pub fn new(key: Vec<u8>, ttl: Duration) -> TicketSigner {
         TicketSigner { key, ttl }
+    }
+
+    /// The signer of this deployment's tickets and handles: keyed by `auth.ticket_secret`,
+    /// else by a key derived from the HS256 secret (both shared by every replica), else by a
+    /// per-process random key (tickets then only work on the replica that issued them).
+    pub fn for_deployment(cfg: &AuthConfig, auth: &Authenticator, ttl: Duration) -> TicketSigner {
+        let key = match &cfg.ticket_secret {
+            Some(s) => s.expose().as_bytes().to_vec(),
+            None => match auth.derive_key("strata flight ticket v1") {
+                Some(k) => k,
+                None => {
+                    tracing::warn!(
+                        "no auth.ticket_secret and no HS256 secret: Flight tickets use a per-process key and only work on this replica"
+                    );
+                    let mut k = vec![0u8; 32];
+                    rand::fill(k.as_mut_slice());
+                    k
+                }
+            },
+        };
+        TicketSigner::new(key, ttl)
     }
 
     /// A binding of `p` valid for the configured lifetime.

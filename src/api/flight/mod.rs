@@ -179,27 +179,15 @@ impl FlightSqlServer {
         engine: Arc<Engine>,
         auth: Arc<Authenticator>,
     ) -> Result<FlightSqlServer> {
-        let key = match &cfg.auth.ticket_secret {
-            Some(s) => s.expose().as_bytes().to_vec(),
-            None => match auth.derive_key("strata flight ticket v1") {
-                Some(k) => k,
-                None => {
-                    tracing::warn!(
-                        "no auth.ticket_secret and no HS256 secret: Flight tickets use a per-process key and only work on this replica"
-                    );
-                    let mut k = vec![0u8; 32];
-                    rand::fill(k.as_mut_slice());
-                    k
-                }
-            },
-        };
+        let signer = Arc::new(TicketSigner::for_deployment(
+            &cfg.auth,
+            &auth,
+            Duration::from_secs(cfg.flight.ticket_ttl_secs),
+        ));
         Ok(FlightSqlServer {
             engine,
             auth,
-            signer: Arc::new(TicketSigner::new(
-                key,
-                Duration::from_secs(cfg.flight.ticket_ttl_secs),
-            )),
+            signer,
             cancels: Arc::new(cancel::Cancellations::default()),
             flight: cfg.flight.clone(),
             default_layer: cfg.query.default_layer.to_ascii_lowercase(),
