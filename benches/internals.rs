@@ -29,7 +29,7 @@ use serde_json::json;
 use strata::cache::{CachedResult, ResultCache, key};
 use strata::config::CacheConfig;
 use strata::config::GrantConfig;
-use strata::engine::Engine;
+use strata::engine::{Engine, Executed, QueryOutput, Submission};
 use strata::security::Principal;
 use strata::storage::TableRef;
 
@@ -124,9 +124,24 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
     world
 });
 
-async fn run(engine: &Engine, p: &Arc<Principal>, sql: &str) -> Vec<RecordBatch> {
-    let out = engine.execute(p, sql, Vec::new()).await.unwrap();
-    out.stream.try_collect().await.unwrap()
+async fn execute(engine: &Arc<Engine>, p: &Arc<Principal>, sql: &str) -> QueryOutput {
+    let submission = Submission {
+        sql,
+        ..Submission::default()
+    };
+    match engine.submit(p, submission).await.unwrap() {
+        Executed::Output(out) => out,
+        Executed::NotModified(_) => unreachable!("no If-None-Match was sent"),
+    }
+}
+
+async fn run(engine: &Arc<Engine>, p: &Arc<Principal>, sql: &str) -> Vec<RecordBatch> {
+    execute(engine, p, sql)
+        .await
+        .stream
+        .try_collect()
+        .await
+        .unwrap()
 }
 
 mod plan {
@@ -224,11 +239,7 @@ mod cache {
         w.rt.block_on(run(&w.engine, &w.analyst, QUERY));
         b.bench(|| {
             w.rt.block_on(async {
-                let out = w
-                    .engine
-                    .execute(&w.analyst, QUERY, Vec::new())
-                    .await
-                    .unwrap();
+                let out = execute(&w.engine, &w.analyst, QUERY).await;
                 assert!(out.cache_hit);
                 out.stream.try_collect::<Vec<_>>().await.unwrap()
             })

@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status};
 use super::encode::{self, flight_stream, from_ipc, to_ipc, wire_schema};
 use super::{DoGetStream, FlightSqlServer, columns, principal, to_status};
 use crate::cache::CacheKey;
-use crate::engine::{ResultKey, command_schema};
+use crate::engine::{Executed, ResultKey, Submission, command_schema};
 use crate::error::{Error, Result};
 use crate::security::Principal;
 use crate::security::ticket::{Kind, proto};
@@ -116,13 +116,15 @@ impl FlightSqlServer {
         sql: &str,
         params_ipc: &[u8],
     ) -> Result<Vec<RecordBatch>> {
-        let mut out = Vec::new();
-        for params in param_rows(params_ipc)? {
-            let output = self.engine.execute(p, sql, params).await?;
-            let batches: Vec<RecordBatch> = output.stream.try_collect().await?;
-            out.extend(batches);
+        let request = Submission {
+            sql,
+            rows: param_rows(params_ipc)?,
+            ..Submission::default()
+        };
+        match self.engine.submit(p, request).await? {
+            Executed::Output(output) => Ok(output.stream.try_collect().await?),
+            Executed::NotModified(_) => Err(Error::internal("not modified without a validator")),
         }
-        Ok(out)
     }
 
     pub(super) async fn get_flight_info_statement_impl(
@@ -168,73 +170,42 @@ impl FlightSqlServer {
             let (cancels, id) = (Arc::clone(&self.cancels), t.id.clone());
             move || cancels.finish(&id)
         };
-        if let Ok(key) = <[u8; 32]>::try_from(t.cache_key.as_slice()) {
-            let key = ResultKey {
+        // A ticket of a cacheable query carries its result key: replayed without planning
+        // while current (see `Engine::submit`).
+        let cached = <[u8; 32]>::try_from(t.cache_key.as_slice())
+            .ok()
+            .map(|key| ResultKey {
                 key: CacheKey(key),
                 policy_version: t.policy_version,
-            };
-            match self.engine.fetch_cached(&p, &key).await {
-                Ok(Some(output)) => {
-                    let stream = flight_stream(
-                        columns::with_metadata(&output.schema, &origins(&t.origins), true),
-                        output.stream,
-                        t.downcast_views,
-                        self.flight.max_message_bytes,
-                        Some(cancel),
-                        finish,
-                    );
-                    return Ok(Response::new(Box::pin(stream)));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    finish();
-                    return Err(to_status(e));
-                }
+            });
+        let submitted = match param_rows(&t.params_ipc) {
+            Ok(rows) => {
+                let request = Submission {
+                    sql: &t.sql,
+                    rows,
+                    cached,
+                    if_none_match: None,
+                };
+                self.engine.submit(&p, request).await
             }
-        }
-        let mut rows = param_rows(&t.params_ipc).map_err(to_status)?.into_iter();
-        // The first parameter row runs now (its errors are the call's status); the others
-        // run one after the other as the stream reaches them, so one call never holds more
-        // than one execution slot.
-        let first = match rows.next() {
-            Some(params) => self.engine.execute(&p, &t.sql, params).await,
-            None => Err(Error::internal("no statement to run")),
+            Err(e) => Err(e),
         };
-        let first = match first {
-            Ok(output) => output,
+        let output = match submitted {
+            Ok(Executed::Output(output)) => output,
+            Ok(Executed::NotModified(_)) => {
+                finish();
+                return Err(to_status(Error::internal(
+                    "not modified without a validator",
+                )));
+            }
             Err(e) => {
                 finish();
                 return Err(to_status(e));
             }
         };
-        let schema = Arc::clone(&first.schema);
-        let (engine, sql) = (Arc::clone(&self.engine), t.sql.clone());
-        let rest = futures::stream::iter(rows)
-            .then(move |params| {
-                let (engine, sql, p) = (Arc::clone(&engine), sql.clone(), Arc::clone(&p));
-                async move { engine.execute(&p, &sql, params).await }
-            })
-            .map(|executed| match executed {
-                Ok(output) => output.stream,
-                Err(e) => Box::pin(
-                    datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-                        Arc::new(arrow::datatypes::Schema::empty()),
-                        futures::stream::once(async move {
-                            Err(datafusion::error::DataFusionError::External(Box::new(e)))
-                        }),
-                    ),
-                ),
-            })
-            .flatten();
-        let merged: datafusion::execution::SendableRecordBatchStream = Box::pin(
-            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-                Arc::clone(&schema),
-                first.stream.chain(rest),
-            ),
-        );
         let stream = flight_stream(
-            columns::with_metadata(&schema, &origins(&t.origins), true),
-            merged,
+            columns::with_metadata(&output.schema, &origins(&t.origins), true),
+            output.stream,
             t.downcast_views,
             self.flight.max_message_bytes,
             Some(cancel),
@@ -256,8 +227,6 @@ impl FlightSqlServer {
         affected_rows(&batches).map_err(to_status)
     }
 }
-
-use futures::StreamExt as _;
 
 /// The column origins a ticket carries.
 fn origins(names: &[String]) -> Vec<Option<crate::storage::TableRef>> {

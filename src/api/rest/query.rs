@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::body::JsonBody;
 use super::encode::{Format, body_stream};
-use crate::engine::Executed;
+use crate::engine::{Executed, Submission};
 use crate::error::{Error, Result};
 use crate::security::Principal;
 
@@ -45,11 +45,13 @@ pub(super) async fn query(
     let if_none_match = headers
         .get(http::header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());
-    let output = match state
-        .engine
-        .execute_conditional(&principal, &req.sql, params, if_none_match)
-        .await?
-    {
+    let request = Submission {
+        sql: &req.sql,
+        rows: vec![params],
+        cached: None,
+        if_none_match,
+    };
+    let output = match state.engine.submit(&principal, request).await? {
         Executed::Output(output) => output,
         Executed::NotModified(etag) => {
             return Response::builder()
