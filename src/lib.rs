@@ -32,7 +32,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod ingest;
-pub mod pipelines;
+pub(crate) mod pipelines;
 pub mod security;
 pub mod server;
 pub mod storage;

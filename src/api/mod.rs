@@ -1,7 +1,7 @@
 //! Front ends: thin adapters from protocols to the engine. Nothing below `api` imports it.
 
 pub mod flight;
-pub mod rest;
+pub(crate) mod rest;
 pub mod wire;
 
 use crate::error::{Error, ErrorKind};

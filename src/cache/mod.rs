@@ -18,7 +18,7 @@
 //! ([`crate::engine::Engine::fetch_cached`]).
 
 pub mod key;
-pub mod tee;
+pub(crate) mod tee;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

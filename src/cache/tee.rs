@@ -18,7 +18,7 @@ use futures::Stream;
 use super::key::TableVersion;
 use super::{CacheKey, CachedResult, ResultCache};
 
-pub struct Tee {
+pub(crate) struct Tee {
     inner: SendableRecordBatchStream,
     cache: Arc<ResultCache>,
     key: CacheKey,
@@ -45,7 +45,7 @@ impl std::fmt::Debug for Tee {
 }
 
 impl Tee {
-    pub fn new(
+    pub(crate) fn new(
         inner: SendableRecordBatchStream,
         cache: Arc<ResultCache>,
         key: CacheKey,

@@ -22,7 +22,7 @@ use crate::storage::TableRef;
 
 /// What a MERGE or SCD2 reads from.
 #[derive(Debug)]
-pub enum MergeSource {
+pub(crate) enum MergeSource {
     /// A plan made in the principal's secure session.
     Plan(LogicalPlan),
     /// Rows sent by the client (already decoded and validated).

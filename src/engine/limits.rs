@@ -32,7 +32,7 @@ use crate::telemetry::metrics;
 
 /// Execution slots and the queue in front of them.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     slots: Arc<Semaphore>,
     /// The process's memory budget: refuses statements near it, stops queries over it.
     memory: Arc<MemoryBudget>,
@@ -47,14 +47,14 @@ pub struct Admission {
 
 /// An execution slot; released on drop.
 #[derive(Debug)]
-pub struct Slot {
+pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
     memory: Registration,
 }
 
 impl Slot {
     /// Resolves when the heap went over the memory budget while this statement ran.
-    pub fn over_budget(&self) -> WaitForCancellationFutureOwned {
+    pub(crate) fn over_budget(&self) -> WaitForCancellationFutureOwned {
         self.memory.token().clone().cancelled_owned()
     }
 }
@@ -75,7 +75,7 @@ impl Drop for Queued {
 }
 
 impl Admission {
-    pub fn new(cfg: &QueryConfig, memory_budget_bytes: u64) -> Admission {
+    pub(crate) fn new(cfg: &QueryConfig, memory_budget_bytes: u64) -> Admission {
         let max_concurrent = if cfg.max_concurrent == 0 {
             4 * std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -96,7 +96,7 @@ impl Admission {
 
     /// A slot now, or after waiting in the queue; `ResourceExhausted` when the queue is full
     /// or the wait times out.
-    pub async fn admit(&self) -> Result<Slot> {
+    pub(crate) async fn admit(&self) -> Result<Slot> {
         let m = metrics();
         let memory = self.memory.admit()?;
         let slot = |permit| {
@@ -137,12 +137,12 @@ impl Admission {
     }
 
     /// The error a query gets at its deadline (counted).
-    pub fn timeout_error(&self) -> Error {
+    pub(crate) fn timeout_error(&self) -> Error {
         deadline_exceeded(self.timeout.map_or(0, |t| t.as_secs()))
     }
 
     /// The error a query gets when the heap went over the memory budget while it ran.
-    pub fn over_budget_error(&self) -> Error {
+    pub(crate) fn over_budget_error(&self) -> Error {
         memory::over_budget(self.memory.limit(), "was exceeded while this query ran")
     }
 }
@@ -156,7 +156,7 @@ fn deadline_exceeded(secs: u64) -> Error {
 
 /// What the end-of-stream event reports besides rows, bytes and outcome.
 #[derive(Debug)]
-pub struct Finished {
+pub(crate) struct Finished {
     pub principal: String,
     pub statement: &'static str,
     pub cache_hit: bool,
@@ -166,7 +166,7 @@ pub struct Finished {
 
 /// A result stream under limits: deadline, size cap, slot held until it ends; counts rows
 /// and bytes served and logs one `strata::query` event when it ends, however it ends.
-pub struct Limited {
+pub(crate) struct Limited {
     inner: Option<SendableRecordBatchStream>,
     schema: SchemaRef,
     deadline: Option<Pin<Box<Sleep>>>,
@@ -192,7 +192,7 @@ impl std::fmt::Debug for Limited {
 }
 
 impl Limited {
-    pub fn new(
+    pub(crate) fn new(
         inner: SendableRecordBatchStream,
         deadline: Option<Instant>,
         admission: &Admission,

@@ -35,7 +35,7 @@ const ADMIT_BELOW: f64 = 0.9;
 
 /// The running statements and whether the heap is near the budget.
 #[derive(Debug)]
-pub struct MemoryBudget {
+pub(crate) struct MemoryBudget {
     limit: u64,
     pressure: AtomicBool,
     next: AtomicU64,
@@ -44,7 +44,7 @@ pub struct MemoryBudget {
 
 /// A statement's place in [`MemoryBudget`]: its token, removed when dropped.
 #[derive(Debug)]
-pub struct Registration {
+pub(crate) struct Registration {
     id: u64,
     token: CancellationToken,
     budget: Arc<MemoryBudget>,
@@ -52,7 +52,7 @@ pub struct Registration {
 
 impl Registration {
     /// Cancelled when the heap went over the budget while the statement ran.
-    pub fn token(&self) -> &CancellationToken {
+    pub(crate) fn token(&self) -> &CancellationToken {
         &self.token
     }
 }
@@ -67,7 +67,7 @@ impl Drop for Registration {
 
 impl MemoryBudget {
     /// A budget of `limit` bytes, watched by a thread that ends with the budget.
-    pub fn start(limit: u64) -> Arc<MemoryBudget> {
+    pub(crate) fn start(limit: u64) -> Arc<MemoryBudget> {
         let budget = Arc::new(MemoryBudget {
             limit,
             pressure: AtomicBool::new(false),
@@ -86,12 +86,12 @@ impl MemoryBudget {
         budget
     }
 
-    pub fn limit(&self) -> u64 {
+    pub(crate) fn limit(&self) -> u64 {
         self.limit
     }
 
     /// Refuses a new statement while the heap is near the budget.
-    pub fn admit(self: &Arc<Self>) -> Result<Registration, Error> {
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<Registration, Error> {
         if self.pressure.load(Ordering::Relaxed) {
             metrics().memory_refused.fetch_add(1, Ordering::Relaxed);
             return Err(over_budget(self.limit, "is nearly exhausted"));
@@ -140,7 +140,7 @@ impl MemoryBudget {
 }
 
 /// The error of a statement refused or stopped by the budget.
-pub fn over_budget(limit: u64, what: &str) -> Error {
+pub(crate) fn over_budget(limit: u64, what: &str) -> Error {
     Error::ResourceExhausted(format!(
         "the server's memory budget ({} MiB, server.memory_budget_bytes) {what}; retry later, or reduce the query",
         limit >> 20

@@ -7,19 +7,19 @@
 mod audit;
 mod bounded;
 mod cached;
-pub mod dml;
+pub(crate) mod dml;
 mod execute;
-pub mod limits;
-pub mod maintenance;
-pub mod memory;
+pub(crate) mod limits;
+pub(crate) mod maintenance;
+pub(crate) mod memory;
 mod output;
 mod params;
-pub mod policies;
+pub(crate) mod policies;
 mod prepare;
-pub mod session;
-pub mod sql;
+pub(crate) mod session;
+pub(crate) mod sql;
 mod statement;
-pub mod tables;
+pub(crate) mod tables;
 
 use std::sync::Arc;
 

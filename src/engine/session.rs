@@ -20,14 +20,14 @@ use crate::security::{AccessControl, Principal};
 use crate::storage::{CATALOG_NAME, Catalog};
 
 #[derive(Debug)]
-pub struct SessionFactory {
+pub(crate) struct SessionFactory {
     template: Arc<SessionState>,
     runtime: Arc<RuntimeEnv>,
     catalog: Arc<Catalog>,
 }
 
 impl SessionFactory {
-    pub fn new(
+    pub(crate) fn new(
         cfg: &QueryConfig,
         runtime: Arc<RuntimeEnv>,
         catalog: Arc<Catalog>,
@@ -61,12 +61,16 @@ impl SessionFactory {
     }
 
     /// The template state (functions, config): for planning policy expressions.
-    pub fn template(&self) -> &SessionState {
+    pub(crate) fn template(&self) -> &SessionState {
         &self.template
     }
 
     /// A session that can see exactly what `principal` may see under `access`.
-    pub fn session(&self, principal: &Arc<Principal>, access: &Arc<AccessControl>) -> SessionState {
+    pub(crate) fn session(
+        &self,
+        principal: &Arc<Principal>,
+        access: &Arc<AccessControl>,
+    ) -> SessionState {
         self.build(principal, access, true)
     }
 
@@ -75,7 +79,7 @@ impl SessionFactory {
     /// protected by the writer's row filter folded into the operation
     /// (`pipelines::merge`), and the source plan is guarded by the caller before it is
     /// handed over. Tables named in expressions still resolve only through the secure catalog.
-    pub fn dml_session(
+    pub(crate) fn dml_session(
         &self,
         principal: &Arc<Principal>,
         access: &Arc<AccessControl>,

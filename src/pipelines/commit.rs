@@ -60,7 +60,7 @@ pub struct WriteOutcome {
     pub duplicate: bool,
 }
 
-pub fn commit_properties(p: &Principal, operation: &str) -> CommitProperties {
+pub(crate) fn commit_properties(p: &Principal, operation: &str) -> CommitProperties {
     CommitProperties::default().with_metadata([
         (
             PRINCIPAL_KEY.to_string(),
@@ -112,7 +112,7 @@ async fn already_committed(table: &DeltaTable, app_id: &str) -> Result<Option<u6
 }
 
 /// What a write writes.
-pub enum WriteInput {
+pub(crate) enum WriteInput {
     /// Batches in memory.
     Batches(Vec<RecordBatch>),
     /// Batches written to data files as they arrive, so memory stays bounded whatever the
@@ -235,7 +235,7 @@ impl PartitionStream for OnceStream {
 }
 
 /// Appends or overwrites `input` in one commit.
-pub async fn write(
+pub(crate) async fn write(
     catalog: &Catalog,
     t: &TableRef,
     p: &Principal,
@@ -333,7 +333,7 @@ pub async fn write(
 /// failed query leaves no empty table behind. delta-rs's write path refuses non-Delta table
 /// properties, so the creator is recorded in the commit info (history) rather than as
 /// `strata.owner`.
-pub async fn create_with_data(
+pub(crate) async fn create_with_data(
     catalog: &Catalog,
     t: &TableRef,
     p: &Principal,

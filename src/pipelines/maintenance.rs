@@ -13,7 +13,7 @@ use crate::storage::{Catalog, TableRef};
 
 /// Delta's default: files removed less than 7 days ago stay, so readers of older
 /// snapshots and time travel within that window keep working.
-pub const DEFAULT_RETENTION_HOURS: u64 = 168;
+pub(crate) const DEFAULT_RETENTION_HOURS: u64 = 168;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OptimizeOutcome {
@@ -48,7 +48,7 @@ pub struct OptimizeSpec {
 
 /// Compacts small files toward the target size, Z-ordering when asked, in the matching
 /// partitions. Concurrent appends do not conflict with it: it only removes files it rewrote.
-pub async fn optimize(
+pub(crate) async fn optimize(
     catalog: &Catalog,
     t: &TableRef,
     p: &Principal,
@@ -133,7 +133,7 @@ pub struct VacuumOutcome {
 /// Deletes files no longer referenced by any version within `retain_hours` (default 168).
 /// A shorter retention can break concurrent readers and time travel, so it is refused
 /// unless `allow_short` (config `storage.allow_short_vacuum_retention`).
-pub async fn vacuum(
+pub(crate) async fn vacuum(
     catalog: &Catalog,
     t: &TableRef,
     p: &Principal,
@@ -181,7 +181,7 @@ pub struct RestoreOutcome {
 
 /// One new commit that returns `t` to an earlier state (itself undoable by another
 /// RESTORE). Refuses versions whose data files were vacuumed.
-pub async fn restore(
+pub(crate) async fn restore(
     catalog: &Catalog,
     t: &TableRef,
     p: &Principal,

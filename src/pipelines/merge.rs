@@ -82,7 +82,7 @@ pub struct MergeSpec {
 
 /// Who changes which table, in which session, under which row filter.
 #[derive(Debug, Clone, Copy)]
-pub struct Dml<'a> {
+pub(crate) struct Dml<'a> {
     pub catalog: &'a Catalog,
     pub table: &'a TableRef,
     pub principal: &'a Principal,
@@ -223,7 +223,11 @@ fn column_set(
 
 /// Runs a MERGE of `source` into `t`. `filter` is the writer's row filter on `t` (unqualified
 /// columns), `None` when it has none.
-pub async fn merge(dml: &Dml<'_>, source: DataFrame, spec: &MergeSpec) -> Result<DmlOutcome> {
+pub(crate) async fn merge(
+    dml: &Dml<'_>,
+    source: DataFrame,
+    spec: &MergeSpec,
+) -> Result<DmlOutcome> {
     let Dml {
         catalog,
         table: t,
@@ -476,7 +480,7 @@ fn dml_error(e: deltalake::DeltaTableError) -> Error {
 
 /// UPDATE t SET … [WHERE …], touching only rows inside the writer's filter and keeping
 /// every updated row inside it.
-pub async fn update(
+pub(crate) async fn update(
     dml: &Dml<'_>,
     set: &[(String, String)],
     predicate: Option<&str>,
@@ -556,7 +560,7 @@ pub async fn update(
 }
 
 /// DELETE FROM t [WHERE …], deleting only rows inside the writer's filter.
-pub async fn delete(dml: &Dml<'_>, predicate: Option<&str>) -> Result<DmlOutcome> {
+pub(crate) async fn delete(dml: &Dml<'_>, predicate: Option<&str>) -> Result<DmlOutcome> {
     let Dml {
         catalog,
         table: t,

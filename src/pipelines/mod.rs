@@ -1,7 +1,7 @@
 //! Write pipelines: every commit Strata makes goes through [`commit`].
 
-pub mod commit;
-pub mod maintenance;
-pub mod merge;
-pub mod scd2;
-pub mod schema;
+pub(crate) mod commit;
+pub(crate) mod maintenance;
+pub(crate) mod merge;
+pub(crate) mod scd2;
+pub(crate) mod schema;

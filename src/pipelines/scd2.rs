@@ -84,7 +84,7 @@ fn quote(c: &str) -> String {
 
 /// Runs SCD2 of `source` into the target of `dml` (whose `params` must be empty: the batch
 /// time is bound here).
-pub async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> Result<DmlOutcome> {
+pub(crate) async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> Result<DmlOutcome> {
     let t = dml.table;
     if spec.keys.is_empty() {
         return Err(Error::invalid("SCD2 needs at least one key column"));

@@ -62,7 +62,7 @@ impl TableChange {
 
 /// Applies `change` to `t` as one commit (none when there is nothing to change) and returns
 /// the table after it. `state` runs the rewrite a type change needs.
-pub async fn alter(
+pub(crate) async fn alter(
     catalog: &Catalog,
     t: &TableRef,
     p: &Principal,

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use crate::config::{AccessConfig, GrantConfig};
 
 /// Problems in `[access]`: grants that do not parse (see `server::config_problems`).
-pub fn config_problems(cfg: &AccessConfig) -> Vec<String> {
+pub(crate) fn config_problems(cfg: &AccessConfig) -> Vec<String> {
     cfg.grants
         .iter()
         .enumerate()
@@ -64,7 +64,7 @@ impl fmt::Display for Privilege {
 
 /// What a grant covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     All,
     Layer(Layer),
     Table(TableRef),
@@ -89,14 +89,14 @@ impl Scope {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
+pub(crate) struct Grant {
     pub role: String,
     pub privilege: Privilege,
     pub scope: Scope,
 }
 
 impl Grant {
-    pub fn parse(g: &GrantConfig) -> Result<Grant> {
+    pub(crate) fn parse(g: &GrantConfig) -> Result<Grant> {
         let privilege = Privilege::parse(&g.privilege).ok_or_else(|| {
             Error::invalid(format!(
                 "unknown privilege {:?} (SELECT, INSERT, MODIFY, MANAGE)",

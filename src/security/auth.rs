@@ -18,10 +18,10 @@ use crate::error::{Error, Result};
 use crate::security::Principal;
 
 /// File under `server.data_dir` holding the generated dev secret.
-pub const DEV_SECRET_FILE: &str = "dev-secret";
+pub(crate) const DEV_SECRET_FILE: &str = "dev-secret";
 
 /// Problems in `[auth]` that need the algorithm list (see `server::config_problems`).
-pub fn config_problems(cfg: &AuthConfig) -> Vec<String> {
+pub(crate) fn config_problems(cfg: &AuthConfig) -> Vec<String> {
     cfg.algorithms
         .iter()
         .filter(|alg| parse_algorithm(alg).is_none())
@@ -31,7 +31,7 @@ pub fn config_problems(cfg: &AuthConfig) -> Vec<String> {
         .collect()
 }
 
-pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+pub(crate) fn parse_algorithm(name: &str) -> Option<Algorithm> {
     match name.to_ascii_uppercase().as_str() {
         "HS256" => Some(Algorithm::HS256),
         "HS384" => Some(Algorithm::HS384),

@@ -7,7 +7,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use crate::error::{Error, Result};
 
 /// Longest run of binary operators between separators (see [`check_operator_runs`]).
-pub const MAX_OPERATOR_RUN: usize = 1000;
+pub(crate) const MAX_OPERATOR_RUN: usize = 1000;
 
 /// Refuses SQL text whose operator chains would build an expression tree too deep to walk.
 /// The parser builds `1 + 1 + … + 1` iteratively, but everything after it (our visitors,
@@ -15,7 +15,7 @@ pub const MAX_OPERATOR_RUN: usize = 1000;
 /// the stack and aborts the process. Counted on tokens, before any tree exists: consecutive
 /// operators at one parenthesis level, reset by AND/OR (balanced later), commas and clause
 /// keywords.
-pub fn check_operator_runs<'a>(tokens: impl Iterator<Item = &'a Token>) -> Result<()> {
+pub(crate) fn check_operator_runs<'a>(tokens: impl Iterator<Item = &'a Token>) -> Result<()> {
     let mut runs = vec![0usize];
     for t in tokens {
         let Some(run) = runs.last_mut() else {
@@ -66,7 +66,7 @@ pub fn check_operator_runs<'a>(tokens: impl Iterator<Item = &'a Token>) -> Resul
 
 /// [`check_operator_runs`] for expression text parsed elsewhere (REST MERGE conditions,
 /// policy predicates).
-pub fn check_expression_text(text: &str) -> Result<()> {
+pub(crate) fn check_expression_text(text: &str) -> Result<()> {
     let tokens = Tokenizer::new(&GenericDialect {}, text)
         .tokenize()
         .map_err(|e| Error::invalid(format!("SQL parse error: {e}")))?;

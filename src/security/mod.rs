@@ -7,12 +7,12 @@
 //!   table wrapper every scan goes through, and the analyzer rule that fails a plan closed if
 //!   any scan bypassed them.
 
-pub mod access;
-pub mod auth;
-pub mod expression;
-pub mod policy;
-pub mod principal;
-pub mod ticket;
+pub(crate) mod access;
+pub(crate) mod auth;
+pub(crate) mod expression;
+pub(crate) mod policy;
+pub(crate) mod principal;
+pub(crate) mod ticket;
 
 pub use access::{AccessControl, Privilege};
 pub use auth::Authenticator;

@@ -24,7 +24,7 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Envelope kinds; a ticket can't be presented as a handle or vice versa.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Statement = 1,
     Prepared = 2,
 }
@@ -32,7 +32,7 @@ pub enum Kind {
 /// SHA-256 over subject, sorted roles and claims, each field length-prefixed: no two
 /// different principals encode alike (`sub "ann"` with roles `[analyst, zz]` and
 /// `sub "ann\0analyst"` with `[zz]` did when fields were only separated by NUL bytes).
-pub fn fingerprint(p: &Principal) -> Vec<u8> {
+pub(crate) fn fingerprint(p: &Principal) -> Vec<u8> {
     let mut h = Sha256::new();
     let mut field = |bytes: &[u8]| {
         h.update((bytes.len() as u64).to_le_bytes());
@@ -49,7 +49,7 @@ pub fn fingerprint(p: &Principal) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-pub struct TicketSigner {
+pub(crate) struct TicketSigner {
     key: Vec<u8>,
     ttl: Duration,
 }
@@ -70,14 +70,18 @@ fn now_ms() -> i64 {
 }
 
 impl TicketSigner {
-    pub fn new(key: Vec<u8>, ttl: Duration) -> TicketSigner {
+    pub(crate) fn new(key: Vec<u8>, ttl: Duration) -> TicketSigner {
         TicketSigner { key, ttl }
     }
 
     /// The signer of this deployment's tickets and handles: keyed by `auth.ticket_secret`,
     /// else by a key derived from the HS256 secret (both shared by every replica), else by a
     /// per-process random key (tickets then only work on the replica that issued them).
-    pub fn for_deployment(cfg: &AuthConfig, auth: &Authenticator, ttl: Duration) -> TicketSigner {
+    pub(crate) fn for_deployment(
+        cfg: &AuthConfig,
+        auth: &Authenticator,
+        ttl: Duration,
+    ) -> TicketSigner {
         let key = match &cfg.ticket_secret {
             Some(s) => s.expose().as_bytes().to_vec(),
             None => match auth.derive_key("strata flight ticket v1") {
@@ -96,7 +100,7 @@ impl TicketSigner {
     }
 
     /// A binding of `p` valid for the configured lifetime.
-    pub fn binding(&self, p: &Principal) -> proto::Binding {
+    pub(crate) fn binding(&self, p: &Principal) -> proto::Binding {
         proto::Binding {
             subject: p.subject.clone(),
             principal_fingerprint: fingerprint(p),
@@ -112,7 +116,7 @@ impl TicketSigner {
         Ok(mac.finalize().into_bytes().to_vec())
     }
 
-    pub fn seal(&self, kind: Kind, payload: &impl Message) -> Result<Vec<u8>> {
+    pub(crate) fn seal(&self, kind: Kind, payload: &impl Message) -> Result<Vec<u8>> {
         let payload = payload.encode_to_vec();
         let mac = self.mac(kind, &payload)?;
         Ok(proto::Signed {
@@ -124,7 +128,7 @@ impl TicketSigner {
     }
 
     /// Verifies and decodes an envelope for `p`.
-    pub fn open<M: Message + Default>(
+    pub(crate) fn open<M: Message + Default>(
         &self,
         kind: Kind,
         bytes: &[u8],

@@ -24,7 +24,7 @@ use crate::storage::types::ColumnSpec;
 use crate::storage::{Layer, TableRef, Warehouse};
 
 /// Table configuration key recording who created the table.
-pub const OWNER_PROPERTY: &str = "strata.owner";
+pub(crate) const OWNER_PROPERTY: &str = "strata.owner";
 
 /// What `CREATE TABLE` / `POST /tables` asks for.
 #[derive(Debug, Clone)]

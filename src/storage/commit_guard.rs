@@ -27,21 +27,13 @@ use object_store::{
     Result as StoreResult,
 };
 
-/// How many ambiguous creates were resolved as landed since start (also exported as
-/// `strata_commit_ambiguous_resolved_total`).
-pub fn resolved_ambiguous_creates() -> u64 {
-    crate::telemetry::metrics()
-        .ambiguous_resolved
-        .load(Ordering::Relaxed)
-}
-
 /// An [`ObjectStore`] whose put-if-absent reads back before reporting a failure.
-pub struct CommitGuard {
+pub(crate) struct CommitGuard {
     inner: Arc<dyn ObjectStore>,
 }
 
 impl CommitGuard {
-    pub fn new(inner: Arc<dyn ObjectStore>) -> CommitGuard {
+    pub(crate) fn new(inner: Arc<dyn ObjectStore>) -> CommitGuard {
         CommitGuard { inner }
     }
 

@@ -4,14 +4,14 @@
 //!
 //! Nothing here checks access: callers go through `engine`, which asks `security` first.
 
-pub mod catalog;
-pub mod commit_guard;
-pub mod properties;
-pub mod scan;
-pub mod stats;
-pub mod types;
+pub(crate) mod catalog;
+pub(crate) mod commit_guard;
+pub(crate) mod properties;
+pub(crate) mod scan;
+pub(crate) mod stats;
+pub(crate) mod types;
 mod version;
-pub mod warehouse;
+pub(crate) mod warehouse;
 
 use std::fmt;
 

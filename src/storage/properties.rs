@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::error::{Error, Result};
 
 /// Turns on the change data feed (`table_changes(…)`).
-pub const CHANGE_DATA_FEED: &str = "delta.enableChangeDataFeed";
+pub(crate) const CHANGE_DATA_FEED: &str = "delta.enableChangeDataFeed";
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -34,7 +34,7 @@ const ALLOWED: &[(&str, Kind)] = &[
 ];
 
 /// Checks `props` against the allow-list and returns them under their canonical names.
-pub fn validate(props: &BTreeMap<String, String>) -> Result<HashMap<String, String>> {
+pub(crate) fn validate(props: &BTreeMap<String, String>) -> Result<HashMap<String, String>> {
     let mut out = HashMap::with_capacity(props.len());
     for (key, value) in props {
         let Some((name, kind)) = ALLOWED.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)) else {
@@ -98,7 +98,7 @@ fn is_interval(s: &str) -> bool {
 }
 
 /// Whether the change data feed is on in a table configuration.
-pub fn change_data_feed(config: &HashMap<String, String>) -> bool {
+pub(crate) fn change_data_feed(config: &HashMap<String, String>) -> bool {
     config
         .get(CHANGE_DATA_FEED)
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))

@@ -18,7 +18,7 @@ use datafusion::physical_plan::ExecutionPlan;
 /// the decoder follows the session: on TPC-H SF-1 it made q6 2.5× slower than DataFusion's
 /// own Parquet scan of the same files (233 vs 92 ms), the rows being filtered again above
 /// the scan anyway.
-pub fn with_session_parquet_options(
+pub(crate) fn with_session_parquet_options(
     plan: Arc<dyn ExecutionPlan>,
     session: &dyn Session,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {

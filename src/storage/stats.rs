@@ -38,7 +38,7 @@ use deltalake::DeltaTable;
 use crate::error::Result;
 
 /// Statistics of `table`'s current version over its full schema (in schema order).
-pub fn table_statistics(table: &DeltaTable) -> Result<Statistics> {
+pub(crate) fn table_statistics(table: &DeltaTable) -> Result<Statistics> {
     let snapshot = table.snapshot()?;
     let schema = snapshot.snapshot().arrow_schema();
     let partitions = snapshot.metadata().partition_columns().to_vec();
@@ -168,7 +168,7 @@ fn partition_column(
 /// 11.7M-row `inventory` (18 MB of Parquet) looked smaller than a 34-column 1.4M-row
 /// `catalog_sales` (50 MB) and TPC-DS q72 built its hash table on the 11.7M rows (24 s
 /// instead of 5). Without bytes it compares rows.
-pub fn project(stats: &Statistics, table_schema: &Schema, output: &Schema) -> Statistics {
+pub(crate) fn project(stats: &Statistics, table_schema: &Schema, output: &Schema) -> Statistics {
     Statistics {
         num_rows: stats.num_rows,
         total_byte_size: Precision::Absent,
@@ -188,7 +188,7 @@ pub fn project(stats: &Statistics, table_schema: &Schema, output: &Schema) -> St
 
 /// Cached statistics per (Delta table id, version): folding the log once per version.
 #[derive(Debug)]
-pub struct StatisticsCache {
+pub(crate) struct StatisticsCache {
     cache: moka::sync::Cache<(String, u64), Arc<Statistics>>,
 }
 
@@ -202,7 +202,7 @@ impl Default for StatisticsCache {
 
 impl StatisticsCache {
     /// The statistics of `table`'s current version (`None` when its log cannot tell).
-    pub fn get(&self, table: &DeltaTable) -> Option<Arc<Statistics>> {
+    pub(crate) fn get(&self, table: &DeltaTable) -> Option<Arc<Statistics>> {
         let snapshot = table.snapshot().ok()?;
         let key = (
             snapshot.metadata().id().to_string(),
@@ -229,7 +229,7 @@ impl StatisticsCache {
 /// limit pushdown, it only answers the planner's statistics question with the scan's own row
 /// count (files skipped included) and the log's column statistics, all inexact.
 #[derive(Debug)]
-pub struct StatisticsExec {
+pub(crate) struct StatisticsExec {
     input: Arc<dyn ExecutionPlan>,
     /// Over the input's output columns.
     columns: Vec<ColumnStatistics>,
@@ -237,7 +237,7 @@ pub struct StatisticsExec {
 
 impl StatisticsExec {
     /// `input` (a scan of a table with `stats` over `table_schema`) with column statistics.
-    pub fn wrap(
+    pub(crate) fn wrap(
         input: Arc<dyn ExecutionPlan>,
         stats: &Statistics,
         table_schema: &Schema,

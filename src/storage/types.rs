@@ -27,7 +27,7 @@ fn default_true() -> bool {
 
 /// Metadata key Spark and Databricks use for column comments; we use the same so other
 /// engines show our descriptions.
-pub const COLUMN_COMMENT_KEY: &str = "comment";
+pub(crate) const COLUMN_COMMENT_KEY: &str = "comment";
 
 impl ColumnSpec {
     pub fn to_field(&self) -> Result<StructField> {
@@ -43,7 +43,7 @@ impl ColumnSpec {
 }
 
 /// Parses a type name (`bigint`, `DECIMAL(10, 2)`, `varchar(20)`, `timestamp`…).
-pub fn parse_type(name: &str) -> Result<DataType> {
+pub(crate) fn parse_type(name: &str) -> Result<DataType> {
     let norm = name
         .split_whitespace()
         .collect::<Vec<_>>()
@@ -115,7 +115,9 @@ fn bad_type(name: &str) -> Error {
 
 /// The Arrow type a Delta table stores for `dt` (no views, large or unsigned types;
 /// microsecond timestamps), or `None` if Delta cannot store it.
-pub fn delta_arrow_type(dt: &arrow::datatypes::DataType) -> Option<arrow::datatypes::DataType> {
+pub(crate) fn delta_arrow_type(
+    dt: &arrow::datatypes::DataType,
+) -> Option<arrow::datatypes::DataType> {
     use arrow::datatypes::{DataType as D, TimeUnit};
     Some(match dt {
         D::Boolean
@@ -145,7 +147,7 @@ pub fn delta_arrow_type(dt: &arrow::datatypes::DataType) -> Option<arrow::dataty
 }
 
 /// The Delta type name (`long`, `decimal(10,2)`, `array<…>` as JSON) for display.
-pub fn type_name(dt: &DataType) -> String {
+pub(crate) fn type_name(dt: &DataType) -> String {
     match serde_json::to_value(dt) {
         Ok(serde_json::Value::String(s)) => s,
         Ok(other) => other.to_string(),

@@ -14,7 +14,7 @@
 
 /// What the allocator holds, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeapStats {
+pub(crate) struct HeapStats {
     /// Bytes in live allocations.
     pub allocated: u64,
     /// Bytes in physically resident pages the allocator maps (live, free but not yet
@@ -25,7 +25,7 @@ pub struct HeapStats {
 }
 
 /// The allocator's current statistics (refreshed: jemalloc caches them per epoch).
-pub fn stats() -> Option<HeapStats> {
+pub(crate) fn stats() -> Option<HeapStats> {
     #[cfg(all(unix, not(target_env = "musl")))]
     {
         use tikv_jemalloc_ctl::{epoch, stats};
@@ -44,7 +44,8 @@ pub fn stats() -> Option<HeapStats> {
 }
 
 /// Whether freed memory is being returned by jemalloc's background threads.
-pub fn background_purging() -> bool {
+#[cfg(test)]
+fn background_purging() -> bool {
     #[cfg(all(unix, not(target_env = "musl")))]
     {
         tikv_jemalloc_ctl::background_thread::read().unwrap_or(false)

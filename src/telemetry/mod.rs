@@ -1,7 +1,7 @@
 //! Logging setup and the process's metrics.
 
-pub mod heap;
-pub mod metrics;
+pub(crate) mod heap;
+pub(crate) mod metrics;
 
 pub use metrics::{Metrics, metrics};
 

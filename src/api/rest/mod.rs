@@ -32,7 +32,7 @@ use crate::security::Authenticator;
 
 /// Shared state of REST handlers.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     pub engine: Arc<Engine>,
     pub auth: Arc<Authenticator>,
     pub started: Instant,
@@ -43,7 +43,8 @@ pub struct AppState {
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Every route of the API, as (method, path) — the OpenAPI test checks each is documented.
-pub const ROUTES: &[(&str, &str)] = &[
+#[cfg(test)]
+pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/query"),
     ("get", "/api/v1/tables"),
     ("post", "/api/v1/tables"),
@@ -88,7 +89,7 @@ async fn observe(
     response
 }
 
-pub fn router(state: AppState, max_body: usize) -> Router {
+pub(crate) fn router(state: AppState, max_body: usize) -> Router {
     let api = Router::new()
         .route("/query", post(query::query))
         .route("/tables", get(tables::list).post(tables::create))

@@ -14,7 +14,7 @@ use crate::storage::TableRef;
 
 /// REST `where` of an optimize request: a conjunction of comparisons of partition columns
 /// with literals (`region = 'eu' AND day >= '2024-05-01'`, `region IN ('eu', 'us')`).
-pub fn partition_predicate(text: &str) -> Result<Vec<PartitionFilter>> {
+pub(crate) fn partition_predicate(text: &str) -> Result<Vec<PartitionFilter>> {
     let tokens = Tokenizer::new(&StrataDialect::default(), text)
         .tokenize_with_location()
         .map_err(|e| Error::invalid(format!("SQL parse error: {e}")))?;

@@ -35,15 +35,15 @@ use crate::storage::types::ColumnSpec;
 use ddl::{classify_alter, column_spec, comment_text, refuse_foreign_storage, table_options};
 use guards::{limit_expression_depth, number_placeholders};
 use maintenance::parse_maintenance;
-pub use maintenance::partition_predicate;
+pub(crate) use maintenance::partition_predicate;
 use merge::{assignment_column, classify_merge, merge_star_shorthands};
 use scd2::classify_call;
-pub use time_travel::parse_timestamp;
+pub(crate) use time_travel::parse_timestamp;
 use time_travel::rewrite_time_travel;
 
 /// GenericDialect plus Databricks-style table versioning (`VERSION AS OF`).
 #[derive(Debug, Default)]
-pub struct StrataDialect(GenericDialect);
+pub(crate) struct StrataDialect(GenericDialect);
 
 impl Dialect for StrataDialect {
     fn dialect(&self) -> TypeId {
@@ -196,7 +196,7 @@ impl Statement {
 }
 
 /// Parses exactly one statement.
-pub fn parse(sql: &str, default_layer: &str) -> Result<Statement> {
+pub(crate) fn parse(sql: &str, default_layer: &str) -> Result<Statement> {
     let dialect = StrataDialect::default();
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
@@ -456,7 +456,7 @@ fn first_words(sql: &str) -> String {
 }
 
 /// `name`, `layer.name` or `strata.layer.name`.
-pub fn table_ref(name: &ObjectName, default_layer: &str) -> Result<TableRef> {
+pub(crate) fn table_ref(name: &ObjectName, default_layer: &str) -> Result<TableRef> {
     let parts = name
         .0
         .iter()

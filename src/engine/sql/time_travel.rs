@@ -169,7 +169,7 @@ pub(super) fn timestamp_error(got: &str) -> Error {
 }
 
 /// RFC 3339, `YYYY-MM-DD HH:MM:SS[.f]` (UTC) or `YYYY-MM-DD` (UTC midnight).
-pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>> {
+pub(crate) fn parse_timestamp(s: &str) -> Result<DateTime<Utc>> {
     let s = s.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));

@@ -33,12 +33,12 @@ struct Context {
 }
 
 #[derive(Debug)]
-pub struct SecureCatalog {
+pub(crate) struct SecureCatalog {
     cx: Context,
 }
 
 impl SecureCatalog {
-    pub fn new(
+    pub(crate) fn new(
         principal: Arc<Principal>,
         access: Arc<AccessControl>,
         catalog: Arc<Catalog>,

@@ -30,7 +30,7 @@ use crate::security::Principal;
 const MAX_POLICY_EXPR_BYTES: usize = 16 * 1024;
 
 /// Parses a policy expression.
-pub fn parse(sql: &str) -> Result<SqlExpr> {
+pub(crate) fn parse(sql: &str) -> Result<SqlExpr> {
     if sql.len() > MAX_POLICY_EXPR_BYTES {
         return Err(Error::invalid("policy expression too long"));
     }
@@ -124,7 +124,7 @@ impl VisitorMut for Bind<'_> {
 
 /// Binds the session functions for `principal` and plans the expression against `schema`
 /// (see the module docs for what a claim of the wrong type becomes).
-pub fn to_expr(
+pub(crate) fn to_expr(
     sql: &str,
     principal: &Principal,
     schema: &DFSchema,

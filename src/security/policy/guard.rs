@@ -18,17 +18,17 @@ use crate::security::Principal;
 use crate::security::policy::PolicyTable;
 
 #[derive(Debug)]
-pub struct PolicyGuard {
+pub(crate) struct PolicyGuard {
     principal: Arc<Principal>,
 }
 
 impl PolicyGuard {
-    pub fn new(principal: Arc<Principal>) -> PolicyGuard {
+    pub(crate) fn new(principal: Arc<Principal>) -> PolicyGuard {
         PolicyGuard { principal }
     }
 
     /// Fails unless every scan in `plan` (subqueries included) is allowed.
-    pub fn check(&self, plan: &LogicalPlan) -> DfResult<()> {
+    pub(crate) fn check(&self, plan: &LogicalPlan) -> DfResult<()> {
         plan.apply_with_subqueries(|node| {
             if let LogicalPlan::TableScan(scan) = node {
                 if scan.table_name.schema() == Some("information_schema") {

@@ -9,15 +9,15 @@
 //! writes check the same filters ([`write`]). The policy document lives on the object store
 //! ([`store`]).
 
-pub mod catalog;
-pub mod expr;
-pub mod guard;
-pub mod model;
-pub mod store;
-pub mod table;
-pub mod visible;
-pub mod write;
+pub(crate) mod catalog;
+pub(crate) mod expr;
+pub(crate) mod guard;
+pub(crate) mod model;
+pub(crate) mod store;
+pub(crate) mod table;
+pub(crate) mod visible;
+pub(crate) mod write;
 
-pub use catalog::SecureCatalog;
-pub use guard::PolicyGuard;
-pub use table::PolicyTable;
+pub(crate) use catalog::SecureCatalog;
+pub(crate) use guard::PolicyGuard;
+pub(crate) use table::PolicyTable;

@@ -41,7 +41,7 @@ use crate::storage::stats::StatisticsExec;
 
 /// A principal's row filter and column masks for one table, as DataFusion expressions.
 #[derive(Debug, Clone, Default)]
-pub struct Enforcement {
+pub(crate) struct Enforcement {
     /// Rows the principal may see (`false` when filters exist but none is for its roles).
     pub filter: Option<Expr>,
     /// (column index, expression) for each masked column.
@@ -49,13 +49,13 @@ pub struct Enforcement {
 }
 
 impl Enforcement {
-    pub fn is_none(&self) -> bool {
+    pub(crate) fn is_none(&self) -> bool {
         self.filter.is_none() && self.masks.is_empty()
     }
 
     /// Compiles `policy` for `p` against `schema`. Fails closed: a policy that no longer
     /// plans (a dropped column, a bad expression) is an error, never "no policy".
-    pub fn compile(
+    pub(crate) fn compile(
         t: &TableRef,
         policy: Option<&TablePolicy>,
         p: &Principal,
@@ -105,7 +105,7 @@ impl Enforcement {
 }
 
 #[derive(Debug)]
-pub struct PolicyTable {
+pub(crate) struct PolicyTable {
     table: TableRef,
     version: u64,
     /// The Delta table's id (metadata `id`, new on every CREATE): a dropped and re-created
@@ -122,7 +122,7 @@ pub struct PolicyTable {
 }
 
 impl PolicyTable {
-    pub fn new(
+    pub(crate) fn new(
         table: TableRef,
         version: u64,
         table_id: String,
@@ -168,7 +168,7 @@ impl PolicyTable {
     /// Column statistics for the planner (`storage::stats`). Without a policy they reach it
     /// as the log has them; with a row filter or mask they are the table's, not the
     /// principal's rows, so they pass inexact and masked columns have none ([`PolicyExec`]).
-    pub fn with_statistics(mut self, statistics: Option<Arc<Statistics>>) -> PolicyTable {
+    pub(crate) fn with_statistics(mut self, statistics: Option<Arc<Statistics>>) -> PolicyTable {
         self.statistics = statistics;
         self
     }
@@ -211,7 +211,7 @@ impl PolicyTable {
     /// scans, and DataFusion 55's sort pushdown turns `ORDER BY` over that union into a
     /// sort over one empty scan ("does not satisfy distribution requirements …
     /// UnknownPartitioning(0)", the symptom of edgeandnode/amp#1353).
-    pub fn opaque(mut self) -> PolicyTable {
+    pub(crate) fn opaque(mut self) -> PolicyTable {
         self.opaque = true;
         self
     }
@@ -221,28 +221,23 @@ impl PolicyTable {
         self.enforcement.is_none() && !self.opaque
     }
 
-    pub fn table(&self) -> &TableRef {
+    pub(crate) fn table(&self) -> &TableRef {
         &self.table
     }
 
     /// The Delta version this provider reads.
-    pub fn version(&self) -> u64 {
+    pub(crate) fn version(&self) -> u64 {
         self.version
     }
 
     /// The Delta table id of the version this provider reads.
-    pub fn table_id(&self) -> &str {
+    pub(crate) fn table_id(&self) -> &str {
         &self.table_id
     }
 
     /// Whether this provider was resolved for exactly `principal` (same session binding).
-    pub fn is_bound_to(&self, principal: &Arc<Principal>) -> bool {
+    pub(crate) fn is_bound_to(&self, principal: &Arc<Principal>) -> bool {
         Arc::ptr_eq(&self.principal, principal)
-    }
-
-    /// Whether a row filter or mask applies.
-    pub fn is_restricted(&self) -> bool {
-        !self.enforcement.is_none()
     }
 }
 
@@ -399,7 +394,7 @@ fn is_evaluation_error(e: &DataFusionError) -> bool {
 /// subtree is complete when built: the Delta scan already has its partitions and the policy
 /// predicate.
 #[derive(Debug)]
-pub struct PolicyExec {
+pub(crate) struct PolicyExec {
     input: Arc<dyn ExecutionPlan>,
     table: TableRef,
     /// Inexact, never exact: see [`PolicyTable::with_statistics`].

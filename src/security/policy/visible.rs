@@ -50,11 +50,11 @@ use crate::storage::TableRef;
 
 /// The words every failure of a user expression inside [`VisibleOnly`] carries (delta-rs
 /// turns execution errors into text; `pipelines::merge` finds them again by these words).
-pub const USER_EXPRESSION_FAILED: &str = "failed on a row you can write";
+pub(crate) const USER_EXPRESSION_FAILED: &str = "failed on a row you can write";
 
 /// Builds the guarded forms of user expressions for one write.
 #[derive(Debug, Clone, Copy)]
-pub struct Visibility<'a> {
+pub(crate) struct Visibility<'a> {
     pub table: &'a TableRef,
     /// The schema user expressions and the filter are planned against (the table's, or the
     /// target ⋈ source schema of a MERGE).
@@ -65,7 +65,7 @@ pub struct Visibility<'a> {
 impl Visibility<'_> {
     /// `predicate`, evaluated only where `condition` holds: `condition AND predicate` as
     /// delta-rs may evaluate it anywhere. `predicate = None` is `condition` alone.
-    pub fn predicate(&self, condition: &Expr, predicate: Option<Expr>) -> Result<Expr> {
+    pub(crate) fn predicate(&self, condition: &Expr, predicate: Option<Expr>) -> Result<Expr> {
         if let (Expr::Literal(ScalarValue::Boolean(Some(true)), _), Some(p)) =
             (condition, &predicate)
         {
@@ -88,7 +88,7 @@ impl Visibility<'_> {
 
     /// `predicate` on rows where `condition` holds (and `false` elsewhere), without
     /// repeating `condition` as a conjunct: for clauses whose rows already satisfy it.
-    pub fn predicate_within(&self, condition: &Expr, predicate: Expr) -> Result<Expr> {
+    pub(crate) fn predicate_within(&self, condition: &Expr, predicate: Expr) -> Result<Expr> {
         let (mut conjuncts, rest) = self.split(predicate);
         if let Some(rest) = rest {
             conjuncts.push(self.guarded(condition, Some(rest), Mode::Predicate)?);
@@ -98,7 +98,7 @@ impl Visibility<'_> {
 
     /// `value` on rows where `condition` holds, NULL elsewhere (an assigned value: delta-rs
     /// uses it only on the rows its clause applies to, all of which satisfy `condition`).
-    pub fn value(&self, condition: &Expr, value: Expr) -> Result<Expr> {
+    pub(crate) fn value(&self, condition: &Expr, value: Expr) -> Result<Expr> {
         if let Ok(coerced) = self.coerce(value.clone())
             && safe_operand(&coerced, self.schema)
         {
@@ -464,7 +464,7 @@ impl VisibleOnly {
 
 /// The error a failing row filter or column mask becomes: what kind of failure, never the
 /// text (a cast or overflow message quotes the value it failed on, which may be hidden).
-pub fn policy_evaluation_failed(table: &str, e: &DataFusionError) -> Error {
+pub(crate) fn policy_evaluation_failed(table: &str, e: &DataFusionError) -> Error {
     let what = match e.find_root() {
         DataFusionError::ArrowError(a, _) => match a.as_ref() {
             ArrowError::CastError(_) => "a cast failed",

@@ -19,21 +19,9 @@ use crate::error::{Error, Result};
 use crate::security::policy::table::Enforcement;
 use crate::storage::TableRef;
 
-/// Fails on the first row outside `enforcement`'s filter (NULL counts as outside).
-pub fn check_rows(
-    t: &TableRef,
-    enforcement: &Enforcement,
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-    state: &SessionState,
-) -> Result<()> {
-    let mut check = RowCheck::new(t, enforcement, schema, state)?;
-    batches.iter().try_for_each(|b| check.check(b))
-}
-
-/// [`check_rows`] one batch after another (streamed writes), with row numbers counted
-/// across them.
-pub struct RowCheck {
+/// Fails on the first written row outside `enforcement`'s filter (NULL counts as outside),
+/// one batch after another (streamed writes), with row numbers counted across them.
+pub(crate) struct RowCheck {
     table: TableRef,
     predicate: Option<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
     offset: usize,
@@ -49,7 +37,7 @@ impl std::fmt::Debug for RowCheck {
 }
 
 impl RowCheck {
-    pub fn new(
+    pub(crate) fn new(
         t: &TableRef,
         enforcement: &Enforcement,
         schema: &SchemaRef,
@@ -69,7 +57,7 @@ impl RowCheck {
         })
     }
 
-    pub fn check(&mut self, batch: &RecordBatch) -> Result<()> {
+    pub(crate) fn check(&mut self, batch: &RecordBatch) -> Result<()> {
         if let Some(predicate) = &self.predicate {
             let result = predicate.evaluate(batch)?.into_array(batch.num_rows())?;
             let ok = result
@@ -91,7 +79,7 @@ impl RowCheck {
 
 /// The words every WITH CHECK failure carries (delta-rs turns execution errors into text;
 /// `pipelines::merge` finds them again by these words).
-pub const WITH_CHECK_VIOLATION: &str = "violates your row filter";
+pub(crate) const WITH_CHECK_VIOLATION: &str = "violates your row filter";
 
 /// `strata_with_check(ok, value)`: `value`, unless a row's `ok` is not TRUE, in which case
 /// the whole statement fails. MERGE and UPDATE wrap one assigned value in it, with `ok` the
@@ -148,7 +136,7 @@ impl ScalarUDFImpl for WithCheck {
 }
 
 /// `value`, guarded by `post_filter` (see [`WithCheck`]).
-pub fn with_check(t: &TableRef, post_filter: Expr, value: Expr) -> Expr {
+pub(crate) fn with_check(t: &TableRef, post_filter: Expr, value: Expr) -> Expr {
     let udf = ScalarUDF::new_from_impl(WithCheck {
         table: t.to_string(),
         signature: Signature::any(2, Volatility::Volatile),
@@ -158,7 +146,7 @@ pub fn with_check(t: &TableRef, post_filter: Expr, value: Expr) -> Expr {
 
 /// The row filter over the row as written: each column replaced by its new value
 /// (`new_value(name)`), e.g. the SET expression or the target column it keeps.
-pub fn post_image(filter: &Expr, new_value: &dyn Fn(&str) -> Expr) -> Result<Expr> {
+pub(crate) fn post_image(filter: &Expr, new_value: &dyn Fn(&str) -> Expr) -> Result<Expr> {
     Ok(filter
         .clone()
         .transform(|e| {
@@ -171,7 +159,7 @@ pub fn post_image(filter: &Expr, new_value: &dyn Fn(&str) -> Expr) -> Result<Exp
 }
 
 /// `filter` with every column qualified by `alias` (the target's alias in a MERGE).
-pub fn qualify(filter: &Expr, alias: &str) -> Result<Expr> {
+pub(crate) fn qualify(filter: &Expr, alias: &str) -> Result<Expr> {
     Ok(filter
         .clone()
         .transform(|e| {
