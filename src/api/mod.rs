@@ -10,9 +10,7 @@ use crate::error::{Error, ErrorKind};
 /// for the client) and count refused commits.
 pub(crate) fn report(e: &Error) -> String {
     if e.kind() == ErrorKind::Conflict {
-        crate::telemetry::metrics()
-            .conflicts
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::telemetry::metrics().conflicts.inc();
     }
     e.log()
 }

@@ -27,10 +27,14 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use moka::notification::RemovalCause;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
 pub use key::CacheKey;
 
 use crate::config::CacheConfig;
+use crate::telemetry::metrics::gauge_value;
 
 /// A cached result.
 #[derive(Debug)]
@@ -128,58 +132,55 @@ impl ResultCache {
         (self.entries.entry_count(), self.entries.weighted_size())
     }
 
-    /// Prometheus text lines for the cache.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
+    /// Adds the cache's counters and gauges to a scrape's registry.
+    pub fn register_metrics(&self, registry: &mut Registry) {
         let (entries, bytes) = self.usage();
         let s = &self.stats;
         let counters = [
-            ("strata_cache_hits_total", "Result cache hits", &s.hits),
+            ("strata_cache_hits", "Result cache hits", &s.hits),
             (
-                "strata_cache_misses_total",
+                "strata_cache_misses",
                 "Result cache misses (cacheable queries)",
                 &s.misses,
             ),
             (
-                "strata_cache_inserts_total",
+                "strata_cache_inserts",
                 "Results inserted after a clean end of stream",
                 &s.inserts,
             ),
             (
-                "strata_cache_evictions_total",
+                "strata_cache_evictions",
                 "Entries evicted by size or TTL",
                 &s.evictions,
             ),
             (
-                "strata_cache_not_modified_total",
+                "strata_cache_not_modified",
                 "REST requests answered 304 from If-None-Match",
                 &s.not_modified,
             ),
             (
-                "strata_cache_uncacheable_total",
+                "strata_cache_uncacheable",
                 "Queries not cacheable (volatile functions, metadata)",
                 &s.uncacheable,
             ),
             (
-                "strata_cache_too_large_total",
+                "strata_cache_too_large",
                 "Results over the per-entry limit",
                 &s.too_large,
             ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
+            registry.register(name, help, ConstCounter::new(v.load(Ordering::Relaxed)));
         }
-        let _ = writeln!(
-            out,
-            "# HELP strata_cache_entries Cached results\n# TYPE strata_cache_entries gauge\nstrata_cache_entries {entries}"
+        registry.register(
+            "strata_cache_entries",
+            "Cached results",
+            ConstGauge::new(gauge_value(entries)),
         );
-        let _ = writeln!(
-            out,
-            "# HELP strata_cache_bytes Arrow memory of cached results\n# TYPE strata_cache_bytes gauge\nstrata_cache_bytes {bytes}"
+        registry.register(
+            "strata_cache_bytes",
+            "Arrow memory of cached results",
+            ConstGauge::new(gauge_value(bytes)),
         );
     }
 }

@@ -322,9 +322,7 @@ impl ScalarUDFImpl for Bounded {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let estimate = self.estimate(&args.args, args.number_rows)?;
         if estimate > self.limit as f64 {
-            crate::telemetry::metrics()
-                .function_output_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::telemetry::metrics().function_output_refused.inc();
             return Err(DataFusionError::External(Box::new(
                 Error::ResourceExhausted(format!(
                     "{}() would produce about {} MiB for {} rows, over the {} MiB a function call may allocate (query.max_function_output_bytes)",

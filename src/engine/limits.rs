@@ -11,7 +11,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -61,7 +60,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        metrics().running.fetch_sub(1, Ordering::Relaxed);
+        metrics().running.dec();
     }
 }
 
@@ -70,7 +69,7 @@ struct Queued;
 
 impl Drop for Queued {
     fn drop(&mut self) {
-        metrics().queued.fetch_sub(1, Ordering::Relaxed);
+        metrics().queued.dec();
     }
 }
 
@@ -100,7 +99,7 @@ impl Admission {
         let m = metrics();
         let memory = self.memory.admit()?;
         let slot = |permit| {
-            m.running.fetch_add(1, Ordering::Relaxed);
+            m.running.inc();
             Slot {
                 _permit: permit,
                 memory,
@@ -110,13 +109,13 @@ impl Admission {
             return Ok(slot(permit));
         }
         let busy = |what: &str| {
-            m.rejected.fetch_add(1, Ordering::Relaxed);
+            m.rejected.inc();
             Error::ResourceExhausted(format!(
                 "the server is busy: {} statements running, {what}; retry later",
                 self.max_concurrent
             ))
         };
-        let waiting = m.queued.fetch_add(1, Ordering::Relaxed);
+        let waiting = m.queued.inc();
         let _queued = Queued;
         if waiting >= self.max_queued {
             return Err(busy(&format!(
@@ -148,7 +147,7 @@ impl Admission {
 }
 
 fn deadline_exceeded(secs: u64) -> Error {
-    metrics().timeouts.fetch_add(1, Ordering::Relaxed);
+    metrics().timeouts.inc();
     Error::DeadlineExceeded(format!(
         "the query ran longer than {secs} s (query.timeout_secs) and was stopped"
     ))
@@ -288,15 +287,14 @@ impl Stream for Limited {
                 if let Some(max) = this.max_bytes
                     && this.bytes > max
                 {
-                    metrics().result_too_large.fetch_add(1, Ordering::Relaxed);
+                    metrics().result_too_large.inc();
                     return this.stop(Error::ResourceExhausted(format!(
                         "the result is larger than {max} bytes (query.max_result_bytes); add a filter, a LIMIT or fewer columns"
                     )));
                 }
                 let m = metrics();
-                m.rows_served
-                    .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-                m.bytes_served.fetch_add(size, Ordering::Relaxed);
+                m.rows_served.inc_by(batch.num_rows() as u64);
+                m.bytes_served.inc_by(size);
                 Poll::Ready(Some(Ok(batch)))
             }
             Poll::Ready(None) => {

@@ -93,7 +93,7 @@ impl MemoryBudget {
     /// Refuses a new statement while the heap is near the budget.
     pub(crate) fn admit(self: &Arc<Self>) -> Result<Registration, Error> {
         if self.pressure.load(Ordering::Relaxed) {
-            metrics().memory_refused.fetch_add(1, Ordering::Relaxed);
+            metrics().memory_refused.inc();
             return Err(over_budget(self.limit, "is nearly exhausted"));
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -130,9 +130,7 @@ impl MemoryBudget {
             stopped = fresh.len(),
             "heap over server.memory_budget_bytes: stopping running queries"
         );
-        metrics()
-            .memory_cancelled
-            .fetch_add(fresh.len() as u64, Ordering::Relaxed);
+        metrics().memory_cancelled.inc_by(fresh.len() as u64);
         for t in fresh {
             t.cancel();
         }

@@ -107,29 +107,30 @@ impl Engine {
         self.sessions.template()
     }
 
-    /// Cache metrics in Prometheus text (nothing when the cache is disabled).
-    /// The engine's metrics (process registry, memory pool, cache) in Prometheus text.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        crate::telemetry::metrics().render(out);
+    /// The metrics of this process as OpenMetrics text: the process's (requests, commits,
+    /// admission, heap), the query memory pool's and the result cache's.
+    pub fn metrics_text(&self) -> String {
+        use crate::telemetry::metrics::{encode, gauge_value};
+        use datafusion::execution::memory_pool::MemoryLimit;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let mut registry = crate::telemetry::metrics().registry();
         let pool = &self.runtime.memory_pool;
-        let limit = match pool.memory_limit() {
-            datafusion::execution::memory_pool::MemoryLimit::Finite(n) => n as f64,
-            _ => f64::INFINITY,
-        };
-        let _ = writeln!(
-            out,
-            "# HELP strata_memory_pool_reserved_bytes Query memory reserved from the pool\n\
-             # TYPE strata_memory_pool_reserved_bytes gauge\n\
-             strata_memory_pool_reserved_bytes {}\n\
-             # HELP strata_memory_pool_limit_bytes Query memory pool size (query.memory_limit_bytes)\n\
-             # TYPE strata_memory_pool_limit_bytes gauge\n\
-             strata_memory_pool_limit_bytes {limit}",
-            pool.reserved()
+        registry.register(
+            "strata_memory_pool_reserved_bytes",
+            "Query memory reserved from the pool",
+            ConstGauge::new(gauge_value(pool.reserved() as u64)),
         );
-        if let Some(cache) = &self.cache {
-            cache.render_metrics(out);
+        if let MemoryLimit::Finite(n) = pool.memory_limit() {
+            registry.register(
+                "strata_memory_pool_limit_bytes",
+                "Query memory pool size (query.memory_limit_bytes)",
+                ConstGauge::new(gauge_value(n as u64)),
+            );
         }
+        if let Some(cache) = &self.cache {
+            cache.register_metrics(&mut registry);
+        }
+        encode(&registry)
     }
 
     /// (entries, bytes) of the result cache.

@@ -174,9 +174,7 @@ where
             }
             Err(e) if e.kind() == ErrorKind::Conflict && attempt < MAX_ATTEMPTS => {
                 tracing::info!(table = %t, attempt, error = %e, "commit conflict, re-planning");
-                crate::telemetry::metrics()
-                    .replans
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                crate::telemetry::metrics().replans.inc();
                 // Jittered backoff, so writers that collided do not collide again in step.
                 let jitter = rand::random_range(0..20 * attempt as u64);
                 tokio::time::sleep(std::time::Duration::from_millis(

@@ -232,9 +232,7 @@ impl Catalog {
             None => true,
         };
         if newer {
-            crate::telemetry::metrics()
-                .commits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::telemetry::metrics().commits.inc();
             open.insert(t.clone(), table.clone());
         }
     }

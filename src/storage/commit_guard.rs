@@ -15,7 +15,6 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -78,9 +77,7 @@ impl ObjectStore for CommitGuard {
             Ok(done) => Ok(done),
             Err(err) => {
                 if self.holds(location, &payload).await {
-                    crate::telemetry::metrics()
-                        .ambiguous_resolved
-                        .fetch_add(1, Ordering::Relaxed);
+                    crate::telemetry::metrics().ambiguous_resolved.inc();
                     tracing::warn!(
                         path = %location,
                         error = %err,

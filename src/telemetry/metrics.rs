@@ -1,214 +1,224 @@
-//! Process-wide Prometheus metrics (text exposition format 0.0.4).
+//! Process-wide metrics through `prometheus-client` (the Prometheus project's Rust client),
+//! exposed as OpenMetrics text.
 //!
-//! One registry per process, like the Prometheus clients' default registry: request
-//! counters and latency histograms by protocol, route/method and status; rows and bytes
-//! served; commits, conflicts and re-plans; admission (running, queued, rejected, timed
-//! out). Gauges that belong to a component (memory pool, cache) are rendered by it.
+//! One set per process, like the Prometheus clients' default registry: request counters and
+//! latency histograms by protocol, route/method and status; rows and bytes served; commits,
+//! conflicts and re-plans; admission (running, queued, rejected, timed out); the heap.
+//! Gauges that belong to a component (memory pool, cache) are added to the scrape's
+//! [`Registry`] by that component ([`crate::engine::Engine::render_metrics`]). Sample names
+//! are those of the hand-written exposition this replaced (`strata_requests_total`, …), so
+//! dashboards keep working: counters are registered without their `_total` suffix, which
+//! the encoder adds.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0,
 ];
 
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// The OpenMetrics text content type (what [`encode`] writes).
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    protocol: &'static str,
+    /// REST route template or Flight method.
+    route: String,
+    status: String,
 }
 
-/// `(protocol, route or method, status)`.
-type RequestKey = (&'static str, String, String);
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    protocol: &'static str,
+    route: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
 
 /// The process's metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<RequestKey, u64>>,
-    latency: Mutex<BTreeMap<(&'static str, String), Histogram>>,
-    pub rows_served: AtomicU64,
-    pub bytes_served: AtomicU64,
-    pub commits: AtomicU64,
-    pub conflicts: AtomicU64,
-    pub replans: AtomicU64,
-    pub running: AtomicI64,
-    pub queued: AtomicI64,
-    pub rejected: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub result_too_large: AtomicU64,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub rows_served: Counter,
+    pub bytes_served: Counter,
+    pub commits: Counter,
+    pub conflicts: Counter,
+    pub replans: Counter,
+    pub running: Gauge,
+    pub queued: Gauge,
+    pub rejected: Counter,
+    pub timeouts: Counter,
+    pub result_too_large: Counter,
     /// Conditional creates whose response was lost but which had landed
     /// (`storage::commit_guard`).
-    pub ambiguous_resolved: AtomicU64,
+    pub ambiguous_resolved: Counter,
     /// Function calls refused before allocating (`engine::bounded`).
-    pub function_output_refused: AtomicU64,
+    pub function_output_refused: Counter,
     /// Statements refused, and queries stopped, because the heap was over the memory budget
     /// (`engine::memory`).
-    pub memory_refused: AtomicU64,
-    pub memory_cancelled: AtomicU64,
+    pub memory_refused: Counter,
+    pub memory_cancelled: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            rows_served: Counter::default(),
+            bytes_served: Counter::default(),
+            commits: Counter::default(),
+            conflicts: Counter::default(),
+            replans: Counter::default(),
+            running: Gauge::default(),
+            queued: Gauge::default(),
+            rejected: Counter::default(),
+            timeouts: Counter::default(),
+            result_too_large: Counter::default(),
+            ambiguous_resolved: Counter::default(),
+            function_output_refused: Counter::default(),
+            memory_refused: Counter::default(),
+            memory_cancelled: Counter::default(),
+        }
+    }
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
 
-/// The process-wide registry.
+/// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     &METRICS
+}
+
+/// `registry` as OpenMetrics text.
+pub(crate) fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail; an encoder error would be a bug in a metric.
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        tracing::error!(error = %e, "metrics encoding failed");
+    }
+    out
 }
 
 impl Metrics {
     /// Counts one finished request and records its latency.
     pub fn request(&self, protocol: &'static str, route: &str, status: &str, elapsed: Duration) {
-        if let Ok(mut m) = self.requests.lock() {
-            *m.entry((protocol, route.to_string(), status.to_string()))
-                .or_default() += 1;
-        }
-        if let Ok(mut m) = self.latency.lock() {
-            let h = m.entry((protocol, route.to_string())).or_default();
-            let secs = elapsed.as_secs_f64();
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                if secs <= *bound {
-                    h.counts[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += secs;
-        }
+        self.requests
+            .get_or_create(&RequestLabels {
+                protocol,
+                route: route.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels {
+                protocol,
+                route: route.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Appends every metric of this registry in Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        header(
-            out,
-            "strata_requests_total",
-            "counter",
+    /// A registry for one scrape holding this process's metrics (handles to the same
+    /// values) and the heap's figures as of now; components add theirs before encoding.
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::default();
+        r.register(
+            "strata_requests",
             "Finished requests by protocol, route (REST) or method (Flight), and status",
+            self.requests.clone(),
         );
-        if let Ok(m) = self.requests.lock() {
-            for ((protocol, route, status), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "strata_requests_total{{protocol=\"{protocol}\",route=\"{}\",status=\"{}\"}} {n}",
-                    escape(route),
-                    escape(status)
-                );
-            }
-        }
-        header(
-            out,
+        r.register(
             "strata_request_duration_seconds",
-            "histogram",
             "Request latency (to the end of the response body) by protocol and route",
+            self.latency.clone(),
         );
-        if let Ok(m) = self.latency.lock() {
-            for ((protocol, route), h) in m.iter() {
-                let labels = format!("protocol=\"{protocol}\",route=\"{}\"", escape(route));
-                for (bound, n) in BUCKETS.iter().zip(h.counts) {
-                    let _ = writeln!(
-                        out,
-                        "strata_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {n}"
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "strata_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}\n\
-                     strata_request_duration_seconds_sum{{{labels}}} {}\n\
-                     strata_request_duration_seconds_count{{{labels}}} {}",
-                    h.count, h.sum, h.count
-                );
-            }
-        }
-        let counters: [(&str, &str, &AtomicU64); 12] = [
+        let counters: [(&str, &str, &Counter); 12] = [
             (
-                "strata_rows_served_total",
+                "strata_rows_served",
                 "Rows streamed to clients by queries",
                 &self.rows_served,
             ),
             (
-                "strata_bytes_served_total",
+                "strata_bytes_served",
                 "Arrow bytes streamed to clients by queries",
                 &self.bytes_served,
             ),
             (
-                "strata_commits_total",
+                "strata_commits",
                 "Delta commits made by this process",
                 &self.commits,
             ),
             (
-                "strata_commit_conflicts_total",
+                "strata_commit_conflicts",
                 "Writes refused with 409 / ABORTED after losing commit races",
                 &self.conflicts,
             ),
             (
-                "strata_commit_replans_total",
+                "strata_commit_replans",
                 "MERGE/UPDATE/DELETE re-planned after losing a commit race",
                 &self.replans,
             ),
             (
-                "strata_queries_rejected_total",
+                "strata_queries_rejected",
                 "Statements refused because every slot and the queue were full",
                 &self.rejected,
             ),
             (
-                "strata_query_timeouts_total",
+                "strata_query_timeouts",
                 "Queries stopped at query.timeout_secs",
                 &self.timeouts,
             ),
             (
-                "strata_query_result_too_large_total",
+                "strata_query_result_too_large",
                 "Queries stopped at query.max_result_bytes",
                 &self.result_too_large,
             ),
             (
-                "strata_commit_ambiguous_resolved_total",
+                "strata_commit_ambiguous_resolved",
                 "Conditional creates whose response was lost, found committed by reading back",
                 &self.ambiguous_resolved,
             ),
             (
-                "strata_function_output_refused_total",
+                "strata_function_output_refused",
                 "Function calls refused before allocating past query.max_function_output_bytes",
                 &self.function_output_refused,
             ),
             (
-                "strata_memory_budget_refused_total",
+                "strata_memory_budget_refused",
                 "Statements refused at admission because the heap was near server.memory_budget_bytes",
                 &self.memory_refused,
             ),
             (
-                "strata_memory_budget_cancelled_total",
+                "strata_memory_budget_cancelled",
                 "Running queries stopped because the heap went over server.memory_budget_bytes",
                 &self.memory_cancelled,
             ),
         ];
-        for (name, help, v) in counters {
-            header(out, name, "counter", help);
-            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
         }
-        for (name, help, v) in [
-            (
-                "strata_queries_running",
-                "Statements holding an execution slot",
-                &self.running,
-            ),
-            (
-                "strata_queries_queued",
-                "Statements waiting for an execution slot",
-                &self.queued,
-            ),
-        ] {
-            header(out, name, "gauge", help);
-            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
-        }
+        r.register(
+            "strata_queries_running",
+            "Statements holding an execution slot",
+            self.running.clone(),
+        );
+        r.register(
+            "strata_queries_queued",
+            "Statements waiting for an execution slot",
+            self.queued.clone(),
+        );
         if let Some(heap) = super::heap::stats() {
             for (name, help, v) in [
                 (
@@ -227,18 +237,16 @@ impl Metrics {
                     heap.retained,
                 ),
             ] {
-                header(out, name, "gauge", help);
-                let _ = writeln!(out, "{name} {v}");
+                r.register(name, help, ConstGauge::new(gauge_value(v)));
             }
         }
+        r
     }
 }
 
-/// Label values: backslash, quote and newline escaped.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A byte figure as a gauge value (saturating: no real figure reaches i64::MAX).
+pub(crate) fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -251,16 +259,22 @@ mod tests {
         m.request("http", "/api/v1/query", "200", Duration::from_millis(3));
         m.request("http", "/api/v1/query", "200", Duration::from_millis(300));
         m.request("flight", "DoGet", "Ok", Duration::from_secs(100));
-        let mut out = String::new();
-        m.render(&mut out);
-        assert!(out.contains(
-            "strata_requests_total{protocol=\"http\",route=\"/api/v1/query\",status=\"200\"} 2"
-        ));
-        assert!(out.contains("route=\"/api/v1/query\",le=\"0.005\"} 1"));
-        assert!(out.contains("route=\"/api/v1/query\",le=\"0.5\"} 2"));
-        assert!(out.contains("route=\"DoGet\",le=\"60\"} 0"));
-        assert!(out.contains(
-            "strata_request_duration_seconds_count{protocol=\"flight\",route=\"DoGet\"} 1"
-        ));
+        m.rows_served.inc_by(7);
+        let out = encode(&m.registry());
+        assert!(
+            out.contains(
+                "strata_requests_total{protocol=\"http\",route=\"/api/v1/query\",status=\"200\"} 2"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("strata_rows_served_total 7"), "{out}");
+        assert!(out.contains("route=\"/api/v1/query\"} 1"), "{out}");
+        assert!(
+            out.contains(
+                "strata_request_duration_seconds_count{protocol=\"flight\",route=\"DoGet\"} 1"
+            ),
+            "{out}"
+        );
+        assert!(out.ends_with("# EOF\n"), "{out}");
     }
 }

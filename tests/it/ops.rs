@@ -33,7 +33,8 @@ fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "{line}"
         );
-        let base = ["_bucket", "_sum", "_count"]
+        // OpenMetrics: a counter family `x` has the sample `x_total`.
+        let base = ["_bucket", "_sum", "_count", "_total"]
             .iter()
             .find_map(|s| name.strip_suffix(s).filter(|b| typed.contains(*b)))
             .unwrap_or(name);
@@ -101,7 +102,7 @@ async fn metrics_parse_move_and_requests_carry_ids() {
     assert!(get(&after, "strata_heap_resident_bytes") >= allocated);
     assert!(after.contains_key("strata_heap_retained_bytes"));
     assert_eq!(get(&after, "strata_queries_running"), 0.0);
-    // Prometheus' content type; metrics need a token like the API.
+    // OpenMetrics text (prometheus-client); metrics need a token like the API.
     let r = s
         .client
         .get(s.url("/metrics"))
@@ -113,7 +114,7 @@ async fn metrics_parse_move_and_requests_carry_ids() {
         r.headers()["content-type"]
             .to_str()
             .unwrap()
-            .starts_with("text/plain; version=0.0.4")
+            .starts_with("application/openmetrics-text; version=1.0.0")
     );
     let r = s.client.get(s.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 401);
@@ -461,7 +462,8 @@ async fn a_metrics_listener_serves_only_metrics() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.text().await.unwrap().contains("strata_requests_total"));
+    // (Labelled families appear with their first sample; plain counters always do.)
+    assert!(r.text().await.unwrap().contains("strata_commits_total"));
     for path in ["/api/v1/tables", "/healthz"] {
         let r = s
             .client

@@ -43,7 +43,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Prometheus text metrics: a token with the operator or admin role.
+/// OpenMetrics text metrics: a token with the operator or admin role.
 pub(super) async fn metrics(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
@@ -69,14 +69,12 @@ pub(crate) fn metrics_router(engine: Arc<Engine>) -> axum::Router {
 }
 
 fn metrics_text(engine: &Engine) -> Response {
-    let mut out = String::new();
-    engine.render_metrics(&mut out);
     (
         [(
             http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            crate::telemetry::metrics::CONTENT_TYPE,
         )],
-        out,
+        engine.metrics_text(),
     )
         .into_response()
 }
