@@ -23,6 +23,28 @@ impl Engine {
         maintenance::optimize(self.catalog(), t, principal, spec).await
     }
 
+    /// [`Engine::optimize`] with the partition predicate as SQL text (REST `where`), parsed
+    /// as `OPTIMIZE … WHERE` is.
+    pub async fn optimize_where(
+        &self,
+        principal: &Arc<Principal>,
+        t: &TableRef,
+        zorder: Vec<String>,
+        predicate: Option<&str>,
+        target_size: Option<u64>,
+    ) -> Result<OptimizeOutcome> {
+        let partitions = match predicate {
+            Some(text) => super::sql::partition_predicate(text)?,
+            None => Vec::new(),
+        };
+        let spec = OptimizeSpec {
+            zorder,
+            partitions,
+            target_size,
+        };
+        self.optimize(principal, t, spec).await
+    }
+
     pub async fn vacuum(
         &self,
         principal: &Arc<Principal>,

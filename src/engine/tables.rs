@@ -170,6 +170,35 @@ impl Engine {
     }
 
     /// One schema or metadata change (`ALTER TABLE`, `COMMENT ON`, REST `PATCH`).
+    /// Several changes to one table (REST `PATCH`), one commit each, in order. Everything
+    /// that can be checked without the table (column types, property names and values) is
+    /// checked before the first commit.
+    pub async fn alter_table_with(
+        &self,
+        p: &Arc<Principal>,
+        t: &TableRef,
+        changes: &[TableChange],
+    ) -> Result<TableInfo> {
+        for change in changes {
+            match change {
+                TableChange::AddColumns { columns, .. } => {
+                    for c in columns {
+                        c.to_field()?;
+                    }
+                }
+                TableChange::SetProperties(props) => {
+                    crate::storage::properties::validate(props)?;
+                }
+                _ => {}
+            }
+        }
+        let mut info = None;
+        for change in changes {
+            info = Some(self.alter_table(p, t, change).await?);
+        }
+        info.ok_or_else(|| Error::invalid("nothing to change"))
+    }
+
     pub async fn alter_table(
         &self,
         p: &Arc<Principal>,

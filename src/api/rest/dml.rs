@@ -13,7 +13,7 @@ use super::AppState;
 use super::body::JsonBody;
 use crate::engine::dml::SourceInput;
 use crate::error::{Error, Result};
-use crate::pipelines::maintenance::{OptimizeSpec, RestoreTo};
+use crate::pipelines::maintenance::RestoreTo;
 use crate::pipelines::merge::{Action, Clause, DmlOutcome, MergeSpec, When};
 use crate::pipelines::scd2::Scd2Spec;
 use crate::security::Principal;
@@ -246,16 +246,16 @@ pub(super) async fn optimize(
     JsonBody(req): JsonBody<OptimizeRequest>,
 ) -> Result<Response> {
     let t = TableRef::new(&layer, &name)?;
-    let partitions = match req.partition_predicate.as_deref() {
-        Some(text) => crate::engine::sql::partition_predicate(text)?,
-        None => Vec::new(),
-    };
-    let spec = OptimizeSpec {
-        zorder: req.zorder,
-        partitions,
-        target_size: req.target_size,
-    };
-    let o = state.engine.optimize(&principal, &t, spec).await?;
+    let o = state
+        .engine
+        .optimize_where(
+            &principal,
+            &t,
+            req.zorder,
+            req.partition_predicate.as_deref(),
+            req.target_size,
+        )
+        .await?;
     Ok(Json(o).into_response())
 }
 

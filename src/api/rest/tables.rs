@@ -19,7 +19,7 @@ use crate::pipelines::schema::TableChange;
 use crate::security::Principal;
 use crate::storage::catalog::TableSpec;
 use crate::storage::types::ColumnSpec;
-use crate::storage::{Layer, TableRef, properties};
+use crate::storage::{Layer, TableRef};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,9 +105,8 @@ pub(super) struct PatchTable {
     description: Option<String>,
 }
 
-/// Applies each given change in the order above, one commit each. Everything that can be
-/// checked without the table (types, property names and values) is checked before the
-/// first commit.
+/// Applies each given change in the order above, one commit each
+/// ([`crate::engine::Engine::alter_table_with`]).
 pub(super) async fn patch(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
@@ -115,10 +114,6 @@ pub(super) async fn patch(
     JsonBody(req): JsonBody<PatchTable>,
 ) -> Result<Response> {
     let t = TableRef::new(&layer, &name)?;
-    for c in &req.add_columns {
-        c.to_field()?;
-    }
-    properties::validate(&req.properties)?;
     let mut changes = Vec::new();
     if !req.add_columns.is_empty() {
         changes.push(TableChange::AddColumns {
@@ -140,11 +135,10 @@ pub(super) async fn patch(
             "nothing to change: PATCH takes add_columns, properties, column_descriptions and/or description",
         ));
     }
-    let mut info = None;
-    for change in &changes {
-        info = Some(state.engine.alter_table(&principal, &t, change).await?);
-    }
-    let info = info.ok_or_else(|| Error::internal("no change applied"))?;
+    let info = state
+        .engine
+        .alter_table_with(&principal, &t, &changes)
+        .await?;
     Ok(Json(info).into_response())
 }
 
