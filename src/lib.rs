@@ -4,27 +4,45 @@
 //! layers on local disk or S3, SQL through DataFusion over Flight SQL and REST, JWT
 //! authentication and per-principal access control.
 //!
-//! One query:
+//! One query (Flight `GetFlightInfo` + `DoGet`, or REST `POST /api/v1/query`):
 //! ```text
-//! REST POST /query | Flight ── Bearer JWT ──▶ security::auth ──▶ Principal
-//!   ──▶ engine::sql::parse (only our statements; time travel → versioned names)
-//!   ──▶ engine::session: per-principal SessionState, catalog = SecureCatalog (granted tables,
-//!       each a PolicyTable bound to the principal), no URL tables / DDL / SET
-//!   ──▶ plan ──▶ analyzer … PolicyGuard (every scan is a bound PolicyTable, else fail)
-//!   ──▶ execute ──▶ stream batches (JSON / CSV / Arrow IPC / Flight)
+//! api::flight::statement | api::rest::query ── Bearer JWT ──▶ security::auth ──▶ Principal
+//!   ──▶ engine::Engine::submit(Submission { sql, parameter rows, result key, If-None-Match })
+//!   ──▶ engine::cached: a remembered result key / kept plan replays without planning while the
+//!       policy version and every table version still hold
+//!   ──▶ engine::sql::parse (only our statements; time travel → storage::VersionSpec names)
+//!   ──▶ engine::session: per-principal SessionState whose catalog is security::policy's
+//!       SecureCatalog (granted tables only, each a PolicyTable bound to the principal)
+//!   ──▶ plan ──▶ PolicyGuard (every scan is a bound PolicyTable, else fail) ──▶ execute
+//!   ──▶ engine::limits (deadline, result cap, memory budget) ──▶ cache::tee ──▶ api encoders
 //! ```
 //!
-//! One commit:
+//! One commit (SQL INSERT/MERGE/UPDATE/DELETE/CALL scd2, REST upload/merge/scd2/patch):
 //! ```text
-//! upload / INSERT / CTAS ──▶ AccessControl (INSERT / MODIFY / MANAGE)
+//! engine::statement | engine::tables | engine::dml ──▶ AccessControl (INSERT / MODIFY / MANAGE)
 //!   ──▶ ingest: decode + validate every row (nothing written on error)
-//!   ──▶ pipelines::commit: idempotency txn check ──▶ delta-rs write with CommitProperties
-//!   ──▶ put-if-absent _delta_log/<v>.json ──▶ Catalog remembers the new snapshot
+//!   ──▶ pipelines::{merge, scd2, schema, maintenance} ──▶ pipelines::commit (idempotency txn,
+//!       CommitProperties with storage::commit_info keys) ──▶ put-if-absent _delta_log/<v>.json
+//!   ──▶ storage::Catalog remembers the new snapshot
 //! ```
 //!
-//! Layering (nothing imports `api`; `engine` knows no HTTP or gRPC types):
-//! `api::{rest, flight}` → `engine`, `pipelines`, `ingest` → `security`, `storage` →
-//! `config`, `error`, `telemetry`.
+//! Layering, top to bottom; a module imports only modules below it (no loops):
+//! - `server`: start-up (configuration problems from every module, listeners, shutdown).
+//! - `api`: the two front ends, `flight` and `rest`, thin adapters from protocols to the
+//!   engine; each owns its error → status map (`api::rest::error`, `api::flight::error`).
+//! - `engine`: the one entry point of both front ends (`Engine::submit`), SQL parsing
+//!   (`engine::sql`), sessions, execution, result caching, limits, table and policy admin.
+//! - `pipelines`: every write's Delta operation (append/overwrite, MERGE, SCD2, schema
+//!   changes, OPTIMIZE/VACUUM/RESTORE) and the one commit path.
+//! - `security`: who is asking (`auth`), what they may touch (`access`, grants), row filters
+//!   and masks enforced on every scan (`policy`), signed Flight tickets (`ticket`).
+//! - `ingest`: uploads decoded and validated into Arrow batches of a table's schema.
+//! - `cache`: the result cache (Arrow batches keyed by principal, policy and table versions).
+//! - `storage`: the warehouse (local disk or S3), the catalog of Delta tables, column
+//!   statistics for the planner, time-travel versions, commit-info keys.
+//! - `telemetry`: logging and the process's metrics (prometheus-client).
+//! - `config`: the configuration, checked on its own (a leaf).
+//! - `error`: the one error type and its protocol-neutral kinds.
 
 pub mod api;
 pub mod cache;
