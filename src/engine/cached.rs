@@ -14,6 +14,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use super::Engine;
 use super::audit::audit;
 use super::output::{Executed, QueryOutput, ResultKey};
+use crate::cache::ResultCache;
 use crate::error::Result;
 use crate::security::policy::PolicyTable;
 use crate::security::{AccessControl, Principal};
@@ -113,13 +114,7 @@ impl Engine {
             return Ok(None);
         }
         let etag = key.key.etag();
-        if let Some(header) = if_none_match
-            && header.split(',').any(|t| t.trim() == etag)
-        {
-            cache
-                .stats()
-                .not_modified
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if matches_etag(cache, if_none_match, &etag) {
             return Ok(Some(Executed::NotModified(etag)));
         }
         cache.count_hit();
@@ -212,13 +207,7 @@ impl Engine {
             );
         }
         let etag = key.etag();
-        if let Some(header) = if_none_match
-            && header.split(',').any(|t| t.trim() == etag)
-        {
-            cache
-                .stats()
-                .not_modified
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if matches_etag(cache, if_none_match, &etag) {
             return Ok(Executed::NotModified(etag));
         }
         if let Some(hit) = cache.get(&key) {
@@ -303,4 +292,16 @@ pub(super) fn table_versions(
     })?;
     out.sort();
     Ok(versioned.then_some(out))
+}
+
+/// Whether the client's `If-None-Match` holds `etag` (counted as a 304 answered).
+fn matches_etag(cache: &ResultCache, if_none_match: Option<&str>, etag: &str) -> bool {
+    let matched = if_none_match.is_some_and(|h| h.split(',').any(|t| t.trim() == etag));
+    if matched {
+        cache
+            .stats()
+            .not_modified
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    matched
 }

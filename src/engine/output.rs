@@ -165,16 +165,7 @@ pub(super) fn history_output(
         )),
     ];
     let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
-    let stream =
-        RecordBatchStreamAdapter::new(Arc::clone(&schema), futures::stream::iter(vec![Ok(batch)]));
-    Ok(QueryOutput {
-        kind,
-        schema,
-        stream: Box::pin(stream),
-        tables: vec![table.clone()],
-        etag: None,
-        cache_hit: false,
-    })
+    Ok(one_batch(kind, table, schema, Ok(batch)))
 }
 
 pub(super) fn dml_output(kind: &'static str, table: &TableRef, o: &DmlOutcome) -> QueryOutput {
@@ -206,6 +197,16 @@ pub(super) fn command_output_with(
         change(2),
     ];
     let batch = RecordBatch::try_new(Arc::clone(&schema), columns);
+    one_batch(kind, table, schema, batch)
+}
+
+/// The output of a statement on `table` that answers with one batch.
+fn one_batch(
+    kind: &'static str,
+    table: &TableRef,
+    schema: SchemaRef,
+    batch: std::result::Result<RecordBatch, arrow::error::ArrowError>,
+) -> QueryOutput {
     let stream = RecordBatchStreamAdapter::new(
         Arc::clone(&schema),
         futures::stream::iter(vec![batch.map_err(Into::into)]),
