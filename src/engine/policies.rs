@@ -20,7 +20,7 @@ use crate::security::{Principal, Privilege};
 use crate::storage::TableRef;
 
 /// Run-time grants, as listed and replaced over REST.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantsDoc {
     #[serde(default)]
@@ -32,7 +32,7 @@ pub struct GrantsDoc {
 }
 
 /// A table's policies, as read and replaced over REST.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TablePolicyDoc {
     #[serde(default)]

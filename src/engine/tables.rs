@@ -24,7 +24,7 @@ use crate::storage::types::{COLUMN_COMMENT_KEY, type_name};
 use crate::storage::{Layer, TableRef};
 
 /// A column as described to users.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ColumnInfo {
     pub name: String,
     #[serde(rename = "type")]
@@ -35,7 +35,7 @@ pub struct ColumnInfo {
 }
 
 /// A table as described to users.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TableInfo {
     pub layer: Layer,
     pub name: String,
@@ -54,7 +54,7 @@ pub struct TableInfo {
 }
 
 /// Whole-table storage figures (see [`TableInfo::storage`]).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StorageInfo {
     pub version: u64,
     pub file_count: usize,

@@ -42,7 +42,7 @@ const MAX_IDEMPOTENCY_KEY: usize = 200;
 /// CI machine); each extra attempt costs one log read.
 const APPEND_COMMIT_ATTEMPTS: usize = 100;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WriteMode {
     Append,
@@ -50,7 +50,7 @@ pub enum WriteMode {
 }
 
 /// What a write did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WriteOutcome {
     /// Table version after the write (the current version for a duplicate).
     pub version: u64,

@@ -15,7 +15,7 @@ use crate::storage::{Catalog, TableRef};
 /// snapshots and time travel within that window keep working.
 pub(crate) const DEFAULT_RETENTION_HOURS: u64 = 168;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OptimizeOutcome {
     pub version: u64,
     pub files_removed: u64,
@@ -122,7 +122,7 @@ pub(crate) async fn optimize(
     })
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VacuumOutcome {
     pub dry_run: bool,
     pub retain_hours: u64,
@@ -171,7 +171,7 @@ pub enum RestoreTo {
     Timestamp(DateTime<Utc>),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RestoreOutcome {
     pub version: u64,
     pub restored_version: u64,

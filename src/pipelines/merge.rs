@@ -40,7 +40,7 @@ const MAX_ATTEMPTS: usize = 6;
 const SOURCE_ROW: &str = "__strata_source_row";
 
 /// Which rows a clause applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum When {
     Matched,

@@ -37,7 +37,7 @@ pub struct TableSpec {
 }
 
 /// One commit in a table's history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub version: u64,
     pub timestamp: Option<DateTime<Utc>>,

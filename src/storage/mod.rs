@@ -38,7 +38,19 @@ pub use warehouse::Warehouse;
 pub const CATALOG_NAME: &str = "strata";
 
 /// A medallion layer: one SQL schema each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Layer {
     Bronze,

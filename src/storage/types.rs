@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::storage::validate_name;
 
 /// A column as users declare it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
     pub name: String,

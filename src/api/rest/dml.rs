@@ -6,14 +6,16 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::body::JsonBody;
+use super::openapi::{Errors, TablePath};
 use crate::engine::dml::SourceInput;
 use crate::error::{Error, Result};
-use crate::pipelines::maintenance::RestoreTo;
+use crate::pipelines::maintenance::{OptimizeOutcome, RestoreOutcome, RestoreTo, VacuumOutcome};
 use crate::pipelines::merge::{Action, Clause, DmlOutcome, MergeSpec, When};
 use crate::pipelines::scd2::Scd2Spec;
 use crate::security::Principal;
@@ -23,7 +25,7 @@ use crate::storage::TableRef;
 const MAX_INLINE_ROWS: usize = 1_000_000;
 
 /// `{"sql": "query or table"}` or `{"rows": [{…}, …]}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub(super) enum SourceBody {
     Sql(String),
@@ -69,7 +71,7 @@ impl SourceBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ClauseBody {
     when: When,
@@ -129,7 +131,7 @@ impl ClauseBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MergeRequest {
     source: SourceBody,
@@ -142,20 +144,36 @@ pub(super) struct MergeRequest {
     clauses: Vec<ClauseBody>,
 }
 
+/// What a MERGE or SCD2 committed.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct DmlResult {
+    table: String,
+    version: u64,
+    inserted: u64,
+    updated: u64,
+    deleted: u64,
+    files_added: u64,
+    files_removed: u64,
+    /// Commit attempts (more than one when concurrent writers won races).
+    attempts: u64,
+}
+
 fn outcome(t: &TableRef, o: &DmlOutcome) -> Response {
-    Json(json!({
-        "table": t.to_string(),
-        "version": o.version,
-        "inserted": o.inserted,
-        "updated": o.updated,
-        "deleted": o.deleted,
-        "files_added": o.files_added,
-        "files_removed": o.files_removed,
-        "attempts": o.attempts,
-    }))
+    Json(DmlResult {
+        table: t.to_string(),
+        version: o.version,
+        inserted: o.inserted,
+        updated: o.updated,
+        deleted: o.deleted,
+        files_added: o.files_added,
+        files_removed: o.files_removed,
+        attempts: o.attempts,
+    })
     .into_response()
 }
 
+#[utoipa::path(post, path = "/tables/{layer}/{name}/merge", tag = "tables", params(TablePath), request_body = MergeRequest,
+    responses((status = 200, description = "Committed", body = DmlResult), Errors))]
 pub(super) async fn merge(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
@@ -206,7 +224,7 @@ pub(super) async fn merge(
     Ok(outcome(&t, &o))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Scd2Request {
     source: SourceBody,
@@ -214,6 +232,8 @@ pub(super) struct Scd2Request {
     spec: Scd2Spec,
 }
 
+#[utoipa::path(post, path = "/tables/{layer}/{name}/scd2", tag = "tables", params(TablePath), request_body = Scd2Request,
+    responses((status = 200, description = "Committed", body = DmlResult), Errors))]
 pub(super) async fn scd2(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
@@ -228,7 +248,7 @@ pub(super) async fn scd2(
     Ok(outcome(&t, &o))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct OptimizeRequest {
     zorder: Vec<String>,
@@ -239,6 +259,8 @@ pub(super) struct OptimizeRequest {
     partition_predicate: Option<String>,
 }
 
+#[utoipa::path(post, path = "/tables/{layer}/{name}/optimize", tag = "tables", params(TablePath), request_body = OptimizeRequest,
+    responses((status = 200, description = "Compacted", body = OptimizeOutcome), Errors))]
 pub(super) async fn optimize(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
@@ -259,13 +281,15 @@ pub(super) async fn optimize(
     Ok(Json(o).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct VacuumRequest {
     retain_hours: Option<u64>,
     dry_run: bool,
 }
 
+#[utoipa::path(post, path = "/tables/{layer}/{name}/vacuum", tag = "tables", params(TablePath), request_body = VacuumRequest,
+    responses((status = 200, description = "Files deleted (or, for a dry run, that would be)", body = VacuumOutcome), Errors))]
 pub(super) async fn vacuum(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
@@ -280,7 +304,7 @@ pub(super) async fn vacuum(
     Ok(Json(o).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RestoreRequest {
     version: Option<u64>,
@@ -288,6 +312,8 @@ pub(super) struct RestoreRequest {
     timestamp: Option<String>,
 }
 
+#[utoipa::path(post, path = "/tables/{layer}/{name}/restore", tag = "tables", params(TablePath), request_body = RestoreRequest,
+    responses((status = 200, description = "Restored in one new commit", body = RestoreOutcome), Errors))]
 pub(super) async fn restore(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,

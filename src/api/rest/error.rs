@@ -3,21 +3,21 @@
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
+use super::openapi::{ErrorBody, ErrorDetail};
 use crate::error::{Error, ErrorKind};
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let trace_id = crate::api::report(&self);
         let kind = self.kind();
-        let body = json!({
-            "error": {
-                "code": kind.code(),
-                "message": self.client_message(&trace_id),
-                "trace_id": trace_id,
-            }
-        });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: kind.code().to_string(),
+                message: self.client_message(&trace_id),
+                trace_id,
+            },
+        };
         let mut response = (http_status(kind), Json(body)).into_response();
         if kind == ErrorKind::Unauthenticated {
             response.headers_mut().insert(

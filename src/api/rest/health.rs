@@ -6,44 +6,88 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
+use super::openapi::Errors;
 use crate::engine::Engine;
 use crate::security::Principal;
 
-pub(super) async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_secs": state.started.elapsed().as_secs(),
-    }))
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "Alive", body = Health)))]
+pub(super) async fn healthz(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_secs: state.started.elapsed().as_secs(),
+    })
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Health {
+    /// Always `ok`.
+    status: String,
+    version: String,
+    uptime_secs: u64,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Readiness {
+    /// `ready` or `unavailable`.
+    status: String,
+    checks: ReadinessChecks,
+    /// Under which the failure was logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ReadinessChecks {
+    /// `ok`, `error` or `timeout`.
+    object_store: String,
+}
+
+fn readiness(ready: bool, object_store: &str, trace_id: Option<String>) -> Json<Readiness> {
+    Json(Readiness {
+        status: if ready { "ready" } else { "unavailable" }.into(),
+        checks: ReadinessChecks {
+            object_store: object_store.into(),
+        },
+        trace_id,
+    })
 }
 
 /// Ready when the catalog's store answers within 2 s.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "Catalog loaded and object store reachable", body = Readiness),
+        (status = 503, description = "Object store unreachable or slow", body = Readiness)))]
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let check = tokio::time::timeout(Duration::from_secs(2), state.engine.catalog().ping()).await;
     match check {
-        Ok(Ok(())) => {
-            Json(json!({"status": "ready", "checks": {"object_store": "ok"}})).into_response()
-        }
+        Ok(Ok(())) => readiness(true, "ok", None).into_response(),
         Ok(Err(e)) => {
             let trace_id = crate::api::report(&e);
             (
                 http::StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "checks": {"object_store": "error"}, "trace_id": trace_id})),
+                readiness(false, "error", Some(trace_id)),
             )
                 .into_response()
         }
         Err(_) => (
             http::StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "checks": {"object_store": "timeout"}})),
+            readiness(false, "timeout", None),
         )
             .into_response(),
     }
 }
 
 /// OpenMetrics text metrics: a token with the operator or admin role.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "OpenMetrics text (operator or admin role)", content_type = "application/openmetrics-text"), Errors))]
 pub(super) async fn metrics(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,

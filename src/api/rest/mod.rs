@@ -22,10 +22,12 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use http::HeaderName;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::engine::Engine;
 use crate::security::Authenticator;
@@ -41,32 +43,6 @@ pub(crate) struct AppState {
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Every route of the API, as (method, path) — the OpenAPI test checks each is documented.
-#[cfg(test)]
-pub(crate) const ROUTES: &[(&str, &str)] = &[
-    ("post", "/api/v1/query"),
-    ("get", "/api/v1/tables"),
-    ("post", "/api/v1/tables"),
-    ("get", "/api/v1/tables/{layer}/{name}"),
-    ("patch", "/api/v1/tables/{layer}/{name}"),
-    ("delete", "/api/v1/tables/{layer}/{name}"),
-    ("post", "/api/v1/tables/{layer}/{name}/rows"),
-    ("get", "/api/v1/tables/{layer}/{name}/history"),
-    ("post", "/api/v1/tables/{layer}/{name}/merge"),
-    ("post", "/api/v1/tables/{layer}/{name}/scd2"),
-    ("post", "/api/v1/tables/{layer}/{name}/optimize"),
-    ("post", "/api/v1/tables/{layer}/{name}/vacuum"),
-    ("post", "/api/v1/tables/{layer}/{name}/restore"),
-    ("get", "/api/v1/tables/{layer}/{name}/policies"),
-    ("put", "/api/v1/tables/{layer}/{name}/policies"),
-    ("get", "/api/v1/grants"),
-    ("put", "/api/v1/grants"),
-    ("get", "/api/v1/openapi.json"),
-    ("get", "/metrics"),
-    ("get", "/healthz"),
-    ("get", "/readyz"),
-];
 
 /// Counts every routed request by its route template and status, with its latency (to the
 /// response head; bodies stream after it).
@@ -90,46 +66,17 @@ async fn observe(
 }
 
 pub(crate) fn router(state: AppState, max_body: usize) -> Router {
-    let api = Router::new()
-        .route("/query", post(query::query))
-        .route("/tables", get(tables::list).post(tables::create))
-        .route(
-            "/tables/{layer}/{name}",
-            get(tables::describe)
-                .patch(tables::patch)
-                .delete(tables::drop_table),
-        )
-        .route("/tables/{layer}/{name}/rows", post(tables::upload))
-        .route("/tables/{layer}/{name}/history", get(tables::history))
-        .route("/tables/{layer}/{name}/merge", post(dml::merge))
-        .route("/tables/{layer}/{name}/scd2", post(dml::scd2))
-        .route("/tables/{layer}/{name}/optimize", post(dml::optimize))
-        .route("/tables/{layer}/{name}/vacuum", post(dml::vacuum))
-        .route("/tables/{layer}/{name}/restore", post(dml::restore))
-        .route(
-            "/tables/{layer}/{name}/policies",
-            get(policies::get_policies).put(policies::put_policies),
-        )
-        .route(
-            "/grants",
-            get(policies::get_grants).put(policies::put_grants),
-        )
-        .route("/openapi.json", get(openapi::document))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_bearer,
-        ));
-    let metrics = Router::new()
-        .route("/metrics", get(health::metrics))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_bearer,
-        ));
-    Router::new()
-        .nest("/api/v1", api)
-        .merge(metrics)
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+    let (routes, doc) = documented(&state).split_for_parts();
+    let doc = match serde_json::to_string(&doc) {
+        Ok(json) => openapi::Document(Arc::new(json)),
+        // A document of plain data always serializes; were it not to, the log says why.
+        Err(e) => {
+            tracing::error!(error = %e, "OpenAPI document");
+            openapi::Document(Arc::new("{}".into()))
+        }
+    };
+    routes
+        .layer(axum::Extension(doc))
         .route_layer(axum::middleware::from_fn(observe))
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(max_body))
@@ -152,4 +99,33 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         ))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Every route with its OpenAPI entry: the router and the document come from the same
+/// registrations, so neither can drift from the other.
+fn documented(state: &AppState) -> OpenApiRouter<AppState> {
+    let bearer = || axum::middleware::from_fn_with_state(state.clone(), auth::require_bearer);
+    let api = OpenApiRouter::new()
+        .routes(routes!(query::query))
+        .routes(routes!(tables::list, tables::create))
+        .routes(routes!(tables::describe, tables::patch, tables::drop_table))
+        .routes(routes!(tables::upload))
+        .routes(routes!(tables::history))
+        .routes(routes!(dml::merge))
+        .routes(routes!(dml::scd2))
+        .routes(routes!(dml::optimize))
+        .routes(routes!(dml::vacuum))
+        .routes(routes!(dml::restore))
+        .routes(routes!(policies::get_policies, policies::put_policies))
+        .routes(routes!(policies::get_grants, policies::put_grants))
+        .routes(routes!(openapi::document))
+        .route_layer(bearer());
+    let metrics = OpenApiRouter::new()
+        .routes(routes!(health::metrics))
+        .route_layer(bearer());
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .nest("/api/v1", api)
+        .merge(metrics)
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::body::JsonBody;
+use super::openapi::{Errors, TablePath};
 use crate::config::GrantConfig;
 use crate::engine::policies::{GrantsDoc, TablePolicyDoc};
 use crate::error::Result;
@@ -15,6 +16,8 @@ use crate::security::Principal;
 use crate::security::policy::model::{ColumnMask, RowFilter, TablePolicy};
 use crate::storage::TableRef;
 
+#[utoipa::path(get, path = "/grants", tag = "policies",
+    responses((status = 200, description = "Run-time grants and those of the configuration", body = GrantsDoc), Errors))]
 pub(super) async fn get_grants(
     State(state): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
@@ -22,7 +25,7 @@ pub(super) async fn get_grants(
     Ok(Json(state.engine.grants(&p, &state.config_grants).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PutGrants {
     grants: Vec<GrantConfig>,
@@ -31,6 +34,8 @@ pub(super) struct PutGrants {
     expected_version: Option<u64>,
 }
 
+#[utoipa::path(put, path = "/grants", tag = "policies", request_body = PutGrants,
+    responses((status = 200, description = "The grants now in force", body = GrantsDoc), Errors))]
 pub(super) async fn put_grants(
     State(state): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
@@ -44,6 +49,8 @@ pub(super) async fn put_grants(
     ))
 }
 
+#[utoipa::path(get, path = "/tables/{layer}/{name}/policies", tag = "policies", params(TablePath),
+    responses((status = 200, description = "The table's row filters and column masks", body = TablePolicyDoc), Errors))]
 pub(super) async fn get_policies(
     State(state): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,
@@ -53,7 +60,7 @@ pub(super) async fn get_policies(
     Ok(Json(state.engine.table_policy(&p, &t).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PutPolicies {
     #[serde(default)]
@@ -64,6 +71,8 @@ pub(super) struct PutPolicies {
     expected_version: Option<u64>,
 }
 
+#[utoipa::path(put, path = "/tables/{layer}/{name}/policies", tag = "policies", params(TablePath), request_body = PutPolicies,
+    responses((status = 200, description = "The policies now in force", body = TablePolicyDoc), Errors))]
 pub(super) async fn put_policies(
     State(state): State<AppState>,
     Extension(p): Extension<Arc<Principal>>,

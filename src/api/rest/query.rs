@@ -13,11 +13,12 @@ use serde::Deserialize;
 use super::AppState;
 use super::body::JsonBody;
 use super::encode::{Format, body_stream};
+use super::openapi::{ErrorBody, Errors};
 use crate::engine::{Executed, Submission};
 use crate::error::{Error, Result};
 use crate::security::Principal;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct QueryRequest {
     sql: String,
@@ -25,6 +26,18 @@ pub(super) struct QueryRequest {
     params: Vec<serde_json::Value>,
 }
 
+#[utoipa::path(post, path = "/query", tag = "query",
+    description = "Cacheable SELECT results carry an ETag; send it back in If-None-Match to get 304 without re-running the query. SELECT/EXPLAIN stream rows; CREATE TABLE [AS SELECT], INSERT INTO/OVERWRITE, MERGE, UPDATE, DELETE, CALL scd2, OPTIMIZE, VACUUM, RESTORE, ALTER and DROP TABLE return one summary row. Time travel: `FROM t VERSION AS OF n` or `TIMESTAMP AS OF '2024-05-01T00:00:00Z'`. Change data feed: `FROM table_changes('layer.t', start[, end])`. Parameters bind to $1…$n (or ?).",
+    request_body = QueryRequest,
+    params(("If-None-Match" = Option<String>, Header, description = "ETag of an earlier result: 304 while it is still current")),
+    responses(
+        (status = 200, description = "Rows, in the format the Accept header asks for", headers(("ETag" = String, description = "Cacheable results only")), content(
+            (Vec<serde_json::Value> = "application/json"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"))),
+        (status = 304, description = "Not modified: the result for this ETag is still current"),
+        (status = 406, description = "No accepted response type is one Strata writes", body = ErrorBody),
+        Errors))]
 pub(super) async fn query(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,

@@ -6,32 +6,49 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::body::{JsonBody, QueryParams, RawBody};
-use crate::engine::tables::Upload;
+use super::openapi::{ErrorBody, Errors, TablePath};
+use crate::engine::tables::{TableInfo, Upload};
 use crate::error::{Error, Result};
 use crate::ingest::UploadFormat;
-use crate::pipelines::commit::WriteMode;
+use crate::pipelines::commit::{WriteMode, WriteOutcome};
 use crate::pipelines::schema::TableChange;
 use crate::security::Principal;
-use crate::storage::catalog::TableSpec;
+use crate::storage::catalog::{HistoryEntry, TableSpec};
 use crate::storage::types::ColumnSpec;
 use crate::storage::{Layer, TableRef};
 
-#[derive(Debug, Deserialize)]
+/// `GET /tables`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct TableList {
+    tables: Vec<TableInfo>,
+}
+
+/// `GET /tables/{layer}/{name}/history`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct TableHistory {
+    table: String,
+    history: Vec<HistoryEntry>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListParams {
     layer: Option<String>,
 }
 
+#[utoipa::path(get, path = "/tables", tag = "tables", params(ListParams),
+    responses((status = 200, description = "Tables the caller may read", body = TableList), Errors))]
 pub(super) async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
     QueryParams(params): QueryParams<ListParams>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<TableList>> {
     let layer = match params.layer.as_deref() {
         Some(l) => Some(Layer::parse(l).ok_or_else(|| {
             Error::invalid(format!("unknown layer {l:?} (bronze, silver, gold)"))
@@ -39,10 +56,10 @@ pub(super) async fn list(
         None => None,
     };
     let tables = state.engine.list_tables(&principal, layer).await?;
-    Ok(Json(json!({ "tables": tables })))
+    Ok(Json(TableList { tables }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateTable {
     layer: String,
@@ -59,6 +76,11 @@ pub(super) struct CreateTable {
     if_not_exists: bool,
 }
 
+#[utoipa::path(post, path = "/tables", tag = "tables", request_body = CreateTable,
+    responses(
+        (status = 201, description = "Created", body = TableInfo),
+        (status = 200, description = "Already existed (if_not_exists)", body = TableInfo),
+        Errors))]
 pub(super) async fn create(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
@@ -81,6 +103,8 @@ pub(super) async fn create(
     }
 }
 
+#[utoipa::path(get, path = "/tables/{layer}/{name}", tag = "tables", params(TablePath),
+    responses((status = 200, description = "The table", body = TableInfo), Errors))]
 pub(super) async fn describe(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
@@ -90,7 +114,7 @@ pub(super) async fn describe(
     Ok(Json(state.engine.describe_table(&principal, &t).await?).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PatchTable {
     /// New nullable columns, added last.
@@ -107,6 +131,8 @@ pub(super) struct PatchTable {
 
 /// Applies each given change in the order above, one commit each
 /// ([`crate::engine::Engine::alter_table_with`]).
+#[utoipa::path(patch, path = "/tables/{layer}/{name}", tag = "tables", params(TablePath), request_body = PatchTable,
+    responses((status = 200, description = "The table after the changes", body = TableInfo), Errors))]
 pub(super) async fn patch(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
@@ -142,6 +168,8 @@ pub(super) async fn patch(
     Ok(Json(info).into_response())
 }
 
+#[utoipa::path(delete, path = "/tables/{layer}/{name}", tag = "tables", params(TablePath),
+    responses((status = 204, description = "Dropped"), Errors))]
 pub(super) async fn drop_table(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
@@ -152,8 +180,9 @@ pub(super) async fn drop_table(
     Ok(http::StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct UploadParams {
     #[serde(default)]
     mode: Option<WriteMode>,
@@ -164,6 +193,18 @@ pub(super) struct UploadParams {
     merge_schema: bool,
 }
 
+#[utoipa::path(post, path = "/tables/{layer}/{name}/rows", tag = "tables", params(TablePath, UploadParams,
+        ("Idempotency-Key" = Option<String>, Header, description = "Commit at most once per key and principal")),
+    request_body(description = "Rows: every row is validated before anything is written", content(
+        (Vec<serde_json::Value> = "application/json"),
+        ("application/x-ndjson"),
+        ("text/csv"),
+        ("application/vnd.apache.parquet"),
+        ("application/vnd.apache.arrow.stream"))),
+    responses(
+        (status = 200, description = "Written (or a duplicate of an earlier upload with the same key)", body = WriteOutcome),
+        (status = 415, description = "Content-Type missing or not one Strata reads", body = ErrorBody),
+        Errors))]
 pub(super) async fn upload(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
@@ -205,12 +246,15 @@ pub(super) async fn upload(
     Ok(Json(outcome).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct HistoryParams {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/tables/{layer}/{name}/history", tag = "tables", params(TablePath, HistoryParams),
+    responses((status = 200, description = "Commits, newest first", body = TableHistory), Errors))]
 pub(super) async fn history(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
@@ -220,5 +264,9 @@ pub(super) async fn history(
     let t = TableRef::new(&layer, &name)?;
     let limit = params.limit.unwrap_or(100).clamp(1, 10_000);
     let history = state.engine.history(&principal, &t, limit).await?;
-    Ok(Json(json!({ "table": t.to_string(), "history": history })).into_response())
+    Ok(Json(TableHistory {
+        table: t.to_string(),
+        history,
+    })
+    .into_response())
 }

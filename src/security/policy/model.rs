@@ -25,7 +25,7 @@ pub struct PolicyDoc {
 }
 
 /// Row filters and column masks of one table.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TablePolicy {
     #[serde(default)]
@@ -43,7 +43,7 @@ impl TablePolicy {
 /// Principals holding any of `roles` see the rows where `predicate` is true. A principal's
 /// rows are the OR of the filters of its roles; a table with filters and none for the
 /// principal's roles shows no rows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RowFilter {
     pub roles: Vec<String>,
@@ -54,7 +54,7 @@ pub struct RowFilter {
 
 /// `column` reads as `mask` (an SQL expression over the table's columns) unless the
 /// principal holds one of `exempt_roles`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnMask {
     pub column: String,
