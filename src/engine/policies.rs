@@ -9,36 +9,41 @@ use std::sync::Arc;
 use arrow::datatypes::DataType;
 use datafusion::common::{DFSchema, ExprSchema};
 use datafusion::logical_expr::{ExprSchemable, cast};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::GrantConfig;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::security::policy::expr;
-use crate::security::policy::model::TablePolicy;
+use crate::security::policy::model::{ColumnMask, RowFilter, TablePolicy};
 use crate::security::{Principal, Privilege};
 use crate::storage::TableRef;
 
 /// Run-time grants, as listed and replaced over REST.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct GrantsDoc {
-    #[serde(default)]
     pub version: u64,
     pub grants: Vec<GrantConfig>,
     /// Grants from the configuration file (read-only here).
-    #[serde(default, skip_deserializing)]
     pub config_grants: Vec<GrantConfig>,
 }
 
 /// A table's policies, as read and replaced over REST.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TablePolicyDoc {
-    #[serde(default)]
     pub version: u64,
-    #[serde(flatten)]
-    pub policy: TablePolicy,
+    pub row_filters: Vec<RowFilter>,
+    pub column_masks: Vec<ColumnMask>,
+}
+
+impl TablePolicyDoc {
+    fn new(version: u64, policy: TablePolicy) -> TablePolicyDoc {
+        TablePolicyDoc {
+            version,
+            row_filters: policy.row_filters,
+            column_masks: policy.column_masks,
+        }
+    }
 }
 
 impl Engine {
@@ -95,10 +100,7 @@ impl Engine {
         access.check(p, Privilege::Manage, t)?;
         let doc = self.policies().document().await?;
         let policy = doc.tables.get(&t.to_string()).cloned().unwrap_or_default();
-        Ok(TablePolicyDoc {
-            version: doc.version,
-            policy,
-        })
+        Ok(TablePolicyDoc::new(doc.version, policy))
     }
 
     pub async fn set_table_policy(
@@ -125,10 +127,10 @@ impl Engine {
                 Ok(())
             })
             .await?;
-        Ok(TablePolicyDoc {
-            version: doc.version,
-            policy: doc.tables.get(&key).cloned().unwrap_or_default(),
-        })
+        Ok(TablePolicyDoc::new(
+            doc.version,
+            doc.tables.get(&key).cloned().unwrap_or_default(),
+        ))
     }
 
     /// Plans every predicate and mask against `schema` for a principal with no roles or

@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::pipelines::merge::{self, Action, Clause, Dml, DmlOutcome, MergeSpec, When};
 
 /// Rows of one SCD2 run (see the module docs).
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Scd2Spec {
     /// Business key columns.

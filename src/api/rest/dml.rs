@@ -224,12 +224,42 @@ pub(super) async fn merge(
     Ok(outcome(&t, &o))
 }
 
+/// The source and the settings of one SCD2 run (`CALL scd2(…)`'s arguments).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Scd2Request {
     source: SourceBody,
-    #[serde(flatten)]
-    spec: Scd2Spec,
+    /// Business key columns.
+    #[serde(default)]
+    keys: Vec<String>,
+    /// Columns whose change opens a new version; default: every non-key data column.
+    tracked: Option<Vec<String>>,
+    /// Source column with each change's effective time; default: the commit time.
+    effective_time: Option<String>,
+    /// Close the current version of keys missing from the source (full snapshots).
+    #[serde(default)]
+    close_missing: bool,
+    /// Default `valid_from`.
+    valid_from: Option<String>,
+    /// Default `valid_to`.
+    valid_to: Option<String>,
+    /// Default `is_current`.
+    is_current: Option<String>,
+}
+
+impl Scd2Request {
+    fn spec(&self) -> Scd2Spec {
+        let defaults = Scd2Spec::default();
+        Scd2Spec {
+            keys: self.keys.clone(),
+            tracked: self.tracked.clone(),
+            effective_time: self.effective_time.clone(),
+            close_missing: self.close_missing,
+            valid_from: self.valid_from.clone().unwrap_or(defaults.valid_from),
+            valid_to: self.valid_to.clone().unwrap_or(defaults.valid_to),
+            is_current: self.is_current.clone().unwrap_or(defaults.is_current),
+        }
+    }
 }
 
 #[utoipa::path(post, path = "/tables/{layer}/{name}/scd2", tag = "tables", params(TablePath), request_body = Scd2Request,
@@ -241,9 +271,10 @@ pub(super) async fn scd2(
     JsonBody(req): JsonBody<Scd2Request>,
 ) -> Result<Response> {
     let t = TableRef::new(&layer, &name)?;
+    let spec = req.spec();
     let o = state
         .engine
-        .scd2(&principal, &t, req.source.into_input()?, &req.spec)
+        .scd2(&principal, &t, req.source.into_input()?, &spec)
         .await?;
     Ok(outcome(&t, &o))
 }

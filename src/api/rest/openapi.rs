@@ -102,6 +102,8 @@ impl Modify for BearerAuth {
         description = "Lakehouse query server: Delta Lake tables in bronze/silver/gold layers, SQL over REST and Flight SQL."
     ),
     security(("bearer" = [])),
+    // Types named only by query parameters, which utoipa-axum does not collect.
+    components(schemas(crate::pipelines::commit::WriteMode)),
     modifiers(&BearerAuth),
     tags(
         (name = "query", description = "SQL"),
