@@ -6,6 +6,17 @@ use std::process::Command;
 
 use crate::harness::{TestServer, python};
 
+/// Runs `command` off the async runtime; fails the test with its output unless it succeeds.
+async fn run(mut command: Command, what: &'static str) -> String {
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what}:\n{stdout}\n{stderr}");
+    stdout
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_adbc_clients() {
     let python = tokio::task::spawn_blocking(python).await.unwrap();
@@ -18,22 +29,15 @@ async fn python_adbc_clients() {
     let uri = format!("grpc://{}", s.flight);
     let admin = s.admin.clone();
     let analyst = s.token("ann", &["analyst"]);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
-            .arg(&suite)
-            .env("STRATA_FLIGHT_URI", uri)
-            .env("STRATA_ADMIN_TOKEN", admin)
-            .env("STRATA_ANALYST_TOKEN", analyst)
-            .env("STRATA_WAREHOUSE", warehouse)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "pytest failed:\n{stdout}\n{stderr}");
+    let mut command = Command::new(python);
+    command
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(&suite)
+        .env("STRATA_FLIGHT_URI", uri)
+        .env("STRATA_ADMIN_TOKEN", admin)
+        .env("STRATA_ANALYST_TOKEN", analyst)
+        .env("STRATA_WAREHOUSE", warehouse);
+    let stdout = run(command, "pytest failed").await;
     println!("{stdout}");
 }
 
@@ -47,20 +51,13 @@ async fn python_tpcds_small_scale() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/tpcds_check.py");
     let uri = format!("grpc://{}", s.flight);
     let admin = s.admin.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
-            .arg(&check)
-            .env("STRATA_FLIGHT_URI", uri)
-            .env("STRATA_ADMIN_TOKEN", admin)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "pytest failed:\n{stdout}\n{stderr}");
+    let mut command = Command::new(python);
+    command
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(&check)
+        .env("STRATA_FLIGHT_URI", uri)
+        .env("STRATA_ADMIN_TOKEN", admin);
+    let stdout = run(command, "pytest failed").await;
     println!("{stdout}");
 }
 
@@ -83,28 +80,18 @@ async fn python_schemathesis_rest_api() {
     let cli = python.with_file_name("schemathesis");
     let base = format!("http://{}", s.http);
     let auth = format!("Authorization: Bearer {}", s.admin);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(cli)
-            .arg("run")
-            .arg(&schema)
-            .args(["--url", &base, "-H", &auth])
-            .args(["--seed", "1", "--max-examples", "20"])
-            .args([
-                "--checks",
-                "all",
-                "--exclude-checks",
-                "positive_data_acceptance",
-            ])
-            .args(["--no-color"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "schemathesis found problems:\n{stdout}\n{stderr}"
-    );
+    let mut command = Command::new(cli);
+    command
+        .arg("run")
+        .arg(&schema)
+        .args(["--url", &base, "-H", &auth])
+        .args(["--seed", "1", "--max-examples", "20"])
+        .args([
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+        ])
+        .args(["--no-color"]);
+    run(command, "schemathesis found problems").await;
 }
