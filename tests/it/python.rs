@@ -82,6 +82,8 @@ async fn python_schemathesis_rest_api() {
     let auth = format!("Authorization: Bearer {}", s.admin);
     let mut command = Command::new(cli);
     command
+        // Its cache (`.schemathesis/`) goes to the throwaway root, not the checkout.
+        .current_dir(&s.root)
         .arg("run")
         .arg(&schema)
         .args(["--url", &base, "-H", &auth])
