@@ -249,14 +249,7 @@ async fn failed_streams_are_not_cached_and_the_byte_bound_holds() {
 async fn flight_shares_the_cache_and_the_cache_can_be_disabled() {
     let s = TestServer::start().await;
     s.create_people("gold.people").await;
-    let mut c = arrow_flight::sql::client::FlightSqlServiceClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", s.flight))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
-    c.set_token(s.admin.clone());
+    let mut c = s.flight_client(&s.admin).await;
     let before = metric(&s, "strata_cache_hits_total").await;
     for _ in 0..3 {
         let info = c

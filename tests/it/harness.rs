@@ -92,6 +92,21 @@ pub fn test_config(root: &Path) -> Config {
 }
 
 impl TestServer {
+    /// A Flight SQL client of this server, holding `token`.
+    pub async fn flight_client(
+        &self,
+        token: &str,
+    ) -> arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.flight))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut c = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+        c.set_token(token.to_string());
+        c
+    }
+
     pub async fn start() -> TestServer {
         TestServer::start_on(Backend::Local).await
     }

@@ -254,14 +254,7 @@ async fn writes_must_stay_inside_the_writers_filter(backend: Backend) {
         .await;
     assert_eq!(status, 403, "{body}");
     // Ingest over Flight is checked as well.
-    let mut c = FlightSqlServiceClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", s.flight))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
-    c.set_token(ann.clone());
+    let mut c = s.flight_client(&ann).await;
     let batches: Vec<RecordBatch> = {
         let info = c
             .execute("SELECT * FROM gold.sales WHERE id = 1".into(), None)
@@ -379,14 +372,9 @@ async fn flight_returns_the_same_filtered_rows_and_binds_tickets() {
     };
     assert!(r.is_err());
     // A same-subject token with another region claim is another principal.
-    let mut a2 = FlightSqlServiceClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", s.flight))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
-    a2.set_token(s.token_with("ann", &["analyst"], json!({"region": "us"})));
+    let mut a2 = s
+        .flight_client(&s.token_with("ann", &["analyst"], json!({"region": "us"})))
+        .await;
     let r = match a2.do_get(info.endpoint[0].ticket.clone().unwrap()).await {
         Err(e) => Err(e),
         Ok(st) => st.try_collect::<Vec<_>>().await,
@@ -737,14 +725,7 @@ async fn kept_plans_never_outlive_a_policy_change() {
     let ann = ann(&s);
     let q = "SELECT id FROM gold.sales ORDER BY id";
     assert_eq!(ids(&s.sql(&ann, q).await.1), vec![1, 2, 6]);
-    let mut c = FlightSqlServiceClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", s.flight))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
-    c.set_token(ann.clone());
+    let mut c = s.flight_client(&ann).await;
     let info = c.execute(q.into(), None).await.unwrap();
     let (status, body) = s
         .put_json(

@@ -3,7 +3,6 @@
 //! writer's filter, so no write is an error oracle on hidden rows. The read path's
 //! counterpart is in `rls.rs`.
 
-use arrow_flight::sql::client::FlightSqlServiceClient;
 use serde_json::{Value, json};
 
 use crate::harness::{TestServer, message};
@@ -255,14 +254,7 @@ async fn writes_are_no_error_oracle_on_hidden_rows() {
     }
 
     // Flight SQL updates go through the same engine.
-    let mut c = FlightSqlServiceClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", s.flight))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
-    c.set_token(carl.clone());
+    let mut c = s.flight_client(&carl).await;
     let mut answers = Vec::new();
     for g in [HIDDEN, ABSENT] {
         let r = c
