@@ -51,6 +51,17 @@ pub struct ResultKey {
 }
 
 impl Prepared {
+    /// A command: no result schema, no parameters (its result is one summary row).
+    pub(super) fn command(kind: &'static str) -> Prepared {
+        Prepared {
+            kind,
+            schema: None,
+            parameters: Vec::new(),
+            result_key: None,
+            origins: Vec::new(),
+        }
+    }
+
     pub fn is_query(&self) -> bool {
         self.schema.is_some()
     }

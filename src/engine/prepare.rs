@@ -45,11 +45,15 @@ impl Engine {
         self.check_sql_size(sql)?;
         let statement = sql::parse(sql, &self.default_layer)?;
         let kind = statement.kind();
+        if !matches!(statement, Statement::Query(_) | Statement::Explain { .. }) {
+            return Ok(Prepared::command(kind));
+        }
+        // One freshness check of the policies, shared by the kept plan and planning.
+        let access = self.access().await?;
         // A fetch of a query planned moments ago (a dashboard's refresh, the same ticket
         // asked for again): its kept plan answers without planning.
         if want_key && matches!(statement, Statement::Query(_)) {
             let values = params.clone().unwrap_or_default();
-            let access = self.access().await?;
             let key = statement_key(principal, sql, &values);
             if let Some(planned) = self.planned(Some(key), &access).await {
                 let schema = Arc::new(planned.plan.schema().as_arrow().clone());
@@ -73,7 +77,6 @@ impl Engine {
         }
         match statement {
             Statement::Query(ast) | Statement::Explain { statement: ast, .. } => {
-                let access = self.access().await?;
                 let state = self.sessions.session(principal, &access);
                 let plan = self.plan_unbound(&state, *ast).await?;
                 let types = plan.get_parameter_types()?;
@@ -133,13 +136,7 @@ impl Engine {
                     origins,
                 })
             }
-            _ => Ok(Prepared {
-                kind,
-                schema: None,
-                parameters: Vec::new(),
-                result_key: None,
-                origins: Vec::new(),
-            }),
+            _ => Ok(Prepared::command(kind)),
         }
     }
 
