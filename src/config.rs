@@ -53,6 +53,30 @@ pub struct Config {
     pub flight: FlightConfig,
     pub cache: CacheConfig,
     pub log: LogConfig,
+    pub pipelines: PipelinesConfig,
+}
+
+/// `[pipelines]`: flows (bronze → silver → gold models).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelinesConfig {
+    /// A directory of pipelines (one sub-directory each, with `pipeline.toml`) deployed at
+    /// start; the same content is never deployed twice.
+    pub dir: Option<PathBuf>,
+    /// The service principals pipelines run as (`run_as` in `pipeline.toml`).
+    pub principals: Vec<ServicePrincipalConfig>,
+}
+
+/// `[[pipelines.principals]]`: a principal that is not a person. Its subject is
+/// `svc:<name>`, a namespace no token's subject shares; it never holds the admin role.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePrincipalConfig {
+    pub name: String,
+    pub roles: Vec<String>,
+    /// Attributes row filters and masks can use, as a token's claims.
+    #[serde(default)]
+    pub claims: BTreeMap<String, serde_json::Value>,
 }
 
 /// `[cache]` configuration.

@@ -49,6 +49,7 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod flows;
 pub mod ingest;
 pub(crate) mod pipelines;
 pub mod security;

@@ -17,6 +17,7 @@ use crate::api::rest::{self, AppState};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::flows::Flows;
 use crate::security::Authenticator;
 use crate::security::policy::store::PolicyStore;
 use crate::storage::{Catalog, Warehouse};
@@ -43,6 +44,7 @@ pub struct Server {
     /// `server.metrics_addr`, when configured.
     metrics: Option<TcpListener>,
     engine: Arc<Engine>,
+    flows: Arc<Flows>,
     auth: Arc<Authenticator>,
 }
 
@@ -82,6 +84,25 @@ impl Server {
         policies.current().await?;
         let auth = Arc::new(Authenticator::from_config(&config.auth, &config.server)?);
         let engine = Arc::new(Engine::new(&config, catalog, policies)?);
+        let flows = Arc::new(Flows::new(
+            Arc::clone(&engine),
+            &config.pipelines,
+            &config.query.default_layer,
+        ));
+        if let Some(dir) = &config.pipelines.dir {
+            // A pipeline that cannot deploy (a source not created yet) is logged, not fatal:
+            // the server still serves everything else, and a later deploy fixes it.
+            match flows.deploy_dir(dir).await {
+                Ok(plans) => {
+                    for p in plans {
+                        tracing::info!(pipeline = %p.pipeline, version = ?p.version, unchanged = p.unchanged, "pipeline deployed from [pipelines] dir");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "deploying [pipelines] dir")
+                }
+            }
+        }
         let http = bind(config.server.http_addr, "server.http_addr").await?;
         let flight = bind(config.server.flight_addr, "server.flight_addr").await?;
         let metrics = match config.server.metrics_addr {
@@ -94,6 +115,7 @@ impl Server {
             flight,
             metrics,
             engine,
+            flows,
             auth,
         })
     }
@@ -136,6 +158,7 @@ impl Server {
         let grace = Duration::from_secs(self.config.server.shutdown_grace_secs);
         let state = AppState {
             engine: Arc::clone(&self.engine),
+            flows: Arc::clone(&self.flows),
             auth: Arc::clone(&self.auth),
             started: Instant::now(),
             config_grants: self.config.access.grants.clone(),

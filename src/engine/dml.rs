@@ -12,6 +12,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use crate::engine::Engine;
 use crate::engine::sql::{self, Statement};
 use crate::error::{Error, Result};
+use crate::pipelines::commit::Progress;
 use crate::pipelines::merge::{self, Dml, DmlOutcome, MergeSpec};
 use crate::pipelines::scd2::{self, Scd2Spec};
 use crate::security::Principal;
@@ -73,11 +74,15 @@ impl Engine {
         source: MergeSource,
         spec: &MergeSpec,
         params: &[ScalarValue],
+        progress: &Progress,
     ) -> Result<DmlOutcome> {
         let filter = self.modify_filter(access, principal, t).await?;
         let state = self.sessions.dml_session(principal, access);
         let source = self.source_frame(principal, &state, source)?;
-        let dml = self.dml(t, principal, &state, filter.as_ref(), params);
+        let dml = Dml {
+            progress,
+            ..self.dml(t, principal, &state, filter.as_ref(), params)
+        };
         merge::merge(&dml, source, spec).await
     }
 
@@ -97,6 +102,7 @@ impl Engine {
             state,
             filter,
             params,
+            progress: &[],
         }
     }
 
@@ -160,7 +166,7 @@ impl Engine {
         let access = self.access().await?;
         access.check(principal, Privilege::Modify, t)?;
         let source = self.plan_source(principal, &access, source).await?;
-        self.run_merge(principal, &access, t, source, spec, &[])
+        self.run_merge(principal, &access, t, source, spec, &[], &[])
             .await
     }
 

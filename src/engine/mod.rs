@@ -12,6 +12,7 @@ mod execute;
 pub(crate) mod limits;
 pub(crate) mod maintenance;
 pub(crate) mod memory;
+pub(crate) mod models;
 mod output;
 mod params;
 pub(crate) mod policies;

@@ -177,6 +177,7 @@ impl Engine {
                         dml::MergeSource::Plan(plan),
                         &spec,
                         &params,
+                        &[],
                     )
                     .await?;
                 Ok(dml_output(kind, &table, &outcome))

@@ -94,6 +94,11 @@ fn app_id(p: &Principal, key: &str) -> Result<String> {
             "idempotency key must be 1–{MAX_IDEMPOTENCY_KEY} printable ASCII characters"
         )));
     }
+    if key.starts_with("strata:") {
+        return Err(Error::invalid(
+            "idempotency keys starting with strata: are reserved for Strata's own progress markers",
+        ));
+    }
     let who = Sha256::digest(p.subject.as_bytes());
     Ok(format!("strata:user:{}:{key}", hex::encode(&who[..16])))
 }
@@ -234,6 +239,30 @@ impl PartitionStream for OnceStream {
     }
 }
 
+/// Progress markers (PLATFORM P1): `txn` actions committed with the rows they cover, so the
+/// progress can never be ahead of (or behind) the data. Each marker's version is the
+/// position the commit reaches (e.g. the last source version a model consumed).
+pub(crate) type Progress = [Transaction];
+
+/// Whether `table` already holds progress at or beyond one of `progress`'s markers: another
+/// runner committed this range (or a later one), so committing it again would duplicate it.
+pub(crate) async fn progress_reached(table: &DeltaTable, progress: &Progress) -> Result<bool> {
+    if progress.is_empty() || table.version().is_none() {
+        return Ok(false);
+    }
+    let state = table.snapshot()?;
+    for mark in progress {
+        if let Some(v) = state
+            .transaction_version(table.log_store().as_ref(), &mark.app_id)
+            .await?
+            && v >= mark.version
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Appends or overwrites `input` in one commit.
 pub(crate) async fn write(
     catalog: &Catalog,
@@ -244,9 +273,32 @@ pub(crate) async fn write(
     idempotency_key: Option<&str>,
     operation: &str,
 ) -> Result<WriteOutcome> {
+    write_with_progress(catalog, t, p, input, mode, idempotency_key, operation, &[]).await
+}
+
+/// [`write`], with progress markers in the same commit. When the table already holds one of
+/// the markers (a concurrent runner won), nothing is written and the outcome is a duplicate.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn write_with_progress(
+    catalog: &Catalog,
+    t: &TableRef,
+    p: &Principal,
+    input: impl Into<WriteInput>,
+    mode: WriteMode,
+    idempotency_key: Option<&str>,
+    operation: &str,
+    progress: &Progress,
+) -> Result<WriteOutcome> {
     let input = input.into();
     let app = idempotency_key.map(|k| app_id(p, k)).transpose()?;
     let table = catalog.load(t).await?;
+    if progress_reached(&table, progress).await? {
+        return Ok(WriteOutcome {
+            version: version_of(&table),
+            rows: 0,
+            duplicate: true,
+        });
+    }
     if let Some(app) = &app
         && let Some(rows) = already_committed(&table, app).await?
     {
@@ -259,6 +311,7 @@ pub(crate) async fn write(
     if let WriteInput::Batches(batches) = &input
         && batches.iter().all(|b| b.num_rows() == 0)
         && mode == WriteMode::Append
+        && progress.is_empty()
     {
         return Ok(WriteOutcome {
             version: version_of(&table),
@@ -278,6 +331,9 @@ pub(crate) async fn write(
             WriteInput::Stream(_) => 0,
         };
         props = props.with_application_transaction(Transaction::new(app, rows));
+    }
+    for mark in progress {
+        props = props.with_application_transaction(mark.clone());
     }
     let save_mode = match mode {
         WriteMode::Append => SaveMode::Append,
@@ -311,6 +367,17 @@ pub(crate) async fn write(
         }
         Err(e) => {
             let err: Error = e.into();
+            // A concurrent runner committed the same progress: that is success.
+            if err.kind() == ErrorKind::Conflict && !progress.is_empty() {
+                let fresh = catalog.load(t).await?;
+                if progress_reached(&fresh, progress).await? {
+                    return Ok(WriteOutcome {
+                        version: version_of(&fresh),
+                        rows: 0,
+                        duplicate: true,
+                    });
+                }
+            }
             // A concurrent retry of the same idempotent upload won the race: that is success.
             if let Some(app) = &app
                 && err.kind() == ErrorKind::Conflict
@@ -401,7 +468,7 @@ pub(crate) async fn create_with_data(
     Ok(version_of(&written))
 }
 
-fn arrow_type_name(dt: &arrow::datatypes::DataType) -> Result<String> {
+pub(crate) fn arrow_type_name(dt: &arrow::datatypes::DataType) -> Result<String> {
     use arrow::datatypes::DataType as D;
     Ok(match dt {
         D::Boolean => "boolean".into(),

@@ -27,7 +27,7 @@ use deltalake::DeltaTable;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::pipelines::commit::commit_properties;
+use crate::pipelines::commit::{Progress, commit_properties, progress_reached};
 use crate::security::Principal;
 use crate::security::policy::visible::{USER_EXPRESSION_FAILED, Visibility};
 use crate::security::policy::write::{WITH_CHECK_VIOLATION, post_image, qualify, with_check};
@@ -92,6 +92,8 @@ pub(crate) struct Dml<'a> {
     pub filter: Option<&'a Expr>,
     /// Values of `$n` placeholders in the expressions.
     pub params: &'a [ScalarValue],
+    /// Progress markers committed with the change (flows); empty for a user's statement.
+    pub progress: &'a Progress,
 }
 
 /// What a MERGE, UPDATE or DELETE did.
@@ -105,6 +107,10 @@ pub struct DmlOutcome {
     pub files_removed: u64,
     /// Attempts it took (1 unless a concurrent commit conflicted).
     pub attempts: u64,
+    /// The table already held the progress markers (a concurrent runner committed this
+    /// range): nothing was written.
+    #[serde(skip)]
+    pub duplicate: bool,
 }
 
 impl DmlOutcome {
@@ -156,8 +162,15 @@ fn plan_expr(
     Ok(bound.data)
 }
 
-/// Re-plans and re-runs `op` on a fresh snapshot while it loses commit races.
-async fn with_retries<F, Fut>(catalog: &Catalog, t: &TableRef, op: F) -> Result<DmlOutcome>
+/// Re-plans and re-runs `op` on a fresh snapshot while it loses commit races. Each attempt
+/// first checks `progress`: once the table holds it, the change was committed (by a
+/// concurrent runner) and is not applied again.
+async fn with_retries<F, Fut>(
+    catalog: &Catalog,
+    t: &TableRef,
+    progress: &Progress,
+    op: F,
+) -> Result<DmlOutcome>
 where
     F: Fn(DeltaTable) -> Fut,
     Fut: std::future::Future<Output = Result<(DeltaTable, DmlOutcome)>>,
@@ -165,6 +178,14 @@ where
     let mut attempt = 1;
     loop {
         let table = catalog.load(t).await?;
+        if progress_reached(&table, progress).await? {
+            return Ok(DmlOutcome {
+                version: table.version().unwrap_or(0),
+                attempts: attempt as u64,
+                duplicate: true,
+                ..DmlOutcome::default()
+            });
+        }
         match op(table).await {
             Ok((table, mut outcome)) => {
                 catalog.remember(t, &table).await;
@@ -233,6 +254,7 @@ pub(crate) async fn merge(
         state,
         filter,
         params,
+        progress,
     } = *dml;
     if spec.clauses.is_empty() {
         return Err(Error::invalid("MERGE needs at least one WHEN clause"));
@@ -256,7 +278,7 @@ pub(crate) async fn merge(
     // Marks rows that come from the source, so conditions of NOT MATCHED clauses can be
     // limited to them (rows of hidden target rows have no source side).
     let source = source.with_column(SOURCE_ROW, lit(true))?;
-    with_retries(catalog, t, |table| {
+    with_retries(catalog, t, progress, |table| {
         let source = source.clone();
         let source_columns = source_columns.clone();
         async move {
@@ -303,7 +325,10 @@ pub(crate) async fn merge(
                 .with_source_alias(sa)
                 .with_target_alias(ta)
                 .with_session_state(Arc::new(state.clone()))
-                .with_commit_properties(commit_properties(p, &spec.operation));
+                .with_commit_properties(progress.iter().fold(
+                    commit_properties(p, &spec.operation),
+                    |props, mark| props.with_application_transaction(mark.clone()),
+                ));
             for clause in &spec.clauses {
                 let user_predicate = clause.predicate.as_deref().map(plan).transpose()?;
                 // The rows a clause may be evaluated on: matched and by-source rows must be
@@ -490,11 +515,12 @@ pub(crate) async fn update(
         state,
         filter,
         params,
+        progress,
     } = *dml;
     if set.is_empty() {
         return Err(Error::invalid("UPDATE needs at least one SET"));
     }
-    with_retries(catalog, t, |table| async move {
+    with_retries(catalog, t, progress, |table| async move {
         let columns = target_columns(&table)?;
         column_set(t, &columns, set)?;
         let schema =
@@ -566,8 +592,9 @@ pub(crate) async fn delete(dml: &Dml<'_>, predicate: Option<&str>) -> Result<Dml
         state,
         filter,
         params,
+        progress,
     } = *dml;
-    with_retries(catalog, t, |table| async move {
+    with_retries(catalog, t, progress, |table| async move {
         let schema =
             DFSchema::try_from(table.snapshot()?.snapshot().arrow_schema().as_ref().clone())?;
         let pred = predicate

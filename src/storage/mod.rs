@@ -6,6 +6,7 @@
 
 pub(crate) mod catalog;
 pub(crate) mod commit_guard;
+pub(crate) mod documents;
 pub(crate) mod properties;
 pub(crate) mod scan;
 pub(crate) mod stats;

@@ -42,6 +42,25 @@ struct RouteLabels {
     route: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    pipeline: String,
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelRowLabels {
+    model: String,
+    /// `out`: rows written (appended, overwritten, or changed by a merge).
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LagLabels {
+    model: String,
+    source: String,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
@@ -70,6 +89,11 @@ pub struct Metrics {
     /// (`engine::memory`).
     pub memory_refused: Counter,
     pub memory_cancelled: Counter,
+    /// Pipeline runs by pipeline and final status (`flows`).
+    pipeline_runs: Family<RunLabels, Counter>,
+    model_rows: Family<ModelRowLabels, Counter>,
+    /// Source versions a model has not consumed yet, as of its last run.
+    watermark_lag: Family<LagLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -91,6 +115,9 @@ impl Default for Metrics {
             function_output_refused: Counter::default(),
             memory_refused: Counter::default(),
             memory_cancelled: Counter::default(),
+            pipeline_runs: Family::default(),
+            model_rows: Family::default(),
+            watermark_lag: Family::default(),
         }
     }
 }
@@ -128,6 +155,36 @@ impl Metrics {
                 route: route.to_string(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one finished pipeline run.
+    pub(crate) fn pipeline_run(&self, pipeline: &str, status: &'static str) {
+        self.pipeline_runs
+            .get_or_create(&RunLabels {
+                pipeline: pipeline.to_string(),
+                status,
+            })
+            .inc();
+    }
+
+    /// Rows a model wrote in one run.
+    pub(crate) fn model_rows(&self, model: &str, rows: u64) {
+        self.model_rows
+            .get_or_create(&ModelRowLabels {
+                model: model.to_string(),
+                direction: "out",
+            })
+            .inc_by(rows);
+    }
+
+    /// Versions of `source` that `model` has not consumed after its run.
+    pub(crate) fn watermark_lag(&self, model: &str, source: &str, versions: u64) {
+        self.watermark_lag
+            .get_or_create(&LagLabels {
+                model: model.to_string(),
+                source: source.to_string(),
+            })
+            .set(gauge_value(versions));
     }
 
     /// A registry for one scrape holding this process's metrics (handles to the same
@@ -209,6 +266,21 @@ impl Metrics {
         for (name, help, counter) in counters {
             r.register(name, help, counter.clone());
         }
+        r.register(
+            "strata_pipeline_runs",
+            "Finished pipeline runs by pipeline and status",
+            self.pipeline_runs.clone(),
+        );
+        r.register(
+            "strata_model_rows",
+            "Rows written by pipeline models, by model and direction",
+            self.model_rows.clone(),
+        );
+        r.register(
+            "strata_model_watermark_lag_versions",
+            "Source versions a model had not consumed at the end of its last run",
+            self.watermark_lag.clone(),
+        );
         r.register(
             "strata_queries_running",
             "Statements holding an execution slot",

@@ -113,15 +113,24 @@ impl TestServer {
 
     /// A server with the test configuration on `backend`.
     pub async fn start_on(backend: Backend) -> TestServer {
+        TestServer::start_configured(backend, |_| {}).await
+    }
+
+    /// A server with the test configuration on `backend`, changed by `change`.
+    pub async fn start_configured(
+        backend: Backend,
+        change: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let (cfg, moto) = match backend {
+        let (mut cfg, moto) = match backend {
             Backend::Local => (test_config(&root), None),
             Backend::S3 => {
                 let moto = Moto::start().await;
                 (moto.config(&root, "wh"), Some(Arc::new(moto)))
             }
         };
+        change(&mut cfg);
         let mut s = TestServer::start_with(cfg).await;
         s._dir = Some(dir);
         s.root = root;

@@ -7,6 +7,7 @@ mod cli;
 mod commits;
 mod faults;
 mod flight;
+mod flows;
 mod harness;
 mod lifecycle;
 mod maintenance;

@@ -13,6 +13,7 @@ mod health;
 
 pub(crate) use health::metrics_router;
 mod openapi;
+mod pipelines;
 mod policies;
 mod query;
 mod tables;
@@ -36,6 +37,7 @@ use crate::security::Authenticator;
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
     pub engine: Arc<Engine>,
+    pub flows: Arc<crate::flows::Flows>,
     pub auth: Arc<Authenticator>,
     pub started: Instant,
     /// Grants from the configuration file (shown read-only next to run-time grants).
@@ -118,6 +120,16 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(dml::restore))
         .routes(routes!(policies::get_policies, policies::put_policies))
         .routes(routes!(policies::get_grants, policies::put_grants))
+        .routes(routes!(pipelines::list))
+        .routes(routes!(
+            pipelines::get,
+            pipelines::deploy,
+            pipelines::undeploy
+        ))
+        .routes(routes!(pipelines::start_run))
+        .routes(routes!(pipelines::runs))
+        .routes(routes!(pipelines::run))
+        .routes(routes!(pipelines::cancel))
         .routes(routes!(openapi::document))
         .route_layer(bearer());
     let metrics = OpenApiRouter::new()

@@ -1,0 +1,179 @@
+//! Pipelines and their runs: `/api/v1/pipelines…`, `/api/v1/runs…` (`crate::flows`).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::body::{JsonBody, QueryParams};
+use super::openapi::Errors;
+use crate::error::{Error, Result};
+use crate::flows::{
+    Bundle, DeployPlan, PipelineSummary, PipelineView, RunFilter, RunRecord, RunRequest, RunStatus,
+};
+use crate::security::Principal;
+
+/// `GET /pipelines`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct PipelineList {
+    pipelines: Vec<PipelineSummary>,
+}
+
+/// `GET /runs`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RunList {
+    runs: Vec<RunRecord>,
+    /// Pass as `before` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_before: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct DeployParams {
+    /// Return the plan without deploying.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Handlers extract a String so a bad name gets our message.
+pub(super) struct PipelinePath {
+    /// `[A-Za-z_][A-Za-z0-9_]*`, at most 128 bytes.
+    #[param(pattern = "^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+    name: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(super) struct RunPath {
+    /// The run id (a UUID).
+    id: String,
+}
+
+#[utoipa::path(put, path = "/pipelines/{name}", tag = "pipelines", params(PipelinePath, DeployParams),
+    request_body = Bundle,
+    responses((status = 200, description = "The plan; deployed unless dry_run or unchanged", body = DeployPlan), Errors))]
+pub(super) async fn deploy(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(name): Path<String>,
+    QueryParams(params): QueryParams<DeployParams>,
+    JsonBody(bundle): JsonBody<Bundle>,
+) -> Result<Json<DeployPlan>> {
+    let plan = state
+        .flows
+        .deploy(&principal, &name, bundle, params.dry_run)
+        .await?;
+    Ok(Json(plan))
+}
+
+#[utoipa::path(get, path = "/pipelines", tag = "pipelines",
+    responses((status = 200, description = "Pipelines with a table the caller may read", body = PipelineList), Errors))]
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+) -> Result<Json<PipelineList>> {
+    let pipelines = state.flows.list(&principal).await?;
+    Ok(Json(PipelineList { pipelines }))
+}
+
+#[utoipa::path(get, path = "/pipelines/{name}", tag = "pipelines", params(PipelinePath),
+    responses((status = 200, description = "Definition, version, DAG and last run", body = PipelineView), Errors))]
+pub(super) async fn get(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(name): Path<String>,
+) -> Result<Json<PipelineView>> {
+    Ok(Json(state.flows.get(&principal, &name).await?))
+}
+
+#[utoipa::path(delete, path = "/pipelines/{name}", tag = "pipelines", params(PipelinePath),
+    responses((status = 204, description = "Undeployed; its tables stay"), Errors))]
+pub(super) async fn undeploy(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode> {
+    state.flows.undeploy(&principal, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/pipelines/{name}/runs", tag = "pipelines", params(PipelinePath),
+    request_body(content = RunRequest, description = "Optional: models and full_refresh"),
+    responses((status = 202, description = "Queued; poll GET /runs/{id}", body = RunRecord), Errors))]
+pub(super) async fn start_run(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        RunRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| Error::invalid(format!("run request: {e}")))?
+    };
+    let record = state.flows.start_run(&principal, &name, request).await?;
+    Ok((StatusCode::ACCEPTED, Json(record)).into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct RunParams {
+    pipeline: Option<String>,
+    status: Option<RunStatus>,
+    /// At most this many (default 50, at most 1000).
+    limit: Option<usize>,
+    /// Runs older than this run id (the previous page's `next_before`).
+    before: Option<String>,
+}
+
+#[utoipa::path(get, path = "/runs", tag = "pipelines", params(RunParams),
+    responses((status = 200, description = "Runs newest first, with the models the caller may read", body = RunList), Errors))]
+pub(super) async fn runs(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    QueryParams(params): QueryParams<RunParams>,
+) -> Result<Json<RunList>> {
+    let limit = params.limit.unwrap_or(50).clamp(1, 1000);
+    let filter = RunFilter {
+        pipeline: params.pipeline,
+        status: params.status,
+        limit,
+        before: params.before,
+    };
+    let runs = state.flows.runs(&principal, &filter).await?;
+    let next_before = (runs.len() == limit)
+        .then(|| runs.last().map(|r| r.run_id.clone()))
+        .flatten();
+    Ok(Json(RunList { runs, next_before }))
+}
+
+#[utoipa::path(get, path = "/runs/{id}", tag = "pipelines", params(RunPath),
+    responses((status = 200, description = "The run, per model", body = RunRecord), Errors))]
+pub(super) async fn run(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(id): Path<String>,
+) -> Result<Json<RunRecord>> {
+    Ok(Json(state.flows.run(&principal, &id).await?))
+}
+
+#[utoipa::path(post, path = "/runs/{id}/cancel", tag = "pipelines", params(RunPath),
+    responses((status = 200, description = "Cancellation requested: the run stops before its next model or batch", body = RunRecord), Errors))]
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(id): Path<String>,
+) -> Result<Json<RunRecord>> {
+    Ok(Json(state.flows.cancel(&principal, &id).await?))
+}

@@ -1,0 +1,254 @@
+//! Model runs (the flows of `crate::flows`): a model's SELECT planned in the run-as
+//! principal's secure session, and its rows committed with the run's progress markers.
+//!
+//! The engine knows nothing of pipelines: it receives a SELECT whose sources are already
+//! pinned to versions, how to write it, and the `txn` markers that go into the same commit
+//! (PLATFORM P1). Privileges, row filters and WITH CHECK apply exactly as to a user's
+//! INSERT, INSERT OVERWRITE or MERGE.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::DataFrame;
+
+use super::statement::{delta_compatible, project_onto};
+use super::{Engine, Statement, dml, sql};
+use crate::error::{Error, Result};
+use crate::pipelines::commit::{self, Progress, WriteMode};
+use crate::pipelines::merge::MergeSpec;
+use crate::security::{AccessControl, Principal, Privilege};
+use crate::storage::catalog::TableSpec;
+use crate::storage::types::ColumnSpec;
+use crate::storage::{TableRef, properties};
+
+/// The columns the change data feed adds to a table's rows.
+pub(crate) const CHANGE_COLUMNS: [&str; 3] =
+    ["_change_type", "_commit_version", "_commit_timestamp"];
+
+/// How a model writes its table.
+#[derive(Debug)]
+pub(crate) enum ModelWrite {
+    Overwrite,
+    Append,
+    Merge(MergeSpec),
+}
+
+/// One commit of a model run.
+#[derive(Debug)]
+pub(crate) struct ModelCommit<'a> {
+    pub(crate) table: &'a TableRef,
+    /// The SELECT, its sources pinned.
+    pub(crate) sql: &'a str,
+    pub(crate) write: ModelWrite,
+    /// Committed with the rows.
+    pub(crate) progress: &'a Progress,
+    /// Columns the output has and the table lacks are added in the same commit; otherwise
+    /// they fail the run.
+    pub(crate) add_columns: bool,
+}
+
+/// What a model commit did.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ModelOutcome {
+    /// The table version after the commit.
+    pub(crate) version: u64,
+    pub(crate) rows_out: u64,
+    /// The table already held this progress (a concurrent run committed it): nothing
+    /// written.
+    pub(crate) duplicate: bool,
+}
+
+impl Engine {
+    async fn plan_model(
+        &self,
+        principal: &Arc<Principal>,
+        access: &Arc<AccessControl>,
+        select: &str,
+    ) -> Result<(SessionState, LogicalPlan)> {
+        let Statement::Query(ast) = sql::parse(select, &self.default_layer)? else {
+            return Err(Error::invalid("a model is one SELECT"));
+        };
+        let state = self.sessions.session(principal, access);
+        let plan = self.plan_query(&state, *ast, Vec::new()).await?;
+        Ok((state, plan))
+    }
+
+    /// The table a model's SELECT produces (change-feed columns left out), planned for
+    /// `principal`: for the deploy plan and for creating the model's table.
+    pub(crate) async fn model_schema(
+        &self,
+        principal: &Arc<Principal>,
+        select: &str,
+    ) -> Result<SchemaRef> {
+        let access = self.access().await?;
+        let (_, plan) = self.plan_model(principal, &access, select).await?;
+        Ok(stored_schema(&delta_compatible(plan)?))
+    }
+
+    /// Every output column of a model's SELECT (change-feed columns included).
+    pub(crate) async fn model_columns(
+        &self,
+        principal: &Arc<Principal>,
+        select: &str,
+    ) -> Result<Vec<String>> {
+        let access = self.access().await?;
+        let (_, plan) = self.plan_model(principal, &access, select).await?;
+        Ok(plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect())
+    }
+
+    /// Creates a model's table from `schema`, with the change data feed on (so models
+    /// downstream read it incrementally). Created by the flow, not by the run-as principal:
+    /// the deployer's MANAGE on the layer allowed it. A concurrent creator is no error.
+    pub(crate) async fn create_model_table(
+        &self,
+        principal: &Principal,
+        t: &TableRef,
+        schema: &Schema,
+        description: Option<&str>,
+        comments: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                Ok(ColumnSpec {
+                    name: f.name().clone(),
+                    data_type: commit::arrow_type_name(f.data_type())?,
+                    nullable: true,
+                    description: comments.get(f.name()).cloned(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let spec = TableSpec {
+            columns,
+            partition_by: Vec::new(),
+            description: description.map(str::to_string),
+            properties: [(properties::CHANGE_DATA_FEED.to_string(), "true".to_string())].into(),
+        };
+        let props = commit::commit_properties(principal, "CREATE MODEL TABLE");
+        match self
+            .catalog
+            .create(t, &spec, &principal.subject, props)
+            .await
+        {
+            Ok(_) | Err(Error::AlreadyExists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Plans `c.sql` for `principal` and commits its rows with `c.progress`.
+    pub(crate) async fn commit_model(
+        &self,
+        principal: &Arc<Principal>,
+        c: ModelCommit<'_>,
+    ) -> Result<ModelOutcome> {
+        let access = self.access().await?;
+        let (state, plan) = self.plan_model(principal, &access, c.sql).await?;
+        let mode = match c.write {
+            ModelWrite::Merge(spec) => {
+                let outcome = self
+                    .run_merge(
+                        principal,
+                        &access,
+                        c.table,
+                        dml::MergeSource::Plan(plan),
+                        &spec,
+                        &[],
+                        c.progress,
+                    )
+                    .await?;
+                return Ok(ModelOutcome {
+                    version: outcome.version,
+                    rows_out: outcome.affected(),
+                    duplicate: outcome.duplicate,
+                });
+            }
+            ModelWrite::Append => WriteMode::Append,
+            ModelWrite::Overwrite => WriteMode::Overwrite,
+        };
+        access.check(principal, Privilege::Insert, c.table)?;
+        if mode == WriteMode::Overwrite {
+            access.check(principal, Privilege::Modify, c.table)?;
+        }
+        let plan = delta_compatible(plan)?;
+        let output = stored_schema(&plan);
+        let current = self.catalog.load(c.table).await?;
+        let mut target = current.snapshot()?.snapshot().arrow_schema();
+        let added = new_columns(&target, &output);
+        if !added.is_empty() {
+            if !c.add_columns {
+                return Err(Error::invalid(format!(
+                    "the model's output has columns {} lacks: {}; set on_schema_change = \"append_new_columns\" to add them",
+                    c.table,
+                    added.join(", ")
+                )));
+            }
+            target = crate::ingest::with_new_columns(&target, &output)?.unwrap_or(target);
+        }
+        let names: Vec<String> = output.fields().iter().map(|f| f.name().clone()).collect();
+        let plan = project_onto(keep_columns(plan, &names)?, &target, &names)?;
+        let batches = DataFrame::new(state, plan).collect().await?;
+        let batches = crate::ingest::enforce_schema(batches, &target)?;
+        self.check_write(&access, principal, c.table, mode, &target, &batches)?;
+        let outcome = commit::write_with_progress(
+            &self.catalog,
+            c.table,
+            principal,
+            batches,
+            mode,
+            None,
+            "MODEL RUN",
+            c.progress,
+        )
+        .await?;
+        Ok(ModelOutcome {
+            version: outcome.version,
+            rows_out: outcome.rows,
+            duplicate: outcome.duplicate,
+        })
+    }
+}
+
+/// The schema a model's table stores: the plan's columns without the change feed's.
+fn stored_schema(plan: &LogicalPlan) -> SchemaRef {
+    let arrow = plan.schema().as_arrow();
+    Arc::new(Schema::new(
+        arrow
+            .fields()
+            .iter()
+            .filter(|f| !CHANGE_COLUMNS.contains(&f.name().as_str()))
+            .cloned()
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// `plan` with only the columns `names`.
+fn keep_columns(plan: LogicalPlan, names: &[String]) -> Result<LogicalPlan> {
+    use datafusion::common::Column;
+    use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
+    let exprs: Vec<Expr> = plan
+        .schema()
+        .iter()
+        .filter(|(_, f)| names.contains(f.name()))
+        .map(|(q, f)| Expr::Column(Column::from((q, f))))
+        .collect();
+    Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+}
+
+/// Columns of `output` that `target` lacks.
+fn new_columns(target: &Schema, output: &Schema) -> Vec<String> {
+    output
+        .fields()
+        .iter()
+        .filter(|f| target.field_with_name(f.name()).is_err())
+        .map(|f| f.name().clone())
+        .collect()
+}

@@ -1,0 +1,298 @@
+//! A pipeline as written: `pipeline.toml` (as JSON in a deploy bundle) and one `.sql` file per
+//! model under a layer folder, each a plain `SELECT` with a TOML header in a leading
+//! `/* strata … */` comment.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::storage::{Layer, TableRef};
+
+/// A deploy bundle: the pipeline definition and its model files.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    /// `pipeline.toml`, as JSON.
+    pub pipeline: PipelineDef,
+    /// One entry per model file.
+    pub models: Vec<ModelFile>,
+    /// Deploy even when a model needs a full refresh (its next run rebuilds the table).
+    #[serde(default)]
+    pub allow_full_refresh: bool,
+}
+
+/// `pipeline.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineDef {
+    /// Must match the name in the URL when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The service principal the models run as (`[[pipelines.principals]]` of the server
+    /// configuration); its roles must be a subset of the deployer's.
+    pub run_as: String,
+}
+
+/// One model file of a bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    /// `<layer>/<name>.sql`, e.g. `silver/orders.sql` (model `silver.orders`).
+    pub path: String,
+    pub sql: String,
+}
+
+/// How a model writes its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Rebuilt from whole sources on each run (overwrite); skipped when no source moved.
+    #[default]
+    Table,
+    /// The rows of `stream(…)` sources since the watermark, appended.
+    Append,
+    /// Changes since the watermark merged by `unique_key`, newest `sequence_by` wins.
+    Merge,
+    /// Changes since the watermark applied as SCD Type 2 history.
+    Scd2,
+    /// Time ranges replaced atomically.
+    TimeRange,
+}
+
+impl Kind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Table => "table",
+            Kind::Append => "append",
+            Kind::Merge => "merge",
+            Kind::Scd2 => "scd2",
+            Kind::TimeRange => "time_range",
+        }
+    }
+
+    /// Kinds that read `stream(…)` sources from a watermark.
+    pub(crate) fn is_incremental(self) -> bool {
+        matches!(self, Kind::Append | Kind::Merge | Kind::Scd2)
+    }
+}
+
+/// What a run does when a source has columns the target lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnSchemaChange {
+    /// The run fails and reports the difference.
+    #[default]
+    Fail,
+    /// New columns are added (nullable) in the same commit as the rows.
+    AppendNewColumns,
+}
+
+/// The `/* strata … */` header of a model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    #[serde(default)]
+    pub kind: Kind,
+    /// Key columns of `merge` and `scd2` models.
+    #[serde(default, alias = "keys", skip_serializing_if = "Vec::is_empty")]
+    pub unique_key: Vec<String>,
+    /// Orders changes of one key: the greatest wins (`merge`), the effective time (`scd2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence_by: Option<String>,
+    /// A condition over the model's output that deletes the key (`merge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_when: Option<String>,
+    #[serde(default)]
+    pub on_schema_change: OnSchemaChange,
+    /// Source versions one commit consumes at most; a larger backlog runs in several
+    /// commits, each with its own watermark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_versions_per_batch: Option<u64>,
+    /// The table's comment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Column comments by column name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub columns: BTreeMap<String, String>,
+}
+
+/// A model: its file, its header and the SELECT after it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Model {
+    pub(crate) target: TableRef,
+    pub(crate) header: Header,
+    /// The SELECT, without the header comment.
+    pub(crate) select: String,
+}
+
+impl Model {
+    pub(crate) fn parse(file: &ModelFile) -> Result<Model> {
+        let target = target_of(&file.path)?;
+        let (header, select) = split_header(&file.sql)
+            .map_err(|e| Error::invalid(format!("{}: {}", file.path, e.client_message(""))))?;
+        let model = Model {
+            target,
+            header,
+            select: select.trim().trim_end_matches(';').trim().to_string(),
+        };
+        model
+            .check()
+            .map_err(|e| Error::invalid(format!("{}: {}", file.path, e.client_message(""))))?;
+        Ok(model)
+    }
+
+    fn check(&self) -> Result<()> {
+        let h = &self.header;
+        if self.select.is_empty() {
+            return Err(Error::invalid("the model has no SELECT"));
+        }
+        match h.kind {
+            Kind::Merge | Kind::Scd2 => {
+                if h.unique_key.is_empty() {
+                    return Err(Error::invalid(format!(
+                        "a {} model needs unique_key = [\"…\"]",
+                        h.kind.as_str()
+                    )));
+                }
+                if h.sequence_by.is_none() {
+                    return Err(Error::invalid(format!(
+                        "a {} model needs sequence_by = \"<column>\"",
+                        h.kind.as_str()
+                    )));
+                }
+            }
+            Kind::Table | Kind::Append => {
+                for (field, set) in [
+                    ("unique_key", !h.unique_key.is_empty()),
+                    ("sequence_by", h.sequence_by.is_some()),
+                    ("delete_when", h.delete_when.is_some()),
+                ] {
+                    if set {
+                        return Err(Error::invalid(format!(
+                            "{field} applies to merge and scd2 models, not {}",
+                            h.kind.as_str()
+                        )));
+                    }
+                }
+            }
+            Kind::TimeRange => {}
+        }
+        if h.kind == Kind::Scd2 && h.delete_when.is_some() {
+            return Err(Error::invalid(
+                "delete_when applies to merge models; in scd2 a delete change closes the current row",
+            ));
+        }
+        if h.max_versions_per_batch == Some(0) {
+            return Err(Error::invalid("max_versions_per_batch must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// `silver/orders.sql` → `silver.orders`.
+fn target_of(path: &str) -> Result<TableRef> {
+    let usage = "a model path is <layer>/<name>.sql, e.g. silver/orders.sql";
+    let (layer, file) = path
+        .split_once('/')
+        .ok_or_else(|| Error::invalid(format!("{path}: {usage}")))?;
+    let name = file
+        .strip_suffix(".sql")
+        .ok_or_else(|| Error::invalid(format!("{path}: {usage}")))?;
+    if Layer::parse(layer).is_none() {
+        return Err(Error::invalid(format!(
+            "{path}: {layer} is not a layer (bronze, silver or gold)"
+        )));
+    }
+    if name.ends_with("__quarantine") || name.ends_with("__dead_letter") {
+        return Err(Error::invalid(format!(
+            "{path}: names ending __quarantine or __dead_letter are reserved"
+        )));
+    }
+    TableRef::new(layer, name)
+        .map_err(|e| Error::invalid(format!("{path}: {}", e.client_message(""))))
+}
+
+/// The TOML header of a leading `/* strata … */` comment, and the rest of the file. A file
+/// without one is a `table` model.
+fn split_header(sql: &str) -> Result<(Header, &str)> {
+    let text = sql.trim_start();
+    let Some(after) = text.strip_prefix("/*") else {
+        return Ok((Header::default(), text));
+    };
+    let Some(body) = after.trim_start().strip_prefix("strata") else {
+        return Ok((Header::default(), text));
+    };
+    let end = body
+        .find("*/")
+        .ok_or_else(|| Error::invalid("the /* strata … */ header is not closed"))?;
+    let header: Header = toml::from_str(&body[..end])
+        .map_err(|e| Error::invalid(format!("in the model header: {}", e.message())))?;
+    Ok((header, &body[end + 2..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, sql: &str) -> ModelFile {
+        ModelFile {
+            path: path.into(),
+            sql: sql.into(),
+        }
+    }
+
+    #[test]
+    fn headers_and_paths_are_read() -> Result<()> {
+        let m = Model::parse(&file(
+            "silver/orders.sql",
+            "/* strata\nkind = \"merge\"\nunique_key = [\"id\"]\nsequence_by = \"ts\"\ndescription = \"Orders\"\n[columns]\nid = \"The key\"\n*/\nSELECT * FROM stream('bronze.orders');\n",
+        ))?;
+        assert_eq!(m.target.to_string(), "silver.orders");
+        assert_eq!(m.header.kind, Kind::Merge);
+        assert_eq!(m.header.unique_key, vec!["id"]);
+        assert_eq!(
+            m.header.columns.get("id").map(String::as_str),
+            Some("The key")
+        );
+        assert_eq!(m.select, "SELECT * FROM stream('bronze.orders')");
+        let plain = Model::parse(&file("gold/x.sql", "/* a comment */ SELECT 1"))?;
+        assert_eq!(plain.header.kind, Kind::Table);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_models_say_what_is_wrong() {
+        let cases = [
+            ("orders.sql", "SELECT 1", "<layer>/<name>.sql"),
+            ("platinum/x.sql", "SELECT 1", "not a layer"),
+            ("silver/x.txt", "SELECT 1", "<layer>/<name>.sql"),
+            ("silver/x__quarantine.sql", "SELECT 1", "reserved"),
+            (
+                "silver/x.sql",
+                "/* strata kind = \"merge\" */ SELECT 1",
+                "unique_key",
+            ),
+            (
+                "silver/x.sql",
+                "/* strata kind = \"bogus\" */ SELECT 1",
+                "model header",
+            ),
+            (
+                "silver/x.sql",
+                "/* strata kind = \"table\"\nsequence_by = \"a\" */ SELECT 1",
+                "sequence_by applies",
+            ),
+            ("silver/x.sql", "/* strata kind = \"table\"", "not closed"),
+            ("silver/x.sql", "/* strata */ ;", "no SELECT"),
+        ];
+        for (path, sql, expected) in cases {
+            match Model::parse(&file(path, sql)) {
+                Err(Error::InvalidArgument(m)) => assert!(m.contains(expected), "{path}: {m}"),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+    }
+}

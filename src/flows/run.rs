@@ -1,0 +1,466 @@
+//! One run of a pipeline: its models in dependency order, each in as many commits as its
+//! backlog needs, every commit carrying the source versions it consumed (PLATFORM P1).
+//!
+//! ```text
+//! per model, per batch:
+//!   source versions now, the model's watermarks (txn of its table per source)
+//!   → nothing moved: skipped, nothing committed
+//!   → SELECT with stream(…) → table_changes(from, to), other tables VERSION AS OF
+//!   → engine::commit_model as the run-as principal (grants, row filters, WITH CHECK)
+//!     with txn `strata:model:<model>:<source>:<source table id>` = to, in the same commit
+//!   → a concurrent run committed it first: its txn is there, nothing written, re-read
+//! ```
+//!
+//! A crash before the commit leaves the watermarks where they were: the next run reads the
+//! same range again. Two runners racing the same model produce one commit (the second finds
+//! the markers, or loses the commit race on them).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use deltalake::kernel::Transaction;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::dag::Node;
+use super::model::{Kind, OnSchemaChange};
+use super::sql::{ChangeRows, Pin, pinned};
+use crate::engine::Engine;
+use crate::engine::models::{ModelCommit, ModelWrite};
+use crate::error::{Error, ErrorKind, Result};
+use crate::pipelines::merge::{Action, Clause, MergeSpec, When};
+use crate::security::Principal;
+use crate::storage::TableRef;
+
+/// The reserved prefix of model watermarks (refused in client idempotency keys).
+pub(crate) const MODEL_APP_PREFIX: &str = "strata:model:";
+
+/// Commits one model attempts against concurrent writers before it fails.
+const MAX_CONFLICTS: u32 = 8;
+
+/// The status of a run or of one model in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    UpstreamFailed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::UpstreamFailed => "upstream_failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The versions of one source a model consumed in a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SourceRange {
+    pub table: String,
+    /// First version read (changes) — for a whole-table read, the version read.
+    pub from_version: u64,
+    pub to_version: u64,
+}
+
+/// One model of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ModelRun {
+    pub model: String,
+    pub kind: Kind,
+    pub status: RunStatus,
+    /// Rows written (appended, overwritten, or inserted + updated + deleted by a merge).
+    pub rows_out: u64,
+    /// Commits made (one per batch; 0 when nothing was new).
+    pub commits: u64,
+    pub sources: Vec<SourceRange>,
+    /// The table version after the run's last commit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<u64>,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A run as `GET /api/v1/runs/{id}` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunRecord {
+    /// UUID v7: ordered by start.
+    pub run_id: String,
+    pub pipeline: String,
+    pub pipeline_version: u64,
+    /// `manual` (the only trigger so far).
+    pub trigger: String,
+    pub requested_by: String,
+    pub status: RunStatus,
+    pub queued_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub models: Vec<ModelRun>,
+}
+
+/// What one model's run needs.
+#[derive(Debug)]
+pub(crate) struct ModelTask<'a> {
+    pub(crate) engine: &'a Engine,
+    pub(crate) node: &'a Node,
+    pub(crate) run_as: &'a Arc<Principal>,
+    pub(crate) default_layer: &'a str,
+    pub(crate) cancel: &'a CancellationToken,
+}
+
+/// The watermark `txn` app id of `model` for `source` (whose Delta table id is `id`): a
+/// re-created source is a new id, so a model never silently restarts it at version 0.
+pub(crate) fn app_id(model: &TableRef, source: &TableRef, id: &str) -> String {
+    format!("{MODEL_APP_PREFIX}{model}:{source}:{id}")
+}
+
+/// What one batch reads.
+struct Batch {
+    pins: BTreeMap<TableRef, Pin>,
+    progress: Vec<Transaction>,
+    ranges: Vec<SourceRange>,
+    /// Some stream source has versions left after this batch.
+    more: bool,
+}
+
+impl ModelTask<'_> {
+    /// Runs the model to the sources' current versions; `Ok` carries its record.
+    pub(crate) async fn run(&self, record: &mut ModelRun) -> Result<()> {
+        let started = Instant::now();
+        let result = self.batches(record).await;
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        result
+    }
+
+    async fn batches(&self, record: &mut ModelRun) -> Result<()> {
+        let t = &self.node.model.target;
+        let mut conflicts = 0;
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Cancelled("the run was cancelled".into()));
+            }
+            self.ensure_table().await?;
+            let Some(batch) = self.next_batch().await? else {
+                return Ok(());
+            };
+            let sql = pinned(
+                &self.node.model.select,
+                self.default_layer,
+                &batch.pins,
+                match self.node.model.header.kind {
+                    Kind::Append => ChangeRows::Inserted,
+                    _ => ChangeRows::WithDeletes,
+                },
+            )?;
+            let header = &self.node.model.header;
+            let (sql, write) = match header.kind {
+                Kind::Table => (sql, ModelWrite::Overwrite),
+                Kind::Append => (sql, ModelWrite::Append),
+                Kind::Merge => {
+                    let table = self.engine.catalog().load(t).await?;
+                    let target: Vec<String> = table
+                        .snapshot()?
+                        .snapshot()
+                        .arrow_schema()
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().clone())
+                        .collect();
+                    let output = self.engine.model_columns(self.run_as, &sql).await?;
+                    merge_statement(&sql, header, &output, &target)?
+                }
+                Kind::Scd2 | Kind::TimeRange => {
+                    return Err(Error::Unsupported(format!(
+                        "{} models are not runnable yet",
+                        header.kind.as_str()
+                    )));
+                }
+            };
+            let commit = ModelCommit {
+                table: t,
+                sql: &sql,
+                write,
+                progress: &batch.progress,
+                add_columns: header.on_schema_change == OnSchemaChange::AppendNewColumns,
+            };
+            match self.engine.commit_model(self.run_as, commit).await {
+                Ok(outcome) if outcome.duplicate => {
+                    // A concurrent run committed this range: read the watermarks again.
+                    tracing::info!(model = %t, "a concurrent run committed this range");
+                    conflicts += 1;
+                }
+                Ok(outcome) => {
+                    record.rows_out += outcome.rows_out;
+                    record.commits += 1;
+                    record.target_version = Some(outcome.version);
+                    merge_ranges(&mut record.sources, batch.ranges);
+                    if !batch.more {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Conflict && conflicts < MAX_CONFLICTS => {
+                    tracing::info!(model = %t, error = %e, "model commit conflict, re-reading");
+                    conflicts += 1;
+                }
+                Err(e) => return Err(e),
+            }
+            if conflicts >= MAX_CONFLICTS {
+                return Err(Error::Conflict(format!(
+                    "{t}: gave up after {MAX_CONFLICTS} attempts against concurrent writers"
+                )));
+            }
+        }
+    }
+
+    /// Creates the model's table from its planned output on the first run.
+    async fn ensure_table(&self) -> Result<()> {
+        let t = &self.node.model.target;
+        if self.engine.catalog().exists(t).await? {
+            return Ok(());
+        }
+        let mut pins = BTreeMap::new();
+        for s in &self.node.reads.streams {
+            let v = self.source_version(s).await?.0;
+            pins.insert(s.clone(), Pin::Changes { range: None, at: v });
+        }
+        for s in &self.node.reads.tables {
+            let v = self.source_version(s).await?.0;
+            pins.insert(s.clone(), Pin::Version(v));
+        }
+        let sql = pinned(
+            &self.node.model.select,
+            self.default_layer,
+            &pins,
+            ChangeRows::WithDeletes,
+        )?;
+        let schema = self.engine.model_schema(self.run_as, &sql).await?;
+        let header = &self.node.model.header;
+        self.engine
+            .create_model_table(
+                self.run_as,
+                t,
+                &schema,
+                header.description.as_deref(),
+                &header.columns,
+            )
+            .await
+    }
+
+    /// A source's current version and Delta table id.
+    async fn source_version(&self, s: &TableRef) -> Result<(u64, String)> {
+        let table = self.engine.catalog().load(s).await.map_err(|e| match e {
+            Error::NotFound(_) => Error::NotFound(format!(
+                "model {} reads {s}, which does not exist",
+                self.node.model.target
+            )),
+            other => other,
+        })?;
+        let id = table.snapshot()?.metadata().id().to_string();
+        Ok((table.version().unwrap_or(0), id))
+    }
+
+    /// What the next commit reads, or `None` when nothing moved since the last one.
+    async fn next_batch(&self) -> Result<Option<Batch>> {
+        let model = &self.node.model;
+        let target = self.engine.catalog().load(&model.target).await?;
+        let state = target.snapshot()?;
+        let log = target.log_store();
+        let watermark = |app: String| {
+            let state = state.clone();
+            let log = Arc::clone(&log);
+            async move {
+                state
+                    .transaction_version(log.as_ref(), &app)
+                    .await
+                    .map(|v| v.and_then(|v| u64::try_from(v).ok()))
+            }
+        };
+        let limit = model.header.max_versions_per_batch.unwrap_or(u64::MAX);
+        let mut batch = Batch {
+            pins: BTreeMap::new(),
+            progress: Vec::new(),
+            ranges: Vec::new(),
+            more: false,
+        };
+        let mut moved = false;
+        for s in &self.node.reads.streams {
+            let (latest, id) = self.source_version(s).await?;
+            let app = app_id(&model.target, s, &id);
+            let from = match watermark(app.clone()).await? {
+                Some(w) => w + 1,
+                None => 0,
+            };
+            crate::telemetry::metrics().watermark_lag(
+                &model.target.to_string(),
+                &s.to_string(),
+                (latest + 1).saturating_sub(from),
+            );
+            if from > latest {
+                batch.pins.insert(
+                    s.clone(),
+                    Pin::Changes {
+                        range: None,
+                        at: latest,
+                    },
+                );
+                continue;
+            }
+            let to = latest.min(from.saturating_add(limit - 1));
+            batch.more |= to < latest;
+            moved = true;
+            batch.pins.insert(
+                s.clone(),
+                Pin::Changes {
+                    range: Some((from, to)),
+                    at: to,
+                },
+            );
+            batch.progress.push(Transaction::new(app, to as i64));
+            batch.ranges.push(SourceRange {
+                table: s.to_string(),
+                from_version: from,
+                to_version: to,
+            });
+        }
+        for s in &self.node.reads.tables {
+            let (latest, id) = self.source_version(s).await?;
+            let app = app_id(&model.target, s, &id);
+            batch.pins.insert(s.clone(), Pin::Version(latest));
+            if watermark(app.clone()).await? != Some(latest) {
+                if model.header.kind == Kind::Table {
+                    moved = true;
+                }
+                batch.progress.push(Transaction::new(app, latest as i64));
+                batch.ranges.push(SourceRange {
+                    table: s.to_string(),
+                    from_version: latest,
+                    to_version: latest,
+                });
+            }
+        }
+        Ok(moved.then_some(batch))
+    }
+}
+
+/// The run's ranges of each source: a later batch extends an earlier one.
+fn merge_ranges(into: &mut Vec<SourceRange>, batch: Vec<SourceRange>) {
+    for r in batch {
+        match into.iter_mut().find(|x| x.table == r.table) {
+            Some(x) => {
+                x.from_version = x.from_version.min(r.from_version);
+                x.to_version = x.to_version.max(r.to_version);
+            }
+            None => into.push(r),
+        }
+    }
+}
+
+fn quoted(c: &str) -> String {
+    format!("\"{}\"", c.replace('"', "\"\""))
+}
+
+/// A `merge` model's source and MERGE: per key, the change with the greatest
+/// `sequence_by` (then the latest commit); a delete change or `delete_when` deletes the key;
+/// the target row changes only if the change is newer than its stored `sequence_by`, so a
+/// late or repeated change never overwrites a newer one.
+fn merge_statement(
+    select: &str,
+    header: &super::model::Header,
+    output: &[String],
+    target: &[String],
+) -> Result<(String, ModelWrite)> {
+    let seq = header
+        .sequence_by
+        .as_deref()
+        .ok_or_else(|| Error::invalid("a merge model needs sequence_by"))?;
+    let has = |c: &str| output.iter().any(|o| o == c);
+    for c in header.unique_key.iter().map(String::as_str).chain([seq]) {
+        if !has(c) || !target.iter().any(|t| t == c) {
+            return Err(Error::invalid(format!(
+                "the model's output has no column {c} (unique_key and sequence_by name output columns)"
+            )));
+        }
+    }
+    let keys: Vec<String> = header.unique_key.iter().map(|k| quoted(k)).collect();
+    // Without `_change_type` in the output, only `delete_when` deletes.
+    let mut deletes = Vec::new();
+    if has("_change_type") {
+        deletes.push("COALESCE(\"_change_type\" = 'delete', false)".to_string());
+    }
+    if let Some(d) = &header.delete_when {
+        deletes.push(format!("COALESCE(({d}), false)"));
+    }
+    let delete = if deletes.is_empty() {
+        "false".to_string()
+    } else {
+        deletes.join(" OR ")
+    };
+    let mut order = vec![format!("{} DESC", quoted(seq))];
+    if has("_commit_version") {
+        order.push("\"_commit_version\" DESC".into());
+    }
+    let columns: Vec<String> = output.iter().map(|c| quoted(c)).collect();
+    let source = format!(
+        "SELECT {columns}, __strata_delete FROM (\
+           SELECT *, \
+             row_number() OVER (PARTITION BY {keys} ORDER BY {order}) AS __strata_rank, \
+             {delete} AS __strata_delete \
+           FROM ({select}) AS __strata_changes\
+         ) AS __strata_ranked WHERE __strata_rank = 1",
+        columns = columns.join(", "),
+        keys = keys.join(", "),
+        order = order.join(", "),
+    );
+    let on = header
+        .unique_key
+        .iter()
+        .map(|k| format!("t.{k} = s.{k}", k = quoted(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let newer = format!("(t.{s} IS NULL OR s.{s} > t.{s})", s = quoted(seq));
+    let set: Vec<(String, String)> = target
+        .iter()
+        .filter(|c| has(c))
+        .map(|c| (c.clone(), format!("s.{}", quoted(c))))
+        .collect();
+    let spec = MergeSpec {
+        target_alias: "t".into(),
+        source_alias: "s".into(),
+        on,
+        clauses: vec![
+            Clause {
+                when: When::Matched,
+                predicate: Some(format!("s.__strata_delete AND {newer}")),
+                action: Action::Delete,
+            },
+            Clause {
+                when: When::Matched,
+                predicate: Some(format!("NOT s.__strata_delete AND {newer}")),
+                action: Action::Update(set.clone()),
+            },
+            Clause {
+                when: When::NotMatched,
+                predicate: Some("NOT s.__strata_delete".into()),
+                action: Action::Insert(set),
+            },
+        ],
+        operation: "MODEL MERGE".into(),
+    };
+    Ok((source, ModelWrite::Merge(spec)))
+}

@@ -1,0 +1,99 @@
+//! Deployed pipelines: `{warehouse}/_strata/pipelines/<name>/<version>.json`, immutable
+//! versions created with put-if-absent ([`DocumentLog`]), so every replica sees a deploy on
+//! its next request and two concurrent deploys cannot both win. Undeploying stores a
+//! version without models (the history stays).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use object_store::ObjectStore;
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+
+use super::model::{ModelFile, PipelineDef};
+use crate::error::{Error, Result};
+use crate::storage::documents::DocumentLog;
+
+const PREFIX: &str = "_strata/pipelines";
+
+/// One stored version of a pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Deployment {
+    pub name: String,
+    pub version: u64,
+    pub deployed_at: DateTime<Utc>,
+    pub deployed_by: String,
+    /// SHA-256 of the definition and models: the same content deployed again is the same
+    /// version (replicas deploying `[pipelines] dir` together do not pile up versions).
+    pub content_hash: String,
+    pub pipeline: PipelineDef,
+    pub models: Vec<ModelFile>,
+    /// An undeploy: the pipeline no longer runs; its tables stay.
+    #[serde(default)]
+    pub undeployed: bool,
+}
+
+/// The content hash of a definition and its models (model order does not matter).
+pub(crate) fn content_hash(pipeline: &PipelineDef, models: &[ModelFile]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&ModelFile> = models.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let bytes =
+        serde_json::to_vec(&(pipeline, sorted)).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct PipelineStore {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl PipelineStore {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>) -> PipelineStore {
+        PipelineStore { store }
+    }
+
+    fn log(&self, name: &str) -> DocumentLog {
+        DocumentLog::new(Arc::clone(&self.store), Path::from(PREFIX).join(name))
+    }
+
+    /// The newest version of `name` (an undeploy included).
+    pub(crate) async fn latest(&self, name: &str) -> Result<Option<Deployment>> {
+        Ok(self.log(name).latest().await?.map(|(_, d)| d))
+    }
+
+    /// Names of every pipeline ever deployed.
+    pub(crate) async fn names(&self) -> Result<Vec<String>> {
+        let listing = match self
+            .store
+            .list_with_delimiter(Some(&Path::from(PREFIX)))
+            .await
+        {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut names: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Stores `deployment` as the version after `previous` (a conflict when another deploy
+    /// stored it first).
+    pub(crate) async fn store(&self, deployment: &Deployment) -> Result<()> {
+        self.log(&deployment.name)
+            .create(deployment.version, deployment)
+            .await
+            .map_err(|e| match e {
+                Error::Conflict(_) => Error::Conflict(format!(
+                    "pipeline {} was deployed concurrently; read it again and retry",
+                    deployment.name
+                )),
+                other => other,
+            })
+    }
+}
