@@ -110,6 +110,10 @@ async fn every_api_route_needs_a_valid_token() {
         ("GET", "/api/v1/tables/gold/people/history"),
         ("POST", "/api/v1/query"),
         ("GET", "/api/v1/openapi.json"),
+        ("GET", "/api/v1/pipelines"),
+        ("PUT", "/api/v1/pipelines/p"),
+        ("POST", "/api/v1/pipelines/p/runs"),
+        ("GET", "/api/v1/runs"),
     ];
     for (method, path) in routes {
         let method: reqwest::Method = method.parse().unwrap();
@@ -164,6 +168,14 @@ async fn every_api_route_needs_a_valid_token() {
         ("put", "/api/v1/tables/{layer}/{name}/policies"),
         ("get", "/api/v1/grants"),
         ("put", "/api/v1/grants"),
+        ("get", "/api/v1/pipelines"),
+        ("get", "/api/v1/pipelines/{name}"),
+        ("put", "/api/v1/pipelines/{name}"),
+        ("delete", "/api/v1/pipelines/{name}"),
+        ("post", "/api/v1/pipelines/{name}/runs"),
+        ("get", "/api/v1/runs"),
+        ("get", "/api/v1/runs/{id}"),
+        ("post", "/api/v1/runs/{id}/cancel"),
         ("get", "/api/v1/openapi.json"),
         ("get", "/metrics"),
         ("get", "/healthz"),
