@@ -53,6 +53,32 @@ enum Command {
     },
     /// Print the effective configuration (secrets redacted) and every problem with it.
     CheckConfig,
+    /// Manage pipelines on a running server.
+    Pipelines {
+        #[command(subcommand)]
+        command: PipelinesCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PipelinesCommand {
+    /// Deploy the pipeline in DIR (pipeline.toml + <layer>/<model>.sql) through
+    /// `PUT /api/v1/pipelines/{name}`; prints the plan. The name is the directory's.
+    Deploy {
+        dir: PathBuf,
+        /// Only print the plan.
+        #[arg(long)]
+        dry_run: bool,
+        /// Deploy even when a model needs a full refresh.
+        #[arg(long)]
+        allow_full_refresh: bool,
+        /// The server's REST address.
+        #[arg(long, env = "STRATA_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// A bearer token (`strata token`, or your identity provider's).
+        #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+        token: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,6 +100,16 @@ fn main() -> ExitCode {
             ttl,
         } => token(cli.config, &sub, &roles, &claims, &ttl),
         Command::CheckConfig => check_config(cli.config),
+        Command::Pipelines {
+            command:
+                PipelinesCommand::Deploy {
+                    dir,
+                    dry_run,
+                    allow_full_refresh,
+                    url,
+                    token,
+                },
+        } => deploy_pipeline(&dir, dry_run, allow_full_refresh, &url, &token),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -224,5 +260,64 @@ fn check_config(file: Option<PathBuf>) -> Result<(), String> {
             "{} problem(s) in the configuration",
             problems.len()
         ))
+    }
+}
+
+/// `strata pipelines deploy DIR`: the directory as a bundle, sent to the server.
+fn deploy_pipeline(
+    dir: &std::path::Path,
+    dry_run: bool,
+    allow_full_refresh: bool,
+    url: &str,
+    token: &str,
+) -> Result<(), String> {
+    use http_body_util::{BodyExt, Full};
+    let name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.file_name().and_then(|n| n.to_str()).map(str::to_string))
+        .ok_or_else(|| format!("{}: not a directory with a name", dir.display()))?;
+    let mut bundle = strata::flows::read_bundle(dir).map_err(|e| e.to_string())?;
+    bundle.allow_full_refresh = allow_full_refresh;
+    let body = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
+    let target = format!(
+        "{}/api/v1/pipelines/{name}{}",
+        url.trim_end_matches('/'),
+        if dry_run { "?dry_run=true" } else { "" }
+    );
+    let request = http::Request::put(&target)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| format!("{target}: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (status, text) = runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<bytes::Bytes>>();
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| format!("{target}: {e}"))?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{target}: {e}"))?
+            .to_bytes();
+        Ok::<_, String>((status, String::from_utf8_lossy(&bytes).into_owned()))
+    })?;
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or(text);
+    if status.is_success() {
+        println!("{pretty}");
+        Ok(())
+    } else {
+        Err(format!("{status}: {pretty}"))
     }
 }

@@ -602,3 +602,126 @@ async fn deploys_check_who_deploys_and_what_the_models_are() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+/// The run-as principal obeys grants and row filters: with a filter on its target, a run
+/// that would write rows outside it fails and commits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_as_principal_cannot_write_outside_its_row_filter() {
+    let s = TestServer::start_configured(Backend::Local, |cfg| {
+        with_etl(cfg);
+        cfg.pipelines.principals[0]
+            .claims
+            .insert("kind".into(), json!("a"));
+    })
+    .await;
+    let token = deployer(&s);
+    s.sql_ok(EVENTS).await;
+    s.sql_ok("CREATE TABLE silver.events (id BIGINT, kind STRING) TBLPROPERTIES ('delta.enableChangeDataFeed' = 'true')")
+        .await;
+    let (status, body) = s
+        .put_json(
+            &s.admin.clone(),
+            "/api/v1/tables/silver/events/policies",
+            json!({"row_filters": [{"roles": ["etl"], "predicate": "kind = current_claim('kind')"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = s
+        .put_json(
+            &token,
+            "/api/v1/pipelines/events",
+            bundle(&[("silver/events.sql", APPEND)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.sql_ok("INSERT INTO bronze.events VALUES (1, 'a')").await;
+    let record = run(&s, &token, "events").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let version = s.version("silver.events").await;
+    s.sql_ok("INSERT INTO bronze.events VALUES (2, 'a'), (3, 'b')")
+        .await;
+    let record = run(&s, &token, "events").await;
+    assert_eq!(record["status"], "failed", "{record}");
+    assert!(
+        record["models"][0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("row filter"),
+        "{record}"
+    );
+    assert_eq!(
+        s.version("silver.events").await,
+        version,
+        "nothing committed"
+    );
+    // (Admins see no rows of a filtered table unless they bypass policies.)
+    let raw = s.token("ops", &["admin", "policy_bypass"]);
+    let (status, rows) = s.sql(&raw, "SELECT id FROM silver.events").await;
+    assert_eq!(status, 200, "{rows}");
+    assert_eq!(rows, json!([{"id": 1}]));
+}
+
+/// `strata pipelines deploy DIR [--dry-run]` sends the directory to the server, and
+/// `[pipelines] dir` deploys it at start without piling up versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_deploy_from_a_directory() {
+    let s = TestServer::start_configured(Backend::Local, with_etl).await;
+    s.sql_ok(EVENTS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("events");
+    std::fs::create_dir_all(p.join("silver")).unwrap();
+    std::fs::write(
+        p.join("pipeline.toml"),
+        "run_as = \"etl\"\ndescription = \"events\"\n",
+    )
+    .unwrap();
+    std::fs::write(p.join("silver/events.sql"), APPEND).unwrap();
+    let deploy = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(["pipelines", "deploy"])
+            .arg(&p)
+            .args(extra)
+            .args(["--url", &s.url("")])
+            .env("STRATA_TOKEN", deployer(&s))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = deploy(&["--dry-run"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("\"dry_run\": true") && out.contains("silver.events"),
+        "{out}"
+    );
+    let (status, _) = s.get(&s.admin.clone(), "/api/v1/pipelines/events").await;
+    assert_eq!(status, 404);
+    let (ok, out, err) = deploy(&[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"version\": 1"), "{out}");
+    // A broken model: a failing exit with the server's reason.
+    std::fs::write(p.join("silver/bad.sql"), "SELECT * FROM bronze.nowhere").unwrap();
+    let (ok, _, err) = deploy(&[]);
+    assert!(!ok);
+    assert!(
+        err.contains("400") && err.contains("bronze.nowhere"),
+        "{err}"
+    );
+    std::fs::remove_file(p.join("silver/bad.sql")).unwrap();
+
+    // Two replicas starting on the same directory: still version 1 (content-addressed).
+    let mut cfg = s.config.clone();
+    cfg.pipelines.dir = Some(dir.path().to_path_buf());
+    let (a, b) = tokio::join!(
+        TestServer::start_with(cfg.clone()),
+        TestServer::start_with(cfg)
+    );
+    let (status, body) = a.get(&a.admin.clone(), "/api/v1/pipelines/events").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], 1, "{body}");
+    a.stop().await;
+    b.stop().await;
+}
