@@ -89,6 +89,8 @@ impl Server {
             &config.pipelines,
             &config.query.default_layer,
         ));
+        let readers: std::sync::Weak<Flows> = Arc::downgrade(&flows);
+        engine.set_change_readers(readers);
         if let Some(dir) = &config.pipelines.dir {
             // A pipeline that cannot deploy (a source not created yet) is logged, not fatal:
             // the server still serves everything else, and a later deploy fixes it.

@@ -3,14 +3,27 @@
 use std::sync::Arc;
 
 use crate::engine::Engine;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pipelines::maintenance::{
     self, OptimizeOutcome, OptimizeSpec, RestoreOutcome, RestoreTo, VacuumOutcome,
 };
 use crate::security::{Principal, Privilege};
 use crate::storage::TableRef;
 
+/// Readers of tables' change feeds that VACUUM must not leave behind (the deployed models of
+/// `crate::flows`, which sits above the engine and registers itself at start).
+pub trait ChangeReaders: Send + Sync + std::fmt::Debug {
+    /// Descriptions of the readers that have not consumed `t`'s latest version.
+    fn behind<'a>(&'a self, t: &'a TableRef)
+    -> futures::future::BoxFuture<'a, Result<Vec<String>>>;
+}
+
 impl Engine {
+    /// Registers who reads change feeds (held weakly: the readers hold the engine).
+    pub fn set_change_readers(&self, readers: std::sync::Weak<dyn ChangeReaders>) {
+        let _ = self.change_readers.set(readers);
+    }
+
     pub async fn optimize(
         &self,
         principal: &Arc<Principal>,
@@ -45,16 +58,31 @@ impl Engine {
         self.optimize(principal, t, spec).await
     }
 
+    /// VACUUM; refused while a deployed model has not consumed the table's changes (their
+    /// files would go), unless `force`.
     pub async fn vacuum(
         &self,
         principal: &Arc<Principal>,
         t: &TableRef,
         retain_hours: Option<u64>,
         dry_run: bool,
+        force: bool,
     ) -> Result<VacuumOutcome> {
         self.access()
             .await?
             .check(principal, Privilege::Manage, t)?;
+        if !dry_run
+            && !force
+            && let Some(readers) = self.change_readers.get().and_then(std::sync::Weak::upgrade)
+        {
+            let behind = readers.behind(t).await?;
+            if !behind.is_empty() {
+                return Err(Error::Conflict(format!(
+                    "VACUUM {t} would remove changes deployed models have not consumed: {}; run their pipelines first, or VACUUM {t} FORCE (those models then end watermark_expired)",
+                    behind.join("; ")
+                )));
+            }
+        }
         maintenance::vacuum(
             self.catalog(),
             t,

@@ -55,6 +55,8 @@ pub struct Engine {
     statement_keys: moka::sync::Cache<[u8; 32], ResultKey>,
     /// Plans kept for the execution that follows ([`PlannedQuery`]).
     plans: moka::sync::Cache<[u8; 32], Arc<PlannedQuery>>,
+    /// Who VACUUM must not leave behind ([`maintenance::ChangeReaders`]).
+    change_readers: std::sync::OnceLock<std::sync::Weak<dyn maintenance::ChangeReaders>>,
 }
 
 impl Engine {
@@ -87,6 +89,7 @@ impl Engine {
                 .max_capacity(256)
                 .time_to_live(std::time::Duration::from_secs(60))
                 .build(),
+            change_readers: std::sync::OnceLock::new(),
         })
     }
 

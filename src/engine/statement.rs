@@ -233,10 +233,11 @@ impl Engine {
                 table,
                 retain_hours,
                 dry_run,
+                force,
             } => {
                 no_params(&params, kind)?;
                 let o = self
-                    .vacuum(principal, &table, retain_hours, dry_run)
+                    .vacuum(principal, &table, retain_hours, dry_run, force)
                     .await?;
                 Ok(command_output(
                     kind,

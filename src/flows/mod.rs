@@ -526,6 +526,10 @@ impl Flows {
             let result = task.run(&mut record).await;
             let status = match &result {
                 Ok(()) => RunStatus::Succeeded,
+                Err(_) if record.status == RunStatus::WatermarkExpired => {
+                    failed.insert(node.model.target.clone());
+                    RunStatus::WatermarkExpired
+                }
                 Err(Error::Cancelled(_)) => {
                     cancelled = true;
                     RunStatus::Cancelled
@@ -688,6 +692,54 @@ impl Flows {
             pipeline: name.to_string(),
             version: Some(deployment.version),
             ..plan
+        })
+    }
+}
+
+impl crate::engine::maintenance::ChangeReaders for Flows {
+    fn behind<'a>(
+        &'a self,
+        t: &'a TableRef,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(async move {
+            let source = match self.engine.catalog().load(t).await {
+                Ok(table) => table,
+                Err(Error::NotFound(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            let latest = source.version().unwrap_or(0);
+            let id = source.snapshot()?.metadata().id().to_string();
+            let mut behind = Vec::new();
+            for name in self.store.names().await? {
+                let Ok(d) = self.deployed(&name).await else {
+                    continue;
+                };
+                let Ok(dag) = self.dag(&d.models) else {
+                    continue;
+                };
+                for node in dag.nodes.iter().filter(|n| n.reads.streams.contains(t)) {
+                    let target = &node.model.target;
+                    let consumed = match self.engine.catalog().load(target).await {
+                        Ok(table) => table
+                            .snapshot()?
+                            .transaction_version(
+                                table.log_store().as_ref(),
+                                &run::app_id(target, t, &id),
+                            )
+                            .await?
+                            .and_then(|v| u64::try_from(v).ok()),
+                        Err(Error::NotFound(_)) => None,
+                        Err(e) => return Err(e),
+                    };
+                    if consumed.is_none_or(|c| c < latest) {
+                        behind.push(format!(
+                            "{target} (pipeline {name}) has consumed {} of versions up to {latest}",
+                            consumed.map_or("none".to_string(), |c| format!("up to {c}"))
+                        ));
+                    }
+                }
+            }
+            Ok(behind)
         })
     }
 }

@@ -50,6 +50,8 @@ pub enum RunStatus {
     Failed,
     UpstreamFailed,
     Cancelled,
+    /// A source's changes since the watermark are gone (VACUUM or log retention).
+    WatermarkExpired,
 }
 
 impl RunStatus {
@@ -61,6 +63,7 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::UpstreamFailed => "upstream_failed",
             RunStatus::Cancelled => "cancelled",
+            RunStatus::WatermarkExpired => "watermark_expired",
         }
     }
 }
@@ -159,6 +162,23 @@ impl ModelTask<'_> {
             let Some(batch) = self.next_batch().await? else {
                 return Ok(());
             };
+            for (s, pin) in &batch.pins {
+                if let Pin::Changes {
+                    range: Some((from, to)),
+                    ..
+                } = pin
+                {
+                    let table = self.engine.catalog().load(s).await?;
+                    if let Err(e) =
+                        crate::storage::changes::check_available(&table, s, *from, *to).await
+                    {
+                        if e.kind() == ErrorKind::Conflict {
+                            record.status = RunStatus::WatermarkExpired;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
             let sql = pinned(
                 &self.node.model.select,
                 self.default_layer,

@@ -5,6 +5,7 @@
 //! Nothing here checks access: callers go through `engine`, which asks `security` first.
 
 pub(crate) mod catalog;
+pub(crate) mod changes;
 pub(crate) mod commit_guard;
 pub(crate) mod documents;
 pub(crate) mod properties;

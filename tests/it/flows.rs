@@ -725,3 +725,66 @@ async fn pipelines_deploy_from_a_directory() {
     a.stop().await;
     b.stop().await;
 }
+
+/// VACUUM keeps the change files a deployed model has not consumed (unless FORCE); a run
+/// whose changes were removed anyway ends `watermark_expired`, and `table_changes` over the
+/// removed range is a clear 409.
+async fn vacuum_keeps_what_models_need(backend: Backend) {
+    let s = TestServer::start_configured(backend, |cfg| {
+        with_etl(cfg);
+        cfg.storage.allow_short_vacuum_retention = true;
+    })
+    .await;
+    let token = deployer(&s);
+    s.sql_ok(EVENTS).await;
+    let (status, body) = s
+        .put_json(
+            &token,
+            "/api/v1/pipelines/events",
+            bundle(&[("silver/events.sql", APPEND)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.sql_ok("INSERT INTO bronze.events VALUES (1, 'a'), (2, 'b')")
+        .await;
+    let record = run(&s, &token, "events").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    // Caught up: VACUUM may run.
+    s.sql_ok("VACUUM bronze.events RETAIN 0 HOURS").await;
+    // Version 2 adds a file, version 3 removes it again: VACUUM would delete that file,
+    // which the model still has to read.
+    s.sql_ok("INSERT INTO bronze.events VALUES (3, 'c')").await;
+    s.sql_ok("DELETE FROM bronze.events WHERE id = 3").await;
+    let latest = s.version("bronze.events").await;
+    let (status, body) = s
+        .sql(&s.admin.clone(), "VACUUM bronze.events RETAIN 0 HOURS")
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        message(&body).contains("silver.events") && message(&body).contains("FORCE"),
+        "{body}"
+    );
+    let changes = format!("SELECT id FROM table_changes('bronze.events', 2, {latest})");
+    let (status, body) = s.sql(&s.admin.clone(), &changes).await;
+    assert_eq!(status, 200, "the changes are still there: {body}");
+    let (status, body) = s
+        .sql(
+            &s.admin.clone(),
+            "VACUUM bronze.events RETAIN 0 HOURS FORCE",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = s.sql(&s.admin.clone(), &changes).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(message(&body).contains("no longer available"), "{body}");
+    let version = s.version("silver.events").await;
+    let record = run(&s, &token, "events").await;
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(
+        record["models"][0]["status"], "watermark_expired",
+        "{record}"
+    );
+    assert_eq!(s.version("silver.events").await, version);
+}
+
+crate::on_both_backends!(vacuum_keeps_what_models_need);

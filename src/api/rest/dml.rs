@@ -317,6 +317,10 @@ pub(super) async fn optimize(
 pub(super) struct VacuumRequest {
     retain_hours: Option<u64>,
     dry_run: bool,
+    /// Remove change files deployed models have not consumed yet (they then end
+    /// `watermark_expired`).
+    #[serde(default)]
+    force: bool,
 }
 
 #[utoipa::path(post, path = "/tables/{layer}/{name}/vacuum", tag = "tables", params(TablePath), request_body = VacuumRequest,
@@ -330,7 +334,7 @@ pub(super) async fn vacuum(
     let t = TableRef::new(&layer, &name)?;
     let o = state
         .engine
-        .vacuum(&principal, &t, req.retain_hours, req.dry_run)
+        .vacuum(&principal, &t, req.retain_hours, req.dry_run, req.force)
         .await?;
     Ok(Json(o).into_response())
 }

@@ -147,7 +147,7 @@ pub(super) fn parse_maintenance(
     }
     let syntax = || {
         Error::invalid(format!(
-            "{first} syntax: DESCRIBE HISTORY t [LIMIT n] | OPTIMIZE t [WHERE partition predicate] [ZORDER BY (col, …)] | VACUUM t [RETAIN n HOURS] [DRY RUN] | RESTORE [TABLE] t TO VERSION AS OF n | TIMESTAMP AS OF '…'"
+            "{first} syntax: DESCRIBE HISTORY t [LIMIT n] | OPTIMIZE t [WHERE partition predicate] [ZORDER BY (col, …)] | VACUUM t [RETAIN n HOURS] [DRY RUN] [FORCE] | RESTORE [TABLE] t TO VERSION AS OF n | TIMESTAMP AS OF '…'"
         ))
     };
     let mut i = 1;
@@ -260,10 +260,15 @@ pub(super) fn parse_maintenance(
                 expect(&mut i, "RUN")?;
                 dry_run = true;
             }
+            let force = word(i).as_deref() == Some("FORCE");
+            if force {
+                i += 1;
+            }
             Statement::Vacuum {
                 table,
                 retain_hours,
                 dry_run,
+                force,
             }
         }
         _ => {

@@ -137,11 +137,13 @@ pub enum Statement {
         zorder: Vec<String>,
         partitions: Vec<PartitionFilter>,
     },
-    /// `VACUUM t [RETAIN n HOURS] [DRY RUN]`.
+    /// `VACUUM t [RETAIN n HOURS] [DRY RUN] [FORCE]`; FORCE removes change files that
+    /// deployed models have not consumed yet.
     Vacuum {
         table: TableRef,
         retain_hours: Option<u64>,
         dry_run: bool,
+        force: bool,
     },
     /// `RESTORE [TABLE] t TO VERSION AS OF n | TIMESTAMP AS OF '…'`.
     Restore { table: TableRef, to: RestoreTo },

@@ -142,6 +142,7 @@ impl SecureSchema {
             ))
             .into());
         }
+        crate::storage::changes::check_available(&table, &t, start, end).await?;
         crate::storage::register_table_store(&self.cx.runtime, &table)?;
         let table_id = table.snapshot()?.metadata().id().to_string();
         let cdf = table
