@@ -29,7 +29,11 @@
 //! Layering, top to bottom; a module imports only modules below it (no loops):
 //! - `server`: start-up (configuration problems from every module, listeners, shutdown).
 //! - `api`: the two front ends, `flight` and `rest`, thin adapters from protocols to the
-//!   engine; each owns its error → status map (`api::rest::error`, `api::flight::error`).
+//!   engine and flows; each owns its error → status map (`api::rest::error`,
+//!   `api::flight::error`).
+//! - `flows`: pipelines of declarative models (bronze → silver → gold): deploys stored as
+//!   versions in the warehouse, runs that read sources through the engine as the pipeline's
+//!   run-as principal and commit each batch with its source watermarks (`txn`).
 //! - `engine`: the one entry point of both front ends (`Engine::submit`), SQL parsing
 //!   (`engine::sql`), sessions, execution, result caching, limits, table and policy admin.
 //! - `pipelines`: every write's Delta operation (append/overwrite, MERGE, SCD2, schema
@@ -39,7 +43,8 @@
 //! - `ingest`: uploads decoded and validated into Arrow batches of a table's schema.
 //! - `cache`: the result cache (Arrow batches keyed by principal, policy and table versions).
 //! - `storage`: the warehouse (local disk or S3), the catalog of Delta tables, column
-//!   statistics for the planner, time-travel versions, commit-info keys.
+//!   statistics for the planner, time-travel versions, commit-info keys, change-feed
+//!   availability, put-if-absent document logs.
 //! - `telemetry`: logging and the process's metrics (prometheus-client).
 //! - `config`: the configuration, checked on its own (a leaf).
 //! - `error`: the one error type and its protocol-neutral kinds.
