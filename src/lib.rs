@@ -48,12 +48,14 @@
 //! - `telemetry`: logging and the process's metrics (prometheus-client).
 //! - `config`: the configuration, checked on its own (a leaf).
 //! - `error`: the one error type and its protocol-neutral kinds.
+//! - `failpoint`: named crash points for tests, armed only by `STRATA_FAILPOINTS`.
 
 pub mod api;
 pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod failpoint;
 pub mod flows;
 pub mod ingest;
 pub(crate) mod pipelines;

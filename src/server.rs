@@ -33,6 +33,10 @@ pub fn config_problems(config: &Config) -> Vec<String> {
         &config.storage,
         &config.query.default_layer,
     ));
+    out.extend(crate::flows::config_problems(
+        &config.pipelines,
+        &config.auth.admin_role,
+    ));
     out
 }
 

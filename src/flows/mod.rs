@@ -45,6 +45,34 @@ use model::Model;
 use run::ModelTask;
 use store::PipelineStore;
 
+/// Problems of `[pipelines]`: service principals need unique valid names and never hold the
+/// admin role.
+pub(crate) fn config_problems(cfg: &PipelinesConfig, admin_role: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for p in &cfg.principals {
+        if crate::storage::validate_name(&p.name).is_err() {
+            out.push(format!(
+                "pipelines.principals: {:?} is not a valid name ([A-Za-z_][A-Za-z0-9_]*)",
+                p.name
+            ));
+        }
+        if !seen.insert(p.name.as_str()) {
+            out.push(format!(
+                "pipelines.principals: {} is declared twice",
+                p.name
+            ));
+        }
+        if p.roles.iter().any(|r| r == admin_role) {
+            out.push(format!(
+                "pipelines.principals: {} holds the admin role {admin_role}; service principals get their privileges from grants",
+                p.name
+            ));
+        }
+    }
+    out
+}
+
 /// Runs kept in memory per replica (newest first beyond this are dropped).
 const KEPT_RUNS: usize = 1000;
 

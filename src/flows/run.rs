@@ -219,6 +219,8 @@ impl ModelTask<'_> {
                 progress: &batch.progress,
                 add_columns: header.on_schema_change == OnSchemaChange::AppendNewColumns,
             };
+            // Crash tests: the batch's range is chosen, its commit not made.
+            crate::failpoint::hit("flows.before_commit");
             match self.engine.commit_model(self.run_as, commit).await {
                 Ok(outcome) if outcome.duplicate => {
                     // A concurrent run committed this range: read the watermarks again.

@@ -262,6 +262,35 @@ async fn statements_prepared_statements_and_twelve_parameters() {
     ins.set_parameters(params).unwrap();
     assert_eq!(ins.execute_update().await.unwrap(), 3);
     assert_eq!(s.count("silver.t").await, 5);
+    // A later parameter row that fails stops the execution with its error: the rows before
+    // it committed (each row is its own statement), the rows after it never run.
+    let mut bad = c
+        .prepare(
+            "INSERT INTO silver.t VALUES (CAST($1 AS INT), $2)".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let params = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("$1", DataType::Utf8, false),
+            Field::new("$2", DataType::Utf8, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from(vec!["10", "eleven", "12"])),
+            Arc::new(StringArray::from(vec!["x", "y", "z"])),
+        ],
+    )
+    .unwrap();
+    bad.set_parameters(params).unwrap();
+    let e = bad.execute_update().await.unwrap_err();
+    assert_eq!(status_code(&e), tonic::Code::InvalidArgument, "{e}");
+    assert_eq!(
+        s.count("silver.t").await,
+        6,
+        "row 1 committed, row 3 never ran"
+    );
+    s.sql_ok("DELETE FROM silver.t WHERE id = 10").await;
     // DDL sent as a query (what DBAPI cursor.execute does) runs exactly once.
     let info = c
         .execute("INSERT INTO silver.t VALUES (6, 'f')".into(), None)

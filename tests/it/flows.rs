@@ -788,3 +788,155 @@ async fn vacuum_keeps_what_models_need(backend: Backend) {
 }
 
 crate::on_both_backends!(vacuum_keeps_what_models_need);
+
+/// The server process dies after a batch's range is chosen and before its commit (the
+/// `flows.before_commit` failpoint aborts it, as SIGKILL would): the restarted server's run
+/// reads the same range again and every row lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_the_commit_reruns_the_same_range() {
+    use crate::harness::StrataProcess;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("strata.toml");
+    let mut toml = String::from("[[pipelines.principals]]\nname = \"etl\"\nroles = [\"etl\"]\n");
+    for (privilege, on) in [
+        ("SELECT", "bronze"),
+        ("SELECT", "silver"),
+        ("INSERT", "silver"),
+    ] {
+        toml.push_str(&format!(
+            "\n[[access.grants]]\nrole = \"etl\"\nprivilege = \"{privilege}\"\non = \"{on}\"\n"
+        ));
+    }
+    std::fs::write(&config, toml).unwrap();
+    let env = vec![("STRATA_CONFIG".to_string(), config.display().to_string())];
+    let mut armed = env.clone();
+    armed.push((
+        strata::failpoint::ENV.to_string(),
+        "flows.before_commit".to_string(),
+    ));
+    let client = reqwest::Client::new();
+    let mut p = StrataProcess::spawn(dir.path(), &armed).await;
+    let token = String::from_utf8(
+        std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .current_dir(dir.path())
+            .env("STRATA_CONFIG", &config)
+            .args([
+                "token", "--sub", "deployer", "--role", "admin", "--role", "etl",
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let sql = |http: String, sql: String| {
+        let (client, token) = (client.clone(), token.clone());
+        async move {
+            let r = client
+                .post(format!("{http}/api/v1/query"))
+                .bearer_auth(token)
+                .json(&json!({ "sql": sql }))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(status, 200, "{sql}: {body}");
+            body
+        }
+    };
+    sql(p.http.clone(), EVENTS.into()).await;
+    sql(
+        p.http.clone(),
+        "INSERT INTO bronze.events VALUES (1, 'a'), (2, 'b'), (3, 'c')".into(),
+    )
+    .await;
+    let r = client
+        .put(format!("{}/api/v1/pipelines/events", p.http))
+        .bearer_auth(&token)
+        .json(&bundle(&[("silver/events.sql", APPEND)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The run starts in the background; the process may die before or after answering.
+    let _ = client
+        .post(format!("{}/api/v1/pipelines/events/runs", p.http))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await;
+    let mut exited = None;
+    for _ in 0..300 {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        exited.is_some_and(|s| !s.success()),
+        "the failpoint aborts the server"
+    );
+
+    let p = StrataProcess::spawn(dir.path(), &env).await;
+    let body = sql(
+        p.http.clone(),
+        "SELECT count(*) AS n FROM silver.events".into(),
+    )
+    .await;
+    assert_eq!(body[0]["n"], 0, "nothing was committed before the crash");
+    let run = |http: String| {
+        let (client, token) = (client.clone(), token.clone());
+        async move {
+            let r = client
+                .post(format!("{http}/api/v1/pipelines/events/runs"))
+                .bearer_auth(&token)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            let id = r.json::<Value>().await.unwrap()["run_id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            for _ in 0..600 {
+                let record: Value = client
+                    .get(format!("{http}/api/v1/runs/{id}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if !matches!(record["status"].as_str(), Some("queued" | "running")) {
+                    return record;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("run {id} did not end")
+        }
+    };
+    let record = run(p.http.clone()).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    sql(
+        p.http.clone(),
+        "INSERT INTO bronze.events VALUES (4, 'd')".into(),
+    )
+    .await;
+    let record = run(p.http.clone()).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let body = sql(
+        p.http.clone(),
+        "SELECT id FROM silver.events ORDER BY id".into(),
+    )
+    .await;
+    assert_eq!(
+        body,
+        json!([{"id": 1}, {"id": 2}, {"id": 3}, {"id": 4}]),
+        "every row once"
+    );
+}
