@@ -30,6 +30,14 @@ pub(crate) enum MergeSource {
     Rows(Vec<RecordBatch>),
 }
 
+/// What a MERGE binds besides its source: `$n` parameter values, and the progress markers
+/// committed with it (flows).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Bound<'a> {
+    pub(crate) params: &'a [ScalarValue],
+    pub(crate) progress: &'a Progress,
+}
+
 /// A source as an API caller gives it.
 #[derive(Debug)]
 pub enum SourceInput {
@@ -73,15 +81,14 @@ impl Engine {
         t: &TableRef,
         source: MergeSource,
         spec: &MergeSpec,
-        params: &[ScalarValue],
-        progress: &Progress,
+        bound: Bound<'_>,
     ) -> Result<DmlOutcome> {
         let filter = self.modify_filter(access, principal, t).await?;
         let state = self.sessions.dml_session(principal, access);
         let source = self.source_frame(principal, &state, source)?;
         let dml = Dml {
-            progress,
-            ..self.dml(t, principal, &state, filter.as_ref(), params)
+            progress: bound.progress,
+            ..self.dml(t, principal, &state, filter.as_ref(), bound.params)
         };
         merge::merge(&dml, source, spec).await
     }
@@ -166,7 +173,7 @@ impl Engine {
         let access = self.access().await?;
         access.check(principal, Privilege::Modify, t)?;
         let source = self.plan_source(principal, &access, source).await?;
-        self.run_merge(principal, &access, t, source, spec, &[], &[])
+        self.run_merge(principal, &access, t, source, spec, Bound::default())
             .await
     }
 

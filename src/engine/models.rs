@@ -161,8 +161,10 @@ impl Engine {
                         c.table,
                         dml::MergeSource::Plan(plan),
                         &spec,
-                        &[],
-                        c.progress,
+                        dml::Bound {
+                            params: &[],
+                            progress: c.progress,
+                        },
                     )
                     .await?;
                 return Ok(ModelOutcome {

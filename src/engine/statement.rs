@@ -176,8 +176,10 @@ impl Engine {
                         &table,
                         dml::MergeSource::Plan(plan),
                         &spec,
-                        &params,
-                        &[],
+                        dml::Bound {
+                            params: &params,
+                            progress: &[],
+                        },
                     )
                     .await?;
                 Ok(dml_output(kind, &table, &outcome))
