@@ -188,6 +188,12 @@ impl Model {
         if h.max_versions_per_batch == Some(0) {
             return Err(Error::invalid("max_versions_per_batch must be at least 1"));
         }
+        if matches!(h.kind, Kind::Scd2 | Kind::TimeRange) {
+            return Err(Error::Unsupported(format!(
+                "{} models are not supported yet (table, append and merge are); CALL scd2(…) runs SCD2 by hand",
+                h.kind.as_str()
+            )));
+        }
         Ok(())
     }
 }
@@ -287,6 +293,11 @@ mod tests {
             ),
             ("silver/x.sql", "/* strata kind = \"table\"", "not closed"),
             ("silver/x.sql", "/* strata */ ;", "no SELECT"),
+            (
+                "silver/x.sql",
+                "/* strata\nkind = \"scd2\"\nunique_key = [\"id\"]\nsequence_by = \"ts\" */ SELECT 1",
+                "not supported yet",
+            ),
         ];
         for (path, sql, expected) in cases {
             match Model::parse(&file(path, sql)) {
