@@ -88,6 +88,42 @@ impl Engine {
         Ok(stored_schema(&delta_compatible(plan)?))
     }
 
+    /// The `table.column`s a model's SELECT would read masked as `principal`: a model that
+    /// reads them would write masked values into its table, so it is refused at deploy.
+    pub(crate) async fn masked_reads(
+        &self,
+        principal: &Arc<Principal>,
+        select: &str,
+    ) -> Result<Vec<String>> {
+        use crate::security::policy::PolicyTable;
+        use datafusion::common::tree_node::TreeNodeRecursion;
+        use datafusion::datasource::source_as_provider;
+        let access = self.access().await?;
+        let (state, plan) = self.plan_model(principal, &access, select).await?;
+        // Optimized, so each scan's projection lists the columns it really reads.
+        let plan = state.optimize(&plan)?;
+        let mut out = Vec::new();
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node
+                && let Ok(provider) = source_as_provider(&scan.source)
+            {
+                let any: &dyn std::any::Any = provider.as_ref();
+                if let Some(t) = any.downcast_ref::<PolicyTable>() {
+                    let schema = provider.schema();
+                    for i in t.masked_columns() {
+                        let read = scan.projection.as_ref().is_none_or(|p| p.contains(&i));
+                        let name = format!("{}.{}", t.table(), schema.field(i).name());
+                        if read && !out.contains(&name) {
+                            out.push(name);
+                        }
+                    }
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        Ok(out)
+    }
+
     /// Every output column of a model's SELECT (change-feed columns included).
     pub(crate) async fn model_columns(
         &self,

@@ -131,6 +131,8 @@ pub(crate) async fn plan(
             Ok(None) => {
                 p.note = Some("planned once the models it reads have run".into());
             }
+            Err(e @ Error::PermissionDenied(_)) => return Err(e),
+            Err(e @ Error::PermissionDenied(_)) => return Err(e),
             Err(e) => {
                 return Err(Error::invalid(format!(
                     "model {name}: {}",
@@ -191,6 +193,15 @@ async fn output_schema(
         &pins,
         ChangeRows::WithDeletes,
     )?;
+    let masked = engine.masked_reads(run_as, &sql).await?;
+    if !masked.is_empty() {
+        return Err(Error::PermissionDenied(format!(
+            "{} would read columns masked for its run-as principal {}: {}; it would write masked values (exempt its role from those masks, or leave the columns out)",
+            node.model.target,
+            run_as.subject,
+            masked.join(", ")
+        )));
+    }
     Ok(Some(engine.model_schema(run_as, &sql).await?))
 }
 

@@ -589,6 +589,34 @@ async fn deploys_check_who_deploys_and_what_the_models_are() {
     let (status, body) = s.put_json(&token, "/api/v1/pipelines/other", models).await;
     assert_eq!(status, 409, "{body}");
     assert!(message(&body).contains("events"), "{body}");
+    // A model reading a column masked for its run-as principal would write masked values.
+    s.sql_ok("CREATE TABLE bronze.people (id BIGINT, ssn STRING)")
+        .await;
+    let (status, body) = s
+        .put_json(
+            &s.admin.clone(),
+            "/api/v1/tables/bronze/people/policies",
+            json!({"column_masks": [{"column": "ssn", "mask": "'***'"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = s
+        .put_json(
+            &token,
+            "/api/v1/pipelines/people",
+            bundle(&[("silver/people.sql", "SELECT id, ssn FROM bronze.people")]),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(message(&body).contains("bronze.people.ssn"), "{body}");
+    let (status, body) = s
+        .put_json(
+            &token,
+            "/api/v1/pipelines/people",
+            bundle(&[("silver/people.sql", "SELECT id FROM bronze.people")]),
+        )
+        .await;
+    assert_eq!(status, 200, "columns left out are fine: {body}");
     // Strata's own progress markers cannot be forged through idempotency keys.
     let r = s
         .client

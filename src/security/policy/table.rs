@@ -235,6 +235,11 @@ impl PolicyTable {
         &self.table_id
     }
 
+    /// Indices (in the table's schema) of the columns masked for this principal.
+    pub(crate) fn masked_columns(&self) -> impl Iterator<Item = usize> + '_ {
+        self.enforcement.masks.iter().map(|(i, _)| *i)
+    }
+
     /// Whether this provider was resolved for exactly `principal` (same session binding).
     pub(crate) fn is_bound_to(&self, principal: &Arc<Principal>) -> bool {
         Arc::ptr_eq(&self.principal, principal)
