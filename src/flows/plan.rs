@@ -132,7 +132,6 @@ pub(crate) async fn plan(
                 p.note = Some("planned once the models it reads have run".into());
             }
             Err(e @ Error::PermissionDenied(_)) => return Err(e),
-            Err(e @ Error::PermissionDenied(_)) => return Err(e),
             Err(e) => {
                 return Err(Error::invalid(format!(
                     "model {name}: {}",
