@@ -234,7 +234,12 @@ impl Engine {
         let names: Vec<String> = output.fields().iter().map(|f| f.name().clone()).collect();
         let plan = project_onto(keep_columns(plan, &names)?, &target, &names)?;
         let batches = DataFrame::new(state, plan).collect().await?;
-        let batches = crate::ingest::enforce_schema(batches, &target)?;
+        let mut batches = crate::ingest::enforce_schema(batches, &target)?;
+        if batches.is_empty() {
+            // Nothing new passed the model (e.g. the batch's versions hold no rows): the
+            // commit still moves the watermarks; delta-rs refuses a write without batches.
+            batches.push(arrow::array::RecordBatch::new_empty(Arc::clone(&target)));
+        }
         self.check_write(&access, principal, c.table, mode, &target, &batches)?;
         let outcome = commit::write_with_progress(
             &self.catalog,

@@ -15,11 +15,27 @@ use crate::error::{Error, Result};
 use crate::security::{AccessControl, Principal, Privilege};
 use crate::storage::TableRef;
 
+/// Who deploys `[pipelines] dir`.
+const SERVER: &str = "svc:strata";
+
 impl Flows {
     /// Deploys `bundle` as pipeline `name` (or only plans it, `dry_run`).
     pub async fn deploy(
         &self,
         deployer: &Arc<Principal>,
+        name: &str,
+        bundle: Bundle,
+        dry_run: bool,
+    ) -> Result<DeployPlan> {
+        self.deploy_as(Some(deployer), name, bundle, dry_run).await
+    }
+
+    /// [`Flows::deploy`]; `deployer` is `None` for the server itself (`[pipelines] dir`,
+    /// trusted as the configuration is), which skips the deployer's checks and takes a
+    /// concurrent deploy of the same content by another replica as its own.
+    async fn deploy_as(
+        &self,
+        deployer: Option<&Arc<Principal>>,
         name: &str,
         bundle: Bundle,
         dry_run: bool,
@@ -35,7 +51,9 @@ impl Flows {
         let dag = self.dag(&bundle.models)?;
         let access = self.engine.access().await?;
         let run_as = self.run_as(&bundle.pipeline)?;
-        check_deployer(&access, deployer, &run_as, &dag)?;
+        if let Some(deployer) = deployer {
+            check_deployer(&access, deployer, &run_as, &dag)?;
+        }
         self.check_sources(&dag).await?;
         self.check_ownership(name, &dag).await?;
         let previous = self.store.latest(name).await?;
@@ -76,13 +94,24 @@ impl Flows {
             name: name.to_string(),
             version: previous.as_ref().map_or(1, |d| d.version + 1),
             deployed_at: Utc::now(),
-            deployed_by: deployer.subject.clone(),
+            deployed_by: deployer.map_or_else(|| SERVER.to_string(), |d| d.subject.clone()),
             content_hash: hash,
             pipeline: bundle.pipeline,
             models: bundle.models,
             undeployed: false,
         };
-        self.store.store(&deployment).await?;
+        match self.store.store(&deployment).await {
+            Ok(()) => {}
+            // Replicas starting on the same directory: another one stored it first.
+            Err(Error::Conflict(_))
+                if deployer.is_none()
+                    && self
+                        .store
+                        .latest(name)
+                        .await?
+                        .is_some_and(|d| d.content_hash == deployment.content_hash) => {}
+            Err(e) => return Err(e),
+        }
         plan.version = Some(deployment.version);
         Ok(plan)
     }
@@ -232,56 +261,9 @@ impl Flows {
                 .unwrap_or_default()
                 .to_string();
             let bundle = read_bundle(&path)?;
-            plans.push(self.deploy_trusted(&name, bundle).await?);
+            plans.push(self.deploy_as(None, &name, bundle, false).await?);
         }
         Ok(plans)
-    }
-
-    async fn deploy_trusted(&self, name: &str, bundle: Bundle) -> Result<DeployPlan> {
-        crate::storage::validate_name(name)?;
-        let run_as = self.run_as(&bundle.pipeline)?;
-        let dag = self.dag(&bundle.models)?;
-        self.check_sources(&dag).await?;
-        self.check_ownership(name, &dag).await?;
-        let previous = self.store.latest(name).await?;
-        let live = previous.as_ref().filter(|d| !d.undeployed);
-        let hash = store::content_hash(&bundle.pipeline, &bundle.models)?;
-        let plan = plan::plan(
-            &self.engine,
-            &run_as,
-            &self.default_layer,
-            &dag,
-            live.map(|d| d.models.as_slice()).unwrap_or(&[]),
-        )
-        .await?;
-        if live.is_some_and(|d| d.content_hash == hash) {
-            return Ok(DeployPlan {
-                pipeline: name.to_string(),
-                version: live.map(|d| d.version),
-                unchanged: true,
-                ..plan
-            });
-        }
-        let deployment = Deployment {
-            name: name.to_string(),
-            version: previous.as_ref().map_or(1, |d| d.version + 1),
-            deployed_at: Utc::now(),
-            deployed_by: "svc:strata".into(),
-            content_hash: hash,
-            pipeline: bundle.pipeline,
-            models: bundle.models,
-            undeployed: false,
-        };
-        match self.store.store(&deployment).await {
-            // Another replica deployed the same directory at the same time.
-            Ok(()) | Err(Error::Conflict(_)) => {}
-            Err(e) => return Err(e),
-        }
-        Ok(DeployPlan {
-            pipeline: name.to_string(),
-            version: Some(deployment.version),
-            ..plan
-        })
     }
 }
 

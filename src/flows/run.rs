@@ -96,6 +96,22 @@ pub struct ModelRun {
     pub error: Option<String>,
 }
 
+impl ModelRun {
+    pub(crate) fn new(model: String, kind: Kind, status: RunStatus) -> ModelRun {
+        ModelRun {
+            model,
+            kind,
+            status,
+            rows_out: 0,
+            commits: 0,
+            sources: Vec::new(),
+            target_version: None,
+            duration_ms: 0,
+            error: None,
+        }
+    }
+}
+
 /// A run as `GET /api/v1/runs/{id}` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunRecord {

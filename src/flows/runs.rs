@@ -70,16 +70,12 @@ impl Flows {
                 .nodes
                 .iter()
                 .filter(|n| selected.contains(&n.model.target))
-                .map(|n| ModelRun {
-                    model: n.model.target.to_string(),
-                    kind: n.model.header.kind,
-                    status: RunStatus::Queued,
-                    rows_out: 0,
-                    commits: 0,
-                    sources: Vec::new(),
-                    target_version: None,
-                    duration_ms: 0,
-                    error: None,
+                .map(|n| {
+                    ModelRun::new(
+                        n.model.target.to_string(),
+                        n.model.header.kind,
+                        RunStatus::Queued,
+                    )
                 })
                 .collect(),
         };
@@ -157,17 +153,8 @@ impl Flows {
                 continue;
             }
             set(RunStatus::Running, None);
-            let mut record = ModelRun {
-                model: name.clone(),
-                kind: node.model.header.kind,
-                status: RunStatus::Running,
-                rows_out: 0,
-                commits: 0,
-                sources: Vec::new(),
-                target_version: None,
-                duration_ms: 0,
-                error: None,
-            };
+            let mut record =
+                ModelRun::new(name.clone(), node.model.header.kind, RunStatus::Running);
             let task = ModelTask {
                 engine: &self.engine,
                 node,

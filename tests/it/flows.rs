@@ -968,3 +968,50 @@ async fn a_crash_before_the_commit_reruns_the_same_range() {
         "every row once"
     );
 }
+
+/// Cancelling a run stops it before its next batch: what it committed stays whole (each
+/// batch is one commit with its watermark), and the next run carries on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_stops_between_batches_and_the_next_run_carries_on() {
+    let s = TestServer::start_configured(Backend::Local, with_etl).await;
+    let token = deployer(&s);
+    s.sql_ok(EVENTS).await;
+    for i in 0..40 {
+        s.sql_ok(&format!("INSERT INTO bronze.events VALUES ({i}, 'k')"))
+            .await;
+    }
+    let one_by_one = "/* strata\nkind = \"append\"\nmax_versions_per_batch = 1\n*/\nSELECT * FROM stream('bronze.events')";
+    let (status, body) = s
+        .put_json(
+            &token,
+            "/api/v1/pipelines/events",
+            bundle(&[("silver/events.sql", one_by_one)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, started) = s
+        .post_json(&token, "/api/v1/pipelines/events/runs", json!({}))
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["run_id"].as_str().unwrap();
+    let (status, body) = s
+        .post_json(&token, &format!("/api/v1/runs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let record = wait(&s, &token, id).await;
+    assert_eq!(record["status"], "cancelled", "{record}");
+    let commits = record["models"][0]["commits"].as_u64().unwrap();
+    assert!(commits < 41, "{record}");
+    // Every committed batch is whole: one source version per commit, the first (version
+    // 0, the CREATE) without rows, every later one with its row.
+    assert_eq!(
+        s.count("silver.events").await as u64,
+        commits.saturating_sub(1)
+    );
+    let record = run(&s, &token, "events").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(
+        ids(&s, "silver.events").await,
+        (0..40).collect::<Vec<i64>>()
+    );
+}
