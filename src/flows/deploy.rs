@@ -8,9 +8,8 @@ use chrono::Utc;
 use super::dag::Dag;
 use super::model::{Bundle, Model, ModelFile, PipelineDef};
 use super::plan::{self, DeployPlan};
-use super::runs::redact;
 use super::store::{self, Deployment};
-use super::{Flows, PipelineSummary, PipelineView};
+use super::{Flows, PipelineSummary, PipelineView, layers, redact};
 use crate::error::{Error, Result};
 use crate::security::{AccessControl, Principal, Privilege};
 use crate::storage::TableRef;
@@ -331,10 +330,6 @@ pub(super) fn check_deployer(
         access.check_layer(deployer, Privilege::Manage, layer)?;
     }
     Ok(())
-}
-
-pub(super) fn layers(dag: &Dag) -> BTreeSet<crate::storage::Layer> {
-    dag.nodes.iter().map(|n| n.model.target.layer).collect()
 }
 
 /// `p` may see a pipeline when it may read one of its tables.

@@ -178,6 +178,14 @@ impl Flows {
         })
     }
 
+    fn last_run(&self, pipeline: &str) -> Option<RunRecord> {
+        let runs = self.runs.lock().ok()?;
+        runs.values()
+            .rev()
+            .find(|a| a.record.pipeline == pipeline)
+            .map(|a| a.record.clone())
+    }
+
     fn dag(&self, models: &[ModelFile]) -> Result<Dag> {
         if models.is_empty() {
             return Err(Error::invalid("a pipeline needs at least one model"));
@@ -196,4 +204,18 @@ impl Flows {
             _ => Err(Error::NotFound(format!("no pipeline {name} is deployed"))),
         }
     }
+}
+
+/// The layers a pipeline writes.
+fn layers(dag: &Dag) -> BTreeSet<crate::storage::Layer> {
+    dag.nodes.iter().map(|n| n.model.target.layer).collect()
+}
+
+/// `r` with only the models `p` may read (the others are not named).
+fn redact(access: &crate::security::AccessControl, p: &Principal, mut r: RunRecord) -> RunRecord {
+    r.models.retain(|m| {
+        crate::storage::TableRef::parse(&m.model)
+            .is_ok_and(|t| access.allows(p, crate::security::Privilege::Select, &t))
+    });
+    r
 }

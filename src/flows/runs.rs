@@ -8,23 +8,14 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::dag::Dag;
-use super::deploy::layers;
 use super::model::Kind;
 use super::run::{self, ModelRun, ModelTask, RunRecord, RunStatus};
-use super::{Active, Flows, KEPT_RUNS, RunFilter, RunRequest};
+use super::{Active, Flows, KEPT_RUNS, RunFilter, RunRequest, layers, redact};
 use crate::error::{Error, Result};
 use crate::security::{AccessControl, Principal, Privilege};
 use crate::storage::TableRef;
 
 impl Flows {
-    pub(super) fn last_run(&self, pipeline: &str) -> Option<RunRecord> {
-        let runs = self.runs.lock().ok()?;
-        runs.values()
-            .rev()
-            .find(|a| a.record.pipeline == pipeline)
-            .map(|a| a.record.clone())
-    }
-
     /// Starts a run of `name` in the background; its id.
     pub async fn start_run(
         self: &Arc<Self>,
@@ -325,14 +316,6 @@ fn run_visible(access: &AccessControl, p: &Principal, r: &RunRecord) -> bool {
     r.models
         .iter()
         .any(|m| TableRef::parse(&m.model).is_ok_and(|t| access.allows(p, Privilege::Select, &t)))
-}
-
-/// `r` with only the models `p` may read (the others are not named).
-pub(super) fn redact(access: &AccessControl, p: &Principal, mut r: RunRecord) -> RunRecord {
-    r.models.retain(|m| {
-        TableRef::parse(&m.model).is_ok_and(|t| access.allows(p, Privilege::Select, &t))
-    });
-    r
 }
 
 /// The models a run covers.
