@@ -376,6 +376,24 @@ const EVENTS: &str = "CREATE TABLE bronze.events (id BIGINT, kind STRING) \
 const APPEND: &str =
     "/* strata\nkind = \"append\"\n*/\nSELECT id, kind FROM stream('bronze.events')";
 
+/// `bronze.events` with one single-row version per id of `ids`, and pipeline `events`
+/// deployed with `model` as `silver/events.sql`.
+async fn events_pipeline(s: &TestServer, token: &str, ids: std::ops::Range<i64>, model: &str) {
+    s.sql_ok(EVENTS).await;
+    for i in ids {
+        s.sql_ok(&format!("INSERT INTO bronze.events VALUES ({i}, 'k')"))
+            .await;
+    }
+    let (status, body) = s
+        .put_json(
+            token,
+            "/api/v1/pipelines/events",
+            bundle(&[("silver/events.sql", model)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 async fn ids(s: &TestServer, table: &str) -> Vec<i64> {
     let rows = s
         .sql_ok(&format!("SELECT id FROM {table} ORDER BY id"))
@@ -466,20 +484,8 @@ crate::on_both_backends!(medallion_pipeline, append_exactly_once);
 async fn backlogs_run_in_batches_and_schema_changes_follow_the_header() {
     let s = TestServer::start_configured(Backend::Local, with_etl).await;
     let token = deployer(&s);
-    s.sql_ok(EVENTS).await;
-    for i in 0..5 {
-        s.sql_ok(&format!("INSERT INTO bronze.events VALUES ({i}, 'k')"))
-            .await;
-    }
     let batched = "/* strata\nkind = \"append\"\nmax_versions_per_batch = 2\n*/\nSELECT * FROM stream('bronze.events')";
-    let (status, body) = s
-        .put_json(
-            &token,
-            "/api/v1/pipelines/events",
-            bundle(&[("silver/events.sql", batched)]),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    events_pipeline(&s, &token, 0..5, batched).await;
     let record = run(&s, &token, "events").await;
     assert_eq!(record["status"], "succeeded", "{record}");
     // Versions 0 (create) … 5: three commits of at most two versions each.
@@ -975,20 +981,8 @@ async fn a_crash_before_the_commit_reruns_the_same_range() {
 async fn a_cancelled_run_stops_between_batches_and_the_next_run_carries_on() {
     let s = TestServer::start_configured(Backend::Local, with_etl).await;
     let token = deployer(&s);
-    s.sql_ok(EVENTS).await;
-    for i in 0..40 {
-        s.sql_ok(&format!("INSERT INTO bronze.events VALUES ({i}, 'k')"))
-            .await;
-    }
     let one_by_one = "/* strata\nkind = \"append\"\nmax_versions_per_batch = 1\n*/\nSELECT * FROM stream('bronze.events')";
-    let (status, body) = s
-        .put_json(
-            &token,
-            "/api/v1/pipelines/events",
-            bundle(&[("silver/events.sql", one_by_one)]),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    events_pipeline(&s, &token, 0..40, one_by_one).await;
     let (status, started) = s
         .post_json(&token, "/api/v1/pipelines/events/runs", json!({}))
         .await;
