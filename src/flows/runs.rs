@@ -88,9 +88,10 @@ impl Flows {
             }
         }
         let this = Arc::clone(self);
-        let id = record.run_id.clone();
+        let (id, pipeline) = (record.run_id.clone(), record.pipeline.clone());
         tokio::spawn(async move {
-            this.execute(&id, dag, selected, run_as, cancel).await;
+            this.execute(&id, &pipeline, dag, selected, run_as, cancel)
+                .await;
         });
         Ok(record)
     }
@@ -106,6 +107,7 @@ impl Flows {
     async fn execute(
         &self,
         id: &str,
+        pipeline: &str,
         dag: Dag,
         selected: BTreeSet<TableRef>,
         run_as: Arc<Principal>,
@@ -184,7 +186,7 @@ impl Flows {
         } else {
             RunStatus::Failed
         };
-        crate::telemetry::metrics().pipeline_run(&dag_pipeline(self, id), status.as_str());
+        crate::telemetry::metrics().pipeline_run(pipeline, status.as_str());
         self.update(id, |r| {
             r.status = status;
             r.ended_at = Some(Utc::now());
@@ -301,15 +303,6 @@ impl crate::engine::maintenance::ChangeReaders for Flows {
             Ok(behind)
         })
     }
-}
-
-fn dag_pipeline(flows: &Flows, id: &str) -> String {
-    flows
-        .runs
-        .lock()
-        .ok()
-        .and_then(|r| r.get(id).map(|a| a.record.pipeline.clone()))
-        .unwrap_or_default()
 }
 
 fn run_visible(access: &AccessControl, p: &Principal, r: &RunRecord) -> bool {
