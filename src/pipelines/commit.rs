@@ -116,6 +116,28 @@ async fn already_committed(table: &DeltaTable, app_id: &str) -> Result<Option<u6
         .map(|rows| u64::try_from(rows).unwrap_or(0)))
 }
 
+/// The outcome of an earlier commit that makes this write a duplicate: `table` already
+/// holds the write's progress markers, or its idempotency key.
+async fn committed_before(
+    table: &DeltaTable,
+    app: Option<&str>,
+    progress: &Progress,
+) -> Result<Option<WriteOutcome>> {
+    let rows = if progress_reached(table, progress).await? {
+        Some(0)
+    } else {
+        match app {
+            Some(app) => already_committed(table, app).await?,
+            None => None,
+        }
+    };
+    Ok(rows.map(|rows| WriteOutcome {
+        version: version_of(table),
+        rows,
+        duplicate: true,
+    }))
+}
+
 /// What a write writes.
 pub(crate) enum WriteInput {
     /// Batches in memory.
@@ -292,21 +314,8 @@ pub(crate) async fn write_with_progress(
     let input = input.into();
     let app = idempotency_key.map(|k| app_id(p, k)).transpose()?;
     let table = catalog.load(t).await?;
-    if progress_reached(&table, progress).await? {
-        return Ok(WriteOutcome {
-            version: version_of(&table),
-            rows: 0,
-            duplicate: true,
-        });
-    }
-    if let Some(app) = &app
-        && let Some(rows) = already_committed(&table, app).await?
-    {
-        return Ok(WriteOutcome {
-            version: version_of(&table),
-            rows,
-            duplicate: true,
-        });
+    if let Some(earlier) = committed_before(&table, app.as_deref(), progress).await? {
+        return Ok(earlier);
     }
     if let WriteInput::Batches(batches) = &input
         && batches.iter().all(|b| b.num_rows() == 0)
@@ -367,28 +376,12 @@ pub(crate) async fn write_with_progress(
         }
         Err(e) => {
             let err: Error = e.into();
-            // A concurrent runner committed the same progress: that is success.
-            if err.kind() == ErrorKind::Conflict && !progress.is_empty() {
+            // A concurrent retry of the same idempotent upload, or a concurrent runner with
+            // the same progress, won the race: that is success.
+            if err.kind() == ErrorKind::Conflict && (app.is_some() || !progress.is_empty()) {
                 let fresh = catalog.load(t).await?;
-                if progress_reached(&fresh, progress).await? {
-                    return Ok(WriteOutcome {
-                        version: version_of(&fresh),
-                        rows: 0,
-                        duplicate: true,
-                    });
-                }
-            }
-            // A concurrent retry of the same idempotent upload won the race: that is success.
-            if let Some(app) = &app
-                && err.kind() == ErrorKind::Conflict
-            {
-                let fresh = catalog.load(t).await?;
-                if let Some(rows) = already_committed(&fresh, app).await? {
-                    return Ok(WriteOutcome {
-                        version: version_of(&fresh),
-                        rows,
-                        duplicate: true,
-                    });
+                if let Some(earlier) = committed_before(&fresh, app.as_deref(), progress).await? {
+                    return Ok(earlier);
                 }
             }
             Err(err)
