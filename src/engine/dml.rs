@@ -186,11 +186,29 @@ impl Engine {
         spec: &Scd2Spec,
     ) -> Result<DmlOutcome> {
         let access = self.access().await?;
-        let filter = self.modify_filter(&access, principal, t).await?;
+        access.check(principal, Privilege::Modify, t)?;
         let source = self.plan_source(principal, &access, source).await?;
-        let state = self.sessions.dml_session(principal, &access);
+        self.run_scd2(principal, &access, t, source, spec, &[])
+            .await
+    }
+
+    /// SCD2 of `source` into `t`, committing `progress` with it (flows).
+    pub(crate) async fn run_scd2(
+        &self,
+        principal: &Arc<Principal>,
+        access: &Arc<AccessControl>,
+        t: &TableRef,
+        source: MergeSource,
+        spec: &Scd2Spec,
+        progress: &Progress,
+    ) -> Result<DmlOutcome> {
+        let filter = self.modify_filter(access, principal, t).await?;
+        let state = self.sessions.dml_session(principal, access);
         let source = self.source_frame(principal, &state, source)?;
-        let dml = self.dml(t, principal, &state, filter.as_ref(), &[]);
+        let dml = Dml {
+            progress,
+            ..self.dml(t, principal, &state, filter.as_ref(), &[])
+        };
         scd2::scd2(&dml, source, spec).await
     }
 

@@ -9,16 +9,20 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use arrow::array::Array;
 use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::ScalarValue;
 use datafusion::execution::context::SessionState;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::DataFrame;
 
+use super::params::{NamedParams, bind_named};
 use super::statement::{delta_compatible, project_onto};
 use super::{Engine, Statement, dml, sql};
 use crate::error::{Error, Result};
 use crate::pipelines::commit::{self, Progress, WriteMode};
 use crate::pipelines::merge::MergeSpec;
+use crate::pipelines::scd2::Scd2Spec;
 use crate::security::{AccessControl, Principal, Privilege};
 use crate::storage::catalog::TableSpec;
 use crate::storage::types::ColumnSpec;
@@ -34,6 +38,14 @@ pub(crate) enum ModelWrite {
     Overwrite,
     Append,
     Merge(MergeSpec),
+    Scd2(Scd2Spec),
+    /// Replaces the rows whose `column` lies in `[start, end)` (a `time_range` batch): every
+    /// output row must lie there.
+    Replace {
+        column: String,
+        start: ScalarValue,
+        end: ScalarValue,
+    },
 }
 
 /// One commit of a model run.
@@ -42,6 +54,8 @@ pub(crate) struct ModelCommit<'a> {
     pub(crate) table: &'a TableRef,
     /// The SELECT, its sources pinned.
     pub(crate) sql: &'a str,
+    /// Values of its named placeholders.
+    pub(crate) params: NamedParams<'a>,
     pub(crate) write: ModelWrite,
     /// Committed with the rows.
     pub(crate) progress: &'a Progress,
@@ -59,6 +73,8 @@ pub(crate) struct ModelOutcome {
     /// The table already held this progress (a concurrent run committed it): nothing
     /// written.
     pub(crate) duplicate: bool,
+    /// Changes left out as out of order (`scd2` with `on_out_of_order = skip`).
+    pub(crate) skipped: u64,
 }
 
 impl Engine {
@@ -67,12 +83,13 @@ impl Engine {
         principal: &Arc<Principal>,
         access: &Arc<AccessControl>,
         select: &str,
+        params: NamedParams<'_>,
     ) -> Result<(SessionState, LogicalPlan)> {
         let Statement::Query(ast) = sql::parse(select, &self.default_layer)? else {
             return Err(Error::invalid("a model is one SELECT"));
         };
         let state = self.sessions.session(principal, access);
-        let plan = self.plan_query(&state, *ast, Vec::new()).await?;
+        let plan = bind_named(self.plan_unbound(&state, *ast).await?, params)?;
         Ok((state, plan))
     }
 
@@ -82,9 +99,10 @@ impl Engine {
         &self,
         principal: &Arc<Principal>,
         select: &str,
+        params: NamedParams<'_>,
     ) -> Result<SchemaRef> {
         let access = self.access().await?;
-        let (_, plan) = self.plan_model(principal, &access, select).await?;
+        let (_, plan) = self.plan_model(principal, &access, select, params).await?;
         Ok(stored_schema(&delta_compatible(plan)?))
     }
 
@@ -94,12 +112,13 @@ impl Engine {
         &self,
         principal: &Arc<Principal>,
         select: &str,
+        params: NamedParams<'_>,
     ) -> Result<Vec<String>> {
         use crate::security::policy::PolicyTable;
         use datafusion::common::tree_node::TreeNodeRecursion;
         use datafusion::datasource::source_as_provider;
         let access = self.access().await?;
-        let (state, plan) = self.plan_model(principal, &access, select).await?;
+        let (state, plan) = self.plan_model(principal, &access, select, params).await?;
         // Optimized, so each scan's projection lists the columns it really reads.
         let plan = state.optimize(&plan)?;
         let mut out = Vec::new();
@@ -129,9 +148,10 @@ impl Engine {
         &self,
         principal: &Arc<Principal>,
         select: &str,
+        params: NamedParams<'_>,
     ) -> Result<Vec<String>> {
         let access = self.access().await?;
-        let (_, plan) = self.plan_model(principal, &access, select).await?;
+        let (_, plan) = self.plan_model(principal, &access, select, params).await?;
         Ok(plan
             .schema()
             .fields()
@@ -187,7 +207,8 @@ impl Engine {
         c: ModelCommit<'_>,
     ) -> Result<ModelOutcome> {
         let access = self.access().await?;
-        let (state, plan) = self.plan_model(principal, &access, c.sql).await?;
+        let (state, plan) = self.plan_model(principal, &access, c.sql, c.params).await?;
+        let mut replace = None;
         let mode = match c.write {
             ModelWrite::Merge(spec) => {
                 let outcome = self
@@ -203,14 +224,27 @@ impl Engine {
                         },
                     )
                     .await?;
-                return Ok(ModelOutcome {
-                    version: outcome.version,
-                    rows_out: outcome.affected(),
-                    duplicate: outcome.duplicate,
-                });
+                return Ok(ModelOutcome::of(&outcome));
+            }
+            ModelWrite::Scd2(spec) => {
+                let outcome = self
+                    .run_scd2(
+                        principal,
+                        &access,
+                        c.table,
+                        dml::MergeSource::Plan(plan),
+                        &spec,
+                        c.progress,
+                    )
+                    .await?;
+                return Ok(ModelOutcome::of(&outcome));
             }
             ModelWrite::Append => WriteMode::Append,
             ModelWrite::Overwrite => WriteMode::Overwrite,
+            ModelWrite::Replace { column, start, end } => {
+                replace = Some((column, start, end));
+                WriteMode::Overwrite
+            }
         };
         access.check(principal, Privilege::Insert, c.table)?;
         if mode == WriteMode::Overwrite {
@@ -241,23 +275,102 @@ impl Engine {
             batches.push(arrow::array::RecordBatch::new_empty(Arc::clone(&target)));
         }
         self.check_write(&access, principal, c.table, mode, &target, &batches)?;
-        let outcome = commit::write_with_progress(
-            &self.catalog,
-            c.table,
-            principal,
-            batches,
-            mode,
-            None,
-            "MODEL RUN",
-            c.progress,
-        )
-        .await?;
+        let outcome = match replace {
+            None => {
+                commit::write_with_progress(
+                    &self.catalog,
+                    c.table,
+                    principal,
+                    batches,
+                    mode,
+                    None,
+                    "MODEL RUN",
+                    c.progress,
+                )
+                .await?
+            }
+            Some((column, start, end)) => {
+                let predicate = within(&batches, &target, &column, &start, &end)?;
+                commit::replace_where(
+                    &self.catalog,
+                    c.table,
+                    principal,
+                    batches,
+                    predicate,
+                    "MODEL RUN",
+                    c.progress,
+                )
+                .await?
+            }
+        };
         Ok(ModelOutcome {
             version: outcome.version,
             rows_out: outcome.rows,
             duplicate: outcome.duplicate,
+            skipped: 0,
         })
     }
+}
+
+impl ModelOutcome {
+    fn of(o: &crate::pipelines::merge::DmlOutcome) -> ModelOutcome {
+        ModelOutcome {
+            version: o.version,
+            rows_out: o.affected(),
+            duplicate: o.duplicate,
+            skipped: o.skipped,
+        }
+    }
+}
+
+/// The predicate `start <= column < end` over `target`, after checking that every row of
+/// `batches` lies there: a row outside would be written where the batch replaces nothing.
+fn within(
+    batches: &[arrow::array::RecordBatch],
+    target: &Schema,
+    column: &str,
+    start: &ScalarValue,
+    end: &ScalarValue,
+) -> Result<Expr> {
+    use arrow::datatypes::{DataType, TimeUnit};
+    let field = target.field_with_name(column).map_err(|_| {
+        Error::invalid(format!(
+            "the model's output has no time column {column} (time_column names an output column)"
+        ))
+    })?;
+    let micros = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let bounds = [start, end].map(|v| match v {
+        ScalarValue::TimestampMicrosecond(Some(x), _) => Ok(*x),
+        other => Err(Error::internal(format!("a batch bound is {other}"))),
+    });
+    let [lo, hi] = bounds;
+    let (lo, hi) = (lo?, hi?);
+    for b in batches {
+        let Some(col) = b.column_by_name(column) else {
+            continue;
+        };
+        let as_micros = arrow::compute::cast(col, &micros)?;
+        let values = as_micros
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+            .ok_or_else(|| Error::internal("timestamp cast"))?;
+        for i in 0..values.len() {
+            let v = values.is_valid(i).then(|| values.value(i));
+            if !v.is_some_and(|v| lo <= v && v < hi) {
+                let shown = v
+                    .and_then(chrono::DateTime::from_timestamp_micros)
+                    .map_or_else(|| "NULL".to_string(), |t| t.to_rfc3339());
+                return Err(Error::invalid(format!(
+                    "the model wrote a row with {column} = {shown}, outside its batch [{start}, {end}); filter its sources with {column} >= $start AND {column} < $end"
+                )));
+            }
+        }
+    }
+    let typed = |v: &ScalarValue| -> Result<Expr> {
+        Ok(datafusion::logical_expr::lit(v.cast_to(field.data_type())?))
+    };
+    let c = datafusion::logical_expr::col(format!("\"{}\"", column.replace('"', "\"\"")));
+    Ok(c.clone().gt_eq(typed(start)?).and(c.lt(typed(end)?)))
 }
 
 /// The schema a model's table stores: the plan's columns without the change feed's.

@@ -56,3 +56,39 @@ pub(super) fn bind_params(plan: LogicalPlan, params: Vec<ScalarValue>) -> Result
     }
     Ok(plan.with_param_values(bound)?)
 }
+
+/// Named placeholders bound by the server itself (`$start`, `$end` of a `time_range`
+/// model's batch), by name without the `$`.
+pub(crate) type NamedParams<'a> = &'a [(&'a str, ScalarValue)];
+
+/// Binds named placeholders to `values`, each cast to the type DataFusion inferred for it;
+/// a placeholder with another name is an error that lists the names there are.
+pub(super) fn bind_named(plan: LogicalPlan, values: NamedParams<'_>) -> Result<LogicalPlan> {
+    let types = plan.get_parameter_types()?;
+    if types.is_empty() {
+        return Ok(plan);
+    }
+    let mut bound = Vec::with_capacity(types.len());
+    for (id, dt) in &types {
+        let name = id.strip_prefix('$').unwrap_or(id);
+        let Some((_, value)) = values.iter().find(|(n, _)| *n == name) else {
+            let known: Vec<String> = values.iter().map(|(n, _)| format!("${n}")).collect();
+            return Err(Error::invalid(if known.is_empty() {
+                format!("parameter {id} has no value here: this model binds no parameters")
+            } else {
+                format!(
+                    "parameter {id} has no value here: this model binds {}",
+                    known.join(" and ")
+                )
+            }));
+        };
+        let value = match dt {
+            Some(dt) if value.data_type() != *dt => value.cast_to(dt).map_err(|e| {
+                Error::invalid(format!("parameter {id}: cannot use {value} as {dt}: {e}"))
+            })?,
+            _ => value.clone(),
+        };
+        bound.push((name.to_string(), value));
+    }
+    Ok(plan.with_param_values(bound)?)
+}

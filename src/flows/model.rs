@@ -4,9 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub(crate) use crate::pipelines::scd2::OnLate;
 use crate::storage::{Layer, TableRef};
 
 /// A deploy bundle: the pipeline definition and its model files.
@@ -102,7 +105,7 @@ pub struct Header {
     /// Orders changes of one key: the greatest wins (`merge`), the effective time (`scd2`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence_by: Option<String>,
-    /// A condition over the model's output that deletes the key (`merge`).
+    /// A condition over the model's output that deletes the key (`merge`, `scd2`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_when: Option<String>,
     #[serde(default)]
@@ -117,6 +120,116 @@ pub struct Header {
     /// Column comments by column name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub columns: BTreeMap<String, String>,
+    /// `scd2`: a change dated at or before its key's latest version is left out and counted
+    /// (`skip`, the default) or fails the run, which then commits nothing (`fail`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_out_of_order: Option<OnLate>,
+    /// `time_range`: the output column whose ranges each batch replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_column: Option<String>,
+    /// `time_range`: the width of one batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<BatchSize>,
+    /// `time_range`: the first batch starts here (RFC 3339, or a date `YYYY-MM-DD` = its
+    /// midnight UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// `time_range`: complete batches re-processed on every run before the new ones (late
+    /// rows land there); default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookback: Option<u32>,
+}
+
+/// The width of a `time_range` batch (UTC calendar units).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchSize {
+    Hour,
+    #[default]
+    Day,
+    Month,
+}
+
+impl BatchSize {
+    /// The start of the batch holding `t`.
+    pub(crate) fn floor(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        use chrono::{Datelike, TimeZone, Timelike};
+        let day = Utc
+            .with_ymd_and_hms(t.year(), t.month(), t.day(), 0, 0, 0)
+            .single()
+            .unwrap_or(t);
+        match self {
+            BatchSize::Hour => day + chrono::Duration::hours(i64::from(t.hour())),
+            BatchSize::Day => day,
+            BatchSize::Month => Utc
+                .with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0)
+                .single()
+                .unwrap_or(day),
+        }
+    }
+
+    /// `t` moved by `n` batches (`t` at a batch start).
+    pub(crate) fn add(self, t: DateTime<Utc>, n: i32) -> DateTime<Utc> {
+        match self {
+            BatchSize::Hour => t + chrono::Duration::hours(i64::from(n)),
+            BatchSize::Day => t + chrono::Duration::days(i64::from(n)),
+            BatchSize::Month => {
+                let months = chrono::Months::new(n.unsigned_abs());
+                let moved = if n >= 0 {
+                    t.checked_add_months(months)
+                } else {
+                    t.checked_sub_months(months)
+                };
+                moved.unwrap_or(t)
+            }
+        }
+    }
+}
+
+/// The SCD2 columns an `scd2` model's table adds to its output.
+pub(crate) const SCD2_COLUMNS: [&str; 3] = ["valid_from", "valid_to", "is_current"];
+
+impl Header {
+    /// The first batch start of a `time_range` model.
+    pub(crate) fn range_start(&self) -> Result<DateTime<Utc>> {
+        let text = self
+            .start
+            .as_deref()
+            .ok_or_else(|| Error::invalid("a time_range model needs start = \"YYYY-MM-DD\""))?;
+        let parsed = DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&Utc))
+            .or_else(|_| {
+                chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                    .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+            })
+            .map_err(|_| {
+                Error::invalid(format!(
+                    "start = \"{text}\" is neither RFC 3339 nor a date YYYY-MM-DD"
+                ))
+            })?;
+        Ok(self.batch_size.unwrap_or_default().floor(parsed))
+    }
+
+    /// The table a model with this header stores, from its SELECT's `output`: an `scd2`
+    /// model adds its history columns.
+    pub(crate) fn table_schema(&self, output: SchemaRef) -> Result<SchemaRef> {
+        if self.kind != Kind::Scd2 {
+            return Ok(output);
+        }
+        let mut fields: Vec<Field> = output.fields().iter().map(|f| f.as_ref().clone()).collect();
+        for c in SCD2_COLUMNS {
+            if output.field_with_name(c).is_ok() {
+                return Err(Error::invalid(format!(
+                    "an scd2 model adds the column {c}; its SELECT may not produce one"
+                )));
+            }
+        }
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        fields.push(Field::new(SCD2_COLUMNS[0], ts.clone(), true));
+        fields.push(Field::new(SCD2_COLUMNS[1], ts, true));
+        fields.push(Field::new(SCD2_COLUMNS[2], DataType::Boolean, true));
+        Ok(std::sync::Arc::new(Schema::new(fields)))
+    }
 }
 
 /// A model: its file, its header and the SELECT after it.
@@ -178,21 +291,50 @@ impl Model {
                     }
                 }
             }
-            Kind::TimeRange => {}
+            Kind::TimeRange => {
+                for (field, set) in [
+                    ("unique_key", !h.unique_key.is_empty()),
+                    ("sequence_by", h.sequence_by.is_some()),
+                    ("delete_when", h.delete_when.is_some()),
+                    ("max_versions_per_batch", h.max_versions_per_batch.is_some()),
+                ] {
+                    if set {
+                        return Err(Error::invalid(format!(
+                            "{field} does not apply to time_range models (they replace time ranges)"
+                        )));
+                    }
+                }
+                if h.time_column.is_none() {
+                    return Err(Error::invalid(
+                        "a time_range model needs time_column = \"<output column>\"",
+                    ));
+                }
+                h.range_start()?;
+            }
         }
-        if h.kind == Kind::Scd2 && h.delete_when.is_some() {
-            return Err(Error::invalid(
-                "delete_when applies to merge models; in scd2 a delete change closes the current row",
-            ));
+        if h.kind != Kind::TimeRange {
+            for (field, set) in [
+                ("time_column", h.time_column.is_some()),
+                ("batch_size", h.batch_size.is_some()),
+                ("start", h.start.is_some()),
+                ("lookback", h.lookback.is_some()),
+            ] {
+                if set {
+                    return Err(Error::invalid(format!(
+                        "{field} applies to time_range models, not {}",
+                        h.kind.as_str()
+                    )));
+                }
+            }
+        }
+        if h.kind != Kind::Scd2 && h.on_out_of_order.is_some() {
+            return Err(Error::invalid(format!(
+                "on_out_of_order applies to scd2 models, not {} (a merge model keeps the newest sequence_by anyway)",
+                h.kind.as_str()
+            )));
         }
         if h.max_versions_per_batch == Some(0) {
             return Err(Error::invalid("max_versions_per_batch must be at least 1"));
-        }
-        if matches!(h.kind, Kind::Scd2 | Kind::TimeRange) {
-            return Err(Error::Unsupported(format!(
-                "{} models are not supported yet (table, append and merge are); CALL scd2(…) runs SCD2 by hand",
-                h.kind.as_str()
-            )));
         }
         Ok(())
     }
@@ -265,6 +407,27 @@ mod tests {
         );
         assert_eq!(m.select, "SELECT * FROM stream('bronze.orders')");
         let plain = Model::parse(&file("gold/x.sql", "/* a comment */ SELECT 1"))?;
+        let h = Header {
+            batch_size: Some(BatchSize::Month),
+            start: Some("2026-03-17T05:00:00Z".into()),
+            ..Header::default()
+        };
+        let start = h.range_start()?;
+        assert_eq!(start.to_rfc3339(), "2026-03-01T00:00:00+00:00");
+        assert_eq!(
+            BatchSize::Month.add(start, -3).to_rfc3339(),
+            "2025-12-01T00:00:00+00:00"
+        );
+        assert_eq!(
+            BatchSize::Hour
+                .floor(
+                    DateTime::parse_from_rfc3339("2026-03-17T05:42:00Z")
+                        .map_err(|e| Error::internal(e.to_string()))?
+                        .with_timezone(&Utc)
+                )
+                .to_rfc3339(),
+            "2026-03-17T05:00:00+00:00"
+        );
         assert_eq!(plain.header.kind, Kind::Table);
         Ok(())
     }
@@ -295,8 +458,23 @@ mod tests {
             ("silver/x.sql", "/* strata */ ;", "no SELECT"),
             (
                 "silver/x.sql",
-                "/* strata\nkind = \"scd2\"\nunique_key = [\"id\"]\nsequence_by = \"ts\" */ SELECT 1",
-                "not supported yet",
+                "/* strata\nkind = \"time_range\"\nstart = \"2026-01-01\" */ SELECT 1",
+                "time_column",
+            ),
+            (
+                "silver/x.sql",
+                "/* strata\nkind = \"time_range\"\ntime_column = \"t\"\nstart = \"yesterday\" */ SELECT 1",
+                "neither RFC 3339",
+            ),
+            (
+                "silver/x.sql",
+                "/* strata\nkind = \"merge\"\nunique_key = [\"id\"]\nsequence_by = \"ts\"\nlookback = 2 */ SELECT 1",
+                "lookback applies to time_range",
+            ),
+            (
+                "silver/x.sql",
+                "/* strata\nkind = \"merge\"\nunique_key = [\"id\"]\nsequence_by = \"ts\"\non_out_of_order = \"fail\" */ SELECT 1",
+                "on_out_of_order applies to scd2",
             ),
         ];
         for (path, sql, expected) in cases {

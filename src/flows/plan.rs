@@ -192,7 +192,8 @@ async fn output_schema(
         &pins,
         ChangeRows::WithDeletes,
     )?;
-    let masked = engine.masked_reads(run_as, &sql).await?;
+    let params = super::run::planning_params(&node.model.header)?;
+    let masked = engine.masked_reads(run_as, &sql, &params).await?;
     if !masked.is_empty() {
         return Err(Error::PermissionDenied(format!(
             "{} would read columns masked for its run-as principal {}: {}; it would write masked values (exempt its role from those masks, or leave the columns out)",
@@ -201,7 +202,8 @@ async fn output_schema(
             masked.join(", ")
         )));
     }
-    Ok(Some(engine.model_schema(run_as, &sql).await?))
+    let output = engine.model_schema(run_as, &sql, &params).await?;
+    Ok(Some(node.model.header.table_schema(output)?))
 }
 
 /// Why the new definition cannot continue the existing table, if it cannot.

@@ -31,8 +31,10 @@ use crate::engine::Engine;
 use crate::engine::models::{ModelCommit, ModelWrite};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipelines::merge::{Action, Clause, MergeSpec, When};
+use crate::pipelines::scd2::{OnLate, Scd2Spec};
 use crate::security::Principal;
 use crate::storage::TableRef;
+use datafusion::common::ScalarValue;
 
 /// The reserved prefix of model watermarks (refused in client idempotency keys).
 pub(crate) const MODEL_APP_PREFIX: &str = "strata:model:";
@@ -85,6 +87,8 @@ pub struct ModelRun {
     pub status: RunStatus,
     /// Rows written (appended, overwritten, or inserted + updated + deleted by a merge).
     pub rows_out: u64,
+    /// Changes left out as out of order (`scd2` with `on_out_of_order = "skip"`).
+    pub rows_skipped: u64,
     /// Commits made (one per batch; 0 when nothing was new).
     pub commits: u64,
     pub sources: Vec<SourceRange>,
@@ -103,6 +107,7 @@ impl ModelRun {
             kind,
             status,
             rows_out: 0,
+            rows_skipped: 0,
             commits: 0,
             sources: Vec::new(),
             target_version: None,
@@ -162,7 +167,11 @@ impl ModelTask<'_> {
     /// Runs the model to the sources' current versions; `Ok` carries its record.
     pub(crate) async fn run(&self, record: &mut ModelRun) -> Result<()> {
         let started = Instant::now();
-        let result = self.batches(record).await;
+        let result = if self.node.model.header.kind == Kind::TimeRange {
+            self.ranges(record).await
+        } else {
+            self.batches(record).await
+        };
         record.duration_ms = started.elapsed().as_millis() as u64;
         result
     }
@@ -205,6 +214,7 @@ impl ModelTask<'_> {
                 },
             )?;
             let header = &self.node.model.header;
+            let output = || self.engine.model_columns(self.run_as, &sql, &[]);
             let (sql, write) = match header.kind {
                 Kind::Table => (sql, ModelWrite::Overwrite),
                 Kind::Append => (sql, ModelWrite::Append),
@@ -218,19 +228,17 @@ impl ModelTask<'_> {
                         .iter()
                         .map(|f| f.name().clone())
                         .collect();
-                    let output = self.engine.model_columns(self.run_as, &sql).await?;
-                    merge_statement(&sql, header, &output, &target)?
+                    merge_statement(&sql, header, &output().await?, &target)?
                 }
-                Kind::Scd2 | Kind::TimeRange => {
-                    return Err(Error::Unsupported(format!(
-                        "{} models are not runnable yet",
-                        header.kind.as_str()
-                    )));
+                Kind::Scd2 => scd2_statement(&sql, header, &output().await?)?,
+                Kind::TimeRange => {
+                    return Err(Error::internal("time_range models run by ranges"));
                 }
             };
             let commit = ModelCommit {
                 table: t,
                 sql: &sql,
+                params: &[],
                 write,
                 progress: &batch.progress,
                 add_columns: header.on_schema_change == OnSchemaChange::AppendNewColumns,
@@ -245,6 +253,7 @@ impl ModelTask<'_> {
                 }
                 Ok(outcome) => {
                     record.rows_out += outcome.rows_out;
+                    record.rows_skipped += outcome.skipped;
                     record.commits += 1;
                     record.target_version = Some(outcome.version);
                     merge_ranges(&mut record.sources, batch.ranges);
@@ -264,6 +273,115 @@ impl ModelTask<'_> {
                 )));
             }
         }
+    }
+
+    /// A `time_range` model: from the first incomplete batch (less `lookback` complete ones)
+    /// through the batch holding now, each batch planned with `$start`/`$end` bound and
+    /// replacing exactly that range of the table in one commit (delta-rs replaceWhere), so a
+    /// failed batch leaves its range as it was, never empty. The end of the last complete
+    /// batch is a `txn` of the table (`strata:model:<model>:range`, microseconds), committed
+    /// with that batch; the sources' versions go with the last batch. Skipped when no source
+    /// moved and no batch completed since the last run.
+    async fn ranges(&self, record: &mut ModelRun) -> Result<()> {
+        let model = &self.node.model;
+        let t = &model.target;
+        let header = &model.header;
+        let size = header.batch_size.unwrap_or_default();
+        let column = header
+            .time_column
+            .clone()
+            .ok_or_else(|| Error::invalid("a time_range model needs time_column"))?;
+        self.ensure_table().await?;
+        let target = self.engine.catalog().load(t).await?;
+        let state = target.snapshot()?;
+        let log = target.log_store();
+        let range_app = format!("{MODEL_APP_PREFIX}{t}:range");
+        let done = state
+            .transaction_version(log.as_ref(), &range_app)
+            .await?
+            .and_then(DateTime::from_timestamp_micros);
+        let mut pins = BTreeMap::new();
+        let mut moved_sources = Vec::new();
+        let mut ranges = Vec::new();
+        for s in &self.node.reads.tables {
+            let (latest, id) = self.source_version(s).await?;
+            let app = app_id(t, s, &id);
+            pins.insert(s.clone(), Pin::Version(latest));
+            let seen = state
+                .transaction_version(log.as_ref(), &app)
+                .await?
+                .and_then(|v| u64::try_from(v).ok());
+            if seen != Some(latest) {
+                moved_sources.push(Transaction::new(app, latest as i64));
+            }
+            ranges.push(SourceRange {
+                table: s.to_string(),
+                from_version: latest,
+                to_version: latest,
+            });
+        }
+        let now = Utc::now();
+        let current = size.floor(now);
+        let completed = done.is_none_or(|d| d < current);
+        if moved_sources.is_empty() && !completed {
+            return Ok(());
+        }
+        let first = header.range_start()?;
+        let lookback = i32::try_from(header.lookback.unwrap_or(1)).unwrap_or(i32::MAX);
+        let mut start = match done {
+            None => first,
+            Some(d) => first.max(size.add(d, -lookback)),
+        };
+        let sql = pinned(
+            &model.select,
+            self.default_layer,
+            &pins,
+            ChangeRows::WithDeletes,
+        )?;
+        while start <= current {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Cancelled("the run was cancelled".into()));
+            }
+            let end = size.add(start, 1);
+            let mut progress = Vec::new();
+            if end <= now && done.is_none_or(|d| end > d) {
+                progress.push(Transaction::new(range_app.clone(), end.timestamp_micros()));
+            }
+            if start == current {
+                progress.extend(moved_sources.iter().cloned());
+            }
+            let params = range_params(start, end);
+            let commit = ModelCommit {
+                table: t,
+                sql: &sql,
+                params: &params,
+                write: ModelWrite::Replace {
+                    column: column.clone(),
+                    start: timestamp(start),
+                    end: timestamp(end),
+                },
+                progress: &progress,
+                add_columns: header.on_schema_change == OnSchemaChange::AppendNewColumns,
+            };
+            crate::failpoint::hit("flows.before_commit");
+            let outcome = self
+                .engine
+                .commit_model(self.run_as, commit)
+                .await
+                .inspect_err(|e| {
+                    tracing::warn!(model = %t, %start, %end, error = %e, "time_range batch failed")
+                })?;
+            if outcome.duplicate {
+                tracing::info!(model = %t, %start, "a concurrent run committed this batch");
+            } else {
+                record.rows_out += outcome.rows_out;
+                record.commits += 1;
+                record.target_version = Some(outcome.version);
+            }
+            start = end;
+        }
+        merge_ranges(&mut record.sources, ranges);
+        Ok(())
     }
 
     /// Creates the model's table from its planned output on the first run.
@@ -287,8 +405,10 @@ impl ModelTask<'_> {
             &pins,
             ChangeRows::WithDeletes,
         )?;
-        let schema = self.engine.model_schema(self.run_as, &sql).await?;
         let header = &self.node.model.header;
+        let params = planning_params(header)?;
+        let schema =
+            header.table_schema(self.engine.model_schema(self.run_as, &sql, &params).await?)?;
         self.engine
             .create_model_table(
                 self.run_as,
@@ -409,6 +529,92 @@ fn merge_ranges(into: &mut Vec<SourceRange>, batch: Vec<SourceRange>) {
     }
 }
 
+/// When a change deletes its key: a delete change (when the output keeps `_change_type`)
+/// or the model's `delete_when`.
+fn delete_condition(header: &super::model::Header, output: &[String]) -> String {
+    let mut deletes = Vec::new();
+    if output.iter().any(|c| c == "_change_type") {
+        deletes.push("COALESCE(\"_change_type\" = 'delete', false)".to_string());
+    }
+    if let Some(d) = &header.delete_when {
+        deletes.push(format!("COALESCE(({d}), false)"));
+    }
+    if deletes.is_empty() {
+        "false".to_string()
+    } else {
+        deletes.join(" OR ")
+    }
+}
+
+/// An `scd2` model's source and SCD2 settings: the existing SCD2 operation with
+/// `effective_time = sequence_by`; a delete change closes the key's current row.
+fn scd2_statement(
+    select: &str,
+    header: &super::model::Header,
+    output: &[String],
+) -> Result<(String, ModelWrite)> {
+    let seq = header
+        .sequence_by
+        .clone()
+        .ok_or_else(|| Error::invalid("an scd2 model needs sequence_by"))?;
+    for c in header.unique_key.iter().chain([&seq]) {
+        if !output.contains(c) {
+            return Err(Error::invalid(format!(
+                "the model's output has no column {c} (unique_key and sequence_by name output columns)"
+            )));
+        }
+    }
+    // A delete change of the source's feed carries the deleted row, whose sequence_by is
+    // that of the version it deletes: it takes effect when it was committed.
+    let has = |c: &str| output.iter().any(|o| o == c);
+    let effective = if has("_change_type") && has("_commit_timestamp") {
+        format!(
+            "CASE WHEN \"_change_type\" = 'delete' THEN CAST(\"_commit_timestamp\" AS TIMESTAMP) \
+             ELSE CAST({s} AS TIMESTAMP) END",
+            s = quoted(&seq)
+        )
+    } else {
+        quoted(&seq)
+    };
+    let source = format!(
+        "SELECT *, {delete} AS __strata_delete, {effective} AS __strata_effective \
+         FROM ({select}) AS __strata_changes",
+        delete = delete_condition(header, output)
+    );
+    let spec = Scd2Spec {
+        keys: header.unique_key.clone(),
+        effective_time: Some("__strata_effective".into()),
+        deleted: Some("__strata_delete".into()),
+        on_late: header.on_out_of_order.unwrap_or(OnLate::Skip),
+        ..Scd2Spec::default()
+    };
+    Ok((source, ModelWrite::Scd2(spec)))
+}
+
+/// The values a model's `$start`/`$end` take when it is planned outside a batch (deploy
+/// plans, table creation): its first batch.
+pub(crate) fn planning_params(
+    header: &super::model::Header,
+) -> Result<Vec<(&'static str, ScalarValue)>> {
+    if header.kind != Kind::TimeRange {
+        return Ok(Vec::new());
+    }
+    let start = header.range_start()?;
+    let end = header.batch_size.unwrap_or_default().add(start, 1);
+    Ok(range_params(start, end))
+}
+
+/// `$start` and `$end` of one batch, as UTC timestamps.
+fn range_params(start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<(&'static str, ScalarValue)> {
+    [("start", start), ("end", end)]
+        .map(|(n, t)| (n, timestamp(t)))
+        .to_vec()
+}
+
+fn timestamp(t: DateTime<Utc>) -> ScalarValue {
+    ScalarValue::TimestampMicrosecond(Some(t.timestamp_micros()), Some("UTC".into()))
+}
+
 fn quoted(c: &str) -> String {
     format!("\"{}\"", c.replace('"', "\"\""))
 }
@@ -436,19 +642,7 @@ fn merge_statement(
         }
     }
     let keys: Vec<String> = header.unique_key.iter().map(|k| quoted(k)).collect();
-    // Without `_change_type` in the output, only `delete_when` deletes.
-    let mut deletes = Vec::new();
-    if has("_change_type") {
-        deletes.push("COALESCE(\"_change_type\" = 'delete', false)".to_string());
-    }
-    if let Some(d) = &header.delete_when {
-        deletes.push(format!("COALESCE(({d}), false)"));
-    }
-    let delete = if deletes.is_empty() {
-        "false".to_string()
-    } else {
-        deletes.join(" OR ")
-    };
+    let delete = delete_condition(header, output);
     let mut order = vec![format!("{} DESC", quoted(seq))];
     if has("_commit_version") {
         order.push("\"_commit_version\" DESC".into());

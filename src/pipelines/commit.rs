@@ -313,6 +313,47 @@ pub(crate) async fn write_with_progress(
 ) -> Result<WriteOutcome> {
     let input = input.into();
     let app = idempotency_key.map(|k| app_id(p, k)).transpose()?;
+    write_inner(catalog, t, p, input, mode, app, operation, progress, None).await
+}
+
+/// Replaces the rows matching `predicate` with `input` (every row of which must match it;
+/// delta-rs's replaceWhere checks that too) in one commit, with progress markers.
+pub(crate) async fn replace_where(
+    catalog: &Catalog,
+    t: &TableRef,
+    p: &Principal,
+    input: impl Into<WriteInput>,
+    predicate: datafusion::logical_expr::Expr,
+    operation: &str,
+    progress: &Progress,
+) -> Result<WriteOutcome> {
+    let input = input.into();
+    write_inner(
+        catalog,
+        t,
+        p,
+        input,
+        WriteMode::Overwrite,
+        None,
+        operation,
+        progress,
+        Some(predicate),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_inner(
+    catalog: &Catalog,
+    t: &TableRef,
+    p: &Principal,
+    input: WriteInput,
+    mode: WriteMode,
+    app: Option<String>,
+    operation: &str,
+    progress: &Progress,
+    replace: Option<datafusion::logical_expr::Expr>,
+) -> Result<WriteOutcome> {
     let table = catalog.load(t).await?;
     if let Some(earlier) = committed_before(&table, app.as_deref(), progress).await? {
         return Ok(earlier);
@@ -363,6 +404,9 @@ pub(crate) async fn write_with_progress(
         .with_commit_properties(props);
     if adds_columns {
         write = write.with_schema_mode(deltalake::operations::write::SchemaMode::Merge);
+    }
+    if let Some(predicate) = replace {
+        write = write.with_replace_where(predicate);
     }
     let result = write.await;
     match result {

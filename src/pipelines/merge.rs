@@ -107,6 +107,9 @@ pub struct DmlOutcome {
     pub files_removed: u64,
     /// Attempts it took (1 unless a concurrent commit conflicted).
     pub attempts: u64,
+    /// Late changes skipped (SCD2 with `on_late = skip`).
+    #[serde(skip)]
+    pub skipped: u64,
     /// The table already held the progress markers (a concurrent runner committed this
     /// range): nothing was written.
     #[serde(skip)]

@@ -10,7 +10,7 @@ use strata::config::{Config, GrantConfig, ServicePrincipalConfig};
 use crate::harness::{Backend, TestServer, message};
 
 /// The pipeline's run-as principal `etl` (role `etl`): reads bronze, writes silver and gold.
-fn with_etl(cfg: &mut Config) {
+pub(crate) fn with_etl(cfg: &mut Config) {
     cfg.pipelines.principals = vec![ServicePrincipalConfig {
         name: "etl".into(),
         roles: vec!["etl".into()],
@@ -34,7 +34,7 @@ fn with_etl(cfg: &mut Config) {
 }
 
 /// An admin who may hand `etl` to a pipeline.
-fn deployer(s: &TestServer) -> String {
+pub(crate) fn deployer(s: &TestServer) -> String {
     s.token("deployer", &["admin", "etl"])
 }
 
@@ -56,7 +56,7 @@ SELECT order_id, customer, amount, op, updated_at FROM stream('bronze.orders')
 const GOLD_REVENUE: &str = "SELECT customer, sum(amount) AS revenue, count(*) AS orders \
      FROM silver.orders GROUP BY customer";
 
-fn bundle(models: &[(&str, &str)]) -> Value {
+pub(crate) fn bundle(models: &[(&str, &str)]) -> Value {
     json!({
         "pipeline": {"run_as": "etl", "description": "orders"},
         "models": models.iter().map(|(p, s)| json!({"path": p, "sql": s})).collect::<Vec<_>>(),
@@ -64,7 +64,7 @@ fn bundle(models: &[(&str, &str)]) -> Value {
 }
 
 /// Starts a run of `pipeline` and waits for it to end; the run record.
-async fn run(s: &TestServer, token: &str, pipeline: &str) -> Value {
+pub(crate) async fn run(s: &TestServer, token: &str, pipeline: &str) -> Value {
     let (status, started) = s
         .post_json(
             token,
@@ -76,7 +76,7 @@ async fn run(s: &TestServer, token: &str, pipeline: &str) -> Value {
     wait(s, token, started["run_id"].as_str().unwrap()).await
 }
 
-async fn wait(s: &TestServer, token: &str, id: &str) -> Value {
+pub(crate) async fn wait(s: &TestServer, token: &str, id: &str) -> Value {
     for _ in 0..600 {
         let (status, body) = s.get(token, &format!("/api/v1/runs/{id}")).await;
         assert_eq!(status, 200, "{body}");

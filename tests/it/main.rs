@@ -8,6 +8,7 @@ mod commits;
 mod faults;
 mod flight;
 mod flows;
+mod flows_kinds;
 mod harness;
 mod lifecycle;
 mod maintenance;

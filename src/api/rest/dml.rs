@@ -17,7 +17,7 @@ use crate::engine::dml::SourceInput;
 use crate::error::{Error, Result};
 use crate::pipelines::maintenance::{OptimizeOutcome, RestoreOutcome, RestoreTo, VacuumOutcome};
 use crate::pipelines::merge::{Action, Clause, DmlOutcome, MergeSpec, When};
-use crate::pipelines::scd2::Scd2Spec;
+use crate::pipelines::scd2::{OnLate, Scd2Spec};
 use crate::security::Principal;
 use crate::storage::TableRef;
 
@@ -245,6 +245,12 @@ pub(super) struct Scd2Request {
     valid_to: Option<String>,
     /// Default `is_current`.
     is_current: Option<String>,
+    /// Boolean source column marking deletes: true closes the key's current version at
+    /// the change's effective time.
+    deleted: Option<String>,
+    /// A change dated at or before the key's latest version: `fail` (default) or `skip`.
+    #[serde(default)]
+    on_late: OnLate,
 }
 
 impl Scd2Request {
@@ -258,6 +264,8 @@ impl Scd2Request {
             valid_from: self.valid_from.clone().unwrap_or(defaults.valid_from),
             valid_to: self.valid_to.clone().unwrap_or(defaults.valid_to),
             is_current: self.is_current.clone().unwrap_or(defaults.is_current),
+            deleted: self.deleted.clone(),
+            on_late: self.on_late,
         }
     }
 }

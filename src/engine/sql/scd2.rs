@@ -4,7 +4,7 @@ use datafusion::sql::sqlparser::ast::{self, Expr, Value};
 
 use super::Statement;
 use crate::error::{Error, Result};
-use crate::pipelines::scd2::Scd2Spec;
+use crate::pipelines::scd2::{OnLate, Scd2Spec};
 use crate::storage::TableRef;
 
 /// `CALL scd2(target => …, source => …, keys => …, [tracked => …,] [effective_time => …,]
@@ -82,6 +82,18 @@ pub(super) fn classify_call(call: &ast::Function, default_layer: &str) -> Result
     if let Some(v) = text(&mut args, "is_current")? {
         spec.is_current = v;
     }
+    spec.deleted = text(&mut args, "deleted")?.map(|s| s.trim().to_ascii_lowercase());
+    if let Some(v) = text(&mut args, "on_late")? {
+        spec.on_late = match v.trim().to_ascii_lowercase().as_str() {
+            "fail" => OnLate::Fail,
+            "skip" => OnLate::Skip,
+            other => {
+                return Err(Error::invalid(format!(
+                    "on_late is 'fail' or 'skip', not '{other}'"
+                )));
+            }
+        };
+    }
     match args.remove("close_missing") {
         None => {}
         Some(Expr::Value(v)) if matches!(v.value, Value::Boolean(_)) => {
@@ -95,7 +107,7 @@ pub(super) fn classify_call(call: &ast::Function, default_layer: &str) -> Result
     }
     if let Some(unknown) = args.keys().next() {
         return Err(Error::invalid(format!(
-            "unknown argument {unknown}; CALL scd2 takes target, source, keys, tracked, effective_time, close_missing, valid_from, valid_to, is_current"
+            "unknown argument {unknown}; CALL scd2 takes target, source, keys, tracked, effective_time, close_missing, valid_from, valid_to, is_current, deleted, on_late"
         )));
     }
     Ok(Statement::Scd2 {

@@ -53,6 +53,22 @@ pub struct Scd2Spec {
     pub valid_from: String,
     pub valid_to: String,
     pub is_current: String,
+    /// Boolean source column marking a delete: the key's current version closes at the
+    /// change's effective time and no new version opens.
+    pub deleted: Option<String>,
+    /// What a change dated at or before the key's latest version does.
+    pub on_late: OnLate,
+}
+
+/// What SCD2 does with a late change (dated at or before the key's latest version).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLate {
+    /// The whole run fails and commits nothing.
+    #[default]
+    Fail,
+    /// The change is left out and counted (`DmlOutcome::skipped`).
+    Skip,
 }
 
 impl Default for Scd2Spec {
@@ -65,11 +81,15 @@ impl Default for Scd2Spec {
             valid_from: "valid_from".into(),
             valid_to: "valid_to".into(),
             is_current: "is_current".into(),
+            deleted: None,
+            on_late: OnLate::Fail,
         }
     }
 }
 
 const ACTION: &str = "__scd2_action";
+/// The source's delete marker, as staged.
+const DELETED: &str = "__scd2_deleted";
 const MATCH_PREFIX: &str = "__scd2_key_";
 
 fn ts_type() -> DataType {
@@ -176,6 +196,21 @@ pub(crate) async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> R
         ))
         .alias("__eff"),
     });
+    if let Some(d) = &spec.deleted {
+        if source_schema.field_with_name(d).is_err() {
+            return Err(Error::invalid(format!(
+                "the SCD2 source has no delete-marker column {d}"
+            )));
+        }
+        // NULL is not a delete.
+        projection.push(
+            datafusion::functions::expr_fn::coalesce(vec![
+                datafusion::logical_expr::cast(col(quote(d)), DataType::Boolean),
+                lit(false),
+            ])
+            .alias(DELETED),
+        );
+    }
     let source = source.select(projection)?;
     let src_batches = source.collect().await?;
     let src_schema = Arc::new(Schema::new(
@@ -183,6 +218,11 @@ pub(crate) async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> R
             .iter()
             .map(|c| Ok(Field::new(c, field(c)?.data_type().clone(), true)))
             .chain(std::iter::once(Ok(Field::new("__eff", ts_type(), true))))
+            .chain(
+                spec.deleted
+                    .iter()
+                    .map(|_| Ok(Field::new(DELETED, DataType::Boolean, true))),
+            )
             .collect::<Result<Vec<_>>>()?,
     ));
     let src = concat_batches(&src_schema, &src_batches)?;
@@ -229,6 +269,7 @@ pub(crate) async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> R
     // Most keys take the vectorized path; only keys with several changes in the batch, a
     // change dated at or before their latest version (late changes, re-runs), or not
     // exactly one current row go through the row-by-row chain logic.
+    // A delete marker in the batch makes a key complex too (see `complex_keys_sql`).
     let table_name = t.to_string();
     let cols = Columns {
         table: &table_name,
@@ -255,6 +296,7 @@ pub(crate) async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> R
     work.register_table("x", mem(&complex_schema, complex)?)?;
     let staged_schema = staged_schema(&cols, &|c: &str| Ok(field(c)?.data_type().clone()))?;
     let mut staged: Vec<RecordBatch> = Vec::new();
+    let mut skipped = 0;
     if n_complex > 0 {
         let semi = |t: &str| {
             format!(
@@ -265,13 +307,11 @@ pub(crate) async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> R
         let src_x = work.sql(&semi("s")).await?.collect().await?;
         let src_x = concat_batches(&src_schema, &src_x)?;
         let hist_x = work.sql(&semi("h")).await?.collect().await?;
-        staged.push(stage_rows(
-            &cols,
-            &src_x,
-            &hist_x,
-            &staged_schema,
-            &|name: &str| Ok(field(name)?.data_type().clone()),
-        )?);
+        let (rows, late) = stage_rows(&cols, &src_x, &hist_x, &staged_schema, &|name: &str| {
+            Ok(field(name)?.data_type().clone())
+        })?;
+        staged.push(rows);
+        skipped = late;
     }
     for b in work.sql(&cols.fast_sql()).await?.collect().await? {
         staged.push(conform(&b, &staged_schema)?);
@@ -286,11 +326,12 @@ pub(crate) async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> R
                 .unwrap_or(b.num_rows())
         })
         .sum();
-    if changes == 0 && !spec.close_missing {
-        // Nothing changed: no commit at all.
+    if changes == 0 && !spec.close_missing && dml.progress.is_empty() {
+        // Nothing changed: no commit at all (a flow's batch still commits its progress).
         return Ok(DmlOutcome {
             version: table.version().unwrap_or(0),
             attempts: 1,
+            skipped,
             ..Default::default()
         });
     }
@@ -359,7 +400,9 @@ pub(crate) async fn scd2(dml: &Dml<'_>, source: DataFrame, spec: &Scd2Spec) -> R
         params: &params,
         ..*dml
     };
-    merge::merge(&dml, staged_df, &merge_spec).await
+    let mut outcome = merge::merge(&dml, staged_df, &merge_spec).await?;
+    outcome.skipped = skipped;
+    Ok(outcome)
 }
 
 /// Column roles of one SCD2 run.
@@ -395,18 +438,24 @@ impl Columns<'_> {
             .collect();
         format!(
             "SELECT {sk} FROM \
-               (SELECT {keys}, count(*) AS __n, min(\"__eff\") AS __min_eff FROM s GROUP BY {keys}) sk \
+               (SELECT {keys}, count(*) AS __n, min(\"__eff\") AS __min_eff, {deletes} AS __deletes \
+                FROM s GROUP BY {keys}) sk \
              LEFT JOIN \
                (SELECT {keys}, max({from}) AS __max_from, count(*) AS __versions, \
                        sum(CASE WHEN {current} THEN 1 ELSE 0 END) AS __current \
                 FROM h GROUP BY {keys}) hk \
              ON {on} \
-             WHERE sk.__n > 1 OR (hk.__versions IS NOT NULL \
+             WHERE sk.__n > 1 OR sk.__deletes > 0 OR (hk.__versions IS NOT NULL \
                AND (hk.__current <> 1 OR sk.__min_eff <= hk.__max_from))",
             sk = sk.join(", "),
             from = quote(&self.spec.valid_from),
             current = quote(&self.spec.is_current),
             on = self.keys_equal("sk", "hk"),
+            deletes = if self.spec.deleted.is_some() {
+                format!("sum(CASE WHEN {} THEN 1 ELSE 0 END)", quote(DELETED))
+            } else {
+                "0".to_string()
+            },
         )
     }
 

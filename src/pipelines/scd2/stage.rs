@@ -13,7 +13,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 
-use super::{ACTION, Columns, MATCH_PREFIX};
+use super::{ACTION, Columns, DELETED, MATCH_PREFIX, OnLate};
 use crate::error::{Error, Result};
 
 /// The staged source of the MERGE: data columns (source values for inserts), the SCD
@@ -83,14 +83,15 @@ pub(super) fn check_source(src: &RecordBatch, keys: &[String]) -> Result<()> {
 }
 
 /// The row-by-row path for the keys that need it (see [`Columns::complex_keys_sql`]):
-/// chains in effective-time order, re-runs, late changes.
+/// chains in effective-time order, deletes, re-runs, late changes. Returns the staged rows
+/// and how many late changes `on_late = skip` left out.
 pub(super) fn stage_rows(
     cols: &Columns<'_>,
     src: &RecordBatch,
     history: &[RecordBatch],
     schema: &SchemaRef,
     target_type: &dyn Fn(&str) -> Result<DataType>,
-) -> Result<RecordBatch> {
+) -> Result<(RecordBatch, u64)> {
     let spec = cols.spec;
     let tracked = cols.tracked;
     let t = cols.table;
@@ -112,11 +113,22 @@ pub(super) fn stage_rows(
             _ => None,
         }
     };
+    let deleted = src.column_by_name(DELETED).map(|c| {
+        c.as_any()
+            .downcast_ref::<BooleanArray>()
+            .map(|a| (0..a.len()).map(|i| a.is_valid(i) && a.value(i)).collect())
+            .unwrap_or_else(|| vec![false; c.len()])
+    });
+    let is_delete = |row: usize| -> bool { deleted.as_ref().is_some_and(|d: &Vec<bool>| d[row]) };
 
-    // key → (valid_from → tracked values) of every version, and the current version.
+    // key → (valid_from → tracked values) of every version, the times versions were closed
+    // without a successor (deletes), the latest time in the key's history, and the current
+    // version.
     #[derive(Default)]
     struct Known {
         versions: std::collections::BTreeMap<i64, Vec<ScalarValue>>,
+        ends: std::collections::BTreeSet<i64>,
+        latest: Option<i64>,
         current: Option<(i64, Vec<ScalarValue>)>,
     }
     let mut known: HashMap<Vec<ScalarValue>, Known> = HashMap::new();
@@ -124,6 +136,7 @@ pub(super) fn stage_rows(
         for row in 0..b.num_rows() {
             let key = values_of(b, &spec.keys, row)?;
             let from = micros(value(b, &spec.valid_from, row)?).unwrap_or(i64::MIN);
+            let to = micros(value(b, &spec.valid_to, row)?);
             let vals = values_of(b, tracked, row)?;
             let entry = known.entry(key.clone()).or_default();
             if value(b, &spec.is_current, row)? == ScalarValue::Boolean(Some(true)) {
@@ -135,6 +148,10 @@ pub(super) fn stage_rows(
                 }
                 entry.current = Some((from, vals.clone()));
             }
+            if let Some(to) = to {
+                entry.ends.insert(to);
+            }
+            entry.latest = entry.latest.max(Some(from)).max(to);
             entry.versions.insert(from, vals);
         }
     }
@@ -170,17 +187,26 @@ pub(super) fn stage_rows(
         is_current: bool,
     }
     let mut staged: Vec<Staged> = Vec::new();
+    let mut skipped = 0u64;
     for key in key_order {
         let Some(mut rows) = by_key.remove(&key) else {
             continue;
         };
         rows.sort_by_key(|(eff, _)| *eff);
         let k = known.remove(&key).unwrap_or_default();
+        // The tracked values of the open version (None: the key has none, e.g. deleted).
         let mut prev: Option<Vec<ScalarValue>> = k.current.as_ref().map(|(_, v)| v.clone());
-        let mut chain: Vec<(i64, usize)> = Vec::new();
-        let mut last_eff: Option<(i64, Vec<ScalarValue>)> = None;
+        // New events in order: (effective time, Some(source row) = a new version, None = a
+        // delete closing the version before it).
+        let mut chain: Vec<(i64, Option<usize>)> = Vec::new();
+        let mut last_eff: Option<(i64, Option<Vec<ScalarValue>>)> = None;
         for (eff, row) in rows {
-            let vals = values_of(src, tracked, row)?;
+            let delete = is_delete(row);
+            let vals = if delete {
+                None
+            } else {
+                Some(values_of(src, tracked, row)?)
+            };
             if let Some((e, v)) = &last_eff
                 && *e == eff
             {
@@ -193,37 +219,57 @@ pub(super) fn stage_rows(
                 continue;
             }
             last_eff = Some((eff, vals.clone()));
-            if let Some(existing) = k.versions.get(&eff) {
-                if *existing == vals {
-                    continue; // already applied by an earlier run
+            let late = || -> Result<u64> {
+                match spec.on_late {
+                    OnLate::Skip => Ok(1),
+                    OnLate::Fail => Err(Error::invalid(format!(
+                        "late change for key {} at {}: its history already reaches {}; out-of-order changes are rejected (on_late = skip leaves them out)",
+                        show(&key),
+                        show_ts(eff),
+                        k.latest.map(show_ts).unwrap_or_default()
+                    ))),
                 }
-                return Err(Error::invalid(format!(
-                    "key {} already has a different version starting at {}",
-                    show(&key),
-                    show_ts(eff)
-                )));
+            };
+            let Some(vals) = vals else {
+                // A delete: closes the open version, if any.
+                if chain.is_empty()
+                    && let Some(latest) = k.latest
+                    && eff <= latest
+                {
+                    // Already applied when a version was closed then, with none after it.
+                    if !(k.ends.contains(&eff) && !k.versions.contains_key(&eff)) {
+                        skipped += late()?;
+                    }
+                    continue;
+                }
+                if prev.is_some() {
+                    chain.push((eff, None));
+                    prev = None;
+                }
+                continue;
+            };
+            if let Some(existing) = k.versions.get(&eff) {
+                if *existing != vals {
+                    skipped += late()?;
+                }
+                continue; // already applied by an earlier run
             }
             if prev.as_ref() == Some(&vals) {
                 continue; // unchanged
             }
             if chain.is_empty()
-                && let Some((from, _)) = &k.current
-                && eff <= *from
+                && let Some(latest) = k.latest
+                && eff <= latest
             {
                 // Already reflected if the version in effect at `eff` has these values
                 // (e.g. a row that was "unchanged" when its batch first ran).
-                if k.versions.range(..=eff).next_back().map(|(_, v)| v) == Some(&vals) {
-                    continue;
+                if k.versions.range(..=eff).next_back().map(|(_, v)| v) != Some(&vals) {
+                    skipped += late()?;
                 }
-                return Err(Error::invalid(format!(
-                    "late change for key {} at {}: its current version starts at {}; out-of-order changes are rejected",
-                    show(&key),
-                    show_ts(eff),
-                    show_ts(*from)
-                )));
+                continue;
             }
             prev = Some(vals);
-            chain.push((eff, row));
+            chain.push((eff, Some(row)));
         }
         match (chain.first(), &k.current) {
             (Some((first, _)), Some(_)) => staged.push(Staged {
@@ -245,14 +291,16 @@ pub(super) fn stage_rows(
             _ => {}
         }
         for (i, (eff, row)) in chain.iter().enumerate() {
+            let Some(row) = row else { continue };
             let next = chain.get(i + 1).map(|(e, _)| *e);
+            let closed = chain.get(i + 1).is_some();
             staged.push(Staged {
                 row: Some(*row),
                 key: key.clone(),
                 action: "insert",
                 valid_from: Some(*eff),
                 valid_to: next,
-                is_current: next.is_none(),
+                is_current: !closed,
             });
         }
     }
@@ -303,7 +351,7 @@ pub(super) fn stage_rows(
     columns.push(Arc::new(StringArray::from(
         staged.iter().map(|s| s.action).collect::<Vec<_>>(),
     )));
-    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+    Ok((RecordBatch::try_new(Arc::clone(schema), columns)?, skipped))
 }
 
 /// One representation per value, so that the target's view types (as its scan reads them)
