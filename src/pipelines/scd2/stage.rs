@@ -237,7 +237,8 @@ pub(super) fn stage_rows(
                     && eff <= latest
                 {
                     // Already applied when a version was closed then, with none after it.
-                    if !(k.ends.contains(&eff) && !k.versions.contains_key(&eff)) {
+                    let applied = k.ends.contains(&eff) && !k.versions.contains_key(&eff);
+                    if !applied {
                         skipped += late()?;
                     }
                     continue;
