@@ -97,6 +97,19 @@ impl Engine {
         }
     }
 
+    /// The rows of one query for `principal` (the server reading its own records, e.g.
+    /// `system.runs`, as the caller: the secure catalog decides which rows it sees).
+    pub(crate) async fn query_rows(
+        &self,
+        principal: &Arc<Principal>,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<Vec<arrow::array::RecordBatch>> {
+        use futures::TryStreamExt as _;
+        let output = self.execute(principal, sql, params).await?;
+        Ok(output.stream.try_collect().await?)
+    }
+
     /// [`Engine::execute`], answering `NotModified` without executing when `if_none_match`
     /// holds the result's entity tag.
     async fn execute_conditional(

@@ -9,7 +9,7 @@ use super::dag::Dag;
 use super::model::{Bundle, Model, ModelFile, PipelineDef};
 use super::plan::{self, DeployPlan};
 use super::store::{self, Deployment};
-use super::{Flows, PipelineSummary, PipelineView, layers, redact};
+use super::{Flows, PipelineSummary, PipelineView, layers};
 use crate::error::{Error, Result};
 use crate::security::{AccessControl, Principal, Privilege};
 use crate::storage::TableRef;
@@ -216,7 +216,7 @@ impl Flows {
                     .iter()
                     .map(|n| n.model.target.to_string())
                     .collect(),
-                last_status: self.last_run(&name).map(|r| r.status),
+                last_status: self.last_run(p, &name).await?.map(|r| r.status),
             });
         }
         Ok(out)
@@ -237,7 +237,7 @@ impl Flows {
             pipeline: d.pipeline,
             models: d.models,
             dag: dag.view(),
-            last_run: self.last_run(name).map(|r| redact(&access, p, r)),
+            last_run: self.last_run(p, name).await?,
         })
     }
 

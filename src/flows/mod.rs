@@ -19,6 +19,7 @@ mod dag;
 mod deploy;
 pub(crate) mod model;
 mod plan;
+mod records;
 pub(crate) mod run;
 mod runs;
 mod sql;
@@ -135,7 +136,10 @@ pub struct Flows {
     store: PipelineStore,
     principals: BTreeMap<String, Arc<Principal>>,
     default_layer: String,
+    /// Runs this replica started (live while they run), the newest [`KEPT_RUNS`].
     runs: Arc<Mutex<BTreeMap<String, Active>>>,
+    /// `system.runs` / `system.model_runs`: every ended run, on every replica.
+    records: records::RunLog,
 }
 
 impl Flows {
@@ -156,6 +160,7 @@ impl Flows {
             .collect();
         Flows {
             store: PipelineStore::new(Arc::clone(engine.catalog().warehouse().store())),
+            records: records::RunLog::new(Arc::clone(&engine)),
             engine,
             principals,
             default_layer: default_layer.to_ascii_lowercase(),
@@ -178,12 +183,14 @@ impl Flows {
         })
     }
 
-    fn last_run(&self, pipeline: &str) -> Option<RunRecord> {
-        let runs = self.runs.lock().ok()?;
-        runs.values()
-            .rev()
-            .find(|a| a.record.pipeline == pipeline)
-            .map(|a| a.record.clone())
+    /// The newest run of `pipeline` that `p` may see (live or recorded).
+    async fn last_run(&self, p: &Arc<Principal>, pipeline: &str) -> Result<Option<RunRecord>> {
+        let filter = RunFilter {
+            pipeline: Some(pipeline.to_string()),
+            limit: 1,
+            ..RunFilter::default()
+        };
+        Ok(self.runs(p, &filter).await?.into_iter().next())
     }
 
     fn dag(&self, models: &[ModelFile]) -> Result<Dag> {

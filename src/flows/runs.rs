@@ -187,21 +187,40 @@ impl Flows {
             RunStatus::Failed
         };
         crate::telemetry::metrics().pipeline_run(pipeline, status.as_str());
-        self.update(id, |r| {
-            r.status = status;
-            r.ended_at = Some(Utc::now());
-            if !failed.is_empty() {
-                r.error = Some(format!(
-                    "{} model(s) failed: {}",
-                    failed.len(),
-                    failed
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
+        // Recorded before the run shows as ended here, so whoever saw it end finds it in
+        // system.runs on every replica.
+        let snapshot = self
+            .runs
+            .lock()
+            .ok()
+            .and_then(|runs| runs.get(id).map(|a| a.record.clone()));
+        let error = (!failed.is_empty()).then(|| {
+            format!(
+                "{} model(s) failed: {}",
+                failed.len(),
+                failed
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         });
+        let ended_at = Utc::now();
+        let finish = |r: &mut RunRecord| {
+            r.status = status;
+            r.ended_at = Some(ended_at);
+            if error.is_some() {
+                r.error = error.clone();
+            }
+        };
+        if let Some(mut record) = snapshot {
+            finish(&mut record);
+            if let Err(e) = self.records.record(&record).await {
+                // The run's commits stand; only its record is missing from system.runs.
+                tracing::error!(run = id, error = %e, "could not record the run in system.runs");
+            }
+        }
+        self.update(id, finish);
     }
 
     /// A run, with only the models `p` may read.
@@ -215,28 +234,46 @@ impl Flows {
             .map(|a| a.record.clone());
         match record {
             Some(r) if run_visible(&access, p, &r) => Ok(redact(&access, p, r)),
-            _ => Err(Error::NotFound(format!("no run {id}"))),
+            Some(_) => Err(Error::NotFound(format!("no run {id}"))),
+            None => self
+                .records
+                .runs(p, &RunFilter::default(), Some(id))
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::NotFound(format!("no run {id}"))),
         }
     }
 
     /// Runs newest first.
+    /// Runs newest first: those this replica holds (live), then the recorded ones of every
+    /// replica (`system.runs`, as `p` may see them).
     pub async fn runs(&self, p: &Arc<Principal>, filter: &RunFilter) -> Result<Vec<RunRecord>> {
         let access = self.engine.access().await?;
-        let runs = self
-            .runs
-            .lock()
-            .map_err(|_| Error::internal("run registry poisoned"))?;
-        Ok(runs
-            .values()
-            .rev()
-            .map(|a| &a.record)
-            .filter(|r| filter.before.as_ref().is_none_or(|b| r.run_id < *b))
-            .filter(|r| filter.pipeline.as_ref().is_none_or(|n| &r.pipeline == n))
-            .filter(|r| filter.status.is_none_or(|s| r.status == s))
-            .filter(|r| run_visible(&access, p, r))
-            .take(filter.limit.max(1))
-            .map(|r| redact(&access, p, r.clone()))
-            .collect())
+        let mut out: Vec<RunRecord> = {
+            let runs = self
+                .runs
+                .lock()
+                .map_err(|_| Error::internal("run registry poisoned"))?;
+            runs.values()
+                .rev()
+                .map(|a| &a.record)
+                .filter(|r| filter.before.as_ref().is_none_or(|b| r.run_id < *b))
+                .filter(|r| filter.pipeline.as_ref().is_none_or(|n| &r.pipeline == n))
+                .filter(|r| filter.status.is_none_or(|s| r.status == s))
+                .filter(|r| run_visible(&access, p, r))
+                .take(filter.limit.max(1))
+                .map(|r| redact(&access, p, r.clone()))
+                .collect()
+        };
+        for r in self.records.runs(p, filter, None).await? {
+            if !out.iter().any(|x| x.run_id == r.run_id) {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+        out.truncate(filter.limit.max(1));
+        Ok(out)
     }
 
     /// Asks a run to stop before its next model or batch.

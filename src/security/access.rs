@@ -212,6 +212,19 @@ impl AccessControl {
                 .any(|g| g.privilege == privilege && p.has_role(&g.role) && g.scope.covers(t))
     }
 
+    /// Where `p` may SELECT: every scope of its SELECT grants (`[All]` for admins). The
+    /// `system` schema turns these into the row filter of its records.
+    pub(crate) fn select_scopes(&self, p: &Principal) -> Vec<Scope> {
+        if self.is_admin(p) {
+            return vec![Scope::All];
+        }
+        self.grants
+            .iter()
+            .filter(|g| g.privilege == Privilege::Select && p.has_role(&g.role))
+            .map(|g| g.scope.clone())
+            .collect()
+    }
+
     /// Privileges that apply to every table of a layer (creating tables needs `MANAGE` here).
     pub fn allows_layer(&self, p: &Principal, privilege: Privilege, layer: Layer) -> bool {
         self.is_admin(p)

@@ -150,7 +150,7 @@ impl Catalog {
             .unwrap_or_else(|| Layer::ALL.to_vec());
         let mut out = Vec::new();
         for &layer in &layers {
-            let prefix = Path::from(layer.as_str());
+            let prefix = Path::from(layer.dir());
             let listing = match self
                 .warehouse
                 .store()
@@ -163,8 +163,12 @@ impl Catalog {
             };
             for dir in listing.common_prefixes {
                 let Some(name) = dir.filename() else { continue };
-                let Ok(t) = TableRef::new(layer.as_str(), name) else {
-                    continue;
+                let t = match layer {
+                    Layer::System => TableRef::system(name),
+                    _ => match TableRef::new(layer.as_str(), name) {
+                        Ok(t) => t,
+                        Err(_) => continue,
+                    },
                 };
                 if self.exists(&t).await? {
                     out.push(t);

@@ -39,7 +39,9 @@ pub use warehouse::Warehouse;
 /// The catalog name SQL sees: `strata.gold.orders`.
 pub const CATALOG_NAME: &str = "strata";
 
-/// A medallion layer: one SQL schema each.
+/// A medallion layer: one SQL schema each. `System` is the fourth, read-only schema of the
+/// server's own records (`system.runs`, …, under `{warehouse}/_strata/system/`): no user
+/// can name it in a write, because [`Layer::parse`] does not know it.
 #[derive(
     Debug,
     Clone,
@@ -58,10 +60,14 @@ pub enum Layer {
     Bronze,
     Silver,
     Gold,
+    System,
 }
 
 impl Layer {
+    /// The data layers (users' tables).
     pub const ALL: [Layer; 3] = [Layer::Bronze, Layer::Silver, Layer::Gold];
+
+    /// A data layer by name; never [`Layer::System`].
 
     pub fn parse(s: &str) -> Option<Layer> {
         match s.to_ascii_lowercase().as_str() {
@@ -77,6 +83,15 @@ impl Layer {
             Layer::Bronze => "bronze",
             Layer::Silver => "silver",
             Layer::Gold => "gold",
+            Layer::System => "system",
+        }
+    }
+
+    /// The folder of the layer's tables under the warehouse root.
+    pub fn dir(self) -> &'static str {
+        match self {
+            Layer::System => "_strata/system",
+            other => other.as_str(),
         }
     }
 }
@@ -108,6 +123,14 @@ impl TableRef {
             layer,
             name: name.to_ascii_lowercase(),
         })
+    }
+
+    /// A table of the read-only `system` schema (the server writes it, users read it).
+    pub(crate) fn system(name: &str) -> TableRef {
+        TableRef {
+            layer: Layer::System,
+            name: name.to_string(),
+        }
     }
 
     /// Parses `layer.name` or `strata.layer.name`.

@@ -181,7 +181,7 @@ impl Warehouse {
     /// `{warehouse}/{layer}/{name}/`.
     pub fn table_url(&self, t: &TableRef) -> Result<Url> {
         self.root
-            .join(&format!("{}/{}/", t.layer, t.name))
+            .join(&format!("{}/{}/", t.layer.dir(), t.name))
             .map_err(|e| Error::internal(format!("table url for {t}: {e}")))
     }
 
@@ -216,6 +216,6 @@ impl Warehouse {
 
     /// Path of a table's root relative to the warehouse store.
     pub fn table_path(t: &TableRef) -> Path {
-        Path::from(format!("{}/{}", t.layer, t.name))
+        Path::from(format!("{}/{}", t.layer.dir(), t.name))
     }
 }

@@ -353,6 +353,73 @@ async fn medallion_pipeline(backend: Backend) {
     let (status, _) = s.get(&stranger, "/api/v1/pipelines/orders").await;
     assert_eq!(status, 404);
 
+    // Run records are data: system.runs / system.model_runs, the same on another replica
+    // (which never held the run), each row visible to those who may read its table.
+    let r = s.replica().await;
+    let (status, seen) = r.get(&analyst, &format!("/api/v1/runs/{id}")).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["status"], "succeeded", "{seen}");
+    assert_eq!(seen["models"].as_array().unwrap().len(), 1, "{seen}");
+    assert_eq!(seen["models"][0]["model"], "gold.revenue");
+    let (status, _) = r.get(&stranger, &format!("/api/v1/runs/{id}")).await;
+    assert_eq!(status, 404);
+    let (status, listed) = r.get(&token, "/api/v1/runs?pipeline=orders&limit=2").await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["runs"][0]["run_id"], id, "{listed}");
+    let models = r
+        .sql_ok(&format!(
+            "SELECT model, status, commits FROM system.model_runs WHERE run_id = '{id}' ORDER BY position"
+        ))
+        .await;
+    assert_eq!(
+        models,
+        json!([
+            {"model": "silver.orders", "status": "succeeded", "commits": 0},
+            {"model": "gold.revenue", "status": "succeeded", "commits": 0},
+        ])
+    );
+    let visible = |token: String, sql: String| {
+        let r = &r;
+        async move {
+            let (status, body) = r.sql(&token, &sql).await;
+            assert_eq!(status, 200, "{sql}: {body}");
+            body
+        }
+    };
+    assert_eq!(
+        visible(
+            analyst.clone(),
+            format!("SELECT model FROM system.model_runs WHERE run_id = '{id}'")
+        )
+        .await,
+        json!([{"model": "gold.revenue"}])
+    );
+    assert_eq!(
+        visible(
+            analyst.clone(),
+            format!("SELECT count(*) AS n FROM system.runs WHERE run_id = '{id}'")
+        )
+        .await,
+        json!([{"n": 1}])
+    );
+    assert_eq!(
+        visible(
+            stranger.clone(),
+            "SELECT count(*) AS n FROM system.runs".into()
+        )
+        .await,
+        json!([{"n": 0}])
+    );
+    // Read-only: nobody writes the server's records.
+    for sql in [
+        "INSERT INTO system.runs (run_id) VALUES ('x')",
+        "DELETE FROM system.model_runs",
+        "DROP TABLE system.runs",
+    ] {
+        let (status, body) = r.sql(&token, sql).await;
+        assert!((400..500).contains(&status), "{sql}: {status} {body}");
+    }
+
     // Undeploy: runs are refused, the tables stay.
     let (status, _) = s
         .send_json(

@@ -5,6 +5,7 @@
 //! arrive here as versioned names (`orders@v3`, `orders@t1700000000000`, written by
 //! `engine::sql`, encoded and decoded by [`VersionSpec`]: DataFusion hands a catalog nothing
 //! but a name), so they pass the same checks and the same wrapper as current reads.
+//! The read-only `system` schema is served here too, its rows filtered by the same check.
 
 use std::sync::Arc;
 
@@ -59,15 +60,127 @@ impl SecureCatalog {
 
 impl CatalogProvider for SecureCatalog {
     fn schema_names(&self) -> Vec<String> {
-        Layer::ALL.iter().map(|l| l.as_str().to_string()).collect()
+        Layer::ALL
+            .iter()
+            .chain([&Layer::System])
+            .map(|l| l.as_str().to_string())
+            .collect()
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name.eq_ignore_ascii_case(Layer::System.as_str()) {
+            return Some(Arc::new(SystemSchema {
+                cx: self.cx.clone(),
+            }));
+        }
         let layer = Layer::parse(name)?;
         Some(Arc::new(SecureSchema {
             layer,
             cx: self.cx.clone(),
         }))
+    }
+}
+
+/// The tables of the read-only `system` schema and the column that names the table(s) each
+/// row is about (`layer.name`, or several comma-separated): a row is visible to a principal
+/// with SELECT on (one of) them.
+const SYSTEM_TABLES: [(&str, &str); 2] = [("runs", "models"), ("model_runs", "model")];
+
+/// `system`: the server's own records (run records of flows, …), written by the server
+/// only. Every principal may query it; the row filter built here from the principal's
+/// SELECT grants (the rule that decides which tables it sees at all) shows each row only
+/// to principals who may read the table it is about.
+#[derive(Debug)]
+struct SystemSchema {
+    cx: Context,
+}
+
+impl SystemSchema {
+    /// The row filter over `column` for the principal: `None` when it may read everything.
+    fn filter(
+        &self,
+        column: &str,
+        schema: &arrow::datatypes::Schema,
+    ) -> DfResult<Option<datafusion::logical_expr::Expr>> {
+        use crate::security::access::Scope;
+        let scopes = self.cx.access.select_scopes(&self.cx.principal);
+        let mut terms = Vec::new();
+        for scope in scopes {
+            // Layer and table names are validated identifiers: no literal needs escaping.
+            let needle = match scope {
+                Scope::All => return Ok(None),
+                Scope::Layer(l) => format!(",{l}."),
+                Scope::Table(t) => format!(",{t},"),
+            };
+            terms.push(format!(
+                "strpos(concat(',', {column}, ','), '{needle}') > 0"
+            ));
+        }
+        if terms.is_empty() {
+            return Ok(Some(datafusion::logical_expr::lit(false)));
+        }
+        let df_schema = datafusion::common::DFSchema::try_from(schema.clone())?;
+        Ok(Some(
+            self.cx
+                .planner
+                .create_logical_expr(&terms.join(" OR "), &df_schema)?,
+        ))
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        let known = self.cx.catalog.known_tables();
+        SYSTEM_TABLES
+            .iter()
+            .map(|(name, _)| TableRef::system(name))
+            .filter(|t| known.contains(t))
+            .map(|t| t.name)
+            .collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let Some((_, column)) = SYSTEM_TABLES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        else {
+            return Ok(None);
+        };
+        let t = TableRef::system(&name.to_ascii_lowercase());
+        let table = match self.cx.catalog.load(&t).await {
+            Ok(table) => table,
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        crate::storage::register_table_store(&self.cx.runtime, &table)?;
+        let version = table.version().unwrap_or(0);
+        let table_id = table.snapshot()?.metadata().id().to_string();
+        let inner = table.table_provider().await?;
+        let enforcement = Enforcement {
+            filter: self.filter(column, &inner.schema())?,
+            masks: Vec::new(),
+        };
+        let table = PolicyTable::new(
+            t,
+            version,
+            table_id,
+            Arc::clone(&self.cx.principal),
+            inner,
+            enforcement,
+        );
+        Ok(Some(Arc::new(table)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        SYSTEM_TABLES
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+            && self
+                .cx
+                .catalog
+                .known_tables()
+                .contains(&TableRef::system(&name.to_ascii_lowercase()))
     }
 }
 
