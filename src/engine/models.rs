@@ -62,6 +62,11 @@ pub(crate) struct ModelCommit<'a> {
     /// Columns the output has and the table lacks are added in the same commit; otherwise
     /// they fail the run.
     pub(crate) add_columns: bool,
+    /// A full refresh (with [`ModelWrite::Overwrite`]): the table's schema becomes this one,
+    /// the output cast onto it, and `resets` (the watermarks) are set in the commit
+    /// whatever they were.
+    pub(crate) schema: Option<SchemaRef>,
+    pub(crate) resets: &'a Progress,
 }
 
 /// What a model commit did.
@@ -253,9 +258,13 @@ impl Engine {
         let plan = delta_compatible(plan)?;
         let output = stored_schema(&plan);
         let current = self.catalog.load(c.table).await?;
-        let mut target = current.snapshot()?.snapshot().arrow_schema();
+        let replacing = c.schema.is_some() && mode == WriteMode::Overwrite && replace.is_none();
+        let mut target = match &c.schema {
+            Some(schema) if replacing => Arc::clone(schema),
+            _ => current.snapshot()?.snapshot().arrow_schema(),
+        };
         let added = new_columns(&target, &output);
-        if !added.is_empty() {
+        if !added.is_empty() && !replacing {
             if !c.add_columns {
                 return Err(Error::invalid(format!(
                     "the model's output has columns {} lacks: {}; set on_schema_change = \"append_new_columns\" to add them",
@@ -276,6 +285,18 @@ impl Engine {
         }
         self.check_write(&access, principal, c.table, mode, &target, &batches)?;
         let outcome = match replace {
+            None if replacing => {
+                commit::replace_all(
+                    &self.catalog,
+                    c.table,
+                    principal,
+                    batches,
+                    "MODEL FULL REFRESH",
+                    c.progress,
+                    c.resets,
+                )
+                .await?
+            }
             None => {
                 commit::write_with_progress(
                     &self.catalog,

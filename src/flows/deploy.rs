@@ -98,6 +98,12 @@ impl Flows {
             pipeline: bundle.pipeline,
             models: bundle.models,
             undeployed: false,
+            refresh: plan
+                .models
+                .iter()
+                .filter(|m| m.full_refresh_required)
+                .map(|m| m.model.clone())
+                .collect(),
         };
         match self.store.store(&deployment).await {
             Ok(()) => {}

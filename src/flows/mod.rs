@@ -109,9 +109,13 @@ pub struct RunRequest {
     /// Run only these models (`layer.name`); all when absent.
     #[serde(default)]
     pub models: Option<Vec<String>>,
-    /// Rebuild instead of reading from the watermarks.
+    /// Rebuild from the sources' current snapshots instead of reading from the watermarks.
     #[serde(default)]
     pub full_refresh: bool,
+    /// Let `full_refresh` rebuild `append` and `scd2` models, whose tables hold history the
+    /// sources' snapshots do not (it is lost).
+    #[serde(default)]
+    pub allow_history_loss: bool,
 }
 
 /// Filters of `GET /api/v1/runs`.

@@ -93,6 +93,18 @@ pub enum OnSchemaChange {
     AppendNewColumns,
 }
 
+/// What a run does when a source's changes since the watermark are gone (VACUUM, log
+/// retention).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnWatermarkExpired {
+    /// The model ends `watermark_expired` and commits nothing.
+    #[default]
+    Fail,
+    /// The model rebuilds from its sources' snapshots (a full refresh).
+    FullRefresh,
+}
+
 /// The `/* strata … */` header of a model.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -110,6 +122,8 @@ pub struct Header {
     pub delete_when: Option<String>,
     #[serde(default)]
     pub on_schema_change: OnSchemaChange,
+    #[serde(default)]
+    pub on_watermark_expired: OnWatermarkExpired,
     /// Source versions one commit consumes at most; a larger backlog runs in several
     /// commits, each with its own watermark.
     #[serde(default, skip_serializing_if = "Option::is_none")]

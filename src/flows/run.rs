@@ -25,10 +25,10 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::dag::Node;
-use super::model::{Kind, OnSchemaChange};
+use super::model::{Kind, OnSchemaChange, OnWatermarkExpired};
 use super::sql::{ChangeRows, Pin, pinned};
 use crate::engine::Engine;
-use crate::engine::models::{ModelCommit, ModelWrite};
+use crate::engine::models::{CHANGE_COLUMNS, ModelCommit, ModelWrite};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipelines::merge::{Action, Clause, MergeSpec, When};
 use crate::pipelines::scd2::{OnLate, Scd2Spec};
@@ -146,6 +146,18 @@ pub(crate) struct ModelTask<'a> {
     pub(crate) run_as: &'a Arc<Principal>,
     pub(crate) default_layer: &'a str,
     pub(crate) cancel: &'a CancellationToken,
+    /// Rebuild the table instead of reading from the watermarks.
+    pub(crate) refresh: Option<Refresh>,
+}
+
+/// Why a model rebuilds its table from its sources' snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refresh {
+    /// `"full_refresh": true` on the run.
+    Requested,
+    /// Deploying this pipeline version needed it (and `allow_full_refresh` allowed it); done
+    /// once: the rebuild commits `strata:model:<model>:refresh` = the version.
+    Deployed(u64),
 }
 
 /// The watermark `txn` app id of `model` for `source` (whose Delta table id is `id`): a
@@ -167,10 +179,28 @@ impl ModelTask<'_> {
     /// Runs the model to the sources' current versions; `Ok` carries its record.
     pub(crate) async fn run(&self, record: &mut ModelRun) -> Result<()> {
         let started = Instant::now();
-        let result = if self.node.model.header.kind == Kind::TimeRange {
-            self.ranges(record).await
-        } else {
-            self.batches(record).await
+        let result = match self.refresh {
+            Some(refresh) if !self.refreshed(refresh).await? => self.rebuild(record, refresh).await,
+            _ => {
+                let result = if self.node.model.header.kind == Kind::TimeRange {
+                    self.ranges(record).await
+                } else {
+                    self.batches(record).await
+                };
+                match result {
+                    Err(e)
+                        if record.status == RunStatus::WatermarkExpired
+                            && self.node.model.header.on_watermark_expired
+                                == OnWatermarkExpired::FullRefresh =>
+                    {
+                        tracing::warn!(model = %self.node.model.target, error = %e,
+                            "the watermark expired; rebuilding (on_watermark_expired = full_refresh)");
+                        record.status = RunStatus::Running;
+                        self.rebuild(record, Refresh::Requested).await
+                    }
+                    other => other,
+                }
+            }
         };
         record.duration_ms = started.elapsed().as_millis() as u64;
         result
@@ -242,6 +272,8 @@ impl ModelTask<'_> {
                 write,
                 progress: &batch.progress,
                 add_columns: header.on_schema_change == OnSchemaChange::AppendNewColumns,
+                schema: None,
+                resets: &[],
             };
             // Crash tests: the batch's range is chosen, its commit not made.
             crate::failpoint::hit("flows.before_commit");
@@ -362,6 +394,8 @@ impl ModelTask<'_> {
                 },
                 progress: &progress,
                 add_columns: header.on_schema_change == OnSchemaChange::AppendNewColumns,
+                schema: None,
+                resets: &[],
             };
             crate::failpoint::hit("flows.before_commit");
             let outcome = self
@@ -381,6 +415,161 @@ impl ModelTask<'_> {
             start = end;
         }
         merge_ranges(&mut record.sources, ranges);
+        Ok(())
+    }
+
+    /// Whether a deployed refresh already happened (a requested one never has).
+    async fn refreshed(&self, refresh: Refresh) -> Result<bool> {
+        let Refresh::Deployed(version) = refresh else {
+            return Ok(false);
+        };
+        let t = &self.node.model.target;
+        let table = match self.engine.catalog().load(t).await {
+            Ok(table) => table,
+            Err(Error::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let done = table
+            .snapshot()?
+            .transaction_version(table.log_store().as_ref(), &refresh_app(t))
+            .await?;
+        Ok(done.is_some_and(|v| v >= version as i64))
+    }
+
+    /// A full refresh: the table rebuilt from its sources' current snapshots in one commit
+    /// that replaces its rows and schema and moves every watermark to the versions read
+    /// (`table` and `merge` lose nothing; `append` and `scd2` keep only what the snapshots
+    /// hold, which is why they rebuild only when asked explicitly). A `time_range` model is
+    /// emptied in that commit and its batches re-run from `start`.
+    async fn rebuild(&self, record: &mut ModelRun, refresh: Refresh) -> Result<()> {
+        let model = &self.node.model;
+        let t = &model.target;
+        let header = &model.header;
+        self.ensure_table().await?;
+        let mut pins = BTreeMap::new();
+        let mut resets = Vec::new();
+        let mut ranges = Vec::new();
+        for (s, stream) in self
+            .node
+            .reads
+            .streams
+            .iter()
+            .map(|s| (s, true))
+            .chain(self.node.reads.tables.iter().map(|s| (s, false)))
+        {
+            let (latest, id) = self.source_version(s).await?;
+            pins.insert(
+                s.clone(),
+                if stream {
+                    Pin::Snapshot(latest)
+                } else {
+                    Pin::Version(latest)
+                },
+            );
+            if header.kind != Kind::TimeRange {
+                resets.push(Transaction::new(app_id(t, s, &id), latest as i64));
+            }
+            ranges.push(SourceRange {
+                table: s.to_string(),
+                from_version: latest,
+                to_version: latest,
+            });
+        }
+        // Only a deployed refresh is done once (a concurrent runner's commit of it counts).
+        let progress: Vec<Transaction> = match refresh {
+            Refresh::Deployed(version) => {
+                vec![Transaction::new(refresh_app(t), version as i64)]
+            }
+            Refresh::Requested => Vec::new(),
+        };
+        let sql = pinned(
+            &model.select,
+            self.default_layer,
+            &pins,
+            ChangeRows::WithDeletes,
+        )?;
+        let params = planning_params(header)?;
+        let output = self
+            .engine
+            .model_columns(self.run_as, &sql, &params)
+            .await?;
+        let sql = match header.kind {
+            Kind::Table | Kind::Append => sql,
+            Kind::TimeRange => {
+                // Emptied; the batches below refill it from `start`.
+                let start = header.range_start()?;
+                resets.push(Transaction::new(
+                    format!("{MODEL_APP_PREFIX}{t}:range"),
+                    start.timestamp_micros(),
+                ));
+                format!("SELECT * FROM ({sql}) AS __strata_rebuild WHERE false")
+            }
+            Kind::Merge => {
+                let columns: Vec<String> = output
+                    .iter()
+                    .filter(|c| !CHANGE_COLUMNS.contains(&c.as_str()))
+                    .map(|c| quoted(c))
+                    .collect();
+                format!(
+                    "SELECT {} FROM ({}) AS __strata_latest WHERE NOT __strata_delete",
+                    columns.join(", "),
+                    latest_per_key(&sql, header, &output)?
+                )
+            }
+            Kind::Scd2 => {
+                let seq = header
+                    .sequence_by
+                    .as_deref()
+                    .ok_or_else(|| Error::invalid("an scd2 model needs sequence_by"))?;
+                let columns: Vec<String> = output
+                    .iter()
+                    .filter(|c| !CHANGE_COLUMNS.contains(&c.as_str()))
+                    .map(|c| quoted(c))
+                    .collect();
+                format!(
+                    "SELECT {}, CAST({} AS TIMESTAMP) AS valid_from, CAST(NULL AS TIMESTAMP) AS valid_to, \
+                     true AS is_current FROM ({}) AS __strata_latest WHERE NOT __strata_delete",
+                    columns.join(", "),
+                    quoted(seq),
+                    latest_per_key(&sql, header, &output)?
+                )
+            }
+        };
+        let schema = header.table_schema(
+            self.engine
+                .model_schema(
+                    self.run_as,
+                    &pinned(
+                        &model.select,
+                        self.default_layer,
+                        &pins,
+                        ChangeRows::WithDeletes,
+                    )?,
+                    &params,
+                )
+                .await?,
+        )?;
+        let commit = ModelCommit {
+            table: t,
+            sql: &sql,
+            params: &params,
+            write: ModelWrite::Overwrite,
+            progress: &progress,
+            add_columns: false,
+            schema: Some(schema),
+            resets: &resets,
+        };
+        crate::failpoint::hit("flows.before_commit");
+        let outcome = self.engine.commit_model(self.run_as, commit).await?;
+        if !outcome.duplicate {
+            record.rows_out += outcome.rows_out;
+            record.commits += 1;
+            record.target_version = Some(outcome.version);
+        }
+        merge_ranges(&mut record.sources, ranges);
+        if header.kind == Kind::TimeRange {
+            return self.ranges(record).await;
+        }
         Ok(())
     }
 
@@ -619,6 +808,43 @@ fn quoted(c: &str) -> String {
     format!("\"{}\"", c.replace('"', "\"\""))
 }
 
+/// Per key, the change with the greatest `sequence_by` (then the latest commit), with
+/// `__strata_delete` telling whether it deletes the key: the source of a `merge` model's
+/// MERGE, and of a full refresh of `merge` and `scd2` models.
+fn latest_per_key(
+    select: &str,
+    header: &super::model::Header,
+    output: &[String],
+) -> Result<String> {
+    let seq = header
+        .sequence_by
+        .as_deref()
+        .ok_or_else(|| Error::invalid("this model needs sequence_by"))?;
+    let keys: Vec<String> = header.unique_key.iter().map(|k| quoted(k)).collect();
+    let delete = delete_condition(header, output);
+    let mut order = vec![format!("{} DESC", quoted(seq))];
+    if output.iter().any(|c| c == "_commit_version") {
+        order.push("\"_commit_version\" DESC".into());
+    }
+    let columns: Vec<String> = output.iter().map(|c| quoted(c)).collect();
+    Ok(format!(
+        "SELECT {columns}, __strata_delete FROM (\
+           SELECT *, \
+             row_number() OVER (PARTITION BY {keys} ORDER BY {order}) AS __strata_rank, \
+             {delete} AS __strata_delete \
+           FROM ({select}) AS __strata_changes\
+         ) AS __strata_ranked WHERE __strata_rank = 1",
+        columns = columns.join(", "),
+        keys = keys.join(", "),
+        order = order.join(", "),
+    ))
+}
+
+/// The txn a deployed full refresh commits (its pipeline version).
+fn refresh_app(model: &TableRef) -> String {
+    format!("{MODEL_APP_PREFIX}{model}:refresh")
+}
+
 /// A `merge` model's source and MERGE: per key, the change with the greatest
 /// `sequence_by` (then the latest commit); a delete change or `delete_when` deletes the key;
 /// the target row changes only if the change is newer than its stored `sequence_by`, so a
@@ -641,24 +867,7 @@ fn merge_statement(
             )));
         }
     }
-    let keys: Vec<String> = header.unique_key.iter().map(|k| quoted(k)).collect();
-    let delete = delete_condition(header, output);
-    let mut order = vec![format!("{} DESC", quoted(seq))];
-    if has("_commit_version") {
-        order.push("\"_commit_version\" DESC".into());
-    }
-    let columns: Vec<String> = output.iter().map(|c| quoted(c)).collect();
-    let source = format!(
-        "SELECT {columns}, __strata_delete FROM (\
-           SELECT *, \
-             row_number() OVER (PARTITION BY {keys} ORDER BY {order}) AS __strata_rank, \
-             {delete} AS __strata_delete \
-           FROM ({select}) AS __strata_changes\
-         ) AS __strata_ranked WHERE __strata_rank = 1",
-        columns = columns.join(", "),
-        keys = keys.join(", "),
-        order = order.join(", "),
-    );
+    let source = latest_per_key(select, header, output)?;
     let on = header
         .unique_key
         .iter()

@@ -1,7 +1,7 @@
 //! Runs of pipelines on this replica: starting them in the background, their records,
 //! cancellation; and which deployed models still need a table's changes (for VACUUM).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dag::Dag;
 use super::model::Kind;
-use super::run::{self, ModelRun, ModelTask, RunRecord, RunStatus};
+use super::run::{self, ModelRun, ModelTask, Refresh, RunRecord, RunStatus};
 use super::{Active, Flows, KEPT_RUNS, RunFilter, RunRequest, layers, redact};
 use crate::error::{Error, Result};
 use crate::security::{AccessControl, Principal, Privilege};
@@ -31,19 +31,25 @@ impl Flows {
         }
         let run_as = self.run_as(&d.pipeline)?;
         let selected = selection(&dag, request.models.as_deref(), &self.default_layer)?;
-        if request.full_refresh {
-            for node in dag
-                .nodes
-                .iter()
-                .filter(|n| selected.contains(&n.model.target))
-            {
-                if node.model.header.kind != Kind::Table {
-                    return Err(Error::Unsupported(format!(
-                        "a full refresh of {} model {} is not supported yet; table models rebuild on every run",
-                        node.model.header.kind.as_str(),
-                        node.model.target
+        let mut refresh = BTreeMap::new();
+        for node in dag
+            .nodes
+            .iter()
+            .filter(|n| selected.contains(&n.model.target))
+        {
+            let t = &node.model.target;
+            if request.full_refresh {
+                if matches!(node.model.header.kind, Kind::Append | Kind::Scd2)
+                    && !request.allow_history_loss
+                {
+                    return Err(Error::invalid(format!(
+                        "a full refresh of {} model {t} rebuilds it from its sources' current rows: the history its table holds beyond them (appended rows since deleted upstream, closed SCD2 versions) would be lost; send \"allow_history_loss\": true to rebuild anyway",
+                        node.model.header.kind.as_str()
                     )));
                 }
+                refresh.insert(t.clone(), Refresh::Requested);
+            } else if d.refresh.iter().any(|m| *m == t.to_string()) {
+                refresh.insert(t.clone(), Refresh::Deployed(d.version));
             }
         }
         let record = RunRecord {
@@ -90,8 +96,12 @@ impl Flows {
         let this = Arc::clone(self);
         let (id, pipeline) = (record.run_id.clone(), record.pipeline.clone());
         tokio::spawn(async move {
-            this.execute(&id, &pipeline, dag, selected, run_as, cancel)
-                .await;
+            let plan = RunPlan {
+                dag,
+                selected,
+                refresh,
+            };
+            this.execute(&id, &pipeline, plan, run_as, cancel).await;
         });
         Ok(record)
     }
@@ -108,11 +118,15 @@ impl Flows {
         &self,
         id: &str,
         pipeline: &str,
-        dag: Dag,
-        selected: BTreeSet<TableRef>,
+        plan: RunPlan,
         run_as: Arc<Principal>,
         cancel: CancellationToken,
     ) {
+        let RunPlan {
+            dag,
+            selected,
+            refresh,
+        } = plan;
         self.update(id, |r| {
             r.status = RunStatus::Running;
             r.started_at = Some(Utc::now());
@@ -154,6 +168,7 @@ impl Flows {
                 run_as: &run_as,
                 default_layer: &self.default_layer,
                 cancel: &cancel,
+                refresh: refresh.get(&node.model.target).copied(),
             };
             let result = task.run(&mut record).await;
             let status = match &result {
@@ -340,6 +355,13 @@ impl crate::engine::maintenance::ChangeReaders for Flows {
             Ok(behind)
         })
     }
+}
+
+/// What one run does: its DAG, the models it covers, and which of them rebuild.
+struct RunPlan {
+    dag: Dag,
+    selected: BTreeSet<TableRef>,
+    refresh: BTreeMap<TableRef, Refresh>,
 }
 
 fn run_visible(access: &AccessControl, p: &Principal, r: &RunRecord) -> bool {

@@ -184,6 +184,9 @@ pub(crate) enum Pin {
     /// Changes of versions `from..=to`; `None`: no new changes (an empty relation of the
     /// feed's shape, read at `at`).
     Changes { range: Option<(u64, u64)>, at: u64 },
+    /// A stream read whole for a full refresh: every row of the table at this version as an
+    /// insert (`_commit_version` = the version, `_commit_timestamp` NULL).
+    Snapshot(u64),
 }
 
 /// Which change rows a `stream(…)` yields.
@@ -217,6 +220,22 @@ pub(crate) fn pinned(
                 .ok_or_else(|| Error::internal(format!("no version chosen for {t}")))
         }
 
+        /// `layer."name@vN"` where `layer.name` is pinned to `Snapshot(N)`.
+        fn is_snapshot(&self, name: &ObjectName) -> bool {
+            let [
+                ObjectNamePart::Identifier(layer),
+                ObjectNamePart::Identifier(relation),
+            ] = name.0.as_slice()
+            else {
+                return false;
+            };
+            self.pins.iter().any(|(t, pin)| {
+                matches!(pin, Pin::Snapshot(v)
+                    if layer.value == t.layer.as_str()
+                        && relation.value == VersionSpec::Version(*v).relation_name(&t.name))
+            })
+        }
+
         fn changes(&self, t: &TableRef, pin: Pin) -> Result<Query> {
             let types = match self.rows {
                 ChangeRows::Inserted => "'insert', 'update_postimage'",
@@ -232,6 +251,12 @@ pub(crate) fn pinned(
                 Pin::Changes { range: None, at } => {
                     format!("SELECT * FROM table_changes('{t}', {at}, {at}) WHERE false")
                 }
+                Pin::Snapshot(v) => format!(
+                    "SELECT *, 'insert' AS _change_type, CAST({v} AS BIGINT) AS _commit_version, \
+                     CAST(NULL AS TIMESTAMP) AS _commit_timestamp FROM {layer}.\"{relation}\"",
+                    layer = t.layer,
+                    relation = VersionSpec::Version(v).relation_name(&t.name)
+                ),
                 Pin::Version(_) => {
                     return Err(Error::internal(format!("{t} is read as a stream")));
                 }
@@ -276,6 +301,11 @@ pub(crate) fn pinned(
                 }
             }
             let result = match tf {
+                // The snapshot relation a `Pin::Snapshot` stream became (visited after its
+                // rewrite): already pinned.
+                TableFactor::Table {
+                    name, args: None, ..
+                } if self.is_snapshot(name) => Ok(()),
                 TableFactor::Table {
                     name,
                     args: None,
@@ -316,7 +346,7 @@ pub(crate) fn pinned(
                                 }
                                 Ok(())
                             }
-                            Pin::Changes { .. } => {
+                            Pin::Changes { .. } | Pin::Snapshot(_) => {
                                 Err(Error::internal(format!("{t} is read whole and as a stream")))
                             }
                         })

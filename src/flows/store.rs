@@ -31,6 +31,10 @@ pub struct Deployment {
     /// An undeploy: the pipeline no longer runs; its tables stay.
     #[serde(default)]
     pub undeployed: bool,
+    /// Models this version changed so that their tables must be rebuilt (deployed with
+    /// `allow_full_refresh`): their next run rebuilds them, once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refresh: Vec<String>,
 }
 
 /// The content hash of a definition and its models (model order does not matter).

@@ -313,7 +313,59 @@ pub(crate) async fn write_with_progress(
 ) -> Result<WriteOutcome> {
     let input = input.into();
     let app = idempotency_key.map(|k| app_id(p, k)).transpose()?;
-    write_inner(catalog, t, p, input, mode, app, operation, progress, None).await
+    write_inner(
+        catalog,
+        t,
+        p,
+        input,
+        mode,
+        app,
+        operation,
+        progress,
+        Rewrite::default(),
+    )
+    .await
+}
+
+/// What an overwrite replaces besides the rows.
+#[derive(Debug, Default)]
+struct Rewrite {
+    /// Only the rows matching this predicate (replaceWhere).
+    predicate: Option<datafusion::logical_expr::Expr>,
+    /// The table's schema too: the batches' schema becomes the table's (a full refresh).
+    schema: bool,
+    /// Markers set in the commit without asking whether the table holds them already (a
+    /// full refresh moves watermarks wherever they were).
+    resets: Vec<Transaction>,
+}
+
+/// Replaces every row and the schema of `t` with `input` (a model's full refresh), in one
+/// commit with progress markers and with `resets` set whatever they were.
+pub(crate) async fn replace_all(
+    catalog: &Catalog,
+    t: &TableRef,
+    p: &Principal,
+    input: impl Into<WriteInput>,
+    operation: &str,
+    progress: &Progress,
+    resets: &Progress,
+) -> Result<WriteOutcome> {
+    write_inner(
+        catalog,
+        t,
+        p,
+        input.into(),
+        WriteMode::Overwrite,
+        None,
+        operation,
+        progress,
+        Rewrite {
+            predicate: None,
+            schema: true,
+            resets: resets.to_vec(),
+        },
+    )
+    .await
 }
 
 /// Replaces the rows matching `predicate` with `input` (every row of which must match it;
@@ -337,7 +389,11 @@ pub(crate) async fn replace_where(
         None,
         operation,
         progress,
-        Some(predicate),
+        Rewrite {
+            predicate: Some(predicate),
+            schema: false,
+            resets: Vec::new(),
+        },
     )
     .await
 }
@@ -352,7 +408,7 @@ async fn write_inner(
     app: Option<String>,
     operation: &str,
     progress: &Progress,
-    replace: Option<datafusion::logical_expr::Expr>,
+    rewrite: Rewrite,
 ) -> Result<WriteOutcome> {
     let table = catalog.load(t).await?;
     if let Some(earlier) = committed_before(&table, app.as_deref(), progress).await? {
@@ -382,7 +438,7 @@ async fn write_inner(
         };
         props = props.with_application_transaction(Transaction::new(app, rows));
     }
-    for mark in progress {
+    for mark in progress.iter().chain(&rewrite.resets) {
         props = props.with_application_transaction(mark.clone());
     }
     let save_mode = match mode {
@@ -402,10 +458,12 @@ async fn write_inner(
     let mut write = write
         .with_save_mode(save_mode)
         .with_commit_properties(props);
-    if adds_columns {
+    if rewrite.schema {
+        write = write.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
+    } else if adds_columns {
         write = write.with_schema_mode(deltalake::operations::write::SchemaMode::Merge);
     }
-    if let Some(predicate) = replace {
+    if let Some(predicate) = rewrite.predicate {
         write = write.with_replace_where(predicate);
     }
     let result = write.await;

@@ -38,10 +38,10 @@ pub(crate) fn deployer(s: &TestServer) -> String {
     s.token("deployer", &["admin", "etl"])
 }
 
-const ORDERS: &str = "CREATE TABLE bronze.orders (order_id BIGINT, customer STRING, amount DOUBLE, \
+pub(crate) const ORDERS: &str = "CREATE TABLE bronze.orders (order_id BIGINT, customer STRING, amount DOUBLE, \
      op STRING, updated_at TIMESTAMP) TBLPROPERTIES ('delta.enableChangeDataFeed' = 'true')";
 
-const SILVER_ORDERS: &str = "/* strata
+pub(crate) const SILVER_ORDERS: &str = "/* strata
 kind = \"merge\"
 unique_key = [\"order_id\"]
 sequence_by = \"updated_at\"
@@ -53,7 +53,7 @@ order_id = \"The order\"
 SELECT order_id, customer, amount, op, updated_at FROM stream('bronze.orders')
 ";
 
-const GOLD_REVENUE: &str = "SELECT customer, sum(amount) AS revenue, count(*) AS orders \
+pub(crate) const GOLD_REVENUE: &str = "SELECT customer, sum(amount) AS revenue, count(*) AS orders \
      FROM silver.orders GROUP BY customer";
 
 pub(crate) fn bundle(models: &[(&str, &str)]) -> Value {
@@ -90,7 +90,7 @@ pub(crate) async fn wait(s: &TestServer, token: &str, id: &str) -> Value {
 
 /// One bronze event.
 #[derive(Clone)]
-struct Event {
+pub(crate) struct Event {
     id: i64,
     customer: &'static str,
     amount: f64,
@@ -99,7 +99,7 @@ struct Event {
     at: i64,
 }
 
-async fn insert(s: &TestServer, events: &[Event]) {
+pub(crate) async fn insert(s: &TestServer, events: &[Event]) {
     let values: Vec<String> = events
         .iter()
         .map(|e| {
@@ -117,7 +117,7 @@ async fn insert(s: &TestServer, events: &[Event]) {
 }
 
 /// The latest event per order (by time), unless it is a delete: what silver must hold.
-fn reference(events: &[Event]) -> BTreeMap<i64, (String, f64)> {
+pub(crate) fn reference(events: &[Event]) -> BTreeMap<i64, (String, f64)> {
     let mut latest: BTreeMap<i64, &Event> = BTreeMap::new();
     for e in events {
         if latest.get(&e.id).is_none_or(|l| e.at > l.at) {
@@ -131,7 +131,7 @@ fn reference(events: &[Event]) -> BTreeMap<i64, (String, f64)> {
         .collect()
 }
 
-async fn silver(s: &TestServer) -> BTreeMap<i64, (String, f64)> {
+pub(crate) async fn silver(s: &TestServer) -> BTreeMap<i64, (String, f64)> {
     let rows = s
         .sql_ok("SELECT order_id, customer, amount FROM silver.orders")
         .await;
@@ -150,7 +150,7 @@ async fn silver(s: &TestServer) -> BTreeMap<i64, (String, f64)> {
         .collect()
 }
 
-async fn gold(s: &TestServer) -> BTreeMap<String, (f64, i64)> {
+pub(crate) async fn gold(s: &TestServer) -> BTreeMap<String, (f64, i64)> {
     let rows = s
         .sql_ok("SELECT customer, revenue, orders FROM gold.revenue")
         .await;
@@ -169,7 +169,7 @@ async fn gold(s: &TestServer) -> BTreeMap<String, (f64, i64)> {
         .collect()
 }
 
-fn aggregate(silver: &BTreeMap<i64, (String, f64)>) -> BTreeMap<String, (f64, i64)> {
+pub(crate) fn aggregate(silver: &BTreeMap<i64, (String, f64)>) -> BTreeMap<String, (f64, i64)> {
     let mut out: BTreeMap<String, (f64, i64)> = BTreeMap::new();
     for (customer, amount) in silver.values() {
         let e = out.entry(customer.clone()).or_default();
@@ -179,7 +179,7 @@ fn aggregate(silver: &BTreeMap<i64, (String, f64)>) -> BTreeMap<String, (f64, i6
     out
 }
 
-fn ev(id: i64, customer: &'static str, amount: f64, op: &'static str, at: i64) -> Event {
+pub(crate) fn ev(id: i64, customer: &'static str, amount: f64, op: &'static str, at: i64) -> Event {
     Event {
         id,
         customer,
@@ -437,10 +437,10 @@ async fn medallion_pipeline(backend: Backend) {
     assert_eq!(silver(&s).await, expected);
 }
 
-const EVENTS: &str = "CREATE TABLE bronze.events (id BIGINT, kind STRING) \
+pub(crate) const EVENTS: &str = "CREATE TABLE bronze.events (id BIGINT, kind STRING) \
      TBLPROPERTIES ('delta.enableChangeDataFeed' = 'true')";
 
-const APPEND: &str =
+pub(crate) const APPEND: &str =
     "/* strata\nkind = \"append\"\n*/\nSELECT id, kind FROM stream('bronze.events')";
 
 /// `bronze.events` with one single-row version per id of `ids`, and pipeline `events`
@@ -461,7 +461,7 @@ async fn events_pipeline(s: &TestServer, token: &str, ids: std::ops::Range<i64>,
     assert_eq!(status, 200, "{body}");
 }
 
-async fn ids(s: &TestServer, table: &str) -> Vec<i64> {
+pub(crate) async fn ids(s: &TestServer, table: &str) -> Vec<i64> {
     let rows = s
         .sql_ok(&format!("SELECT id FROM {table} ORDER BY id"))
         .await;
@@ -886,6 +886,31 @@ async fn vacuum_keeps_what_models_need(backend: Backend) {
         "{record}"
     );
     assert_eq!(s.version("silver.events").await, version);
+
+    // `on_watermark_expired = "full_refresh"`: the model rebuilds from the source's
+    // snapshot in one commit (3 was inserted and deleted: gone), and carries on from there.
+    let rebuilding = APPEND.replace(
+        "kind = \"append\"",
+        "kind = \"append\"\non_watermark_expired = \"full_refresh\"",
+    );
+    assert_ne!(rebuilding, APPEND);
+    let (status, body) = s
+        .put_json(
+            &token,
+            "/api/v1/pipelines/events",
+            bundle(&[("silver/events.sql", &rebuilding)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let record = run(&s, &token, "events").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["models"][0]["commits"], 1, "{record}");
+    assert_eq!(s.version("silver.events").await, version + 1);
+    assert_eq!(ids(&s, "silver.events").await, [1, 2]);
+    s.sql_ok("INSERT INTO bronze.events VALUES (4, 'd')").await;
+    let record = run(&s, &token, "events").await;
+    assert_eq!(record["models"][0]["commits"], 1, "{record}");
+    assert_eq!(ids(&s, "silver.events").await, [1, 2, 4]);
 }
 
 crate::on_both_backends!(vacuum_keeps_what_models_need);

@@ -201,6 +201,31 @@ async fn scd2_models_keep_history_like_scd2_by_hand() {
         .clone();
     assert_eq!(dim["commits"], 0, "{record}");
     assert_eq!(s.version("silver.dim").await, version);
+
+    // A full refresh (history loss accepted) keeps one open version per current source row.
+    let (status, started) = s
+        .post_json(
+            &token,
+            "/api/v1/pipelines/customers/runs",
+            json!({"models": ["silver.dim"], "full_refresh": true, "allow_history_loss": true}),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let record = crate::flows::wait(&s, &token, started["run_id"].as_str().unwrap()).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let rebuilt = s
+        .sql_ok(&format!(
+            "SELECT id, tier, is_current, valid_to IS NULL AS open, valid_from = updated_at AS from_seq \
+             FROM silver.dim ORDER BY id"
+        ))
+        .await;
+    assert_eq!(
+        rebuilt,
+        json!([
+            {"id": 1, "tier": "diamond", "is_current": true, "open": true, "from_seq": true},
+            {"id": 4, "tier": "silver", "is_current": true, "open": true, "from_seq": true},
+        ])
+    );
 }
 
 const SALES: &str =
@@ -339,4 +364,141 @@ async fn time_range_batches_replace_their_range_and_a_failed_batch_leaves_no_hol
     assert_eq!(record["status"], "failed", "{record}");
     let error = record["models"][0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("outside its batch"), "{record}");
+}
+
+/// Full refreshes: asked for on a run (a `merge` model rebuilt from the source's snapshot
+/// in one commit, watermarks moved with it), or needed by a deploy that changes a model's
+/// output (refused unless allowed; the next run rebuilds once, with the new schema, and
+/// runs carry on incrementally). `append` and `scd2` models refuse unless history loss is
+/// accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_refreshes_rebuild_from_snapshots() {
+    use crate::flows::{APPEND, EVENTS, ORDERS, SILVER_ORDERS, ev, ids, insert, reference, silver};
+    let s = TestServer::start_configured(Backend::Local, with_etl).await;
+    let token = deployer(&s);
+    s.sql_ok(ORDERS).await;
+    let (status, body) = s
+        .put_json(
+            &token,
+            "/api/v1/pipelines/orders",
+            bundle(&[("silver/orders.sql", SILVER_ORDERS)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut events = vec![
+        ev(1, "ann", 10.0, "I", 1),
+        ev(2, "bob", 20.0, "I", 1),
+        ev(3, "cy", 30.0, "I", 1),
+    ];
+    insert(&s, &events).await;
+    let record = run(&s, &token, "orders").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let more = [ev(1, "ann", 11.0, "U", 5), ev(3, "cy", 30.0, "D", 6)];
+    insert(&s, &more).await;
+    events.extend(more);
+
+    // Asked for: one commit that rebuilds from the snapshot, then nothing is left to read.
+    let (status, started) = s
+        .post_json(
+            &token,
+            "/api/v1/pipelines/orders/runs",
+            json!({"full_refresh": true}),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let record = crate::flows::wait(&s, &token, started["run_id"].as_str().unwrap()).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["models"][0]["commits"], 1, "{record}");
+    assert_eq!(silver(&s).await, reference(&events));
+    let record = run(&s, &token, "orders").await;
+    assert_eq!(record["models"][0]["commits"], 0, "{record}");
+
+    // A deploy that stops producing `amount` needs a full refresh: refused unless allowed.
+    let cents = SILVER_ORDERS.replace(
+        "SELECT order_id, customer, amount, op",
+        "SELECT order_id, customer, amount * 100 AS cents, op",
+    );
+    let changed = bundle(&[("silver/orders.sql", &cents)]);
+    let (status, plan) = s
+        .put_json(
+            &token,
+            "/api/v1/pipelines/orders?dry_run=true",
+            changed.clone(),
+        )
+        .await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["full_refresh_required"], true, "{plan}");
+    let (status, body) = s
+        .put_json(&token, "/api/v1/pipelines/orders", changed.clone())
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("allow_full_refresh"), "{body}");
+    let mut allowed = changed;
+    allowed["allow_full_refresh"] = json!(true);
+    let (status, body) = s
+        .put_json(&token, "/api/v1/pipelines/orders", allowed)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let record = run(&s, &token, "orders").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["models"][0]["commits"], 1, "{record}");
+    let cents_sql = "SELECT order_id, cents FROM silver.orders ORDER BY order_id";
+    let expected = |events: &[crate::flows::Event]| {
+        json!(
+            reference(events)
+                .into_iter()
+                .map(|(id, (_, amount))| json!({"order_id": id, "cents": amount * 100.0}))
+                .collect::<Vec<_>>()
+        )
+    };
+    assert_eq!(s.sql_ok(cents_sql).await, expected(&events));
+    let (status, body) = s
+        .sql(&s.admin.clone(), "SELECT amount FROM silver.orders")
+        .await;
+    assert_eq!(status, 400, "the old column is gone: {body}");
+    // Rebuilt once: the next runs read changes again.
+    let record = run(&s, &token, "orders").await;
+    assert_eq!(record["models"][0]["commits"], 0, "{record}");
+    let later = [ev(2, "bob", 25.0, "U", 9), ev(4, "dee", 40.0, "I", 9)];
+    insert(&s, &later).await;
+    events.extend(later);
+    let record = run(&s, &token, "orders").await;
+    assert_eq!(record["models"][0]["commits"], 1, "{record}");
+    assert_eq!(s.sql_ok(cents_sql).await, expected(&events));
+
+    // append (and scd2) rebuild only when the loss of history is accepted.
+    s.sql_ok(EVENTS).await;
+    s.sql_ok("INSERT INTO bronze.events VALUES (1, 'a'), (2, 'b')")
+        .await;
+    let (status, body) = s
+        .put_json(
+            &token,
+            "/api/v1/pipelines/events",
+            bundle(&[("silver/events.sql", APPEND)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let record = run(&s, &token, "events").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    s.sql_ok("DELETE FROM bronze.events WHERE id = 1").await;
+    let (status, body) = s
+        .post_json(
+            &token,
+            "/api/v1/pipelines/events/runs",
+            json!({"full_refresh": true}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("allow_history_loss"), "{body}");
+    let (status, started) = s
+        .post_json(
+            &token,
+            "/api/v1/pipelines/events/runs",
+            json!({"full_refresh": true, "allow_history_loss": true}),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let record = crate::flows::wait(&s, &token, started["run_id"].as_str().unwrap()).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(ids(&s, "silver.events").await, [2]);
 }
