@@ -68,7 +68,6 @@ impl Layer {
     pub const ALL: [Layer; 3] = [Layer::Bronze, Layer::Silver, Layer::Gold];
 
     /// A data layer by name; never [`Layer::System`].
-
     pub fn parse(s: &str) -> Option<Layer> {
         match s.to_ascii_lowercase().as_str() {
             "bronze" => Some(Layer::Bronze),

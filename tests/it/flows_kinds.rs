@@ -214,10 +214,10 @@ async fn scd2_models_keep_history_like_scd2_by_hand() {
     let record = crate::flows::wait(&s, &token, started["run_id"].as_str().unwrap()).await;
     assert_eq!(record["status"], "succeeded", "{record}");
     let rebuilt = s
-        .sql_ok(&format!(
+        .sql_ok(
             "SELECT id, tier, is_current, valid_to IS NULL AS open, valid_from = updated_at AS from_seq \
-             FROM silver.dim ORDER BY id"
-        ))
+             FROM silver.dim ORDER BY id",
+        )
         .await;
     assert_eq!(
         rebuilt,
