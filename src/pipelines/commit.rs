@@ -60,23 +60,29 @@ pub struct WriteOutcome {
     pub duplicate: bool,
 }
 
+/// The commit properties of every Strata commit. Post-commit cleanup of expired log files
+/// is off: the log holds the change feed deployed models read from their watermarks, so it
+/// is pruned by VACUUM only, behind the same guard as the change files
+/// (`pipelines::maintenance::vacuum`).
 pub(crate) fn commit_properties(p: &Principal, operation: &str) -> CommitProperties {
-    CommitProperties::default().with_metadata([
-        (
-            PRINCIPAL_KEY.to_string(),
-            serde_json::Value::String(p.subject.clone()),
-        ),
-        (
-            OPERATION_KEY.to_string(),
-            serde_json::Value::String(operation.to_string()),
-        ),
-        // Makes every commit's bytes unique, so a read-back after an ambiguous create can
-        // tell this commit from any other (storage::commit_guard).
-        (
-            COMMIT_ID_KEY.to_string(),
-            serde_json::Value::String(uuid::Uuid::new_v4().to_string()),
-        ),
-    ])
+    CommitProperties::default()
+        .with_cleanup_expired_logs(Some(false))
+        .with_metadata([
+            (
+                PRINCIPAL_KEY.to_string(),
+                serde_json::Value::String(p.subject.clone()),
+            ),
+            (
+                OPERATION_KEY.to_string(),
+                serde_json::Value::String(operation.to_string()),
+            ),
+            // Makes every commit's bytes unique, so a read-back after an ambiguous create can
+            // tell this commit from any other (storage::commit_guard).
+            (
+                COMMIT_ID_KEY.to_string(),
+                serde_json::Value::String(uuid::Uuid::new_v4().to_string()),
+            ),
+        ])
 }
 
 /// The Delta `txn` application id of a client's idempotency key. Keys belong to the

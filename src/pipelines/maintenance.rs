@@ -128,9 +128,12 @@ pub struct VacuumOutcome {
     pub retain_hours: u64,
     /// Files deleted (or, for a dry run, that would be).
     pub files: Vec<String>,
+    /// Expired log files removed (older than `delta.logRetentionDuration`).
+    pub logs_removed: usize,
 }
 
-/// Deletes files no longer referenced by any version within `retain_hours` (default 168).
+/// Deletes files no longer referenced by any version within `retain_hours` (default 168),
+/// and log files past the table's log retention.
 /// A shorter retention can break concurrent readers and time travel, so it is refused
 /// unless `allow_short` (config `storage.allow_short_vacuum_retention`).
 pub(crate) async fn vacuum(
@@ -157,10 +160,18 @@ pub(crate) async fn vacuum(
         .with_commit_properties(commit_properties(p, "VACUUM"))
         .await?;
     catalog.remember(t, &table).await;
+    // Log files older than `delta.logRetentionDuration` (up to the newest checkpoint before
+    // them), which commits never remove (`commit_properties`).
+    let logs_removed = if dry_run {
+        0
+    } else {
+        deltalake::protocol::checkpoints::cleanup_metadata(&table, None).await?
+    };
     Ok(VacuumOutcome {
         dry_run: metrics.dry_run,
         retain_hours: retain,
         files: metrics.files_deleted,
+        logs_removed,
     })
 }
 

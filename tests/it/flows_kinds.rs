@@ -502,3 +502,62 @@ async fn full_refreshes_rebuild_from_snapshots() {
     assert_eq!(record["status"], "succeeded", "{record}");
     assert_eq!(ids(&s, "silver.events").await, [2]);
 }
+
+/// Delta's expired-log cleanup never removes commits a model still has to read: commits do
+/// not clean up logs; VACUUM does, behind the same guard as the change files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_logs_stay_until_models_consumed_them() {
+    use crate::flows::{APPEND, ids};
+    let s = TestServer::start_configured(Backend::Local, |cfg| {
+        with_etl(cfg);
+        cfg.storage.allow_short_vacuum_retention = true;
+    })
+    .await;
+    let token = deployer(&s);
+    s.sql_ok(
+        "CREATE TABLE bronze.events (id BIGINT, kind STRING) TBLPROPERTIES (\
+         'delta.enableChangeDataFeed' = 'true', 'delta.logRetentionDuration' = 'interval 1 second', \
+         'delta.checkpointInterval' = '2')",
+    )
+    .await;
+    let (status, body) = s
+        .put_json(
+            &token,
+            "/api/v1/pipelines/events",
+            bundle(&[("silver/events.sql", APPEND)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.sql_ok("INSERT INTO bronze.events VALUES (0, 'a')").await;
+    let record = run(&s, &token, "events").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    for id in 1..4 {
+        s.sql_ok(&format!("INSERT INTO bronze.events VALUES ({id}, 'a')"))
+            .await;
+    }
+    // Those commits are now past the log retention; more commits write checkpoints, which
+    // is when Delta would delete them.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for id in 4..7 {
+        s.sql_ok(&format!("INSERT INTO bronze.events VALUES ({id}, 'a')"))
+            .await;
+    }
+    let record = run(&s, &token, "events").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(ids(&s, "silver.events").await, [0, 1, 2, 3, 4, 5, 6]);
+
+    // Caught up: VACUUM removes the expired log files too, and the changes they held are
+    // gone for good: a clear 409, not missing rows.
+    let body = s.sql_ok("VACUUM bronze.events RETAIN 0 HOURS").await;
+    assert!(
+        body.to_string().contains("logs_removed") || body.is_array(),
+        "{body}"
+    );
+    let (status, body) = s
+        .sql(
+            &s.admin.clone(),
+            "SELECT id FROM table_changes('bronze.events', 1, 2)",
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+}

@@ -248,7 +248,17 @@ impl SecureSchema {
         }
         // Versions before the feed was turned on have no change files: reading them would
         // report whole rewritten files as deletes and inserts.
-        let first = self.cx.catalog.load_version(&t, start).await?;
+        let first = match self.cx.catalog.load_version(&t, start).await {
+            // Version `start` ≤ the latest existed: its commit was removed with the log
+            // past the table's retention (VACUUM).
+            Err(Error::NotFound(_)) => {
+                return Err(Error::Conflict(format!(
+                    "the changes of {t} from version {start} are no longer available: its log was cleaned up past delta.logRetentionDuration"
+                ))
+                .into());
+            }
+            other => other?,
+        };
         if !properties::change_data_feed(first.snapshot()?.metadata().configuration()) {
             return Err(Error::invalid(format!(
                 "{t} had no change data feed at version {start}; start at a version after it was turned on"
