@@ -81,7 +81,7 @@ async fn still_current(table: &DeltaTable) -> bool {
 }
 
 fn version_of(table: &DeltaTable) -> u64 {
-    table.version().map_or(0, |v| u64::try_from(v).unwrap_or(0))
+    table.version().unwrap_or(0)
 }
 
 #[derive(Debug)]
