@@ -364,12 +364,7 @@ impl ModelTask<'_> {
             None => first,
             Some(d) => first.max(size.add(d, -lookback)),
         };
-        let sql = pinned(
-            &model.select,
-            self.default_layer,
-            &pins,
-            ChangeRows::WithDeletes,
-        )?;
+        let sql = self.pinned(&pins)?;
         while start <= current {
             if self.cancel.is_cancelled() {
                 return Err(Error::Cancelled("the run was cancelled".into()));
@@ -416,6 +411,16 @@ impl ModelTask<'_> {
         }
         merge_ranges(&mut record.sources, ranges);
         Ok(())
+    }
+
+    /// The model's SELECT with its sources pinned, every change type kept.
+    fn pinned(&self, pins: &BTreeMap<TableRef, Pin>) -> Result<String> {
+        pinned(
+            &self.node.model.select,
+            self.default_layer,
+            pins,
+            ChangeRows::WithDeletes,
+        )
     }
 
     /// Whether a deployed refresh already happened (a requested one never has).
@@ -482,12 +487,8 @@ impl ModelTask<'_> {
             }
             Refresh::Requested => Vec::new(),
         };
-        let sql = pinned(
-            &model.select,
-            self.default_layer,
-            &pins,
-            ChangeRows::WithDeletes,
-        )?;
+        let snapshot_sql = self.pinned(&pins)?;
+        let sql = snapshot_sql.clone();
         let params = planning_params(header)?;
         let output = self
             .engine
@@ -537,16 +538,7 @@ impl ModelTask<'_> {
         };
         let schema = header.table_schema(
             self.engine
-                .model_schema(
-                    self.run_as,
-                    &pinned(
-                        &model.select,
-                        self.default_layer,
-                        &pins,
-                        ChangeRows::WithDeletes,
-                    )?,
-                    &params,
-                )
+                .model_schema(self.run_as, &snapshot_sql, &params)
                 .await?,
         )?;
         let commit = ModelCommit {
@@ -588,12 +580,7 @@ impl ModelTask<'_> {
             let v = self.source_version(s).await?.0;
             pins.insert(s.clone(), Pin::Version(v));
         }
-        let sql = pinned(
-            &self.node.model.select,
-            self.default_layer,
-            &pins,
-            ChangeRows::WithDeletes,
-        )?;
+        let sql = self.pinned(&pins)?;
         let header = &self.node.model.header;
         let params = planning_params(header)?;
         let schema =
