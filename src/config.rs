@@ -54,6 +54,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub log: LogConfig,
     pub pipelines: PipelinesConfig,
+    pub scheduler: SchedulerConfig,
 }
 
 /// `[pipelines]`: flows (bronze → silver → gold models).
@@ -65,6 +66,27 @@ pub struct PipelinesConfig {
     pub dir: Option<PathBuf>,
     /// The service principals pipelines run as (`run_as` in `pipeline.toml`).
     pub principals: Vec<ServicePrincipalConfig>,
+}
+
+/// `[scheduler]`: runs pipelines on their own (PLATFORM P3). One replica among those
+/// sharing a warehouse leads, elected through a lease log in the warehouse.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Take part in the leader election (off: this replica never leads).
+    pub enabled: bool,
+    /// A leader that has not renewed for this long is replaced (at least 5: S3 reports
+    /// object times to the second). It renews every third of it.
+    pub lease_ttl_secs: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            enabled: true,
+            lease_ttl_secs: 15,
+        }
+    }
 }
 
 /// `[[pipelines.principals]]`: a principal that is not a person. Its subject is

@@ -59,6 +59,7 @@ pub mod failpoint;
 pub mod flows;
 pub mod ingest;
 pub(crate) mod pipelines;
+pub mod scheduler;
 pub mod security;
 pub mod server;
 pub mod storage;

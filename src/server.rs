@@ -33,6 +33,7 @@ pub fn config_problems(config: &Config) -> Vec<String> {
         &config.storage,
         &config.query.default_layer,
     ));
+    out.extend(crate::scheduler::config_problems(&config.scheduler));
     out.extend(crate::flows::config_problems(
         &config.pipelines,
         &config.auth.admin_role,
@@ -49,6 +50,7 @@ pub struct Server {
     metrics: Option<TcpListener>,
     engine: Arc<Engine>,
     flows: Arc<Flows>,
+    scheduler: Arc<crate::scheduler::Scheduler>,
     auth: Arc<Authenticator>,
 }
 
@@ -110,6 +112,11 @@ impl Server {
             }
         }
         let http = bind(config.server.http_addr, "server.http_addr").await?;
+        let scheduler = Arc::new(crate::scheduler::Scheduler::new(
+            Arc::clone(engine.catalog().warehouse().store()),
+            format!("http://{}", http.local_addr()?),
+            &config.scheduler,
+        ));
         let flight = bind(config.server.flight_addr, "server.flight_addr").await?;
         let metrics = match config.server.metrics_addr {
             Some(addr) => Some(bind(addr, "server.metrics_addr").await?),
@@ -122,6 +129,7 @@ impl Server {
             metrics,
             engine,
             flows,
+            scheduler,
             auth,
         })
     }
@@ -165,6 +173,7 @@ impl Server {
         let state = AppState {
             engine: Arc::clone(&self.engine),
             flows: Arc::clone(&self.flows),
+            scheduler: Arc::clone(&self.scheduler),
             auth: Arc::clone(&self.auth),
             started: Instant::now(),
             config_grants: self.config.access.grants.clone(),
@@ -207,6 +216,9 @@ impl Server {
                 }
             });
         }
+        let scheduling = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(Arc::clone(&self.scheduler).run(scheduling.clone()));
+        let _stop_scheduling = scheduling.drop_guard();
         let mut http_task = tokio::spawn(async move { http.await });
         let mut flight_task = tokio::spawn(flight);
         tokio::select! {

@@ -33,25 +33,41 @@ impl DocumentLog {
 
     /// Every stored version, oldest first.
     pub(crate) async fn versions(&self) -> Result<Vec<u64>> {
+        Ok(self.stored().await?.into_iter().map(|(v, _)| v).collect())
+    }
+
+    /// Every stored version with the time the store created it (its own clock, not a
+    /// writer's), oldest first.
+    pub(crate) async fn stored(&self) -> Result<Vec<(u64, chrono::DateTime<chrono::Utc>)>> {
         let metas: Vec<_> = match self.store.list(Some(&self.prefix)).try_collect().await {
             Ok(m) => m,
             Err(object_store::Error::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        let mut versions: Vec<u64> = metas
+        let mut versions: Vec<(u64, chrono::DateTime<chrono::Utc>)> = metas
             .iter()
             .filter(|m| m.location.prefix_matches(&self.prefix))
             .filter(|m| m.location.parts().count() == self.prefix.parts().count() + 1)
             .filter_map(|m| {
-                m.location
+                let v = m
+                    .location
                     .filename()?
                     .strip_suffix(".json")?
                     .parse::<u64>()
-                    .ok()
+                    .ok()?;
+                Some((v, m.last_modified))
             })
             .collect();
-        versions.sort_unstable();
+        versions.sort_unstable_by_key(|(v, _)| *v);
         Ok(versions)
+    }
+
+    /// Deletes `version` (pruning an old part of a log whose readers only need its end).
+    pub(crate) async fn delete(&self, version: u64) -> Result<()> {
+        match self.store.delete(&self.path(version)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The newest version and its document, if any.

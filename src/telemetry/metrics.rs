@@ -94,6 +94,8 @@ pub struct Metrics {
     model_rows: Family<ModelRowLabels, Counter>,
     /// Source versions a model has not consumed yet, as of its last run.
     watermark_lag: Family<LagLabels, Gauge>,
+    /// 1 while this replica leads the scheduler (`scheduler::lease`).
+    pub scheduler_is_leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -118,6 +120,7 @@ impl Default for Metrics {
             pipeline_runs: Family::default(),
             model_rows: Family::default(),
             watermark_lag: Family::default(),
+            scheduler_is_leader: Gauge::default(),
         }
     }
 }
@@ -280,6 +283,11 @@ impl Metrics {
             "strata_model_watermark_lag_versions",
             "Source versions a model had not consumed at the end of its last run",
             self.watermark_lag.clone(),
+        );
+        r.register(
+            "strata_scheduler_is_leader",
+            "1 while this replica leads the scheduler",
+            self.scheduler_is_leader.clone(),
         );
         r.register(
             "strata_queries_running",

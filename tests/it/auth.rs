@@ -176,6 +176,7 @@ async fn every_api_route_needs_a_valid_token() {
         ("get", "/api/v1/runs"),
         ("get", "/api/v1/runs/{id}"),
         ("post", "/api/v1/runs/{id}/cancel"),
+        ("get", "/api/v1/scheduler"),
         ("get", "/api/v1/openapi.json"),
         ("get", "/metrics"),
         ("get", "/healthz"),

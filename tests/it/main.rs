@@ -22,6 +22,7 @@ mod rls;
 mod rls_writes;
 mod s3;
 mod scd2;
+mod scheduler;
 mod slt;
 mod tables;
 mod uploads;

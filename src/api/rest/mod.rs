@@ -38,6 +38,7 @@ use crate::security::Authenticator;
 pub(crate) struct AppState {
     pub engine: Arc<Engine>,
     pub flows: Arc<crate::flows::Flows>,
+    pub scheduler: Arc<crate::scheduler::Scheduler>,
     pub auth: Arc<Authenticator>,
     pub started: Instant,
     /// Grants from the configuration file (shown read-only next to run-time grants).
@@ -130,6 +131,7 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(pipelines::runs))
         .routes(routes!(pipelines::run))
         .routes(routes!(pipelines::cancel))
+        .routes(routes!(pipelines::scheduler))
         .routes(routes!(openapi::document))
         .route_layer(bearer());
     let metrics = OpenApiRouter::new()

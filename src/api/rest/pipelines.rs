@@ -177,3 +177,17 @@ pub(super) async fn cancel(
 ) -> Result<Json<RunRecord>> {
     Ok(Json(state.flows.cancel(&principal, &id).await?))
 }
+
+#[utoipa::path(get, path = "/scheduler", tag = "pipelines",
+    responses((status = 200, description = "The scheduler as this replica sees it: leader, epoch, replicas (admin role)", body = crate::scheduler::SchedulerView), Errors))]
+pub(super) async fn scheduler(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+) -> Result<Json<crate::scheduler::SchedulerView>> {
+    if !state.engine.access().await?.is_admin(&principal) {
+        return Err(Error::PermissionDenied(
+            "GET /api/v1/scheduler shows the server's replicas and needs the admin role".into(),
+        ));
+    }
+    Ok(Json(state.scheduler.view()))
+}
