@@ -494,6 +494,13 @@ impl ModelTask<'_> {
             .engine
             .model_columns(self.run_as, &sql, &params)
             .await?;
+        // The output's own columns (the change feed's left out), for the latest state.
+        let data_columns = output
+            .iter()
+            .filter(|c| !CHANGE_COLUMNS.contains(&c.as_str()))
+            .map(|c| quoted(c))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = match header.kind {
             Kind::Table | Kind::Append => sql,
             Kind::TimeRange => {
@@ -505,32 +512,18 @@ impl ModelTask<'_> {
                 ));
                 format!("SELECT * FROM ({sql}) AS __strata_rebuild WHERE false")
             }
-            Kind::Merge => {
-                let columns: Vec<String> = output
-                    .iter()
-                    .filter(|c| !CHANGE_COLUMNS.contains(&c.as_str()))
-                    .map(|c| quoted(c))
-                    .collect();
-                format!(
-                    "SELECT {} FROM ({}) AS __strata_latest WHERE NOT __strata_delete",
-                    columns.join(", "),
-                    latest_per_key(&sql, header, &output)?
-                )
-            }
+            Kind::Merge => format!(
+                "SELECT {data_columns} FROM ({}) AS __strata_latest WHERE NOT __strata_delete",
+                latest_per_key(&sql, header, &output)?
+            ),
             Kind::Scd2 => {
                 let seq = header
                     .sequence_by
                     .as_deref()
                     .ok_or_else(|| Error::invalid("an scd2 model needs sequence_by"))?;
-                let columns: Vec<String> = output
-                    .iter()
-                    .filter(|c| !CHANGE_COLUMNS.contains(&c.as_str()))
-                    .map(|c| quoted(c))
-                    .collect();
                 format!(
-                    "SELECT {}, CAST({} AS TIMESTAMP) AS valid_from, CAST(NULL AS TIMESTAMP) AS valid_to, \
+                    "SELECT {data_columns}, CAST({} AS TIMESTAMP) AS valid_from, CAST(NULL AS TIMESTAMP) AS valid_to, \
                      true AS is_current FROM ({}) AS __strata_latest WHERE NOT __strata_delete",
-                    columns.join(", "),
                     quoted(seq),
                     latest_per_key(&sql, header, &output)?
                 )
