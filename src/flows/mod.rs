@@ -23,6 +23,7 @@ mod records;
 pub(crate) mod run;
 mod runs;
 mod sql;
+mod statements;
 mod store;
 
 use std::collections::{BTreeMap, BTreeSet};

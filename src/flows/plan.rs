@@ -192,7 +192,7 @@ async fn output_schema(
         &pins,
         ChangeRows::WithDeletes,
     )?;
-    let params = super::run::planning_params(&node.model.header)?;
+    let params = super::statements::planning_params(&node.model.header)?;
     let masked = engine.masked_reads(run_as, &sql, &params).await?;
     if !masked.is_empty() {
         return Err(Error::PermissionDenied(format!(

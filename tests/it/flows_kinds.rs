@@ -546,7 +546,11 @@ async fn expired_logs_stay_until_models_consumed_them() {
     let vacuum = json!({"retain_hours": 0, "dry_run": false});
     let admin = s.admin.clone();
     let (status, body) = s
-        .post_json(&admin, "/api/v1/tables/bronze/events/vacuum", vacuum.clone())
+        .post_json(
+            &admin,
+            "/api/v1/tables/bronze/events/vacuum",
+            vacuum.clone(),
+        )
         .await;
     assert_eq!(status, 409, "{body}");
     let record = run(&s, &token, "events").await;
