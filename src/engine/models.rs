@@ -98,71 +98,17 @@ impl Engine {
         Ok((state, plan))
     }
 
-    /// The table a model's SELECT produces (change-feed columns left out), planned for
-    /// `principal`: for the deploy plan and for creating the model's table.
-    pub(crate) async fn model_schema(
+    /// A model's SELECT planned for `principal`, once, for what the deploy plan and a run
+    /// need to know about it (its columns, the table it makes, masked reads).
+    pub(crate) async fn plan_select(
         &self,
         principal: &Arc<Principal>,
         select: &str,
         params: NamedParams<'_>,
-    ) -> Result<SchemaRef> {
-        let access = self.access().await?;
-        let (_, plan) = self.plan_model(principal, &access, select, params).await?;
-        Ok(stored_schema(&delta_compatible(plan)?))
-    }
-
-    /// The `table.column`s a model's SELECT would read masked as `principal`: a model that
-    /// reads them would write masked values into its table, so it is refused at deploy.
-    pub(crate) async fn masked_reads(
-        &self,
-        principal: &Arc<Principal>,
-        select: &str,
-        params: NamedParams<'_>,
-    ) -> Result<Vec<String>> {
-        use crate::security::policy::PolicyTable;
-        use datafusion::common::tree_node::TreeNodeRecursion;
-        use datafusion::datasource::source_as_provider;
+    ) -> Result<PlannedModel> {
         let access = self.access().await?;
         let (state, plan) = self.plan_model(principal, &access, select, params).await?;
-        // Optimized, so each scan's projection lists the columns it really reads.
-        let plan = state.optimize(&plan)?;
-        let mut out = Vec::new();
-        plan.apply_with_subqueries(|node| {
-            if let LogicalPlan::TableScan(scan) = node
-                && let Ok(provider) = source_as_provider(&scan.source)
-            {
-                let any: &dyn std::any::Any = provider.as_ref();
-                if let Some(t) = any.downcast_ref::<PolicyTable>() {
-                    let schema = provider.schema();
-                    for i in t.masked_columns() {
-                        let read = scan.projection.as_ref().is_none_or(|p| p.contains(&i));
-                        let name = format!("{}.{}", t.table(), schema.field(i).name());
-                        if read && !out.contains(&name) {
-                            out.push(name);
-                        }
-                    }
-                }
-            }
-            Ok(TreeNodeRecursion::Continue)
-        })?;
-        Ok(out)
-    }
-
-    /// Every output column of a model's SELECT (change-feed columns included).
-    pub(crate) async fn model_columns(
-        &self,
-        principal: &Arc<Principal>,
-        select: &str,
-        params: NamedParams<'_>,
-    ) -> Result<Vec<String>> {
-        let access = self.access().await?;
-        let (_, plan) = self.plan_model(principal, &access, select, params).await?;
-        Ok(plan
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect())
+        Ok(PlannedModel { state, plan })
     }
 
     /// Creates a model's table from `schema`, with the change data feed on (so models
@@ -392,6 +338,61 @@ fn within(
     };
     let c = datafusion::logical_expr::col(format!("\"{}\"", column.replace('"', "\"\"")));
     Ok(c.clone().gt_eq(typed(start)?).and(c.lt(typed(end)?)))
+}
+
+/// A model's SELECT, planned in its run-as principal's secure session.
+#[derive(Debug)]
+pub(crate) struct PlannedModel {
+    state: SessionState,
+    plan: LogicalPlan,
+}
+
+impl PlannedModel {
+    /// Every output column (change-feed columns included).
+    pub(crate) fn columns(&self) -> Vec<String> {
+        self.plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
+    /// The table it produces (change-feed columns left out): for the deploy plan and for
+    /// creating the model's table.
+    pub(crate) fn table_schema(&self) -> Result<SchemaRef> {
+        Ok(stored_schema(&delta_compatible(self.plan.clone())?))
+    }
+
+    /// The `table.column`s it would read masked: a model that reads them would write masked
+    /// values into its table, so it is refused at deploy.
+    pub(crate) fn masked_reads(&self) -> Result<Vec<String>> {
+        use crate::security::policy::PolicyTable;
+        use datafusion::common::tree_node::TreeNodeRecursion;
+        use datafusion::datasource::source_as_provider;
+        // Optimized, so each scan's projection lists the columns it really reads.
+        let plan = self.state.optimize(&self.plan)?;
+        let mut out = Vec::new();
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node
+                && let Ok(provider) = source_as_provider(&scan.source)
+            {
+                let any: &dyn std::any::Any = provider.as_ref();
+                if let Some(t) = any.downcast_ref::<PolicyTable>() {
+                    let schema = provider.schema();
+                    for i in t.masked_columns() {
+                        let read = scan.projection.as_ref().is_none_or(|p| p.contains(&i));
+                        let name = format!("{}.{}", t.table(), schema.field(i).name());
+                        if read && !out.contains(&name) {
+                            out.push(name);
+                        }
+                    }
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        Ok(out)
+    }
 }
 
 /// The schema a model's table stores: the plan's columns without the change feed's.

@@ -193,7 +193,8 @@ async fn output_schema(
         ChangeRows::WithDeletes,
     )?;
     let params = super::statements::planning_params(&node.model.header)?;
-    let masked = engine.masked_reads(run_as, &sql, &params).await?;
+    let planned = engine.plan_select(run_as, &sql, &params).await?;
+    let masked = planned.masked_reads()?;
     if !masked.is_empty() {
         return Err(Error::PermissionDenied(format!(
             "{} would read columns masked for its run-as principal {}: {}; it would write masked values (exempt its role from those masks, or leave the columns out)",
@@ -202,7 +203,7 @@ async fn output_schema(
             masked.join(", ")
         )));
     }
-    let output = engine.model_schema(run_as, &sql, &params).await?;
+    let output = planned.table_schema()?;
     Ok(Some(node.model.header.table_schema(output)?))
 }
 

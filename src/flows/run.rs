@@ -245,7 +245,14 @@ impl ModelTask<'_> {
                 },
             )?;
             let header = &self.node.model.header;
-            let output = || self.engine.model_columns(self.run_as, &sql, &[]);
+            let output = || async {
+                Ok::<_, Error>(
+                    self.engine
+                        .plan_select(self.run_as, &sql, &[])
+                        .await?
+                        .columns(),
+                )
+            };
             let (sql, write) = match header.kind {
                 Kind::Table => (sql, ModelWrite::Overwrite),
                 Kind::Append => (sql, ModelWrite::Append),
@@ -488,13 +495,12 @@ impl ModelTask<'_> {
             }
             Refresh::Requested => Vec::new(),
         };
-        let snapshot_sql = self.pinned(&pins)?;
-        let sql = snapshot_sql.clone();
+        let sql = self.pinned(&pins)?;
         let params = planning_params(header)?;
-        let output = self
-            .engine
-            .model_columns(self.run_as, &sql, &params)
-            .await?;
+        // Planned once: its columns build the statement, its output the new table schema.
+        let planned = self.engine.plan_select(self.run_as, &sql, &params).await?;
+        let output = planned.columns();
+        let schema = header.table_schema(planned.table_schema()?)?;
         // The output's own columns (the change feed's left out), for the latest state.
         let data_columns = output
             .iter()
@@ -530,11 +536,6 @@ impl ModelTask<'_> {
                 )
             }
         };
-        let schema = header.table_schema(
-            self.engine
-                .model_schema(self.run_as, &snapshot_sql, &params)
-                .await?,
-        )?;
         let commit = ModelCommit {
             table: t,
             sql: &sql,
@@ -577,8 +578,8 @@ impl ModelTask<'_> {
         let sql = self.pinned(&pins)?;
         let header = &self.node.model.header;
         let params = planning_params(header)?;
-        let schema =
-            header.table_schema(self.engine.model_schema(self.run_as, &sql, &params).await?)?;
+        let planned = self.engine.plan_select(self.run_as, &sql, &params).await?;
+        let schema = header.table_schema(planned.table_schema()?)?;
         self.engine
             .create_model_table(
                 self.run_as,
