@@ -203,6 +203,7 @@ impl Flows {
     /// Pipelines with at least one model table `p` may read.
     pub async fn list(&self, p: &Arc<Principal>) -> Result<Vec<PipelineSummary>> {
         let access = self.engine.access().await?;
+        let last = self.last_statuses(p).await?;
         let mut out = Vec::new();
         for name in self.store.names().await? {
             let Ok(d) = self.deployed(&name).await else {
@@ -222,7 +223,7 @@ impl Flows {
                     .iter()
                     .map(|n| n.model.target.to_string())
                     .collect(),
-                last_status: self.last_run(p, &name).await?.map(|r| r.status),
+                last_status: last.get(&name).copied(),
             });
         }
         Ok(out)

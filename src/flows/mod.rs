@@ -188,6 +188,25 @@ impl Flows {
         })
     }
 
+    /// Per pipeline, the status of the newest run `p` may see (live or recorded), with one
+    /// query of `system.runs` for all pipelines.
+    async fn last_statuses(&self, p: &Arc<Principal>) -> Result<BTreeMap<String, RunStatus>> {
+        let mut last = self.records.last_runs(p).await?;
+        let access = self.engine.access().await?;
+        if let Ok(runs) = self.runs.lock() {
+            for a in runs
+                .values()
+                .filter(|a| runs::run_visible(&access, p, &a.record))
+            {
+                let r = &a.record;
+                if last.get(&r.pipeline).is_none_or(|(id, _)| r.run_id >= *id) {
+                    last.insert(r.pipeline.clone(), (r.run_id.clone(), r.status));
+                }
+            }
+        }
+        Ok(last.into_iter().map(|(k, (_, s))| (k, s)).collect())
+    }
+
     /// The newest run of `pipeline` that `p` may see (live or recorded).
     async fn last_run(&self, p: &Arc<Principal>, pipeline: &str) -> Result<Option<RunRecord>> {
         let filter = RunFilter {

@@ -341,6 +341,40 @@ impl RunLog {
     }
 }
 
+/// One row of [`RunLog::last_runs`].
+#[derive(Debug, Deserialize)]
+struct LastRun {
+    pipeline: String,
+    run_id: String,
+    status: RunStatus,
+}
+
+impl RunLog {
+    /// Per pipeline, the newest recorded run `p` may see: (run id, status). One query.
+    pub(crate) async fn last_runs(
+        &self,
+        p: &Arc<Principal>,
+    ) -> Result<std::collections::BTreeMap<String, (String, RunStatus)>> {
+        if !self
+            .engine
+            .catalog()
+            .exists(&TableRef::system(RUNS))
+            .await?
+        {
+            return Ok(Default::default());
+        }
+        let sql = "SELECT pipeline, run_id, status FROM (\
+                     SELECT pipeline, run_id, status, \
+                       row_number() OVER (PARTITION BY pipeline ORDER BY run_id DESC) AS rn \
+                     FROM system.runs) AS r WHERE rn = 1";
+        let last: Vec<LastRun> = rows(self.engine.query_rows(p, sql, Vec::new()).await?)?;
+        Ok(last
+            .into_iter()
+            .map(|l| (l.pipeline, (l.run_id, l.status)))
+            .collect())
+    }
+}
+
 /// Query rows as `T`s.
 fn rows<T: DeserializeOwned>(batches: Vec<RecordBatch>) -> Result<Vec<T>> {
     let mut buf = Vec::new();

@@ -364,7 +364,7 @@ struct RunPlan {
     refresh: BTreeMap<TableRef, Refresh>,
 }
 
-fn run_visible(access: &AccessControl, p: &Principal, r: &RunRecord) -> bool {
+pub(super) fn run_visible(access: &AccessControl, p: &Principal, r: &RunRecord) -> bool {
     r.models
         .iter()
         .any(|m| TableRef::parse(&m.model).is_ok_and(|t| access.allows(p, Privilege::Select, &t)))

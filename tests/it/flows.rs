@@ -366,6 +366,11 @@ async fn medallion_pipeline(backend: Backend) {
     let (status, listed) = r.get(&token, "/api/v1/runs?pipeline=orders&limit=2").await;
     assert_eq!(status, 200, "{listed}");
     assert_eq!(listed["runs"][0]["run_id"], id, "{listed}");
+    let (_, pipelines) = r.get(&token, "/api/v1/pipelines").await;
+    assert_eq!(
+        pipelines["pipelines"][0]["last_status"], "succeeded",
+        "{pipelines}"
+    );
     let models = r
         .sql_ok(&format!(
             "SELECT model, status, commits FROM system.model_runs WHERE run_id = '{id}' ORDER BY position"
