@@ -78,6 +78,9 @@ pub struct SchedulerConfig {
     /// A leader that has not renewed for this long is replaced (at least 5: S3 reports
     /// object times to the second). It renews every third of it.
     pub lease_ttl_secs: u64,
+    /// The most missed slots one catch-up runs per pipeline (`catchup = "all"`); older
+    /// ones are skipped (and logged).
+    pub max_catchup_runs: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -85,6 +88,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             enabled: true,
             lease_ttl_secs: 15,
+            max_catchup_runs: 10,
         }
     }
 }

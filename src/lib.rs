@@ -47,11 +47,13 @@
 //!   availability, put-if-absent document logs.
 //! - `telemetry`: logging and the process's metrics (prometheus-client).
 //! - `config`: the configuration, checked on its own (a leaf).
+//! - `clock`: the time the scheduler and flows read (the system's, or a driven one in tests).
 //! - `error`: the one error type and its protocol-neutral kinds.
 //! - `failpoint`: named crash points for tests, armed only by `STRATA_FAILPOINTS`.
 
 pub mod api;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -56,6 +56,14 @@ pub struct Server {
 
 impl Server {
     pub async fn build(config: Config) -> Result<Server> {
+        Server::build_with_clock(config, crate::clock::system()).await
+    }
+
+    /// [`Server::build`] with the clock the scheduler and flows read (tests drive one).
+    pub async fn build_with_clock(
+        config: Config,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> Result<Server> {
         let problems = config_problems(&config);
         if !problems.is_empty() {
             return Err(Error::Config(problems.join("; ")));
@@ -94,6 +102,8 @@ impl Server {
             Arc::clone(&engine),
             &config.pipelines,
             &config.query.default_layer,
+            &config.auth.admin_role,
+            Arc::clone(&clock),
         ));
         let readers: std::sync::Weak<Flows> = Arc::downgrade(&flows);
         engine.set_change_readers(readers);
@@ -113,7 +123,7 @@ impl Server {
         }
         let http = bind(config.server.http_addr, "server.http_addr").await?;
         let scheduler = Arc::new(crate::scheduler::Scheduler::new(
-            Arc::clone(engine.catalog().warehouse().store()),
+            Arc::clone(&flows),
             format!("http://{}", http.local_addr()?),
             &config.scheduler,
         ));

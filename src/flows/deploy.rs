@@ -3,7 +3,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use chrono::Utc;
 
 use super::dag::Dag;
 use super::model::{Bundle, Model, ModelFile, PipelineDef};
@@ -46,6 +45,12 @@ impl Flows {
             return Err(Error::invalid(format!(
                 "pipeline.toml names the pipeline {n:?}, the URL {name:?}"
             )));
+        }
+        if let Some(trigger) = &bundle.pipeline.trigger {
+            trigger.check()?;
+        }
+        if let Some(retry) = &bundle.pipeline.retry {
+            retry.check()?;
         }
         let dag = self.dag(&bundle.models)?;
         let access = self.engine.access().await?;
@@ -92,7 +97,7 @@ impl Flows {
         let deployment = Deployment {
             name: name.to_string(),
             version: previous.as_ref().map_or(1, |d| d.version + 1),
-            deployed_at: Utc::now(),
+            deployed_at: self.clock.now(),
             deployed_by: deployer.map_or_else(|| SERVER.to_string(), |d| d.subject.clone()),
             content_hash: hash,
             pipeline: bundle.pipeline,
@@ -190,7 +195,7 @@ impl Flows {
         }
         let tombstone = Deployment {
             version: d.version + 1,
-            deployed_at: Utc::now(),
+            deployed_at: self.clock.now(),
             deployed_by: p.subject.clone(),
             content_hash: String::new(),
             models: Vec::new(),

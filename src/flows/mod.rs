@@ -22,9 +22,11 @@ mod plan;
 mod records;
 pub(crate) mod run;
 mod runs;
+pub(crate) mod schedule;
 mod sql;
 mod statements;
 mod store;
+mod triggers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -32,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::PipelinesConfig;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -42,6 +45,9 @@ pub use deploy::read_bundle;
 pub use model::{Bundle, Header, Kind, ModelFile, PipelineDef};
 pub use plan::{DeployPlan, ModelChange, ModelPlan};
 pub use run::{ModelRun, RunRecord, RunStatus, SourceRange};
+pub use store::Pause;
+pub use triggers::{Fence, Origin};
+pub use schedule::{Catchup, RetryDef, TriggerDef};
 pub use store::Deployment;
 
 use dag::Dag;
@@ -133,6 +139,8 @@ pub struct RunFilter {
 struct Active {
     record: RunRecord,
     cancel: CancellationToken,
+    /// When it started by the clock (a scheduled slot due after it overlaps it).
+    started: chrono::DateTime<Utc>,
 }
 
 #[derive(Debug)]
@@ -143,12 +151,22 @@ pub struct Flows {
     default_layer: String,
     /// Runs this replica started (live while they run), the newest [`KEPT_RUNS`].
     runs: Arc<Mutex<BTreeMap<String, Active>>>,
-    /// `system.runs` / `system.model_runs`: every ended run, on every replica.
+    /// `system.runs` / `system.model_runs`: every run's start and end, on every replica.
     records: records::RunLog,
+    /// The time runs are stamped and retries wait by (driven in tests).
+    clock: Arc<dyn Clock>,
+    /// This process among the replicas (random per process), named in the runs it executes.
+    replica: String,
 }
 
 impl Flows {
-    pub fn new(engine: Arc<Engine>, cfg: &PipelinesConfig, default_layer: &str) -> Flows {
+    pub fn new(
+        engine: Arc<Engine>,
+        cfg: &PipelinesConfig,
+        default_layer: &str,
+        admin_role: &str,
+        clock: Arc<dyn Clock>,
+    ) -> Flows {
         let principals = cfg
             .principals
             .iter()
@@ -165,12 +183,28 @@ impl Flows {
             .collect();
         Flows {
             store: PipelineStore::new(Arc::clone(engine.catalog().warehouse().store())),
-            records: records::RunLog::new(Arc::clone(&engine)),
+            records: records::RunLog::new(Arc::clone(&engine), admin_role),
             engine,
             principals,
             default_layer: default_layer.to_ascii_lowercase(),
             runs: Arc::new(Mutex::new(BTreeMap::new())),
+            clock,
+            replica: uuid::Uuid::new_v4().simple().to_string(),
         }
+    }
+
+    /// This process's id among the replicas.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The warehouse's object store (the scheduler's lease lives there too).
+    pub(crate) fn object_store(&self) -> Arc<dyn object_store::ObjectStore> {
+        Arc::clone(self.engine.catalog().warehouse().store())
     }
 
     fn run_as(&self, def: &PipelineDef) -> Result<Arc<Principal>> {

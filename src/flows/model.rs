@@ -37,6 +37,12 @@ pub struct PipelineDef {
     /// The service principal the models run as (`[[pipelines.principals]]` of the server
     /// configuration); its roles must be a subset of the deployer's.
     pub run_as: String,
+    /// When it runs on its own (the scheduler); only on request when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<super::schedule::TriggerDef>,
+    /// Retries of failed models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<super::schedule::RetryDef>,
 }
 
 /// One model file of a bundle.

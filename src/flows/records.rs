@@ -6,11 +6,13 @@
 //! is also held live in its memory (`Flows::runs`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use chrono::{DateTime, Utc};
 use datafusion::common::ScalarValue;
+use deltalake::kernel::Transaction;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::run::{ModelRun, RunRecord, RunStatus};
@@ -18,6 +20,7 @@ use super::{Kind, RunFilter};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::pipelines::commit::{self, WriteMode};
+use crate::pipelines::schema::{self, TableChange};
 use crate::security::Principal;
 use crate::storage::TableRef;
 use crate::storage::catalog::TableSpec;
@@ -44,7 +47,25 @@ struct RunRow {
     error: Option<String>,
     /// The run's models, comma-separated (what the row filter of `system.runs` reads).
     models: String,
+    #[serde(default)]
+    scheduled_for: Option<DateTime<Utc>>,
+    #[serde(default)]
+    epoch: Option<i64>,
+    #[serde(default)]
+    replica: Option<String>,
+    /// A run has a row per change of state (queued or running when it starts, its end,
+    /// an orphan mark); the highest `seq` is its current state. Rows from before `seq`
+    /// existed are ends.
+    #[serde(default)]
+    seq: Option<i64>,
 }
+
+/// `seq` of the row a run gets when it starts (or its slot is claimed).
+const SEQ_START: i64 = 0;
+/// `seq` of the row a run gets when it ends.
+const SEQ_END: i64 = 1;
+/// `seq` of the leader's orphan mark (the run's own end, if it ever comes, is no newer).
+const SEQ_ORPHANED: i64 = 1;
 
 /// A row of `system.model_runs`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -66,6 +87,8 @@ struct ModelRunRow {
     duration_ms: i64,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    attempts: Option<i64>,
 }
 
 fn ts() -> DataType {
@@ -90,6 +113,10 @@ fn columns(table: &str) -> Vec<(&'static str, DataType, &'static str)> {
             ("ended_at", t()),
             ("error", s()),
             ("models", s()),
+            ("scheduled_for", t()),
+            ("epoch", n()),
+            ("replica", s()),
+            ("seq", n()),
         ]
     } else {
         vec![
@@ -106,6 +133,7 @@ fn columns(table: &str) -> Vec<(&'static str, DataType, &'static str)> {
             ("target_version", n()),
             ("duration_ms", n()),
             ("error", s()),
+            ("attempts", n()),
         ]
     };
     cols.into_iter().map(|(c, (a, q))| (c, a, q)).collect()
@@ -130,10 +158,40 @@ pub(crate) struct RunLog {
     engine: Arc<Engine>,
     /// The writer named in the tables' history.
     writer: Principal,
+    /// The role that reads every record (the server's own look at open runs).
+    admin_role: String,
+    /// `system.runs` / `system.model_runs` exist with every column this build writes.
+    ready: [AtomicBool; 2],
+}
+
+/// The `system.runs` row of `r` as of `seq`.
+fn run_row(r: &RunRecord, seq: i64) -> RunRow {
+    RunRow {
+        run_id: r.run_id.clone(),
+        pipeline: r.pipeline.clone(),
+        pipeline_version: to_i64(r.pipeline_version),
+        trigger: r.trigger.clone(),
+        requested_by: r.requested_by.clone(),
+        status: r.status,
+        queued_at: r.queued_at,
+        started_at: r.started_at,
+        ended_at: r.ended_at,
+        error: r.error.clone(),
+        models: r
+            .models
+            .iter()
+            .map(|m| m.model.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        scheduled_for: r.scheduled_for,
+        epoch: r.epoch.map(to_i64),
+        replica: r.replica.clone(),
+        seq: Some(seq),
+    }
 }
 
 impl RunLog {
-    pub(crate) fn new(engine: Arc<Engine>) -> RunLog {
+    pub(crate) fn new(engine: Arc<Engine>, admin_role: &str) -> RunLog {
         RunLog {
             engine,
             writer: Principal {
@@ -141,10 +199,12 @@ impl RunLog {
                 roles: Default::default(),
                 claims: Default::default(),
             },
+            admin_role: admin_role.to_string(),
+            ready: [AtomicBool::new(false), AtomicBool::new(false)],
         }
     }
 
-    /// Appends an ended run: its models first, so a visible run row has its model rows.
+    /// Appends an ended run: its models first, so a visible end row has its model rows.
     pub(crate) async fn record(&self, r: &RunRecord) -> Result<()> {
         let models = r
             .models
@@ -166,121 +226,188 @@ impl RunLog {
                     target_version: m.target_version.map(to_i64),
                     duration_ms: to_i64(m.duration_ms),
                     error: m.error.clone(),
+                    attempts: Some(i64::from(m.attempts)),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        self.append(MODEL_RUNS, &models).await?;
-        let run = RunRow {
-            run_id: r.run_id.clone(),
-            pipeline: r.pipeline.clone(),
-            pipeline_version: to_i64(r.pipeline_version),
-            trigger: r.trigger.clone(),
-            requested_by: r.requested_by.clone(),
-            status: r.status,
-            queued_at: r.queued_at,
-            started_at: r.started_at,
-            ended_at: r.ended_at,
-            error: r.error.clone(),
-            models: r
-                .models
-                .iter()
-                .map(|m| m.model.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-        };
-        self.append(RUNS, &[run]).await
+        self.append(MODEL_RUNS, &models, &[]).await?;
+        self.append(RUNS, &[run_row(r, SEQ_END)], &[]).await?;
+        Ok(())
     }
 
-    async fn append<T: Serialize>(&self, name: &str, rows: &[T]) -> Result<()> {
+    /// Appends a run's first row (queued or running), so every replica sees it while it runs.
+    pub(crate) async fn record_start(&self, r: &RunRecord) -> Result<()> {
+        self.append(RUNS, &[run_row(r, SEQ_START)], &[]).await?;
+        Ok(())
+    }
+
+    /// Appends `r` (a scheduled run, or a slot recorded as skipped or paused) as the claim
+    /// of its slot: the commit carries `slot` (the pipeline's claimed-up-to marker), so of
+    /// two leaders claiming the same slot one commits and the other finds it taken (false).
+    pub(crate) async fn claim(&self, r: &RunRecord, slot: Transaction) -> Result<bool> {
+        let seq = if r.status.is_terminal() {
+            SEQ_END
+        } else {
+            SEQ_START
+        };
+        Ok(!self.append(RUNS, &[run_row(r, seq)], &[slot]).await?)
+    }
+
+    /// The version of marker `app` in `system.runs` (the newest slot claimed under it).
+    pub(crate) async fn claimed(&self, app: &str) -> Result<Option<i64>> {
+        let t = TableRef::system(RUNS);
+        let table = match self.engine.catalog().load(&t).await {
+            Ok(table) => table,
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if table.version().is_none() {
+            return Ok(None);
+        }
+        Ok(table
+            .snapshot()?
+            .transaction_version(table.log_store().as_ref(), app)
+            .await?)
+    }
+
+    /// Marks runs `orphaned` that are still queued or running by their last row and whose
+    /// replica is not in `alive`; their ids.
+    pub(crate) async fn mark_orphans(
+        &self,
+        alive: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        let filter = RunFilter {
+            limit: 1000,
+            ..RunFilter::default()
+        };
+        let open: Vec<RunRow> = self
+            .latest_rows(&self.system_reader(), &filter, None, true)
+            .await?;
+        let mut marked = Vec::new();
+        for mut row in open {
+            if row.replica.as_ref().is_none_or(|r| alive.contains(r)) {
+                continue;
+            }
+            row.error = Some(format!(
+                "the replica running it ({}) stopped before it ended; its committed batches stand, the rest runs again on the next trigger",
+                row.replica.as_deref().unwrap_or("unknown")
+            ));
+            row.status = RunStatus::Orphaned;
+            row.ended_at = Some(now);
+            row.seq = Some(SEQ_ORPHANED);
+            self.append(RUNS, std::slice::from_ref(&row), &[]).await?;
+            marked.push(row.run_id);
+        }
+        Ok(marked)
+    }
+
+    /// The server itself, reading every row (orphan marks concern every run).
+    fn system_reader(&self) -> Arc<Principal> {
+        Arc::new(Principal {
+            subject: self.writer.subject.clone(),
+            roles: [self.admin_role.clone()].into(),
+            claims: Default::default(),
+        })
+    }
+
+    /// Appends `rows` (with `progress` in the same commit); true when the table already
+    /// held the progress and nothing was written.
+    async fn append<T: Serialize>(
+        &self,
+        name: &str,
+        rows: &[T],
+        progress: &commit::Progress,
+    ) -> Result<bool> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let t = TableRef::system(name);
-        let catalog = self.engine.catalog();
-        if !catalog.exists(&t).await? {
-            let spec = TableSpec {
-                columns: columns(name)
-                    .into_iter()
-                    .map(|(c, _, sql)| ColumnSpec {
-                        name: c.into(),
-                        data_type: sql.into(),
-                        nullable: true,
-                        description: None,
-                    })
-                    .collect(),
-                partition_by: Vec::new(),
-                description: Some(format!(
-                    "Strata run records ({name}); written by the server"
-                )),
-                properties: Default::default(),
-            };
-            let props = commit::commit_properties(&self.writer, "CREATE SYSTEM TABLE");
-            match catalog.create(&t, &spec, &self.writer.subject, props).await {
-                Ok(_) | Err(Error::AlreadyExists(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        self.ensure_table(name, &t).await?;
         let mut decoder = arrow::json::ReaderBuilder::new(schema(name)).build_decoder()?;
         decoder.serialize(rows)?;
         let batch = decoder
             .flush()?
             .ok_or_else(|| Error::internal("no rows decoded"))?;
-        commit::write(
-            catalog,
+        let outcome = commit::write_with_progress(
+            self.engine.catalog(),
             &t,
             &self.writer,
             vec![batch],
             WriteMode::Append,
             None,
             "RECORD RUN",
+            progress,
         )
         .await?;
+        Ok(outcome.duplicate)
+    }
+
+    /// Creates the table, or adds the columns a newer server records (once per process).
+    async fn ensure_table(&self, name: &str, t: &TableRef) -> Result<()> {
+        let ready = if name == RUNS {
+            &self.ready[0]
+        } else {
+            &self.ready[1]
+        };
+        if ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let catalog = self.engine.catalog();
+        let wanted: Vec<ColumnSpec> = columns(name)
+            .into_iter()
+            .map(|(c, _, sql)| ColumnSpec {
+                name: c.into(),
+                data_type: sql.into(),
+                nullable: true,
+                description: None,
+            })
+            .collect();
+        match catalog.load(t).await {
+            Ok(table) => {
+                let have = table.snapshot()?.schema();
+                let missing: Vec<ColumnSpec> = wanted
+                    .into_iter()
+                    .filter(|c| have.field(&c.name).is_none())
+                    .collect();
+                if !missing.is_empty() {
+                    let change = TableChange::AddColumns {
+                        columns: missing,
+                        if_not_exists: true,
+                    };
+                    schema::alter(catalog, t, &self.writer, &change, self.engine.planning_state())
+                        .await?;
+                }
+            }
+            Err(Error::NotFound(_)) => {
+                let spec = TableSpec {
+                    columns: wanted,
+                    partition_by: Vec::new(),
+                    description: Some(format!(
+                        "Strata run records ({name}); written by the server"
+                    )),
+                    properties: Default::default(),
+                };
+                let props = commit::commit_properties(&self.writer, "CREATE SYSTEM TABLE");
+                match catalog.create(t, &spec, &self.writer.subject, props).await {
+                    Ok(_) | Err(Error::AlreadyExists(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        ready.store(true, Ordering::Release);
         Ok(())
     }
 
-    /// Runs matching `filter` (newest first) as `p` may see them; `ids` limits to those runs.
+    /// Runs matching `filter` (newest first) as `p` may see them; `id` limits to that run.
     pub(crate) async fn runs(
         &self,
         p: &Arc<Principal>,
         filter: &RunFilter,
         id: Option<&str>,
     ) -> Result<Vec<RunRecord>> {
-        if !self
-            .engine
-            .catalog()
-            .exists(&TableRef::system(RUNS))
-            .await?
-        {
-            return Ok(Vec::new());
-        }
-        let mut conditions = Vec::new();
-        let mut params = Vec::new();
-        let mut bind = |condition: &str, value: String| {
-            params.push(ScalarValue::Utf8(Some(value)));
-            conditions.push(format!("{condition} ${}", params.len()));
-        };
-        if let Some(id) = id {
-            bind("run_id =", id.to_string());
-        }
-        if let Some(pipeline) = &filter.pipeline {
-            bind("pipeline =", pipeline.clone());
-        }
-        if let Some(status) = filter.status {
-            bind("status =", status.as_str().to_string());
-        }
-        if let Some(before) = &filter.before {
-            bind("run_id <", before.clone());
-        }
-        let sql = format!(
-            "SELECT * FROM system.runs{} ORDER BY run_id DESC LIMIT {}",
-            if conditions.is_empty() {
-                String::new()
-            } else {
-                format!(" WHERE {}", conditions.join(" AND "))
-            },
-            filter.limit.max(1)
-        );
-        let runs: Vec<RunRow> = rows(self.engine.query_rows(p, &sql, params).await?)?;
+        let runs = self.latest_rows(p, filter, id, false).await?;
         if runs.is_empty() {
             return Ok(Vec::new());
         }
@@ -319,6 +446,7 @@ impl RunLog {
                             })?,
                             target_version: m.target_version.map(|v| v.max(0) as u64),
                             duration_ms: m.duration_ms.max(0) as u64,
+                            attempts: m.attempts.map_or(1, |a| a.clamp(1, 1000) as u32),
                             error: m.error.clone(),
                         })
                     })
@@ -328,6 +456,9 @@ impl RunLog {
                     pipeline: r.pipeline,
                     pipeline_version: r.pipeline_version.max(0) as u64,
                     trigger: r.trigger,
+                    scheduled_for: r.scheduled_for,
+                    epoch: r.epoch.map(|e| e.max(0) as u64),
+                    replica: r.replica,
                     requested_by: r.requested_by,
                     status: r.status,
                     queued_at: r.queued_at,
@@ -338,6 +469,64 @@ impl RunLog {
                 })
             })
             .collect()
+    }
+}
+
+impl RunLog {
+    /// The current row (highest `seq`) of each run matching `filter` as `p` may see them,
+    /// newest first; `open`: only runs still queued or running.
+    async fn latest_rows(
+        &self,
+        p: &Arc<Principal>,
+        filter: &RunFilter,
+        id: Option<&str>,
+        open: bool,
+    ) -> Result<Vec<RunRow>> {
+        if !self
+            .engine
+            .catalog()
+            .exists(&TableRef::system(RUNS))
+            .await?
+        {
+            return Ok(Vec::new());
+        }
+        let mut inner = Vec::new();
+        let mut outer = Vec::new();
+        let mut params = Vec::new();
+        let mut bind = |to: &mut Vec<String>, condition: &str, value: String| {
+            params.push(ScalarValue::Utf8(Some(value)));
+            to.push(format!("{condition} ${}", params.len()));
+        };
+        if let Some(id) = id {
+            bind(&mut inner, "run_id =", id.to_string());
+        }
+        if let Some(pipeline) = &filter.pipeline {
+            bind(&mut inner, "pipeline =", pipeline.clone());
+        }
+        if let Some(before) = &filter.before {
+            bind(&mut inner, "run_id <", before.clone());
+        }
+        if let Some(status) = filter.status {
+            bind(&mut outer, "status =", status.as_str().to_string());
+        }
+        if open {
+            outer.push("status IN ('queued', 'running')".into());
+        }
+        let clause = |c: &[String], joiner: &str| {
+            if c.is_empty() {
+                String::new()
+            } else {
+                format!("{joiner}{}", c.join(" AND "))
+            }
+        };
+        let sql = format!(
+            "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY run_id ORDER BY coalesce(seq, {SEQ_END}) DESC, ended_at DESC NULLS LAST) AS current_ \
+             FROM system.runs{}) AS r WHERE current_ = 1{} ORDER BY run_id DESC LIMIT {}",
+            clause(&inner, " WHERE "),
+            clause(&outer, " AND "),
+            filter.limit.max(1)
+        );
+        rows(self.engine.query_rows(p, &sql, params).await?)
     }
 }
 
@@ -365,7 +554,8 @@ impl RunLog {
         }
         let sql = "SELECT pipeline, run_id, status FROM (\
                      SELECT pipeline, run_id, status, \
-                       row_number() OVER (PARTITION BY pipeline ORDER BY run_id DESC) AS rn \
+                       row_number() OVER (PARTITION BY pipeline ORDER BY run_id DESC, \
+                         coalesce(seq, 1) DESC, ended_at DESC NULLS LAST) AS rn \
                      FROM system.runs) AS r WHERE rn = 1";
         let last: Vec<LastRun> = rows(self.engine.query_rows(p, sql, Vec::new()).await?)?;
         Ok(last

@@ -22,7 +22,6 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use deltalake::kernel::Transaction;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use super::dag::Node;
 use super::model::{Kind, OnSchemaChange, OnWatermarkExpired};
@@ -55,6 +54,14 @@ pub enum RunStatus {
     Cancelled,
     /// A source's changes since the watermark are gone (VACUUM or log retention).
     WatermarkExpired,
+    /// A triggered run (or one of its models) found nothing new to commit.
+    Skipped,
+    /// A scheduled slot that came due while `max_concurrent_runs` runs were running.
+    SkippedOverlap,
+    /// A scheduled slot that came due while the pipeline was paused.
+    Paused,
+    /// The replica running it stopped (its heartbeat lapsed); marked by the leader.
+    Orphaned,
 }
 
 impl RunStatus {
@@ -67,7 +74,16 @@ impl RunStatus {
             RunStatus::UpstreamFailed => "upstream_failed",
             RunStatus::Cancelled => "cancelled",
             RunStatus::WatermarkExpired => "watermark_expired",
+            RunStatus::Skipped => "skipped",
+            RunStatus::SkippedOverlap => "skipped_overlap",
+            RunStatus::Paused => "paused",
+            RunStatus::Orphaned => "orphaned",
         }
+    }
+
+    /// The run (or model) will not change any more.
+    pub(crate) fn is_terminal(self) -> bool {
+        !matches!(self, RunStatus::Queued | RunStatus::Running)
     }
 }
 
@@ -97,8 +113,15 @@ pub struct ModelRun {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_version: Option<u64>,
     pub duration_ms: u64,
+    /// Attempts made (more than 1 when `[retry]` retried it).
+    #[serde(default = "one")]
+    pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl ModelRun {
@@ -113,6 +136,7 @@ impl ModelRun {
             sources: Vec::new(),
             target_version: None,
             duration_ms: 0,
+            attempts: 1,
             error: None,
         }
     }
@@ -125,8 +149,17 @@ pub struct RunRecord {
     pub run_id: String,
     pub pipeline: String,
     pub pipeline_version: u64,
-    /// `manual` (the only trigger so far).
+    /// `manual`, `cron` or `upstream`.
     pub trigger: String,
+    /// The cron slot a scheduled run is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<DateTime<Utc>>,
+    /// The scheduler lease epoch of the leader that started it (the fencing token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// The replica executing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
     pub requested_by: String,
     pub status: RunStatus,
     pub queued_at: DateTime<Utc>,
@@ -146,7 +179,10 @@ pub(crate) struct ModelTask<'a> {
     pub(crate) node: &'a Node,
     pub(crate) run_as: &'a Arc<Principal>,
     pub(crate) default_layer: &'a str,
-    pub(crate) cancel: &'a CancellationToken,
+    /// Checked before every batch: a cancel, or the scheduler's lease lost.
+    pub(crate) guard: &'a super::runs::RunGuard,
+    /// What "now" is for time ranges (the scheduler's clock).
+    pub(crate) clock: &'a dyn crate::clock::Clock,
     /// Rebuild the table instead of reading from the watermarks.
     pub(crate) refresh: Option<Refresh>,
 }
@@ -211,9 +247,7 @@ impl ModelTask<'_> {
         let t = &self.node.model.target;
         let mut conflicts = 0;
         loop {
-            if self.cancel.is_cancelled() {
-                return Err(Error::Cancelled("the run was cancelled".into()));
-            }
+            self.guard.check()?;
             self.ensure_table().await?;
             let Some(batch) = self.next_batch().await? else {
                 return Ok(());
@@ -360,7 +394,7 @@ impl ModelTask<'_> {
                 to_version: latest,
             });
         }
-        let now = Utc::now();
+        let now = self.clock.now();
         let current = size.floor(now);
         let completed = done.is_none_or(|d| d < current);
         if moved_sources.is_empty() && !completed {
@@ -374,9 +408,7 @@ impl ModelTask<'_> {
         };
         let sql = self.pinned(&pins)?;
         while start <= current {
-            if self.cancel.is_cancelled() {
-                return Err(Error::Cancelled("the run was cancelled".into()));
-            }
+            self.guard.check()?;
             let end = size.add(start, 1);
             let mut progress = Vec::new();
             if end <= now && done.is_none_or(|d| end > d) {

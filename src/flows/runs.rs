@@ -4,14 +4,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::dag::Dag;
 use super::model::Kind;
-use super::run::{self, ModelRun, ModelTask, Refresh, RunRecord, RunStatus};
+use super::run::{ModelRun, ModelTask, Refresh, RunRecord, RunStatus};
+use super::schedule::RetryDef;
+use super::store::Deployment;
+use super::triggers::{Fence, Origin};
 use super::{Active, Flows, KEPT_RUNS, RunFilter, RunRequest, layers, redact};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
+use crate::storage::commit_info::RunContext;
 use crate::security::{AccessControl, Principal, Privilege};
 use crate::storage::TableRef;
 
@@ -29,7 +32,19 @@ impl Flows {
         for layer in layers(&dag) {
             access.check_layer(p, Privilege::Manage, layer)?;
         }
-        let run_as = self.run_as(&d.pipeline)?;
+        let (mut record, plan) = self.prepare(&d, dag, &request)?;
+        record.requested_by = p.subject.clone();
+        self.records.record_start(&record).await?;
+        self.launch(record, plan, &d, Origin::manual())
+    }
+
+    /// The record and plan of a run of `d` (nothing started yet).
+    pub(super) fn prepare(
+        &self,
+        d: &Deployment,
+        dag: Dag,
+        request: &RunRequest,
+    ) -> Result<(RunRecord, RunPlan)> {
         let selected = selection(&dag, request.models.as_deref(), &self.default_layer)?;
         let mut refresh = BTreeMap::new();
         for node in dag
@@ -54,12 +69,15 @@ impl Flows {
         }
         let record = RunRecord {
             run_id: uuid::Uuid::now_v7().to_string(),
-            pipeline: name.to_string(),
+            pipeline: d.name.clone(),
             pipeline_version: d.version,
             trigger: "manual".into(),
-            requested_by: p.subject.clone(),
+            scheduled_for: None,
+            epoch: None,
+            replica: Some(self.replica.clone()),
+            requested_by: super::triggers::SCHEDULER.into(),
             status: RunStatus::Queued,
-            queued_at: Utc::now(),
+            queued_at: self.clock.now(),
             started_at: None,
             ended_at: None,
             error: None,
@@ -76,6 +94,26 @@ impl Flows {
                 })
                 .collect(),
         };
+        Ok((
+            record,
+            RunPlan {
+                dag,
+                selected,
+                refresh,
+            },
+        ))
+    }
+
+    /// Registers `record` as live here and runs it in the background.
+    pub(super) fn launch(
+        self: &Arc<Self>,
+        record: RunRecord,
+        plan: RunPlan,
+        d: &Deployment,
+        origin: Origin,
+    ) -> Result<RunRecord> {
+        let run_as = self.run_as(&d.pipeline)?;
+        let retry = d.pipeline.retry.clone().unwrap_or_default();
         let cancel = CancellationToken::new();
         {
             let mut runs = self
@@ -87,6 +125,7 @@ impl Flows {
                 Active {
                     record: record.clone(),
                     cancel: cancel.clone(),
+                    started: self.clock.now(),
                 },
             );
             while runs.len() > KEPT_RUNS {
@@ -95,14 +134,18 @@ impl Flows {
         }
         let this = Arc::clone(self);
         let (id, pipeline) = (record.run_id.clone(), record.pipeline.clone());
-        tokio::spawn(async move {
-            let plan = RunPlan {
-                dag,
-                selected,
-                refresh,
-            };
-            this.execute(&id, &pipeline, plan, run_as, cancel).await;
-        });
+        let context = RunContext {
+            run_id: id.clone(),
+            epoch: origin.epoch,
+        };
+        let guard = RunGuard {
+            cancel,
+            fence: origin.fence,
+        };
+        tokio::spawn(context.scope(async move {
+            this.execute(&id, &pipeline, plan, run_as, guard, retry)
+                .await;
+        }));
         Ok(record)
     }
 
@@ -120,7 +163,8 @@ impl Flows {
         pipeline: &str,
         plan: RunPlan,
         run_as: Arc<Principal>,
-        cancel: CancellationToken,
+        guard: RunGuard,
+        retry: RetryDef,
     ) {
         let RunPlan {
             dag,
@@ -129,10 +173,11 @@ impl Flows {
         } = plan;
         self.update(id, |r| {
             r.status = RunStatus::Running;
-            r.started_at = Some(Utc::now());
+            r.started_at = Some(self.clock.now());
         });
         let mut failed: BTreeSet<TableRef> = BTreeSet::new();
-        let mut cancelled = false;
+        let mut cancelled = None;
+        let mut committed = 0;
         for node in dag
             .nodes
             .iter()
@@ -149,8 +194,12 @@ impl Flows {
                     }
                 });
             };
-            if cancelled || cancel.is_cancelled() {
-                cancelled = true;
+            if cancelled.is_none()
+                && let Err(e) = guard.check()
+            {
+                cancelled = Some(e.to_string());
+            }
+            if cancelled.is_some() {
                 set(RunStatus::Cancelled, None);
                 continue;
             }
@@ -160,25 +209,17 @@ impl Flows {
                 continue;
             }
             set(RunStatus::Running, None);
-            let mut record =
-                ModelRun::new(name.clone(), node.model.header.kind, RunStatus::Running);
-            let task = ModelTask {
-                engine: &self.engine,
-                node,
-                run_as: &run_as,
-                default_layer: &self.default_layer,
-                cancel: &cancel,
-                refresh: refresh.get(&node.model.target).copied(),
-            };
-            let result = task.run(&mut record).await;
+            let (mut record, result) = self
+                .run_model(id, node, &run_as, &guard, &refresh, &retry)
+                .await;
             let status = match &result {
                 Ok(()) => RunStatus::Succeeded,
                 Err(_) if record.status == RunStatus::WatermarkExpired => {
                     failed.insert(node.model.target.clone());
                     RunStatus::WatermarkExpired
                 }
-                Err(Error::Cancelled(_)) => {
-                    cancelled = true;
+                Err(e @ Error::Cancelled(_)) => {
+                    cancelled = Some(e.to_string());
                     RunStatus::Cancelled
                 }
                 Err(_) => {
@@ -190,16 +231,25 @@ impl Flows {
                 tracing::warn!(run = id, model = %name, error = %e, "model failed");
                 record.error = Some(e.client_message(id));
             }
+            committed += record.commits;
             let metrics = crate::telemetry::metrics();
             metrics.model_rows(&name, record.rows_out);
             set(status, Some(record));
         }
-        let status = if cancelled {
+        let triggered = self
+            .runs
+            .lock()
+            .ok()
+            .and_then(|runs| runs.get(id).map(|a| a.record.trigger != "manual"))
+            .unwrap_or(false);
+        let status = if cancelled.is_some() {
             RunStatus::Cancelled
-        } else if failed.is_empty() {
-            RunStatus::Succeeded
-        } else {
+        } else if !failed.is_empty() {
             RunStatus::Failed
+        } else if triggered && committed == 0 {
+            RunStatus::Skipped
+        } else {
+            RunStatus::Succeeded
         };
         crate::telemetry::metrics().pipeline_run(pipeline, status.as_str());
         // Recorded before the run shows as ended here, so whoever saw it end finds it in
@@ -209,8 +259,10 @@ impl Flows {
             .lock()
             .ok()
             .and_then(|runs| runs.get(id).map(|a| a.record.clone()));
-        let error = (!failed.is_empty()).then(|| {
-            format!(
+        let error = if failed.is_empty() {
+            cancelled
+        } else {
+            Some(format!(
                 "{} model(s) failed: {}",
                 failed.len(),
                 failed
@@ -218,9 +270,9 @@ impl Flows {
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
-            )
-        });
-        let ended_at = Utc::now();
+            ))
+        };
+        let ended_at = self.clock.now();
         let finish = |r: &mut RunRecord| {
             r.status = status;
             r.ended_at = Some(ended_at);
@@ -236,6 +288,58 @@ impl Flows {
             }
         }
         self.update(id, finish);
+    }
+
+    /// One model of a run, tried again after a failure as `[retry]` allows (never after a
+    /// cancel, an expired watermark or a missing privilege, which would fail the same way).
+    async fn run_model(
+        &self,
+        id: &str,
+        node: &super::dag::Node,
+        run_as: &Arc<Principal>,
+        guard: &RunGuard,
+        refresh: &BTreeMap<TableRef, Refresh>,
+        retry: &RetryDef,
+    ) -> (ModelRun, Result<()>) {
+        let name = node.model.target.to_string();
+        let mut attempt = 1;
+        loop {
+            let mut record =
+                ModelRun::new(name.clone(), node.model.header.kind, RunStatus::Running);
+            record.attempts = attempt;
+            let task = ModelTask {
+                engine: &self.engine,
+                node,
+                run_as,
+                default_layer: &self.default_layer,
+                guard,
+                clock: self.clock.as_ref(),
+                refresh: refresh.get(&node.model.target).copied(),
+            };
+            let result = task.run(&mut record).await;
+            let retryable = match &result {
+                Ok(()) => false,
+                Err(e) => {
+                    record.status != RunStatus::WatermarkExpired
+                        && !matches!(e.kind(), ErrorKind::Cancelled | ErrorKind::PermissionDenied)
+                }
+            };
+            if !retryable || attempt > retry.retries {
+                return (record, result);
+            }
+            attempt += 1;
+            let wait = retry.backoff(attempt, rand::random::<f64>());
+            if let Err(e) = &result {
+                tracing::warn!(run = id, model = %name, error = %e, attempt, wait_ms = wait.as_millis() as u64, "model failed; retrying");
+            }
+            let until = self.clock.now() + chrono::Duration::from_std(wait).unwrap_or_default();
+            tokio::select! {
+                () = self.clock.sleep_until(until) => {}
+                () = guard.cancel.cancelled() => {
+                    return (record, Err(Error::Cancelled("the run was cancelled".into())));
+                }
+            }
+        }
     }
 
     /// A run, with only the models `p` may read.
@@ -307,6 +411,17 @@ impl Flows {
         }
         self.run(p, id).await
     }
+
+    /// Stops every run this replica started for the scheduler (it no longer leads).
+    pub(crate) fn cancel_triggered(&self) {
+        if let Ok(runs) = self.runs.lock() {
+            for a in runs.values().filter(|a| {
+                a.record.trigger != "manual" && !a.record.status.is_terminal()
+            }) {
+                a.cancel.cancel();
+            }
+        }
+    }
 }
 
 impl crate::engine::maintenance::ChangeReaders for Flows {
@@ -332,18 +447,7 @@ impl crate::engine::maintenance::ChangeReaders for Flows {
                 };
                 for node in dag.nodes.iter().filter(|n| n.reads.streams.contains(t)) {
                     let target = &node.model.target;
-                    let consumed = match self.engine.catalog().load(target).await {
-                        Ok(table) => table
-                            .snapshot()?
-                            .transaction_version(
-                                table.log_store().as_ref(),
-                                &run::app_id(target, t, &id),
-                            )
-                            .await?
-                            .and_then(|v| u64::try_from(v).ok()),
-                        Err(Error::NotFound(_)) => None,
-                        Err(e) => return Err(e),
-                    };
+                    let consumed = self.consumed(target, t, &id).await?;
                     if consumed.is_none_or(|c| c < latest) {
                         behind.push(format!(
                             "{target} (pipeline {name}) has consumed {} of versions up to {latest}",
@@ -357,8 +461,39 @@ impl crate::engine::maintenance::ChangeReaders for Flows {
     }
 }
 
+/// What stops a run: a cancel, or (scheduled runs) the replica losing the lease.
+#[derive(Debug)]
+pub(crate) struct RunGuard {
+    pub(crate) cancel: CancellationToken,
+    fence: Option<Arc<dyn Fence>>,
+}
+
+impl RunGuard {
+    #[cfg(test)]
+    pub(crate) fn new(cancel: CancellationToken) -> RunGuard {
+        RunGuard {
+            cancel,
+            fence: None,
+        }
+    }
+
+    /// Err when the run must commit nothing more.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.cancel.is_cancelled() {
+            return Err(Error::Cancelled("the run was cancelled".into()));
+        }
+        if self.fence.as_ref().is_some_and(|f| !f.holds()) {
+            self.cancel.cancel();
+            return Err(Error::Cancelled(
+                "this replica no longer leads the scheduler: the new leader runs the pipeline from its watermarks".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What one run does: its DAG, the models it covers, and which of them rebuild.
-struct RunPlan {
+pub(super) struct RunPlan {
     dag: Dag,
     selected: BTreeSet<TableRef>,
     refresh: BTreeMap<TableRef, Refresh>,

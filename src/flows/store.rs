@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +15,15 @@ use crate::error::{Error, Result};
 use crate::storage::documents::DocumentLog;
 
 const PREFIX: &str = "_strata/pipelines";
+/// `<name>.json` while a pipeline's scheduling is paused.
+const PAUSED: &str = "_strata/paused";
+
+/// A paused pipeline: the scheduler records its slots as `paused` and starts nothing.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Pause {
+    pub paused_by: String,
+    pub paused_at: DateTime<Utc>,
+}
 
 /// One stored version of a pipeline.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -99,5 +108,37 @@ impl PipelineStore {
                 )),
                 other => other,
             })
+    }
+
+    fn pause_path(name: &str) -> Path {
+        Path::from(PAUSED).join(format!("{name}.json"))
+    }
+
+    pub(crate) async fn pause(&self, name: &str, pause: &Pause) -> Result<()> {
+        let body = serde_json::to_vec(pause).map_err(|e| Error::internal(e.to_string()))?;
+        self.store
+            .put(&Self::pause_path(name), object_store::PutPayload::from(body))
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn resume(&self, name: &str) -> Result<()> {
+        match self.store.delete(&Self::pause_path(name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) async fn paused(&self, name: &str) -> Result<Option<Pause>> {
+        match self.store.get(&Self::pause_path(name)).await {
+            Ok(got) => {
+                let bytes = got.bytes().await?;
+                Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::internal(format!("pause of pipeline {name}: {e}"))
+                })?))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 }

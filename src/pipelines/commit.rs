@@ -32,7 +32,9 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::security::Principal;
 use crate::storage::catalog::TableSpec;
-use crate::storage::commit_info::{COMMIT_ID_KEY, OPERATION_KEY, PRINCIPAL_KEY};
+use crate::storage::commit_info::{
+    COMMIT_ID_KEY, EPOCH_KEY, OPERATION_KEY, PRINCIPAL_KEY, RUN_ID_KEY, RunContext,
+};
 use crate::storage::{Catalog, TableRef};
 
 const MAX_IDEMPOTENCY_KEY: usize = 200;
@@ -65,9 +67,16 @@ pub struct WriteOutcome {
 /// is pruned by VACUUM only, behind the same guard as the change files
 /// (`pipelines::maintenance::vacuum`).
 pub(crate) fn commit_properties(p: &Principal, operation: &str) -> CommitProperties {
+    let run = RunContext::current().map(|r| {
+        let mut keys = vec![(RUN_ID_KEY.to_string(), serde_json::Value::String(r.run_id))];
+        if let Some(epoch) = r.epoch {
+            keys.push((EPOCH_KEY.to_string(), serde_json::Value::from(epoch)));
+        }
+        keys
+    });
     CommitProperties::default()
         .with_cleanup_expired_logs(Some(false))
-        .with_metadata([
+        .with_metadata(run.into_iter().flatten().chain([
             (
                 PRINCIPAL_KEY.to_string(),
                 serde_json::Value::String(p.subject.clone()),
@@ -82,7 +91,7 @@ pub(crate) fn commit_properties(p: &Principal, operation: &str) -> CommitPropert
                 COMMIT_ID_KEY.to_string(),
                 serde_json::Value::String(uuid::Uuid::new_v4().to_string()),
             ),
-        ])
+        ]))
 }
 
 /// The Delta `txn` application id of a client's idempotency key. Keys belong to the

@@ -1,36 +1,71 @@
-//! The scheduler (PLATFORM P3): one leader among the replicas sharing a warehouse, which
-//! runs pipelines on their own. So far the election: every replica with `[scheduler]
-//! enabled` ticks the lease log ([`lease`]) a few times per TTL; `GET /api/v1/scheduler`
-//! and `strata_scheduler_is_leader` show who leads. Triggers, catch-up, retries and
-//! backfill come on top of it.
+//! The scheduler (PLATFORM P3): one leader among the replicas sharing a warehouse runs
+//! pipelines on their own.
+//!
+//! ```text
+//! every replica, a third of the TTL:  lease tick (lease) ─▶ leads? epoch? replicas alive?
+//! the leader, every second or when its clock jumps or a slot is due:
+//!   per deployed pipeline with [trigger] (flows::triggered):
+//!     cron: slots in (newest claimed slot, now] (flows::schedule::Schedule::due)
+//!           ─▶ catchup all | latest | none ─▶ per slot, oldest first:
+//!              paused                          → recorded `paused`
+//!              max_concurrent_runs running     → due before they started: waits (a backlog)
+//!                                                due after: recorded `skipped_overlap`
+//!              otherwise                       → a run, its slot claimed in system.runs
+//!     upstream: every poll_interval, a source moved past a model's watermark → a run
+//!   every TTL: runs still open whose replica's heartbeat lapsed → `orphaned`
+//! ```
+//!
+//! A slot is claimed by the commit of its `system.runs` row, which carries the marker
+//! `strata:slot:<pipeline>` = the slot (a Delta `txn`): two leaders (a deposed one still
+//! acting, say) cannot both claim it, and a new leader resumes after the newest claimed
+//! slot. One marker per pipeline, its version the newest slot, rather than one `txn` per
+//! slot: slots are claimed in order, so "claimed up to" says as much, and checkpoints do
+//! not grow with every minute a schedule ever fired. Runs started by the scheduler carry
+//! the epoch in their record and in every commit's info, and stop before their next model
+//! or batch once this replica no longer leads; the data stays exactly once either way,
+//! because every commit carries the watermarks it consumed (PLATFORM P1).
 
 pub(crate) mod lease;
 
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use object_store::ObjectStore;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::SchedulerConfig;
+use crate::error::Result;
+use crate::flows::schedule::to_claim;
+use crate::flows::{Catchup, Deployment, Fence, Flows, Origin, Pause, RunStatus};
+use crate::storage::TableRef;
 pub use lease::Replica;
 use lease::{Leadership, LeaseLog};
 
 /// The least TTL a lease may have: S3 (and its stand-ins) report object times to the second.
 pub(crate) const MIN_LEASE_TTL_SECS: u64 = 5;
+/// How often the leader looks at its pipelines at the latest (it also wakes when a slot is
+/// due or its clock jumps).
+const TICK: Duration = Duration::from_secs(1);
 
 /// Problems of `[scheduler]`.
 pub(crate) fn config_problems(cfg: &SchedulerConfig) -> Vec<String> {
+    let mut out = Vec::new();
     if cfg.lease_ttl_secs < MIN_LEASE_TTL_SECS {
-        vec![format!(
+        out.push(format!(
             "scheduler.lease_ttl_secs = {} is below {MIN_LEASE_TTL_SECS}: object stores report times to the second, so a shorter lease can be taken over while its holder still acts",
             cfg.lease_ttl_secs
-        )]
-    } else {
-        Vec::new()
+        ));
     }
+    if !(1..=1000).contains(&cfg.max_catchup_runs) {
+        out.push(format!(
+            "scheduler.max_catchup_runs = {} must lie in 1..=1000",
+            cfg.max_catchup_runs
+        ));
+    }
+    out
 }
 
 /// A replica as the scheduler last saw it.
@@ -39,6 +74,30 @@ pub struct ReplicaSeen {
     pub id: String,
     /// When the store recorded its last heartbeat (the store's clock).
     pub last_seen: DateTime<Utc>,
+}
+
+/// A scheduled pipeline in `GET /api/v1/scheduler`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PipelineSchedule {
+    pub pipeline: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    pub catchup: Catchup,
+    pub on_upstream_change: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Pause>,
+    /// The next slot after now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<DateTime<Utc>>,
+    /// Its newest claimed slot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_slot: Option<DateTime<Utc>>,
+    /// Due slots waiting for a running run to end (`catchup = "all"`), as the leader last saw.
+    pub queued: usize,
+    /// Runs of it this replica is executing.
+    pub running: usize,
 }
 
 /// `GET /api/v1/scheduler`, answered by every replica.
@@ -58,9 +117,23 @@ pub struct SchedulerView {
     pub lease_ttl_secs: u64,
     /// Replicas whose heartbeat the store saw within three TTLs.
     pub replicas: Vec<ReplicaSeen>,
+    /// The scheduler's clock now.
+    pub now: DateTime<Utc>,
+    /// Pipelines with a `[trigger]`.
+    pub pipelines: Vec<PipelineSchedule>,
     /// Why the last tick failed, while it does (this replica does not lead meanwhile).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What the leader remembers of a pipeline between passes (lost on failover, on purpose:
+/// nothing in it decides whether a slot runs).
+#[derive(Debug, Default, Clone)]
+struct Memory {
+    next_poll: Option<DateTime<Utc>>,
+    /// The sources' versions the last upstream run was started for.
+    triggered_at: Option<BTreeMap<TableRef, u64>>,
+    queued: usize,
 }
 
 #[derive(Debug)]
@@ -68,27 +141,58 @@ pub struct Scheduler {
     enabled: bool,
     lease: LeaseLog,
     state: RwLock<(Option<Leadership>, Option<String>)>,
+    flows: Arc<Flows>,
+    clock: Arc<dyn Clock>,
+    max_catchup_runs: usize,
+    memory: Mutex<BTreeMap<String, Memory>>,
+}
+
+/// The lease as the runs this leader started see it.
+#[derive(Debug)]
+struct LeaseFence(Weak<Scheduler>);
+
+impl Fence for LeaseFence {
+    fn holds(&self) -> bool {
+        self.0.upgrade().is_some_and(|s| s.leads_epoch().is_some())
+    }
 }
 
 impl Scheduler {
     /// `address` is where this replica's REST API listens (shown to the others).
-    pub fn new(store: Arc<dyn ObjectStore>, address: String, cfg: &SchedulerConfig) -> Scheduler {
+    pub fn new(flows: Arc<Flows>, address: String, cfg: &SchedulerConfig) -> Scheduler {
         let me = Replica {
-            id: uuid::Uuid::new_v4().simple().to_string(),
+            id: flows.replica().to_string(),
             address,
         };
         Scheduler {
             enabled: cfg.enabled,
-            lease: LeaseLog::new(store, me, Duration::from_secs(cfg.lease_ttl_secs)),
+            lease: LeaseLog::new(
+                flows.object_store(),
+                me,
+                Duration::from_secs(cfg.lease_ttl_secs),
+            ),
             state: RwLock::new((None, None)),
+            clock: Arc::clone(flows.clock()),
+            flows,
+            max_catchup_runs: cfg.max_catchup_runs.max(1),
+            memory: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// Takes part in the election until `stop` (a tick every third of the TTL).
+    /// Takes part in the election and, while leading, runs the triggers, until `stop`.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         if !self.enabled {
             return;
         }
+        tokio::join!(
+            Arc::clone(&self).elect(stop.clone()),
+            Arc::clone(&self).trigger(stop)
+        );
+        crate::telemetry::metrics().scheduler_is_leader.set(0);
+    }
+
+    /// The lease loop: a tick every third of the TTL.
+    async fn elect(self: Arc<Self>, stop: CancellationToken) {
         let every = self.lease.ttl() / 3;
         loop {
             let led = self.leads_epoch().is_some();
@@ -126,12 +230,165 @@ impl Scheduler {
                     }
                 };
             }
+            if led && !leads {
+                // Deposed: what it started stops before its next model or batch.
+                self.flows.cancel_triggered();
+            }
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(every) => {}
             }
         }
-        crate::telemetry::metrics().scheduler_is_leader.set(0);
+    }
+
+    /// The trigger loop: a pass over the pipelines while leading.
+    async fn trigger(self: Arc<Self>, stop: CancellationToken) {
+        let mut orphans_checked: Option<Instant> = None;
+        loop {
+            let mut wake = None;
+            if let Some(epoch) = self.leads_epoch() {
+                if orphans_checked.is_none_or(|t| t.elapsed() >= self.lease.ttl()) {
+                    orphans_checked = Some(Instant::now());
+                    self.mark_orphans().await;
+                }
+                match self.pass(epoch).await {
+                    Ok(next) => wake = next,
+                    Err(e) => tracing::warn!(error = %e, "scheduler pass failed"),
+                }
+            } else {
+                orphans_checked = None;
+                if let Ok(mut m) = self.memory.lock() {
+                    m.clear();
+                }
+            }
+            let due = match wake {
+                Some(t) => self.clock.sleep_until(t),
+                None => Box::pin(std::future::pending()),
+            };
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = due => {}
+                () = self.clock.changed() => {}
+                () = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    async fn mark_orphans(&self) {
+        let alive: Vec<String> = self
+            .state
+            .read()
+            .ok()
+            .and_then(|s| s.0.as_ref().map(|l| l.replicas.iter().map(|(id, _)| id.clone()).collect()))
+            .unwrap_or_default();
+        match self.flows.mark_orphans(&alive).await {
+            Ok(marked) if !marked.is_empty() => {
+                tracing::warn!(runs = ?marked, "runs of stopped replicas marked orphaned");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "looking for orphaned runs failed"),
+        }
+    }
+
+    /// One look at every triggered pipeline; the earliest time something is due next.
+    async fn pass(self: &Arc<Self>, epoch: u64) -> Result<Option<DateTime<Utc>>> {
+        let mut wake: Option<DateTime<Utc>> = None;
+        let mut soonest = |t: Option<DateTime<Utc>>| {
+            if let Some(t) = t {
+                wake = Some(wake.map_or(t, |w| w.min(t)));
+            }
+        };
+        for (d, paused) in self.flows.triggered().await? {
+            let name = d.name.clone();
+            match self.pipeline(epoch, &d, paused.as_ref()).await {
+                Ok(next) => soonest(next),
+                Err(e) => tracing::warn!(pipeline = %name, error = %e, "scheduling the pipeline failed"),
+            }
+        }
+        Ok(wake)
+    }
+
+    fn origin(self: &Arc<Self>, trigger: &'static str, slot: Option<DateTime<Utc>>, epoch: u64) -> Origin {
+        Origin {
+            trigger,
+            scheduled_for: slot,
+            epoch: Some(epoch),
+            fence: Some(Arc::new(LeaseFence(Arc::downgrade(self)))),
+        }
+    }
+
+    /// One pipeline's due slots and upstream poll; when it is due next.
+    async fn pipeline(
+        self: &Arc<Self>,
+        epoch: u64,
+        d: &Deployment,
+        paused: Option<&Pause>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let trigger = d.pipeline.trigger.clone().unwrap_or_default();
+        let name = &d.name;
+        let max = trigger.max_concurrent_runs();
+        let mut memory = self
+            .memory
+            .lock()
+            .map(|m| m.get(name).cloned().unwrap_or_default())
+            .unwrap_or_default();
+        let mut next = None;
+        if let Some(schedule) = trigger.schedule()? {
+            let now = self.clock.now();
+            let anchor = self.flows.claimed_slot(name).await?.unwrap_or(d.deployed_at);
+            let (due, more) = schedule.due(anchor, now, self.max_catchup_runs);
+            if more {
+                tracing::warn!(pipeline = %name, kept = self.max_catchup_runs, "more slots were missed than [scheduler] max_catchup_runs; the older ones are skipped");
+            }
+            let late = chrono::Duration::from_std(self.lease.ttl()).unwrap_or_default();
+            let slots = to_claim(trigger.catchup, &due, now, late);
+            memory.queued = 0;
+            for (i, slot) in slots.iter().copied().enumerate() {
+                if let Some(p) = paused {
+                    let why = format!("the pipeline was paused by {} at {}", p.paused_by, p.paused_at);
+                    self.flows.record_slot(d, slot, RunStatus::Paused, epoch, why).await?;
+                    continue;
+                }
+                let active = self.flows.active(name);
+                if active.len() >= max {
+                    if active.iter().any(|started| *started >= slot) {
+                        // Due before the running run started: a backlog, run in order.
+                        memory.queued = slots.len() - i;
+                        break;
+                    }
+                    let why = format!("{} run(s) of the pipeline were still running (max_concurrent_runs = {max})", active.len());
+                    self.flows.record_slot(d, slot, RunStatus::SkippedOverlap, epoch, why).await?;
+                    continue;
+                }
+                let origin = self.origin("cron", Some(slot), epoch);
+                if self.flows.start_triggered(d, origin).await?.is_none() {
+                    tracing::info!(pipeline = %name, %slot, "slot already claimed by another leader");
+                }
+            }
+            next = schedule.next_after(now);
+        }
+        if trigger.on_upstream_change && paused.is_none() {
+            let now = self.clock.now();
+            if memory.next_poll.is_none_or(|t| now >= t) {
+                memory.next_poll = Some(now + chrono::Duration::from_std(trigger.poll_interval()).unwrap_or_default());
+                if self.flows.active(name).len() < max
+                    && let Some(versions) = self.flows.upstream_moved(d).await?
+                    && memory.triggered_at.as_ref() != Some(&versions)
+                {
+                    let origin = self.origin("upstream", None, epoch);
+                    self.flows.start_triggered(d, origin).await?;
+                    memory.triggered_at = Some(versions);
+                }
+            }
+            next = match (next, memory.next_poll) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        if let Ok(mut m) = self.memory.lock() {
+            m.insert(name.clone(), memory);
+        }
+        Ok(next)
     }
 
     /// The epoch this replica leads under, while it leads.
@@ -140,13 +397,35 @@ impl Scheduler {
         state.0.as_ref().filter(|l| l.leads()).map(|l| l.epoch)
     }
 
-    pub fn view(&self) -> SchedulerView {
+    pub async fn view(&self) -> Result<SchedulerView> {
         let (leadership, error) = self
             .state
             .read()
             .map(|s| s.clone())
             .unwrap_or((None, Some("scheduler state unreadable".into())));
-        SchedulerView {
+        let now = self.clock.now();
+        let memory = self.memory.lock().map(|m| m.clone()).unwrap_or_default();
+        let mut pipelines = Vec::new();
+        for (d, paused) in self.flows.triggered().await? {
+            let trigger = d.pipeline.trigger.clone().unwrap_or_default();
+            let schedule = trigger.schedule().ok().flatten();
+            pipelines.push(PipelineSchedule {
+                next_run: schedule.as_ref().and_then(|s| s.next_after(now)),
+                last_slot: match schedule {
+                    Some(_) => self.flows.claimed_slot(&d.name).await?,
+                    None => None,
+                },
+                queued: memory.get(&d.name).map_or(0, |m| m.queued),
+                running: self.flows.active(&d.name).len(),
+                pipeline: d.name,
+                schedule: trigger.schedule,
+                timezone: trigger.timezone,
+                catchup: trigger.catchup,
+                on_upstream_change: trigger.on_upstream_change,
+                paused,
+            });
+        }
+        Ok(SchedulerView {
             enabled: self.enabled,
             replica: self.lease.me().clone(),
             is_leader: leadership.as_ref().is_some_and(Leadership::leads),
@@ -161,8 +440,10 @@ impl Scheduler {
                         .collect()
                 })
                 .unwrap_or_default(),
+            now,
+            pipelines,
             error,
-        }
+        })
     }
 }
 
@@ -175,6 +456,7 @@ mod tests {
         let cfg = |lease_ttl_secs| SchedulerConfig {
             enabled: true,
             lease_ttl_secs,
+            max_catchup_runs: 10,
         };
         assert!(config_problems(&cfg(15)).is_empty());
         assert!(config_problems(&cfg(MIN_LEASE_TTL_SECS)).is_empty());

@@ -33,6 +33,33 @@ pub mod commit_info {
     pub const OPERATION_KEY: &str = "strata.operation";
     /// A unique id per commit attempt.
     pub const COMMIT_ID_KEY: &str = "strata.commit_id";
+    /// The pipeline run a commit belongs to.
+    pub const RUN_ID_KEY: &str = "strata.run_id";
+    /// The scheduler lease epoch of the leader that started that run (the fencing token).
+    pub const EPOCH_KEY: &str = "strata.scheduler_epoch";
+
+    /// The run whose work the current task does: every commit made inside
+    /// [`RunContext::scope`] names it, whichever write path commits.
+    #[derive(Debug, Clone)]
+    pub struct RunContext {
+        pub run_id: String,
+        pub epoch: Option<u64>,
+    }
+
+    tokio::task_local! {
+        static RUN: RunContext;
+    }
+
+    impl RunContext {
+        pub async fn scope<F: std::future::Future>(self, f: F) -> F::Output {
+            RUN.scope(self, f).await
+        }
+
+        /// The run of the current task, if any.
+        pub fn current() -> Option<RunContext> {
+            RUN.try_with(Clone::clone).ok()
+        }
+    }
 }
 pub use warehouse::Warehouse;
 

@@ -173,6 +173,8 @@ async fn every_api_route_needs_a_valid_token() {
         ("put", "/api/v1/pipelines/{name}"),
         ("delete", "/api/v1/pipelines/{name}"),
         ("post", "/api/v1/pipelines/{name}/runs"),
+        ("post", "/api/v1/pipelines/{name}/pause"),
+        ("post", "/api/v1/pipelines/{name}/resume"),
         ("get", "/api/v1/runs"),
         ("get", "/api/v1/runs/{id}"),
         ("post", "/api/v1/runs/{id}/cancel"),

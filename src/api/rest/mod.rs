@@ -128,6 +128,8 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
             pipelines::undeploy
         ))
         .routes(routes!(pipelines::start_run))
+        .routes(routes!(pipelines::pause))
+        .routes(routes!(pipelines::resume))
         .routes(routes!(pipelines::runs))
         .routes(routes!(pipelines::run))
         .routes(routes!(pipelines::cancel))

@@ -125,6 +125,27 @@ pub(super) async fn start_run(
     Ok((StatusCode::ACCEPTED, Json(record)).into_response())
 }
 
+#[utoipa::path(post, path = "/pipelines/{name}/pause", tag = "pipelines", params(PipelinePath),
+    responses((status = 200, description = "Paused: the scheduler starts none of its runs (its slots are recorded as paused); manual runs still run", body = crate::flows::Pause), Errors))]
+pub(super) async fn pause(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::flows::Pause>> {
+    Ok(Json(state.flows.pause(&principal, &name).await?))
+}
+
+#[utoipa::path(post, path = "/pipelines/{name}/resume", tag = "pipelines", params(PipelinePath),
+    responses((status = 204, description = "Resumed: slots due from now on run; paused ones are not caught up"), Errors))]
+pub(super) async fn resume(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode> {
+    state.flows.resume(&principal, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -189,5 +210,5 @@ pub(super) async fn scheduler(
             "GET /api/v1/scheduler shows the server's replicas and needs the admin role".into(),
         ));
     }
-    Ok(Json(state.scheduler.view()))
+    Ok(Json(state.scheduler.view().await?))
 }

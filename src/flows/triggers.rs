@@ -1,0 +1,241 @@
+//! Runs the scheduler starts (PLATFORM P3): slots claimed in `system.runs`, slots that do
+//! not run recorded as such, upstream changes found from the models' watermarks, pausing.
+//! The scheduler (crate::scheduler) decides when; this is what it asks of flows.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use deltalake::kernel::Transaction;
+
+use super::run::{self, ModelRun, RunRecord, RunStatus};
+use super::store::{Deployment, Pause};
+use super::{Flows, RunRequest, layers};
+use crate::error::{Error, Result};
+use crate::security::{Principal, Privilege};
+use crate::storage::TableRef;
+
+/// Why a run starts, and who may still act on its behalf.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// `manual`, `cron` or `upstream`.
+    pub trigger: &'static str,
+    /// The cron slot (scheduled runs).
+    pub scheduled_for: Option<DateTime<Utc>>,
+    /// The lease epoch the leader started it under.
+    pub epoch: Option<u64>,
+    /// Whether this replica still leads; a run started by the scheduler stops (commits
+    /// nothing more) once it does not.
+    pub fence: Option<Arc<dyn Fence>>,
+}
+
+impl Origin {
+    pub(crate) fn manual() -> Origin {
+        Origin {
+            trigger: "manual",
+            scheduled_for: None,
+            epoch: None,
+            fence: None,
+        }
+    }
+}
+
+/// The scheduler's lease as a run sees it.
+pub trait Fence: std::fmt::Debug + Send + Sync {
+    /// This replica still leads (checked before every model and batch).
+    fn holds(&self) -> bool;
+}
+
+/// The principal named as the requester of triggered runs.
+pub(super) const SCHEDULER: &str = "svc:scheduler";
+
+/// The marker of `pipeline`'s newest claimed slot in `system.runs` (microseconds).
+fn slot_app(pipeline: &str) -> String {
+    format!("strata:slot:{pipeline}")
+}
+
+fn slot_marker(pipeline: &str, slot: DateTime<Utc>) -> Transaction {
+    Transaction::new(slot_app(pipeline), slot.timestamp_micros())
+}
+
+impl Flows {
+    /// Starts a triggered run of `d` (all its models) as its run-as principal. A `cron`
+    /// run claims its slot in `system.runs` first: `None` when another leader claimed it.
+    pub(crate) async fn start_triggered(
+        self: &Arc<Self>,
+        d: &Deployment,
+        origin: Origin,
+    ) -> Result<Option<RunRecord>> {
+        let dag = self.dag(&d.models)?;
+        let (mut record, plan) = self.prepare(d, dag, &RunRequest::default())?;
+        record.trigger = origin.trigger.into();
+        record.scheduled_for = origin.scheduled_for;
+        record.epoch = origin.epoch;
+        match origin.scheduled_for {
+            Some(slot) => {
+                if !self.records.claim(&record, slot_marker(&d.name, slot)).await? {
+                    return Ok(None);
+                }
+            }
+            None => self.records.record_start(&record).await?,
+        }
+        self.launch(record, plan, d, origin).map(Some)
+    }
+
+    /// Records a slot of `d` that does not run (`skipped_overlap`, `paused`) as claimed;
+    /// false when another leader claimed it.
+    pub(crate) async fn record_slot(
+        &self,
+        d: &Deployment,
+        slot: DateTime<Utc>,
+        status: RunStatus,
+        epoch: u64,
+        why: String,
+    ) -> Result<bool> {
+        let now = self.clock.now();
+        let record = RunRecord {
+            run_id: uuid::Uuid::now_v7().to_string(),
+            pipeline: d.name.clone(),
+            pipeline_version: d.version,
+            trigger: "cron".into(),
+            scheduled_for: Some(slot),
+            epoch: Some(epoch),
+            replica: Some(self.replica.clone()),
+            requested_by: SCHEDULER.into(),
+            status,
+            queued_at: now,
+            started_at: None,
+            ended_at: Some(now),
+            error: Some(why),
+            models: self
+                .dag(&d.models)?
+                .nodes
+                .iter()
+                .map(|n| ModelRun::new(n.model.target.to_string(), n.model.header.kind, status))
+                .collect(),
+        };
+        self.records
+            .claim(&record, slot_marker(&d.name, slot))
+            .await
+    }
+
+    /// The newest slot of `pipeline` claimed by any leader.
+    pub(crate) async fn claimed_slot(&self, pipeline: &str) -> Result<Option<DateTime<Utc>>> {
+        Ok(self
+            .records
+            .claimed(&slot_app(pipeline))
+            .await?
+            .and_then(DateTime::from_timestamp_micros))
+    }
+
+    /// Runs of `pipeline` this replica is executing, with when each started.
+    pub(crate) fn active(&self, pipeline: &str) -> Vec<DateTime<Utc>> {
+        self.runs
+            .lock()
+            .map(|runs| {
+                runs.values()
+                    .filter(|a| a.record.pipeline == pipeline && !a.record.status.is_terminal())
+                    .map(|a| a.started)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Marks runs orphaned whose replica is not among `alive`; their ids.
+    pub(crate) async fn mark_orphans(&self, alive: &[String]) -> Result<Vec<String>> {
+        self.records.mark_orphans(alive, self.clock.now()).await
+    }
+
+    /// Live deployments with a `[trigger]`, and whether each is paused.
+    pub(crate) async fn triggered(&self) -> Result<Vec<(Deployment, Option<Pause>)>> {
+        let mut out = Vec::new();
+        for name in self.store.names().await? {
+            let Some(d) = self.store.latest(&name).await? else {
+                continue;
+            };
+            if d.undeployed || d.pipeline.trigger.is_none() {
+                continue;
+            }
+            let paused = self.store.paused(&name).await?;
+            out.push((d, paused));
+        }
+        Ok(out)
+    }
+
+    /// The versions of the tables `d` reads from outside itself, when one of its models has
+    /// not consumed a source up to its current version (`None`: nothing to do).
+    pub(crate) async fn upstream_moved(
+        &self,
+        d: &Deployment,
+    ) -> Result<Option<BTreeMap<TableRef, u64>>> {
+        let dag = self.dag(&d.models)?;
+        let mut versions = BTreeMap::new();
+        let mut behind = false;
+        for node in &dag.nodes {
+            for s in node.reads.all() {
+                if dag.node(s).is_some() {
+                    // Made by this pipeline: it catches up in the same run.
+                    continue;
+                }
+                let source = match self.engine.catalog().load(s).await {
+                    Ok(t) => t,
+                    Err(Error::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                };
+                let latest = source.version().unwrap_or(0);
+                let id = source.snapshot()?.metadata().id().to_string();
+                versions.insert(s.clone(), latest);
+                if !behind {
+                    let consumed = self.consumed(&node.model.target, s, &id).await?;
+                    behind = consumed.is_none_or(|c| c < latest);
+                }
+            }
+        }
+        Ok(behind.then_some(versions))
+    }
+
+    /// The source version model `target` consumed of `source` (table id `id`).
+    pub(super) async fn consumed(
+        &self,
+        target: &TableRef,
+        source: &TableRef,
+        id: &str,
+    ) -> Result<Option<u64>> {
+        match self.engine.catalog().load(target).await {
+            Ok(table) => Ok(table
+                .snapshot()?
+                .transaction_version(table.log_store().as_ref(), &run::app_id(target, source, id))
+                .await?
+                .and_then(|v| u64::try_from(v).ok())),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pauses the scheduling of `name` (manual runs still run); its pause.
+    pub async fn pause(&self, p: &Arc<Principal>, name: &str) -> Result<Pause> {
+        self.check_manage(p, name).await?;
+        let pause = Pause {
+            paused_by: p.subject.clone(),
+            paused_at: self.clock.now(),
+        };
+        self.store.pause(name, &pause).await?;
+        Ok(pause)
+    }
+
+    /// Resumes the scheduling of `name`: slots from now on run (paused ones stay `paused`).
+    pub async fn resume(&self, p: &Arc<Principal>, name: &str) -> Result<()> {
+        self.check_manage(p, name).await?;
+        self.store.resume(name).await
+    }
+
+    async fn check_manage(&self, p: &Arc<Principal>, name: &str) -> Result<()> {
+        let d = self.deployed(name).await?;
+        let dag = self.dag(&d.models)?;
+        let access = self.engine.access().await?;
+        for layer in layers(&dag) {
+            access.check_layer(p, Privilege::Manage, layer)?;
+        }
+        Ok(())
+    }
+}
