@@ -3,7 +3,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-
 use super::dag::Dag;
 use super::model::{Bundle, Model, ModelFile, PipelineDef};
 use super::plan::{self, DeployPlan};

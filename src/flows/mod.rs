@@ -45,10 +45,10 @@ pub use deploy::read_bundle;
 pub use model::{Bundle, Header, Kind, ModelFile, PipelineDef};
 pub use plan::{DeployPlan, ModelChange, ModelPlan};
 pub use run::{ModelRun, RunRecord, RunStatus, SourceRange};
-pub use store::Pause;
-pub use triggers::{Fence, Origin};
 pub use schedule::{Catchup, RetryDef, TriggerDef};
 pub use store::Deployment;
+pub use store::Pause;
+pub use triggers::{Fence, Origin};
 
 use dag::Dag;
 use model::Model;

@@ -375,8 +375,14 @@ impl RunLog {
                         columns: missing,
                         if_not_exists: true,
                     };
-                    schema::alter(catalog, t, &self.writer, &change, self.engine.planning_state())
-                        .await?;
+                    schema::alter(
+                        catalog,
+                        t,
+                        &self.writer,
+                        &change,
+                        self.engine.planning_state(),
+                    )
+                    .await?;
                 }
             }
             Err(Error::NotFound(_)) => {
@@ -411,12 +417,21 @@ impl RunLog {
         if runs.is_empty() {
             return Ok(Vec::new());
         }
+        // Model rows are written when a run ends: none yet while the first runs are open.
+        let ended_any = self
+            .engine
+            .catalog()
+            .exists(&TableRef::system(MODEL_RUNS))
+            .await?;
         let placeholders: Vec<String> = (1..=runs.len()).map(|i| format!("${i}")).collect();
         let ids = runs
             .iter()
             .map(|r| ScalarValue::Utf8(Some(r.run_id.clone())))
             .collect();
-        let models: Vec<ModelRunRow> = rows(
+        let models: Vec<ModelRunRow> = if !ended_any {
+            Vec::new()
+        } else {
+            rows(
             self.engine
                 .query_rows(
                     p,
@@ -427,7 +442,8 @@ impl RunLog {
                     ids,
                 )
                 .await?,
-        )?;
+        )?
+        };
         runs.into_iter()
             .map(|r| {
                 let models = models

@@ -14,9 +14,9 @@ use super::store::Deployment;
 use super::triggers::{Fence, Origin};
 use super::{Active, Flows, KEPT_RUNS, RunFilter, RunRequest, layers, redact};
 use crate::error::{Error, ErrorKind, Result};
-use crate::storage::commit_info::RunContext;
 use crate::security::{AccessControl, Principal, Privilege};
 use crate::storage::TableRef;
+use crate::storage::commit_info::RunContext;
 
 impl Flows {
     /// Starts a run of `name` in the background; its id.
@@ -415,9 +415,10 @@ impl Flows {
     /// Stops every run this replica started for the scheduler (it no longer leads).
     pub(crate) fn cancel_triggered(&self) {
         if let Ok(runs) = self.runs.lock() {
-            for a in runs.values().filter(|a| {
-                a.record.trigger != "manual" && !a.record.status.is_terminal()
-            }) {
+            for a in runs
+                .values()
+                .filter(|a| a.record.trigger != "manual" && !a.record.status.is_terminal())
+            {
                 a.cancel.cancel();
             }
         }
@@ -469,14 +470,6 @@ pub(crate) struct RunGuard {
 }
 
 impl RunGuard {
-    #[cfg(test)]
-    pub(crate) fn new(cancel: CancellationToken) -> RunGuard {
-        RunGuard {
-            cancel,
-            fence: None,
-        }
-    }
-
     /// Err when the run must commit nothing more.
     pub(crate) fn check(&self) -> Result<()> {
         if self.cancel.is_cancelled() {

@@ -251,11 +251,7 @@ mod tests {
     #[test]
     fn due_slots_are_the_newest_in_the_window_oldest_first() {
         let s = trigger("* * * * *", None).schedule().unwrap().unwrap();
-        let (due, more) = s.due(
-            at("2026-01-01T00:00:00Z"),
-            at("2026-01-01T00:03:30Z"),
-            10,
-        );
+        let (due, more) = s.due(at("2026-01-01T00:00:00Z"), at("2026-01-01T00:03:30Z"), 10);
         assert_eq!(
             due,
             vec![

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
 use super::model::{ModelFile, PipelineDef};
@@ -117,7 +117,10 @@ impl PipelineStore {
     pub(crate) async fn pause(&self, name: &str, pause: &Pause) -> Result<()> {
         let body = serde_json::to_vec(pause).map_err(|e| Error::internal(e.to_string()))?;
         self.store
-            .put(&Self::pause_path(name), object_store::PutPayload::from(body))
+            .put(
+                &Self::pause_path(name),
+                object_store::PutPayload::from(body),
+            )
             .await?;
         Ok(())
     }

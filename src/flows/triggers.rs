@@ -73,7 +73,11 @@ impl Flows {
         record.epoch = origin.epoch;
         match origin.scheduled_for {
             Some(slot) => {
-                if !self.records.claim(&record, slot_marker(&d.name, slot)).await? {
+                if !self
+                    .records
+                    .claim(&record, slot_marker(&d.name, slot))
+                    .await?
+                {
                     return Ok(None);
                 }
             }

@@ -279,7 +279,10 @@ impl Scheduler {
             .state
             .read()
             .ok()
-            .and_then(|s| s.0.as_ref().map(|l| l.replicas.iter().map(|(id, _)| id.clone()).collect()))
+            .and_then(|s| {
+                s.0.as_ref()
+                    .map(|l| l.replicas.iter().map(|(id, _)| id.clone()).collect())
+            })
             .unwrap_or_default();
         match self.flows.mark_orphans(&alive).await {
             Ok(marked) if !marked.is_empty() => {
@@ -302,13 +305,20 @@ impl Scheduler {
             let name = d.name.clone();
             match self.pipeline(epoch, &d, paused.as_ref()).await {
                 Ok(next) => soonest(next),
-                Err(e) => tracing::warn!(pipeline = %name, error = %e, "scheduling the pipeline failed"),
+                Err(e) => {
+                    tracing::warn!(pipeline = %name, error = %e, "scheduling the pipeline failed")
+                }
             }
         }
         Ok(wake)
     }
 
-    fn origin(self: &Arc<Self>, trigger: &'static str, slot: Option<DateTime<Utc>>, epoch: u64) -> Origin {
+    fn origin(
+        self: &Arc<Self>,
+        trigger: &'static str,
+        slot: Option<DateTime<Utc>>,
+        epoch: u64,
+    ) -> Origin {
         Origin {
             trigger,
             scheduled_for: slot,
@@ -335,7 +345,11 @@ impl Scheduler {
         let mut next = None;
         if let Some(schedule) = trigger.schedule()? {
             let now = self.clock.now();
-            let anchor = self.flows.claimed_slot(name).await?.unwrap_or(d.deployed_at);
+            let anchor = self
+                .flows
+                .claimed_slot(name)
+                .await?
+                .unwrap_or(d.deployed_at);
             let (due, more) = schedule.due(anchor, now, self.max_catchup_runs);
             if more {
                 tracing::warn!(pipeline = %name, kept = self.max_catchup_runs, "more slots were missed than [scheduler] max_catchup_runs; the older ones are skipped");
@@ -345,8 +359,13 @@ impl Scheduler {
             memory.queued = 0;
             for (i, slot) in slots.iter().copied().enumerate() {
                 if let Some(p) = paused {
-                    let why = format!("the pipeline was paused by {} at {}", p.paused_by, p.paused_at);
-                    self.flows.record_slot(d, slot, RunStatus::Paused, epoch, why).await?;
+                    let why = format!(
+                        "the pipeline was paused by {} at {}",
+                        p.paused_by, p.paused_at
+                    );
+                    self.flows
+                        .record_slot(d, slot, RunStatus::Paused, epoch, why)
+                        .await?;
                     continue;
                 }
                 let active = self.flows.active(name);
@@ -356,8 +375,13 @@ impl Scheduler {
                         memory.queued = slots.len() - i;
                         break;
                     }
-                    let why = format!("{} run(s) of the pipeline were still running (max_concurrent_runs = {max})", active.len());
-                    self.flows.record_slot(d, slot, RunStatus::SkippedOverlap, epoch, why).await?;
+                    let why = format!(
+                        "{} run(s) of the pipeline were still running (max_concurrent_runs = {max})",
+                        active.len()
+                    );
+                    self.flows
+                        .record_slot(d, slot, RunStatus::SkippedOverlap, epoch, why)
+                        .await?;
                     continue;
                 }
                 let origin = self.origin("cron", Some(slot), epoch);
@@ -370,7 +394,9 @@ impl Scheduler {
         if trigger.on_upstream_change && paused.is_none() {
             let now = self.clock.now();
             if memory.next_poll.is_none_or(|t| now >= t) {
-                memory.next_poll = Some(now + chrono::Duration::from_std(trigger.poll_interval()).unwrap_or_default());
+                memory.next_poll = Some(
+                    now + chrono::Duration::from_std(trigger.poll_interval()).unwrap_or_default(),
+                );
                 if self.flows.active(name).len() < max
                     && let Some(versions) = self.flows.upstream_moved(d).await?
                     && memory.triggered_at.as_ref() != Some(&versions)

@@ -51,6 +51,12 @@ pub struct HistoryEntry {
     pub is_blind_append: Option<bool>,
     pub operation_metrics: Option<serde_json::Value>,
     pub engine_info: Option<String>,
+    /// The pipeline run that made the commit (`GET /api/v1/runs/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// The scheduler lease epoch that run was started under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduler_epoch: Option<u64>,
 }
 
 /// Versions an open table is brought forward before it is loaded fresh again (see
@@ -556,6 +562,8 @@ fn parse_commit_info(version: u64, bytes: &[u8]) -> HistoryEntry {
         is_blind_append: None,
         operation_metrics: None,
         engine_info: None,
+        run_id: None,
+        scheduler_epoch: None,
     };
     for line in bytes.split(|b| *b == b'\n') {
         let Ok(serde_json::Value::Object(mut action)) = serde_json::from_slice(line) else {
@@ -579,6 +587,9 @@ fn parse_commit_info(version: u64, bytes: &[u8]) -> HistoryEntry {
         entry.is_blind_append = get("isBlindAppend").and_then(|v| v.as_bool());
         entry.operation_metrics = get("operationMetrics");
         entry.engine_info = get("engineInfo").and_then(|v| v.as_str().map(str::to_string));
+        entry.run_id =
+            get(super::commit_info::RUN_ID_KEY).and_then(|v| v.as_str().map(str::to_string));
+        entry.scheduler_epoch = get(super::commit_info::EPOCH_KEY).and_then(|v| v.as_u64());
         break;
     }
     entry

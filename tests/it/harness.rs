@@ -156,7 +156,42 @@ impl TestServer {
         s
     }
 
+    /// A server with the test configuration on `backend`, changed by `change`, whose
+    /// scheduler and flows read `clock`.
+    pub async fn start_clocked(
+        backend: Backend,
+        change: impl FnOnce(&mut Config),
+        clock: Arc<dyn strata::clock::Clock>,
+    ) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let (mut cfg, moto) = match backend {
+            Backend::Local => (test_config(&root), None),
+            Backend::S3 => {
+                let moto = Moto::start().await;
+                (moto.config(&root, "wh"), Some(Arc::new(moto)))
+            }
+        };
+        change(&mut cfg);
+        let mut s = TestServer::start_with_clock(cfg, clock).await;
+        s._dir = Some(dir);
+        s.root = root;
+        s.moto = moto;
+        s
+    }
+
+    /// Another server on the same warehouse reading `clock`.
+    pub async fn replica_clocked(&self, clock: Arc<dyn strata::clock::Clock>) -> TestServer {
+        let mut r = TestServer::start_with_clock(self.config.clone(), clock).await;
+        r.moto = self.moto.clone();
+        r
+    }
+
     pub async fn start_with(cfg: Config) -> TestServer {
+        TestServer::start_with_clock(cfg, strata::clock::system()).await
+    }
+
+    pub async fn start_with_clock(cfg: Config, clock: Arc<dyn strata::clock::Clock>) -> TestServer {
         strata::telemetry::init(&strata::config::LogConfig {
             level: "warn".into(),
             ..Default::default()
@@ -168,7 +203,9 @@ impl TestServer {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let config = cfg.clone();
-        let server = strata::Server::build(cfg).await.expect("server builds");
+        let server = strata::Server::build_with_clock(cfg, clock)
+            .await
+            .expect("server builds");
         let http = server.http_addr().unwrap();
         let flight = server.flight_addr().unwrap();
         let metrics = server.metrics_addr().unwrap();

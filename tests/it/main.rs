@@ -23,6 +23,7 @@ mod rls_writes;
 mod s3;
 mod scd2;
 mod scheduler;
+mod scheduling;
 mod slt;
 mod tables;
 mod uploads;
