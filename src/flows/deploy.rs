@@ -256,15 +256,7 @@ impl Flows {
     /// are left alone). Runs as the server itself, which the configuration's author trusts.
     pub async fn deploy_dir(&self, dir: &std::path::Path) -> Result<Vec<DeployPlan>> {
         let mut plans = Vec::new();
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| Error::Config(format!("[pipelines] dir {}: {e}", dir.display())))?;
-        let mut dirs: Vec<_> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.join("pipeline.toml").is_file())
-            .collect();
-        dirs.sort();
-        for path in dirs {
+        for path in pipeline_dirs(dir)? {
             let name = path
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -275,6 +267,48 @@ impl Flows {
         }
         Ok(plans)
     }
+}
+
+/// The pipelines of `[pipelines] dir`: its sub-directories holding a `pipeline.toml`.
+fn pipeline_dirs(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::Config(format!("[pipelines] dir {}: {e}", dir.display())))?;
+    let mut dirs: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.join("pipeline.toml").is_file())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// Problems of the pipelines in `[pipelines] dir` that need no warehouse to find
+/// (`strata check-config`): unreadable files, bad `[trigger]` (cron patterns, time zones)
+/// and `[retry]` sections. Nothing when the directory does not exist (yet).
+pub(crate) fn dir_problems(dir: &std::path::Path) -> Vec<String> {
+    if !dir.is_dir() {
+        return Vec::new();
+    }
+    let dirs = match pipeline_dirs(dir) {
+        Ok(d) => d,
+        Err(e) => return vec![e.to_string()],
+    };
+    let mut out = Vec::new();
+    for path in dirs {
+        let checked = read_bundle(&path).and_then(|b| {
+            if let Some(t) = &b.pipeline.trigger {
+                t.check()?;
+            }
+            if let Some(r) = &b.pipeline.retry {
+                r.check()?;
+            }
+            Ok(())
+        });
+        if let Err(e) = checked {
+            out.push(format!("pipeline {}: {e}", path.display()));
+        }
+    }
+    out
 }
 
 /// A pipeline directory as a deploy bundle: `pipeline.toml` and every `<layer>/*.sql`.

@@ -79,6 +79,9 @@ pub(crate) fn config_problems(cfg: &PipelinesConfig, admin_role: &str) -> Vec<St
             ));
         }
     }
+    if let Some(dir) = &cfg.dir {
+        out.extend(deploy::dir_problems(dir));
+    }
     out
 }
 

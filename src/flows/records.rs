@@ -535,11 +535,11 @@ impl RunLog {
                 format!("{joiner}{}", c.join(" AND "))
             }
         };
+        // system.runs shows each run's current row (the secure catalog's view).
+        inner.extend(outer);
         let sql = format!(
-            "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY run_id ORDER BY coalesce(seq, {SEQ_END}) DESC, ended_at DESC NULLS LAST) AS current_ \
-             FROM system.runs{}) AS r WHERE current_ = 1{} ORDER BY run_id DESC LIMIT {}",
+            "SELECT * FROM system.runs{} ORDER BY run_id DESC LIMIT {}",
             clause(&inner, " WHERE "),
-            clause(&outer, " AND "),
             filter.limit.max(1)
         );
         rows(self.engine.query_rows(p, &sql, params).await?)
@@ -570,8 +570,7 @@ impl RunLog {
         }
         let sql = "SELECT pipeline, run_id, status FROM (\
                      SELECT pipeline, run_id, status, \
-                       row_number() OVER (PARTITION BY pipeline ORDER BY run_id DESC, \
-                         coalesce(seq, 1) DESC, ended_at DESC NULLS LAST) AS rn \
+                       row_number() OVER (PARTITION BY pipeline ORDER BY run_id DESC) AS rn \
                      FROM system.runs) AS r WHERE rn = 1";
         let last: Vec<LastRun> = rows(self.engine.query_rows(p, sql, Vec::new()).await?)?;
         Ok(last

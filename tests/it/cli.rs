@@ -120,6 +120,47 @@ fn check_config_prints_redacted_config_and_lists_every_problem() {
         "{err}"
     );
 
+    // Pipelines of [pipelines] dir: cron patterns and time zones are checked too.
+    let pipelines = dir.path().join("pipelines");
+    for (name, trigger) in [
+        (
+            "nightly",
+            "schedule = \"0 2 * * *\"\ntimezone = \"Europe/Berlin\"",
+        ),
+        ("typo", "schedule = \"0 25 * * *\""),
+        (
+            "nowhere",
+            "schedule = \"0 2 * * *\"\ntimezone = \"Europe/Atlantis\"",
+        ),
+    ] {
+        let p = pipelines.join(name);
+        std::fs::create_dir_all(p.join("silver")).unwrap();
+        std::fs::write(
+            p.join("pipeline.toml"),
+            format!("run_as = \"etl\"\n[trigger]\n{trigger}\n"),
+        )
+        .unwrap();
+        std::fs::write(p.join("silver/t.sql"), "SELECT 1 AS x").unwrap();
+    }
+    let scheduled = dir.path().join("scheduled.toml");
+    std::fs::write(
+        &scheduled,
+        format!("[pipelines]\ndir = {:?}\n", pipelines.display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&scheduled)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.matches("problem:").count(), 2, "{err}");
+    assert!(
+        err.contains("0 25 * * *") && err.contains("Europe/Atlantis") && !err.contains("nightly"),
+        "{err}"
+    );
+
     let typo = dir.path().join("typo.toml");
     std::fs::write(&typo, "[server]\nhttp_adr = \"127.0.0.1:1\"\n").unwrap();
     let out = Command::new(BIN)

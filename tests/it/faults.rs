@@ -54,18 +54,7 @@ async fn sigkill_during_writes_never_loses_an_acknowledged_commit(backend: Backe
     };
     let env: Vec<(String, String)> = match &moto {
         None => vec![],
-        Some(m) => [
-            ("WAREHOUSE", format!("s3://{}/crash", m.bucket)),
-            ("S3__ENDPOINT", m.endpoint.clone()),
-            ("S3__REGION", "us-east-1".into()),
-            ("S3__ACCESS_KEY_ID", "test".into()),
-            ("S3__SECRET_ACCESS_KEY", "test".into()),
-            ("S3__ALLOW_HTTP", "true".into()),
-            ("S3__PATH_STYLE", "true".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (format!("STRATA__STORAGE__{k}"), v))
-        .collect(),
+        Some(m) => crate::harness::s3_env(m, "crash"),
     };
     let client = reqwest::Client::new();
     let next_batch = Arc::new(AtomicU64::new(1));

@@ -655,6 +655,22 @@ impl FaultProxy {
     }
 }
 
+/// The environment that points a `strata` process at `moto`'s bucket, under `prefix`.
+pub fn s3_env(moto: &Moto, prefix: &str) -> Vec<(String, String)> {
+    [
+        ("WAREHOUSE", format!("s3://{}/{prefix}", moto.bucket)),
+        ("S3__ENDPOINT", moto.endpoint.clone()),
+        ("S3__REGION", "us-east-1".into()),
+        ("S3__ACCESS_KEY_ID", "test".into()),
+        ("S3__SECRET_ACCESS_KEY", "test".into()),
+        ("S3__ALLOW_HTTP", "true".into()),
+        ("S3__PATH_STYLE", "true".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("STRATA__STORAGE__{k}"), v))
+    .collect()
+}
+
 /// A running `strata serve` process (the real binary) and what its banner printed.
 pub struct StrataProcess {
     pub child: std::process::Child,

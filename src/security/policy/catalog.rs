@@ -161,15 +161,18 @@ impl SchemaProvider for SystemSchema {
             filter: self.filter(column, &inner.schema())?,
             masks: Vec::new(),
         };
-        let table = PolicyTable::new(
-            t,
+        let table: Arc<dyn TableProvider> = Arc::new(PolicyTable::new(
+            t.clone(),
             version,
             table_id,
             Arc::clone(&self.cx.principal),
             inner,
             enforcement,
-        );
-        Ok(Some(Arc::new(table)))
+        ));
+        if t.name == "runs" {
+            return Ok(Some(current_runs(table)?));
+        }
+        Ok(Some(table))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -182,6 +185,43 @@ impl SchemaProvider for SystemSchema {
                 .known_tables()
                 .contains(&TableRef::system(&name.to_ascii_lowercase()))
     }
+}
+
+/// `system.runs` as users read it: one row per run, its current state. The stored table
+/// gets a row each time a run changes state (started, ended, marked orphaned), so a run's
+/// state is always one append, never an update; the row with the highest `seq` (rows
+/// without one are ends) is the current one. A view over the policy-bound scan, so the row
+/// filter applies before the choice.
+fn current_runs(events: Arc<dyn TableProvider>) -> DfResult<Arc<dyn TableProvider>> {
+    use datafusion::functions::expr_fn::coalesce;
+    use datafusion::functions_window::expr_fn::row_number;
+    use datafusion::logical_expr::{ExprFunctionExt, LogicalPlanBuilder, col, lit};
+    let columns: Vec<_> = events
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| col(f.name().as_str()))
+        .collect();
+    let current = row_number()
+        .partition_by(vec![col("run_id")])
+        .order_by(vec![
+            coalesce(vec![col("seq"), lit(1i64)]).sort(false, false),
+            col("ended_at").sort(false, false),
+        ])
+        .build()?
+        .alias("current_");
+    let plan = LogicalPlanBuilder::scan(
+        "runs",
+        datafusion::datasource::provider_as_source(events),
+        None,
+    )?
+    .window(vec![current])?
+    .filter(col("current_").eq(lit(1u64)))?
+    .project(columns)?
+    .build()?;
+    Ok(Arc::new(datafusion::catalog::view::ViewTable::new(
+        plan, None,
+    )))
 }
 
 #[derive(Debug)]
