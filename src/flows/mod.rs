@@ -48,6 +48,7 @@ pub use run::{ModelRun, RunRecord, RunStatus, SourceRange};
 pub use schedule::{Catchup, RetryDef, TriggerDef};
 pub use store::Deployment;
 pub use store::Pause;
+pub(crate) use triggers::UpkeepOp;
 pub use triggers::{Fence, Origin};
 
 use dag::Dag;

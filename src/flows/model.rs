@@ -158,6 +158,39 @@ pub struct Header {
     /// rows land there); default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lookback: Option<u32>,
+    /// The scheduler's leader compacts the table's small files (OPTIMIZE) once per period
+    /// of this length: `"30m"`, `"6h"`, `"1d"` (at least a minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimize_every: Option<String>,
+    /// Likewise VACUUM (keeping what models downstream still need, as any VACUUM does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vacuum_every: Option<String>,
+}
+
+/// A period of `optimize_every` / `vacuum_every`: a number and `s`, `m`, `h` or `d`.
+pub(crate) fn parse_every(key: &str, text: &str) -> Result<std::time::Duration> {
+    let bad = || {
+        Error::invalid(format!(
+            "{key} = {text:?}: give a period like \"30m\", \"6h\" or \"1d\" (at least a minute)"
+        ))
+    };
+    let text = text.trim();
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let n: u64 = text[..text.len() - unit.len_utf8()]
+        .trim()
+        .parse()
+        .map_err(|_| bad())?;
+    let secs = match unit {
+        's' => n,
+        'm' => n.saturating_mul(60),
+        'h' => n.saturating_mul(3600),
+        'd' => n.saturating_mul(86_400),
+        _ => return Err(bad()),
+    };
+    if !(60..=366 * 86_400).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// The width of a `time_range` batch (UTC calendar units).
@@ -281,6 +314,12 @@ impl Model {
         let h = &self.header;
         if self.select.is_empty() {
             return Err(Error::invalid("the model has no SELECT"));
+        }
+        if let Some(every) = &h.optimize_every {
+            parse_every("optimize_every", every)?;
+        }
+        if let Some(every) = &h.vacuum_every {
+            parse_every("vacuum_every", every)?;
         }
         match h.kind {
             Kind::Merge | Kind::Scd2 => {

@@ -302,6 +302,10 @@ impl RunLog {
         Ok(marked)
     }
 
+    pub(crate) fn admin_role(&self) -> &str {
+        &self.admin_role
+    }
+
     /// The server itself, reading every row (orphan marks concern every run).
     fn system_reader(&self) -> Arc<Principal> {
         Arc::new(Principal {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use deltalake::kernel::Transaction;
 
+use super::model::parse_every;
 use super::run::{self, ModelRun, RunRecord, RunStatus};
 use super::store::{Deployment, Pause};
 use super::{Flows, RunRequest, layers};
@@ -44,6 +45,36 @@ impl Origin {
 pub trait Fence: std::fmt::Debug + Send + Sync {
     /// This replica still leads (checked before every model and batch).
     fn holds(&self) -> bool;
+}
+
+/// Table maintenance on schedule.
+#[derive(Debug, Clone)]
+pub(crate) struct Upkeep {
+    pub(crate) target: TableRef,
+    pub(crate) op: UpkeepOp,
+    pub(crate) every: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum UpkeepOp {
+    Optimize,
+    Vacuum,
+}
+
+impl UpkeepOp {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            UpkeepOp::Optimize => "optimize",
+            UpkeepOp::Vacuum => "vacuum",
+        }
+    }
+
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            UpkeepOp::Optimize => "optimize_every",
+            UpkeepOp::Vacuum => "vacuum_every",
+        }
+    }
 }
 
 /// The principal named as the requester of triggered runs.
@@ -150,14 +181,14 @@ impl Flows {
         self.records.mark_orphans(alive, self.clock.now()).await
     }
 
-    /// Live deployments with a `[trigger]`, and whether each is paused.
-    pub(crate) async fn triggered(&self) -> Result<Vec<(Deployment, Option<Pause>)>> {
+    /// Live deployments, and whether each is paused.
+    pub(crate) async fn deployments(&self) -> Result<Vec<(Deployment, Option<Pause>)>> {
         let mut out = Vec::new();
         for name in self.store.names().await? {
             let Some(d) = self.store.latest(&name).await? else {
                 continue;
             };
-            if d.undeployed || d.pipeline.trigger.is_none() {
+            if d.undeployed {
                 continue;
             }
             let paused = self.store.paused(&name).await?;
@@ -213,6 +244,65 @@ impl Flows {
                 .and_then(|v| u64::try_from(v).ok())),
             Err(Error::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The table maintenance `d`'s models ask for (`optimize_every`, `vacuum_every`).
+    pub(crate) fn upkeep(&self, d: &Deployment) -> Result<Vec<Upkeep>> {
+        let mut out = Vec::new();
+        for node in self.dag(&d.models)?.nodes {
+            let h = &node.model.header;
+            for (op, every) in [
+                (UpkeepOp::Optimize, &h.optimize_every),
+                (UpkeepOp::Vacuum, &h.vacuum_every),
+            ] {
+                if let Some(every) = every {
+                    out.push(Upkeep {
+                        target: node.model.target.clone(),
+                        op,
+                        every: parse_every(op.key(), every)?,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `u` on its table as the server: the deployer's MANAGE on the target's layer,
+    /// checked at deploy, allowed it (as it allowed creating the table). A VACUUM keeps
+    /// what models downstream still need, as every VACUUM does. What it did, for the log.
+    pub(crate) async fn maintain(&self, u: &Upkeep) -> Result<String> {
+        let p = Arc::new(Principal {
+            subject: SCHEDULER.into(),
+            roles: [self.records.admin_role().to_string()].into(),
+            claims: Default::default(),
+        });
+        match u.op {
+            UpkeepOp::Optimize => {
+                let o = self
+                    .engine
+                    .optimize(
+                        &p,
+                        &u.target,
+                        crate::pipelines::maintenance::OptimizeSpec::default(),
+                    )
+                    .await?;
+                Ok(format!(
+                    "{} files compacted into {}",
+                    o.files_removed, o.files_added
+                ))
+            }
+            UpkeepOp::Vacuum => {
+                let o = self
+                    .engine
+                    .vacuum(&p, &u.target, None, false, false)
+                    .await?;
+                Ok(format!(
+                    "{} files and {} log files removed",
+                    o.files.len(),
+                    o.logs_removed
+                ))
+            }
         }
     }
 

@@ -12,6 +12,7 @@
 //!                                                due after: recorded `skipped_overlap`
 //!              otherwise                       → a run, its slot claimed in system.runs
 //!     upstream: every poll_interval, a source moved past a model's watermark → a run
+//!   per model with optimize_every / vacuum_every: once per period, OPTIMIZE / VACUUM
 //!   every TTL: runs still open whose replica's heartbeat lapsed → `orphaned`
 //! ```
 //!
@@ -39,7 +40,7 @@ use crate::clock::Clock;
 use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::flows::schedule::to_claim;
-use crate::flows::{Catchup, Deployment, Fence, Flows, Origin, Pause, RunStatus};
+use crate::flows::{Catchup, Deployment, Fence, Flows, Origin, Pause, RunStatus, UpkeepOp};
 use crate::storage::TableRef;
 pub use lease::Replica;
 use lease::{Leadership, LeaseLog};
@@ -145,6 +146,8 @@ pub struct Scheduler {
     clock: Arc<dyn Clock>,
     max_catchup_runs: usize,
     memory: Mutex<BTreeMap<String, Memory>>,
+    /// The period each scheduled OPTIMIZE / VACUUM last ran in (leader only).
+    maintained: Mutex<BTreeMap<(TableRef, UpkeepOp), i64>>,
 }
 
 /// The lease as the runs this leader started see it.
@@ -176,6 +179,7 @@ impl Scheduler {
             flows,
             max_catchup_runs: cfg.max_catchup_runs.max(1),
             memory: Mutex::new(BTreeMap::new()),
+            maintained: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -260,6 +264,9 @@ impl Scheduler {
                 if let Ok(mut m) = self.memory.lock() {
                     m.clear();
                 }
+                if let Ok(mut m) = self.maintained.lock() {
+                    m.clear();
+                }
             }
             let due = match wake {
                 Some(t) => self.clock.sleep_until(t),
@@ -301,16 +308,70 @@ impl Scheduler {
                 wake = Some(wake.map_or(t, |w| w.min(t)));
             }
         };
-        for (d, paused) in self.flows.triggered().await? {
+        for (d, paused) in self.flows.deployments().await? {
             let name = d.name.clone();
-            match self.pipeline(epoch, &d, paused.as_ref()).await {
-                Ok(next) => soonest(next),
-                Err(e) => {
-                    tracing::warn!(pipeline = %name, error = %e, "scheduling the pipeline failed")
+            if d.pipeline.trigger.is_some() {
+                match self.pipeline(epoch, &d, paused.as_ref()).await {
+                    Ok(next) => soonest(next),
+                    Err(e) => {
+                        tracing::warn!(pipeline = %name, error = %e, "scheduling the pipeline failed")
+                    }
+                }
+            }
+            if paused.is_none() {
+                match self.upkeep(&d) {
+                    Ok(next) => soonest(next),
+                    Err(e) => {
+                        tracing::warn!(pipeline = %name, error = %e, "scheduling table maintenance failed")
+                    }
                 }
             }
         }
         Ok(wake)
+    }
+
+    /// Starts the OPTIMIZE / VACUUM runs of `d`'s models whose period turned (each once per
+    /// period of `*_every`, counted from the Unix epoch; the first period a leader sees only
+    /// starts the count); when the next period turns.
+    fn upkeep(self: &Arc<Self>, d: &Deployment) -> Result<Option<DateTime<Utc>>> {
+        let now = self.clock.now();
+        let mut next: Option<DateTime<Utc>> = None;
+        for u in self.flows.upkeep(d)? {
+            let every = i64::try_from(u.every.as_secs()).unwrap_or(i64::MAX).max(1);
+            let period = now.timestamp().div_euclid(every);
+            let turned = {
+                let Ok(mut seen) = self.maintained.lock() else {
+                    continue;
+                };
+                match seen.insert((u.target.clone(), u.op), period) {
+                    Some(p) => p < period,
+                    None => false,
+                }
+            };
+            if turned {
+                let flows = Arc::clone(&self.flows);
+                tokio::spawn(async move {
+                    let table = u.target.to_string();
+                    let outcome = match flows.maintain(&u).await {
+                        Ok(what) => {
+                            tracing::info!(%table, op = u.op.key(), what, "scheduled table maintenance");
+                            "ok"
+                        }
+                        Err(e) => {
+                            tracing::warn!(%table, op = u.op.key(), error = %e, "scheduled table maintenance failed");
+                            "failed"
+                        }
+                    };
+                    crate::telemetry::metrics().scheduled_maintenance(&table, u.op.name(), outcome);
+                });
+            }
+            let due = DateTime::from_timestamp(period.saturating_add(1).saturating_mul(every), 0);
+            next = match (next, due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(next)
     }
 
     fn origin(
@@ -432,8 +493,10 @@ impl Scheduler {
         let now = self.clock.now();
         let memory = self.memory.lock().map(|m| m.clone()).unwrap_or_default();
         let mut pipelines = Vec::new();
-        for (d, paused) in self.flows.triggered().await? {
-            let trigger = d.pipeline.trigger.clone().unwrap_or_default();
+        for (d, paused) in self.flows.deployments().await? {
+            let Some(trigger) = d.pipeline.trigger.clone() else {
+                continue;
+            };
             let schedule = trigger.schedule().ok().flatten();
             pipelines.push(PipelineSchedule {
                 next_run: schedule.as_ref().and_then(|s| s.next_after(now)),

@@ -49,6 +49,13 @@ struct RunLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpkeepLabels {
+    table: String,
+    op: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelRowLabels {
     model: String,
     /// `out`: rows written (appended, overwritten, or changed by a merge).
@@ -91,6 +98,7 @@ pub struct Metrics {
     pub memory_cancelled: Counter,
     /// Pipeline runs by pipeline and final status (`flows`).
     pipeline_runs: Family<RunLabels, Counter>,
+    scheduled_maintenance: Family<UpkeepLabels, Counter>,
     model_rows: Family<ModelRowLabels, Counter>,
     /// Source versions a model has not consumed yet, as of its last run.
     watermark_lag: Family<LagLabels, Gauge>,
@@ -118,6 +126,7 @@ impl Default for Metrics {
             memory_refused: Counter::default(),
             memory_cancelled: Counter::default(),
             pipeline_runs: Family::default(),
+            scheduled_maintenance: Family::default(),
             model_rows: Family::default(),
             watermark_lag: Family::default(),
             scheduler_is_leader: Gauge::default(),
@@ -166,6 +175,22 @@ impl Metrics {
             .get_or_create(&RunLabels {
                 pipeline: pipeline.to_string(),
                 status,
+            })
+            .inc();
+    }
+
+    /// A scheduled OPTIMIZE / VACUUM (`op`) of `table` ended (`outcome`: ok, failed).
+    pub(crate) fn scheduled_maintenance(
+        &self,
+        table: &str,
+        op: &'static str,
+        outcome: &'static str,
+    ) {
+        self.scheduled_maintenance
+            .get_or_create(&UpkeepLabels {
+                table: table.to_string(),
+                op,
+                outcome,
             })
             .inc();
     }
@@ -273,6 +298,11 @@ impl Metrics {
             "strata_pipeline_runs",
             "Finished pipeline runs by pipeline and status",
             self.pipeline_runs.clone(),
+        );
+        r.register(
+            "strata_scheduled_maintenance",
+            "Scheduled OPTIMIZE / VACUUM of model tables by table, operation and outcome",
+            self.scheduled_maintenance.clone(),
         );
         r.register(
             "strata_model_rows",

@@ -418,3 +418,93 @@ async fn bad_triggers_are_refused_at_deploy() {
     }
     s.stop().await;
 }
+
+/// An append model that asks for hourly compaction and a daily VACUUM.
+const TIDY: &str = "/* strata\nkind = \"append\"\noptimize_every = \"1h\"\nvacuum_every = \"1d\"\n*/\nSELECT id, kind FROM stream('bronze.events')";
+
+/// The operations of `t`'s commits, newest first.
+async fn operations(s: &TestServer, t: &str) -> Vec<String> {
+    let (status, body) = s
+        .get(&s.admin.clone(), &format!("/api/v1/tables/{t}/history"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["operation"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_are_compacted_and_vacuumed_on_schedule() {
+    let clock = ManualClock::new(start());
+    let s = scheduled_server(&clock).await;
+    s.sql_ok(EVENTS).await;
+    deploy(&s, "tidy", TIDY, json!({})).await;
+    let (status, body) = s
+        .put_json(
+            &deployer(&s),
+            "/api/v1/pipelines/tidy_bad",
+            json!({"pipeline": {"run_as": "etl"}, "models": [{"path": "silver/tidy_bad.sql", "sql": TIDY.replace("1h", "10s")}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("optimize_every"), "{body}");
+    // Three runs, three small files.
+    for i in 1..=3 {
+        s.sql_ok(&format!("INSERT INTO bronze.events VALUES ({i}, 'k')"))
+            .await;
+        let r = crate::flows::run(&s, &deployer(&s), "tidy").await;
+        assert_eq!(r["status"], "succeeded", "{r}");
+    }
+    // The leader has seen the current hour (the count starts there): nothing yet.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !operations(&s, "silver/tidy")
+            .await
+            .contains(&"OPTIMIZE".to_string())
+    );
+    clock.set(at(59, 59));
+    clock.advance(Duration::from_secs(1));
+    let mut ops = Vec::new();
+    for _ in 0..100 {
+        ops = operations(&s, "silver/tidy").await;
+        if ops.iter().any(|o| o == "OPTIMIZE") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ops.iter().filter(|o| *o == "OPTIMIZE").count(),
+        1,
+        "{ops:?}"
+    );
+    assert_eq!(ids(&s, "silver.tidy").await, [1, 2, 3]);
+    // The day turns: VACUUM runs (the files OPTIMIZE replaced are inside the 7-day
+    // retention, so it deletes nothing and commits nothing: the metric shows it ran).
+    let vacuums = || async {
+        let text = s.metrics_text().await;
+        text.lines()
+            .find(|l| {
+                l.starts_with("strata_scheduled_maintenance_total")
+                    && l.contains("table=\"silver.tidy\"")
+                    && l.contains("op=\"vacuum\"")
+                    && l.contains("outcome=\"ok\"")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    assert_eq!(vacuums().await, None);
+    clock.advance(Duration::from_secs(23 * 3600));
+    let mut ran = None;
+    for _ in 0..100 {
+        ran = vacuums().await;
+        if ran.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ran.as_deref(), Some("1"));
+    assert_eq!(ids(&s, "silver.tidy").await, [1, 2, 3]);
+    s.stop().await;
+}
