@@ -186,12 +186,7 @@ impl Flows {
 
     /// Undeploys `name`: it no longer runs; its tables stay.
     pub async fn undeploy(&self, p: &Arc<Principal>, name: &str) -> Result<()> {
-        let d = self.deployed(name).await?;
-        let dag = self.dag(&d.models)?;
-        let access = self.engine.access().await?;
-        for layer in layers(&dag) {
-            access.check_layer(p, Privilege::Manage, layer)?;
-        }
+        let (d, _) = self.managed(p, name).await?;
         let tombstone = Deployment {
             version: d.version + 1,
             deployed_at: self.clock.now(),

@@ -15,6 +15,7 @@
 //! Everything reads and writes through the engine as the pipeline's run-as principal, so
 //! grants, row filters and WITH CHECK apply to flows exactly as to users.
 
+mod backfill;
 mod dag;
 mod deploy;
 pub(crate) mod model;
@@ -40,6 +41,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::security::Principal;
 
+pub use backfill::{BackfillModel, BackfillRequest};
 pub use dag::DagView;
 pub use deploy::read_bundle;
 pub use model::{Bundle, Header, Kind, ModelFile, PipelineDef};
@@ -264,6 +266,18 @@ impl Flows {
             .map(Model::parse)
             .collect::<Result<Vec<_>>>()?;
         Dag::build(parsed, &self.default_layer)
+    }
+
+    /// The live deployment of `name` and its DAG, when `p` may MANAGE every layer it writes
+    /// (what running, pausing, backfilling or undeploying it needs).
+    async fn managed(&self, p: &Arc<Principal>, name: &str) -> Result<(Deployment, Dag)> {
+        let d = self.deployed(name).await?;
+        let dag = self.dag(&d.models)?;
+        let access = self.engine.access().await?;
+        for layer in layers(&dag) {
+            access.check_layer(p, crate::security::Privilege::Manage, layer)?;
+        }
+        Ok((d, dag))
     }
 
     /// The live deployment of `name` (not undeployed), or 404.

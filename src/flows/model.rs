@@ -239,6 +239,21 @@ impl BatchSize {
     }
 }
 
+/// An instant given as RFC 3339 or as a date `YYYY-MM-DD` (its midnight UTC).
+pub(crate) fn parse_instant(key: &str, text: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| {
+            chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+        })
+        .map_err(|_| {
+            Error::invalid(format!(
+                "{key} = \"{text}\" is neither RFC 3339 nor a date YYYY-MM-DD"
+            ))
+        })
+}
+
 /// The SCD2 columns an `scd2` model's table adds to its output.
 pub(crate) const SCD2_COLUMNS: [&str; 3] = ["valid_from", "valid_to", "is_current"];
 
@@ -249,17 +264,7 @@ impl Header {
             .start
             .as_deref()
             .ok_or_else(|| Error::invalid("a time_range model needs start = \"YYYY-MM-DD\""))?;
-        let parsed = DateTime::parse_from_rfc3339(text)
-            .map(|t| t.with_timezone(&Utc))
-            .or_else(|_| {
-                chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-                    .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
-            })
-            .map_err(|_| {
-                Error::invalid(format!(
-                    "start = \"{text}\" is neither RFC 3339 nor a date YYYY-MM-DD"
-                ))
-            })?;
+        let parsed = parse_instant("start", text)?;
         Ok(self.batch_size.unwrap_or_default().floor(parsed))
     }
 

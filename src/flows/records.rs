@@ -58,6 +58,8 @@ struct RunRow {
     /// existed are ends.
     #[serde(default)]
     seq: Option<i64>,
+    #[serde(default)]
+    resumes: Option<String>,
 }
 
 /// `seq` of the row a run gets when it starts (or its slot is claimed).
@@ -89,6 +91,10 @@ struct ModelRunRow {
     error: Option<String>,
     #[serde(default)]
     attempts: Option<i64>,
+    /// A backfill's per-batch outcome, as JSON (succeeded and pending batches as merged
+    /// intervals, failed ones with their error).
+    #[serde(default)]
+    backfill: Option<String>,
 }
 
 fn ts() -> DataType {
@@ -117,6 +123,7 @@ fn columns(table: &str) -> Vec<(&'static str, DataType, &'static str)> {
             ("epoch", n()),
             ("replica", s()),
             ("seq", n()),
+            ("resumes", s()),
         ]
     } else {
         vec![
@@ -134,6 +141,7 @@ fn columns(table: &str) -> Vec<(&'static str, DataType, &'static str)> {
             ("duration_ms", n()),
             ("error", s()),
             ("attempts", n()),
+            ("backfill", s()),
         ]
     };
     cols.into_iter().map(|(c, (a, q))| (c, a, q)).collect()
@@ -187,6 +195,7 @@ fn run_row(r: &RunRecord, seq: i64) -> RunRow {
         epoch: r.epoch.map(to_i64),
         replica: r.replica.clone(),
         seq: Some(seq),
+        resumes: r.resumes.clone(),
     }
 }
 
@@ -227,6 +236,12 @@ impl RunLog {
                     duration_ms: to_i64(m.duration_ms),
                     error: m.error.clone(),
                     attempts: Some(i64::from(m.attempts)),
+                    backfill: m
+                        .backfill
+                        .as_ref()
+                        .map(serde_json::to_string)
+                        .transpose()
+                        .map_err(|e| Error::internal(e.to_string()))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -300,6 +315,38 @@ impl RunLog {
             marked.push(row.run_id);
         }
         Ok(marked)
+    }
+
+    /// The batches of `model` that earlier backfills committed (their `succeeded`).
+    pub(crate) async fn backfilled(&self, model: &str) -> Result<Vec<super::backfill::Interval>> {
+        if !self
+            .engine
+            .catalog()
+            .exists(&TableRef::system(MODEL_RUNS))
+            .await?
+        {
+            return Ok(Vec::new());
+        }
+        #[derive(Deserialize)]
+        struct Row {
+            backfill: String,
+        }
+        let found: Vec<Row> = rows(
+            self.engine
+                .query_rows(
+                    &self.system_reader(),
+                    "SELECT backfill FROM system.model_runs WHERE model = $1 AND backfill IS NOT NULL",
+                    vec![ScalarValue::Utf8(Some(model.to_string()))],
+                )
+                .await?,
+        )?;
+        let mut out = Vec::new();
+        for r in found {
+            let b: super::backfill::BackfillModel = serde_json::from_str(&r.backfill)
+                .map_err(|e| Error::internal(format!("system.model_runs backfill: {e}")))?;
+            out.extend(b.succeeded);
+        }
+        Ok(out)
     }
 
     pub(crate) fn admin_role(&self) -> &str {
@@ -467,6 +514,14 @@ impl RunLog {
                             target_version: m.target_version.map(|v| v.max(0) as u64),
                             duration_ms: m.duration_ms.max(0) as u64,
                             attempts: m.attempts.map_or(1, |a| a.clamp(1, 1000) as u32),
+                            backfill: m
+                                .backfill
+                                .as_deref()
+                                .map(serde_json::from_str)
+                                .transpose()
+                                .map_err(|e| {
+                                    Error::internal(format!("system.model_runs backfill: {e}"))
+                                })?,
                             error: m.error.clone(),
                         })
                     })
@@ -479,6 +534,7 @@ impl RunLog {
                     scheduled_for: r.scheduled_for,
                     epoch: r.epoch.map(|e| e.max(0) as u64),
                     replica: r.replica,
+                    resumes: r.resumes,
                     requested_by: r.requested_by,
                     status: r.status,
                     queued_at: r.queued_at,

@@ -116,6 +116,9 @@ pub struct ModelRun {
     /// Attempts made (more than 1 when `[retry]` retried it).
     #[serde(default = "one")]
     pub attempts: u32,
+    /// In a backfill: what it did for this model, batch by batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<super::backfill::BackfillModel>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -137,6 +140,7 @@ impl ModelRun {
             target_version: None,
             duration_ms: 0,
             attempts: 1,
+            backfill: None,
             error: None,
         }
     }
@@ -160,6 +164,9 @@ pub struct RunRecord {
     /// The replica executing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<String>,
+    /// The backfill run this one resumes (`POST /api/v1/runs/{id}/resume`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumes: Option<String>,
     pub requested_by: String,
     pub status: RunStatus,
     pub queued_at: DateTime<Utc>,
@@ -417,29 +424,9 @@ impl ModelTask<'_> {
             if start == current {
                 progress.extend(moved_sources.iter().cloned());
             }
-            let params = range_params(start, end);
-            let commit = ModelCommit {
-                table: t,
-                sql: &sql,
-                params: &params,
-                write: ModelWrite::Replace {
-                    column: column.clone(),
-                    start: timestamp(start),
-                    end: timestamp(end),
-                },
-                progress: &progress,
-                add_columns: header.on_schema_change == OnSchemaChange::AppendNewColumns,
-                schema: None,
-                resets: &[],
-            };
-            crate::failpoint::hit("flows.before_commit");
             let outcome = self
-                .engine
-                .commit_model(self.run_as, commit)
-                .await
-                .inspect_err(|e| {
-                    tracing::warn!(model = %t, %start, %end, error = %e, "time_range batch failed")
-                })?;
+                .replace_range(&sql, &column, start, end, &progress)
+                .await?;
             if outcome.duplicate {
                 tracing::info!(model = %t, %start, "a concurrent run committed this batch");
             } else {
@@ -453,8 +440,44 @@ impl ModelTask<'_> {
         Ok(())
     }
 
+    /// One `time_range` batch: `sql` with `$start`/`$end` bound replaces `[start, end)` of
+    /// the table in one commit, with `progress`.
+    pub(super) async fn replace_range(
+        &self,
+        sql: &str,
+        column: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        progress: &[Transaction],
+    ) -> Result<crate::engine::models::ModelOutcome> {
+        let t = &self.node.model.target;
+        let params = range_params(start, end);
+        let commit = ModelCommit {
+            table: t,
+            sql,
+            params: &params,
+            write: ModelWrite::Replace {
+                column: column.to_string(),
+                start: timestamp(start),
+                end: timestamp(end),
+            },
+            progress,
+            add_columns: self.node.model.header.on_schema_change
+                == OnSchemaChange::AppendNewColumns,
+            schema: None,
+            resets: &[],
+        };
+        crate::failpoint::hit("flows.before_commit");
+        self.engine
+            .commit_model(self.run_as, commit)
+            .await
+            .inspect_err(
+                |e| tracing::warn!(model = %t, %start, %end, error = %e, "time_range batch failed"),
+            )
+    }
+
     /// The model's SELECT with its sources pinned, every change type kept.
-    fn pinned(&self, pins: &BTreeMap<TableRef, Pin>) -> Result<String> {
+    pub(super) fn pinned(&self, pins: &BTreeMap<TableRef, Pin>) -> Result<String> {
         pinned(
             &self.node.model.select,
             self.default_layer,
@@ -593,7 +616,7 @@ impl ModelTask<'_> {
     }
 
     /// Creates the model's table from its planned output on the first run.
-    async fn ensure_table(&self) -> Result<()> {
+    pub(super) async fn ensure_table(&self) -> Result<()> {
         let t = &self.node.model.target;
         if self.engine.catalog().exists(t).await? {
             return Ok(());
@@ -624,7 +647,7 @@ impl ModelTask<'_> {
     }
 
     /// A source's current version and Delta table id.
-    async fn source_version(&self, s: &TableRef) -> Result<(u64, String)> {
+    pub(super) async fn source_version(&self, s: &TableRef) -> Result<(u64, String)> {
         let table = self.engine.catalog().load(s).await.map_err(|e| match e {
             Error::NotFound(_) => Error::NotFound(format!(
                 "model {} reads {s}, which does not exist",

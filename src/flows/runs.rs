@@ -12,7 +12,7 @@ use super::run::{ModelRun, ModelTask, Refresh, RunRecord, RunStatus};
 use super::schedule::RetryDef;
 use super::store::Deployment;
 use super::triggers::{Fence, Origin};
-use super::{Active, Flows, KEPT_RUNS, RunFilter, RunRequest, layers, redact};
+use super::{Active, Flows, KEPT_RUNS, RunFilter, RunRequest, redact};
 use crate::error::{Error, ErrorKind, Result};
 use crate::security::{AccessControl, Principal, Privilege};
 use crate::storage::TableRef;
@@ -26,12 +26,7 @@ impl Flows {
         name: &str,
         request: RunRequest,
     ) -> Result<RunRecord> {
-        let d = self.deployed(name).await?;
-        let dag = self.dag(&d.models)?;
-        let access = self.engine.access().await?;
-        for layer in layers(&dag) {
-            access.check_layer(p, Privilege::Manage, layer)?;
-        }
+        let (d, dag) = self.managed(p, name).await?;
         let (mut record, plan) = self.prepare(&d, dag, &request)?;
         record.requested_by = p.subject.clone();
         self.records.record_start(&record).await?;
@@ -75,6 +70,7 @@ impl Flows {
             scheduled_for: None,
             epoch: None,
             replica: Some(self.replica.clone()),
+            resumes: None,
             requested_by: super::triggers::SCHEDULER.into(),
             status: RunStatus::Queued,
             queued_at: self.clock.now(),
@@ -100,6 +96,7 @@ impl Flows {
                 dag,
                 selected,
                 refresh,
+                batches: BTreeMap::new(),
             },
         ))
     }
@@ -170,6 +167,7 @@ impl Flows {
             dag,
             selected,
             refresh,
+            batches,
         } = plan;
         self.update(id, |r| {
             r.status = RunStatus::Running;
@@ -187,7 +185,11 @@ impl Flows {
             let set = |status: RunStatus, m: Option<ModelRun>| {
                 self.update(id, |r| {
                     if let Some(slot) = r.models.iter_mut().find(|x| x.model == name) {
-                        if let Some(m) = m {
+                        if let Some(mut m) = m {
+                            // A backfill's plan for the model stays unless the run replaced it.
+                            if m.backfill.is_none() {
+                                m.backfill = slot.backfill.take();
+                            }
                             *slot = m;
                         }
                         slot.status = status;
@@ -209,9 +211,13 @@ impl Flows {
                 continue;
             }
             set(RunStatus::Running, None);
-            let (mut record, result) = self
-                .run_model(id, node, &run_as, &guard, &refresh, &retry)
-                .await;
+            let (mut record, result) = match batches.get(&node.model.target) {
+                Some(work) => self.run_batches(node, &run_as, &guard, work).await,
+                None => {
+                    self.run_model(id, node, &run_as, &guard, &refresh, &retry)
+                        .await
+                }
+            };
             let status = match &result {
                 Ok(()) => RunStatus::Succeeded,
                 Err(_) if record.status == RunStatus::WatermarkExpired => {
@@ -240,7 +246,10 @@ impl Flows {
             .runs
             .lock()
             .ok()
-            .and_then(|runs| runs.get(id).map(|a| a.record.trigger != "manual"))
+            .and_then(|runs| {
+                runs.get(id)
+                    .map(|a| matches!(a.record.trigger.as_str(), "cron" | "upstream"))
+            })
             .unwrap_or(false);
         let status = if cancelled.is_some() {
             RunStatus::Cancelled
@@ -398,12 +407,7 @@ impl Flows {
     /// Asks a run to stop before its next model or batch.
     pub async fn cancel(&self, p: &Arc<Principal>, id: &str) -> Result<RunRecord> {
         let record = self.run(p, id).await?;
-        let d = self.deployed(&record.pipeline).await?;
-        let dag = self.dag(&d.models)?;
-        let access = self.engine.access().await?;
-        for layer in layers(&dag) {
-            access.check_layer(p, Privilege::Manage, layer)?;
-        }
+        self.managed(p, &record.pipeline).await?;
         if let Ok(runs) = self.runs.lock()
             && let Some(a) = runs.get(id)
         {
@@ -415,10 +419,10 @@ impl Flows {
     /// Stops every run this replica started for the scheduler (it no longer leads).
     pub(crate) fn cancel_triggered(&self) {
         if let Ok(runs) = self.runs.lock() {
-            for a in runs
-                .values()
-                .filter(|a| a.record.trigger != "manual" && !a.record.status.is_terminal())
-            {
+            for a in runs.values().filter(|a| {
+                matches!(a.record.trigger.as_str(), "cron" | "upstream")
+                    && !a.record.status.is_terminal()
+            }) {
                 a.cancel.cancel();
             }
         }
@@ -487,9 +491,11 @@ impl RunGuard {
 
 /// What one run does: its DAG, the models it covers, and which of them rebuild.
 pub(super) struct RunPlan {
-    dag: Dag,
-    selected: BTreeSet<TableRef>,
-    refresh: BTreeMap<TableRef, Refresh>,
+    pub(super) dag: Dag,
+    pub(super) selected: BTreeSet<TableRef>,
+    pub(super) refresh: BTreeMap<TableRef, Refresh>,
+    /// Backfills: the batches each `time_range` model replaces (instead of its normal run).
+    pub(super) batches: BTreeMap<TableRef, super::backfill::BatchWork>,
 }
 
 pub(super) fn run_visible(access: &AccessControl, p: &Principal, r: &RunRecord) -> bool {

@@ -11,9 +11,9 @@ use deltalake::kernel::Transaction;
 use super::model::parse_every;
 use super::run::{self, ModelRun, RunRecord, RunStatus};
 use super::store::{Deployment, Pause};
-use super::{Flows, RunRequest, layers};
+use super::{Flows, RunRequest};
 use crate::error::{Error, Result};
-use crate::security::{Principal, Privilege};
+use crate::security::Principal;
 use crate::storage::TableRef;
 
 /// Why a run starts, and who may still act on its behalf.
@@ -136,6 +136,7 @@ impl Flows {
             scheduled_for: Some(slot),
             epoch: Some(epoch),
             replica: Some(self.replica.clone()),
+            resumes: None,
             requested_by: SCHEDULER.into(),
             status,
             queued_at: now,
@@ -324,12 +325,7 @@ impl Flows {
     }
 
     async fn check_manage(&self, p: &Arc<Principal>, name: &str) -> Result<()> {
-        let d = self.deployed(name).await?;
-        let dag = self.dag(&d.models)?;
-        let access = self.engine.access().await?;
-        for layer in layers(&dag) {
-            access.check_layer(p, Privilege::Manage, layer)?;
-        }
+        self.managed(p, name).await?;
         Ok(())
     }
 }

@@ -174,6 +174,8 @@ async fn every_api_route_needs_a_valid_token() {
         ("delete", "/api/v1/pipelines/{name}"),
         ("post", "/api/v1/pipelines/{name}/runs"),
         ("post", "/api/v1/pipelines/{name}/pause"),
+        ("post", "/api/v1/pipelines/{name}/backfill"),
+        ("post", "/api/v1/runs/{id}/resume"),
         ("post", "/api/v1/pipelines/{name}/resume"),
         ("get", "/api/v1/runs"),
         ("get", "/api/v1/runs/{id}"),

@@ -228,12 +228,12 @@ async fn scd2_models_keep_history_like_scd2_by_hand() {
     );
 }
 
-const SALES: &str =
+pub(crate) const SALES: &str =
     "CREATE TABLE bronze.sales (id BIGINT, amount DOUBLE, qty BIGINT, sold_at TIMESTAMP)";
 
 /// `gold.daily`: revenue per day, one batch per day; `100 / qty` fails on a zero quantity
 /// (the injected failure).
-fn daily(start: &str) -> String {
+pub(crate) fn daily(start: &str) -> String {
     format!(
         "/* strata
 kind = \"time_range\"

@@ -2,6 +2,7 @@
 #![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod backfill;
 mod cache;
 mod cli;
 mod commits;

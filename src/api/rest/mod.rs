@@ -129,6 +129,8 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(pipelines::start_run))
         .routes(routes!(pipelines::pause))
+        .routes(routes!(pipelines::backfill))
+        .routes(routes!(pipelines::resume_run))
         .routes(routes!(pipelines::resume))
         .routes(routes!(pipelines::runs))
         .routes(routes!(pipelines::run))

@@ -125,6 +125,32 @@ pub(super) async fn start_run(
     Ok((StatusCode::ACCEPTED, Json(record)).into_response())
 }
 
+#[utoipa::path(post, path = "/pipelines/{name}/backfill", tag = "pipelines", params(PipelinePath),
+    request_body(content = crate::flows::BackfillRequest, description = "The models, the time range and how to cut it"),
+    responses((status = 202, description = "Queued; poll GET /runs/{id} (each model's backfill shows its batches)", body = RunRecord), Errors))]
+pub(super) async fn backfill(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    let request: crate::flows::BackfillRequest = serde_json::from_slice(&body)
+        .map_err(|e| Error::invalid(format!("backfill request: {e}")))?;
+    let record = state.flows.backfill(&principal, &name, request).await?;
+    Ok((StatusCode::ACCEPTED, Json(record)).into_response())
+}
+
+#[utoipa::path(post, path = "/runs/{id}/resume", tag = "pipelines", params(RunPath),
+    responses((status = 202, description = "A new run of what the backfill did not commit (its `resumes` names the old run)", body = RunRecord), Errors))]
+pub(super) async fn resume_run(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let record = state.flows.resume_run(&principal, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(record)).into_response())
+}
+
 #[utoipa::path(post, path = "/pipelines/{name}/pause", tag = "pipelines", params(PipelinePath),
     responses((status = 200, description = "Paused: the scheduler starts none of its runs (its slots are recorded as paused); manual runs still run", body = crate::flows::Pause), Errors))]
 pub(super) async fn pause(
