@@ -31,6 +31,9 @@
 //! - `api`: the two front ends, `flight` and `rest`, thin adapters from protocols to the
 //!   engine and flows; each owns its error → status map (`api::rest::error`,
 //!   `api::flight::error`).
+//! - `scheduler`: one leader among the replicas (a lease log in the warehouse) runs the
+//!   pipelines' cron and upstream triggers, catch-up and scheduled table maintenance,
+//!   through `flows`.
 //! - `flows`: pipelines of declarative models (bronze → silver → gold): deploys stored as
 //!   versions in the warehouse, runs that read sources through the engine as the pipeline's
 //!   run-as principal and commit each batch with its source watermarks (`txn`).

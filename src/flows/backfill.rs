@@ -14,17 +14,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::dag::{Dag, Node};
+use super::guard::{Origin, RunGuard};
 use super::model::{BatchSize, Kind, parse_instant};
-use super::run::{ModelRun, ModelTask, Refresh, RunRecord, RunStatus, SourceRange};
-use super::runs::RunGuard;
+use super::record::{
+    BackfillMode, BackfillModel, FailedBatch, Interval, ModelRun, RunRecord, RunStatus, SourceRange,
+};
+use super::run::{ModelTask, Refresh};
 use super::sql::Pin;
 use super::store::Deployment;
-use super::triggers::Origin;
 use super::{Flows, RunRequest};
 use crate::error::{Error, ErrorKind, Result};
 use crate::security::Principal;
@@ -64,52 +65,6 @@ pub struct BackfillRequest {
     /// beyond its sources.
     #[serde(default)]
     pub allow_history_loss: bool,
-}
-
-/// What a backfill does for one model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum BackfillMode {
-    /// Time range batches.
-    Range,
-    /// A full refresh.
-    Refresh,
-    /// An incremental run after the models it reads (`downstream`).
-    Downstream,
-}
-
-/// `[start, end)`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
-pub struct Interval {
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct FailedBatch {
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-    pub error: String,
-}
-
-/// One model of a backfill, batch by batch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BackfillModel {
-    pub mode: BackfillMode,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch_size: Option<BatchSize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parallelism: Option<usize>,
-    /// Batches committed, merged into intervals.
-    #[serde(default)]
-    pub succeeded: Vec<Interval>,
-    #[serde(default)]
-    pub failed: Vec<FailedBatch>,
-    /// Batches not committed yet (the run is going, was cancelled, or its replica stopped).
-    #[serde(default)]
-    pub pending: Vec<Interval>,
 }
 
 /// The batches a run replaces for one `time_range` model.
@@ -499,6 +454,8 @@ fn downstream_of(dag: &Dag, from: &[TableRef]) -> BTreeSet<TableRef> {
 
 #[cfg(test)]
 mod tests {
+    use chrono::{DateTime, Utc};
+
     use super::*;
 
     fn day(d: u32) -> DateTime<Utc> {

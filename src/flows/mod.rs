@@ -18,8 +18,10 @@
 mod backfill;
 mod dag;
 mod deploy;
+mod guard;
 pub(crate) mod model;
 mod plan;
+mod record;
 mod records;
 pub(crate) mod run;
 mod runs;
@@ -41,17 +43,17 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::security::Principal;
 
-pub use backfill::{BackfillModel, BackfillRequest};
+pub use backfill::BackfillRequest;
 pub use dag::DagView;
 pub use deploy::read_bundle;
+pub use guard::{Fence, Origin};
 pub use model::{Bundle, Header, Kind, ModelFile, PipelineDef};
 pub use plan::{DeployPlan, ModelChange, ModelPlan};
-pub use run::{ModelRun, RunRecord, RunStatus, SourceRange};
+pub use record::{BackfillModel, ModelRun, RunRecord, RunStatus, SourceRange};
 pub use schedule::{Catchup, RetryDef, TriggerDef};
 pub use store::Deployment;
 pub use store::Pause;
 pub(crate) use triggers::UpkeepOp;
-pub use triggers::{Fence, Origin};
 
 use dag::Dag;
 use model::Model;

@@ -15,7 +15,7 @@ use datafusion::common::ScalarValue;
 use deltalake::kernel::Transaction;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use super::run::{ModelRun, RunRecord, RunStatus};
+use super::record::{ModelRun, RunRecord, RunStatus};
 use super::{Kind, RunFilter};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -318,7 +318,7 @@ impl RunLog {
     }
 
     /// The batches of `model` that earlier backfills committed (their `succeeded`).
-    pub(crate) async fn backfilled(&self, model: &str) -> Result<Vec<super::backfill::Interval>> {
+    pub(crate) async fn backfilled(&self, model: &str) -> Result<Vec<super::record::Interval>> {
         if !self
             .engine
             .catalog()
@@ -342,7 +342,7 @@ impl RunLog {
         )?;
         let mut out = Vec::new();
         for r in found {
-            let b: super::backfill::BackfillModel = serde_json::from_str(&r.backfill)
+            let b: super::record::BackfillModel = serde_json::from_str(&r.backfill)
                 .map_err(|e| Error::internal(format!("system.model_runs backfill: {e}")))?;
             out.extend(b.succeeded);
         }

@@ -21,10 +21,10 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use deltalake::kernel::Transaction;
-use serde::{Deserialize, Serialize};
 
 use super::dag::Node;
 use super::model::{Kind, OnSchemaChange, OnWatermarkExpired};
+use super::record::{ModelRun, RunStatus, SourceRange};
 use super::sql::{ChangeRows, Pin, pinned};
 use super::statements::{
     latest_per_key, merge_statement, planning_params, quoted, range_params, scd2_statement,
@@ -42,143 +42,6 @@ pub(crate) const MODEL_APP_PREFIX: &str = "strata:model:";
 /// Commits one model attempts against concurrent writers before it fails.
 const MAX_CONFLICTS: u32 = 8;
 
-/// The status of a run or of one model in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    UpstreamFailed,
-    Cancelled,
-    /// A source's changes since the watermark are gone (VACUUM or log retention).
-    WatermarkExpired,
-    /// A triggered run (or one of its models) found nothing new to commit.
-    Skipped,
-    /// A scheduled slot that came due while `max_concurrent_runs` runs were running.
-    SkippedOverlap,
-    /// A scheduled slot that came due while the pipeline was paused.
-    Paused,
-    /// The replica running it stopped (its heartbeat lapsed); marked by the leader.
-    Orphaned,
-}
-
-impl RunStatus {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Queued => "queued",
-            RunStatus::Running => "running",
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-            RunStatus::UpstreamFailed => "upstream_failed",
-            RunStatus::Cancelled => "cancelled",
-            RunStatus::WatermarkExpired => "watermark_expired",
-            RunStatus::Skipped => "skipped",
-            RunStatus::SkippedOverlap => "skipped_overlap",
-            RunStatus::Paused => "paused",
-            RunStatus::Orphaned => "orphaned",
-        }
-    }
-
-    /// The run (or model) will not change any more.
-    pub(crate) fn is_terminal(self) -> bool {
-        !matches!(self, RunStatus::Queued | RunStatus::Running)
-    }
-}
-
-/// The versions of one source a model consumed in a run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct SourceRange {
-    pub table: String,
-    /// First version read (changes) — for a whole-table read, the version read.
-    pub from_version: u64,
-    pub to_version: u64,
-}
-
-/// One model of a run.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ModelRun {
-    pub model: String,
-    pub kind: Kind,
-    pub status: RunStatus,
-    /// Rows written (appended, overwritten, or inserted + updated + deleted by a merge).
-    pub rows_out: u64,
-    /// Changes left out as out of order (`scd2` with `on_out_of_order = "skip"`).
-    pub rows_skipped: u64,
-    /// Commits made (one per batch; 0 when nothing was new).
-    pub commits: u64,
-    pub sources: Vec<SourceRange>,
-    /// The table version after the run's last commit.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target_version: Option<u64>,
-    pub duration_ms: u64,
-    /// Attempts made (more than 1 when `[retry]` retried it).
-    #[serde(default = "one")]
-    pub attempts: u32,
-    /// In a backfill: what it did for this model, batch by batch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backfill: Option<super::backfill::BackfillModel>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-fn one() -> u32 {
-    1
-}
-
-impl ModelRun {
-    pub(crate) fn new(model: String, kind: Kind, status: RunStatus) -> ModelRun {
-        ModelRun {
-            model,
-            kind,
-            status,
-            rows_out: 0,
-            rows_skipped: 0,
-            commits: 0,
-            sources: Vec::new(),
-            target_version: None,
-            duration_ms: 0,
-            attempts: 1,
-            backfill: None,
-            error: None,
-        }
-    }
-}
-
-/// A run as `GET /api/v1/runs/{id}` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct RunRecord {
-    /// UUID v7: ordered by start.
-    pub run_id: String,
-    pub pipeline: String,
-    pub pipeline_version: u64,
-    /// `manual`, `cron` or `upstream`.
-    pub trigger: String,
-    /// The cron slot a scheduled run is for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheduled_for: Option<DateTime<Utc>>,
-    /// The scheduler lease epoch of the leader that started it (the fencing token).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<u64>,
-    /// The replica executing it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replica: Option<String>,
-    /// The backfill run this one resumes (`POST /api/v1/runs/{id}/resume`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resumes: Option<String>,
-    pub requested_by: String,
-    pub status: RunStatus,
-    pub queued_at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ended_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub models: Vec<ModelRun>,
-}
-
 /// What one model's run needs.
 #[derive(Debug)]
 pub(crate) struct ModelTask<'a> {
@@ -187,7 +50,7 @@ pub(crate) struct ModelTask<'a> {
     pub(crate) run_as: &'a Arc<Principal>,
     pub(crate) default_layer: &'a str,
     /// Checked before every batch: a cancel, or the scheduler's lease lost.
-    pub(crate) guard: &'a super::runs::RunGuard,
+    pub(crate) guard: &'a super::guard::RunGuard,
     /// What "now" is for time ranges (the scheduler's clock).
     pub(crate) clock: &'a dyn crate::clock::Clock,
     /// Rebuild the table instead of reading from the watermarks.

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::dag::Dag;
+use super::guard::{Origin, RunGuard};
 use super::model::Kind;
-use super::run::{ModelRun, ModelTask, Refresh, RunRecord, RunStatus};
+use super::record::{ModelRun, RunRecord, RunStatus};
+use super::run::{ModelTask, Refresh};
 use super::schedule::RetryDef;
 use super::store::Deployment;
-use super::triggers::{Fence, Origin};
 use super::{Active, Flows, KEPT_RUNS, RunFilter, RunRequest, redact};
 use crate::error::{Error, ErrorKind, Result};
 use crate::security::{AccessControl, Principal, Privilege};
@@ -463,29 +464,6 @@ impl crate::engine::maintenance::ChangeReaders for Flows {
             }
             Ok(behind)
         })
-    }
-}
-
-/// What stops a run: a cancel, or (scheduled runs) the replica losing the lease.
-#[derive(Debug)]
-pub(crate) struct RunGuard {
-    pub(crate) cancel: CancellationToken,
-    fence: Option<Arc<dyn Fence>>,
-}
-
-impl RunGuard {
-    /// Err when the run must commit nothing more.
-    pub(crate) fn check(&self) -> Result<()> {
-        if self.cancel.is_cancelled() {
-            return Err(Error::Cancelled("the run was cancelled".into()));
-        }
-        if self.fence.as_ref().is_some_and(|f| !f.holds()) {
-            self.cancel.cancel();
-            return Err(Error::Cancelled(
-                "this replica no longer leads the scheduler: the new leader runs the pipeline from its watermarks".into(),
-            ));
-        }
-        Ok(())
     }
 }
 

@@ -8,44 +8,15 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use deltalake::kernel::Transaction;
 
+use super::guard::Origin;
 use super::model::parse_every;
-use super::run::{self, ModelRun, RunRecord, RunStatus};
+use super::record::{ModelRun, RunRecord, RunStatus};
+use super::run;
 use super::store::{Deployment, Pause};
 use super::{Flows, RunRequest};
 use crate::error::{Error, Result};
 use crate::security::Principal;
 use crate::storage::TableRef;
-
-/// Why a run starts, and who may still act on its behalf.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    /// `manual`, `cron` or `upstream`.
-    pub trigger: &'static str,
-    /// The cron slot (scheduled runs).
-    pub scheduled_for: Option<DateTime<Utc>>,
-    /// The lease epoch the leader started it under.
-    pub epoch: Option<u64>,
-    /// Whether this replica still leads; a run started by the scheduler stops (commits
-    /// nothing more) once it does not.
-    pub fence: Option<Arc<dyn Fence>>,
-}
-
-impl Origin {
-    pub(crate) fn manual() -> Origin {
-        Origin {
-            trigger: "manual",
-            scheduled_for: None,
-            epoch: None,
-            fence: None,
-        }
-    }
-}
-
-/// The scheduler's lease as a run sees it.
-pub trait Fence: std::fmt::Debug + Send + Sync {
-    /// This replica still leads (checked before every model and batch).
-    fn holds(&self) -> bool;
-}
 
 /// Table maintenance on schedule.
 #[derive(Debug, Clone)]

@@ -180,13 +180,6 @@ impl TestServer {
         s
     }
 
-    /// Another server on the same warehouse reading `clock`.
-    pub async fn replica_clocked(&self, clock: Arc<dyn strata::clock::Clock>) -> TestServer {
-        let mut r = TestServer::start_with_clock(self.config.clone(), clock).await;
-        r.moto = self.moto.clone();
-        r
-    }
-
     pub async fn start_with(cfg: Config) -> TestServer {
         TestServer::start_with_clock(cfg, strata::clock::system()).await
     }

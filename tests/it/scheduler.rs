@@ -288,25 +288,35 @@ async fn three_replicas_run_every_slot_once_across_a_sigkill(backend: Backend) {
         .map(|(_, r)| r["epoch"].as_u64().unwrap())
         .collect();
     assert!(epochs.windows(2).all(|w| w[0] <= w[1]), "{epochs:?}");
-    // One more slot picks up whatever an orphaned run left; then every row is there once.
-    tokio::time::sleep(Duration::from_secs(SLOT_SECS as u64 + 2)).await;
-    let rows = post(
-        sp,
-        "/api/v1/query",
-        json!({"sql": "SELECT id FROM silver.fleet ORDER BY id"}),
+    // The slots after the kill pick up whatever an orphaned run left: every row reaches
+    // silver, once.
+    let expected: Vec<i64> = (1..next_id).collect();
+    let ids = wait_for(
+        Duration::from_secs(60),
+        "every row in silver once",
+        || async {
+            let rows = post(
+                sp,
+                "/api/v1/query",
+                json!({"sql": "SELECT id FROM silver.fleet ORDER BY id"}),
+            )
+            .await
+            .ok()?
+            .json::<Value>()
+            .await
+            .ok()?;
+            let ids: Vec<i64> = rows
+                .as_array()?
+                .iter()
+                .filter_map(|r| r["id"].as_i64())
+                .collect();
+            // More rows than sent would be a duplicate: fail at once rather than wait.
+            assert!(ids.len() <= expected.len(), "{ids:?}");
+            (ids == expected).then_some(ids)
+        },
     )
-    .await
-    .unwrap()
-    .json::<Value>()
-    .await
-    .unwrap();
-    let ids: Vec<i64> = rows
-        .as_array()
-        .unwrap_or_else(|| panic!("{rows}"))
-        .iter()
-        .map(|r| r["id"].as_i64().unwrap())
-        .collect();
-    assert_eq!(ids, (1..next_id).collect::<Vec<_>>());
+    .await;
+    assert_eq!(ids, expected);
 }
 
 /// Polls `probe` until it yields, at most `limit`.
