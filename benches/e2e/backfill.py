@@ -68,8 +68,8 @@ def main():
     try:
         s.sql("CREATE TABLE bronze.sales (id BIGINT, region STRING, customer BIGINT, amount DOUBLE, sold_at TIMESTAMP)")
         s.sql(f"INSERT INTO bronze.sales SELECT x AS id, 'r' || CAST(x % 7 AS STRING) AS region, x % 100003 AS customer, "
-              f"CAST(x % 1000 AS DOUBLE) AS amount, TIMESTAMP '2026-01-01T00:00:00Z' + "
-              f"CAST(x % {a.days} AS BIGINT) * INTERVAL '1 day' + CAST(x % 86400 AS BIGINT) * INTERVAL '1 second' AS sold_at "
+              f"CAST(x % 1000 AS DOUBLE) AS amount, "
+              f"to_timestamp_seconds(1767225600 + (x % {a.days}) * 86400 + x % 86400) AS sold_at "
               f"FROM (SELECT unnest(range(0, {a.rows})) AS x)")
         s.sql("CREATE TABLE gold.kpi AS SELECT 'r' || CAST(x % 7 AS STRING) AS region, x AS v "
               "FROM (SELECT unnest(range(0, 1000)) AS x)")

@@ -121,7 +121,7 @@ impl Flows {
             Some(models) => {
                 let mut out = Vec::new();
                 for m in models {
-                    out.push(self.model_ref(&dag, m)?);
+                    out.push(dag.model_ref(m, &self.default_layer)?);
                 }
                 out
             }
@@ -266,18 +266,6 @@ impl Flows {
         }
         self.start_backfill(p, &d, dag, plan, Some(id.to_string()))
             .await
-    }
-
-    fn model_ref(&self, dag: &Dag, m: &str) -> Result<TableRef> {
-        let t = if m.contains('.') {
-            TableRef::parse(m)?
-        } else {
-            TableRef::new(&self.default_layer, m)?
-        };
-        if dag.node(&t).is_none() {
-            return Err(Error::invalid(format!("the pipeline has no model {t}")));
-        }
-        Ok(t)
     }
 
     async fn start_backfill(

@@ -153,6 +153,19 @@ impl Dag {
         self.nodes.iter().find(|n| &n.model.target == target)
     }
 
+    /// Model `m` (`layer.name`, or a name in the default layer), or 400.
+    pub(crate) fn model_ref(&self, m: &str, default_layer: &str) -> Result<TableRef> {
+        let t = if m.contains('.') {
+            TableRef::parse(m)?
+        } else {
+            TableRef::new(default_layer, m)?
+        };
+        if self.node(&t).is_none() {
+            return Err(Error::invalid(format!("the pipeline has no model {t}")));
+        }
+        Ok(t)
+    }
+
     pub(crate) fn view(&self) -> DagView {
         let mut edges = Vec::new();
         for n in &self.nodes {

@@ -494,15 +494,7 @@ fn selection(
     };
     let mut out = BTreeSet::new();
     for m in models {
-        let t = if m.contains('.') {
-            TableRef::parse(m)?
-        } else {
-            TableRef::new(default_layer, m)?
-        };
-        if dag.node(&t).is_none() {
-            return Err(Error::invalid(format!("the pipeline has no model {t}")));
-        }
-        out.insert(t);
+        out.insert(dag.model_ref(m, default_layer)?);
     }
     Ok(out)
 }

@@ -121,21 +121,7 @@ impl TestServer {
         backend: Backend,
         change: impl FnOnce(&mut Config),
     ) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let (mut cfg, moto) = match backend {
-            Backend::Local => (test_config(&root), None),
-            Backend::S3 => {
-                let moto = Moto::start().await;
-                (moto.config(&root, "wh"), Some(Arc::new(moto)))
-            }
-        };
-        change(&mut cfg);
-        let mut s = TestServer::start_with(cfg).await;
-        s._dir = Some(dir);
-        s.root = root;
-        s.moto = moto;
-        s
+        TestServer::start_clocked(backend, change, strata::clock::system()).await
     }
 
     /// Another server on the same warehouse (a second replica).
