@@ -291,6 +291,7 @@ impl RunLog {
         &self,
         alive: &[String],
         now: DateTime<Utc>,
+        grace: chrono::Duration,
     ) -> Result<Vec<String>> {
         let filter = RunFilter {
             limit: 1000,
@@ -301,7 +302,10 @@ impl RunLog {
             .await?;
         let mut marked = Vec::new();
         for mut row in open {
-            if row.replica.as_ref().is_none_or(|r| alive.contains(r)) {
+            // A run younger than `grace` may be from a replica whose first heartbeat the
+            // leader has not listed yet.
+            if row.replica.as_ref().is_none_or(|r| alive.contains(r)) || now - row.queued_at < grace
+            {
                 continue;
             }
             row.error = Some(format!(

@@ -148,9 +148,16 @@ impl Flows {
             .unwrap_or_default()
     }
 
-    /// Marks runs orphaned whose replica is not among `alive`; their ids.
-    pub(crate) async fn mark_orphans(&self, alive: &[String]) -> Result<Vec<String>> {
-        self.records.mark_orphans(alive, self.clock.now()).await
+    /// Marks runs orphaned whose replica is not among `alive` (and that are older than
+    /// `grace`); their ids.
+    pub(crate) async fn mark_orphans(
+        &self,
+        alive: &[String],
+        grace: chrono::Duration,
+    ) -> Result<Vec<String>> {
+        self.records
+            .mark_orphans(alive, self.clock.now(), grace)
+            .await
     }
 
     /// Live deployments, and whether each is paused.

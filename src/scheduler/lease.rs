@@ -140,7 +140,7 @@ impl LeaseLog {
 
     /// Writes this replica's heartbeat and lists everyone's: the store's time of ours is
     /// "now" by the store's clock.
-    async fn heartbeat(&self) -> Result<(DateTime<Utc>, Vec<(String, DateTime<Utc>)>)> {
+    pub(crate) async fn heartbeat(&self) -> Result<(DateTime<Utc>, Vec<(String, DateTime<Utc>)>)> {
         let prefix = Path::from(REPLICAS);
         let body = serde_json::to_vec(&self.me).map_err(|e| Error::internal(e.to_string()))?;
         self.store

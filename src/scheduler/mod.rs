@@ -186,7 +186,18 @@ impl Scheduler {
     /// Takes part in the election and, while leading, runs the triggers, until `stop`.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         if !self.enabled {
-            return;
+            // Never leads, but still says it is alive: the leader marks runs `orphaned`
+            // whose replica's heartbeat lapsed, and this replica runs manual runs too.
+            let every = self.lease.ttl() / 3;
+            loop {
+                if let Err(e) = self.lease.heartbeat().await {
+                    tracing::warn!(error = %e, "scheduler heartbeat failed");
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
         }
         tokio::join!(
             Arc::clone(&self).elect(stop.clone()),
@@ -291,7 +302,10 @@ impl Scheduler {
                     .map(|l| l.replicas.iter().map(|(id, _)| id.clone()).collect())
             })
             .unwrap_or_default();
-        match self.flows.mark_orphans(&alive).await {
+        // Heartbeats count as alive for three TTLs: a run younger than that may belong to a
+        // replica that started since the last tick.
+        let grace = chrono::Duration::from_std(self.lease.ttl() * 3).unwrap_or_default();
+        match self.flows.mark_orphans(&alive, grace).await {
             Ok(marked) if !marked.is_empty() => {
                 tracing::warn!(runs = ?marked, "runs of stopped replicas marked orphaned");
             }

@@ -337,3 +337,27 @@ async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A replica with `[scheduler] enabled = false` never leads but still heartbeats: the
+/// leader counts it alive, so the manual runs it executes are never marked orphaned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_never_leads_still_counts_as_alive() {
+    let a =
+        TestServer::start_configured(Backend::Local, |cfg| cfg.scheduler.lease_ttl_secs = 5).await;
+    until(&a, "a leads", |v| v["is_leader"] == true).await;
+    let mut cfg = a.config.clone();
+    cfg.scheduler.enabled = false;
+    let b = TestServer::start_with(cfg).await;
+    let vb = view(&b).await;
+    assert_eq!(vb["enabled"], false, "{vb}");
+    assert_eq!(vb["is_leader"], false, "{vb}");
+    let id = vb["replica"]["id"].clone();
+    until(&a, "the leader sees b", |v| {
+        v["replicas"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x["id"] == id))
+    })
+    .await;
+    b.stop().await;
+    a.stop().await;
+}
