@@ -81,6 +81,11 @@ pub struct SchedulerConfig {
     /// The most missed slots one catch-up runs per pipeline (`catchup = "all"`); older
     /// ones are skipped (and logged).
     pub max_catchup_runs: usize,
+    /// Worker threads of the runtime pipeline runs and backfills execute on, apart from
+    /// the one serving queries, so they cannot take every core; half the cores (at least
+    /// one) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline_threads: Option<usize>,
 }
 
 impl Default for SchedulerConfig {
@@ -89,6 +94,7 @@ impl Default for SchedulerConfig {
             enabled: true,
             lease_ttl_secs: 15,
             max_catchup_runs: 10,
+            pipeline_threads: None,
         }
     }
 }

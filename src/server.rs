@@ -104,7 +104,8 @@ impl Server {
             &config.query.default_layer,
             &config.auth.admin_role,
             Arc::clone(&clock),
-        ));
+            config.scheduler.pipeline_threads,
+        )?);
         let readers: std::sync::Weak<Flows> = Arc::downgrade(&flows);
         engine.set_change_readers(readers);
         if let Some(dir) = &config.pipelines.dir {

@@ -165,6 +165,51 @@ pub struct Flows {
     clock: Arc<dyn Clock>,
     /// This process among the replicas (random per process), named in the runs it executes.
     replica: String,
+    /// Where runs execute: a runtime of its own (`[scheduler] pipeline_threads`).
+    runtime: PipelineRuntime,
+}
+
+/// The runtime pipeline runs execute on, apart from the one serving queries: its worker
+/// threads bound the cores a run or backfill can take. Shut down in the background when
+/// the server drops it (a runtime may not be dropped inside another one's context).
+#[derive(Debug)]
+struct PipelineRuntime(Option<tokio::runtime::Runtime>);
+
+impl PipelineRuntime {
+    fn new(threads: Option<usize>) -> Result<PipelineRuntime> {
+        let threads = threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("strata-pipeline")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::internal(format!("pipeline runtime: {e}")))?;
+        Ok(PipelineRuntime(Some(rt)))
+    }
+
+    fn spawn<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match &self.0 {
+            Some(rt) => {
+                rt.spawn(f);
+            }
+            None => {
+                tokio::spawn(f);
+            }
+        }
+    }
+}
+
+impl Drop for PipelineRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Flows {
@@ -174,7 +219,8 @@ impl Flows {
         default_layer: &str,
         admin_role: &str,
         clock: Arc<dyn Clock>,
-    ) -> Flows {
+        pipeline_threads: Option<usize>,
+    ) -> Result<Flows> {
         let principals = cfg
             .principals
             .iter()
@@ -189,7 +235,7 @@ impl Flows {
                 )
             })
             .collect();
-        Flows {
+        Ok(Flows {
             store: PipelineStore::new(Arc::clone(engine.catalog().warehouse().store())),
             records: records::RunLog::new(Arc::clone(&engine), admin_role),
             engine,
@@ -198,7 +244,8 @@ impl Flows {
             runs: Arc::new(Mutex::new(BTreeMap::new())),
             clock,
             replica: uuid::Uuid::new_v4().simple().to_string(),
-        }
+            runtime: PipelineRuntime::new(pipeline_threads)?,
+        })
     }
 
     /// This process's id among the replicas.

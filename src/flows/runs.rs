@@ -140,7 +140,8 @@ impl Flows {
             cancel,
             fence: origin.fence,
         };
-        tokio::spawn(context.scope(async move {
+        // On the pipeline runtime: the run's DataFusion and delta-rs tasks spawn there too.
+        self.runtime.spawn(context.scope(async move {
             this.execute(&id, &pipeline, plan, run_as, guard, retry)
                 .await;
         }));

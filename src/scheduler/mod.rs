@@ -60,6 +60,9 @@ pub(crate) fn config_problems(cfg: &SchedulerConfig) -> Vec<String> {
             cfg.lease_ttl_secs
         ));
     }
+    if cfg.pipeline_threads == Some(0) {
+        out.push("scheduler.pipeline_threads must be at least 1".to_string());
+    }
     if !(1..=1000).contains(&cfg.max_catchup_runs) {
         out.push(format!(
             "scheduler.max_catchup_runs = {} must lie in 1..=1000",
@@ -560,6 +563,7 @@ mod tests {
             enabled: true,
             lease_ttl_secs,
             max_catchup_runs: 10,
+            pipeline_threads: None,
         };
         assert!(config_problems(&cfg(15)).is_empty());
         assert!(config_problems(&cfg(MIN_LEASE_TTL_SECS)).is_empty());

@@ -277,7 +277,9 @@ async fn three_replicas_run_every_slot_once_across_a_sigkill(backend: Backend) {
     for (slot, r) in &slots {
         let status = r["status"].as_str().unwrap();
         assert!(
-            matches!(status, "succeeded" | "skipped")
+            // A run longer than a slot (a loaded machine) makes the next one skipped_overlap:
+            // claimed once and recorded, which is all this test is about.
+            matches!(status, "succeeded" | "skipped" | "skipped_overlap")
                 || (status == "orphaned" && r["replica"] == old_id.as_str()),
             "{slot}: {r:#}"
         );
