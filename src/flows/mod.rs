@@ -193,13 +193,9 @@ impl PipelineRuntime {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        match &self.0 {
-            Some(rt) => {
-                rt.spawn(f);
-            }
-            None => {
-                tokio::spawn(f);
-            }
+        // `None` only once dropped, when nothing can call this any more.
+        if let Some(rt) = &self.0 {
+            rt.spawn(f);
         }
     }
 }

@@ -570,40 +570,36 @@ impl RunLog {
         {
             return Ok(Vec::new());
         }
-        let mut inner = Vec::new();
-        let mut outer = Vec::new();
+        // system.runs shows each run's current row (the secure catalog's view), so every
+        // condition applies to the current state.
+        let mut conditions = Vec::new();
         let mut params = Vec::new();
-        let mut bind = |to: &mut Vec<String>, condition: &str, value: String| {
+        let mut bind = |condition: &str, value: String| {
             params.push(ScalarValue::Utf8(Some(value)));
-            to.push(format!("{condition} ${}", params.len()));
+            conditions.push(format!("{condition} ${}", params.len()));
         };
         if let Some(id) = id {
-            bind(&mut inner, "run_id =", id.to_string());
+            bind("run_id =", id.to_string());
         }
         if let Some(pipeline) = &filter.pipeline {
-            bind(&mut inner, "pipeline =", pipeline.clone());
+            bind("pipeline =", pipeline.clone());
         }
         if let Some(before) = &filter.before {
-            bind(&mut inner, "run_id <", before.clone());
+            bind("run_id <", before.clone());
         }
         if let Some(status) = filter.status {
-            bind(&mut outer, "status =", status.as_str().to_string());
+            bind("status =", status.as_str().to_string());
         }
         if open {
-            outer.push("status IN ('queued', 'running')".into());
+            conditions.push("status IN ('queued', 'running')".into());
         }
-        let clause = |c: &[String], joiner: &str| {
-            if c.is_empty() {
-                String::new()
-            } else {
-                format!("{joiner}{}", c.join(" AND "))
-            }
-        };
-        // system.runs shows each run's current row (the secure catalog's view).
-        inner.extend(outer);
         let sql = format!(
             "SELECT * FROM system.runs{} ORDER BY run_id DESC LIMIT {}",
-            clause(&inner, " WHERE "),
+            if conditions.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", conditions.join(" AND "))
+            },
             filter.limit.max(1)
         );
         rows(self.engine.query_rows(p, &sql, params).await?)
