@@ -2,7 +2,9 @@
 //! die, switched on only by the `STRATA_FAILPOINTS` environment variable (comma-separated
 //! names, each optionally `name@N`: die at its Nth hit, e.g. in the third batch of a run),
 //! which nothing but the test suite sets. Aborting is how a SIGKILL or a power cut looks to
-//! the warehouse: no destructor, no flush, no last commit.
+//! the warehouse: no destructor, no flush, no last commit. `name[@N]:stop` stops the process
+//! there instead (SIGSTOP, every thread): how a long GC-like pause or a frozen VM looks to
+//! the other replicas, until the test sends SIGCONT.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -11,39 +13,73 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The variable that arms failpoints.
 pub const ENV: &str = "STRATA_FAILPOINTS";
 
-/// Armed names → (the hit that aborts, hits so far).
-static ARMED: LazyLock<BTreeMap<String, (u64, AtomicU64)>> = LazyLock::new(|| {
+/// What an armed failpoint does at its hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Abort,
+    Stop,
+}
+
+/// Armed names → (the hit that acts, what it does, hits so far).
+static ARMED: LazyLock<BTreeMap<String, (u64, Action, AtomicU64)>> = LazyLock::new(|| {
     std::env::var(ENV)
         .map(|v| parse(&v))
         .unwrap_or_default()
         .into_iter()
-        .map(|(name, at)| (name, (at, AtomicU64::new(0))))
+        .map(|(name, at, action)| (name, (at, action, AtomicU64::new(0))))
         .collect()
 });
 
-fn parse(v: &str) -> Vec<(String, u64)> {
+fn parse(v: &str) -> Vec<(String, u64, Action)> {
     v.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| match s.split_once('@') {
-            Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1).max(1)),
-            None => (s.to_string(), 1),
+        .map(|s| {
+            let (s, action) = match s.strip_suffix(":stop") {
+                Some(s) => (s, Action::Stop),
+                None => (s, Action::Abort),
+            };
+            match s.split_once('@') {
+                Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1).max(1), action),
+                None => (s.to_string(), 1, action),
+            }
         })
         .collect()
 }
 
-/// Aborts the process when `name` is armed (at its armed hit).
+/// Aborts (or stops) the process when `name` is armed (at its armed hit).
 pub(crate) fn hit(name: &str) {
-    if let Some((at, hits)) = ARMED.get(name)
+    if let Some((at, action, hits)) = ARMED.get(name)
         && hits.fetch_add(1, Ordering::SeqCst) + 1 == *at
     {
-        tracing::error!(
-            failpoint = name,
-            hit = at,
-            "failpoint armed: aborting the process"
-        );
-        eprintln!("failpoint {name}@{at}: aborting");
-        std::process::abort();
+        match action {
+            Action::Abort => {
+                tracing::error!(
+                    failpoint = name,
+                    hit = at,
+                    "failpoint armed: aborting the process"
+                );
+                eprintln!("failpoint {name}@{at}: aborting");
+                std::process::abort();
+            }
+            Action::Stop => {
+                tracing::error!(
+                    failpoint = name,
+                    hit = at,
+                    "failpoint armed: stopping the process"
+                );
+                eprintln!("failpoint {name}@{at}: stopping");
+                // `kill` rather than raise(2): the crate forbids unsafe code. The signal
+                // stops every thread of this process until SIGCONT.
+                let stopped = std::process::Command::new("kill")
+                    .args(["-STOP", &std::process::id().to_string()])
+                    .status();
+                if !stopped.is_ok_and(|s| s.success()) {
+                    eprintln!("failpoint {name}@{at}: could not stop; aborting");
+                    std::process::abort();
+                }
+            }
+        }
     }
 }
 
@@ -51,9 +87,16 @@ pub(crate) fn hit(name: &str) {
 mod tests {
     #[test]
     fn names_and_counts_are_read() {
+        use super::Action::{Abort, Stop};
         assert_eq!(
-            super::parse(" a , b@3,c@x,"),
-            vec![("a".into(), 1), ("b".into(), 3), ("c".into(), 1)]
+            super::parse(" a , b@3,c@x,d@2:stop,e:stop"),
+            vec![
+                ("a".into(), 1, Abort),
+                ("b".into(), 3, Abort),
+                ("c".into(), 1, Abort),
+                ("d".into(), 2, Stop),
+                ("e".into(), 1, Stop),
+            ]
         );
     }
 }

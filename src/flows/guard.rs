@@ -33,11 +33,7 @@ impl Origin {
     }
 }
 
-/// The scheduler's lease as a run sees it.
-pub trait Fence: std::fmt::Debug + Send + Sync {
-    /// This replica still leads (checked before every model and batch).
-    fn holds(&self) -> bool;
-}
+pub use crate::storage::commit_info::Fence;
 
 /// What stops a run: a cancel, or (scheduled runs) the replica losing the lease.
 #[derive(Debug)]
@@ -52,7 +48,7 @@ impl RunGuard {
         if self.cancel.is_cancelled() {
             return Err(Error::Cancelled("the run was cancelled".into()));
         }
-        if self.fence.as_ref().is_some_and(|f| !f.holds()) {
+        if self.fence.as_ref().is_some_and(|f| f.term().is_none()) {
             self.cancel.cancel();
             return Err(Error::Cancelled(
                 "this replica no longer leads the scheduler: the new leader runs the pipeline from its watermarks".into(),

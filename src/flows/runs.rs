@@ -135,6 +135,7 @@ impl Flows {
         let context = RunContext {
             run_id: id.clone(),
             epoch: origin.epoch,
+            fence: origin.fence.clone(),
         };
         let guard = RunGuard {
             cancel,

@@ -33,7 +33,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::security::Principal;
 use crate::storage::catalog::TableSpec;
 use crate::storage::commit_info::{
-    COMMIT_ID_KEY, EPOCH_KEY, OPERATION_KEY, PRINCIPAL_KEY, RUN_ID_KEY, RunContext,
+    COMMIT_ID_KEY, EPOCH_KEY, FENCE_APP_ID, OPERATION_KEY, PRINCIPAL_KEY, RUN_ID_KEY, RunContext,
 };
 use crate::storage::{Catalog, TableRef};
 
@@ -300,6 +300,48 @@ pub(crate) async fn progress_reached(table: &DeltaTable, progress: &Progress) ->
     Ok(false)
 }
 
+/// The fencing marker a commit of a run the scheduler started carries (`None` for other
+/// commits). Refuses the commit when this replica no longer leads, or when a leader of a
+/// later term has written the table since (its marker is newer than this leader's term):
+/// a deposed leader's late batch commits nothing, even when it stalled past the lease
+/// between its last check and this one. The marker goes into the commit only when it
+/// raises the table's (the first commit of a term), so a leader's own concurrent commits to
+/// one table (a backfill's parallel batches) do not conflict with each other over it; a
+/// new leader's first commit does conflict with a deposed one's racing commit that raises
+/// it too. The server's own records (`system.*`) are not fenced: a deposed leader's run
+/// still records how it ended.
+pub(crate) async fn fence_marker(t: &TableRef, table: &DeltaTable) -> Result<Option<Transaction>> {
+    let Some(fence) = RunContext::current().and_then(|r| r.fence) else {
+        return Ok(None);
+    };
+    if t.layer == crate::storage::Layer::System {
+        return Ok(None);
+    }
+    let Some(term) = fence.term() else {
+        return Err(Error::Cancelled(
+            "this replica no longer leads the scheduler: the run commits nothing more (the new leader runs the pipeline from its watermarks)".into(),
+        ));
+    };
+    let written = match table.version() {
+        None => None,
+        Some(_) => table
+            .snapshot()?
+            .transaction_version(table.log_store().as_ref(), FENCE_APP_ID)
+            .await?
+            .and_then(|v| u64::try_from(v).ok()),
+    };
+    match written {
+        Some(w) if w > term => Err(Error::Cancelled(format!(
+            "the scheduler leader of term {w} has written this table since this run's leader (term {term}) was deposed: the run commits nothing more"
+        ))),
+        Some(w) if w == term => Ok(None),
+        _ => Ok(Some(Transaction::new(
+            FENCE_APP_ID,
+            i64::try_from(term).unwrap_or(i64::MAX),
+        ))),
+    }
+}
+
 /// Appends or overwrites `input` in one commit.
 pub(crate) async fn write(
     catalog: &Catalog,
@@ -453,8 +495,13 @@ async fn write_inner(
         };
         props = props.with_application_transaction(Transaction::new(app, rows));
     }
-    for mark in progress.iter().chain(&rewrite.resets) {
-        props = props.with_application_transaction(mark.clone());
+    for mark in progress
+        .iter()
+        .chain(&rewrite.resets)
+        .cloned()
+        .chain(fence_marker(t, &table).await?)
+    {
+        props = props.with_application_transaction(mark);
     }
     let save_mode = match mode {
         WriteMode::Append => SaveMode::Append,

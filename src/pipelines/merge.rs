@@ -24,10 +24,12 @@ use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr, lit};
 use datafusion::prelude::DataFrame;
 use deltalake::DeltaTable;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::pipelines::commit::{Progress, commit_properties, progress_reached};
+use crate::pipelines::commit::{Progress, commit_properties, fence_marker, progress_reached};
 use crate::security::Principal;
 use crate::security::policy::visible::{USER_EXPRESSION_FAILED, Visibility};
 use crate::security::policy::write::{WITH_CHECK_VIOLATION, post_image, qualify, with_check};
@@ -165,9 +167,17 @@ fn plan_expr(
     Ok(bound.data)
 }
 
+fn fenced(props: CommitProperties, fence: Option<Transaction>) -> CommitProperties {
+    match fence {
+        Some(mark) => props.with_application_transaction(mark),
+        None => props,
+    }
+}
+
 /// Re-plans and re-runs `op` on a fresh snapshot while it loses commit races. Each attempt
 /// first checks `progress`: once the table holds it, the change was committed (by a
-/// concurrent runner) and is not applied again.
+/// concurrent runner) and is not applied again; and (runs the scheduler started) the
+/// lease's fencing marker, which `op` commits with its change when it is `Some`.
 async fn with_retries<F, Fut>(
     catalog: &Catalog,
     t: &TableRef,
@@ -175,7 +185,7 @@ async fn with_retries<F, Fut>(
     op: F,
 ) -> Result<DmlOutcome>
 where
-    F: Fn(DeltaTable) -> Fut,
+    F: Fn(DeltaTable, Option<Transaction>) -> Fut,
     Fut: std::future::Future<Output = Result<(DeltaTable, DmlOutcome)>>,
 {
     let mut attempt = 1;
@@ -189,7 +199,8 @@ where
                 ..DmlOutcome::default()
             });
         }
-        match op(table).await {
+        let fence = fence_marker(t, &table).await?;
+        match op(table, fence).await {
             Ok((table, mut outcome)) => {
                 catalog.remember(t, &table).await;
                 outcome.version = table.version().unwrap_or(0);
@@ -281,7 +292,7 @@ pub(crate) async fn merge(
     // Marks rows that come from the source, so conditions of NOT MATCHED clauses can be
     // limited to them (rows of hidden target rows have no source side).
     let source = source.with_column(SOURCE_ROW, lit(true))?;
-    with_retries(catalog, t, progress, |table| {
+    with_retries(catalog, t, progress, |table, fence| {
         let source = source.clone();
         let source_columns = source_columns.clone();
         async move {
@@ -328,9 +339,9 @@ pub(crate) async fn merge(
                 .with_source_alias(sa)
                 .with_target_alias(ta)
                 .with_session_state(Arc::new(state.clone()))
-                .with_commit_properties(progress.iter().fold(
+                .with_commit_properties(progress.iter().cloned().chain(fence).fold(
                     commit_properties(p, &spec.operation),
-                    |props, mark| props.with_application_transaction(mark.clone()),
+                    |props, mark| props.with_application_transaction(mark),
                 ));
             for clause in &spec.clauses {
                 let user_predicate = clause.predicate.as_deref().map(plan).transpose()?;
@@ -523,7 +534,7 @@ pub(crate) async fn update(
     if set.is_empty() {
         return Err(Error::invalid("UPDATE needs at least one SET"));
     }
-    with_retries(catalog, t, progress, |table| async move {
+    with_retries(catalog, t, progress, |table, fence| async move {
         let columns = target_columns(&table)?;
         column_set(t, &columns, set)?;
         let schema =
@@ -565,7 +576,7 @@ pub(crate) async fn update(
         let mut builder = table
             .update()
             .with_session_state(Arc::new(state.clone()))
-            .with_commit_properties(commit_properties(p, "UPDATE"));
+            .with_commit_properties(fenced(commit_properties(p, "UPDATE"), fence));
         if let Some(pred) = pred {
             builder = builder.with_predicate(pred);
         }
@@ -597,7 +608,7 @@ pub(crate) async fn delete(dml: &Dml<'_>, predicate: Option<&str>) -> Result<Dml
         params,
         progress,
     } = *dml;
-    with_retries(catalog, t, progress, |table| async move {
+    with_retries(catalog, t, progress, |table, fence| async move {
         let schema =
             DFSchema::try_from(table.snapshot()?.snapshot().arrow_schema().as_ref().clone())?;
         let pred = predicate
@@ -617,7 +628,7 @@ pub(crate) async fn delete(dml: &Dml<'_>, predicate: Option<&str>) -> Result<Dml
         let mut builder = table
             .delete()
             .with_session_state(Arc::new(state.clone()))
-            .with_commit_properties(commit_properties(p, "DELETE"));
+            .with_commit_properties(fenced(commit_properties(p, "DELETE"), fence));
         if let Some(pred) = pred {
             builder = builder.with_predicate(pred);
         }

@@ -145,6 +145,9 @@ pub struct Scheduler {
     enabled: bool,
     lease: LeaseLog,
     state: RwLock<(Option<Leadership>, Option<String>)>,
+    /// The epoch this replica took the lease at, while it holds it (renewals keep it): the
+    /// fencing token its runs' commits carry (`storage::commit_info::FENCE_APP_ID`).
+    term: Mutex<Option<u64>>,
     flows: Arc<Flows>,
     clock: Arc<dyn Clock>,
     max_catchup_runs: usize,
@@ -158,8 +161,10 @@ pub struct Scheduler {
 struct LeaseFence(Weak<Scheduler>);
 
 impl Fence for LeaseFence {
-    fn holds(&self) -> bool {
-        self.0.upgrade().is_some_and(|s| s.leads_epoch().is_some())
+    fn term(&self) -> Option<u64> {
+        let s = self.0.upgrade()?;
+        s.leads_epoch()?;
+        *s.term.lock().ok()?
     }
 }
 
@@ -178,6 +183,7 @@ impl Scheduler {
                 Duration::from_secs(cfg.lease_ttl_secs),
             ),
             state: RwLock::new((None, None)),
+            term: Mutex::new(None),
             clock: Arc::clone(flows.clock()),
             flows,
             max_catchup_runs: cfg.max_catchup_runs.max(1),
@@ -229,6 +235,15 @@ impl Scheduler {
             if leads != led {
                 let epoch = result.as_ref().map(|l| l.epoch).unwrap_or_default();
                 tracing::info!(leads, epoch, "scheduler leadership changed");
+            }
+            if let Ok(mut term) = self.term.lock() {
+                *term = match &result {
+                    // Renewed what it held (nobody led in between, or the renewal would
+                    // have conflicted): the same term.
+                    Ok(l) if l.is_leader && held.is_some() => term.or(Some(l.epoch)),
+                    Ok(l) if l.is_leader => Some(l.epoch),
+                    _ => None,
+                };
             }
             crate::telemetry::metrics()
                 .scheduler_is_leader

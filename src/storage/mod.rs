@@ -38,12 +38,26 @@ pub mod commit_info {
     /// The scheduler lease epoch of the leader that started that run (the fencing token).
     pub const EPOCH_KEY: &str = "strata.scheduler_epoch";
 
+    /// The Delta `txn` application id of the scheduler's fencing token: its version is the
+    /// leadership term of the last leader whose run wrote the table.
+    pub const FENCE_APP_ID: &str = "strata:scheduler";
+
+    /// The scheduler's lease as the runs it started see it.
+    pub trait Fence: std::fmt::Debug + Send + Sync {
+        /// The term this replica leads under (the epoch it took the lease at; renewals keep
+        /// it), or `None` once it does not lead. Checked before every model, batch and
+        /// commit of a run the scheduler started.
+        fn term(&self) -> Option<u64>;
+    }
+
     /// The run whose work the current task does: every commit made inside
-    /// [`RunContext::scope`] names it, whichever write path commits.
+    /// [`RunContext::scope`] names it, whichever write path commits, and (runs the
+    /// scheduler started) is fenced by the lease.
     #[derive(Debug, Clone)]
     pub struct RunContext {
         pub run_id: String,
         pub epoch: Option<u64>,
+        pub fence: Option<std::sync::Arc<dyn Fence>>,
     }
 
     tokio::task_local! {

@@ -143,22 +143,7 @@ async fn three_replicas_run_every_slot_once_across_a_sigkill(backend: Backend) {
     })
     .await;
 
-    let deployer = {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
-        cmd.current_dir(dir.path()).args([
-            "token", "--sub", "deployer", "--role", "admin", "--role", "etl", "--ttl", "1h",
-        ]);
-        for (k, v) in &env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let deployer = fleet_token(dir.path(), &env, "deployer", &["admin", "etl"]);
     let p0 = fleet[0].as_ref().unwrap();
     let post = |p: &StrataProcess, path: &str, body: Value| {
         client
@@ -319,6 +304,189 @@ async fn three_replicas_run_every_slot_once_across_a_sigkill(backend: Backend) {
     )
     .await;
     assert_eq!(ids, expected);
+}
+
+/// A token minted by `strata token` with the fleet's environment (its signing key).
+fn fleet_token(
+    dir: &std::path::Path,
+    env: &[(String, String)],
+    sub: &str,
+    roles: &[&str],
+) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
+    cmd.current_dir(dir)
+        .args(["token", "--sub", sub, "--ttl", "1h"]);
+    for r in roles {
+        cmd.args(["--role", r]);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Whether process `pid` is stopped (SIGSTOP): its state in `/proc`.
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
+}
+
+crate::on_both_backends!(a_deposed_leaders_late_commit_commits_nothing);
+
+/// The leader stops (SIGSTOP, every thread) inside a scheduled run, between choosing the
+/// batch and committing it; a second replica takes the lease; the old leader wakes up
+/// (SIGCONT) and its commit is refused: the target table does not move, the run is recorded
+/// `cancelled`, and the rows reach silver once when the new leader runs the pipeline. The
+/// pipeline is paused meanwhile, so nothing but the fence stands between the late commit
+/// and the table (the new leader has not written it).
+async fn a_deposed_leaders_late_commit_commits_nothing(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = match backend {
+        Backend::S3 => Some(Moto::start().await),
+        Backend::Local => None,
+    };
+    let config = dir.path().join("strata.toml");
+    std::fs::write(&config, FLEET_CONFIG).unwrap();
+    let mut env = match &moto {
+        None => vec![],
+        Some(m) => s3_env(m, "fenced"),
+    };
+    env.push(("STRATA_CONFIG".into(), config.display().to_string()));
+    let mut stalling = env.clone();
+    stalling.push((
+        "STRATA_FAILPOINTS".into(),
+        "flows.before_commit:stop".into(),
+    ));
+    let a = StrataProcess::spawn(dir.path(), &stalling).await;
+    let client = reqwest::Client::new();
+    let admin = a.token.clone();
+    let deployer = fleet_token(dir.path(), &env, "deployer", &["admin", "etl"]);
+    let send = |p: &StrataProcess, path: &str, body: Value| {
+        client
+            .post(format!("{}{path}", p.http))
+            .bearer_auth(&deployer)
+            .json(&body)
+            .send()
+    };
+    let a_view = wait_for(Duration::from_secs(30), "a leads", || async {
+        let v = json_of(&client, &a, &admin, "/api/v1/scheduler").await;
+        (v["is_leader"] == true).then_some(v)
+    })
+    .await;
+    for sql in [
+        crate::flows::EVENTS,
+        "INSERT INTO bronze.events VALUES (1, 'k')",
+    ] {
+        let r = send(&a, "/api/v1/query", json!({"sql": sql}))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = client
+        .put(format!("{}/api/v1/pipelines/fenced", a.http))
+        .bearer_auth(&deployer)
+        .json(&json!({
+            "pipeline": {"run_as": "etl", "trigger": {"schedule": format!("*/{SLOT_SECS} * * * * *"), "catchup": "none"}},
+            "models": [{"path": "silver/fenced.sql", "sql": crate::flows::APPEND}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // The first scheduled run reaches its commit and the process stops itself there.
+    let pid = a.child.id();
+    wait_for(
+        Duration::from_secs(30),
+        "a stops before its commit",
+        || async { stopped(pid).then_some(()) },
+    )
+    .await;
+
+    let b = StrataProcess::spawn(dir.path(), &env).await;
+    let r = send(&b, "/api/v1/pipelines/fenced/pause", json!({}))
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let b_view = wait_for(Duration::from_secs(30), "b takes over", || async {
+        let v = json_of(&client, &b, &admin, "/api/v1/scheduler").await;
+        (v["is_leader"] == true).then_some(v)
+    })
+    .await;
+    assert!(
+        b_view["epoch"].as_u64().unwrap() > a_view["epoch"].as_u64().unwrap(),
+        "{a_view} → {b_view}"
+    );
+    let count = |p: &StrataProcess| {
+        let (client, http, token) = (client.clone(), p.http.clone(), deployer.clone());
+        async move {
+            let r = client
+                .post(format!("{http}/api/v1/query"))
+                .bearer_auth(&token)
+                .json(&json!({"sql": "SELECT count(*) AS n FROM silver.fenced"}))
+                .send()
+                .await
+                .unwrap();
+            let body: Value = r.json().await.unwrap();
+            body[0]["n"].as_i64().unwrap_or(-1)
+        }
+    };
+
+    // The old leader wakes up inside its run.
+    let cont = std::process::Command::new("kill")
+        .args(["-CONT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(cont.success());
+    let a_id = a_view["replica"]["id"].clone();
+    let run = wait_for(Duration::from_secs(30), "a's run ends", || async {
+        let r = client
+            .get(format!("{}/api/v1/runs?pipeline=fenced", b.http))
+            .bearer_auth(&deployer)
+            .send()
+            .await
+            .ok()?;
+        let body: Value = r.json().await.ok()?;
+        body["runs"]
+            .as_array()?
+            .iter()
+            .find(|r| {
+                r["replica"] == a_id && !matches!(r["status"].as_str(), Some("queued" | "running"))
+            })
+            .cloned()
+    })
+    .await;
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    assert!(
+        run["models"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no longer leads")),
+        "{run:#}"
+    );
+    // Its batch was refused: the table did not move (the model table may not exist yet).
+    assert!(count(&b).await <= 0, "a deposed leader committed");
+
+    // The new leader runs the pipeline from the watermarks: the row arrives once.
+    let r = send(&b, "/api/v1/pipelines/fenced/resume", json!({}))
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    wait_for(Duration::from_secs(30), "the new leader's run", || async {
+        (count(&b).await == 1).then_some(())
+    })
+    .await;
+    drop(a);
+    drop(b);
 }
 
 /// Polls `probe` until it yields, at most `limit`.
