@@ -86,6 +86,15 @@ pub struct SchedulerConfig {
     /// one) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline_threads: Option<usize>,
+    /// DataFusion memory pool of pipeline statements (model runs, backfill batches), apart
+    /// from the queries' (`query.memory_limit_bytes`): pipeline work spills or fails within
+    /// it and never takes the memory interactive queries plan with.
+    pub pipeline_memory_bytes: usize,
+    /// Model statements (a model's commit, a backfill batch) that run at once on this
+    /// replica, across every pipeline (0: half of `query.max_concurrent`'s slots, at least
+    /// one). They take their slots from the same admission control as queries, after every
+    /// waiting query, so a backfill never holds the slots interactive queries need.
+    pub max_concurrent_models: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -95,6 +104,8 @@ impl Default for SchedulerConfig {
             lease_ttl_secs: 15,
             max_catchup_runs: 10,
             pipeline_threads: None,
+            pipeline_memory_bytes: 512 * 1024 * 1024,
+            max_concurrent_models: 0,
         }
     }
 }
@@ -470,10 +481,13 @@ impl Config {
         if self.auth.admin_role.trim().is_empty() {
             out.push("auth.admin_role is empty".to_string());
         }
-        let floor = self.query.memory_limit_bytes as u64 + self.cache.max_bytes + (256 << 20);
+        let floor = self.query.memory_limit_bytes as u64
+            + self.scheduler.pipeline_memory_bytes as u64
+            + self.cache.max_bytes
+            + (256 << 20);
         if self.server.memory_budget_bytes < floor {
             out.push(format!(
-                "server.memory_budget_bytes ({}) must be at least query.memory_limit_bytes + cache.max_bytes + 256 MiB ({floor})",
+                "server.memory_budget_bytes ({}) must be at least query.memory_limit_bytes + scheduler.pipeline_memory_bytes + cache.max_bytes + 256 MiB ({floor})",
                 self.server.memory_budget_bytes
             ));
         }

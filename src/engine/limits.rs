@@ -8,9 +8,16 @@
 //! `query.max_result_bytes`, and when the heap goes over the memory budget
 //! ([`super::memory`]). Stopping means dropping the DataFusion stream, which cancels its
 //! tasks: a timed-out query stops using CPU.
+//!
+//! Pipeline statements (a model's commit, a backfill batch) take their slots from the same
+//! semaphore at a lower priority ([`Admission::admit_model`]): never while a query waits
+//! for one, and at most `scheduler.max_concurrent_models` at once, so a backfill never
+//! holds the slots interactive queries need. They wait as long as it takes (a run has no
+//! client to answer 429 to).
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,7 +26,7 @@ use arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use futures::{Future, Stream, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 use tokio_util::sync::WaitForCancellationFutureOwned;
@@ -33,6 +40,12 @@ use crate::telemetry::metrics;
 #[derive(Debug)]
 pub(crate) struct Admission {
     slots: Arc<Semaphore>,
+    /// Pipeline statements' own cap.
+    model_slots: Arc<Semaphore>,
+    /// Queries waiting for a slot: pipeline statements wait while any does.
+    waiting: Arc<AtomicUsize>,
+    /// Woken when a slot frees.
+    freed: Arc<Notify>,
     /// The process's memory budget: refuses statements near it, stops queries over it.
     memory: Arc<MemoryBudget>,
     max_concurrent: usize,
@@ -47,8 +60,22 @@ pub(crate) struct Admission {
 /// An execution slot; released on drop.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
+    freed: Arc<Notify>,
     memory: Registration,
+}
+
+/// A pipeline statement's slot: an execution slot and one of its class's.
+#[derive(Debug)]
+pub(crate) struct ModelSlot {
+    _slot: Slot,
+    _model: OwnedSemaphorePermit,
+}
+
+impl Drop for ModelSlot {
+    fn drop(&mut self) {
+        metrics().model_statements_running.dec();
+    }
 }
 
 impl Slot {
@@ -61,20 +88,38 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         metrics().running.dec();
+        // Released before the wake-up, so whoever wakes finds it free.
+        drop(self.permit.take());
+        self.freed.notify_waiters();
     }
 }
 
-/// Decrements the queue gauge however the wait ends.
-struct Queued;
+/// Counts a query waiting for a slot however the wait ends.
+struct Queued(Arc<AtomicUsize>);
 
 impl Drop for Queued {
     fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
         metrics().queued.dec();
     }
 }
 
+/// Counts a pipeline statement waiting however the wait ends.
+struct ModelQueued;
+
+impl Drop for ModelQueued {
+    fn drop(&mut self) {
+        metrics().model_statements_waiting.dec();
+    }
+}
+
 impl Admission {
-    pub(crate) fn new(cfg: &QueryConfig, memory_budget_bytes: u64) -> Admission {
+    /// `max_concurrent_models`: `[scheduler]`'s (0: half the slots, at least one).
+    pub(crate) fn new(
+        cfg: &QueryConfig,
+        max_concurrent_models: usize,
+        memory_budget_bytes: u64,
+    ) -> Admission {
         let max_concurrent = if cfg.max_concurrent == 0 {
             4 * std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -82,8 +127,15 @@ impl Admission {
         } else {
             cfg.max_concurrent
         };
+        let models = match max_concurrent_models {
+            0 => (max_concurrent / 2).max(1),
+            n => n,
+        };
         Admission {
             slots: Arc::new(Semaphore::new(max_concurrent)),
+            model_slots: Arc::new(Semaphore::new(models)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            freed: Arc::new(Notify::new()),
             memory: MemoryBudget::start(memory_budget_bytes),
             max_concurrent,
             max_queued: i64::try_from(cfg.max_queued).unwrap_or(i64::MAX),
@@ -101,7 +153,8 @@ impl Admission {
         let slot = |permit| {
             m.running.inc();
             Slot {
-                _permit: permit,
+                permit: Some(permit),
+                freed: Arc::clone(&self.freed),
                 memory,
             }
         };
@@ -116,7 +169,8 @@ impl Admission {
             ))
         };
         let waiting = m.queued.inc();
-        let _queued = Queued;
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _queued = Queued(Arc::clone(&self.waiting));
         if waiting >= self.max_queued {
             return Err(busy(&format!(
                 "{} waiting (query.max_queued)",
@@ -133,6 +187,47 @@ impl Admission {
                 self.queue_timeout.as_secs()
             ))),
         }
+    }
+
+    /// A slot for a pipeline statement: one of `max_concurrent_models`, then an execution
+    /// slot taken only while no query waits for one. Waits without a deadline;
+    /// `ResourceExhausted` only when the heap is near the memory budget.
+    pub(crate) async fn admit_model(&self) -> Result<ModelSlot> {
+        let m = metrics();
+        m.model_statements_waiting.inc();
+        let queued = ModelQueued;
+        let model = Arc::clone(&self.model_slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::internal("admission semaphore closed"))?;
+        let permit = loop {
+            // Registered before the check, so a slot freed in between still wakes it.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.waiting.load(Ordering::SeqCst) == 0
+                && let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned()
+            {
+                break permit;
+            }
+            // A slot frees, or a query that was waiting got one some other way.
+            tokio::select! {
+                () = freed => {}
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        };
+        drop(queued);
+        let memory = self.memory.admit()?;
+        m.running.inc();
+        m.model_statements_running.inc();
+        Ok(ModelSlot {
+            _slot: Slot {
+                permit: Some(permit),
+                freed: Arc::clone(&self.freed),
+                memory,
+            },
+            _model: model,
+        })
     }
 
     /// The error a query gets at its deadline (counted).
@@ -317,5 +412,88 @@ impl Stream for Limited {
 impl RecordBatchStream for Limited {
     fn schema(&self) -> SchemaRef {
         SchemaRef::clone(&self.schema)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(max_concurrent: usize, models: usize) -> Arc<Admission> {
+        let cfg = QueryConfig {
+            max_concurrent,
+            queue_timeout_secs: 60,
+            ..QueryConfig::default()
+        };
+        Arc::new(Admission::new(&cfg, models, u64::MAX / 4))
+    }
+
+    /// Yields until `ok` holds (tasks of a current-thread runtime make progress meanwhile).
+    async fn until(ok: impl Fn() -> bool) {
+        while !ok() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_query_gets_the_freed_slot_before_a_waiting_pipeline_statement() {
+        let a = admission(1, 1);
+        let held = a.admit().await.unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let model = tokio::spawn({
+            let (a, order) = (Arc::clone(&a), Arc::clone(&order));
+            async move {
+                let slot = a.admit_model().await.unwrap();
+                order.lock().unwrap().push("model");
+                drop(slot);
+            }
+        });
+        // The pipeline statement waits first...
+        until(|| a.model_slots.available_permits() == 0).await;
+        let query = tokio::spawn({
+            let (a, order) = (Arc::clone(&a), Arc::clone(&order));
+            async move {
+                let slot = a.admit().await.unwrap();
+                order.lock().unwrap().push("query");
+                tokio::task::yield_now().await;
+                drop(slot);
+            }
+        });
+        // ...and the query arrives after it.
+        until(|| a.waiting.load(Ordering::SeqCst) == 1).await;
+        drop(held);
+        query.await.unwrap();
+        model.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), ["query", "model"]);
+        assert_eq!(a.slots.available_permits(), 1);
+        assert_eq!(a.model_slots.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn pipeline_statements_never_exceed_their_cap_even_with_free_slots() {
+        let a = admission(8, 2);
+        let first = a.admit_model().await.unwrap();
+        let second = a.admit_model().await.unwrap();
+        let third = tokio::time::timeout(Duration::from_millis(200), a.admit_model()).await;
+        assert!(third.is_err(), "a third pipeline statement ran beside two");
+        // Queries still have the other six slots.
+        let queries: Vec<Slot> = futures::future::try_join_all((0..6).map(|_| a.admit()))
+            .await
+            .unwrap();
+        // The first's slot goes to a query: every execution slot is taken.
+        drop(first);
+        let seventh = a.admit().await.unwrap();
+        let third = tokio::time::timeout(Duration::from_millis(200), a.admit_model()).await;
+        assert!(
+            third.is_err(),
+            "every execution slot is taken: the statement waits"
+        );
+        drop((queries, seventh));
+        let third = tokio::time::timeout(Duration::from_secs(5), a.admit_model())
+            .await
+            .expect("a slot freed")
+            .unwrap();
+        drop((second, third));
+        assert_eq!(a.slots.available_permits(), 8);
     }
 }

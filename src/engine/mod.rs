@@ -50,6 +50,9 @@ pub struct Engine {
     allow_short_vacuum: bool,
     admission: limits::Admission,
     runtime: Arc<RuntimeEnv>,
+    /// The runtime of pipeline statements: its memory pool is `[scheduler]
+    /// pipeline_memory_bytes`.
+    pipeline_runtime: Arc<RuntimeEnv>,
     /// The result key of each (principal, query text, parameters) last run, so the same
     /// request replays its cached result without planning ([`statement_key`]).
     statement_keys: moka::sync::Cache<[u8; 32], ResultKey>,
@@ -69,8 +72,22 @@ impl Engine {
             .with_temp_file_path(&spill)
             .build_arc()
             .map_err(|e| Error::Config(format!("query runtime: {e}")))?;
-        let sessions =
-            session::SessionFactory::new(&cfg.query, Arc::clone(&runtime), Arc::clone(&catalog))?;
+        // Pipeline statements: a pool of their own, the same object stores (the secure
+        // catalog registers each table's store once, for both).
+        let pipeline_runtime: Arc<RuntimeEnv> = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(
+                cfg.scheduler.pipeline_memory_bytes,
+            )))
+            .with_object_store_registry(Arc::clone(&runtime.object_store_registry))
+            .with_temp_file_path(&spill)
+            .build_arc()
+            .map_err(|e| Error::Config(format!("pipeline runtime: {e}")))?;
+        let sessions = session::SessionFactory::new(
+            &cfg.query,
+            Arc::clone(&runtime),
+            Arc::clone(&pipeline_runtime),
+            Arc::clone(&catalog),
+        )?;
         Ok(Engine {
             catalog,
             policies,
@@ -79,8 +96,13 @@ impl Engine {
             default_layer: cfg.query.default_layer.to_ascii_lowercase(),
             max_sql_bytes: cfg.query.max_sql_bytes,
             allow_short_vacuum: cfg.storage.allow_short_vacuum_retention,
-            admission: limits::Admission::new(&cfg.query, cfg.server.memory_budget_bytes),
+            admission: limits::Admission::new(
+                &cfg.query,
+                cfg.scheduler.max_concurrent_models,
+                cfg.server.memory_budget_bytes,
+            ),
             runtime,
+            pipeline_runtime,
             statement_keys: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(cfg.cache.ttl_secs.max(1)))
@@ -118,18 +140,33 @@ impl Engine {
         use datafusion::execution::memory_pool::MemoryLimit;
         use prometheus_client::metrics::gauge::ConstGauge;
         let mut registry = crate::telemetry::metrics().registry();
-        let pool = &self.runtime.memory_pool;
-        registry.register(
-            "strata_memory_pool_reserved_bytes",
-            "Query memory reserved from the pool",
-            ConstGauge::new(gauge_value(pool.reserved() as u64)),
-        );
-        if let MemoryLimit::Finite(n) = pool.memory_limit() {
+        for (runtime, prefix, what, setting) in [
+            (
+                &self.runtime,
+                "strata_memory_pool",
+                "Query",
+                "query.memory_limit_bytes",
+            ),
+            (
+                &self.pipeline_runtime,
+                "strata_pipeline_memory_pool",
+                "Pipeline",
+                "scheduler.pipeline_memory_bytes",
+            ),
+        ] {
+            let pool = &runtime.memory_pool;
             registry.register(
-                "strata_memory_pool_limit_bytes",
-                "Query memory pool size (query.memory_limit_bytes)",
-                ConstGauge::new(gauge_value(n as u64)),
+                format!("{prefix}_reserved_bytes"),
+                format!("{what} memory reserved from the pool"),
+                ConstGauge::new(gauge_value(pool.reserved() as u64)),
             );
+            if let MemoryLimit::Finite(n) = pool.memory_limit() {
+                registry.register(
+                    format!("{prefix}_limit_bytes"),
+                    format!("{what} memory pool size ({setting})"),
+                    ConstGauge::new(gauge_value(n as u64)),
+                );
+            }
         }
         if let Some(cache) = &self.cache {
             cache.register_metrics(&mut registry);

@@ -157,6 +157,36 @@ impl Engine {
         principal: &Arc<Principal>,
         c: ModelCommit<'_>,
     ) -> Result<ModelOutcome> {
+        // Held until the commit ends: the statement's execution slot, after every waiting
+        // query (engine::limits).
+        let _slot = self.admission.admit_model().await?;
+        self.commit_model_admitted(principal, c)
+            .await
+            .map_err(|e| self.in_pipeline_pool(e))
+    }
+
+    /// A DataFusion allocation refused in the pipeline pool says which pool and setting.
+    fn in_pipeline_pool(&self, e: Error) -> Error {
+        use datafusion::execution::memory_pool::MemoryLimit;
+        if e.kind() != crate::error::ErrorKind::ResourceExhausted
+            || matches!(e, Error::ResourceExhausted(_))
+        {
+            return e;
+        }
+        let limit = match self.pipeline_runtime.memory_pool.memory_limit() {
+            MemoryLimit::Finite(n) => format!(" = {n} bytes"),
+            _ => String::new(),
+        };
+        Error::ResourceExhausted(format!(
+            "{e} (the pipeline memory pool, scheduler.pipeline_memory_bytes{limit}: raise it, or give the model smaller batches)"
+        ))
+    }
+
+    async fn commit_model_admitted(
+        &self,
+        principal: &Arc<Principal>,
+        c: ModelCommit<'_>,
+    ) -> Result<ModelOutcome> {
         let access = self.access().await?;
         let (state, plan) = self.plan_model(principal, &access, c.sql, c.params).await?;
         let mut replace = None;

@@ -4,6 +4,10 @@
 //! it and installs a catalog list holding only the principal's [`SecureCatalog`] plus the
 //! [`PolicyGuard`] analyzer rule bound to that principal. No table factories, no table
 //! functions, no URL tables: the only way to reach data is the secure catalog.
+//!
+//! Work of a pipeline run (inside a `storage::commit_info::RunContext`) gets a session on
+//! the pipeline runtime instead: the same functions and config, the memory pool of
+//! `[scheduler] pipeline_memory_bytes`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,11 +21,14 @@ use datafusion::prelude::SessionConfig;
 use crate::config::QueryConfig;
 use crate::security::policy::{PolicyGuard, SecureCatalog};
 use crate::security::{AccessControl, Principal};
+use crate::storage::commit_info::RunContext;
 use crate::storage::{CATALOG_NAME, Catalog};
 
 #[derive(Debug)]
 pub(crate) struct SessionFactory {
     template: Arc<SessionState>,
+    /// The template on the pipeline runtime.
+    pipeline_template: Arc<SessionState>,
     runtime: Arc<RuntimeEnv>,
     catalog: Arc<Catalog>,
 }
@@ -30,6 +37,7 @@ impl SessionFactory {
     pub(crate) fn new(
         cfg: &QueryConfig,
         runtime: Arc<RuntimeEnv>,
+        pipeline_runtime: Arc<RuntimeEnv>,
         catalog: Arc<Catalog>,
     ) -> datafusion::error::Result<SessionFactory> {
         let partitions = if cfg.target_partitions == 0 {
@@ -53,8 +61,12 @@ impl SessionFactory {
             .with_table_functions(HashMap::new())
             .build();
         super::bounded::install(&mut template, cfg.max_function_output_bytes)?;
+        let pipeline_template = SessionStateBuilder::new_from_existing(template.clone())
+            .with_runtime_env(pipeline_runtime)
+            .build();
         Ok(SessionFactory {
             template: Arc::new(template),
+            pipeline_template: Arc::new(pipeline_template),
             runtime,
             catalog,
         })
@@ -93,6 +105,11 @@ impl SessionFactory {
         access: &Arc<AccessControl>,
         guard: bool,
     ) -> SessionState {
+        let template = if RunContext::current().is_some() {
+            &self.pipeline_template
+        } else {
+            &self.template
+        };
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog(
             CATALOG_NAME.to_string(),
@@ -101,21 +118,21 @@ impl SessionFactory {
                 Arc::clone(access),
                 Arc::clone(&self.catalog),
                 Arc::clone(&self.runtime),
-                Arc::clone(&self.template),
+                Arc::clone(template),
             )),
         );
         let catalogs = Arc::new(catalogs) as Arc<dyn CatalogProviderList>;
         let mut state = if guard {
             // A clone of the template, not `SessionStateBuilder::build`, which re-registers
             // every function: that was 12% of the server's CPU per cache hit.
-            let mut state = self.template.as_ref().clone();
+            let mut state = template.as_ref().clone();
             state.register_catalog_list(catalogs);
             state.add_analyzer_rule(Arc::new(PolicyGuard::new(Arc::clone(principal))));
             state
         } else {
             // delta-rs's UPDATE/DELETE plans carry its own extension nodes (metrics, write
             // validation); its planner knows how to execute them.
-            SessionStateBuilder::new_from_existing(self.template.as_ref().clone())
+            SessionStateBuilder::new_from_existing(template.as_ref().clone())
                 .with_catalog_list(catalogs)
                 .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
                 .build()

@@ -68,7 +68,7 @@ pub struct BackfillRequest {
 }
 
 /// The batches a run replaces for one `time_range` model.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct BatchWork {
     pub(crate) batches: Vec<Interval>,
     pub(crate) size: BatchSize,
@@ -305,12 +305,11 @@ impl Flows {
                 run.batches.insert(t, work);
             }
         }
-        self.records.record_start(&record).await?;
         let origin = Origin {
             trigger: "backfill",
             ..Origin::manual()
         };
-        self.launch(record, run, d, origin)
+        self.dispatch(record, run, d, origin).await
     }
 
     /// One `time_range` model's batches, `parallelism` at a time, each its own commit.

@@ -23,6 +23,7 @@ pub(crate) mod model;
 mod plan;
 mod record;
 mod records;
+mod requests;
 pub(crate) mod run;
 mod runs;
 pub(crate) mod schedule;
@@ -50,6 +51,7 @@ pub use guard::{Fence, Origin};
 pub use model::{Bundle, Header, Kind, ModelFile, PipelineDef};
 pub use plan::{DeployPlan, ModelChange, ModelPlan};
 pub use record::{BackfillModel, ModelRun, RunRecord, RunStatus, SourceRange};
+pub(crate) use requests::Route;
 pub use schedule::{Catchup, RetryDef, TriggerDef};
 pub use store::Deployment;
 pub use store::Pause;
@@ -167,6 +169,8 @@ pub struct Flows {
     replica: String,
     /// Where runs execute: a runtime of its own (`[scheduler] pipeline_threads`).
     runtime: PipelineRuntime,
+    /// Where the runs this replica accepts execute ([`Route`], set by the scheduler).
+    route: std::sync::atomic::AtomicU8,
 }
 
 /// The runtime pipeline runs execute on, apart from the one serving queries: its worker
@@ -241,6 +245,7 @@ impl Flows {
             clock,
             replica: uuid::Uuid::new_v4().simple().to_string(),
             runtime: PipelineRuntime::new(pipeline_threads)?,
+            route: std::sync::atomic::AtomicU8::new(Route::Here as u8),
         })
     }
 

@@ -64,6 +64,9 @@ struct RunRow {
 
 /// `seq` of the row a run gets when it starts (or its slot is claimed).
 const SEQ_START: i64 = 0;
+/// `seq` of the row a run handed to the scheduler's leader gets (no replica yet): older than
+/// the leader's claim, which is its start row.
+const SEQ_REQUESTED: i64 = -1;
 /// `seq` of the row a run gets when it ends.
 const SEQ_END: i64 = 1;
 /// `seq` of the leader's orphan mark (the run's own end, if it ever comes, is no newer).
@@ -253,6 +256,12 @@ impl RunLog {
     /// Appends a run's first row (queued or running), so every replica sees it while it runs.
     pub(crate) async fn record_start(&self, r: &RunRecord) -> Result<()> {
         self.append(RUNS, &[run_row(r, SEQ_START)], &[]).await?;
+        Ok(())
+    }
+
+    /// Appends the row of a run handed to the scheduler's leader (`flows::requests`).
+    pub(crate) async fn record_requested(&self, r: &RunRecord) -> Result<()> {
+        self.append(RUNS, &[run_row(r, SEQ_REQUESTED)], &[]).await?;
         Ok(())
     }
 

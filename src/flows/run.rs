@@ -58,7 +58,7 @@ pub(crate) struct ModelTask<'a> {
 }
 
 /// Why a model rebuilds its table from its sources' snapshots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Refresh {
     /// `"full_refresh": true` on the run.
     Requested,

@@ -30,8 +30,7 @@ impl Flows {
         let (d, dag) = self.managed(p, name).await?;
         let (mut record, plan) = self.prepare(&d, dag, &request)?;
         record.requested_by = p.subject.clone();
-        self.records.record_start(&record).await?;
-        self.launch(record, plan, &d, Origin::manual())
+        self.dispatch(record, plan, &d, Origin::manual()).await
     }
 
     /// The record and plan of a run of `d` (nothing started yet).
@@ -407,14 +406,19 @@ impl Flows {
         Ok(out)
     }
 
-    /// Asks a run to stop before its next model or batch.
+    /// Asks a run to stop before its next model or batch: here, when it runs here, else
+    /// through a cancel request the leader acts on.
     pub async fn cancel(&self, p: &Arc<Principal>, id: &str) -> Result<RunRecord> {
         let record = self.run(p, id).await?;
         self.managed(p, &record.pipeline).await?;
-        if let Ok(runs) = self.runs.lock()
-            && let Some(a) = runs.get(id)
-        {
-            a.cancel.cancel();
+        let here = match self.runs.lock() {
+            Ok(runs) => runs.get(id).map(|a| a.cancel.clone()),
+            Err(_) => return Err(Error::internal("run registry poisoned")),
+        };
+        match here {
+            Some(cancel) => cancel.cancel(),
+            None if !record.status.is_terminal() => self.request_cancel(id).await?,
+            None => {}
         }
         self.run(p, id).await
     }

@@ -40,7 +40,7 @@ use crate::clock::Clock;
 use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::flows::schedule::to_claim;
-use crate::flows::{Catchup, Deployment, Fence, Flows, Origin, Pause, RunStatus, UpkeepOp};
+use crate::flows::{Catchup, Deployment, Fence, Flows, Origin, Pause, Route, RunStatus, UpkeepOp};
 use crate::storage::TableRef;
 pub use lease::Replica;
 use lease::{Leadership, LeaseLog};
@@ -59,6 +59,9 @@ pub(crate) fn config_problems(cfg: &SchedulerConfig) -> Vec<String> {
             "scheduler.lease_ttl_secs = {} is below {MIN_LEASE_TTL_SECS}: object stores report times to the second, so a shorter lease can be taken over while its holder still acts",
             cfg.lease_ttl_secs
         ));
+    }
+    if cfg.pipeline_memory_bytes < 32 * 1024 * 1024 {
+        out.push("scheduler.pipeline_memory_bytes must be at least 32 MiB".to_string());
     }
     if cfg.pipeline_threads == Some(0) {
         out.push("scheduler.pipeline_threads must be at least 1".to_string());
@@ -175,6 +178,10 @@ impl Scheduler {
             id: flows.replica().to_string(),
             address,
         };
+        if cfg.enabled {
+            // Until it leads, what it accepts goes to the leader (flows::requests).
+            flows.set_route(Route::Leader);
+        }
         Scheduler {
             enabled: cfg.enabled,
             lease: LeaseLog::new(
@@ -248,6 +255,8 @@ impl Scheduler {
             crate::telemetry::metrics()
                 .scheduler_is_leader
                 .set(i64::from(leads));
+            self.flows
+                .set_route(if leads { Route::Here } else { Route::Leader });
             if let Ok(mut state) = self.state.write() {
                 *state = match result {
                     Ok(l) => (Some(l), None),
@@ -283,6 +292,10 @@ impl Scheduler {
                 if orphans_checked.is_none_or(|t| t.elapsed() >= self.lease.ttl()) {
                     orphans_checked = Some(Instant::now());
                     self.mark_orphans().await;
+                }
+                // Runs other replicas accepted (flows::requests).
+                if let Err(e) = self.flows.take_requests(epoch).await {
+                    tracing::warn!(error = %e, "taking run requests failed");
                 }
                 match self.pass(epoch).await {
                     Ok(next) => wake = next,
@@ -575,10 +588,8 @@ mod tests {
     #[test]
     fn leases_shorter_than_the_stores_time_resolution_are_refused() {
         let cfg = |lease_ttl_secs| SchedulerConfig {
-            enabled: true,
             lease_ttl_secs,
-            max_catchup_runs: 10,
-            pipeline_threads: None,
+            ..SchedulerConfig::default()
         };
         assert!(config_problems(&cfg(15)).is_empty());
         assert!(config_problems(&cfg(MIN_LEASE_TTL_SECS)).is_empty());

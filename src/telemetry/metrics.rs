@@ -84,6 +84,9 @@ pub struct Metrics {
     pub replans: Counter,
     pub running: Gauge,
     pub queued: Gauge,
+    /// Pipeline statements holding / waiting for a slot (`engine::limits::Admission::admit_model`).
+    pub model_statements_running: Gauge,
+    pub model_statements_waiting: Gauge,
     pub rejected: Counter,
     pub timeouts: Counter,
     pub result_too_large: Counter,
@@ -118,6 +121,8 @@ impl Default for Metrics {
             replans: Counter::default(),
             running: Gauge::default(),
             queued: Gauge::default(),
+            model_statements_running: Gauge::default(),
+            model_statements_waiting: Gauge::default(),
             rejected: Counter::default(),
             timeouts: Counter::default(),
             result_too_large: Counter::default(),
@@ -328,6 +333,16 @@ impl Metrics {
             "strata_queries_queued",
             "Statements waiting for an execution slot",
             self.queued.clone(),
+        );
+        r.register(
+            "strata_model_statements_running",
+            "Pipeline statements (model commits, backfill batches) holding an execution slot",
+            self.model_statements_running.clone(),
+        );
+        r.register(
+            "strata_model_statements_waiting",
+            "Pipeline statements waiting for a slot (after every waiting query)",
+            self.model_statements_waiting.clone(),
         );
         if let Some(heap) = super::heap::stats() {
             for (name, help, v) in [

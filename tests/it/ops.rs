@@ -519,6 +519,7 @@ async fn over_the_memory_budget_queries_stop_with_429_and_the_server_recovers() 
     let mut cfg = test_config(dir.path());
     cfg.query.memory_limit_bytes = 64 << 20;
     cfg.cache.max_bytes = 16 << 20;
+    cfg.scheduler.pipeline_memory_bytes = 64 << 20;
     cfg.server.memory_budget_bytes = 768 << 20;
     let s = std::sync::Arc::new(TestServer::start_with(cfg).await);
     // Minutes of work in a debug build, yielding between batches.

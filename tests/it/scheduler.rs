@@ -531,3 +531,102 @@ async fn a_replica_that_never_leads_still_counts_as_alive() {
     b.stop().await;
     a.stop().await;
 }
+
+/// A follower accepts a manual run, a backfill and a cancel; the leader executes them
+/// (PLATFORM P3): the follower answers 202 with the run `queued` and no replica, the run
+/// record names the leader and its epoch, and the cancel sent to the follower stops the
+/// backfill the leader runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_hands_manual_runs_and_cancels_to_the_leader() {
+    let a = TestServer::start_configured(Backend::Local, |cfg| {
+        crate::flows::with_etl(cfg);
+        cfg.scheduler.lease_ttl_secs = 5;
+    })
+    .await;
+    let va = until(&a, "a leads", |v| v["is_leader"] == true).await;
+    let leader = va["replica"]["id"].clone();
+    let b = a.replica().await;
+    until(&b, "b follows a", |v| {
+        v["leader"]["id"] == leader && v["is_leader"] == false
+    })
+    .await;
+    let token = crate::flows::deployer(&a);
+    a.sql_ok(crate::flows::EVENTS).await;
+    a.sql_ok("INSERT INTO bronze.events VALUES (1, 'k'), (2, 'k'), (3, 'k')")
+        .await;
+    let (status, body) = a
+        .put_json(
+            &token,
+            "/api/v1/pipelines/handed",
+            crate::flows::bundle(&[("silver/handed.sql", crate::flows::APPEND)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, started) = b
+        .post_json(&token, "/api/v1/pipelines/handed/runs", json!({}))
+        .await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(started["status"], "queued", "{started}");
+    assert!(
+        started.get("replica").is_none_or(Value::is_null),
+        "{started}"
+    );
+    let id = started["run_id"].as_str().unwrap();
+    let run = crate::flows::wait(&b, &token, id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(run["replica"], leader, "{run:#}");
+    assert!(run["epoch"].as_u64().is_some(), "{run:#}");
+    assert_eq!(crate::flows::ids(&b, "silver.handed").await, vec![1, 2, 3]);
+    // Bad requests are still answered by the replica that received them.
+    let (status, body) = b
+        .post_json(
+            &token,
+            "/api/v1/pipelines/handed/runs",
+            json!({"models": ["silver.nope"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    // A year of daily batches on the leader, cancelled through the follower.
+    a.sql_ok(crate::flows_kinds::SALES).await;
+    let (status, body) = a
+        .put_json(
+            &token,
+            "/api/v1/pipelines/sales",
+            crate::flows::bundle(&[("gold/daily.sql", &crate::flows_kinds::daily("2025-01-01"))]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, started) = b
+        .post_json(
+            &token,
+            "/api/v1/pipelines/sales/backfill",
+            json!({"from": "2025-01-01", "to": "2026-01-01"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["run_id"].as_str().unwrap().to_string();
+    // Until the leader runs it.
+    for _ in 0..100 {
+        let (_, r) = b.get(&token, &format!("/api/v1/runs/{id}")).await;
+        if r["replica"] == leader {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = b
+        .post_json(&token, &format!("/api/v1/runs/{id}/cancel"), json!({}))
+        .await;
+    assert!((200..300).contains(&status), "{status}: {body}");
+    let run = crate::flows::wait(&b, &token, &id).await;
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    assert_eq!(run["replica"], leader, "{run:#}");
+    let pending = &run["models"][0]["backfill"]["pending"];
+    assert!(
+        pending.as_array().is_some_and(|p| !p.is_empty()),
+        "the backfill ended before the cancel reached it: {run:#}"
+    );
+    b.stop().await;
+    a.stop().await;
+}

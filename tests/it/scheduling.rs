@@ -508,3 +508,50 @@ async fn models_are_compacted_and_vacuumed_on_schedule() {
     assert_eq!(ids(&s, "silver.tidy").await, [1, 2, 3]);
     s.stop().await;
 }
+
+/// Pipeline statements run in a memory pool of their own (`[scheduler]
+/// pipeline_memory_bytes`): a model whose aggregate outgrows it fails, naming the pool,
+/// while the same SELECT as a query (the query pool) answers; the pool shows in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_statements_use_their_own_memory_pool() {
+    let s = TestServer::start_configured(Backend::Local, |cfg| {
+        with_etl(cfg);
+        cfg.scheduler.pipeline_memory_bytes = 32 * 1024 * 1024;
+    })
+    .await;
+    let token = deployer(&s);
+    s.sql_ok(EVENTS).await;
+    // 60,000 rows: their kinds aggregated into one string are ~60 MB.
+    s.sql_ok(
+        "INSERT INTO bronze.events SELECT CAST(v AS BIGINT), repeat('x', 1000) \
+         FROM (SELECT unnest(range(0, 60000)) AS v)",
+    )
+    .await;
+    let select = "SELECT count(*) AS n, length(string_agg(kind, ',')) AS bytes FROM bronze.events";
+    let rows = s.sql_ok(select).await;
+    assert_eq!(rows[0]["n"], 60000, "{rows}");
+    let model = "/* strata\nkind = \"table\"\n*/\nSELECT count(*) AS n, length(string_agg(kind, ',')) AS bytes FROM bronze.events";
+    let (status, body) = s
+        .put_json(
+            &token,
+            "/api/v1/pipelines/pool",
+            crate::flows::bundle(&[("silver/pool.sql", model)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let run = crate::flows::run(&s, &token, "pool").await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let error = run["models"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("scheduler.pipeline_memory_bytes"), "{run:#}");
+    let metrics = s.metrics_text().await;
+    assert!(
+        metrics.contains(&format!(
+            "strata_pipeline_memory_pool_limit_bytes {}",
+            32 * 1024 * 1024
+        )),
+        "{metrics}"
+    );
+    // The query pool was never the one that ran out.
+    let rows = s.sql_ok(select).await;
+    assert_eq!(rows[0]["n"], 60000, "{rows}");
+}
