@@ -279,7 +279,7 @@ fn pipeline_dirs(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
 
 /// Problems of the pipelines in `[pipelines] dir` that need no warehouse to find
 /// (`strata check-config`): unreadable files, bad `[trigger]` (cron patterns, time zones)
-/// and `[retry]` sections. Nothing when the directory does not exist (yet).
+/// and `[retry]` sections, model headers that do not parse. Nothing when the directory does not exist (yet).
 pub(crate) fn dir_problems(dir: &std::path::Path) -> Vec<String> {
     if !dir.is_dir() {
         return Vec::new();
@@ -296,6 +296,10 @@ pub(crate) fn dir_problems(dir: &std::path::Path) -> Vec<String> {
             }
             if let Some(r) = &b.pipeline.retry {
                 r.check()?;
+            }
+            // Model headers (their own `[trigger]`s among them).
+            for m in &b.models {
+                super::model::Model::parse(m)?;
             }
             Ok(())
         });

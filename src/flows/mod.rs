@@ -55,7 +55,7 @@ pub(crate) use requests::Route;
 pub use schedule::{Catchup, RetryDef, TriggerDef};
 pub use store::Deployment;
 pub use store::Pause;
-pub(crate) use triggers::UpkeepOp;
+pub(crate) use triggers::{Unit, UpkeepOp};
 
 use dag::Dag;
 use model::Model;

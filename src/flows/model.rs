@@ -165,6 +165,11 @@ pub struct Header {
     /// Likewise VACUUM (keeping what models downstream still need, as any VACUUM does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vacuum_every: Option<String>,
+    /// A trigger of the model's own, instead of the pipeline's: the scheduler runs the
+    /// model alone on it (its slots claimed apart from the pipeline's), and the pipeline's
+    /// triggered runs leave it out. Manual runs still cover it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<super::schedule::TriggerDef>,
 }
 
 /// A period of `optimize_every` / `vacuum_every`: a number and `s`, `m`, `h` or `d`.
@@ -326,6 +331,9 @@ impl Model {
         if let Some(every) = &h.vacuum_every {
             parse_every("vacuum_every", every)?;
         }
+        if let Some(trigger) = &h.trigger {
+            trigger.check()?;
+        }
         match h.kind {
             Kind::Merge | Kind::Scd2 => {
                 if h.unique_key.is_empty() {
@@ -440,8 +448,19 @@ fn split_header(sql: &str) -> Result<(Header, &str)> {
     let end = body
         .find("*/")
         .ok_or_else(|| Error::invalid("the /* strata … */ header is not closed"))?;
-    let header: Header = toml::from_str(&body[..end])
-        .map_err(|e| Error::invalid(format!("in the model header: {}", e.message())))?;
+    let header: Header = toml::from_str(&body[..end]).map_err(|e| {
+        // `schedule = "*/5 * * * *"`: the step ends the SQL comment mid-string.
+        let open_string = body[..end]
+            .rsplit('\n')
+            .next()
+            .is_some_and(|l| l.matches('"').count() % 2 == 1);
+        let hint = if open_string {
+            " (a cron step `*/n` ends the /* … */ comment: write it `0-59/n`, or the step in the pipeline's [trigger])"
+        } else {
+            ""
+        };
+        Error::invalid(format!("in the model header: {}{hint}", e.message()))
+    })?;
     Ok((header, &body[end + 2..]))
 }
 

@@ -12,6 +12,7 @@ use super::guard::Origin;
 use super::model::parse_every;
 use super::record::{ModelRun, RunRecord, RunStatus};
 use super::run;
+use super::schedule::TriggerDef;
 use super::store::{Deployment, Pause};
 use super::{Flows, RunRequest};
 use crate::error::{Error, Result};
@@ -52,24 +53,74 @@ impl UpkeepOp {
 pub(super) const SCHEDULER: &str = "svc:scheduler";
 
 /// The marker of `pipeline`'s newest claimed slot in `system.runs` (microseconds).
-fn slot_app(pipeline: &str) -> String {
-    format!("strata:slot:{pipeline}")
+fn slot_app(unit: &str) -> String {
+    format!("strata:slot:{unit}")
 }
 
-fn slot_marker(pipeline: &str, slot: DateTime<Utc>) -> Transaction {
-    Transaction::new(slot_app(pipeline), slot.timestamp_micros())
+fn slot_marker(unit: &str, slot: DateTime<Utc>) -> Transaction {
+    Transaction::new(slot_app(unit), slot.timestamp_micros())
+}
+
+/// What the scheduler triggers on its own: a pipeline's models without a trigger of their
+/// own, under `pipeline.toml`'s `[trigger]`; and each model whose header has a `[trigger]`,
+/// alone. Each has its own slots (claimed under `strata:slot:<key>`), overlap count and
+/// upstream poll.
+#[derive(Debug, Clone)]
+pub(crate) struct Unit {
+    /// `<pipeline>`, or `<pipeline>/<layer>.<model>` for a model's own trigger.
+    pub(crate) key: String,
+    /// The model whose own trigger this is.
+    pub(crate) model: Option<String>,
+    pub(crate) trigger: TriggerDef,
+    /// The models its runs cover, in the pipeline's order.
+    pub(crate) models: Vec<String>,
 }
 
 impl Flows {
-    /// Starts a triggered run of `d` (all its models) as its run-as principal. A `cron`
+    /// The scheduling units of `d` ([`Unit`]): none without any trigger.
+    pub(crate) fn units(&self, d: &Deployment) -> Result<Vec<Unit>> {
+        let dag = self.dag(&d.models)?;
+        let (own, rest): (Vec<_>, Vec<_>) = dag
+            .nodes
+            .iter()
+            .partition(|n| n.model.header.trigger.is_some());
+        let mut out = Vec::new();
+        if let Some(trigger) = &d.pipeline.trigger
+            && !rest.is_empty()
+        {
+            out.push(Unit {
+                key: d.name.clone(),
+                model: None,
+                trigger: trigger.clone(),
+                models: rest.iter().map(|n| n.model.target.to_string()).collect(),
+            });
+        }
+        for n in own {
+            let model = n.model.target.to_string();
+            out.push(Unit {
+                key: format!("{}/{model}", d.name),
+                trigger: n.model.header.trigger.clone().unwrap_or_default(),
+                models: vec![model.clone()],
+                model: Some(model),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Starts a triggered run of `unit`'s models of `d` as its run-as principal. A `cron`
     /// run claims its slot in `system.runs` first: `None` when another leader claimed it.
     pub(crate) async fn start_triggered(
         self: &Arc<Self>,
         d: &Deployment,
+        unit: &Unit,
         origin: Origin,
     ) -> Result<Option<RunRecord>> {
         let dag = self.dag(&d.models)?;
-        let (mut record, plan) = self.prepare(d, dag, &RunRequest::default())?;
+        let request = RunRequest {
+            models: Some(unit.models.clone()),
+            ..RunRequest::default()
+        };
+        let (mut record, plan) = self.prepare(d, dag, &request)?;
         record.trigger = origin.trigger.into();
         record.scheduled_for = origin.scheduled_for;
         record.epoch = origin.epoch;
@@ -77,7 +128,7 @@ impl Flows {
             Some(slot) => {
                 if !self
                     .records
-                    .claim(&record, slot_marker(&d.name, slot))
+                    .claim(&record, slot_marker(&unit.key, slot))
                     .await?
                 {
                     return Ok(None);
@@ -93,6 +144,7 @@ impl Flows {
     pub(crate) async fn record_slot(
         &self,
         d: &Deployment,
+        unit: &Unit,
         slot: DateTime<Utc>,
         status: RunStatus,
         epoch: u64,
@@ -118,30 +170,33 @@ impl Flows {
                 .dag(&d.models)?
                 .nodes
                 .iter()
+                .filter(|n| unit.models.contains(&n.model.target.to_string()))
                 .map(|n| ModelRun::new(n.model.target.to_string(), n.model.header.kind, status))
                 .collect(),
         };
         self.records
-            .claim(&record, slot_marker(&d.name, slot))
+            .claim(&record, slot_marker(&unit.key, slot))
             .await
     }
 
-    /// The newest slot of `pipeline` claimed by any leader.
-    pub(crate) async fn claimed_slot(&self, pipeline: &str) -> Result<Option<DateTime<Utc>>> {
+    /// The newest slot of scheduling unit `key` ([`Unit`]) claimed by any leader.
+    pub(crate) async fn claimed_slot(&self, key: &str) -> Result<Option<DateTime<Utc>>> {
         Ok(self
             .records
-            .claimed(&slot_app(pipeline))
+            .claimed(&slot_app(key))
             .await?
             .and_then(DateTime::from_timestamp_micros))
     }
 
-    /// Runs of `pipeline` this replica is executing, with when each started.
-    pub(crate) fn active(&self, pipeline: &str) -> Vec<DateTime<Utc>> {
+    /// Runs of `pipeline` this replica is executing that cover one of `models` (they
+    /// overlap a run of them), with when each started.
+    pub(crate) fn active(&self, pipeline: &str, models: &[String]) -> Vec<DateTime<Utc>> {
         self.runs
             .lock()
             .map(|runs| {
                 runs.values()
                     .filter(|a| a.record.pipeline == pipeline && !a.record.status.is_terminal())
+                    .filter(|a| a.record.models.iter().any(|m| models.contains(&m.model)))
                     .map(|a| a.started)
                     .collect()
             })
@@ -176,19 +231,24 @@ impl Flows {
         Ok(out)
     }
 
-    /// The versions of the tables `d` reads from outside itself, when one of its models has
-    /// not consumed a source up to its current version (`None`: nothing to do).
+    /// The versions of the tables `unit`'s models read from outside it, when one of them
+    /// has not consumed a source up to its current version (`None`: nothing to do).
     pub(crate) async fn upstream_moved(
         &self,
         d: &Deployment,
+        unit: &Unit,
     ) -> Result<Option<BTreeMap<TableRef, u64>>> {
         let dag = self.dag(&d.models)?;
         let mut versions = BTreeMap::new();
         let mut behind = false;
-        for node in &dag.nodes {
+        for node in dag
+            .nodes
+            .iter()
+            .filter(|n| unit.models.contains(&n.model.target.to_string()))
+        {
             for s in node.reads.all() {
-                if dag.node(s).is_some() {
-                    // Made by this pipeline: it catches up in the same run.
+                if unit.models.contains(&s.to_string()) {
+                    // Made by the same run: it catches up in it.
                     continue;
                 }
                 let source = match self.engine.catalog().load(s).await {

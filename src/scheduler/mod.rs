@@ -40,7 +40,9 @@ use crate::clock::Clock;
 use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::flows::schedule::to_claim;
-use crate::flows::{Catchup, Deployment, Fence, Flows, Origin, Pause, Route, RunStatus, UpkeepOp};
+use crate::flows::{
+    Catchup, Deployment, Fence, Flows, Origin, Pause, Route, RunStatus, Unit, UpkeepOp,
+};
 use crate::storage::TableRef;
 pub use lease::Replica;
 use lease::{Leadership, LeaseLog};
@@ -87,6 +89,10 @@ pub struct ReplicaSeen {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PipelineSchedule {
     pub pipeline: String,
+    /// The model whose own trigger this is (`[trigger]` in its header); absent for the
+    /// pipeline's trigger (its models without one of their own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -355,11 +361,11 @@ impl Scheduler {
         };
         for (d, paused) in self.flows.deployments().await? {
             let name = d.name.clone();
-            if d.pipeline.trigger.is_some() {
-                match self.pipeline(epoch, &d, paused.as_ref()).await {
+            for unit in self.flows.units(&d)? {
+                match self.unit(epoch, &d, &unit, paused.as_ref()).await {
                     Ok(next) => soonest(next),
                     Err(e) => {
-                        tracing::warn!(pipeline = %name, error = %e, "scheduling the pipeline failed")
+                        tracing::warn!(pipeline = %name, unit = %unit.key, error = %e, "scheduling the pipeline failed")
                     }
                 }
             }
@@ -433,15 +439,17 @@ impl Scheduler {
         }
     }
 
-    /// One pipeline's due slots and upstream poll; when it is due next.
-    async fn pipeline(
+    /// One scheduling unit's due slots and upstream poll (a pipeline's, or a model's own
+    /// trigger: `flows::Unit`); when it is due next.
+    async fn unit(
         self: &Arc<Self>,
         epoch: u64,
         d: &Deployment,
+        unit: &Unit,
         paused: Option<&Pause>,
     ) -> Result<Option<DateTime<Utc>>> {
-        let trigger = d.pipeline.trigger.clone().unwrap_or_default();
-        let name = &d.name;
+        let trigger = &unit.trigger;
+        let name = &unit.key;
         let max = trigger.max_concurrent_runs();
         let mut memory = self
             .memory
@@ -470,11 +478,11 @@ impl Scheduler {
                         p.paused_by, p.paused_at
                     );
                     self.flows
-                        .record_slot(d, slot, RunStatus::Paused, epoch, why)
+                        .record_slot(d, unit, slot, RunStatus::Paused, epoch, why)
                         .await?;
                     continue;
                 }
-                let active = self.flows.active(name);
+                let active = self.flows.active(&d.name, &unit.models);
                 if active.len() >= max {
                     if active.iter().any(|started| *started >= slot) {
                         // Due before the running run started: a backlog, run in order.
@@ -482,16 +490,17 @@ impl Scheduler {
                         break;
                     }
                     let why = format!(
-                        "{} run(s) of the pipeline were still running (max_concurrent_runs = {max})",
-                        active.len()
+                        "{} run(s) of {} were still running (max_concurrent_runs = {max})",
+                        active.len(),
+                        unit.model.as_deref().unwrap_or("the pipeline")
                     );
                     self.flows
-                        .record_slot(d, slot, RunStatus::SkippedOverlap, epoch, why)
+                        .record_slot(d, unit, slot, RunStatus::SkippedOverlap, epoch, why)
                         .await?;
                     continue;
                 }
                 let origin = self.origin("cron", Some(slot), epoch);
-                if self.flows.start_triggered(d, origin).await?.is_none() {
+                if self.flows.start_triggered(d, unit, origin).await?.is_none() {
                     tracing::info!(pipeline = %name, %slot, "slot already claimed by another leader");
                 }
             }
@@ -503,12 +512,12 @@ impl Scheduler {
                 memory.next_poll = Some(
                     now + chrono::Duration::from_std(trigger.poll_interval()).unwrap_or_default(),
                 );
-                if self.flows.active(name).len() < max
-                    && let Some(versions) = self.flows.upstream_moved(d).await?
+                if self.flows.active(&d.name, &unit.models).len() < max
+                    && let Some(versions) = self.flows.upstream_moved(d, unit).await?
                     && memory.triggered_at.as_ref() != Some(&versions)
                 {
                     let origin = self.origin("upstream", None, epoch);
-                    self.flows.start_triggered(d, origin).await?;
+                    self.flows.start_triggered(d, unit, origin).await?;
                     memory.triggered_at = Some(versions);
                 }
             }
@@ -539,25 +548,26 @@ impl Scheduler {
         let memory = self.memory.lock().map(|m| m.clone()).unwrap_or_default();
         let mut pipelines = Vec::new();
         for (d, paused) in self.flows.deployments().await? {
-            let Some(trigger) = d.pipeline.trigger.clone() else {
-                continue;
-            };
-            let schedule = trigger.schedule().ok().flatten();
-            pipelines.push(PipelineSchedule {
-                next_run: schedule.as_ref().and_then(|s| s.next_after(now)),
-                last_slot: match schedule {
-                    Some(_) => self.flows.claimed_slot(&d.name).await?,
-                    None => None,
-                },
-                queued: memory.get(&d.name).map_or(0, |m| m.queued),
-                running: self.flows.active(&d.name).len(),
-                pipeline: d.name,
-                schedule: trigger.schedule,
-                timezone: trigger.timezone,
-                catchup: trigger.catchup,
-                on_upstream_change: trigger.on_upstream_change,
-                paused,
-            });
+            for unit in self.flows.units(&d)? {
+                let trigger = unit.trigger;
+                let schedule = trigger.schedule().ok().flatten();
+                pipelines.push(PipelineSchedule {
+                    next_run: schedule.as_ref().and_then(|s| s.next_after(now)),
+                    last_slot: match schedule {
+                        Some(_) => self.flows.claimed_slot(&unit.key).await?,
+                        None => None,
+                    },
+                    queued: memory.get(&unit.key).map_or(0, |m| m.queued),
+                    running: self.flows.active(&d.name, &unit.models).len(),
+                    pipeline: d.name.clone(),
+                    model: unit.model,
+                    schedule: trigger.schedule,
+                    timezone: trigger.timezone,
+                    catchup: trigger.catchup,
+                    on_upstream_change: trigger.on_upstream_change,
+                    paused: paused.clone(),
+                });
+            }
         }
         Ok(SchedulerView {
             enabled: self.enabled,

@@ -142,6 +142,15 @@ fn check_config_prints_redacted_config_and_lists_every_problem() {
         .unwrap();
         std::fs::write(p.join("silver/t.sql"), "SELECT 1 AS x").unwrap();
     }
+    // A model's own trigger is checked the same way.
+    let p = pipelines.join("hourly");
+    std::fs::create_dir_all(p.join("silver")).unwrap();
+    std::fs::write(p.join("pipeline.toml"), "run_as = \"etl\"\n").unwrap();
+    std::fs::write(
+        p.join("silver/t.sql"),
+        "/* strata\n[trigger]\nschedule = \"0 * * 13 *\"\n*/\nSELECT 1 AS x",
+    )
+    .unwrap();
     let scheduled = dir.path().join("scheduled.toml");
     std::fs::write(
         &scheduled,
@@ -155,9 +164,12 @@ fn check_config_prints_redacted_config_and_lists_every_problem() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.matches("problem:").count(), 2, "{err}");
+    assert_eq!(err.matches("problem:").count(), 3, "{err}");
     assert!(
-        err.contains("0 25 * * *") && err.contains("Europe/Atlantis") && !err.contains("nightly"),
+        err.contains("0 25 * * *")
+            && err.contains("Europe/Atlantis")
+            && err.contains("0 * * 13 *")
+            && !err.contains("nightly"),
         "{err}"
     );
 

@@ -555,3 +555,97 @@ async fn pipeline_statements_use_their_own_memory_pool() {
     let rows = s.sql_ok(select).await;
     assert_eq!(rows[0]["n"], 60000, "{rows}");
 }
+
+/// A model with a `[trigger]` of its own runs alone on it, its slots claimed apart from the
+/// pipeline's, whose runs leave it out; a bad model trigger is refused at deploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_with_its_own_trigger_runs_on_it_alone() {
+    let clock = ManualClock::new(start());
+    let s = scheduled_server(&clock).await;
+    s.sql_ok(EVENTS).await;
+    s.sql_ok("INSERT INTO bronze.events VALUES (1, 'a')").await;
+    // (`*/2` would end the header comment: a step is written `0-59/2` there.)
+    let every_two = "/* strata\nkind = \"append\"\n[trigger]\nschedule = \"0-59/2 * * * *\"\n*/\nSELECT id, kind FROM stream('bronze.events')";
+    let bundle = |every_two: &str| {
+        json!({
+            "pipeline": {"run_as": "etl", "trigger": {"schedule": EVERY_MINUTE}},
+            "models": [
+                {"path": "silver/minute.sql", "sql": APPEND},
+                {"path": "silver/every_two.sql", "sql": every_two},
+            ],
+        })
+    };
+    let bad = every_two.replace("0-59/2 * * * *", "0-59/2 * * *");
+    let (status, body) = s
+        .put_json(&deployer(&s), "/api/v1/pipelines/mixed", bundle(&bad))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("schedule"), "{body}");
+    // A step written `*/2` ends the comment early: the error says how to write it.
+    let cut = every_two.replace("0-59/2", "*/2");
+    let (status, body) = s
+        .put_json(&deployer(&s), "/api/v1/pipelines/mixed", bundle(&cut))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("0-59/n"), "{body}");
+    let (status, body) = s
+        .put_json(&deployer(&s), "/api/v1/pipelines/mixed", bundle(every_two))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let v = scheduler_view(&s).await;
+    let units: Vec<(Value, Value)> = v["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["model"].clone(), p["next_run"].clone()))
+        .collect();
+    assert_eq!(
+        units,
+        [
+            (Value::Null, json!("2026-03-01T00:01:00Z")),
+            (json!("silver.every_two"), json!("2026-03-01T00:02:00Z")),
+        ],
+        "{v:#}"
+    );
+    let models = |r: &Value| -> Vec<String> {
+        r["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["model"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // 00:01: the pipeline's slot, without the model that has its own trigger.
+    clock.set(at(1, 0));
+    let r = ended_runs(&s, "mixed", 1).await;
+    assert_eq!(statuses(&r), ["succeeded"], "{r:#?}");
+    assert_eq!(models(&r[0]), ["silver.minute"]);
+    assert_eq!(ids(&s, "silver.minute").await, [1]);
+
+    // 00:02: both slots, one run each.
+    s.sql_ok("INSERT INTO bronze.events VALUES (2, 'b')").await;
+    clock.set(at(2, 0));
+    let r = ended_runs(&s, "mixed", 3).await;
+    let mut at_two: Vec<Vec<String>> = r[1..].iter().map(models).collect();
+    at_two.sort();
+    assert_eq!(
+        at_two,
+        [
+            vec!["silver.every_two".to_string()],
+            vec!["silver.minute".to_string()]
+        ],
+        "{r:#?}"
+    );
+    assert!(r[1..].iter().all(|r| slot(r) == Some(at(2, 0))), "{r:#?}");
+    assert_eq!(ids(&s, "silver.minute").await, [1, 2]);
+    assert_eq!(ids(&s, "silver.every_two").await, [1, 2]);
+
+    // 00:03: only the pipeline's.
+    clock.set(at(3, 0));
+    let r = ended_runs(&s, "mixed", 4).await;
+    assert_eq!(models(&r[3]), ["silver.minute"], "{r:#?}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(runs(&s, "mixed").await.len(), 4, "a slot ran twice");
+    s.stop().await;
+}
