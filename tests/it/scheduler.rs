@@ -93,6 +93,49 @@ on = "silver"
 /// Every this many seconds (a cron pattern with seconds).
 const SLOT_SECS: i64 = 3;
 
+/// A warehouse for `strata` processes (`FLEET_CONFIG`), on the S3 stand-in under `prefix`
+/// or on local disk: its directory, the stand-in, the processes' environment.
+async fn fleet(
+    backend: Backend,
+    prefix: &str,
+) -> (tempfile::TempDir, Option<Moto>, Vec<(String, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = match backend {
+        Backend::S3 => Some(Moto::start().await),
+        Backend::Local => None,
+    };
+    let config = dir.path().join("strata.toml");
+    std::fs::write(&config, FLEET_CONFIG).unwrap();
+    let mut env = match &moto {
+        None => vec![],
+        Some(m) => s3_env(m, prefix),
+    };
+    env.push(("STRATA_CONFIG".into(), config.display().to_string()));
+    (dir, moto, env)
+}
+
+/// Deploys pipeline `name` through `p`: `silver/<name>.sql` appending `bronze.events`
+/// every [`SLOT_SECS`] seconds with `catchup`.
+async fn deploy_every_slot(
+    client: &reqwest::Client,
+    p: &StrataProcess,
+    deployer: &str,
+    name: &str,
+    catchup: &str,
+) {
+    let r = client
+        .put(format!("{}/api/v1/pipelines/{name}", p.http))
+        .bearer_auth(deployer)
+        .json(&json!({
+            "pipeline": {"run_as": "etl", "trigger": {"schedule": format!("*/{SLOT_SECS} * * * * *"), "catchup": catchup}},
+            "models": [{"path": format!("silver/{name}.sql"), "sql": crate::flows::APPEND}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
 async fn json_of(client: &reqwest::Client, p: &StrataProcess, token: &str, path: &str) -> Value {
     let r = client
         .get(format!("{}{path}", p.http))
@@ -110,18 +153,7 @@ async fn json_of(client: &reqwest::Client, p: &StrataProcess, token: &str, path:
 /// row reaches silver once. Asserted on the run records, not on wall time (but the
 /// take-over bound).
 async fn three_replicas_run_every_slot_once_across_a_sigkill(backend: Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let moto = match backend {
-        Backend::S3 => Some(Moto::start().await),
-        Backend::Local => None,
-    };
-    let config = dir.path().join("strata.toml");
-    std::fs::write(&config, FLEET_CONFIG).unwrap();
-    let mut env = match &moto {
-        None => vec![],
-        Some(m) => s3_env(m, "fleet"),
-    };
-    env.push(("STRATA_CONFIG".into(), config.display().to_string()));
+    let (dir, _moto, env) = fleet(backend, "fleet").await;
     let mut fleet = Vec::new();
     for _ in 0..3 {
         fleet.push(Some(StrataProcess::spawn(dir.path(), &env).await));
@@ -156,17 +188,7 @@ async fn three_replicas_run_every_slot_once_across_a_sigkill(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = client
-        .put(format!("{}/api/v1/pipelines/fleet", p0.http))
-        .bearer_auth(&deployer)
-        .json(&json!({
-            "pipeline": {"run_as": "etl", "trigger": {"schedule": format!("*/{SLOT_SECS} * * * * *"), "catchup": "all"}},
-            "models": [{"path": "silver/fleet.sql", "sql": crate::flows::APPEND}],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    deploy_every_slot(&client, p0, &deployer, "fleet", "all").await;
     let mut next_id = 1;
     let mut insert = |p: &StrataProcess| {
         let sql = format!("INSERT INTO bronze.events VALUES ({next_id}, 'k')");
@@ -351,18 +373,7 @@ crate::on_both_backends!(a_deposed_leaders_late_commit_commits_nothing);
 /// pipeline is paused meanwhile, so nothing but the fence stands between the late commit
 /// and the table (the new leader has not written it).
 async fn a_deposed_leaders_late_commit_commits_nothing(backend: Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let moto = match backend {
-        Backend::S3 => Some(Moto::start().await),
-        Backend::Local => None,
-    };
-    let config = dir.path().join("strata.toml");
-    std::fs::write(&config, FLEET_CONFIG).unwrap();
-    let mut env = match &moto {
-        None => vec![],
-        Some(m) => s3_env(m, "fenced"),
-    };
-    env.push(("STRATA_CONFIG".into(), config.display().to_string()));
+    let (dir, _moto, env) = fleet(backend, "fenced").await;
     let mut stalling = env.clone();
     stalling.push((
         "STRATA_FAILPOINTS".into(),
@@ -393,17 +404,7 @@ async fn a_deposed_leaders_late_commit_commits_nothing(backend: Backend) {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let r = client
-        .put(format!("{}/api/v1/pipelines/fenced", a.http))
-        .bearer_auth(&deployer)
-        .json(&json!({
-            "pipeline": {"run_as": "etl", "trigger": {"schedule": format!("*/{SLOT_SECS} * * * * *"), "catchup": "none"}},
-            "models": [{"path": "silver/fenced.sql", "sql": crate::flows::APPEND}],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    deploy_every_slot(&client, &a, &deployer, "fenced", "none").await;
     // The first scheduled run reaches its commit and the process stops itself there.
     let pid = a.child.id();
     wait_for(
