@@ -7,7 +7,7 @@
 //!   the record and the plan) ──▶ 202
 //! leader, every pass: list requests ──▶ claim: the run's next system.runs row committed
 //!   with txn strata:request:<run id> (of two leaders one commits) ──▶ launch ──▶ delete
-//! POST /runs/{id}/cancel where the run is not executing ──▶ _strata/scheduler/cancels/<id>
+//! POST /runs/{id}/cancel where the run is not executing ──▶ …/requests/<run id>.cancel
 //!   ──▶ the leader cancels it if it executes it, or records a request it has not claimed
 //!   `cancelled` under the same claim marker (so it can never start after)
 //! ```
@@ -35,8 +35,8 @@ use super::store::Deployment;
 use crate::error::{Error, Result};
 use crate::storage::TableRef;
 
+/// Requests (`<run id>.json`) and cancels (`<run id>.cancel`): one listing a pass.
 const REQUESTS: &str = "_strata/scheduler/requests";
-const CANCELS: &str = "_strata/scheduler/cancels";
 
 /// Where the runs a replica accepts execute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,11 +72,16 @@ fn request_path(id: &str) -> Path {
     Path::from(format!("{REQUESTS}/{id}.json"))
 }
 
-/// The run id a request or cancel object is named by.
-fn id_of(path: &Path) -> Option<String> {
+fn cancel_path(id: &str) -> Path {
+    Path::from(format!("{REQUESTS}/{id}.cancel"))
+}
+
+/// The run id of a cancel object.
+fn cancelled_id(path: &Path) -> Option<String> {
     path.filename()
-        .map(|f| f.trim_end_matches(".json").to_string())
+        .and_then(|f| f.strip_suffix(".cancel"))
         .filter(|id| !id.is_empty())
+        .map(str::to_string)
 }
 
 impl Flows {
@@ -117,19 +122,33 @@ impl Flows {
             serde_json::to_vec(&doc).map_err(|e| Error::internal(format!("run request: {e}")))?;
         // Recorded first: whoever asks for the run finds it queued on every replica.
         self.records.record_requested(&record).await?;
-        self.object_store()
+        let handed = self
+            .object_store()
             .put_opts(
                 &request_path(&record.run_id),
                 PutPayload::from(body),
                 PutOptions::from(PutMode::Create),
             )
-            .await?;
+            .await;
+        if let Err(e) = handed {
+            // Never left `queued` with nobody to run it.
+            let mut failed = record;
+            failed.status = RunStatus::Failed;
+            failed.ended_at = Some(self.clock.now());
+            failed.error = Some(format!(
+                "could not hand the run to the scheduler's leader: {e}"
+            ));
+            if let Err(e) = self.records.record(&failed).await {
+                tracing::error!(run = %failed.run_id, error = %e, "could not record a run that was never handed over");
+            }
+            return Err(e.into());
+        }
         Ok(record)
     }
 
     /// Asks the replica executing run `id` to cancel it (it is not executing here).
     pub(super) async fn request_cancel(&self, id: &str) -> Result<()> {
-        let path = Path::from(format!("{CANCELS}/{id}"));
+        let path = cancel_path(id);
         match self
             .object_store()
             .put_opts(&path, PutPayload::new(), PutOptions::from(PutMode::Create))
@@ -143,8 +162,12 @@ impl Flows {
     /// The leader's pass over cancels and requests, oldest first; the runs it started.
     pub(crate) async fn take_requests(self: &Arc<Self>, epoch: u64) -> Result<Vec<String>> {
         let store = self.object_store();
-        for path in listed(&store, CANCELS).await? {
-            if let Some(id) = id_of(&path)
+        let (cancels, requests): (Vec<Path>, Vec<Path>) = listed(&store, REQUESTS)
+            .await?
+            .into_iter()
+            .partition(|p| cancelled_id(p).is_some());
+        for path in cancels {
+            if let Some(id) = cancelled_id(&path)
                 && let Err(e) = self.cancel_requested(&store, &id).await
             {
                 tracing::warn!(run = id, error = %e, "could not act on a cancel request");
@@ -153,7 +176,7 @@ impl Flows {
             delete(&store, &path).await?;
         }
         let mut started = Vec::new();
-        for path in listed(&store, REQUESTS).await? {
+        for path in requests {
             let Some(doc) = read(&store, &path).await? else {
                 continue;
             };

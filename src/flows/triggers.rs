@@ -53,6 +53,11 @@ impl UpkeepOp {
 pub(super) const SCHEDULER: &str = "svc:scheduler";
 
 /// The marker of `pipeline`'s newest claimed slot in `system.runs` (microseconds).
+/// How stale the leader's view of the deployed pipelines may be (a deploy, pause or resume
+/// on another replica reaches it within this). Each look costs a LIST per pipeline and two
+/// GETs: once a second that was most of an idle fleet's S3 requests.
+const DEPLOYMENTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn slot_app(unit: &str) -> String {
     format!("strata:slot:{unit}")
 }
@@ -215,20 +220,10 @@ impl Flows {
             .await
     }
 
-    /// Live deployments, and whether each is paused.
+    /// Live deployments, and whether each is paused: as read at most
+    /// [`DEPLOYMENTS_MAX_AGE`] ago, or since this replica deployed, paused or resumed one.
     pub(crate) async fn deployments(&self) -> Result<Vec<(Deployment, Option<Pause>)>> {
-        let mut out = Vec::new();
-        for name in self.store.names().await? {
-            let Some(d) = self.store.latest(&name).await? else {
-                continue;
-            };
-            if d.undeployed {
-                continue;
-            }
-            let paused = self.store.paused(&name).await?;
-            out.push((d, paused));
-        }
-        Ok(out)
+        self.store.live(DEPLOYMENTS_MAX_AGE).await
     }
 
     /// The versions of the tables `unit`'s models read from outside it, when one of them
