@@ -25,6 +25,7 @@ fn at(minute: u32, second: u32) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+/// A server on `clock` that leads the scheduler, with an empty `bronze.events`.
 async fn scheduled_server(clock: &ManualClock) -> TestServer {
     let s = TestServer::start_clocked(
         Backend::Local,
@@ -36,6 +37,7 @@ async fn scheduled_server(clock: &ManualClock) -> TestServer {
     )
     .await;
     until(&s, "the server leads", |v| v["is_leader"] == true).await;
+    s.sql_ok(EVENTS).await;
     s
 }
 
@@ -121,7 +123,6 @@ const EVERY_MINUTE: &str = "* * * * *";
 async fn a_cron_schedule_fires_once_per_slot() {
     let clock = ManualClock::new(start());
     let s = scheduled_server(&clock).await;
-    s.sql_ok(EVENTS).await;
     s.sql_ok("INSERT INTO bronze.events VALUES (1, 'a')").await;
     deploy(
         &s,
@@ -185,7 +186,6 @@ async fn a_cron_schedule_fires_once_per_slot() {
 async fn missed_slots_are_caught_up_as_the_pipeline_says() {
     let clock = ManualClock::new(start());
     let s = scheduled_server(&clock).await;
-    s.sql_ok(EVENTS).await;
     s.sql_ok("INSERT INTO bronze.events VALUES (1, 'a')").await;
     for catchup in ["all", "latest", "none"] {
         deploy(
@@ -235,7 +235,6 @@ const FAILING: &str = "/* strata\nkind = \"append\"\n*/\nSELECT id, kind, 1 / (i
 async fn overlapping_slots_are_skipped_and_retries_stay_within_their_bounds() {
     let clock = ManualClock::new(start());
     let s = scheduled_server(&clock).await;
-    s.sql_ok(EVENTS).await;
     s.sql_ok("INSERT INTO bronze.events VALUES (1, 'a')").await;
     deploy(
         &s,
@@ -308,7 +307,6 @@ async fn overlapping_slots_are_skipped_and_retries_stay_within_their_bounds() {
 async fn a_paused_pipeline_records_its_slots_and_resumes_without_catching_up() {
     let clock = ManualClock::new(start());
     let s = scheduled_server(&clock).await;
-    s.sql_ok(EVENTS).await;
     s.sql_ok("INSERT INTO bronze.events VALUES (1, 'a')").await;
     deploy(
         &s,
@@ -354,7 +352,6 @@ async fn a_paused_pipeline_records_its_slots_and_resumes_without_catching_up() {
 async fn upstream_changes_trigger_one_run_for_many_commits() {
     let clock = ManualClock::new(start());
     let s = scheduled_server(&clock).await;
-    s.sql_ok(EVENTS).await;
     deploy(
         &s,
         "follows",
@@ -392,7 +389,6 @@ async fn upstream_changes_trigger_one_run_for_many_commits() {
 async fn bad_triggers_are_refused_at_deploy() {
     let clock = ManualClock::new(start());
     let s = scheduled_server(&clock).await;
-    s.sql_ok(EVENTS).await;
     for (trigger, expect) in [
         (json!({"trigger": {"schedule": "61 * * * *"}}), "schedule"),
         (
@@ -440,7 +436,6 @@ async fn operations(s: &TestServer, t: &str) -> Vec<String> {
 async fn models_are_compacted_and_vacuumed_on_schedule() {
     let clock = ManualClock::new(start());
     let s = scheduled_server(&clock).await;
-    s.sql_ok(EVENTS).await;
     deploy(&s, "tidy", TIDY, json!({})).await;
     let (status, body) = s
         .put_json(
@@ -562,7 +557,6 @@ async fn pipeline_statements_use_their_own_memory_pool() {
 async fn a_model_with_its_own_trigger_runs_on_it_alone() {
     let clock = ManualClock::new(start());
     let s = scheduled_server(&clock).await;
-    s.sql_ok(EVENTS).await;
     s.sql_ok("INSERT INTO bronze.events VALUES (1, 'a')").await;
     // (`*/2` would end the header comment: a step is written `0-59/2` there.)
     let every_two = "/* strata\nkind = \"append\"\n[trigger]\nschedule = \"0-59/2 * * * *\"\n*/\nSELECT id, kind FROM stream('bronze.events')";
