@@ -631,3 +631,99 @@ async fn a_follower_hands_manual_runs_and_cancels_to_the_leader() {
     b.stop().await;
     a.stop().await;
 }
+
+/// Requests that wait for a leader: while nobody leads (the leader stopped, its lease not
+/// yet expired), a run cancelled through the follower never starts, and a run whose
+/// pipeline is redeployed before a leader claims it fails saying so; the new leader
+/// settles both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cancelled_or_outdated_before_a_leader_claims_them_never_start() {
+    let a = TestServer::start_configured(Backend::Local, |cfg| {
+        crate::flows::with_etl(cfg);
+        cfg.scheduler.lease_ttl_secs = 5;
+    })
+    .await;
+    let va = until(&a, "a leads", |v| v["is_leader"] == true).await;
+    let b = a.replica().await;
+    until(&b, "b follows a", |v| {
+        v["leader"]["id"] == va["replica"]["id"] && v["is_leader"] == false
+    })
+    .await;
+    let token = crate::flows::deployer(&a);
+    a.sql_ok(crate::flows::EVENTS).await;
+    a.sql_ok("INSERT INTO bronze.events VALUES (1, 'k')").await;
+    let deploy = |sql: &'static str| {
+        let (b, token) = (&b, token.clone());
+        async move {
+            let (status, body) = b
+                .put_json(
+                    &token,
+                    "/api/v1/pipelines/waiting",
+                    crate::flows::bundle(&[("silver/waiting.sql", sql)]),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    deploy(crate::flows::APPEND).await;
+
+    // The leader stops; its lease lapses only after the TTL.
+    let _warehouse = a.stop().await;
+    let start = || {
+        let (b, token) = (&b, token.clone());
+        async move {
+            let (status, started) = b
+                .post_json(&token, "/api/v1/pipelines/waiting/runs", json!({}))
+                .await;
+            assert_eq!(status, 202, "{started}");
+            assert_eq!(started["status"], "queued", "{started}");
+            started["run_id"].as_str().unwrap().to_string()
+        }
+    };
+    let cancelled = start().await;
+    let (status, body) = b
+        .post_json(
+            &token,
+            &format!("/api/v1/runs/{cancelled}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert!((200..300).contains(&status), "{status}: {body}");
+    let outdated = start().await;
+    deploy(
+        "/* strata\nkind = \"append\"\n*/\nSELECT id, kind, 1 AS v FROM stream('bronze.events')",
+    )
+    .await;
+    assert_eq!(
+        view(&b).await["is_leader"],
+        false,
+        "b took over before the requests were made: the test would prove nothing"
+    );
+
+    let run = crate::flows::wait(&b, &token, &cancelled).await;
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    assert!(
+        run["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("before the scheduler's leader started it")),
+        "{run:#}"
+    );
+    let run = crate::flows::wait(&b, &token, &outdated).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert!(
+        run["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("redeployed")),
+        "{run:#}"
+    );
+    // Neither committed anything.
+    let (status, _) = b
+        .post_json(
+            &token,
+            "/api/v1/query",
+            json!({"sql": "SELECT count(*) AS n FROM silver.waiting"}),
+        )
+        .await;
+    assert_ne!(status, 200, "the model table exists: a run started");
+    b.stop().await;
+}
