@@ -8,6 +8,7 @@ mod audit;
 mod bounded;
 mod cached;
 pub(crate) mod dml;
+pub(crate) mod expect;
 mod execute;
 pub(crate) mod limits;
 pub(crate) mod maintenance;

@@ -67,6 +67,8 @@ pub(crate) struct ModelCommit<'a> {
     /// whatever they were.
     pub(crate) schema: Option<SchemaRef>,
     pub(crate) resets: &'a Progress,
+    /// Expectations evaluated over the output before the commit (`engine::expect`).
+    pub(crate) checks: Option<super::expect::Checks<'a>>,
 }
 
 /// What a model commit did.
@@ -80,10 +82,13 @@ pub(crate) struct ModelOutcome {
     pub(crate) duplicate: bool,
     /// Changes left out as out of order (`scd2` with `on_out_of_order = skip`).
     pub(crate) skipped: u64,
+    /// What the expectations did (when the model has any). A refused batch committed
+    /// nothing.
+    pub(crate) quality: Option<super::expect::BatchQuality>,
 }
 
 impl Engine {
-    async fn plan_model(
+    pub(super) async fn plan_model(
         &self,
         principal: &Arc<Principal>,
         access: &Arc<AccessControl>,
@@ -189,13 +194,44 @@ impl Engine {
     ) -> Result<ModelOutcome> {
         let access = self.access().await?;
         let (state, plan) = self.plan_model(principal, &access, c.sql, c.params).await?;
+        let (plan, quality) = match &c.checks {
+            Some(checks) if !checks.rules.is_empty() => {
+                let (plan, quality) = self
+                    .apply_expectations(principal, &access, &state, plan, checks, c.table, c.progress)
+                    .await?;
+                if quality.refused.is_some() {
+                    return Ok(ModelOutcome {
+                        quality: Some(quality),
+                        ..ModelOutcome::default()
+                    });
+                }
+                (plan, Some(quality))
+            }
+            _ => (plan, None),
+        };
+        let mut outcome = self
+            .write_model(principal, &access, state, plan, c)
+            .await?;
+        outcome.quality = quality;
+        Ok(outcome)
+    }
+
+    /// Writes a model's planned output as `c.write` says.
+    async fn write_model(
+        &self,
+        principal: &Arc<Principal>,
+        access: &Arc<AccessControl>,
+        state: SessionState,
+        plan: LogicalPlan,
+        c: ModelCommit<'_>,
+    ) -> Result<ModelOutcome> {
         let mut replace = None;
         let mode = match c.write {
             ModelWrite::Merge(spec) => {
                 let outcome = self
                     .run_merge(
                         principal,
-                        &access,
+                        access,
                         c.table,
                         dml::MergeSource::Plan(plan),
                         &spec,
@@ -211,7 +247,7 @@ impl Engine {
                 let outcome = self
                     .run_scd2(
                         principal,
-                        &access,
+                        access,
                         c.table,
                         dml::MergeSource::Plan(plan),
                         &spec,
@@ -259,7 +295,7 @@ impl Engine {
             // commit still moves the watermarks; delta-rs refuses a write without batches.
             batches.push(arrow::array::RecordBatch::new_empty(Arc::clone(&target)));
         }
-        self.check_write(&access, principal, c.table, mode, &target, &batches)?;
+        self.check_write(access, principal, c.table, mode, &target, &batches)?;
         let outcome = match replace {
             None if replacing => {
                 commit::replace_all(
@@ -305,17 +341,24 @@ impl Engine {
             rows_out: outcome.rows,
             duplicate: outcome.duplicate,
             skipped: 0,
+            quality: None,
         })
     }
 }
 
 impl ModelOutcome {
+    /// Why an expectation refused the batch (nothing was committed), if it did.
+    pub(crate) fn refused(&self) -> Option<&str> {
+        self.quality.as_ref().and_then(|q| q.refused.as_deref())
+    }
+
     fn of(o: &crate::pipelines::merge::DmlOutcome) -> ModelOutcome {
         ModelOutcome {
             version: o.version,
             rows_out: o.affected(),
             duplicate: o.duplicate,
             skipped: o.skipped,
+            quality: None,
         }
     }
 }
@@ -386,6 +429,27 @@ impl PlannedModel {
             .iter()
             .map(|f| f.name().clone())
             .collect()
+    }
+
+    /// Refuses expectations whose check does not plan over the output as a condition.
+    pub(crate) fn check_expectations(&self, rules: &[super::expect::Expectation]) -> Result<()> {
+        use datafusion::logical_expr::ExprSchemable;
+        for r in rules {
+            let bad = |why: String| {
+                Error::invalid(format!("expectation {}: check {:?} {why}", r.name, r.check))
+            };
+            let expr = self
+                .state
+                .create_logical_expr(&r.check, self.plan.schema())
+                .map_err(|e| bad(format!("does not plan over the model's output: {e}")))?;
+            let ty = expr
+                .get_type(self.plan.schema())
+                .map_err(|e| bad(format!("does not plan over the model's output: {e}")))?;
+            if !matches!(ty, arrow::datatypes::DataType::Boolean | arrow::datatypes::DataType::Null) {
+                return Err(bad(format!("is of type {ty}, not a condition")));
+            }
+        }
+        Ok(())
     }
 
     /// The table it produces (change-feed columns left out): for the deploy plan and for

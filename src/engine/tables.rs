@@ -116,6 +116,12 @@ impl Engine {
     ) -> Result<Option<TableInfo>> {
         let access = self.access().await?;
         access.check_layer(p, Privilege::Manage, t.layer)?;
+        if t.is_reserved() {
+            return Err(Error::invalid(format!(
+                "{t}: table names ending {} are reserved for the tables Strata creates",
+                crate::storage::RESERVED_SUFFIXES.join(" or ")
+            )));
+        }
         let props = commit::commit_properties(p, "CREATE TABLE");
         match self.catalog.create(t, spec, &p.subject, props).await {
             Ok(table) => Ok(Some(describe(t, &table)?)),

@@ -319,6 +319,7 @@ impl Flows {
         run_as: &Arc<Principal>,
         guard: &RunGuard,
         work: &BatchWork,
+        run_id: &str,
     ) -> (ModelRun, Result<()>) {
         let name = node.model.target.to_string();
         let mut record = ModelRun::new(name, node.model.header.kind, RunStatus::Running);
@@ -331,6 +332,7 @@ impl Flows {
             guard,
             clock: self.clock.as_ref(),
             refresh: None,
+            run_id,
         };
         let result = self.batches_of(&task, work, &mut record).await;
         record.duration_ms = started.elapsed().as_millis() as u64;
@@ -389,6 +391,13 @@ impl Flows {
         };
         let mut cancelled = None;
         for (b, outcome) in outcomes {
+            // A batch an expectation refused committed nothing: it failed.
+            let outcome = outcome.and_then(|o| {
+                if !o.duplicate || o.refused().is_some() {
+                    task.judged(record, &o)?;
+                }
+                Ok(o)
+            });
             match outcome {
                 Ok(o) => {
                     record.rows_out += o.rows_out;

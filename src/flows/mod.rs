@@ -15,6 +15,7 @@
 //! Everything reads and writes through the engine as the pipeline's run-as principal, so
 //! grants, row filters and WITH CHECK apply to flows exactly as to users.
 
+mod audit;
 mod backfill;
 mod dag;
 mod deploy;
@@ -44,6 +45,8 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::security::Principal;
 
+pub use crate::engine::expect::{Expectation, OnViolation, RuleTally};
+pub use audit::{AuditDef, AuditKind, AuditResult, Severity};
 pub use backfill::BackfillRequest;
 pub use dag::DagView;
 pub use deploy::read_bundle;

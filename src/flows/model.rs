@@ -8,6 +8,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::expect::{Expectation, OnViolation};
 use crate::error::{Error, Result};
 pub(crate) use crate::pipelines::scd2::OnLate;
 use crate::storage::{Layer, TableRef};
@@ -170,7 +171,24 @@ pub struct Header {
     /// triggered runs leave it out. Manual runs still cover it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<super::schedule::TriggerDef>,
+    /// Checks of the table version each run commits (`[[audit]]`).
+    #[serde(default, rename = "audit", skip_serializing_if = "Vec::is_empty")]
+    pub audits: Vec<super::audit::AuditDef>,
+    /// Per-row checks of the output before each commit (`[[expect]]`).
+    #[serde(default, rename = "expect", skip_serializing_if = "Vec::is_empty")]
+    pub expectations: Vec<Expectation>,
+    /// Rows one run writes to `<layer>.<model>__quarantine` at most (default 100000); rows
+    /// failing a `quarantine` expectation past it are left out of both tables and counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_max_rows_per_run: Option<u64>,
+    /// How long quarantined rows are kept (`"30d"` by default): the scheduler's leader
+    /// deletes older ones daily.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_retention: Option<String>,
 }
+
+/// Rows a run quarantines at most unless the header says otherwise.
+pub(crate) const QUARANTINE_MAX_ROWS: u64 = 100_000;
 
 /// A period of `optimize_every` / `vacuum_every`: a number and `s`, `m`, `h` or `d`.
 pub(crate) fn parse_every(key: &str, text: &str) -> Result<std::time::Duration> {
@@ -333,6 +351,20 @@ impl Model {
         }
         if let Some(trigger) = &h.trigger {
             trigger.check()?;
+        }
+        crate::engine::expect::check_rules(&h.expectations)?;
+        super::audit::check_audits(&h.audits)?;
+        if let Some(every) = &h.quarantine_retention {
+            parse_every("quarantine_retention", every)?;
+        }
+        let quarantines = h
+            .expectations
+            .iter()
+            .any(|e| e.on_violation == OnViolation::Quarantine);
+        if quarantines && h.kind == Kind::TimeRange {
+            return Err(Error::invalid(
+                "on_violation = \"quarantine\" is not available on time_range models (a re-run replaces a range, and its quarantined rows could not be told apart); use drop or fail",
+            ));
         }
         match h.kind {
             Kind::Merge | Kind::Scd2 => {

@@ -203,6 +203,9 @@ async fn output_schema(
             masked.join(", ")
         )));
     }
+    planned
+        .check_expectations(&node.model.header.expectations)
+        .map_err(|e| Error::invalid(format!("{}: {}", node.model.target, e.client_message(""))))?;
     let output = planned.table_schema()?;
     Ok(Some(node.model.header.table_schema(output)?))
 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::model::{BatchSize, Kind};
+use crate::engine::expect::{BatchQuality, RuleTally};
 
 /// The status of a run or of one model in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -26,6 +27,11 @@ pub enum RunStatus {
     Paused,
     /// The replica running it stopped (its heartbeat lapsed); marked by the leader.
     Orphaned,
+    /// The model committed, and an audit of severity `error` failed on the new version:
+    /// its downstream models did not run.
+    AuditFailed,
+    /// A source was older than its `error_after` at the run's start: nothing ran.
+    StaleSource,
 }
 
 impl RunStatus {
@@ -42,6 +48,8 @@ impl RunStatus {
             RunStatus::SkippedOverlap => "skipped_overlap",
             RunStatus::Paused => "paused",
             RunStatus::Orphaned => "orphaned",
+            RunStatus::AuditFailed => "audit_failed",
+            RunStatus::StaleSource => "stale_source",
         }
     }
 
@@ -85,6 +93,25 @@ pub struct ModelRun {
     pub backfill: Option<BackfillModel>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Each expectation's outcome over the run's batches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expectations: Vec<RuleTally>,
+    /// Rows left out by `drop` expectations.
+    #[serde(default)]
+    pub rows_dropped: u64,
+    /// Rows written to the quarantine table.
+    #[serde(default)]
+    pub rows_quarantined: u64,
+    /// What the model's audits found on the version the run committed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audits: Vec<super::audit::AuditResult>,
+    /// Rows that failed a `quarantine` expectation after `quarantine_max_rows_per_run` was
+    /// reached (left out of both tables).
+    #[serde(default)]
+    pub quarantine_over_cap: u64,
+    /// An expectation refused a batch (retrying would decide the same).
+    #[serde(skip)]
+    pub(crate) refused: bool,
 }
 
 fn one() -> u32 {
@@ -106,7 +133,27 @@ impl ModelRun {
             attempts: 1,
             backfill: None,
             error: None,
+            expectations: Vec::new(),
+            rows_dropped: 0,
+            rows_quarantined: 0,
+            audits: Vec::new(),
+            quarantine_over_cap: 0,
+            refused: false,
         }
+    }
+
+    /// Adds what the expectations did to one batch.
+    pub(crate) fn absorb(&mut self, q: &BatchQuality) {
+        for rule in &q.rules {
+            match self.expectations.iter_mut().find(|r| r.name == rule.name) {
+                Some(r) => r.absorb(rule),
+                None => self.expectations.push(rule.clone()),
+            }
+        }
+        self.rows_dropped += q.dropped;
+        self.rows_quarantined += q.quarantined;
+        self.quarantine_over_cap += q.over_cap;
+        self.refused |= q.refused.is_some();
     }
 }
 

@@ -28,6 +28,10 @@ use crate::storage::types::ColumnSpec;
 
 const RUNS: &str = "runs";
 const MODEL_RUNS: &str = "model_runs";
+pub(crate) const EXPECTATION_RESULTS: &str = "expectation_results";
+pub(crate) const AUDIT_RESULTS: &str = "audit_results";
+/// The tables this log writes (their index is their `ready` flag).
+const TABLES: [&str; 4] = [RUNS, MODEL_RUNS, EXPECTATION_RESULTS, AUDIT_RESULTS];
 
 /// A row of `system.runs`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -98,6 +102,96 @@ struct ModelRunRow {
     /// intervals, failed ones with their error).
     #[serde(default)]
     backfill: Option<String>,
+    #[serde(default)]
+    rows_dropped: Option<i64>,
+    #[serde(default)]
+    rows_quarantined: Option<i64>,
+    #[serde(default)]
+    quarantine_over_cap: Option<i64>,
+}
+
+/// A row of `system.expectation_results`: one expectation of one model in one run.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ExpectationRow {
+    pub(crate) run_id: String,
+    pub(crate) pipeline: String,
+    pub(crate) model: String,
+    pub(crate) expectation: String,
+    pub(crate) action: String,
+    /// Rows evaluated, rows that satisfied the check, rows that did not.
+    pub(crate) rows: i64,
+    pub(crate) passed: i64,
+    pub(crate) failed: i64,
+    /// Up to 10 failing rows as JSON (as the run-as principal saw them); shown only to
+    /// principals who MANAGE every table in `sources`.
+    #[serde(default)]
+    pub(crate) samples: Option<String>,
+    /// The model's sources, comma-separated.
+    pub(crate) sources: String,
+    /// The model's table version after the run's last commit (none when nothing was
+    /// committed).
+    #[serde(default)]
+    pub(crate) table_version: Option<i64>,
+    /// The run's model status (`failed` when an expectation refused a batch).
+    pub(crate) status: RunStatus,
+    pub(crate) recorded_at: DateTime<Utc>,
+}
+
+/// A row of `system.audit_results`: one audit of one table version.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct AuditRow {
+    #[serde(default)]
+    pub(crate) run_id: Option<String>,
+    #[serde(default)]
+    pub(crate) pipeline: Option<String>,
+    pub(crate) table_name: String,
+    pub(crate) audit: String,
+    pub(crate) audit_type: String,
+    pub(crate) severity: String,
+    pub(crate) passed: bool,
+    pub(crate) failed: i64,
+    #[serde(default)]
+    pub(crate) detail: Option<String>,
+    /// Up to 10 failing rows as JSON; shown only to principals who MANAGE `sources`.
+    #[serde(default)]
+    pub(crate) samples: Option<String>,
+    pub(crate) sources: String,
+    #[serde(default)]
+    pub(crate) table_version: Option<i64>,
+    pub(crate) checked_at: DateTime<Utc>,
+    /// `model` (a pipeline run's audit) or `checks` (a table's standalone checks).
+    pub(crate) origin: String,
+}
+
+impl AuditRow {
+    pub(crate) fn of(
+        r: &super::audit::AuditResult,
+        table: &str,
+        run: Option<(&str, &str)>,
+        origin: &str,
+        at: DateTime<Utc>,
+    ) -> AuditRow {
+        AuditRow {
+            run_id: run.map(|(id, _)| id.to_string()),
+            pipeline: run.map(|(_, p)| p.to_string()),
+            table_name: table.to_string(),
+            audit: r.audit.clone(),
+            audit_type: serde_json::to_value(r.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            severity: r.severity.as_str().to_string(),
+            passed: r.passed,
+            failed: to_i64(r.failed),
+            detail: r.detail.clone(),
+            samples: (!r.samples.is_empty())
+                .then(|| serde_json::to_string(&r.samples).unwrap_or_default()),
+            sources: table.to_string(),
+            table_version: r.table_version.map(to_i64),
+            checked_at: at,
+            origin: origin.to_string(),
+        }
+    }
 }
 
 fn ts() -> DataType {
@@ -109,7 +203,36 @@ fn columns(table: &str) -> Vec<(&'static str, DataType, &'static str)> {
     let s = || (DataType::Utf8, "string");
     let n = || (DataType::Int64, "bigint");
     let t = || (ts(), "timestamp");
-    let cols: Vec<(&str, (DataType, &str))> = if table == RUNS {
+    let cols: Vec<(&str, (DataType, &str))> = if table == EXPECTATION_RESULTS {
+        vec![
+            ("run_id", s()),
+            ("pipeline", s()),
+            ("model", s()),
+            ("expectation", s()),
+            ("action", s()),
+            ("rows", n()),
+            ("passed", n()),
+            ("failed", n()),
+            ("samples", s()),
+            ("sources", s()),
+            ("table_version", n()),
+            ("status", s()),
+            ("recorded_at", t()),
+        ]
+    } else if table == AUDIT_RESULTS {
+        super::audit::COLUMNS
+            .iter()
+            .map(|(c, sql)| {
+                let ty = match *sql {
+                    "bigint" => n(),
+                    "timestamp" => t(),
+                    "boolean" => (DataType::Boolean, "boolean"),
+                    _ => s(),
+                };
+                (*c, ty)
+            })
+            .collect()
+    } else if table == RUNS {
         vec![
             ("run_id", s()),
             ("pipeline", s()),
@@ -145,6 +268,9 @@ fn columns(table: &str) -> Vec<(&'static str, DataType, &'static str)> {
             ("error", s()),
             ("attempts", n()),
             ("backfill", s()),
+            ("rows_dropped", n()),
+            ("rows_quarantined", n()),
+            ("quarantine_over_cap", n()),
         ]
     };
     cols.into_iter().map(|(c, (a, q))| (c, a, q)).collect()
@@ -171,8 +297,8 @@ pub(crate) struct RunLog {
     writer: Principal,
     /// The role that reads every record (the server's own look at open runs).
     admin_role: String,
-    /// `system.runs` / `system.model_runs` exist with every column this build writes.
-    ready: [AtomicBool; 2],
+    /// Each of [`TABLES`] exists with every column this build writes.
+    ready: [AtomicBool; 4],
 }
 
 /// The `system.runs` row of `r` as of `seq`.
@@ -212,7 +338,7 @@ impl RunLog {
                 claims: Default::default(),
             },
             admin_role: admin_role.to_string(),
-            ready: [AtomicBool::new(false), AtomicBool::new(false)],
+            ready: Default::default(),
         }
     }
 
@@ -245,11 +371,69 @@ impl RunLog {
                         .map(serde_json::to_string)
                         .transpose()
                         .map_err(|e| Error::internal(e.to_string()))?,
+                    rows_dropped: Some(to_i64(m.rows_dropped)),
+                    rows_quarantined: Some(to_i64(m.rows_quarantined)),
+                    quarantine_over_cap: Some(to_i64(m.quarantine_over_cap)),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let now = Utc::now();
+        let expectations: Vec<ExpectationRow> = r
+            .models
+            .iter()
+            .flat_map(|m| {
+                m.expectations.iter().map(move |e| ExpectationRow {
+                    run_id: r.run_id.clone(),
+                    pipeline: r.pipeline.clone(),
+                    model: m.model.clone(),
+                    expectation: e.name.clone(),
+                    action: e.action.as_str().to_string(),
+                    rows: to_i64(e.rows),
+                    passed: to_i64(e.rows.saturating_sub(e.failed)),
+                    failed: to_i64(e.failed),
+                    samples: (!e.samples.is_empty())
+                        .then(|| serde_json::to_string(&e.samples).unwrap_or_default()),
+                    sources: m
+                        .sources
+                        .iter()
+                        .map(|s| s.table.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    table_version: m.target_version.map(to_i64),
+                    status: m.status,
+                    recorded_at: now,
+                })
+            })
+            .collect();
+        // Results first: a run whose end row is visible has its results too. Counters
+        // follow the rows they mirror (a crash before the rows loses both).
+        self.append(EXPECTATION_RESULTS, &expectations, &[]).await?;
+        let metrics = crate::telemetry::metrics();
+        for e in &expectations {
+            metrics.expectation_violations(&e.pipeline, &e.model, &e.expectation, &e.action, e.failed.max(0) as u64);
+        }
+        let audits: Vec<AuditRow> = r
+            .models
+            .iter()
+            .flat_map(|m| {
+                m.audits.iter().map(move |a| {
+                    AuditRow::of(a, &m.model, Some((&r.run_id, &r.pipeline)), "model", now)
+                })
+            })
+            .collect();
+        self.record_audits(&audits).await?;
         self.append(MODEL_RUNS, &models, &[]).await?;
         self.append(RUNS, &[run_row(r, SEQ_END)], &[]).await?;
+        Ok(())
+    }
+
+    /// Appends audit results, and counts the failed ones.
+    pub(crate) async fn record_audits(&self, rows: &[AuditRow]) -> Result<()> {
+        self.append(AUDIT_RESULTS, rows, &[]).await?;
+        let metrics = crate::telemetry::metrics();
+        for a in rows.iter().filter(|a| !a.passed) {
+            metrics.audit_failure(&a.table_name, &a.audit, &a.severity);
+        }
         Ok(())
     }
 
@@ -409,11 +593,11 @@ impl RunLog {
 
     /// Creates the table, or adds the columns a newer server records (once per process).
     async fn ensure_table(&self, name: &str, t: &TableRef) -> Result<()> {
-        let ready = if name == RUNS {
-            &self.ready[0]
-        } else {
-            &self.ready[1]
-        };
+        let index = TABLES
+            .iter()
+            .position(|n| *n == name)
+            .ok_or_else(|| Error::internal(format!("no system table {name}")))?;
+        let ready = &self.ready[index];
         if ready.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -536,6 +720,12 @@ impl RunLog {
                                     Error::internal(format!("system.model_runs backfill: {e}"))
                                 })?,
                             error: m.error.clone(),
+                            expectations: Vec::new(),
+                            rows_dropped: m.rows_dropped.unwrap_or(0).max(0) as u64,
+                            rows_quarantined: m.rows_quarantined.unwrap_or(0).max(0) as u64,
+                            audits: Vec::new(),
+                            quarantine_over_cap: m.quarantine_over_cap.unwrap_or(0).max(0) as u64,
+                            refused: false,
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;

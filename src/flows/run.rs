@@ -31,7 +31,9 @@ use super::statements::{
     timestamp,
 };
 use crate::engine::Engine;
-use crate::engine::models::{CHANGE_COLUMNS, ModelCommit, ModelWrite};
+use super::model::QUARANTINE_MAX_ROWS;
+use crate::engine::expect::{Checks, OnViolation};
+use crate::engine::models::{CHANGE_COLUMNS, ModelCommit, ModelOutcome, ModelWrite};
 use crate::error::{Error, ErrorKind, Result};
 use crate::security::Principal;
 use crate::storage::TableRef;
@@ -55,6 +57,8 @@ pub(crate) struct ModelTask<'a> {
     pub(crate) clock: &'a dyn crate::clock::Clock,
     /// Rebuild the table instead of reading from the watermarks.
     pub(crate) refresh: Option<Refresh>,
+    /// The run (named in quarantined rows).
+    pub(crate) run_id: &'a str,
 }
 
 /// Why a model rebuilds its table from its sources' snapshots.
@@ -186,16 +190,21 @@ impl ModelTask<'_> {
                 add_columns: header.on_schema_change == OnSchemaChange::AppendNewColumns,
                 schema: None,
                 resets: &[],
+                checks: self.checks(record.rows_quarantined),
             };
             // Crash tests: the batch's range is chosen, its commit not made.
             crate::failpoint::hit("flows.before_commit");
             match self.engine.commit_model(self.run_as, commit).await {
+                Ok(outcome) if outcome.refused().is_some() => {
+                    return self.judged(record, &outcome);
+                }
                 Ok(outcome) if outcome.duplicate => {
                     // A concurrent run committed this range: read the watermarks again.
                     tracing::info!(model = %t, "a concurrent run committed this range");
                     conflicts += 1;
                 }
                 Ok(outcome) => {
+                    self.judged(record, &outcome)?;
                     record.rows_out += outcome.rows_out;
                     record.rows_skipped += outcome.skipped;
                     record.commits += 1;
@@ -290,6 +299,9 @@ impl ModelTask<'_> {
             let outcome = self
                 .replace_range(&sql, &column, start, end, &progress)
                 .await?;
+            if !outcome.duplicate || outcome.refused().is_some() {
+                self.judged(record, &outcome)?;
+            }
             if outcome.duplicate {
                 tracing::info!(model = %t, %start, "a concurrent run committed this batch");
             } else {
@@ -329,6 +341,8 @@ impl ModelTask<'_> {
                 == OnSchemaChange::AppendNewColumns,
             schema: None,
             resets: &[],
+            // A time_range model quarantines nothing (Model::check).
+            checks: self.checks(0),
         };
         crate::failpoint::hit("flows.before_commit");
         self.engine
@@ -337,6 +351,36 @@ impl ModelTask<'_> {
             .inspect_err(
                 |e| tracing::warn!(model = %t, %start, %end, error = %e, "time_range batch failed"),
             )
+    }
+
+    /// The model's expectations for its next commit (none when it has none).
+    fn checks(&self, quarantined: u64) -> Option<Checks<'_>> {
+        let h = &self.node.model.header;
+        (!h.expectations.is_empty()).then(|| Checks {
+            rules: &h.expectations,
+            run_id: self.run_id,
+            quarantine_room: h
+                .quarantine_max_rows_per_run
+                .unwrap_or(QUARANTINE_MAX_ROWS)
+                .saturating_sub(quarantined),
+            now: self.clock.now(),
+        })
+    }
+
+    /// Takes what the expectations did to a committed (or refused) batch into `record`;
+    /// the error a refused batch fails the model with.
+    pub(super) fn judged(&self, record: &mut ModelRun, outcome: &ModelOutcome) -> Result<()> {
+        if let Some(q) = &outcome.quality {
+            if q.recovered {
+                tracing::info!(model = %self.node.model.target, quarantined = q.quarantined,
+                    "the batch's quarantine commit had landed before a crash: its rows were read back, not checked again");
+            }
+            record.absorb(q);
+        }
+        match outcome.refused() {
+            Some(why) => Err(Error::invalid(format!("{}: {why}", self.node.model.target))),
+            None => Ok(()),
+        }
     }
 
     /// The model's SELECT with its sources pinned, every change type kept.
@@ -463,9 +507,13 @@ impl ModelTask<'_> {
             add_columns: false,
             schema: Some(schema),
             resets: &resets,
+            checks: self.checks(record.rows_quarantined),
         };
         crate::failpoint::hit("flows.before_commit");
         let outcome = self.engine.commit_model(self.run_as, commit).await?;
+        if !outcome.duplicate || outcome.refused().is_some() {
+            self.judged(record, &outcome)?;
+        }
         if !outcome.duplicate {
             record.rows_out += outcome.rows_out;
             record.commits += 1;
@@ -539,6 +587,34 @@ impl ModelTask<'_> {
             }
         };
         let limit = model.header.max_versions_per_batch.unwrap_or(u64::MAX);
+        // A batch whose quarantine commit landed and whose target commit did not (a crash
+        // between them) runs again over exactly its source range: the quarantine holds its
+        // markers, ahead of the target's.
+        let held = self.quarantine_marks().await?;
+        let mut pending = false;
+        let mut sources = Vec::new();
+        for (s, stream) in self
+            .node
+            .reads
+            .streams
+            .iter()
+            .map(|s| (s, true))
+            .chain(self.node.reads.tables.iter().map(|s| (s, false)))
+        {
+            let (latest, id) = self.source_version(s).await?;
+            let app = app_id(&model.target, s, &id);
+            let seen = watermark(app.clone()).await?;
+            let quarantined = match &held {
+                Some((state, log)) => state
+                    .transaction_version(log.as_ref(), &app)
+                    .await?
+                    .and_then(|v| u64::try_from(v).ok()),
+                None => None,
+            };
+            let ahead = quarantined.filter(|q| seen.is_none_or(|w| *q > w));
+            pending |= ahead.is_some();
+            sources.push((s, stream, latest, app, seen, ahead));
+        }
         let mut batch = Batch {
             pins: BTreeMap::new(),
             progress: Vec::new(),
@@ -546,10 +622,24 @@ impl ModelTask<'_> {
             more: false,
         };
         let mut moved = false;
-        for s in &self.node.reads.streams {
-            let (latest, id) = self.source_version(s).await?;
-            let app = app_id(&model.target, s, &id);
-            let from = match watermark(app.clone()).await? {
+        for (s, _, latest, app, seen, ahead) in sources.iter().filter(|x| x.1) {
+            let (s, app) = (*s, app.clone());
+            let latest = match (pending, ahead) {
+                (false, _) => *latest,
+                (true, Some(q)) => *q,
+                (true, None) => {
+                    // Not part of the pending batch: read nothing new from it.
+                    batch.pins.insert(
+                        s.clone(),
+                        Pin::Changes {
+                            range: None,
+                            at: seen.unwrap_or(*latest).min(*latest),
+                        },
+                    );
+                    continue;
+                }
+            };
+            let from = match seen {
                 Some(w) => w + 1,
                 None => 0,
             };
@@ -585,11 +675,15 @@ impl ModelTask<'_> {
                 to_version: to,
             });
         }
-        for s in &self.node.reads.tables {
-            let (latest, id) = self.source_version(s).await?;
-            let app = app_id(&model.target, s, &id);
+        for (s, _, latest, app, seen, ahead) in sources.iter().filter(|x| !x.1) {
+            let (s, app) = (*s, app.clone());
+            let latest = match (pending, ahead, seen) {
+                (true, Some(q), _) => *q,
+                (true, None, Some(w)) => *w,
+                _ => *latest,
+            };
             batch.pins.insert(s.clone(), Pin::Version(latest));
-            if watermark(app.clone()).await? != Some(latest) {
+            if *seen != Some(latest) {
                 if model.header.kind == Kind::Table {
                     moved = true;
                 }
@@ -602,6 +696,31 @@ impl ModelTask<'_> {
             }
         }
         Ok(moved.then_some(batch))
+    }
+}
+
+impl ModelTask<'_> {
+    /// The quarantine table's snapshot, when the model quarantines rows and it exists.
+    async fn quarantine_marks(
+        &self,
+    ) -> Result<Option<(deltalake::table::state::DeltaTableState, deltalake::logstore::LogStoreRef)>>
+    {
+        let header = &self.node.model.header;
+        if !header
+            .expectations
+            .iter()
+            .any(|e| e.on_violation == OnViolation::Quarantine)
+        {
+            return Ok(None);
+        }
+        let qt = self.node.model.target.quarantine()?;
+        match self.engine.catalog().load(&qt).await {
+            Ok(table) if table.version().is_some() => {
+                Ok(Some((table.snapshot()?.clone(), table.log_store())))
+            }
+            Ok(_) | Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -213,14 +213,28 @@ impl Flows {
                 continue;
             }
             set(RunStatus::Running, None);
+            let before = match self.engine.catalog().load(&node.model.target).await {
+                Ok(t) => t.version(),
+                Err(_) => None,
+            };
             let (mut record, result) = match batches.get(&node.model.target) {
-                Some(work) => self.run_batches(node, &run_as, &guard, work).await,
+                Some(work) => self.run_batches(node, &run_as, &guard, work, id).await,
                 None => {
                     self.run_model(id, node, &run_as, &guard, &refresh, &retry)
                         .await
                 }
             };
             let status = match &result {
+                Ok(()) if record.commits > 0 && !node.model.header.audits.is_empty() => {
+                    match self.audit(node, &run_as, &mut record, before).await {
+                        Some(why) => {
+                            failed.insert(node.model.target.clone());
+                            record.error = Some(why);
+                            RunStatus::AuditFailed
+                        }
+                        None => RunStatus::Succeeded,
+                    }
+                }
                 Ok(()) => RunStatus::Succeeded,
                 Err(_) if record.status == RunStatus::WatermarkExpired => {
                     failed.insert(node.model.target.clone());
@@ -301,6 +315,66 @@ impl Flows {
         self.update(id, finish);
     }
 
+    /// Runs the model's audits on the version its run committed (the rows its commits
+    /// changed, for `unique` and `not_null` on incremental models) into `record`; why the
+    /// model is `audit_failed`, when an audit of severity `error` failed.
+    async fn audit(
+        &self,
+        node: &super::dag::Node,
+        run_as: &Arc<Principal>,
+        record: &mut ModelRun,
+        before: Option<u64>,
+    ) -> Option<String> {
+        use super::audit::{AuditKind, Scope, Severity};
+        let t = &node.model.target;
+        let version = record.target_version?;
+        let now = self.clock.now();
+        let mut failing = Vec::new();
+        for a in &node.model.header.audits {
+            let incremental = node.model.header.kind.is_incremental()
+                && matches!(a.kind, AuditKind::Unique | AuditKind::NotNull);
+            let scope = match before {
+                Some(b) if incremental && b < version => Scope::Changed {
+                    from: b + 1,
+                    to: version,
+                },
+                _ => Scope::Table { version },
+            };
+            let result = match super::audit::run(&self.engine, run_as, t, a, scope, now).await {
+                Ok(r) => r,
+                Err(e) => super::audit::AuditResult {
+                    audit: a.label(),
+                    kind: a.kind,
+                    severity: a.severity,
+                    passed: false,
+                    failed: 0,
+                    detail: Some(format!("the audit could not run: {}", e.client_message(""))),
+                    samples: Vec::new(),
+                    table_version: Some(version),
+                },
+            };
+            if !result.passed && result.severity == Severity::Error {
+                failing.push(format!(
+                    "{} ({} failing{})",
+                    result.audit,
+                    result.failed,
+                    result
+                        .detail
+                        .as_deref()
+                        .map(|d| format!("; {d}"))
+                        .unwrap_or_default()
+                ));
+            }
+            record.audits.push(result);
+        }
+        (!failing.is_empty()).then(|| {
+            format!(
+                "audit(s) of severity error failed on {t} version {version}: {}; its downstream models did not run",
+                failing.join(", ")
+            )
+        })
+    }
+
     /// One model of a run, tried again after a failure as `[retry]` allows (never after a
     /// cancel, an expired watermark or a missing privilege, which would fail the same way).
     async fn run_model(
@@ -326,12 +400,14 @@ impl Flows {
                 guard,
                 clock: self.clock.as_ref(),
                 refresh: refresh.get(&node.model.target).copied(),
+                run_id: id,
             };
             let result = task.run(&mut record).await;
             let retryable = match &result {
                 Ok(()) => false,
                 Err(e) => {
                     record.status != RunStatus::WatermarkExpired
+                        && !record.refused
                         && !matches!(e.kind(), ErrorKind::Cancelled | ErrorKind::PermissionDenied)
                 }
             };

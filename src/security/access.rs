@@ -177,7 +177,7 @@ impl AccessControl {
 
     /// Row filters and masks of `t`, if any.
     pub fn table_policy(&self, t: &TableRef) -> Option<&TablePolicy> {
-        self.tables.get(t)
+        self.tables.get(t.governing().as_ref())
     }
 
     /// Whether `p` reads raw rows and values (the explicit bypass role; admins are filtered
@@ -205,6 +205,8 @@ impl AccessControl {
     }
 
     pub fn allows(&self, p: &Principal, privilege: Privilege, t: &TableRef) -> bool {
+        let t = t.governing();
+        let t = t.as_ref();
         self.is_admin(p)
             || self
                 .grants
@@ -235,6 +237,8 @@ impl AccessControl {
 
     /// Whether `t` exists for `p` at all (any privilege on it).
     pub fn is_visible(&self, p: &Principal, t: &TableRef) -> bool {
+        let t = t.governing();
+        let t = t.as_ref();
         self.is_admin(p)
             || self
                 .grants

@@ -173,6 +173,36 @@ impl TableRef {
         }
     }
 
+    /// The quarantine table of model table `self` (`<layer>.<name>__quarantine`).
+    pub(crate) fn quarantine(&self) -> Result<TableRef> {
+        TableRef::new(
+            self.layer.as_str(),
+            &format!("{}{QUARANTINE_SUFFIX}", self.name),
+        )
+    }
+
+    /// The table whose grants, row filters and masks govern `self`: a quarantine or
+    /// dead-letter table is governed by the table it belongs to (so it can never show a row
+    /// that table hides, and never drifts from its policy); every other table by itself.
+    pub(crate) fn governing(&self) -> std::borrow::Cow<'_, TableRef> {
+        for suffix in RESERVED_SUFFIXES {
+            if let Some(base) = self.name.strip_suffix(suffix)
+                && !base.is_empty()
+            {
+                return std::borrow::Cow::Owned(TableRef {
+                    layer: self.layer,
+                    name: base.to_string(),
+                });
+            }
+        }
+        std::borrow::Cow::Borrowed(self)
+    }
+
+    /// Names only Strata creates (quarantine and dead-letter tables).
+    pub(crate) fn is_reserved(&self) -> bool {
+        RESERVED_SUFFIXES.iter().any(|s| self.name.ends_with(s))
+    }
+
     /// Parses `layer.name` or `strata.layer.name`.
     pub fn parse(qualified: &str) -> Result<TableRef> {
         let parts: Vec<&str> = qualified.split('.').collect();
@@ -210,6 +240,11 @@ pub fn config_problems(cfg: &crate::config::StorageConfig, default_layer: &str) 
     }
     out
 }
+
+/// The suffix of a model's quarantine table.
+pub(crate) const QUARANTINE_SUFFIX: &str = "__quarantine";
+/// Table name suffixes reserved for tables Strata creates.
+pub(crate) const RESERVED_SUFFIXES: [&str; 2] = [QUARANTINE_SUFFIX, "__dead_letter"];
 
 /// Table and column names: `[a-z_][a-z0-9_]*`, at most 128 bytes (case-insensitive).
 pub fn validate_name(name: &str) -> Result<()> {

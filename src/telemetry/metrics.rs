@@ -63,6 +63,26 @@ struct ModelRowLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExpectationLabels {
+    pipeline: String,
+    model: String,
+    expectation: String,
+    action: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuditLabels {
+    table: String,
+    audit: String,
+    severity: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LagLabels {
     model: String,
     source: String,
@@ -105,6 +125,12 @@ pub struct Metrics {
     model_rows: Family<ModelRowLabels, Counter>,
     /// Source versions a model has not consumed yet, as of its last run.
     watermark_lag: Family<LagLabels, Gauge>,
+    /// Rows that violated an expectation (as `system.expectation_results` records them).
+    expectation_violations: Family<ExpectationLabels, Counter>,
+    /// Audits that found failing rows (as `system.audit_results` records them).
+    audit_failures: Family<AuditLabels, Counter>,
+    /// Seconds since a checked source's last commit, as of its last check.
+    source_staleness: Family<TableLabels, Gauge>,
     /// 1 while this replica leads the scheduler (`scheduler::lease`).
     pub scheduler_is_leader: Gauge,
 }
@@ -134,6 +160,9 @@ impl Default for Metrics {
             scheduled_maintenance: Family::default(),
             model_rows: Family::default(),
             watermark_lag: Family::default(),
+            expectation_violations: Family::default(),
+            audit_failures: Family::default(),
+            source_staleness: Family::default(),
             scheduler_is_leader: Gauge::default(),
         }
     }
@@ -218,6 +247,45 @@ impl Metrics {
                 source: source.to_string(),
             })
             .set(gauge_value(versions));
+    }
+
+    /// Rows of one run that violated `expectation` (recorded in `system.expectation_results`).
+    pub(crate) fn expectation_violations(
+        &self,
+        pipeline: &str,
+        model: &str,
+        expectation: &str,
+        action: &str,
+        rows: u64,
+    ) {
+        self.expectation_violations
+            .get_or_create(&ExpectationLabels {
+                pipeline: pipeline.to_string(),
+                model: model.to_string(),
+                expectation: expectation.to_string(),
+                action: action.to_string(),
+            })
+            .inc_by(rows);
+    }
+
+    /// An audit of `table` that found failing rows (recorded in `system.audit_results`).
+    pub(crate) fn audit_failure(&self, table: &str, audit: &str, severity: &str) {
+        self.audit_failures
+            .get_or_create(&AuditLabels {
+                table: table.to_string(),
+                audit: audit.to_string(),
+                severity: severity.to_string(),
+            })
+            .inc();
+    }
+
+    /// Seconds since `table`'s last commit, as a freshness check saw it.
+    pub(crate) fn source_staleness(&self, table: &str, seconds: i64) {
+        self.source_staleness
+            .get_or_create(&TableLabels {
+                table: table.to_string(),
+            })
+            .set(seconds);
     }
 
     /// A registry for one scrape holding this process's metrics (handles to the same
@@ -318,6 +386,21 @@ impl Metrics {
             "strata_model_watermark_lag_versions",
             "Source versions a model had not consumed at the end of its last run",
             self.watermark_lag.clone(),
+        );
+        r.register(
+            "strata_expectation_violations",
+            "Rows that violated a model's expectation, by pipeline, model, expectation and action (system.expectation_results)",
+            self.expectation_violations.clone(),
+        );
+        r.register(
+            "strata_audit_failures",
+            "Audits that found failing rows, by table, audit and severity (system.audit_results)",
+            self.audit_failures.clone(),
+        );
+        r.register(
+            "strata_source_staleness_seconds",
+            "Seconds since a checked table's last commit, as of its last freshness check",
+            self.source_staleness.clone(),
         );
         r.register(
             "strata_scheduler_is_leader",

@@ -84,7 +84,17 @@ impl CatalogProvider for SecureCatalog {
 /// The tables of the read-only `system` schema and the column that names the table(s) each
 /// row is about (`layer.name`, or several comma-separated): a row is visible to a principal
 /// with SELECT on (one of) them.
-const SYSTEM_TABLES: [(&str, &str); 2] = [("runs", "models"), ("model_runs", "model")];
+const SYSTEM_TABLES: [(&str, &str); 4] = [
+    ("runs", "models"),
+    ("model_runs", "model"),
+    ("expectation_results", "model"),
+    ("audit_results", "table_name"),
+];
+
+/// Columns of `system` tables that hold rows of user tables (failure samples): shown only
+/// to principals who may MANAGE every table named in the row's `sources` column (those
+/// whose policies they could lift anyway), NULL to everyone else.
+const SAMPLE_COLUMNS: [&str; 1] = ["samples"];
 
 /// `system`: the server's own records (run records of flows, …), written by the server
 /// only. Every principal may query it; the row filter built here from the principal's
@@ -128,6 +138,48 @@ impl SystemSchema {
     }
 }
 
+impl SystemSchema {
+    /// Masks of the sample columns: NULL unless the principal manages every layer the
+    /// row's `sources` name.
+    fn sample_masks(
+        &self,
+        schema: &arrow::datatypes::Schema,
+    ) -> DfResult<Vec<(usize, datafusion::logical_expr::Expr)>> {
+        if schema.index_of("sources").is_err() {
+            return Ok(Vec::new());
+        }
+        let unmanaged: Vec<Layer> = Layer::ALL
+            .iter()
+            .copied()
+            .filter(|l| {
+                !self
+                    .cx
+                    .access
+                    .allows_layer(&self.cx.principal, Privilege::Manage, *l)
+            })
+            .collect();
+        let mut masks = Vec::new();
+        for (i, f) in schema.fields().iter().enumerate() {
+            if !SAMPLE_COLUMNS.contains(&f.name().as_str()) || unmanaged.is_empty() {
+                continue;
+            }
+            let hidden: Vec<String> = unmanaged
+                .iter()
+                .map(|l| format!("strpos(concat(',', coalesce(sources, '')), ',{l}.') > 0"))
+                .collect();
+            let sql = format!(
+                "CASE WHEN sources IS NULL OR {} THEN NULL ELSE {} END",
+                hidden.join(" OR "),
+                f.name()
+            );
+            let df_schema = datafusion::common::DFSchema::try_from(schema.clone())?;
+            let e = self.cx.planner.create_logical_expr(&sql, &df_schema)?;
+            masks.push((i, datafusion::logical_expr::cast(e, f.data_type().clone())));
+        }
+        Ok(masks)
+    }
+}
+
 #[async_trait]
 impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
@@ -157,9 +209,10 @@ impl SchemaProvider for SystemSchema {
         let version = table.version().unwrap_or(0);
         let table_id = table.snapshot()?.metadata().id().to_string();
         let inner = table.table_provider().await?;
+        let schema = inner.schema();
         let enforcement = Enforcement {
-            filter: self.filter(column, &inner.schema())?,
-            masks: Vec::new(),
+            filter: self.filter(column, &schema)?,
+            masks: self.sample_masks(&schema)?,
         };
         let table: Arc<dyn TableProvider> = Arc::new(PolicyTable::new(
             t.clone(),
