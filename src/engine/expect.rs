@@ -543,9 +543,14 @@ impl Engine {
                 .await?;
         }
         let mem = datafusion::datasource::MemTable::try_new(out_schema, vec![kept])?;
+        let checked = crate::security::policy::PolicyTable::derived(
+            t.clone(),
+            Arc::clone(principal),
+            Arc::new(mem),
+        );
         let plan = LogicalPlanBuilder::scan(
             "__strata_checked",
-            datafusion::datasource::provider_as_source(Arc::new(mem)),
+            datafusion::datasource::provider_as_source(Arc::new(checked)),
             None,
         )?
         .build()?;

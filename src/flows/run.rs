@@ -624,11 +624,14 @@ impl ModelTask<'_> {
         let mut moved = false;
         for (s, _, latest, app, seen, ahead) in sources.iter().filter(|x| x.1) {
             let (s, app) = (*s, app.clone());
+            // After a pending batch, the versions past it run in the next one.
+            batch.more |= pending && ahead.is_some_and(|q| q < *latest);
             let latest = match (pending, ahead) {
                 (false, _) => *latest,
                 (true, Some(q)) => *q,
                 (true, None) => {
-                    // Not part of the pending batch: read nothing new from it.
+                    // Not part of the pending batch: read nothing new from it (yet).
+                    batch.more |= seen.is_none_or(|w| w < *latest);
                     batch.pins.insert(
                         s.clone(),
                         Pin::Changes {

@@ -18,6 +18,7 @@ mod ops;
 mod packaging;
 mod planner;
 mod python;
+mod quality;
 mod query;
 mod rls;
 mod rls_writes;

@@ -165,7 +165,7 @@ impl SystemSchema {
             }
             let hidden: Vec<String> = unmanaged
                 .iter()
-                .map(|l| format!("strpos(concat(',', coalesce(sources, '')), ',{l}.') > 0"))
+                .map(|l| format!("strpos(concat(',', sources), ',{l}.') > 0"))
                 .collect();
             let sql = format!(
                 "CASE WHEN sources IS NULL OR {} THEN NULL ELSE {} END",

@@ -165,6 +165,25 @@ impl PolicyTable {
         }
     }
 
+    /// Rows that a plan of `principal`'s secure session already produced (a model's output
+    /// after its expectations), scanned again in that session: every policy applied when
+    /// they were read, so nothing is left to enforce. `table` is the table they are bound
+    /// for.
+    pub(crate) fn derived(
+        table: TableRef,
+        principal: Arc<Principal>,
+        rows: Arc<dyn TableProvider>,
+    ) -> PolicyTable {
+        PolicyTable::new(
+            table,
+            0,
+            String::new(),
+            principal,
+            rows,
+            Enforcement::default(),
+        )
+    }
+
     /// Column statistics for the planner (`storage::stats`). Without a policy they reach it
     /// as the log has them; with a row filter or mask they are the table's, not the
     /// principal's rows, so they pass inexact and masked columns have none ([`PolicyExec`]).
