@@ -21,7 +21,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    Array, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
 use datafusion::common::Column;
@@ -51,7 +53,16 @@ pub(crate) const BATCH: &str = "_strata_batch";
 /// What happens to a row that fails a check. Ordered by precedence: when a row fails
 /// several rules, the greatest action applies.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
     utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
@@ -139,18 +150,35 @@ impl Expectation {
 pub(crate) fn check_rules(rules: &[Expectation]) -> Result<()> {
     let mut seen = std::collections::BTreeSet::new();
     for r in rules {
-        crate::storage::validate_name(&r.name)
-            .map_err(|_| Error::invalid(format!("expectation name {:?}: use letters, digits and underscores", r.name)))?;
+        crate::storage::validate_name(&r.name).map_err(|_| {
+            Error::invalid(format!(
+                "expectation name {:?}: use letters, digits and underscores",
+                r.name
+            ))
+        })?;
         if !seen.insert(r.name.as_str()) {
-            return Err(Error::invalid(format!("expectation {} is declared twice", r.name)));
+            return Err(Error::invalid(format!(
+                "expectation {} is declared twice",
+                r.name
+            )));
         }
         if r.check.trim().is_empty() {
-            return Err(Error::invalid(format!("expectation {}: check is empty", r.name)));
+            return Err(Error::invalid(format!(
+                "expectation {}: check is empty",
+                r.name
+            )));
         }
-        crate::security::policy::expr::parse(&r.check)
-            .map_err(|e| Error::invalid(format!("expectation {}: check {:?}: {}", r.name, r.check, e.client_message(""))))?;
-        r.threshold()
-            .map_err(|e| Error::invalid(format!("expectation {}: {}", r.name, e.client_message(""))))?;
+        crate::security::policy::expr::parse(&r.check).map_err(|e| {
+            Error::invalid(format!(
+                "expectation {}: check {:?}: {}",
+                r.name,
+                r.check,
+                e.client_message("")
+            ))
+        })?;
+        r.threshold().map_err(|e| {
+            Error::invalid(format!("expectation {}: {}", r.name, e.client_message("")))
+        })?;
     }
     Ok(())
 }
@@ -225,7 +253,11 @@ fn batch_key(progress: &Progress) -> String {
 
 /// The quarantine table's schema for a model output with `data` columns.
 fn quarantine_schema(data: &Schema) -> SchemaRef {
-    let mut fields: Vec<Field> = data.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    let mut fields: Vec<Field> = data
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
     fields.push(Field::new(RUN_ID, DataType::Utf8, true));
     fields.push(Field::new(FAILED, DataType::Utf8, true));
     fields.push(Field::new(
@@ -278,11 +310,11 @@ fn subtract(
                 let col = b.column_by_name(want.name()).ok_or_else(|| {
                     Error::internal(format!("the quarantine lacks column {}", want.name()))
                 })?;
-                Ok(arrow::compute::cast(col, want.data_type())?)
-                    .map(|a| (k, a))
+                Ok(arrow::compute::cast(col, want.data_type())?).map(|a| (k, a))
             })
             .collect::<Result<Vec<_>>>()?;
-        let rows = converter.convert_columns(&arrays.into_iter().map(|(_, a)| a).collect::<Vec<_>>())?;
+        let rows =
+            converter.convert_columns(&arrays.into_iter().map(|(_, a)| a).collect::<Vec<_>>())?;
         for r in rows.iter() {
             *counts.entry(r.as_ref().to_vec()).or_default() += 1;
         }
@@ -329,12 +361,14 @@ impl Engine {
             .map(|(q, f)| Expr::Column(Column::from((q, f))))
             .collect();
         for (i, rule) in rules.iter().enumerate() {
-            let check = state.create_logical_expr(&rule.check, &schema).map_err(|e| {
-                Error::invalid(format!(
-                    "expectation {}: check {:?} does not plan over the model's output: {e}",
-                    rule.name, rule.check
-                ))
-            })?;
+            let check = state
+                .create_logical_expr(&rule.check, &schema)
+                .map_err(|e| {
+                    Error::invalid(format!(
+                        "expectation {}: check {:?} does not plan over the model's output: {e}",
+                        rule.name, rule.check
+                    ))
+                })?;
             // NULL (unknown) is a violation.
             let ok = datafusion::functions::expr_fn::coalesce(vec![
                 cast(check, DataType::Boolean),
@@ -345,7 +379,12 @@ impl Engine {
         let projected = LogicalPlanBuilder::from(plan).project(exprs)?.build()?;
         let batches = DataFrame::new(state.clone(), projected).collect().await?;
         let out_schema: SchemaRef = Arc::new(Schema::new(
-            schema.as_arrow().fields().iter().cloned().collect::<Vec<_>>(),
+            schema
+                .as_arrow()
+                .fields()
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>(),
         ));
         let data: Vec<usize> = (0..width)
             .filter(|&i| !internal(out_schema.field(i).name()))
@@ -353,7 +392,9 @@ impl Engine {
         // A delete in a merge or scd2 source carries no new values: it passes.
         let deletes = out_schema.index_of("__strata_delete").ok();
         let qt = t.quarantine()?;
-        let quarantines = rules.iter().any(|r| r.on_violation == OnViolation::Quarantine);
+        let quarantines = rules
+            .iter()
+            .any(|r| r.on_violation == OnViolation::Quarantine);
         let recovering = quarantines
             && !progress.is_empty()
             && match self.catalog.load(&qt).await {
@@ -580,10 +621,22 @@ impl Engine {
                     "Rows of {t} that failed its expectations (written by its pipeline)"
                 )),
                 &[
-                    (RUN_ID.to_string(), "The run that quarantined the row".to_string()),
-                    (FAILED.to_string(), "Every expectation the row failed, comma-separated".to_string()),
-                    (QUARANTINED_AT.to_string(), "When it was quarantined".to_string()),
-                    (BATCH.to_string(), "The source ranges it came from (a hash)".to_string()),
+                    (
+                        RUN_ID.to_string(),
+                        "The run that quarantined the row".to_string(),
+                    ),
+                    (
+                        FAILED.to_string(),
+                        "Every expectation the row failed, comma-separated".to_string(),
+                    ),
+                    (
+                        QUARANTINED_AT.to_string(),
+                        "When it was quarantined".to_string(),
+                    ),
+                    (
+                        BATCH.to_string(),
+                        "The source ranges it came from (a hash)".to_string(),
+                    ),
                 ]
                 .into(),
             )

@@ -197,7 +197,9 @@ impl Engine {
         let (plan, quality) = match &c.checks {
             Some(checks) if !checks.rules.is_empty() => {
                 let (plan, quality) = self
-                    .apply_expectations(principal, &access, &state, plan, checks, c.table, c.progress)
+                    .apply_expectations(
+                        principal, &access, &state, plan, checks, c.table, c.progress,
+                    )
                     .await?;
                 if quality.refused.is_some() {
                     return Ok(ModelOutcome {
@@ -209,9 +211,7 @@ impl Engine {
             }
             _ => (plan, None),
         };
-        let mut outcome = self
-            .write_model(principal, &access, state, plan, c)
-            .await?;
+        let mut outcome = self.write_model(principal, &access, state, plan, c).await?;
         outcome.quality = quality;
         Ok(outcome)
     }
@@ -445,7 +445,10 @@ impl PlannedModel {
             let ty = expr
                 .get_type(self.plan.schema())
                 .map_err(|e| bad(format!("does not plan over the model's output: {e}")))?;
-            if !matches!(ty, arrow::datatypes::DataType::Boolean | arrow::datatypes::DataType::Null) {
+            if !matches!(
+                ty,
+                arrow::datatypes::DataType::Boolean | arrow::datatypes::DataType::Null
+            ) {
                 return Err(bad(format!("is of type {ty}, not a condition")));
             }
         }

@@ -161,8 +161,7 @@ impl AuditDef {
                 }
             }
             AuditKind::Relationships => {
-                let (Some(to), Some(field), Some(_)) = (&self.to, &self.field, &self.column)
-                else {
+                let (Some(to), Some(field), Some(_)) = (&self.to, &self.field, &self.column) else {
                     return bad("needs column = \"…\", to = \"layer.table\" and field = \"…\"");
                 };
                 TableRef::parse(to)?;
@@ -334,21 +333,35 @@ pub(crate) async fn run(
             let high = audit.max.is_some_and(|m| n > m);
             detail = Some(format!(
                 "{n} rows (expected {}{})",
-                audit.min.map(|m| format!("at least {m}")).unwrap_or_default(),
+                audit
+                    .min
+                    .map(|m| format!("at least {m}"))
+                    .unwrap_or_default(),
                 audit
                     .max
                     .map(|m| format!("{}at most {m}", if audit.min.is_some() { ", " } else { "" }))
                     .unwrap_or_default()
             ));
-            return Ok(result(audit, u64::from(low || high), detail, Vec::new(), version));
+            return Ok(result(
+                audit,
+                u64::from(low || high),
+                detail,
+                Vec::new(),
+                version,
+            ));
         }
         AuditKind::Freshness => {
-            let max_age = super::model::parse_every(
-                "max_age",
-                audit.max_age.as_deref().unwrap_or_default(),
-            )?;
+            let max_age =
+                super::model::parse_every("max_age", audit.max_age.as_deref().unwrap_or_default())?;
             let newest = match &audit.column {
-                Some(c) => newest_value(engine, p, &format!("SELECT CAST(max({}) AS TIMESTAMP) FROM {at}", ident(c))).await?,
+                Some(c) => {
+                    newest_value(
+                        engine,
+                        p,
+                        &format!("SELECT CAST(max({}) AS TIMESTAMP) FROM {at}", ident(c)),
+                    )
+                    .await?
+                }
                 None => Some(last_commit(engine, t).await?),
             };
             let age = newest.map(|n| now - n);
@@ -379,13 +392,21 @@ pub(crate) async fn run(
         )
         .await?
     } else {
-        count(engine, p, &format!("SELECT count(*) FROM ({failing}) AS __f")).await?
+        count(
+            engine,
+            p,
+            &format!("SELECT count(*) FROM ({failing}) AS __f"),
+        )
+        .await?
     };
     let samples = if n > 0 {
         let batches = engine
             .query_rows(
                 p,
-                &format!("SELECT * FROM ({failing}) AS __f LIMIT {}", crate::engine::expect::MAX_SAMPLES),
+                &format!(
+                    "SELECT * FROM ({failing}) AS __f LIMIT {}",
+                    crate::engine::expect::MAX_SAMPLES
+                ),
                 Vec::new(),
             )
             .await?;
@@ -433,7 +454,11 @@ async fn count(engine: &Engine, p: &Arc<Principal>, sql: &str) -> Result<u64> {
     })
 }
 
-async fn newest_value(engine: &Engine, p: &Arc<Principal>, sql: &str) -> Result<Option<DateTime<Utc>>> {
+async fn newest_value(
+    engine: &Engine,
+    p: &Arc<Principal>,
+    sql: &str,
+) -> Result<Option<DateTime<Utc>>> {
     let batches = engine.query_rows(p, sql, Vec::new()).await?;
     let value = batches
         .iter()
@@ -441,7 +466,12 @@ async fn newest_value(engine: &Engine, p: &Arc<Principal>, sql: &str) -> Result<
         .map(|b| ScalarValue::try_from_array(b.column(0), 0))
         .transpose()?;
     let micros = value
-        .map(|v| v.cast_to(&arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None)))
+        .map(|v| {
+            v.cast_to(&arrow::datatypes::DataType::Timestamp(
+                arrow::datatypes::TimeUnit::Microsecond,
+                None,
+            ))
+        })
         .transpose()?;
     Ok(match micros {
         Some(ScalarValue::TimestampMicrosecond(Some(m), _)) => DateTime::from_timestamp_micros(m),
@@ -472,4 +502,123 @@ fn json_rows(batches: &[arrow::array::RecordBatch]) -> Vec<serde_json::Value> {
         return Vec::new();
     }
     serde_json::from_slice(&w.into_inner()).unwrap_or_default()
+}
+
+/// `[freshness]` of `pipeline.toml`: how old (by their last Delta commit) the pipeline's
+/// sources may be when a run starts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FreshnessDef {
+    /// Older than this: recorded as a failed `warn` check, the run goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_after: Option<String>,
+    /// Older than this: the run ends `stale_source` before any model runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_after: Option<String>,
+    /// The sources checked (`layer.name`); by default every table the pipeline reads and
+    /// none of its models writes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+}
+
+impl FreshnessDef {
+    pub(crate) fn check(&self) -> Result<()> {
+        let warn = self
+            .warn_after
+            .as_deref()
+            .map(|w| super::model::parse_every("freshness.warn_after", w))
+            .transpose()?;
+        let error = self
+            .error_after
+            .as_deref()
+            .map(|e| super::model::parse_every("freshness.error_after", e))
+            .transpose()?;
+        if warn.is_none() && error.is_none() {
+            return Err(Error::invalid(
+                "[freshness] needs warn_after and/or error_after (e.g. \"6h\")",
+            ));
+        }
+        if let (Some(w), Some(e)) = (warn, error)
+            && w > e
+        {
+            return Err(Error::invalid(
+                "freshness.warn_after is longer than error_after",
+            ));
+        }
+        for s in &self.sources {
+            TableRef::parse(s)?;
+        }
+        Ok(())
+    }
+
+    /// Checks `sources` as of `now`: a result per source (a `freshness` audit of severity
+    /// `error` when past `error_after`, else `warn`), and why the run must stop, if a source
+    /// is past `error_after`.
+    pub(crate) async fn judge(
+        &self,
+        engine: &Engine,
+        sources: &[TableRef],
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<(TableRef, AuditResult)>, Option<String>)> {
+        let warn = self
+            .warn_after
+            .as_deref()
+            .map(|w| super::model::parse_every("warn_after", w))
+            .transpose()?;
+        let error = self
+            .error_after
+            .as_deref()
+            .map(|e| super::model::parse_every("error_after", e))
+            .transpose()?;
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        for t in sources {
+            let last = last_commit(engine, t).await?;
+            let age = (now - last).to_std().unwrap_or_default();
+            crate::telemetry::metrics()
+                .source_staleness(&t.to_string(), (now - last).num_seconds());
+            let past_error = error.is_some_and(|e| age > e);
+            let past_warn = warn.is_some_and(|w| age > w);
+            let limit = if past_error { error } else { warn.or(error) };
+            let detail = format!(
+                "last commit {} ({}s ago{})",
+                last.to_rfc3339(),
+                age.as_secs(),
+                limit
+                    .map(|l| format!(
+                        "; {} after {}s",
+                        if past_error { "error" } else { "warn" },
+                        l.as_secs()
+                    ))
+                    .unwrap_or_default()
+            );
+            if past_error {
+                stale.push(format!("{t} ({detail})"));
+            }
+            out.push((
+                t.clone(),
+                AuditResult {
+                    audit: "source_freshness".into(),
+                    kind: AuditKind::Freshness,
+                    severity: if past_error {
+                        Severity::Error
+                    } else {
+                        Severity::Warn
+                    },
+                    passed: !past_error && !past_warn,
+                    failed: u64::from(past_error || past_warn),
+                    detail: Some(detail),
+                    samples: Vec::new(),
+                    table_version: None,
+                },
+            ));
+        }
+        let why = (!stale.is_empty()).then(|| {
+            format!(
+                "source(s) older than freshness.error_after: {}; no model ran",
+                stale.join(", ")
+            )
+        });
+        Ok((out, why))
+    }
 }

@@ -51,6 +51,9 @@ impl Flows {
         if let Some(retry) = &bundle.pipeline.retry {
             retry.check()?;
         }
+        if let Some(freshness) = &bundle.pipeline.freshness {
+            freshness.check()?;
+        }
         let dag = self.dag(&bundle.models)?;
         let access = self.engine.access().await?;
         let run_as = self.run_as(&bundle.pipeline)?;

@@ -44,6 +44,9 @@ pub struct PipelineDef {
     /// Retries of failed models.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<super::schedule::RetryDef>,
+    /// How old its sources may be, checked at each run's start (`[freshness]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<super::audit::FreshnessDef>,
 }
 
 /// One model file of a bundle.

@@ -410,7 +410,13 @@ impl RunLog {
         self.append(EXPECTATION_RESULTS, &expectations, &[]).await?;
         let metrics = crate::telemetry::metrics();
         for e in &expectations {
-            metrics.expectation_violations(&e.pipeline, &e.model, &e.expectation, &e.action, e.failed.max(0) as u64);
+            metrics.expectation_violations(
+                &e.pipeline,
+                &e.model,
+                &e.expectation,
+                &e.action,
+                e.failed.max(0) as u64,
+            );
         }
         let audits: Vec<AuditRow> = r
             .models
@@ -435,6 +441,47 @@ impl RunLog {
             metrics.audit_failure(&a.table_name, &a.audit, &a.severity);
         }
         Ok(())
+    }
+
+    /// Rows of `table` (a results table) about `about` since `since`, newest first, as `p`
+    /// may see them; none while the table does not exist.
+    pub(crate) async fn results(
+        &self,
+        p: &Arc<Principal>,
+        table: &str,
+        about: (&str, &str),
+        pipeline: Option<&str>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<serde_json::Value>> {
+        if !self
+            .engine
+            .catalog()
+            .exists(&TableRef::system(table))
+            .await?
+        {
+            return Ok(Vec::new());
+        }
+        let (column, value) = about;
+        let at = if table == EXPECTATION_RESULTS {
+            "recorded_at"
+        } else {
+            "checked_at"
+        };
+        let mut params = vec![ScalarValue::Utf8(Some(value.to_string()))];
+        let mut sql = format!("SELECT * FROM system.{table} WHERE {column} = $1");
+        if let Some(pipeline) = pipeline {
+            params.push(ScalarValue::Utf8(Some(pipeline.to_string())));
+            sql.push_str(&format!(" AND pipeline = ${}", params.len()));
+        }
+        if let Some(since) = since {
+            params.push(ScalarValue::TimestampMicrosecond(
+                Some(since.timestamp_micros()),
+                Some("UTC".into()),
+            ));
+            sql.push_str(&format!(" AND {at} >= ${}", params.len()));
+        }
+        sql.push_str(&format!(" ORDER BY {at} DESC LIMIT 1000"));
+        rows(self.engine.query_rows(p, &sql, params).await?)
     }
 
     /// Appends a run's first row (queued or running), so every replica sees it while it runs.

@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 use deltalake::kernel::Transaction;
 
 use super::dag::Node;
+use super::model::QUARANTINE_MAX_ROWS;
 use super::model::{Kind, OnSchemaChange, OnWatermarkExpired};
 use super::record::{ModelRun, RunStatus, SourceRange};
 use super::sql::{ChangeRows, Pin, pinned};
@@ -31,7 +32,6 @@ use super::statements::{
     timestamp,
 };
 use crate::engine::Engine;
-use super::model::QUARANTINE_MAX_ROWS;
 use crate::engine::expect::{Checks, OnViolation};
 use crate::engine::models::{CHANGE_COLUMNS, ModelCommit, ModelOutcome, ModelWrite};
 use crate::error::{Error, ErrorKind, Result};
@@ -706,8 +706,12 @@ impl ModelTask<'_> {
     /// The quarantine table's snapshot, when the model quarantines rows and it exists.
     async fn quarantine_marks(
         &self,
-    ) -> Result<Option<(deltalake::table::state::DeltaTableState, deltalake::logstore::LogStoreRef)>>
-    {
+    ) -> Result<
+        Option<(
+            deltalake::table::state::DeltaTableState,
+            deltalake::logstore::LogStoreRef,
+        )>,
+    > {
         let header = &self.node.model.header;
         if !header
             .expectations

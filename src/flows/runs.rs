@@ -111,6 +111,7 @@ impl Flows {
     ) -> Result<RunRecord> {
         let run_as = self.run_as(&d.pipeline)?;
         let retry = d.pipeline.retry.clone().unwrap_or_default();
+        let freshness = d.pipeline.freshness.clone();
         let cancel = CancellationToken::new();
         {
             let mut runs = self
@@ -142,7 +143,7 @@ impl Flows {
         };
         // On the pipeline runtime: the run's DataFusion and delta-rs tasks spawn there too.
         self.runtime.spawn(context.scope(async move {
-            this.execute(&id, &pipeline, plan, run_as, guard, retry)
+            this.execute(&id, &pipeline, plan, run_as, guard, retry, freshness)
                 .await;
         }));
         Ok(record)
@@ -164,6 +165,7 @@ impl Flows {
         run_as: Arc<Principal>,
         guard: RunGuard,
         retry: RetryDef,
+        freshness: Option<super::audit::FreshnessDef>,
     ) {
         let RunPlan {
             dag,
@@ -175,6 +177,10 @@ impl Flows {
             r.status = RunStatus::Running;
             r.started_at = Some(self.clock.now());
         });
+        let stale = match &freshness {
+            Some(f) => self.sources_fresh(f, &dag, id, pipeline).await,
+            None => None,
+        };
         let mut failed: BTreeSet<TableRef> = BTreeSet::new();
         let mut cancelled = None;
         let mut committed = 0;
@@ -205,6 +211,10 @@ impl Flows {
             }
             if cancelled.is_some() {
                 set(RunStatus::Cancelled, None);
+                continue;
+            }
+            if stale.is_some() {
+                set(RunStatus::StaleSource, None);
                 continue;
             }
             if node.upstream.iter().any(|u| failed.contains(u)) {
@@ -269,6 +279,8 @@ impl Flows {
             .unwrap_or(false);
         let status = if cancelled.is_some() {
             RunStatus::Cancelled
+        } else if stale.is_some() {
+            RunStatus::StaleSource
         } else if !failed.is_empty() {
             RunStatus::Failed
         } else if triggered && committed == 0 {
@@ -284,7 +296,9 @@ impl Flows {
             .lock()
             .ok()
             .and_then(|runs| runs.get(id).map(|a| a.record.clone()));
-        let error = if failed.is_empty() {
+        let error = if stale.is_some() {
+            stale
+        } else if failed.is_empty() {
             cancelled
         } else {
             Some(format!(
@@ -313,6 +327,58 @@ impl Flows {
             }
         }
         self.update(id, finish);
+    }
+
+    /// Checks the pipeline's sources against `[freshness]` at a run's start and records
+    /// the results (`system.audit_results`); why the run must stop, if a source is past
+    /// `error_after`. A check that cannot run is logged and stops nothing.
+    async fn sources_fresh(
+        &self,
+        f: &super::audit::FreshnessDef,
+        dag: &super::dag::Dag,
+        id: &str,
+        pipeline: &str,
+    ) -> Option<String> {
+        let targets: BTreeSet<&TableRef> = dag.nodes.iter().map(|n| &n.model.target).collect();
+        let sources: Vec<TableRef> = if f.sources.is_empty() {
+            let all: BTreeSet<&TableRef> = dag
+                .nodes
+                .iter()
+                .flat_map(|n| n.reads.all())
+                .filter(|t| !targets.contains(t))
+                .collect();
+            all.into_iter().cloned().collect()
+        } else {
+            f.sources
+                .iter()
+                .filter_map(|s| TableRef::parse(s).ok())
+                .collect()
+        };
+        let now = self.clock.now();
+        match f.judge(&self.engine, &sources, now).await {
+            Ok((results, why)) => {
+                let rows: Vec<super::records::AuditRow> = results
+                    .iter()
+                    .map(|(t, r)| {
+                        super::records::AuditRow::of(
+                            r,
+                            &t.to_string(),
+                            Some((id, pipeline)),
+                            "source",
+                            now,
+                        )
+                    })
+                    .collect();
+                if let Err(e) = self.records.record_audits(&rows).await {
+                    tracing::error!(run = id, error = %e, "could not record source freshness");
+                }
+                why
+            }
+            Err(e) => {
+                tracing::warn!(run = id, error = %e, "source freshness could not be checked");
+                None
+            }
+        }
     }
 
     /// Runs the model's audits on the version its run committed (the rows its commits

@@ -116,10 +116,12 @@ async fn each_action_on_one_batch(backend: Backend) {
         assert_eq!(t["failed"], failed, "{name}: {t}");
         assert_eq!(t["rows"], 8, "{name}: {t}");
     }
-    let kept = s
-        .sql_ok("SELECT id FROM silver.readings ORDER BY id")
-        .await;
-    assert_eq!(ids_of(&kept), [1, 7, 8], "warned rows stay, dropped ones go");
+    let kept = s.sql_ok("SELECT id FROM silver.readings ORDER BY id").await;
+    assert_eq!(
+        ids_of(&kept),
+        [1, 7, 8],
+        "warned rows stay, dropped ones go"
+    );
     let q = s
         .sql_ok(
             "SELECT id, _strata_failed_expectations AS failed, _strata_run_id AS run \
@@ -133,8 +135,16 @@ async fn each_action_on_one_batch(backend: Backend) {
         .iter()
         .map(|r| r["failed"].as_str().unwrap())
         .collect();
-    assert_eq!(failed, ["small,kind_valid", "v_positive,kind_valid", "kind_valid"]);
-    assert!(q.as_array().unwrap().iter().all(|r| r["run"] == record["run_id"]));
+    assert_eq!(
+        failed,
+        ["small,kind_valid", "v_positive,kind_valid", "kind_valid"]
+    );
+    assert!(
+        q.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["run"] == record["run_id"])
+    );
 
     // The same numbers as data.
     let results = s
@@ -157,7 +167,11 @@ async fn each_action_on_one_batch(backend: Backend) {
         .await;
     assert_eq!(counts, json!([{"rows_dropped": 2, "rows_quarantined": 3}]));
     let metrics = s.metrics_text().await;
-    for (name, action) in [("small", "warn"), ("v_positive", "drop"), ("kind_valid", "quarantine")] {
+    for (name, action) in [
+        ("small", "warn"),
+        ("v_positive", "drop"),
+        ("kind_valid", "quarantine"),
+    ] {
         assert_eq!(
             counter(
                 &metrics,
@@ -184,7 +198,10 @@ async fn each_action_on_one_batch(backend: Backend) {
     assert_eq!(status, 200, "{rows}");
     assert_eq!(rows.as_array().unwrap().len(), 3, "{rows}");
     assert!(
-        rows.as_array().unwrap().iter().all(|r| r["failed"] == 3 && r["samples"].is_null()),
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["failed"] == 3 && r["samples"].is_null()),
         "{rows}"
     );
     let (status, rows) = s
@@ -251,7 +268,11 @@ SELECT id, v, kind FROM stream('bronze.readings')"#;
     for needle in ["not_huge", "2 of 4", "500", "700", "nothing was committed"] {
         assert!(error.contains(needle), "{needle}: {error}");
     }
-    assert_eq!(s.version("silver.readings").await, 0, "the target only exists");
+    assert_eq!(
+        s.version("silver.readings").await,
+        0,
+        "the target only exists"
+    );
     let (status, _) = s
         .sql(&token, "SELECT * FROM silver.readings__quarantine")
         .await;
@@ -259,14 +280,20 @@ SELECT id, v, kind FROM stream('bronze.readings')"#;
     let results = s
         .sql_ok("SELECT expectation, failed, status FROM system.expectation_results WHERE expectation = 'not_huge'")
         .await;
-    assert_eq!(results, json!([{"expectation": "not_huge", "failed": 2, "status": "failed"}]));
+    assert_eq!(
+        results,
+        json!([{"expectation": "not_huge", "failed": 2, "status": "failed"}])
+    );
 
     // The same batch (the watermark did not move) with more rows, not_huge tolerating 2:
     // its violations are kept; 1 of 6 non-positive (17%) passes fail_if and is dropped.
     let (status, body) = deploy(
         &s,
         &token,
-        &model.replace("on_violation = \"fail\"", "on_violation = \"fail\"\nfail_if = \"> 2\""),
+        &model.replace(
+            "on_violation = \"fail\"",
+            "on_violation = \"fail\"\nfail_if = \"> 2\"",
+        ),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -284,7 +311,10 @@ SELECT id, v, kind FROM stream('bronze.readings')"#;
     let record = run(&s, &token, "readings").await;
     assert_eq!(record["status"], "failed", "{record}");
     let error = model_of(&record)["error"].as_str().unwrap();
-    assert!(error.contains("v_positive failed on 2 of 4 rows, over fail_if > 30%"), "{error}");
+    assert!(
+        error.contains("v_positive failed on 2 of 4 rows, over fail_if > 30%"),
+        "{error}"
+    );
     assert_eq!(s.version("silver.readings").await, version);
 }
 
@@ -315,7 +345,10 @@ SELECT id, v, kind FROM stream('bronze.readings')"#;
     assert_eq!(held.len(), held_set.len(), "no row quarantined twice");
     assert!(kept.is_disjoint(&held_set));
     assert_eq!(kept.len() + held_set.len(), 400);
-    assert!(!kept.is_empty() && !held_set.is_empty(), "a fair coin split 400 rows");
+    assert!(
+        !kept.is_empty() && !held_set.is_empty(),
+        "a fair coin split 400 rows"
+    );
     assert_eq!(
         model_of(&record)["rows_quarantined"].as_u64().unwrap() as usize,
         held_set.len()
@@ -356,17 +389,40 @@ SELECT id, v, kind FROM stream('bronze.readings')"#;
 async fn bad_quality_definitions_are_refused() {
     let (s, token) = server(Backend::Local).await;
     let header = |extra: &str| {
-        format!("/* strata\nkind = \"append\"\n{extra}\n*/\nSELECT id, v, kind FROM stream('bronze.readings')")
+        format!(
+            "/* strata\nkind = \"append\"\n{extra}\n*/\nSELECT id, v, kind FROM stream('bronze.readings')"
+        )
     };
     for (extra, expected) in [
-        ("[[expect]]\nname = \"x\"\ncheck = \"nope > 1\"", "does not plan"),
-        ("[[expect]]\nname = \"x\"\ncheck = \"v + 1\"", "not a condition"),
-        ("[[expect]]\nname = \"x\"\ncheck = \"v > 1\"\nfail_if = \"lots\"", "fail_if"),
-        ("[[expect]]\nname = \"x\"\ncheck = \"v > 1\"\n[[expect]]\nname = \"x\"\ncheck = \"v > 2\"", "declared twice"),
-        ("[[expect]]\nname = \"x\"\ncheck = \"v > 1\"\non_violation = \"explode\"", "model header"),
+        (
+            "[[expect]]\nname = \"x\"\ncheck = \"nope > 1\"",
+            "does not plan",
+        ),
+        (
+            "[[expect]]\nname = \"x\"\ncheck = \"v + 1\"",
+            "not a condition",
+        ),
+        (
+            "[[expect]]\nname = \"x\"\ncheck = \"v > 1\"\nfail_if = \"lots\"",
+            "fail_if",
+        ),
+        (
+            "[[expect]]\nname = \"x\"\ncheck = \"v > 1\"\n[[expect]]\nname = \"x\"\ncheck = \"v > 2\"",
+            "declared twice",
+        ),
+        (
+            "[[expect]]\nname = \"x\"\ncheck = \"v > 1\"\non_violation = \"explode\"",
+            "model header",
+        ),
         ("[[audit]]\ntype = \"unique\"", "needs columns"),
-        ("[[audit]]\ntype = \"row_count\"\nmin = 5\nmax = 1", "min is greater"),
-        ("[[audit]]\ntype = \"relationships\"\ncolumn = \"id\"", "needs column"),
+        (
+            "[[audit]]\ntype = \"row_count\"\nmin = 5\nmax = 1",
+            "min is greater",
+        ),
+        (
+            "[[audit]]\ntype = \"relationships\"\ncolumn = \"id\"",
+            "needs column",
+        ),
     ] {
         let (status, body) = deploy(&s, &token, &header(extra)).await;
         assert_eq!(status, 400, "{extra}: {body}");
@@ -376,7 +432,10 @@ async fn bad_quality_definitions_are_refused() {
         [[expect]]\nname = \"x\"\ncheck = \"v > 1\"\non_violation = \"quarantine\"\n*/\nSELECT 1 AS v, now() AS t";
     let (status, body) = deploy(&s, &token, time_range).await;
     assert_eq!(status, 400, "{body}");
-    assert!(message(&body).contains("not available on time_range"), "{body}");
+    assert!(
+        message(&body).contains("not available on time_range"),
+        "{body}"
+    );
     let (status, body) = s
         .sql(&token, "CREATE TABLE silver.mine__quarantine (id BIGINT)")
         .await;
@@ -451,18 +510,32 @@ SELECT id, v, kind FROM stream('bronze.readings')"#
             .unwrap()
     };
     assert!(passed("unique_id") && passed("few"), "{audits}");
-    assert!(!passed("not_null_kind") && !passed("no_negatives"), "{audits}");
-    assert!(passed("accepted_values_kind"), "NULL is not judged by accepted_values: {audits}");
+    assert!(
+        !passed("not_null_kind") && !passed("no_negatives"),
+        "{audits}"
+    );
+    assert!(
+        passed("accepted_values_kind"),
+        "NULL is not judged by accepted_values: {audits}"
+    );
 
     // Duplicate ids: the error audit fails, the commit stands, gold does not run.
-    s.sql_ok("INSERT INTO bronze.readings VALUES (1, 5.0, 'b'), (1, 6.0, 'b')").await;
+    s.sql_ok("INSERT INTO bronze.readings VALUES (1, 5.0, 'b'), (1, 6.0, 'b')")
+        .await;
     let record = run(&s, &token, "readings").await;
     assert_eq!(record["status"], "failed", "{record}");
     let models = record["models"].as_array().unwrap();
     assert_eq!(models[0]["status"], "audit_failed", "{record}");
-    assert!(models[0]["error"].as_str().unwrap().contains("unique_id"), "{record}");
+    assert!(
+        models[0]["error"].as_str().unwrap().contains("unique_id"),
+        "{record}"
+    );
     assert_eq!(models[1]["status"], "upstream_failed", "{record}");
-    assert_eq!(s.count("silver.readings").await, 5, "the audited commit stands");
+    assert_eq!(
+        s.count("silver.readings").await,
+        5,
+        "the audited commit stands"
+    );
     let failing = s
         .sql_ok(&format!(
             "SELECT audit, passed, failed, severity FROM system.audit_results \
@@ -478,7 +551,8 @@ SELECT id, v, kind FROM stream('bronze.readings')"#
     // An untouched key stays out of an incremental audit: a new batch of fresh ids passes
     // `unique` though the table still holds the duplicates. With warn, gold runs.
     deploy_with("warn").await;
-    s.sql_ok("INSERT INTO bronze.readings VALUES (10, 1.0, 'a')").await;
+    s.sql_ok("INSERT INTO bronze.readings VALUES (10, 1.0, 'a')")
+        .await;
     let record = run(&s, &token, "readings").await;
     assert_eq!(record["status"], "succeeded", "{record}");
     let models = record["models"].as_array().unwrap();
@@ -491,13 +565,21 @@ SELECT id, v, kind FROM stream('bronze.readings')"#
         .clone();
     assert_eq!(unique["passed"], true, "only id 10 was touched: {unique}");
     assert_eq!(models[1]["status"], "succeeded", "{record}");
-    s.sql_ok("INSERT INTO bronze.readings VALUES (1, 9.0, 'a')").await;
+    s.sql_ok("INSERT INTO bronze.readings VALUES (1, 9.0, 'a')")
+        .await;
     let record = run(&s, &token, "readings").await;
-    assert_eq!(record["status"], "succeeded", "a warn audit stops nothing: {record}");
+    assert_eq!(
+        record["status"], "succeeded",
+        "a warn audit stops nothing: {record}"
+    );
     assert_eq!(record["models"][1]["status"], "succeeded", "{record}");
     let metrics = s.metrics_text().await;
     assert!(
-        counter(&metrics, "strata_audit_failures_total", &["audit=\"unique_id\""]) >= 2.0,
+        counter(
+            &metrics,
+            "strata_audit_failures_total",
+            &["audit=\"unique_id\""]
+        ) >= 2.0,
         "{metrics}"
     );
 }
@@ -511,7 +593,11 @@ async fn a_crash_between_the_quarantine_and_target_commits_leaves_one_copy() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("strata.toml");
     let mut toml = String::from("[[pipelines.principals]]\nname = \"etl\"\nroles = [\"etl\"]\n");
-    for (privilege, on) in [("SELECT", "bronze"), ("SELECT", "silver"), ("INSERT", "silver")] {
+    for (privilege, on) in [
+        ("SELECT", "bronze"),
+        ("SELECT", "silver"),
+        ("INSERT", "silver"),
+    ] {
         toml.push_str(&format!(
             "\n[[access.grants]]\nrole = \"etl\"\nprivilege = \"{privilege}\"\non = \"{on}\"\n"
         ));
@@ -530,7 +616,9 @@ async fn a_crash_between_the_quarantine_and_target_commits_leaves_one_copy() {
         std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
             .current_dir(dir.path())
             .env("STRATA_CONFIG", &config)
-            .args(["token", "--sub", "deployer", "--role", "admin", "--role", "etl"])
+            .args([
+                "token", "--sub", "deployer", "--role", "admin", "--role", "etl",
+            ])
             .output()
             .unwrap()
             .stdout,
@@ -557,7 +645,13 @@ async fn a_crash_between_the_quarantine_and_target_commits_leaves_one_copy() {
         let q = q.to_string();
         let call = &call;
         async move {
-            let (status, body) = call(reqwest::Method::POST, http, "/api/v1/query".into(), json!({ "sql": q })).await;
+            let (status, body) = call(
+                reqwest::Method::POST,
+                http,
+                "/api/v1/query".into(),
+                json!({ "sql": q }),
+            )
+            .await;
             assert_eq!(status, 200, "{q}: {body}");
             body
         }
@@ -596,11 +690,15 @@ SELECT id, v, kind FROM stream('bronze.readings')"#;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(exited, "the failpoint aborts the server after the quarantine commit");
+    assert!(
+        exited,
+        "the failpoint aborts the server after the quarantine commit"
+    );
     drop(p);
 
     let p = StrataProcess::spawn(dir.path(), &env).await;
-    let held_before = ids_of(&sql(p.http.clone(), "SELECT id FROM silver.readings__quarantine").await);
+    let held_before =
+        ids_of(&sql(p.http.clone(), "SELECT id FROM silver.readings__quarantine").await);
     assert!(!held_before.is_empty(), "the quarantine commit landed");
     let target = sql(p.http.clone(), "SELECT count(*) AS n FROM silver.readings").await;
     assert_eq!(target[0]["n"], 0, "the target commit did not");
@@ -617,7 +715,13 @@ SELECT id, v, kind FROM stream('bronze.readings')"#;
     let id = started["run_id"].as_str().unwrap().to_string();
     let mut record = Value::Null;
     for _ in 0..600 {
-        let (_, r) = call(reqwest::Method::GET, p.http.clone(), format!("/api/v1/runs/{id}"), Value::Null).await;
+        let (_, r) = call(
+            reqwest::Method::GET,
+            p.http.clone(),
+            format!("/api/v1/runs/{id}"),
+            Value::Null,
+        )
+        .await;
         if r["ended_at"].is_string() {
             record = r;
             break;
@@ -632,7 +736,168 @@ SELECT id, v, kind FROM stream('bronze.readings')"#;
     assert_eq!(kept.len(), kept_set.len(), "no row twice in the target");
     assert_eq!(held.len(), held_set.len(), "no row twice in the quarantine");
     assert!(kept_set.is_disjoint(&held_set), "no row in both");
-    assert_eq!(kept_set.union(&held_set).count(), 300, "every row somewhere");
+    assert_eq!(
+        kept_set.union(&held_set).count(),
+        300,
+        "every row somewhere"
+    );
     let before: BTreeSet<i64> = held_before.into_iter().collect();
-    assert!(before.is_subset(&held_set), "what was quarantined stays quarantined");
+    assert!(
+        before.is_subset(&held_set),
+        "what was quarantined stays quarantined"
+    );
+}
+
+/// Source freshness by the driven clock: fresh passes, past `warn_after` records a warning
+/// and runs, past `error_after` ends the run `stale_source` with nothing committed; the
+/// staleness gauge and `system.audit_results` agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_sources_stop_a_run_by_the_driven_clock() {
+    let clock = strata::clock::ManualClock::new(chrono::Utc::now());
+    let s = TestServer::start_clocked(Backend::Local, with_etl, std::sync::Arc::new(clock.clone()))
+        .await;
+    let token = deployer(&s);
+    s.sql_ok(READINGS).await;
+    s.sql_ok(&rows(1..=3)).await;
+    let model =
+        "/* strata\nkind = \"append\"\n*/\nSELECT id, v, kind FROM stream('bronze.readings')";
+    for (freshness, expected) in [
+        (json!({}), "warn_after and/or error_after"),
+        (
+            json!({"warn_after": "2d", "error_after": "1d"}),
+            "longer than error_after",
+        ),
+        (json!({"warn_after": "soon"}), "period"),
+    ] {
+        let (status, body) = s
+            .put_json(
+                &token,
+                "/api/v1/pipelines/readings",
+                json!({"pipeline": {"run_as": "etl", "freshness": freshness},
+                       "models": [{"path": "silver/readings.sql", "sql": model}]}),
+            )
+            .await;
+        assert_eq!(status, 400, "{freshness}: {body}");
+        assert!(message(&body).contains(expected), "{freshness}: {body}");
+    }
+    let (status, body) = s
+        .put_json(
+            &token,
+            "/api/v1/pipelines/readings",
+            json!({"pipeline": {"run_as": "etl", "freshness": {"warn_after": "1h", "error_after": "1d"}},
+                   "models": [{"path": "silver/readings.sql", "sql": model}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let record = run(&s, &token, "readings").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+
+    clock.advance(Duration::from_secs(2 * 3600));
+    s.sql_ok(&rows(4..=4)).await;
+    let record = run(&s, &token, "readings").await;
+    assert_eq!(
+        record["status"], "succeeded",
+        "a warning stops nothing: {record}"
+    );
+    assert_eq!(s.count("silver.readings").await, 4);
+
+    clock.advance(Duration::from_secs(26 * 3600));
+    s.sql_ok(&rows(5..=5)).await;
+    // The insert above committed at the real time; the driven clock is a day ahead of it.
+    let version = s.version("silver.readings").await;
+    let record = run(&s, &token, "readings").await;
+    assert_eq!(record["status"], "stale_source", "{record}");
+    assert_eq!(record["models"][0]["status"], "stale_source", "{record}");
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("bronze.readings"),
+        "{record}"
+    );
+    assert_eq!(s.version("silver.readings").await, version, "nothing ran");
+
+    let results = s
+        .sql_ok(
+            "SELECT passed, severity FROM system.audit_results \
+             WHERE table_name = 'bronze.readings' AND audit = 'source_freshness' ORDER BY checked_at",
+        )
+        .await;
+    assert_eq!(
+        results,
+        json!([
+            {"passed": true, "severity": "warn"},
+            {"passed": false, "severity": "warn"},
+            {"passed": false, "severity": "error"},
+        ])
+    );
+    let metrics = s.metrics_text().await;
+    let staleness = counter(
+        &metrics,
+        "strata_source_staleness_seconds",
+        &["table=\"bronze.readings\""],
+    );
+    assert!(staleness >= 86_400.0, "{staleness}");
+}
+
+/// `GET …/models/{m}/quality` returns the model's results since an instant, to those who
+/// may read the model's table only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quality_endpoint_reports_a_models_results() {
+    let (s, token) = server(Backend::Local).await;
+    let model = format!(
+        "{}\n[[audit]]\ntype = \"unique\"\ncolumns = [\"id\"]\nseverity = \"warn\"\n*/{}",
+        CHECKED.split("*/").next().unwrap(),
+        CHECKED.split("*/").nth(1).unwrap()
+    );
+    let (status, body) = deploy(&s, &token, &model).await;
+    assert_eq!(status, 200, "{body}");
+    s.sql_ok("INSERT INTO bronze.readings VALUES (1, 1.0, 'a'), (1, -1.0, 'x')")
+        .await;
+    let record = run(&s, &token, "readings").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let (status, report) = s
+        .get(
+            &token,
+            "/api/v1/pipelines/readings/models/silver.readings/quality",
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["model"], "silver.readings");
+    assert_eq!(
+        report["expectations"].as_array().unwrap().len(),
+        3,
+        "{report}"
+    );
+    assert_eq!(report["audits"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["audits"][0]["audit"], "unique_id", "{report}");
+    let (status, report) = s
+        .get(
+            &token,
+            "/api/v1/pipelines/readings/models/readings/quality?since=2999-01-01",
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["expectations"], json!([]), "{report}");
+    let (status, body) = s
+        .get(
+            &token,
+            "/api/v1/pipelines/readings/models/silver.readings/quality?since=yesterday",
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = s
+        .get(
+            &token,
+            "/api/v1/pipelines/readings/models/silver.nope/quality",
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = s
+        .get(
+            &s.token("nobody", &[]),
+            "/api/v1/pipelines/readings/models/silver.readings/quality",
+        )
+        .await;
+    assert_eq!(status, 404, "a model the caller may not read is not named");
 }

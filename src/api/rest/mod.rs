@@ -136,6 +136,7 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(pipelines::run))
         .routes(routes!(pipelines::cancel))
         .routes(routes!(pipelines::scheduler))
+        .routes(routes!(pipelines::quality))
         .routes(routes!(openapi::document))
         .route_layer(bearer());
     let metrics = OpenApiRouter::new()

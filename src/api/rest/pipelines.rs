@@ -54,6 +54,44 @@ pub(super) struct PipelinePath {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)]
+pub(super) struct ModelPath {
+    /// The pipeline.
+    name: String,
+    /// The model: `layer.name`, or its name when that is unique in the pipeline.
+    model: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(super) struct SinceParams {
+    /// Only results recorded at or after this instant (RFC 3339, or a date `YYYY-MM-DD`).
+    #[serde(default)]
+    since: Option<String>,
+}
+
+#[utoipa::path(get, path = "/pipelines/{name}/models/{model}/quality", tag = "pipelines", params(ModelPath, SinceParams),
+    responses((status = 200, description = "The model's expectation and audit results (system.expectation_results, system.audit_results), newest first", body = crate::flows::QualityReport), Errors))]
+pub(super) async fn quality(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path((name, model)): Path<(String, String)>,
+    QueryParams(params): QueryParams<SinceParams>,
+) -> Result<Json<crate::flows::QualityReport>> {
+    let since = params
+        .since
+        .as_deref()
+        .map(|s| crate::flows::parse_instant("since", s))
+        .transpose()?;
+    Ok(Json(
+        state
+            .flows
+            .quality(&principal, &name, &model, since)
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
 pub(super) struct RunPath {
     /// The run id (a UUID).
     id: String,
