@@ -17,6 +17,7 @@
 
 mod audit;
 mod backfill;
+mod checks;
 mod dag;
 mod deploy;
 mod guard;
@@ -49,6 +50,7 @@ use crate::security::Principal;
 pub use crate::engine::expect::{Expectation, OnViolation, RuleTally};
 pub use audit::{AuditDef, AuditKind, AuditResult, Severity};
 pub use backfill::BackfillRequest;
+pub use checks::{ChecksDef, ChecksRun, TableChecks};
 pub use dag::DagView;
 pub use deploy::read_bundle;
 pub use guard::{Fence, Origin};
@@ -61,7 +63,7 @@ pub(crate) use requests::Route;
 pub use schedule::{Catchup, RetryDef, TriggerDef};
 pub use store::Deployment;
 pub use store::Pause;
-pub(crate) use triggers::{Unit, UpkeepOp};
+pub(crate) use triggers::{Unit, Upkeep, UpkeepOp};
 
 use dag::Dag;
 use model::Model;
@@ -177,6 +179,9 @@ pub struct Flows {
     runtime: PipelineRuntime,
     /// Where the runs this replica accepts execute ([`Route`], set by the scheduler).
     route: std::sync::atomic::AtomicU8,
+    /// The leader's last listing of standalone checks, and when it was taken
+    /// (`checks::CHECKS_MAX_AGE`); dropped by a change through this replica.
+    checks: Mutex<Option<(std::time::Instant, Vec<checks::TableChecks>)>>,
 }
 
 /// The runtime pipeline runs execute on, apart from the one serving queries: its worker
@@ -252,6 +257,7 @@ impl Flows {
             replica: uuid::Uuid::new_v4().simple().to_string(),
             runtime: PipelineRuntime::new(pipeline_threads)?,
             route: std::sync::atomic::AtomicU8::new(Route::Here as u8),
+            checks: Mutex::new(None),
         })
     }
 
@@ -270,11 +276,16 @@ impl Flows {
     }
 
     fn run_as(&self, def: &PipelineDef) -> Result<Arc<Principal>> {
-        self.principals.get(&def.run_as).cloned().ok_or_else(|| {
+        self.principal_named(&def.run_as)
+    }
+
+    /// The service principal `name` (`[[pipelines.principals]]`).
+    fn principal_named(&self, name: &str) -> Result<Arc<Principal>> {
+        self.principals.get(name).cloned().ok_or_else(|| {
             let known: Vec<&str> = self.principals.keys().map(String::as_str).collect();
             Error::invalid(format!(
                 "run_as = {:?} is not a service principal of this server ([[pipelines.principals]]: {})",
-                def.run_as,
+                name,
                 if known.is_empty() {
                     "none declared".to_string()
                 } else {

@@ -25,12 +25,19 @@ pub(crate) struct Upkeep {
     pub(crate) target: TableRef,
     pub(crate) op: UpkeepOp,
     pub(crate) every: std::time::Duration,
+    /// `QuarantineCleanup`: the pipeline's run-as principal (it wrote the rows) and how
+    /// long they are kept.
+    pub(crate) cleanup: Option<(String, std::time::Duration)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum UpkeepOp {
     Optimize,
     Vacuum,
+    /// Deletes a model's quarantined rows older than its `quarantine_retention` (daily).
+    QuarantineCleanup,
+    /// A table's standalone checks (`every`).
+    Checks,
 }
 
 impl UpkeepOp {
@@ -38,6 +45,8 @@ impl UpkeepOp {
         match self {
             UpkeepOp::Optimize => "optimize",
             UpkeepOp::Vacuum => "vacuum",
+            UpkeepOp::QuarantineCleanup => "quarantine_cleanup",
+            UpkeepOp::Checks => "checks",
         }
     }
 
@@ -45,9 +54,14 @@ impl UpkeepOp {
         match self {
             UpkeepOp::Optimize => "optimize_every",
             UpkeepOp::Vacuum => "vacuum_every",
+            UpkeepOp::QuarantineCleanup => "quarantine_retention",
+            UpkeepOp::Checks => "every",
         }
     }
 }
+
+/// Quarantined rows are kept this long unless a model says otherwise.
+const QUARANTINE_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
 /// The principal named as the requester of triggered runs.
 pub(super) const SCHEDULER: &str = "svc:scheduler";
@@ -295,11 +309,45 @@ impl Flows {
                         target: node.model.target.clone(),
                         op,
                         every: parse_every(op.key(), every)?,
+                        cleanup: None,
                     });
                 }
             }
+            if h.expectations
+                .iter()
+                .any(|e| e.on_violation == crate::engine::expect::OnViolation::Quarantine)
+            {
+                let keep = match &h.quarantine_retention {
+                    Some(r) => parse_every("quarantine_retention", r)?,
+                    None => QUARANTINE_RETENTION,
+                };
+                out.push(Upkeep {
+                    target: node.model.target.quarantine()?,
+                    op: UpkeepOp::QuarantineCleanup,
+                    // Daily, or more often for a retention under a day.
+                    every: keep.min(std::time::Duration::from_secs(86_400)),
+                    cleanup: Some((d.pipeline.run_as.clone(), keep)),
+                });
+            }
         }
         Ok(out)
+    }
+
+    /// The tables whose standalone checks run on a period (`every`).
+    pub(crate) async fn checks_upkeep(&self) -> Result<Vec<Upkeep>> {
+        Ok(self
+            .all_checks()
+            .await?
+            .into_iter()
+            .filter_map(|c| {
+                Some(Upkeep {
+                    target: TableRef::parse(&c.table).ok()?,
+                    op: UpkeepOp::Checks,
+                    every: c.def.every()?,
+                    cleanup: None,
+                })
+            })
+            .collect())
     }
 
     /// Runs `u` on its table as the server: the deployer's MANAGE on the target's layer,
@@ -335,6 +383,49 @@ impl Flows {
                     "{} files and {} log files removed",
                     o.files.len(),
                     o.logs_removed
+                ))
+            }
+            UpkeepOp::QuarantineCleanup => {
+                let Some((run_as, keep)) = &u.cleanup else {
+                    return Err(Error::internal(
+                        "a quarantine cleanup without its retention",
+                    ));
+                };
+                if !self.engine.catalog().exists(&u.target).await? {
+                    return Ok("nothing quarantined yet".into());
+                }
+                // As the pipeline's run-as principal: it wrote the rows, so it sees them.
+                let p = self.principal_named(run_as)?;
+                let before = self.clock.now()
+                    - chrono::Duration::from_std(*keep).unwrap_or(chrono::Duration::MAX);
+                self.engine
+                    .query_rows(
+                        &p,
+                        &format!(
+                            "DELETE FROM {} WHERE {} < $1",
+                            u.target,
+                            crate::engine::expect::QUARANTINED_AT
+                        ),
+                        vec![datafusion::common::ScalarValue::TimestampMicrosecond(
+                            Some(before.timestamp_micros()),
+                            Some("UTC".into()),
+                        )],
+                    )
+                    .await?;
+                Ok(format!(
+                    "rows quarantined before {} deleted",
+                    before.to_rfc3339()
+                ))
+            }
+            UpkeepOp::Checks => {
+                let Some(checks) = self.stored_checks(&u.target).await? else {
+                    return Ok("the checks were removed".into());
+                };
+                let run = self.execute_checks(&u.target, &checks).await?;
+                Ok(format!(
+                    "{} checks, {} failed",
+                    run.results.len(),
+                    run.results.iter().filter(|r| !r.passed).count()
                 ))
             }
         }

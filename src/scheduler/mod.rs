@@ -370,24 +370,28 @@ impl Scheduler {
                 }
             }
             if paused.is_none() {
-                match self.upkeep(&d) {
-                    Ok(next) => soonest(next),
+                match self.flows.upkeep(&d) {
+                    Ok(work) => soonest(self.upkeep(work)),
                     Err(e) => {
                         tracing::warn!(pipeline = %name, error = %e, "scheduling table maintenance failed")
                     }
                 }
             }
         }
+        match self.flows.checks_upkeep().await {
+            Ok(work) => soonest(self.upkeep(work)),
+            Err(e) => tracing::warn!(error = %e, "scheduling standalone checks failed"),
+        }
         Ok(wake)
     }
 
-    /// Starts the OPTIMIZE / VACUUM runs of `d`'s models whose period turned (each once per
-    /// period of `*_every`, counted from the Unix epoch; the first period a leader sees only
-    /// starts the count); when the next period turns.
-    fn upkeep(self: &Arc<Self>, d: &Deployment) -> Result<Option<DateTime<Utc>>> {
+    /// Starts the periodic work (OPTIMIZE / VACUUM of models, quarantine cleanup, standalone
+    /// checks) whose period turned: each once per period, counted from the Unix epoch; the
+    /// first period a leader sees only starts the count. When the next period turns.
+    fn upkeep(self: &Arc<Self>, work: Vec<crate::flows::Upkeep>) -> Option<DateTime<Utc>> {
         let now = self.clock.now();
         let mut next: Option<DateTime<Utc>> = None;
-        for u in self.flows.upkeep(d)? {
+        for u in work {
             let every = i64::try_from(u.every.as_secs()).unwrap_or(i64::MAX).max(1);
             let period = now.timestamp().div_euclid(every);
             let turned = {
@@ -422,7 +426,7 @@ impl Scheduler {
                 (a, b) => a.or(b),
             };
         }
-        Ok(next)
+        next
     }
 
     fn origin(

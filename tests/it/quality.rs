@@ -901,3 +901,160 @@ async fn the_quality_endpoint_reports_a_models_results() {
         .await;
     assert_eq!(status, 404, "a model the caller may not read is not named");
 }
+
+/// Standalone checks of a table no pipeline writes: set with `PUT …/checks` (bad ones
+/// refused, only by managers), run on demand into `system.audit_results`, and by the
+/// scheduler's leader once per `every`; a model's quarantine is cleaned after its retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_checks_and_quarantine_retention_run_on_schedule() {
+    let clock = strata::clock::ManualClock::new(chrono::Utc::now());
+    let s = TestServer::start_clocked(
+        Backend::Local,
+        |cfg| {
+            with_etl(cfg);
+            cfg.scheduler.lease_ttl_secs = 5;
+            cfg.access.grants.push(strata::config::GrantConfig {
+                role: "bronze_reader".into(),
+                privilege: "SELECT".into(),
+                on: "bronze".into(),
+            });
+        },
+        std::sync::Arc::new(clock.clone()),
+    )
+    .await;
+    let token = deployer(&s);
+    s.sql_ok(READINGS).await;
+    s.sql_ok("INSERT INTO bronze.readings VALUES (1, 1.0, 'a'), (1, 2.0, 'x'), (2, NULL, 'b')")
+        .await;
+    let path = "/api/v1/tables/bronze/readings/checks";
+    let checks = json!({
+        "run_as": "etl",
+        "every": "1h",
+        "audit": [
+            {"type": "unique", "columns": ["id"]},
+            {"type": "not_null", "columns": ["v"], "severity": "warn"},
+            {"type": "accepted_values", "column": "kind", "values": ["a", "b"]},
+            {"type": "row_count", "min": 1},
+        ],
+        "freshness": {"warn_after": "1h", "error_after": "1d"},
+    });
+    for (bad, expected) in [
+        (json!({"run_as": "etl"}), "at least one"),
+        (
+            json!({"run_as": "nobody", "audit": [{"type": "row_count", "min": 1}]}),
+            "not a service principal",
+        ),
+        (
+            json!({"run_as": "etl", "audit": [{"type": "unique"}]}),
+            "needs columns",
+        ),
+        (
+            json!({"run_as": "etl", "every": "often", "audit": [{"type": "row_count", "min": 1}]}),
+            "every",
+        ),
+    ] {
+        let (status, body) = s.put_json(&token, path, bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(message(&body).contains(expected), "{bad}: {body}");
+    }
+    let reader = s.token("reader", &["bronze_reader"]);
+    let (status, _) = s.put_json(&reader, path, checks.clone()).await;
+    assert_eq!(status, 403, "reading is not managing");
+    let (status, _) = s
+        .put_json(&s.token("nobody", &[]), path, checks.clone())
+        .await;
+    assert_eq!(status, 404, "an invisible table is not named");
+    let (status, _) = s
+        .put_json(&token, "/api/v1/tables/bronze/nope/checks", checks.clone())
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = s.put_json(&token, path, checks.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = s.get(&reader, path).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["updated_by"], "deployer");
+
+    let (status, ran) = s.post_json(&token, &format!("{path}/run"), json!({})).await;
+    assert_eq!(status, 200, "{ran}");
+    assert_eq!(ran["passed"], false, "{ran}");
+    let outcome: Vec<(String, bool, u64)> = ran["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["audit"].as_str().unwrap().to_string(),
+                r["passed"].as_bool().unwrap(),
+                r["failed"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcome,
+        [
+            ("unique_id".to_string(), false, 2),
+            ("not_null_v".to_string(), false, 1),
+            ("accepted_values_kind".to_string(), false, 1),
+            ("row_count".to_string(), true, 0),
+            ("freshness".to_string(), true, 0),
+        ]
+    );
+    let (status, _) = s
+        .post_json(&reader, &format!("{path}/run"), json!({}))
+        .await;
+    assert_eq!(status, 403);
+    let recorded = || async {
+        s.sql_ok(
+            "SELECT count(*) AS n FROM system.audit_results WHERE table_name = 'bronze.readings' AND origin = 'checks'",
+        )
+        .await[0]["n"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(recorded().await, 5);
+
+    // A quarantining model, so its cleanup is scheduled too.
+    let model = r#"/* strata
+kind = "append"
+quarantine_retention = "1d"
+[[expect]]
+name = "kind_valid"
+check = "kind IN ('a', 'b')"
+on_violation = "quarantine"
+*/
+SELECT id, v, kind FROM stream('bronze.readings')"#;
+    let (status, body) = deploy(&s, &token, model).await;
+    assert_eq!(status, 200, "{body}");
+    let record = run(&s, &token, "readings").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(s.count("silver.readings__quarantine").await, 1);
+
+    // The leader counts periods from the first it sees; two hours on, the checks ran once
+    // more by themselves; two days on, the quarantined row is past its retention.
+    wait_until(|| async { s.get(&token, "/api/v1/scheduler").await.1["is_leader"] == true }).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    clock.advance(Duration::from_secs(3600));
+    wait_until(|| async { recorded().await == 10 }).await;
+    clock.advance(Duration::from_secs(2 * 86_400));
+    wait_until(|| async { s.count("silver.readings__quarantine").await == 0 }).await;
+    let (status, _) = s
+        .send_json(reqwest::Method::DELETE, &token, path, Value::Null)
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = s.get(&token, path).await;
+    assert_eq!(status, 404);
+}
+
+async fn wait_until<F, Fut>(ok: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if ok().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out");
+}

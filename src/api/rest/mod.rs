@@ -137,6 +137,12 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(pipelines::cancel))
         .routes(routes!(pipelines::scheduler))
         .routes(routes!(pipelines::quality))
+        .routes(routes!(
+            pipelines::put_checks,
+            pipelines::get_checks,
+            pipelines::delete_checks
+        ))
+        .routes(routes!(pipelines::run_checks))
         .routes(routes!(openapi::document))
         .route_layer(bearer());
     let metrics = OpenApiRouter::new()

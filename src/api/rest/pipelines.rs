@@ -276,3 +276,50 @@ pub(super) async fn scheduler(
     }
     Ok(Json(state.scheduler.view().await?))
 }
+
+#[utoipa::path(put, path = "/tables/{layer}/{name}/checks", tag = "quality", params(super::openapi::TablePath),
+    request_body = crate::flows::ChecksDef,
+    responses((status = 200, description = "The table's checks, stored (they replace any earlier ones)", body = crate::flows::TableChecks), Errors))]
+pub(super) async fn put_checks(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path((layer, name)): Path<(String, String)>,
+    JsonBody(def): JsonBody<crate::flows::ChecksDef>,
+) -> Result<Json<crate::flows::TableChecks>> {
+    let t = crate::storage::TableRef::new(&layer, &name)?;
+    Ok(Json(state.flows.put_checks(&principal, &t, def).await?))
+}
+
+#[utoipa::path(get, path = "/tables/{layer}/{name}/checks", tag = "quality", params(super::openapi::TablePath),
+    responses((status = 200, description = "The table's checks", body = crate::flows::TableChecks), Errors))]
+pub(super) async fn get_checks(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path((layer, name)): Path<(String, String)>,
+) -> Result<Json<crate::flows::TableChecks>> {
+    let t = crate::storage::TableRef::new(&layer, &name)?;
+    Ok(Json(state.flows.get_checks(&principal, &t).await?))
+}
+
+#[utoipa::path(delete, path = "/tables/{layer}/{name}/checks", tag = "quality", params(super::openapi::TablePath),
+    responses((status = 204, description = "The table has no checks any more"), Errors))]
+pub(super) async fn delete_checks(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path((layer, name)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    let t = crate::storage::TableRef::new(&layer, &name)?;
+    state.flows.delete_checks(&principal, &t).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/tables/{layer}/{name}/checks/run", tag = "quality", params(super::openapi::TablePath),
+    responses((status = 200, description = "What each check found (also in system.audit_results)", body = crate::flows::ChecksRun), Errors))]
+pub(super) async fn run_checks(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path((layer, name)): Path<(String, String)>,
+) -> Result<Json<crate::flows::ChecksRun>> {
+    let t = crate::storage::TableRef::new(&layer, &name)?;
+    Ok(Json(state.flows.run_checks(&principal, &t).await?))
+}
