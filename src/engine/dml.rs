@@ -235,9 +235,25 @@ impl Engine {
         predicate: Option<&str>,
         params: &[ScalarValue],
     ) -> Result<DmlOutcome> {
+        self.delete_with_progress(principal, access, t, predicate, params, &[])
+            .await
+    }
+
+    /// A DELETE that commits `progress` with the rows it removes (nothing when the table
+    /// already holds it).
+    pub(crate) async fn delete_with_progress(
+        &self,
+        principal: &Arc<Principal>,
+        access: &Arc<AccessControl>,
+        t: &TableRef,
+        predicate: Option<&str>,
+        params: &[ScalarValue],
+        progress: &Progress,
+    ) -> Result<DmlOutcome> {
         let filter = self.modify_filter(access, principal, t).await?;
         let state = self.sessions.dml_session(principal, access);
-        let dml = self.dml(t, principal, &state, filter.as_ref(), params);
+        let mut dml = self.dml(t, principal, &state, filter.as_ref(), params);
+        dml.progress = progress;
         merge::delete(&dml, predicate).await
     }
 }

@@ -378,14 +378,18 @@ impl Engine {
         }
         let projected = LogicalPlanBuilder::from(plan).project(exprs)?.build()?;
         let batches = DataFrame::new(state.clone(), projected).collect().await?;
-        let out_schema: SchemaRef = Arc::new(Schema::new(
-            schema
-                .as_arrow()
-                .fields()
-                .iter()
-                .cloned()
-                .collect::<Vec<_>>(),
-        ));
+        // The batches' own types (a scan may produce view types the plan does not name).
+        let out_schema: SchemaRef = match batches.first() {
+            Some(b) => Arc::new(b.schema().project(&(0..width).collect::<Vec<_>>())?),
+            None => Arc::new(Schema::new(
+                schema
+                    .as_arrow()
+                    .fields()
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )),
+        };
         let data: Vec<usize> = (0..width)
             .filter(|&i| !internal(out_schema.field(i).name()))
             .collect();
@@ -656,7 +660,11 @@ impl Engine {
                 missing.join(", ")
             )));
         }
-        let rows = crate::ingest::enforce_schema(rows, &stored)?;
+        // By name, cast onto the stored types (a scan may have produced view types).
+        let rows = rows
+            .iter()
+            .map(|b| crate::ingest::conform(b, &stored))
+            .collect::<Result<Vec<_>>>()?;
         self.check_write(access, principal, qt, WriteMode::Append, &stored, &rows)?;
         crate::failpoint::hit("flows.before_quarantine_commit");
         let outcome = commit::write_with_progress(

@@ -57,7 +57,7 @@ pub use guard::{Fence, Origin};
 pub(crate) use model::parse_instant;
 pub use model::{Bundle, Header, Kind, ModelFile, PipelineDef};
 pub use plan::{DeployPlan, ModelChange, ModelPlan};
-pub use quality::QualityReport;
+pub use quality::{QualityReport, ReplayOutcome};
 pub use record::{BackfillModel, ModelRun, RunRecord, RunStatus, SourceRange};
 pub(crate) use requests::Route;
 pub use schedule::{Catchup, RetryDef, TriggerDef};

@@ -98,7 +98,7 @@ pub(super) fn timestamp(t: DateTime<Utc>) -> ScalarValue {
     ScalarValue::TimestampMicrosecond(Some(t.timestamp_micros()), Some("UTC".into()))
 }
 
-pub(super) fn quoted(c: &str) -> String {
+pub(crate) fn quoted(c: &str) -> String {
     format!("\"{}\"", c.replace('"', "\"\""))
 }
 

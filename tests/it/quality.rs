@@ -1058,3 +1058,62 @@ where
     }
     panic!("timed out");
 }
+
+/// Replay runs quarantined rows through the model's current expectations: those that pass
+/// now land in the table once, those that still fail are quarantined again under the
+/// replay's id; a second replay moves nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_moves_rows_that_pass_the_current_expectations() {
+    let (s, token) = server(Backend::Local).await;
+    let (status, body) = deploy(&s, &token, CHECKED).await;
+    assert_eq!(status, 200, "{body}");
+    s.sql_ok(
+        "INSERT INTO bronze.readings VALUES (1, 1.0, 'a'), (4, 3.0, 'x'), (5, 2.0, 'x'), (6, 2.0, NULL)",
+    )
+    .await;
+    let record = run(&s, &token, "readings").await;
+    assert_eq!(model_of(&record)["rows_quarantined"], 3, "{record}");
+    let path = "/api/v1/pipelines/readings/models/silver.readings/quarantine/replay";
+    let (status, _) = s
+        .post_json(&s.token("analyst", &["silver_reader"]), path, json!({}))
+        .await;
+    assert_eq!(status, 403, "replaying needs MANAGE");
+
+    // 'x' is a valid kind now.
+    let relaxed = CHECKED.replace("kind IN ('a', 'b')", "kind IN ('a', 'b', 'x')");
+    let (status, body) = deploy(&s, &token, &relaxed).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, replay) = s.post_json(&token, path, json!({})).await;
+    assert_eq!(status, 200, "{replay}");
+    assert_eq!(replay["rows_in"], 3, "{replay}");
+    assert_eq!(replay["rows_out"], 2, "{replay}");
+    assert_eq!(replay["rows_quarantined"], 1, "{replay}");
+    let kept = s.sql_ok("SELECT id FROM silver.readings ORDER BY id").await;
+    assert_eq!(ids_of(&kept), [1, 4, 5]);
+    let held = s
+        .sql_ok("SELECT id, _strata_run_id AS run FROM silver.readings__quarantine")
+        .await;
+    assert_eq!(ids_of(&held), [6], "{held}");
+    assert_eq!(held[0]["run"], replay["replay_id"]);
+
+    let (status, again) = s.post_json(&token, path, json!({})).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["rows_out"], 0, "{again}");
+    assert_eq!(
+        ids_of(&s.sql_ok("SELECT id FROM silver.readings ORDER BY id").await),
+        [1, 4, 5]
+    );
+    assert_eq!(
+        ids_of(&s.sql_ok("SELECT id FROM silver.readings__quarantine").await),
+        [6]
+    );
+
+    let (status, _) = s
+        .post_json(
+            &token,
+            "/api/v1/pipelines/readings/models/silver.nope/quarantine/replay",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 404);
+}

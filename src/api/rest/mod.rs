@@ -143,6 +143,7 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
             pipelines::delete_checks
         ))
         .routes(routes!(pipelines::run_checks))
+        .routes(routes!(pipelines::replay))
         .routes(routes!(openapi::document))
         .route_layer(bearer());
     let metrics = OpenApiRouter::new()

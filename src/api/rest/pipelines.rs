@@ -323,3 +323,13 @@ pub(super) async fn run_checks(
     let t = crate::storage::TableRef::new(&layer, &name)?;
     Ok(Json(state.flows.run_checks(&principal, &t).await?))
 }
+
+#[utoipa::path(post, path = "/pipelines/{name}/models/{model}/quarantine/replay", tag = "quality", params(ModelPath),
+    responses((status = 200, description = "Every quarantined row run through the model's current expectations into its table, and removed from the quarantine", body = crate::flows::ReplayOutcome), Errors))]
+pub(super) async fn replay(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path((name, model)): Path<(String, String)>,
+) -> Result<Json<crate::flows::ReplayOutcome>> {
+    Ok(Json(state.flows.replay(&principal, &name, &model).await?))
+}
