@@ -21,9 +21,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
-};
+use arrow::array::{AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::compute::kernels::boolean::{and, not, or};
+use arrow::compute::{filter_record_batch, prep_null_mask_filter};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
 use datafusion::common::Column;
@@ -449,45 +449,49 @@ impl Engine {
             None
         };
         let total: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        // Per batch, per row: the strongest action, and the rules failed.
-        let mut routes: Vec<Vec<(Option<OnViolation>, Vec<usize>)>> = Vec::new();
+        // Per batch, with column kernels: the rows each rule failed, and the rows some
+        // quarantine (drop) rule failed. Deletes and rows read back are not judged.
+        let mut routes = Vec::with_capacity(batches.len());
         for (bi, b) in batches.iter().enumerate() {
-            let checks: Vec<&BooleanArray> = (0..rules.len())
-                .map(|i| b.column(width + i).as_boolean())
-                .collect();
-            let del = deletes.map(|d| b.column(d).as_boolean_opt().cloned());
-            let mut rows = Vec::with_capacity(b.num_rows());
-            for row in 0..b.num_rows() {
-                let held_here = held.as_ref().is_some_and(|h| h[bi][row]);
-                let deleting = del
-                    .as_ref()
-                    .and_then(|d| d.as_ref())
-                    .is_some_and(|d| d.is_valid(row) && d.value(row));
-                if held_here || deleting {
-                    rows.push((None, Vec::new()));
+            let n = b.num_rows();
+            let mut exempt = BooleanArray::from(vec![false; n]);
+            if let Some(d) = deletes
+                && let Some(del) = b.column(d).as_boolean_opt()
+            {
+                exempt = or(&exempt, &prep_null_mask_filter(del))?;
+            }
+            if let Some(h) = &held {
+                exempt = or(&exempt, &BooleanArray::from(h[bi].clone()))?;
+            }
+            let judged = not(&exempt)?;
+            let judged_rows = judged.true_count() as u64;
+            let mut quarantine = BooleanArray::from(vec![false; n]);
+            let mut drop = BooleanArray::from(vec![false; n]);
+            let mut fails = Vec::with_capacity(rules.len());
+            for (i, r) in rules.iter().enumerate() {
+                // Recovery never decides quarantine again: the quarantine holds it.
+                if recovering && r.on_violation == OnViolation::Quarantine {
+                    fails.push(None);
                     continue;
                 }
-                let mut failed = Vec::new();
-                let mut action = None;
-                for (i, r) in rules.iter().enumerate() {
-                    // Recovery never decides quarantine again: the quarantine holds it.
-                    if recovering && r.on_violation == OnViolation::Quarantine {
-                        continue;
+                let failed = and(&not(b.column(width + i).as_boolean())?, &judged)?;
+                let tally = &mut quality.rules[i];
+                tally.rows += judged_rows;
+                tally.failed += failed.true_count() as u64;
+                for row in (0..n).filter(|&k| failed.value(k)) {
+                    if tally.samples.len() >= MAX_SAMPLES {
+                        break;
                     }
-                    quality.rules[i].rows += 1;
-                    if checks[i].value(row) {
-                        continue;
-                    }
-                    quality.rules[i].failed += 1;
-                    if quality.rules[i].samples.len() < MAX_SAMPLES {
-                        quality.rules[i].samples.push(row_json(b, row, &data));
-                    }
-                    failed.push(i);
-                    action = action.max(Some(r.on_violation));
+                    tally.samples.push(row_json(b, row, &data));
                 }
-                rows.push((action, failed));
+                match r.on_violation {
+                    OnViolation::Quarantine => quarantine = or(&quarantine, &failed)?,
+                    OnViolation::Drop => drop = or(&drop, &failed)?,
+                    OnViolation::Warn | OnViolation::Fail => {}
+                }
+                fails.push(Some(failed));
             }
-            routes.push(rows);
+            routes.push((quarantine, drop, fails));
         }
         // Refusals: a `fail` rule with any violation, or any rule past its fail_if.
         for (i, r) in rules.iter().enumerate() {
@@ -512,76 +516,67 @@ impl Engine {
                 return Ok((LogicalPlanBuilder::empty(false).build()?, quality));
             }
         }
-        // Route the rows.
+        // Route the rows: quarantine > drop > keep; past the cap, quarantine is left out.
         let mut room = checks.quarantine_room;
         let mut kept = Vec::with_capacity(batches.len());
         let mut quarantined = Vec::new();
         let q_schema = quarantine_schema(&out_schema.project(&data)?);
-        for (b, rows) in batches.iter().zip(&routes) {
-            let mut keep = Vec::with_capacity(rows.len());
-            let mut take = Vec::with_capacity(rows.len());
-            let mut failed_names = Vec::new();
-            for (action, failed) in rows {
-                match action {
-                    Some(OnViolation::Quarantine) if room > 0 => {
-                        room -= 1;
-                        quality.quarantined += 1;
-                        keep.push(false);
-                        take.push(true);
-                        failed_names.push(
-                            failed
-                                .iter()
-                                .map(|&i| rules[i].name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(","),
-                        );
-                    }
-                    Some(OnViolation::Quarantine) => {
-                        quality.over_cap += 1;
-                        keep.push(false);
-                        take.push(false);
-                    }
-                    Some(OnViolation::Drop) => {
-                        quality.dropped += 1;
-                        keep.push(false);
-                        take.push(false);
-                    }
-                    _ => {
-                        keep.push(true);
-                        take.push(false);
-                    }
-                }
-            }
-            // Rows the quarantine held are not kept either.
-            let bi = kept.len();
+        let all: Vec<usize> = (0..width).collect();
+        for (bi, (b, (quarantine, drop, fails))) in batches.iter().zip(&routes).enumerate() {
+            let n = b.num_rows();
+            let wanted = quarantine.true_count() as u64;
+            let take = if wanted <= room {
+                room -= wanted;
+                quarantine.clone()
+            } else {
+                let mut left = room;
+                room = 0;
+                BooleanArray::from(
+                    (0..n)
+                        .map(|k| {
+                            let t = quarantine.value(k) && left > 0;
+                            left -= u64::from(t);
+                            t
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let taken = take.true_count() as u64;
+            quality.quarantined += taken;
+            quality.over_cap += wanted - taken;
+            let dropped = and(drop, &not(quarantine)?)?;
+            quality.dropped += dropped.true_count() as u64;
+            let mut out = or(quarantine, &dropped)?;
             if let Some(h) = &held {
-                for (k, held_row) in keep.iter_mut().zip(&h[bi]) {
-                    if *held_row {
-                        *k = false;
-                    }
-                }
+                out = or(&out, &BooleanArray::from(h[bi].clone()))?;
             }
-            let data_only = b.project(&(0..width).collect::<Vec<_>>())?;
-            kept.push(arrow::compute::filter_record_batch(
-                &data_only,
-                &BooleanArray::from(keep),
-            )?);
-            if !failed_names.is_empty() {
-                let rows = arrow::compute::filter_record_batch(
-                    &b.project(&data)?,
-                    &BooleanArray::from(take),
-                )?;
-                let n = rows.num_rows();
-                let mut columns = rows.columns().to_vec();
-                columns.push(Arc::new(StringArray::from(vec![checks.run_id; n])));
-                columns.push(Arc::new(StringArray::from(failed_names)));
-                columns.push(Arc::new(
-                    TimestampMicrosecondArray::from(vec![checks.now.timestamp_micros(); n])
-                        .with_timezone("UTC"),
-                ));
-                columns.push(Arc::new(StringArray::from(vec![key.as_str(); n])));
-                quarantined.push(RecordBatch::try_new(Arc::clone(&q_schema), columns)?);
+            kept.push(filter_record_batch(&b.project(&all)?, &not(&out)?)?);
+            if taken == 0 {
+                continue;
             }
+            let failed_names: Vec<String> = (0..n)
+                .filter(|&k| take.value(k))
+                .map(|k| {
+                    rules
+                        .iter()
+                        .zip(fails)
+                        .filter(|(_, f)| f.as_ref().is_some_and(|f| f.value(k)))
+                        .map(|(r, _)| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .collect();
+            let rows = filter_record_batch(&b.project(&data)?, &take)?;
+            let n = rows.num_rows();
+            let mut columns = rows.columns().to_vec();
+            columns.push(Arc::new(StringArray::from(vec![checks.run_id; n])));
+            columns.push(Arc::new(StringArray::from(failed_names)));
+            columns.push(Arc::new(
+                TimestampMicrosecondArray::from(vec![checks.now.timestamp_micros(); n])
+                    .with_timezone("UTC"),
+            ));
+            columns.push(Arc::new(StringArray::from(vec![key.as_str(); n])));
+            quarantined.push(RecordBatch::try_new(Arc::clone(&q_schema), columns)?);
         }
         if !quarantined.is_empty() {
             self.commit_quarantine(principal, access, &qt, t, &q_schema, quarantined, progress)

@@ -1,0 +1,117 @@
+"""Expectations' cost: the same model over a `--rows` batch with and without ten expectations.
+
+Two `table` models read the same bronze table: `gold.plain` (no expectations) and
+`gold.checked` (ten per-row checks of every kind of expression, warn and drop, ~1% of the
+rows dropped). Each is rebuilt `--repeats` times, alternating, by a full-refresh run of that
+model alone; reported: each model's median commit duration (`duration_ms` of its run) and
+the overhead of the checked one (target ≤ 15%).
+
+Usage (release binary, the bench venv of run.py):
+  PATH=.bench-venv/bin:$PATH .bench-venv/bin/python benches/e2e/expectations.py \
+      --strata $PWD/target/release/strata --work /tmp/expect-work --out /tmp/expect-out
+"""
+
+import argparse
+import json
+import pathlib
+import statistics
+import time
+
+import flows
+
+flows.CONFIG = """
+[scheduler]
+pipeline_memory_bytes = 6442450944
+
+[[pipelines.principals]]
+name = "etl"
+roles = ["etl"]
+""" + "".join(
+    f'\n[[access.grants]]\nrole = "etl"\nprivilege = "{p}"\non = "{on}"\n'
+    for p, on in [("SELECT", "bronze"), ("SELECT", "gold"), ("INSERT", "gold"), ("MODIFY", "gold")]
+)
+
+SELECT = "SELECT id, region, customer, amount, qty, sold_at FROM bronze.sales"
+
+RULES = [
+    ("id_present", "id IS NOT NULL", "warn"),
+    ("id_positive", "id >= 0", "warn"),
+    ("amount_range", "amount BETWEEN 0 AND 10000", "warn"),
+    ("qty_positive", "qty > 0", "drop"),
+    ("region_known", "region IN ('r0', 'r1', 'r2', 'r3', 'r4', 'r5', 'r6')", "warn"),
+    ("region_short", "length(region) = 2", "warn"),
+    ("customer_range", "customer < 100003", "warn"),
+    ("sold_recently", "sold_at >= TIMESTAMP '2026-01-01 00:00:00'", "warn"),
+    ("amount_per_qty", "amount / qty < 5000", "warn"),
+    ("id_not_customer", "id <> customer OR id < 100003", "warn"),
+]
+
+
+def checked():
+    header = ['kind = "table"']
+    for name, check, action in RULES:
+        header += ["[[expect]]", f'name = "{name}"', f'check = "{check}"', f'on_violation = "{action}"']
+    return "/* strata\n" + "\n".join(header) + "\n*/\n" + SELECT
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--strata", required=True)
+    ap.add_argument("--work", default="/tmp/expect-work")
+    ap.add_argument("--out", default="expect-out")
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    s = flows.Server(a.strata, a.work)
+    durations = {"plain": [], "checked": []}
+    try:
+        s.sql("CREATE TABLE bronze.sales (id BIGINT, region STRING, customer BIGINT, amount DOUBLE, "
+              "qty BIGINT, sold_at TIMESTAMP)")
+        s.sql(f"INSERT INTO bronze.sales SELECT x AS id, 'r' || CAST(x % 7 AS STRING) AS region, "
+              f"x % 100003 AS customer, CAST(x % 1000 AS DOUBLE) AS amount, x % 100 AS qty, "
+              f"to_timestamp_seconds(1767225600 + x % 86400) AS sold_at "
+              f"FROM (SELECT unnest(range(0, {a.rows})) AS x)")
+        s.call("PUT", "/api/v1/pipelines/sales", {
+            "pipeline": {"run_as": "etl"},
+            "models": [
+                {"path": "gold/plain.sql", "sql": "/* strata\nkind = \"table\"\n*/\n" + SELECT},
+                {"path": "gold/checked.sql", "sql": checked()},
+            ],
+        })
+        for i in range(a.repeats + 1):
+            for model in ("plain", "checked"):
+                record = s.call("POST", "/api/v1/pipelines/sales/runs",
+                                {"models": [f"gold.{model}"], "full_refresh": True})
+                while record["status"] in ("queued", "running"):
+                    time.sleep(0.05)
+                    record = s.call("GET", f"/api/v1/runs/{record['run_id']}")
+                if record["status"] != "succeeded":
+                    raise RuntimeError(json.dumps(record))
+                m = record["models"][0]
+                if i > 0:  # the first round warms the caches
+                    durations[model].append(m["duration_ms"])
+                if model == "checked":
+                    dropped = m["rows_dropped"]
+                    rows_out = m["rows_out"]
+    finally:
+        s.stop()
+    plain, check = statistics.median(durations["plain"]), statistics.median(durations["checked"])
+    overhead = check / plain - 1
+    result = {"settings": vars(a), "durations_ms": durations, "rows_dropped": dropped,
+              "rows_out": rows_out, "overhead": overhead}
+    lines = [
+        f"# Expectations' cost ({flows.THREADS} threads)",
+        "",
+        f"- {a.rows:,} rows, rebuilt {a.repeats} times each (medians):",
+        f"  without expectations {plain / 1000:.2f} s, with ten {check / 1000:.2f} s "
+        f"({rows_out:,} rows written, {dropped:,} dropped): overhead {overhead * 100:.1f}% (target ≤ 15%)",
+    ]
+    out = pathlib.Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "expectations.json").write_text(json.dumps(result, indent=2))
+    (out / "expectations.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
