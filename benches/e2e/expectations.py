@@ -20,6 +20,9 @@ import time
 import flows
 
 flows.CONFIG = """
+[server]
+memory_budget_bytes = 12884901888
+
 [scheduler]
 pipeline_memory_bytes = 6442450944
 

@@ -9,6 +9,7 @@
 //! commits touched, read from the table's change feed: their cost follows the batch.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use datafusion::common::ScalarValue;
@@ -190,6 +191,13 @@ impl AuditDef {
                 if sql.trim().is_empty() {
                     return bad("sql is empty");
                 }
+                super::sql::parse_select(sql).map_err(|e| {
+                    Error::invalid(format!(
+                        "audit {}: sql must be one SELECT returning the failing rows: {}",
+                        self.label(),
+                        e.client_message("")
+                    ))
+                })?;
             }
         }
         if let Some(c) = &self.column {
@@ -436,7 +444,8 @@ fn result(
     }
 }
 
-async fn count(engine: &Engine, p: &Arc<Principal>, sql: &str) -> Result<u64> {
+/// The single number `sql` returns (0 for no row).
+pub(super) async fn count(engine: &Engine, p: &Arc<Principal>, sql: &str) -> Result<u64> {
     let batches = engine.query_rows(p, sql, Vec::new()).await?;
     let value = batches
         .iter()
@@ -522,17 +531,21 @@ pub struct FreshnessDef {
 }
 
 impl FreshnessDef {
+    /// `warn_after` and `error_after` as durations.
+    fn limits(&self) -> Result<(Option<Duration>, Option<Duration>)> {
+        let parse = |key: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|v| super::model::parse_every(key, v))
+                .transpose()
+        };
+        Ok((
+            parse("freshness.warn_after", &self.warn_after)?,
+            parse("freshness.error_after", &self.error_after)?,
+        ))
+    }
+
     pub(crate) fn check(&self) -> Result<()> {
-        let warn = self
-            .warn_after
-            .as_deref()
-            .map(|w| super::model::parse_every("freshness.warn_after", w))
-            .transpose()?;
-        let error = self
-            .error_after
-            .as_deref()
-            .map(|e| super::model::parse_every("freshness.error_after", e))
-            .transpose()?;
+        let (warn, error) = self.limits()?;
         if warn.is_none() && error.is_none() {
             return Err(Error::invalid(
                 "[freshness] needs warn_after and/or error_after (e.g. \"6h\")",
@@ -560,16 +573,7 @@ impl FreshnessDef {
         sources: &[TableRef],
         now: DateTime<Utc>,
     ) -> Result<(Vec<(TableRef, AuditResult)>, Option<String>)> {
-        let warn = self
-            .warn_after
-            .as_deref()
-            .map(|w| super::model::parse_every("warn_after", w))
-            .transpose()?;
-        let error = self
-            .error_after
-            .as_deref()
-            .map(|e| super::model::parse_every("error_after", e))
-            .transpose()?;
+        let (warn, error) = self.limits()?;
         let mut out = Vec::new();
         let mut stale = Vec::new();
         for t in sources {

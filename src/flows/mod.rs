@@ -362,10 +362,37 @@ fn layers(dag: &Dag) -> BTreeSet<crate::storage::Layer> {
 }
 
 /// `r` with only the models `p` may read (the others are not named).
+/// Failure samples only for those who MANAGE the layers of the model and of every source it
+/// read (those whose policies they could lift anyway); without known sources, every layer.
 fn redact(access: &crate::security::AccessControl, p: &Principal, mut r: RunRecord) -> RunRecord {
+    use crate::security::Privilege;
+    use crate::storage::{Layer, TableRef};
     r.models.retain(|m| {
-        crate::storage::TableRef::parse(&m.model)
-            .is_ok_and(|t| access.allows(p, crate::security::Privilege::Select, &t))
+        TableRef::parse(&m.model).is_ok_and(|t| access.allows(p, Privilege::Select, &t))
     });
+    for m in &mut r.models {
+        if m.failure_samples.is_empty() {
+            continue;
+        }
+        let mut layers: BTreeSet<Layer> = m
+            .sources
+            .iter()
+            .chain([&SourceRange {
+                table: m.model.clone(),
+                from_version: 0,
+                to_version: 0,
+            }])
+            .filter_map(|s| TableRef::parse(&s.table).ok().map(|t| t.layer))
+            .collect();
+        if m.sources.is_empty() {
+            layers.extend(Layer::ALL);
+        }
+        if !layers
+            .into_iter()
+            .all(|l| access.allows_layer(p, Privilege::Manage, l))
+        {
+            m.failure_samples.clear();
+        }
+    }
     r
 }

@@ -165,13 +165,8 @@ impl Flows {
         let quarantine = catalog.load(&qt).await?;
         let version = quarantine.version().unwrap_or(0);
         let extras = [RUN_ID, FAILED, QUARANTINED_AT, BATCH];
-        let columns: Vec<String> = quarantine
-            .snapshot()?
-            .snapshot()
-            .arrow_schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
+        let columns: Vec<String> = super::run::columns_of(&quarantine)?
+            .into_iter()
             .filter(|c| !extras.contains(&c.as_str()))
             .collect();
         let quoted: Vec<String> = columns
@@ -182,33 +177,19 @@ impl Flows {
             "SELECT {} FROM {qt} VERSION AS OF {version}",
             quoted.join(", ")
         );
-        let rows_in = self
-            .engine
-            .query_rows(
-                &run_as,
-                &format!("SELECT count(*) AS n FROM ({select}) AS __q"),
-                Vec::new(),
-            )
-            .await?
-            .first()
-            .and_then(|b| datafusion::common::ScalarValue::try_from_array(b.column(0), 0).ok())
-            .and_then(|v| match v {
-                datafusion::common::ScalarValue::Int64(Some(n)) => u64::try_from(n).ok(),
-                _ => None,
-            })
-            .unwrap_or(0);
+        let rows_in = super::audit::count(
+            &self.engine,
+            &run_as,
+            &format!("SELECT count(*) FROM ({select}) AS __q"),
+        )
+        .await?;
         let (sql, write) = match header.kind {
-            Kind::Merge => {
-                let target_columns: Vec<String> = target
-                    .snapshot()?
-                    .snapshot()
-                    .arrow_schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().clone())
-                    .collect();
-                super::statements::merge_statement(&select, header, &columns, &target_columns)?
-            }
+            Kind::Merge => super::statements::merge_statement(
+                &select,
+                header,
+                &columns,
+                &super::run::columns_of(&target)?,
+            )?,
             Kind::Scd2 => super::statements::scd2_statement(&select, header, &columns)?,
             _ => (select, ModelWrite::Append),
         };

@@ -112,6 +112,11 @@ pub struct ModelRun {
     /// An expectation refused a batch (retrying would decide the same).
     #[serde(skip)]
     pub(crate) refused: bool,
+    /// The refused batch's sample rows (as the run-as principal saw them): shown only to
+    /// principals who MANAGE the layers of the model and of its sources; kept in this
+    /// replica's memory, and in `system.expectation_results.samples` under the same rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failure_samples: Vec<serde_json::Value>,
 }
 
 fn one() -> u32 {
@@ -139,6 +144,7 @@ impl ModelRun {
             audits: Vec::new(),
             quarantine_over_cap: 0,
             refused: false,
+            failure_samples: Vec::new(),
         }
     }
 
@@ -154,6 +160,9 @@ impl ModelRun {
         self.rows_quarantined += q.quarantined;
         self.quarantine_over_cap += q.over_cap;
         self.refused |= q.refused.is_some();
+        if q.refused.is_some() {
+            self.failure_samples = q.refused_samples.clone();
+        }
     }
 }
 

@@ -771,6 +771,7 @@ impl RunLog {
                             rows_dropped: m.rows_dropped.unwrap_or(0).max(0) as u64,
                             rows_quarantined: m.rows_quarantined.unwrap_or(0).max(0) as u64,
                             audits: Vec::new(),
+                            failure_samples: Vec::new(),
                             quarantine_over_cap: m.quarantine_over_cap.unwrap_or(0).max(0) as u64,
                             refused: false,
                         })

@@ -166,15 +166,7 @@ impl ModelTask<'_> {
                 Kind::Append => (sql, ModelWrite::Append),
                 Kind::Merge => {
                     let table = self.engine.catalog().load(t).await?;
-                    let target: Vec<String> = table
-                        .snapshot()?
-                        .snapshot()
-                        .arrow_schema()
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().clone())
-                        .collect();
-                    merge_statement(&sql, header, &output().await?, &target)?
+                    merge_statement(&sql, header, &output().await?, &columns_of(&table)?)?
                 }
                 Kind::Scd2 => scd2_statement(&sql, header, &output().await?)?,
                 Kind::TimeRange => {
@@ -424,14 +416,7 @@ impl ModelTask<'_> {
         let mut pins = BTreeMap::new();
         let mut resets = Vec::new();
         let mut ranges = Vec::new();
-        for (s, stream) in self
-            .node
-            .reads
-            .streams
-            .iter()
-            .map(|s| (s, true))
-            .chain(self.node.reads.tables.iter().map(|s| (s, false)))
-        {
+        for (s, stream) in self.node.reads.tagged() {
             let (latest, id) = self.source_version(s).await?;
             pins.insert(
                 s.clone(),
@@ -593,14 +578,7 @@ impl ModelTask<'_> {
         let held = self.quarantine_marks().await?;
         let mut pending = false;
         let mut sources = Vec::new();
-        for (s, stream) in self
-            .node
-            .reads
-            .streams
-            .iter()
-            .map(|s| (s, true))
-            .chain(self.node.reads.tables.iter().map(|s| (s, false)))
-        {
+        for (s, stream) in self.node.reads.tagged() {
             let (latest, id) = self.source_version(s).await?;
             let app = app_id(&model.target, s, &id);
             let seen = watermark(app.clone()).await?;
@@ -729,6 +707,18 @@ impl ModelTask<'_> {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The columns of `table`'s current schema.
+pub(super) fn columns_of(table: &deltalake::DeltaTable) -> Result<Vec<String>> {
+    Ok(table
+        .snapshot()?
+        .snapshot()
+        .arrow_schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect())
 }
 
 /// The run's ranges of each source: a later batch extends an earlier one.

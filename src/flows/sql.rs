@@ -37,9 +37,17 @@ impl Reads {
     pub(crate) fn all(&self) -> impl Iterator<Item = &TableRef> {
         self.streams.iter().chain(self.tables.iter())
     }
+
+    /// Every table read, and whether through `stream(…)`.
+    pub(crate) fn tagged(&self) -> impl Iterator<Item = (&TableRef, bool)> {
+        self.streams
+            .iter()
+            .map(|s| (s, true))
+            .chain(self.tables.iter().map(|s| (s, false)))
+    }
 }
 
-fn parse_select(sql: &str) -> Result<Query> {
+pub(super) fn parse_select(sql: &str) -> Result<Query> {
     let dialect = StrataDialect::default();
     let mut statements = Parser::new(&dialect)
         .with_recursion_limit(64)

@@ -212,6 +212,27 @@ async fn each_action_on_one_batch(backend: Backend) {
         .await;
     assert_eq!(status, 200, "{rows}");
     assert_eq!(rows[0]["n"], 0);
+    // The quarantine is governed by its model table's policy: a row filter and a mask set
+    // on silver.readings apply to silver.readings__quarantine too.
+    let (status, body) = s
+        .put_json(
+            &token,
+            "/api/v1/tables/silver/readings/policies",
+            json!({
+                "row_filters": [{"roles": ["silver_reader"], "predicate": "kind = 'x'"}],
+                "column_masks": [{"column": "v", "mask": "CAST(NULL AS DOUBLE)", "exempt_roles": []}]
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, rows) = s
+        .sql(
+            &s.token("analyst", &["silver_reader"]),
+            "SELECT id, v FROM silver.readings__quarantine ORDER BY id",
+        )
+        .await;
+    assert_eq!(status, 200, "{rows}");
+    assert_eq!(rows, json!([{"id": 4, "v": null}, {"id": 5, "v": null}]));
     let samples = s
         .sql_ok("SELECT samples FROM system.expectation_results WHERE expectation = 'kind_valid'")
         .await;
@@ -265,9 +286,31 @@ SELECT id, v, kind FROM stream('bronze.readings')"#;
     let m = model_of(&record);
     assert_eq!(m["attempts"], 1, "a refusal is not retried: {record}");
     let error = m["error"].as_str().unwrap();
-    for needle in ["not_huge", "2 of 4", "500", "700", "nothing was committed"] {
+    for needle in ["not_huge", "2 of 4", "nothing was committed"] {
         assert!(error.contains(needle), "{needle}: {error}");
     }
+    let samples: Vec<f64> = m["failure_samples"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the deployer manages every layer: {record}"))
+        .iter()
+        .map(|r| r["v"].as_f64().unwrap())
+        .collect();
+    assert_eq!(samples, [500.0, 700.0]);
+    let (status, seen) = s
+        .get(
+            &s.token("analyst", &["silver_reader"]),
+            &format!("/api/v1/runs/{}", record["run_id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(status, 200, "{seen}");
+    assert!(
+        seen["models"][0]["failure_samples"].is_null(),
+        "a reader sees no samples: {seen}"
+    );
+    assert!(
+        !error.contains("500"),
+        "the error carries no row values: {error}"
+    );
     assert_eq!(
         s.version("silver.readings").await,
         0,
@@ -422,6 +465,10 @@ async fn bad_quality_definitions_are_refused() {
         (
             "[[audit]]\ntype = \"relationships\"\ncolumn = \"id\"",
             "needs column",
+        ),
+        (
+            "[[audit]]\ntype = \"sql\"\nsql = \"DELETE FROM silver.readings\"",
+            "one SELECT",
         ),
     ] {
         let (status, body) = deploy(&s, &token, &header(extra)).await;

@@ -168,7 +168,7 @@ impl SystemSchema {
                 .map(|l| format!("strpos(concat(',', sources), ',{l}.') > 0"))
                 .collect();
             let sql = format!(
-                "CASE WHEN sources IS NULL OR {} THEN NULL ELSE {} END",
+                "CASE WHEN sources IS NULL OR sources = '' OR {} THEN NULL ELSE {} END",
                 hidden.join(" OR "),
                 f.name()
             );
