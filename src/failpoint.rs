@@ -4,7 +4,8 @@
 //! which nothing but the test suite sets. Aborting is how a SIGKILL or a power cut looks to
 //! the warehouse: no destructor, no flush, no last commit. `name[@N]:stop` stops the process
 //! there instead (SIGSTOP, every thread): how a long GC-like pause or a frozen VM looks to
-//! the other replicas, until the test sends SIGCONT.
+//! the other replicas, until the test sends SIGCONT. `name[@N]:panic` panics the task that
+//! hits it (how a bug in a dependency looks to a run).
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -18,6 +19,8 @@ pub const ENV: &str = "STRATA_FAILPOINTS";
 enum Action {
     Abort,
     Stop,
+    /// Panics the task that hit it (a bug in a dependency, as the process sees it).
+    Panic,
 }
 
 /// Armed names → (the hit that acts, what it does, hits so far).
@@ -35,9 +38,12 @@ fn parse(v: &str) -> Vec<(String, u64, Action)> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            let (s, action) = match s.strip_suffix(":stop") {
-                Some(s) => (s, Action::Stop),
-                None => (s, Action::Abort),
+            let (s, action) = if let Some(s) = s.strip_suffix(":stop") {
+                (s, Action::Stop)
+            } else if let Some(s) = s.strip_suffix(":panic") {
+                (s, Action::Panic)
+            } else {
+                (s, Action::Abort)
             };
             match s.split_once('@') {
                 Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1).max(1), action),
@@ -79,6 +85,10 @@ pub(crate) fn hit(name: &str) {
                     std::process::abort();
                 }
             }
+            Action::Panic => {
+                tracing::error!(failpoint = name, hit = at, "failpoint armed: panicking");
+                std::panic::panic_any(format!("failpoint {name}@{at}"));
+            }
         }
     }
 }
@@ -87,15 +97,16 @@ pub(crate) fn hit(name: &str) {
 mod tests {
     #[test]
     fn names_and_counts_are_read() {
-        use super::Action::{Abort, Stop};
+        use super::Action::{Abort, Panic, Stop};
         assert_eq!(
-            super::parse(" a , b@3,c@x,d@2:stop,e:stop"),
+            super::parse(" a , b@3,c@x,d@2:stop,e:stop,f:panic"),
             vec![
                 ("a".into(), 1, Abort),
                 ("b".into(), 3, Abort),
                 ("c".into(), 1, Abort),
                 ("d".into(), 2, Stop),
                 ("e".into(), 1, Stop),
+                ("f".into(), 1, Panic),
             ]
         );
     }

@@ -143,10 +143,47 @@ impl Flows {
         };
         // On the pipeline runtime: the run's DataFusion and delta-rs tasks spawn there too.
         self.runtime.spawn(context.scope(async move {
-            this.execute(&id, &pipeline, plan, run_as, guard, retry, freshness)
-                .await;
+            use futures::FutureExt as _;
+            let ran = std::panic::AssertUnwindSafe(
+                this.execute(&id, &pipeline, plan, run_as, guard, retry, freshness),
+            )
+            .catch_unwind()
+            .await;
+            if ran.is_err() {
+                this.end_panicked(&id).await;
+            }
         }));
         Ok(record)
+    }
+
+    /// Ends a run whose task panicked (a bug, in a dependency or here): recorded `failed`,
+    /// instead of showing `running` for ever. Its committed batches stand.
+    async fn end_panicked(&self, id: &str) {
+        tracing::error!(run = id, "the run stopped on a panic; recorded as failed");
+        let now = self.clock.now();
+        self.update(id, |r| {
+            r.status = RunStatus::Failed;
+            r.ended_at = Some(now);
+            r.error = Some(
+                "internal error: the run stopped unexpectedly (see the server log); its committed batches stand"
+                    .into(),
+            );
+            for m in &mut r.models {
+                if !m.status.is_terminal() {
+                    m.status = RunStatus::Failed;
+                }
+            }
+        });
+        let snapshot = self
+            .runs
+            .lock()
+            .ok()
+            .and_then(|runs| runs.get(id).map(|a| a.record.clone()));
+        if let Some(record) = snapshot
+            && let Err(e) = self.records.record(&record).await
+        {
+            tracing::error!(run = id, error = %e, "could not record the run in system.runs");
+        }
     }
 
     fn update(&self, id: &str, f: impl FnOnce(&mut RunRecord)) {

@@ -638,55 +638,13 @@ SELECT id, v, kind FROM stream('bronze.readings')"#
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_the_quarantine_and_target_commits_leaves_one_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("strata.toml");
-    let mut toml = String::from("[[pipelines.principals]]\nname = \"etl\"\nroles = [\"etl\"]\n");
-    for (privilege, on) in [
-        ("SELECT", "bronze"),
-        ("SELECT", "silver"),
-        ("INSERT", "silver"),
-    ] {
-        toml.push_str(&format!(
-            "\n[[access.grants]]\nrole = \"etl\"\nprivilege = \"{privilege}\"\non = \"{on}\"\n"
-        ));
-    }
-    std::fs::write(&config, toml).unwrap();
-    let env = vec![("STRATA_CONFIG".to_string(), config.display().to_string())];
-    let mut armed = env.clone();
-    armed.push((
-        strata::failpoint::ENV.to_string(),
-        "flows.after_quarantine_commit".to_string(),
-    ));
+    let env = etl_env(dir.path());
+    let p = StrataProcess::spawn(dir.path(), &armed(&env, "flows.after_quarantine_commit")).await;
+    let token = deployer_token(dir.path(), &env);
     let client = reqwest::Client::new();
-    let p = StrataProcess::spawn(dir.path(), &armed).await;
-    // The deployer holds etl too (a pipeline's run-as roles are a subset of its deployer's).
-    let token = String::from_utf8(
-        std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
-            .current_dir(dir.path())
-            .env("STRATA_CONFIG", &config)
-            .args([
-                "token", "--sub", "deployer", "--role", "admin", "--role", "etl",
-            ])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
     let call = |method: reqwest::Method, http: String, path: String, body: Value| {
         let (client, token) = (client.clone(), token.clone());
-        async move {
-            let r = client
-                .request(method, format!("{http}{path}"))
-                .bearer_auth(token)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let body: Value = r.json().await.unwrap_or(Value::Null);
-            (status, body)
-        }
+        async move { send(&client, &token, method, &format!("{http}{path}"), body).await }
     };
     let sql = |http: String, q: &str| {
         let q = q.to_string();
@@ -1163,4 +1121,137 @@ async fn replay_moves_rows_that_pass_the_current_expectations() {
         )
         .await;
     assert_eq!(status, 404);
+}
+
+/// `strata.toml` in `dir` declaring `etl` (reads bronze, writes silver); the environment
+/// that points a process at it.
+fn etl_env(dir: &std::path::Path) -> Vec<(String, String)> {
+    let config = dir.join("strata.toml");
+    let mut toml = String::from("[[pipelines.principals]]\nname = \"etl\"\nroles = [\"etl\"]\n");
+    for (privilege, on) in [
+        ("SELECT", "bronze"),
+        ("SELECT", "silver"),
+        ("INSERT", "silver"),
+    ] {
+        toml.push_str(&format!(
+            "\n[[access.grants]]\nrole = \"etl\"\nprivilege = \"{privilege}\"\non = \"{on}\"\n"
+        ));
+    }
+    std::fs::write(&config, toml).unwrap();
+    vec![("STRATA_CONFIG".to_string(), config.display().to_string())]
+}
+
+/// `env` with `failpoints` armed.
+fn armed(env: &[(String, String)], failpoints: &str) -> Vec<(String, String)> {
+    let mut armed = env.to_vec();
+    armed.push((strata::failpoint::ENV.to_string(), failpoints.to_string()));
+    armed
+}
+
+/// A token of `deployer` (admin and etl: a pipeline's run-as roles are a subset of its
+/// deployer's), signed by the key of the process in `dir`.
+fn deployer_token(dir: &std::path::Path, env: &[(String, String)]) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
+    cmd.current_dir(dir).args([
+        "token", "--sub", "deployer", "--role", "admin", "--role", "etl",
+    ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    String::from_utf8(cmd.output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+async fn send(
+    client: &reqwest::Client,
+    token: &str,
+    method: reqwest::Method,
+    url: &str,
+    body: Value,
+) -> (u16, Value) {
+    let r = client
+        .request(method, url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A run whose task panics (a bug in a dependency, say) ends `failed` with an internal
+/// error instead of showing `running` for ever, and the server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_run_ends_failed_and_the_server_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = etl_env(dir.path());
+    let p = StrataProcess::spawn(dir.path(), &armed(&env, "flows.before_commit:panic")).await;
+    let token = deployer_token(dir.path(), &env);
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", p.http);
+    let post = reqwest::Method::POST;
+    for q in [READINGS, "INSERT INTO bronze.readings VALUES (1, 1.0, 'a')"] {
+        let (status, body) = send(
+            &client,
+            &token,
+            post.clone(),
+            &url("/api/v1/query"),
+            json!({"sql": q}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = send(
+        &client,
+        &token,
+        reqwest::Method::PUT,
+        &url("/api/v1/pipelines/readings"),
+        json!({"pipeline": {"run_as": "etl"}, "models": [{"path": "silver/readings.sql", "sql": CHECKED}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, started) = send(
+        &client,
+        &token,
+        post.clone(),
+        &url("/api/v1/pipelines/readings/runs"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["run_id"].as_str().unwrap().to_string();
+    let mut record = Value::Null;
+    for _ in 0..300 {
+        let (_, r) = send(
+            &client,
+            &token,
+            reqwest::Method::GET,
+            &url(&format!("/api/v1/runs/{id}")),
+            Value::Null,
+        )
+        .await;
+        if r["ended_at"].is_string() {
+            record = r;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(record["status"], "failed", "{record}");
+    assert!(
+        record["error"].as_str().unwrap().contains("internal error"),
+        "{record}"
+    );
+    let (status, body) = send(
+        &client,
+        &token,
+        post,
+        &url("/api/v1/query"),
+        json!({"sql": "SELECT count(*) AS n FROM bronze.readings"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["n"], 1);
 }
