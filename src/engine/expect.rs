@@ -35,11 +35,11 @@ use datafusion::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 
 use super::Engine;
-use super::models::CHANGE_COLUMNS;
 use crate::error::{Error, Result};
 use crate::pipelines::commit::{self, Progress, WriteMode};
 use crate::security::{AccessControl, Principal};
 use crate::storage::TableRef;
+use crate::storage::changes::CHANGE_COLUMNS;
 
 /// Rows of a failing rule shown in its error and its result row.
 pub(crate) const MAX_SAMPLES: usize = 10;

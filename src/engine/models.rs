@@ -28,9 +28,7 @@ use crate::storage::catalog::TableSpec;
 use crate::storage::types::ColumnSpec;
 use crate::storage::{TableRef, properties};
 
-/// The columns the change data feed adds to a table's rows.
-pub(crate) const CHANGE_COLUMNS: [&str; 3] =
-    ["_change_type", "_commit_version", "_commit_timestamp"];
+pub(crate) use crate::storage::changes::CHANGE_COLUMNS;
 
 /// How a model writes its table.
 #[derive(Debug)]

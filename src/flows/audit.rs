@@ -182,7 +182,7 @@ impl AuditDef {
                 let Some(age) = &self.max_age else {
                     return bad("needs max_age = \"6h\" (and optionally column = \"…\")");
                 };
-                super::model::parse_every("max_age", age)?;
+                super::schedule::parse_every("max_age", age)?;
             }
             AuditKind::Sql => {
                 let Some(sql) = &self.sql else {
@@ -359,8 +359,10 @@ pub(crate) async fn run(
             ));
         }
         AuditKind::Freshness => {
-            let max_age =
-                super::model::parse_every("max_age", audit.max_age.as_deref().unwrap_or_default())?;
+            let max_age = super::schedule::parse_every(
+                "max_age",
+                audit.max_age.as_deref().unwrap_or_default(),
+            )?;
             let newest = match &audit.column {
                 Some(c) => {
                     newest_value(
@@ -535,7 +537,7 @@ impl FreshnessDef {
     fn limits(&self) -> Result<(Option<Duration>, Option<Duration>)> {
         let parse = |key: &str, v: &Option<String>| {
             v.as_deref()
-                .map(|v| super::model::parse_every(key, v))
+                .map(|v| super::schedule::parse_every(key, v))
                 .transpose()
         };
         Ok((

@@ -91,7 +91,7 @@ impl ChecksDef {
             ));
         }
         if let Some(every) = &self.every {
-            super::model::parse_every("every", every)?;
+            super::schedule::parse_every("every", every)?;
         }
         Ok(())
     }
@@ -99,7 +99,7 @@ impl ChecksDef {
     pub(crate) fn every(&self) -> Option<Duration> {
         self.every
             .as_deref()
-            .and_then(|e| super::model::parse_every("every", e).ok())
+            .and_then(|e| super::schedule::parse_every("every", e).ok())
     }
 }
 

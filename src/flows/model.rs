@@ -8,6 +8,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::schedule::parse_every;
 use crate::engine::expect::{Expectation, OnViolation};
 use crate::error::{Error, Result};
 pub(crate) use crate::pipelines::scd2::OnLate;
@@ -192,32 +193,6 @@ pub struct Header {
 
 /// Rows a run quarantines at most unless the header says otherwise.
 pub(crate) const QUARANTINE_MAX_ROWS: u64 = 100_000;
-
-/// A period of `optimize_every` / `vacuum_every`: a number and `s`, `m`, `h` or `d`.
-pub(crate) fn parse_every(key: &str, text: &str) -> Result<std::time::Duration> {
-    let bad = || {
-        Error::invalid(format!(
-            "{key} = {text:?}: give a period like \"30m\", \"6h\" or \"1d\" (at least a minute)"
-        ))
-    };
-    let text = text.trim();
-    let unit = text.chars().last().ok_or_else(bad)?;
-    let n: u64 = text[..text.len() - unit.len_utf8()]
-        .trim()
-        .parse()
-        .map_err(|_| bad())?;
-    let secs = match unit {
-        's' => n,
-        'm' => n.saturating_mul(60),
-        'h' => n.saturating_mul(3600),
-        'd' => n.saturating_mul(86_400),
-        _ => return Err(bad()),
-    };
-    if !(60..=366 * 86_400).contains(&secs) {
-        return Err(bad());
-    }
-    Ok(std::time::Duration::from_secs(secs))
-}
 
 /// The width of a `time_range` batch (UTC calendar units).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]

@@ -232,6 +232,33 @@ pub(crate) fn to_claim(
     }
 }
 
+/// A period (`optimize_every`, `vacuum_every`, `quarantine_retention`, an audit's `max_age`,
+/// freshness limits): a number and `s`, `m`, `h` or `d`.
+pub(crate) fn parse_every(key: &str, text: &str) -> Result<std::time::Duration> {
+    let bad = || {
+        Error::invalid(format!(
+            "{key} = {text:?}: give a period like \"30m\", \"6h\" or \"1d\" (at least a minute)"
+        ))
+    };
+    let text = text.trim();
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let n: u64 = text[..text.len() - unit.len_utf8()]
+        .trim()
+        .parse()
+        .map_err(|_| bad())?;
+    let secs = match unit {
+        's' => n,
+        'm' => n.saturating_mul(60),
+        'h' => n.saturating_mul(3600),
+        'd' => n.saturating_mul(86_400),
+        _ => return Err(bad()),
+    };
+    if !(60..=366 * 86_400).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

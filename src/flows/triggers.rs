@@ -9,10 +9,10 @@ use chrono::{DateTime, Utc};
 use deltalake::kernel::Transaction;
 
 use super::guard::Origin;
-use super::model::parse_every;
 use super::record::{ModelRun, RunRecord, RunStatus};
 use super::run;
 use super::schedule::TriggerDef;
+use super::schedule::parse_every;
 use super::store::{Deployment, Pause};
 use super::{Flows, RunRequest};
 use crate::error::{Error, Result};

@@ -15,6 +15,10 @@ use object_store::path::Path;
 use crate::error::{Error, Result};
 use crate::storage::TableRef;
 
+/// The columns the change data feed adds to a table's rows.
+pub(crate) const CHANGE_COLUMNS: [&str; 3] =
+    ["_change_type", "_commit_version", "_commit_timestamp"];
+
 /// Files checked concurrently.
 const CONCURRENCY: usize = 16;
 
