@@ -48,8 +48,6 @@ pub(crate) const MAX_SAMPLES: usize = 10;
 pub(crate) const RUN_ID: &str = "_strata_run_id";
 pub(crate) const FAILED: &str = "_strata_failed_expectations";
 pub(crate) const QUARANTINED_AT: &str = "_strata_quarantined_at";
-/// The column marking the rows a checked batch keeps (filtered by the write's plan).
-const KEEP: &str = "__strata_keep";
 /// The batch a row was quarantined in (a hash of its source ranges): what recovery reads
 /// back.
 pub(crate) const BATCH: &str = "_strata_batch";
@@ -540,15 +538,10 @@ impl Engine {
         let mut kept = Vec::with_capacity(batches.len());
         let mut quarantined = Vec::new();
         let q_schema = quarantine_schema(&out_schema.project(&data)?);
-        let mut marked: Vec<Field> = out_schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        marked.push(Field::new(KEEP, DataType::Boolean, false));
-        let marked_schema = Arc::new(Schema::new(marked));
         let all: Vec<usize> = (0..width).collect();
-        for (bi, (b, (quarantine, drop, fails))) in batches.iter().zip(&routes).enumerate() {
+        // Consumed batch by batch: each output batch is freed once its rows are routed, so
+        // the kept copy never doubles the batch's memory.
+        for (bi, (b, (quarantine, drop, fails))) in batches.into_iter().zip(&routes).enumerate() {
             let n = b.num_rows();
             let wanted = quarantine.true_count() as u64;
             let take = if wanted <= room {
@@ -576,11 +569,12 @@ impl Engine {
             if let Some(h) = &held {
                 out = or(&out, &BooleanArray::from(h[bi].clone()))?;
             }
-            // The rows to keep are marked, not copied here: the write's plan filters them,
-            // in parallel, in the pass that reads them anyway.
-            let mut columns = b.project(&all)?.columns().to_vec();
-            columns.push(Arc::new(not(&out)?));
-            kept.push(RecordBatch::try_new(Arc::clone(&marked_schema), columns)?);
+            let data_only = b.project(&all)?;
+            kept.push(if out.true_count() == 0 {
+                data_only
+            } else {
+                filter_record_batch(&data_only, &not(&out)?)?
+            });
             if taken == 0 {
                 continue;
             }
@@ -618,7 +612,7 @@ impl Engine {
         for (i, b) in kept.into_iter().enumerate() {
             partitions[i % parts].push(b);
         }
-        let mem = datafusion::datasource::MemTable::try_new(marked_schema, partitions)?;
+        let mem = datafusion::datasource::MemTable::try_new(out_schema, partitions)?;
         let checked = crate::security::policy::PolicyTable::derived(
             t.clone(),
             Arc::clone(principal),
@@ -628,13 +622,6 @@ impl Engine {
             "__strata_checked",
             datafusion::datasource::provider_as_source(Arc::new(checked)),
             None,
-        )?
-        .filter(datafusion::logical_expr::col(KEEP))?
-        .project(
-            out_schema
-                .fields()
-                .iter()
-                .map(|f| datafusion::logical_expr::col(Column::from_name(f.name()))),
         )?
         .build()?;
         Ok((plan, quality))
