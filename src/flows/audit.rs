@@ -446,14 +446,23 @@ fn result(
     }
 }
 
-/// The single number `sql` returns (0 for no row).
-pub(super) async fn count(engine: &Engine, p: &Arc<Principal>, sql: &str) -> Result<u64> {
+/// The first value `sql` returns (none for no row), as `p` reads it.
+async fn first_value(
+    engine: &Engine,
+    p: &Arc<Principal>,
+    sql: &str,
+) -> Result<Option<ScalarValue>> {
     let batches = engine.query_rows(p, sql, Vec::new()).await?;
-    let value = batches
+    Ok(batches
         .iter()
         .find(|b| b.num_rows() > 0)
         .map(|b| ScalarValue::try_from_array(b.column(0), 0))
-        .transpose()?;
+        .transpose()?)
+}
+
+/// The single number `sql` returns (0 for no row).
+pub(super) async fn count(engine: &Engine, p: &Arc<Principal>, sql: &str) -> Result<u64> {
+    let value = first_value(engine, p, sql).await?;
     Ok(match value {
         Some(ScalarValue::Int64(Some(n))) => n.max(0) as u64,
         Some(ScalarValue::UInt64(Some(n))) => n,
@@ -470,13 +479,8 @@ async fn newest_value(
     p: &Arc<Principal>,
     sql: &str,
 ) -> Result<Option<DateTime<Utc>>> {
-    let batches = engine.query_rows(p, sql, Vec::new()).await?;
-    let value = batches
-        .iter()
-        .find(|b| b.num_rows() > 0)
-        .map(|b| ScalarValue::try_from_array(b.column(0), 0))
-        .transpose()?;
-    let micros = value
+    let micros = first_value(engine, p, sql)
+        .await?
         .map(|v| {
             v.cast_to(&arrow::datatypes::DataType::Timestamp(
                 arrow::datatypes::TimeUnit::Microsecond,

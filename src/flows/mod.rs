@@ -27,6 +27,7 @@ mod quality;
 mod record;
 mod records;
 mod requests;
+mod results;
 pub(crate) mod run;
 mod runs;
 pub(crate) mod schedule;

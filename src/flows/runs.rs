@@ -110,8 +110,10 @@ impl Flows {
         origin: Origin,
     ) -> Result<RunRecord> {
         let run_as = self.run_as(&d.pipeline)?;
-        let retry = d.pipeline.retry.clone().unwrap_or_default();
-        let freshness = d.pipeline.freshness.clone();
+        let settings = RunSettings {
+            retry: d.pipeline.retry.clone().unwrap_or_default(),
+            freshness: d.pipeline.freshness.clone(),
+        };
         let cancel = CancellationToken::new();
         {
             let mut runs = self
@@ -145,7 +147,7 @@ impl Flows {
         self.runtime.spawn(context.scope(async move {
             use futures::FutureExt as _;
             let ran = std::panic::AssertUnwindSafe(
-                this.execute(&id, &pipeline, plan, run_as, guard, retry, freshness),
+                this.execute(&id, &pipeline, plan, run_as, guard, settings),
             )
             .catch_unwind()
             .await;
@@ -201,9 +203,9 @@ impl Flows {
         plan: RunPlan,
         run_as: Arc<Principal>,
         guard: RunGuard,
-        retry: RetryDef,
-        freshness: Option<super::audit::FreshnessDef>,
+        settings: RunSettings,
     ) {
+        let RunSettings { retry, freshness } = settings;
         let RunPlan {
             dag,
             selected,
@@ -653,6 +655,13 @@ impl crate::engine::maintenance::ChangeReaders for Flows {
 }
 
 /// What one run does: its DAG, the models it covers, and which of them rebuild.
+/// What a run takes from its pipeline's definition besides the models.
+#[derive(Debug)]
+struct RunSettings {
+    retry: RetryDef,
+    freshness: Option<super::audit::FreshnessDef>,
+}
+
 pub(super) struct RunPlan {
     pub(super) dag: Dag,
     pub(super) selected: BTreeSet<TableRef>,
