@@ -654,7 +654,6 @@ impl crate::engine::maintenance::ChangeReaders for Flows {
     }
 }
 
-/// What one run does: its DAG, the models it covers, and which of them rebuild.
 /// What a run takes from its pipeline's definition besides the models.
 #[derive(Debug)]
 struct RunSettings {
@@ -662,6 +661,7 @@ struct RunSettings {
     freshness: Option<super::audit::FreshnessDef>,
 }
 
+/// What one run does: its DAG, the models it covers, and which of them rebuild.
 pub(super) struct RunPlan {
     pub(super) dag: Dag,
     pub(super) selected: BTreeSet<TableRef>,
