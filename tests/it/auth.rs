@@ -114,6 +114,10 @@ async fn every_api_route_needs_a_valid_token() {
         ("PUT", "/api/v1/pipelines/p"),
         ("POST", "/api/v1/pipelines/p/runs"),
         ("GET", "/api/v1/runs"),
+        ("GET", "/api/v1/pipelines/p/models/m/quality"),
+        ("POST", "/api/v1/pipelines/p/models/m/quarantine/replay"),
+        ("PUT", "/api/v1/tables/gold/people/checks"),
+        ("POST", "/api/v1/tables/gold/people/checks/run"),
     ];
     for (method, path) in routes {
         let method: reqwest::Method = method.parse().unwrap();
@@ -181,6 +185,12 @@ async fn every_api_route_needs_a_valid_token() {
         ("get", "/api/v1/runs/{id}"),
         ("post", "/api/v1/runs/{id}/cancel"),
         ("get", "/api/v1/scheduler"),
+        ("get", "/api/v1/pipelines/{name}/models/{model}/quality"),
+        ("post", "/api/v1/pipelines/{name}/models/{model}/quarantine/replay"),
+        ("put", "/api/v1/tables/{layer}/{name}/checks"),
+        ("get", "/api/v1/tables/{layer}/{name}/checks"),
+        ("delete", "/api/v1/tables/{layer}/{name}/checks"),
+        ("post", "/api/v1/tables/{layer}/{name}/checks/run"),
         ("get", "/api/v1/openapi.json"),
         ("get", "/metrics"),
         ("get", "/healthz"),
