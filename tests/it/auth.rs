@@ -186,7 +186,10 @@ async fn every_api_route_needs_a_valid_token() {
         ("post", "/api/v1/runs/{id}/cancel"),
         ("get", "/api/v1/scheduler"),
         ("get", "/api/v1/pipelines/{name}/models/{model}/quality"),
-        ("post", "/api/v1/pipelines/{name}/models/{model}/quarantine/replay"),
+        (
+            "post",
+            "/api/v1/pipelines/{name}/models/{model}/quarantine/replay",
+        ),
         ("put", "/api/v1/tables/{layer}/{name}/checks"),
         ("get", "/api/v1/tables/{layer}/{name}/checks"),
         ("delete", "/api/v1/tables/{layer}/{name}/checks"),
