@@ -235,6 +235,17 @@ impl AccessControl {
             })
     }
 
+    /// The layers `p` may not MANAGE. Failure samples (rows of user tables kept in run
+    /// records and `system.*` results) show only to principals who manage every layer they
+    /// come from: the one rule, used by the run API and by the `system` schema's mask.
+    pub(crate) fn unmanaged_layers(&self, p: &Principal) -> Vec<Layer> {
+        Layer::ALL
+            .iter()
+            .copied()
+            .filter(|l| !self.allows_layer(p, Privilege::Manage, *l))
+            .collect()
+    }
+
     /// Whether `t` exists for `p` at all (any privilege on it).
     pub fn is_visible(&self, p: &Principal, t: &TableRef) -> bool {
         let t = t.governing();

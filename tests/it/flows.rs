@@ -925,42 +925,12 @@ crate::on_both_backends!(vacuum_keeps_what_models_need);
 /// reads the same range again and every row lands exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_before_the_commit_reruns_the_same_range() {
-    use crate::harness::StrataProcess;
+    use crate::harness::{StrataProcess, armed, deployer_token, etl_env};
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("strata.toml");
-    let mut toml = String::from("[[pipelines.principals]]\nname = \"etl\"\nroles = [\"etl\"]\n");
-    for (privilege, on) in [
-        ("SELECT", "bronze"),
-        ("SELECT", "silver"),
-        ("INSERT", "silver"),
-    ] {
-        toml.push_str(&format!(
-            "\n[[access.grants]]\nrole = \"etl\"\nprivilege = \"{privilege}\"\non = \"{on}\"\n"
-        ));
-    }
-    std::fs::write(&config, toml).unwrap();
-    let env = vec![("STRATA_CONFIG".to_string(), config.display().to_string())];
-    let mut armed = env.clone();
-    armed.push((
-        strata::failpoint::ENV.to_string(),
-        "flows.before_commit".to_string(),
-    ));
+    let env = etl_env(dir.path());
     let client = reqwest::Client::new();
-    let mut p = StrataProcess::spawn(dir.path(), &armed).await;
-    let token = String::from_utf8(
-        std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
-            .current_dir(dir.path())
-            .env("STRATA_CONFIG", &config)
-            .args([
-                "token", "--sub", "deployer", "--role", "admin", "--role", "etl",
-            ])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
+    let mut p = StrataProcess::spawn(dir.path(), &armed(&env, "flows.before_commit")).await;
+    let token = deployer_token(dir.path(), &env);
     let sql = |http: String, sql: String| {
         let (client, token) = (client.clone(), token.clone());
         async move {

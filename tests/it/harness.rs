@@ -715,3 +715,62 @@ pub fn line_channel(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::
     });
     rx
 }
+
+/// `strata.toml` in `dir` declaring `etl` (reads bronze, writes silver); the environment
+/// that points a process at it.
+pub fn etl_env(dir: &std::path::Path) -> Vec<(String, String)> {
+    let config = dir.join("strata.toml");
+    let mut toml = String::from("[[pipelines.principals]]\nname = \"etl\"\nroles = [\"etl\"]\n");
+    for (privilege, on) in [
+        ("SELECT", "bronze"),
+        ("SELECT", "silver"),
+        ("INSERT", "silver"),
+    ] {
+        toml.push_str(&format!(
+            "\n[[access.grants]]\nrole = \"etl\"\nprivilege = \"{privilege}\"\non = \"{on}\"\n"
+        ));
+    }
+    std::fs::write(&config, toml).unwrap();
+    vec![("STRATA_CONFIG".to_string(), config.display().to_string())]
+}
+
+/// `env` with `failpoints` armed.
+pub fn armed(env: &[(String, String)], failpoints: &str) -> Vec<(String, String)> {
+    let mut armed = env.to_vec();
+    armed.push((strata::failpoint::ENV.to_string(), failpoints.to_string()));
+    armed
+}
+
+/// A token of `deployer` (admin and etl: a pipeline's run-as roles are a subset of its
+/// deployer's), signed by the key of the process in `dir`.
+pub fn deployer_token(dir: &std::path::Path, env: &[(String, String)]) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
+    cmd.current_dir(dir).args([
+        "token", "--sub", "deployer", "--role", "admin", "--role", "etl",
+    ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    String::from_utf8(cmd.output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+pub async fn send(
+    client: &reqwest::Client,
+    token: &str,
+    method: reqwest::Method,
+    url: &str,
+    body: Value,
+) -> (u16, Value) {
+    let r = client
+        .request(method, url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}

@@ -148,16 +148,7 @@ impl SystemSchema {
         if schema.index_of("sources").is_err() {
             return Ok(Vec::new());
         }
-        let unmanaged: Vec<Layer> = Layer::ALL
-            .iter()
-            .copied()
-            .filter(|l| {
-                !self
-                    .cx
-                    .access
-                    .allows_layer(&self.cx.principal, Privilege::Manage, *l)
-            })
-            .collect();
+        let unmanaged = self.cx.access.unmanaged_layers(&self.cx.principal);
         let mut masks = Vec::new();
         for (i, f) in schema.fields().iter().enumerate() {
             if !SAMPLE_COLUMNS.contains(&f.name().as_str()) || unmanaged.is_empty() {
