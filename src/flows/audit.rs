@@ -498,11 +498,8 @@ async fn newest_value(
 pub(crate) async fn last_commit(engine: &Engine, t: &TableRef) -> Result<DateTime<Utc>> {
     engine
         .catalog()
-        .history(t, 1)
+        .last_commit_time(t)
         .await?
-        .into_iter()
-        .next()
-        .and_then(|c| c.timestamp)
         .ok_or_else(|| Error::internal(format!("{t} has no commit timestamp")))
 }
 

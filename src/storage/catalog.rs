@@ -550,6 +550,25 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// When `t`'s latest commit was made (its commit info's timestamp): one read of that
+    /// commit, not a listing of the log.
+    pub async fn last_commit_time(
+        &self,
+        t: &TableRef,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let table = self.load(t).await?;
+        let Some(version) = table.version() else {
+            return Ok(None);
+        };
+        let path = Warehouse::table_path(t)
+            .join("_delta_log")
+            .join(format!("{version:020}.json"));
+        let bytes = self.warehouse.store().get(&path).await?.bytes().await?;
+        Ok(parse_commit_info(version, &bytes).timestamp)
+    }
+}
+
 fn parse_commit_info(version: u64, bytes: &[u8]) -> HistoryEntry {
     let mut entry = HistoryEntry {
         version,
