@@ -55,6 +55,58 @@ pub struct Config {
     pub log: LogConfig,
     pub pipelines: PipelinesConfig,
     pub scheduler: SchedulerConfig,
+    pub lineage: LineageConfig,
+}
+
+/// `[lineage]`: table and column lineage of every write (PLATFORM P5).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LineageConfig {
+    /// Writes record their lineage in their commits (and emit OpenLineage events).
+    pub enabled: bool,
+    pub openlineage: OpenLineageConfig,
+}
+
+impl Default for LineageConfig {
+    fn default() -> Self {
+        LineageConfig {
+            enabled: true,
+            openlineage: OpenLineageConfig::default(),
+        }
+    }
+}
+
+/// `[lineage.openlineage]`: OpenLineage 2-0-2 RunEvents to a collector (Marquez, DataHub,
+/// OpenMetadata, …), off without `url`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpenLineageConfig {
+    pub url: Option<String>,
+    /// Path appended to `url`.
+    pub endpoint: String,
+    /// Environment variable holding the collector's API key (sent as a bearer token).
+    pub api_key_env: Option<String>,
+    /// Namespace of Strata's jobs and datasets.
+    pub namespace: String,
+    pub timeout_secs: u64,
+    /// Events queued for delivery; when full, new events are dropped (and counted).
+    pub queue_capacity: usize,
+    /// Larger events lose their column lineage; still larger ones are dropped.
+    pub max_event_bytes: usize,
+}
+
+impl Default for OpenLineageConfig {
+    fn default() -> Self {
+        OpenLineageConfig {
+            url: None,
+            endpoint: "/api/v1/lineage".into(),
+            api_key_env: None,
+            namespace: "strata".into(),
+            timeout_secs: 5,
+            queue_capacity: 10_000,
+            max_event_bytes: 1024 * 1024,
+        }
+    }
 }
 
 /// `[pipelines]`: flows (bronze → silver → gold models).

@@ -34,6 +34,8 @@
 //! - `scheduler`: one leader among the replicas (a lease log in the warehouse) runs the
 //!   pipelines' cron and upstream triggers, catch-up and scheduled table maintenance,
 //!   through `flows`.
+//! - `lineage`: table and column lineage from what every write recorded in its commit
+//!   (`engine::lineage`), as a graph under access control.
 //! - `flows`: pipelines of declarative models (bronze → silver → gold): deploys stored as
 //!   versions in the warehouse, runs that read sources through the engine as the pipeline's
 //!   run-as principal and commit each batch with its source watermarks (`txn`).
@@ -63,6 +65,7 @@ pub mod error;
 pub mod failpoint;
 pub mod flows;
 pub mod ingest;
+pub mod lineage;
 pub(crate) mod pipelines;
 pub mod scheduler;
 pub mod security;

@@ -185,6 +185,9 @@ impl Server {
             engine: Arc::clone(&self.engine),
             flows: Arc::clone(&self.flows),
             scheduler: Arc::clone(&self.scheduler),
+            lineage: Arc::new(crate::lineage::LineageService::new(Arc::clone(
+                &self.engine,
+            ))),
             auth: Arc::clone(&self.auth),
             started: Instant::now(),
             config_grants: self.config.access.grants.clone(),
@@ -252,6 +255,7 @@ impl Server {
             }
         }
         let _ = stop_tx.send(true);
+        let stopping = std::time::Instant::now();
         let drained = tokio::time::timeout(grace, async {
             let _ = (&mut http_task).await;
             let _ = (&mut flight_task).await;
@@ -262,6 +266,9 @@ impl Server {
             http_task.abort();
             flight_task.abort();
         }
+        // The lineage events of the writes that just finished, within what is left of it.
+        let left = grace.saturating_sub(stopping.elapsed());
+        self.engine.openlineage().flush(left).await;
         tracing::info!("stopped");
         Ok(())
     }

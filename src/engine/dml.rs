@@ -10,6 +10,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::engine::Engine;
+use crate::engine::lineage::{self, Lineage};
 use crate::engine::sql::{self, Statement};
 use crate::error::{Error, Result};
 use crate::pipelines::commit::Progress;
@@ -21,6 +22,21 @@ use crate::security::policy::PolicyGuard;
 use crate::security::policy::table::Enforcement;
 use crate::storage::TableRef;
 
+/// The table a MERGE, UPDATE, DELETE or SCD2 changes, as the writer may change it.
+#[derive(Debug)]
+struct Target {
+    /// The writer's row filter there (`None` without one).
+    filter: Option<Expr>,
+    version: u64,
+    schema: arrow::datatypes::SchemaRef,
+}
+
+impl Target {
+    fn of<'a>(&'a self, t: &'a TableRef) -> (&'a TableRef, u64, &'a arrow::datatypes::Schema) {
+        (t, self.version, &self.schema)
+    }
+}
+
 /// What a MERGE or SCD2 reads from.
 #[derive(Debug)]
 pub(crate) enum MergeSource {
@@ -28,6 +44,16 @@ pub(crate) enum MergeSource {
     Plan(LogicalPlan),
     /// Rows sent by the client (already decoded and validated).
     Rows(Vec<RecordBatch>),
+}
+
+impl MergeSource {
+    /// What the source reads (rows sent by the client read no table).
+    fn lineage(&self, state: &SessionState) -> Lineage {
+        match self {
+            MergeSource::Plan(plan) => lineage::of_rows(state, plan),
+            MergeSource::Rows(_) => Lineage::default(),
+        }
+    }
 }
 
 /// What a MERGE binds besides its source: `$n` parameter values, and the progress markers
@@ -47,14 +73,15 @@ pub enum SourceInput {
 }
 
 impl Engine {
-    /// MODIFY on `t`, and the writer's row filter there. A writer whose reads of `t` are
-    /// masked is refused: its conditions and SET expressions would see unmasked values.
-    async fn modify_filter(
+    /// MODIFY on `t`, and the writer's row filter there, with the version and schema the
+    /// change starts from. A writer whose reads of `t` are masked is refused: its conditions
+    /// and SET expressions would see unmasked values.
+    async fn modify_target(
         &self,
         access: &AccessControl,
         p: &Principal,
         t: &TableRef,
-    ) -> Result<Option<Expr>> {
+    ) -> Result<Target> {
         access.check(p, Privilege::Modify, t)?;
         let table = self.catalog().load(t).await?;
         let schema = table.snapshot()?.snapshot().arrow_schema();
@@ -71,7 +98,11 @@ impl Engine {
                 "column masks apply to you on {t}; UPDATE, DELETE and MERGE need a role exempt from them"
             )));
         }
-        Ok(enforcement.filter)
+        Ok(Target {
+            filter: enforcement.filter,
+            version: table.version().unwrap_or(0),
+            schema,
+        })
     }
 
     pub(crate) async fn run_merge(
@@ -83,14 +114,30 @@ impl Engine {
         spec: &MergeSpec,
         bound: Bound<'_>,
     ) -> Result<DmlOutcome> {
-        let filter = self.modify_filter(access, principal, t).await?;
+        let target = self.modify_target(access, principal, t).await?;
         let state = self.sessions.dml_session(principal, access);
+        let read = self.lineage(|| source.lineage(&state));
         let source = self.source_frame(principal, &state, source)?;
+        let lineage = self.lineage(|| {
+            let schema = source.schema().as_arrow();
+            lineage::of_merge(&state, read, schema, target.of(t), spec).filtered_by_writer(
+                t,
+                target.version,
+                target.filter.as_ref(),
+            )
+        });
         let dml = Dml {
             progress: bound.progress,
-            ..self.dml(t, principal, &state, filter.as_ref(), bound.params)
+            ..self.dml(t, principal, &state, target.filter.as_ref(), bound.params)
         };
-        merge::merge(&dml, source, spec).await
+        self.attached(
+            t,
+            &spec.operation,
+            &lineage,
+            None,
+            merge::merge(&dml, source, spec),
+        )
+        .await
     }
 
     /// A MERGE/UPDATE/DELETE/SCD2 of `t` by `principal` in `state`.
@@ -202,14 +249,20 @@ impl Engine {
         spec: &Scd2Spec,
         progress: &Progress,
     ) -> Result<DmlOutcome> {
-        let filter = self.modify_filter(access, principal, t).await?;
+        let target = self.modify_target(access, principal, t).await?;
         let state = self.sessions.dml_session(principal, access);
+        let read = self.lineage(|| source.lineage(&state));
         let source = self.source_frame(principal, &state, source)?;
+        let lineage = self.lineage(|| {
+            lineage::of_scd2(read, source.schema().as_arrow(), target.of(t), spec)
+                .filtered_by_writer(t, target.version, target.filter.as_ref())
+        });
         let dml = Dml {
             progress,
-            ..self.dml(t, principal, &state, filter.as_ref(), &[])
+            ..self.dml(t, principal, &state, target.filter.as_ref(), &[])
         };
-        scd2::scd2(&dml, source, spec).await
+        self.attached(t, "SCD2", &lineage, None, scd2::scd2(&dml, source, spec))
+            .await
     }
 
     pub(crate) async fn run_update(
@@ -221,10 +274,24 @@ impl Engine {
         predicate: Option<&str>,
         params: &[ScalarValue],
     ) -> Result<DmlOutcome> {
-        let filter = self.modify_filter(access, principal, t).await?;
+        let target = self.modify_target(access, principal, t).await?;
         let state = self.sessions.dml_session(principal, access);
-        let dml = self.dml(t, principal, &state, filter.as_ref(), params);
-        merge::update(&dml, set, predicate).await
+        let lineage = self.lineage(|| {
+            lineage::of_update(&state, target.of(t), set, predicate).filtered_by_writer(
+                t,
+                target.version,
+                target.filter.as_ref(),
+            )
+        });
+        let dml = self.dml(t, principal, &state, target.filter.as_ref(), params);
+        self.attached(
+            t,
+            "UPDATE",
+            &lineage,
+            None,
+            merge::update(&dml, set, predicate),
+        )
+        .await
     }
 
     pub(crate) async fn run_delete(
@@ -250,10 +317,18 @@ impl Engine {
         params: &[ScalarValue],
         progress: &Progress,
     ) -> Result<DmlOutcome> {
-        let filter = self.modify_filter(access, principal, t).await?;
+        let target = self.modify_target(access, principal, t).await?;
         let state = self.sessions.dml_session(principal, access);
-        let mut dml = self.dml(t, principal, &state, filter.as_ref(), params);
+        let lineage = self.lineage(|| {
+            lineage::of_delete(&state, target.of(t), predicate).filtered_by_writer(
+                t,
+                target.version,
+                target.filter.as_ref(),
+            )
+        });
+        let mut dml = self.dml(t, principal, &state, target.filter.as_ref(), params);
         dml.progress = progress;
-        merge::delete(&dml, predicate).await
+        self.attached(t, "DELETE", &lineage, None, merge::delete(&dml, predicate))
+            .await
     }
 }

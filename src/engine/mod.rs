@@ -11,9 +11,11 @@ pub(crate) mod dml;
 mod execute;
 pub(crate) mod expect;
 pub(crate) mod limits;
+pub(crate) mod lineage;
 pub(crate) mod maintenance;
 pub(crate) mod memory;
 pub(crate) mod models;
+pub(crate) mod openlineage;
 mod output;
 mod params;
 pub(crate) mod policies;
@@ -61,6 +63,10 @@ pub struct Engine {
     plans: moka::sync::Cache<[u8; 32], Arc<PlannedQuery>>,
     /// Who VACUUM must not leave behind ([`maintenance::ChangeReaders`]).
     change_readers: std::sync::OnceLock<std::sync::Weak<dyn maintenance::ChangeReaders>>,
+    /// Where the OpenLineage events of writes go (`[lineage.openlineage]`).
+    openlineage: crate::telemetry::openlineage::Emitter,
+    /// `[lineage] enabled`: writes record their lineage (and emit OpenLineage events).
+    lineage_enabled: bool,
 }
 
 impl Engine {
@@ -113,7 +119,14 @@ impl Engine {
                 .time_to_live(std::time::Duration::from_secs(60))
                 .build(),
             change_readers: std::sync::OnceLock::new(),
+            openlineage: crate::telemetry::openlineage::Emitter::start(&cfg.lineage.openlineage)?,
+            lineage_enabled: cfg.lineage.enabled,
         })
+    }
+
+    /// The OpenLineage emitter (flushed by the server on shutdown).
+    pub fn openlineage(&self) -> &crate::telemetry::openlineage::Emitter {
+        &self.openlineage
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -172,6 +185,7 @@ impl Engine {
         if let Some(cache) = &self.cache {
             cache.register_metrics(&mut registry);
         }
+        self.openlineage.register(&mut registry);
         encode(&registry)
     }
 

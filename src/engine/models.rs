@@ -18,7 +18,7 @@ use datafusion::prelude::DataFrame;
 
 use super::params::{NamedParams, bind_named};
 use super::statement::{delta_compatible, project_onto};
-use super::{Engine, Statement, dml, sql};
+use super::{Engine, Statement, dml, lineage, sql};
 use crate::error::{Error, Result};
 use crate::pipelines::commit::{self, Progress, WriteMode};
 use crate::pipelines::merge::MergeSpec;
@@ -192,6 +192,25 @@ impl Engine {
     ) -> Result<ModelOutcome> {
         let access = self.access().await?;
         let (state, plan) = self.plan_model(principal, &access, c.sql, c.params).await?;
+        // Its commits (the quarantine's included) carry what the model's SELECT reads; a
+        // merge or scd2 model's write replaces it with the MERGE's own (`engine::dml`).
+        let lineage = self.lineage(|| lineage::of_rows(&state, &plan));
+        let (table, sql) = (c.table.clone(), c.sql.to_string());
+        let write = self.checked_write(principal, &access, state, plan, c);
+        self.attached(&table, "MODEL RUN", &lineage, Some(sql), write)
+            .await
+    }
+
+    /// The model's rows through its expectations, then written.
+    async fn checked_write(
+        &self,
+        principal: &Arc<Principal>,
+        access: &Arc<AccessControl>,
+        state: SessionState,
+        plan: LogicalPlan,
+        c: ModelCommit<'_>,
+    ) -> Result<ModelOutcome> {
+        let access = Arc::clone(access);
         let (plan, quality) = match &c.checks {
             Some(checks) if !checks.rules.is_empty() => {
                 let (plan, quality) = self

@@ -13,9 +13,10 @@ use datafusion::prelude::{DataFrame, SQLOptions};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast;
 
+use super::openlineage::Created;
 use super::output::{QueryOutput, command_output, dml_output, history_output};
 use super::params::{bind_params, no_params};
-use super::{Engine, Statement, dml};
+use super::{Engine, Statement, dml, lineage};
 use crate::error::{Error, Result};
 use crate::pipelines::commit::{self, WriteMode};
 use crate::pipelines::maintenance::OptimizeSpec;
@@ -95,8 +96,10 @@ impl Engine {
                         )))
                     };
                 }
+                let sql = query.to_string();
                 let plan = self.plan_query(&state, *query, params).await?;
                 let plan = delta_compatible(plan)?;
+                let lineage = self.lineage(|| lineage::of_rows(&state, &plan));
                 let batches = DataFrame::new(state, plan.clone()).collect().await?;
                 let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
                 let new_schema = Arc::new(plan.schema().as_arrow().clone());
@@ -115,15 +118,24 @@ impl Engine {
                     properties,
                 };
                 let arrow_schema = Arc::new(plan.schema().as_arrow().clone());
-                let version = commit::create_with_data(
+                let create = commit::create_with_data(
                     &self.catalog,
                     &table,
                     principal,
                     &spec,
                     arrow_schema,
                     batches,
-                )
-                .await?;
+                );
+                let created = async {
+                    Ok(Created {
+                        version: create.await?,
+                        rows: rows as u64,
+                    })
+                };
+                let version = self
+                    .attached(&table, kind, &lineage, Some(sql), created)
+                    .await?
+                    .version;
                 Ok(command_output(
                     kind,
                     &table,
@@ -143,8 +155,10 @@ impl Engine {
                 }
                 let current = self.catalog.load(&table).await?;
                 let target = current.snapshot()?.snapshot().arrow_schema();
+                let sql = source.to_string();
                 let plan = self.plan_query(&state, *source, params).await?;
                 let plan = project_onto(plan, &target, &columns)?;
+                let lineage = self.lineage(|| lineage::of_rows(&state, &plan));
                 let batches = DataFrame::new(state, plan).collect().await?;
                 let batches = crate::ingest::enforce_schema(batches, &target)?;
                 let mode = if overwrite {
@@ -153,9 +167,11 @@ impl Engine {
                     WriteMode::Append
                 };
                 self.check_write(&access, principal, &table, mode, &target, &batches)?;
-                let outcome =
-                    commit::write(&self.catalog, &table, principal, batches, mode, None, kind)
-                        .await?;
+                let write =
+                    commit::write(&self.catalog, &table, principal, batches, mode, None, kind);
+                let outcome = self
+                    .attached(&table, kind, &lineage, Some(sql), write)
+                    .await?;
                 Ok(command_output(
                     kind,
                     &table,

@@ -136,6 +136,7 @@ impl Flows {
         let (id, pipeline) = (record.run_id.clone(), record.pipeline.clone());
         let context = RunContext {
             run_id: id.clone(),
+            pipeline: pipeline.clone(),
             epoch: origin.epoch,
             fence: origin.fence.clone(),
         };

@@ -33,7 +33,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::security::Principal;
 use crate::storage::catalog::TableSpec;
 use crate::storage::commit_info::{
-    COMMIT_ID_KEY, EPOCH_KEY, FENCE_APP_ID, OPERATION_KEY, PRINCIPAL_KEY, RUN_ID_KEY, RunContext,
+    COMMIT_ID_KEY, EPOCH_KEY, FENCE_APP_ID, LINEAGE_KEY, LineageScope, OPERATION_KEY,
+    PRINCIPAL_KEY, RUN_ID_KEY, RunContext,
 };
 use crate::storage::{Catalog, TableRef};
 
@@ -67,6 +68,25 @@ pub struct WriteOutcome {
 /// is pruned by VACUUM only, behind the same guard as the change files
 /// (`pipelines::maintenance::vacuum`).
 pub(crate) fn commit_properties(p: &Principal, operation: &str) -> CommitProperties {
+    CommitProperties::default()
+        .with_cleanup_expired_logs(Some(false))
+        .with_metadata(commit_metadata(p, operation))
+}
+
+/// [`commit_properties`] of a write to `t`, with the current write's lineage when it has
+/// one for `t` (`engine::lineage::attached`): delta-rs's `with_metadata` replaces, so the
+/// record joins the other keys here.
+pub(crate) fn write_properties(p: &Principal, t: &TableRef, operation: &str) -> CommitProperties {
+    let mut metadata = commit_metadata(p, operation);
+    if let Some(record) = LineageScope::record_for(t) {
+        metadata.push((LINEAGE_KEY.to_string(), record));
+    }
+    CommitProperties::default()
+        .with_cleanup_expired_logs(Some(false))
+        .with_metadata(metadata)
+}
+
+fn commit_metadata(p: &Principal, operation: &str) -> Vec<(String, serde_json::Value)> {
     let run = RunContext::current().map(|r| {
         let mut keys = vec![(RUN_ID_KEY.to_string(), serde_json::Value::String(r.run_id))];
         if let Some(epoch) = r.epoch {
@@ -74,9 +94,9 @@ pub(crate) fn commit_properties(p: &Principal, operation: &str) -> CommitPropert
         }
         keys
     });
-    CommitProperties::default()
-        .with_cleanup_expired_logs(Some(false))
-        .with_metadata(run.into_iter().flatten().chain([
+    run.into_iter()
+        .flatten()
+        .chain([
             (
                 PRINCIPAL_KEY.to_string(),
                 serde_json::Value::String(p.subject.clone()),
@@ -91,7 +111,8 @@ pub(crate) fn commit_properties(p: &Principal, operation: &str) -> CommitPropert
                 COMMIT_ID_KEY.to_string(),
                 serde_json::Value::String(uuid::Uuid::new_v4().to_string()),
             ),
-        ]))
+        ])
+        .collect()
 }
 
 /// The Delta `txn` application id of a client's idempotency key. Keys belong to the
@@ -482,7 +503,7 @@ async fn write_inner(
             duplicate: false,
         });
     }
-    let mut props = commit_properties(p, operation);
+    let mut props = write_properties(p, t, operation);
     if mode == WriteMode::Append {
         props = props.with_max_retries(APPEND_COMMIT_ATTEMPTS);
     }
@@ -593,7 +614,7 @@ pub(crate) async fn create_with_data(
                 t,
                 &spec,
                 &p.subject,
-                commit_properties(p, "CREATE TABLE AS SELECT"),
+                write_properties(p, t, "CREATE TABLE AS SELECT"),
             )
             .await?;
         return Ok(version_of(&table));
@@ -604,7 +625,7 @@ pub(crate) async fn create_with_data(
     let mut write = write
         .with_save_mode(SaveMode::ErrorIfExists)
         .with_table_name(t.name.clone())
-        .with_commit_properties(commit_properties(p, "CREATE TABLE AS SELECT"));
+        .with_commit_properties(write_properties(p, t, "CREATE TABLE AS SELECT"));
     if !spec.partition_by.is_empty() {
         write = write.with_partition_columns(spec.partition_by.clone());
     }

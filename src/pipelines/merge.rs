@@ -29,7 +29,7 @@ use deltalake::kernel::transaction::CommitProperties;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::pipelines::commit::{Progress, commit_properties, fence_marker, progress_reached};
+use crate::pipelines::commit::{Progress, fence_marker, progress_reached, write_properties};
 use crate::security::Principal;
 use crate::security::policy::visible::{USER_EXPRESSION_FAILED, Visibility};
 use crate::security::policy::write::{WITH_CHECK_VIOLATION, post_image, qualify, with_check};
@@ -340,7 +340,7 @@ pub(crate) async fn merge(
                 .with_target_alias(ta)
                 .with_session_state(Arc::new(state.clone()))
                 .with_commit_properties(progress.iter().cloned().chain(fence).fold(
-                    commit_properties(p, &spec.operation),
+                    write_properties(p, t, &spec.operation),
                     |props, mark| props.with_application_transaction(mark),
                 ));
             for clause in &spec.clauses {
@@ -576,7 +576,7 @@ pub(crate) async fn update(
         let mut builder = table
             .update()
             .with_session_state(Arc::new(state.clone()))
-            .with_commit_properties(fenced(commit_properties(p, "UPDATE"), fence));
+            .with_commit_properties(fenced(write_properties(p, t, "UPDATE"), fence));
         if let Some(pred) = pred {
             builder = builder.with_predicate(pred);
         }
@@ -628,7 +628,7 @@ pub(crate) async fn delete(dml: &Dml<'_>, predicate: Option<&str>) -> Result<Dml
         let mut builder = table
             .delete()
             .with_session_state(Arc::new(state.clone()))
-            .with_commit_properties(fenced(commit_properties(p, "DELETE"), fence));
+            .with_commit_properties(fenced(write_properties(p, t, "DELETE"), fence));
         if let Some(pred) = pred {
             builder = builder.with_predicate(pred);
         }

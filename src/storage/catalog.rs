@@ -569,6 +569,52 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// The commit infos of `t`'s commits `versions` (those still in the log), read
+    /// concurrently, in version order.
+    pub async fn commit_infos(
+        &self,
+        t: &TableRef,
+        versions: std::ops::RangeInclusive<u64>,
+    ) -> Result<Vec<(u64, serde_json::Map<String, serde_json::Value>)>> {
+        let store = self.warehouse.store();
+        let log = Warehouse::table_path(t).join("_delta_log");
+        let mut out: Vec<_> = futures::stream::iter(versions)
+            .map(|version| {
+                let path = log.clone().join(format!("{version:020}.json"));
+                let store = Arc::clone(store);
+                async move {
+                    match store.get(&path).await {
+                        Ok(r) => Ok(Some((version, commit_info(&r.bytes().await?)))),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(Error::from(e)),
+                    }
+                }
+            })
+            .buffer_unordered(16)
+            .try_filter_map(
+                |found| async move { Ok(found.and_then(|(v, info)| info.map(|i| (v, i)))) },
+            )
+            .try_collect()
+            .await?;
+        out.sort_by_key(|(v, _)| *v);
+        Ok(out)
+    }
+}
+
+/// The `commitInfo` action of a commit file.
+fn commit_info(bytes: &[u8]) -> Option<serde_json::Map<String, serde_json::Value>> {
+    bytes.split(|b| *b == b'\n').find_map(|line| {
+        let serde_json::Value::Object(mut action) = serde_json::from_slice(line).ok()? else {
+            return None;
+        };
+        match action.remove("commitInfo")? {
+            serde_json::Value::Object(info) => Some(info),
+            _ => None,
+        }
+    })
+}
+
 fn parse_commit_info(version: u64, bytes: &[u8]) -> HistoryEntry {
     let mut entry = HistoryEntry {
         version,

@@ -37,6 +37,8 @@ pub mod commit_info {
     pub const RUN_ID_KEY: &str = "strata.run_id";
     /// The scheduler lease epoch of the leader that started that run (the fencing token).
     pub const EPOCH_KEY: &str = "strata.scheduler_epoch";
+    /// The write's lineage (`engine::lineage::LineageRecord`).
+    pub const LINEAGE_KEY: &str = "strata.lineage";
 
     /// The Delta `txn` application id of the scheduler's fencing token: its version is the
     /// leadership term of the last leader whose run wrote the table.
@@ -56,12 +58,68 @@ pub mod commit_info {
     #[derive(Debug, Clone)]
     pub struct RunContext {
         pub run_id: String,
+        /// The pipeline the run belongs to.
+        pub pipeline: String,
         pub epoch: Option<u64>,
         pub fence: Option<std::sync::Arc<dyn Fence>>,
     }
 
     tokio::task_local! {
         static RUN: RunContext;
+    }
+
+    /// The lineage of the write the current task makes to `table`: attached to that
+    /// table's commits (and its quarantine's) by the write paths, and to nothing else the
+    /// task commits (run records, a table created on the way). A write nested in another to
+    /// the same table (a merge model's MERGE inside its batch) replaces the record.
+    #[derive(Debug, Clone)]
+    pub struct LineageScope {
+        pub table: super::TableRef,
+        record: std::sync::Arc<std::sync::Mutex<serde_json::Value>>,
+    }
+
+    tokio::task_local! {
+        static LINEAGE: LineageScope;
+    }
+
+    impl LineageScope {
+        pub fn new(table: super::TableRef, record: serde_json::Value) -> LineageScope {
+            LineageScope {
+                table,
+                record: std::sync::Arc::new(std::sync::Mutex::new(record)),
+            }
+        }
+
+        pub async fn scope<F: std::future::Future>(self, f: F) -> F::Output {
+            LINEAGE.scope(self, f).await
+        }
+
+        /// The scope of the current write, if it writes `t`.
+        pub fn current_for(t: &super::TableRef) -> Option<LineageScope> {
+            LINEAGE
+                .try_with(|s| (s.table == *t.governing()).then(|| s.clone()))
+                .ok()
+                .flatten()
+        }
+
+        /// The record to attach to a commit of `t`, if the current write is one of `t`.
+        pub fn record_for(t: &super::TableRef) -> Option<serde_json::Value> {
+            LineageScope::current_for(t).map(|s| s.record())
+        }
+
+        pub fn record(&self) -> serde_json::Value {
+            match self.record.lock() {
+                Ok(r) => r.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            }
+        }
+
+        pub fn replace(&self, record: serde_json::Value) {
+            match self.record.lock() {
+                Ok(mut r) => *r = record,
+                Err(poisoned) => *poisoned.into_inner() = record,
+            }
+        }
     }
 
     impl RunContext {

@@ -2,6 +2,7 @@
 
 pub(crate) mod heap;
 pub(crate) mod metrics;
+pub mod openlineage;
 
 pub use metrics::{Metrics, metrics};
 

@@ -118,6 +118,8 @@ async fn every_api_route_needs_a_valid_token() {
         ("POST", "/api/v1/pipelines/p/models/m/quarantine/replay"),
         ("PUT", "/api/v1/tables/gold/people/checks"),
         ("POST", "/api/v1/tables/gold/people/checks/run"),
+        ("GET", "/api/v1/lineage/tables/gold/people"),
+        ("GET", "/api/v1/lineage/columns/gold/people/id"),
     ];
     for (method, path) in routes {
         let method: reqwest::Method = method.parse().unwrap();
@@ -194,6 +196,8 @@ async fn every_api_route_needs_a_valid_token() {
         ("get", "/api/v1/tables/{layer}/{name}/checks"),
         ("delete", "/api/v1/tables/{layer}/{name}/checks"),
         ("post", "/api/v1/tables/{layer}/{name}/checks/run"),
+        ("get", "/api/v1/lineage/tables/{layer}/{name}"),
+        ("get", "/api/v1/lineage/columns/{layer}/{name}/{column}"),
         ("get", "/api/v1/openapi.json"),
         ("get", "/metrics"),
         ("get", "/healthz"),

@@ -10,6 +10,7 @@ mod dml;
 mod encode;
 mod error;
 mod health;
+mod lineage;
 
 pub(crate) use health::metrics_router;
 mod openapi;
@@ -39,6 +40,7 @@ pub(crate) struct AppState {
     pub engine: Arc<Engine>,
     pub flows: Arc<crate::flows::Flows>,
     pub scheduler: Arc<crate::scheduler::Scheduler>,
+    pub lineage: Arc<crate::lineage::LineageService>,
     pub auth: Arc<Authenticator>,
     pub started: Instant,
     /// Grants from the configuration file (shown read-only next to run-time grants).
@@ -144,6 +146,8 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(pipelines::run_checks))
         .routes(routes!(pipelines::replay))
+        .routes(routes!(lineage::tables))
+        .routes(routes!(lineage::columns))
         .routes(routes!(openapi::document))
         .route_layer(bearer());
     let metrics = OpenApiRouter::new()
