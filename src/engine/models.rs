@@ -16,6 +16,7 @@ use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::DataFrame;
 
+use super::openlineage::Written;
 use super::params::{NamedParams, bind_named};
 use super::statement::{delta_compatible, project_onto};
 use super::{Engine, Statement, dml, lineage, sql};
@@ -210,12 +211,11 @@ impl Engine {
         plan: LogicalPlan,
         c: ModelCommit<'_>,
     ) -> Result<ModelOutcome> {
-        let access = Arc::clone(access);
         let (plan, quality) = match &c.checks {
             Some(checks) if !checks.rules.is_empty() => {
                 let (plan, quality) = self
                     .apply_expectations(
-                        principal, &access, &state, plan, checks, c.table, c.progress,
+                        principal, access, &state, plan, checks, c.table, c.progress,
                     )
                     .await?;
                 if quality.refused.is_some() {
@@ -228,7 +228,7 @@ impl Engine {
             }
             _ => (plan, None),
         };
-        let mut outcome = self.write_model(principal, &access, state, plan, c).await?;
+        let mut outcome = self.write_model(principal, access, state, plan, c).await?;
         outcome.quality = quality;
         Ok(outcome)
     }
@@ -543,4 +543,35 @@ fn new_columns(target: &Schema, output: &Schema) -> Vec<String> {
         .filter(|f| target.field_with_name(f.name()).is_err())
         .map(|f| f.name().clone())
         .collect()
+}
+
+/// What a model's batch reports in its OpenLineage COMPLETE event.
+impl Written for ModelOutcome {
+    fn version(&self) -> Option<u64> {
+        Some(self.version)
+    }
+
+    fn rows(&self) -> Option<u64> {
+        Some(self.rows_out)
+    }
+
+    fn assertions(&self) -> Vec<serde_json::Value> {
+        let Some(quality) = &self.quality else {
+            return Vec::new();
+        };
+        quality
+            .rules
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "assertion": "expectation",
+                    "name": r.name,
+                    "success": r.failed == 0,
+                    "severity": r.action.as_str(),
+                    "expected": "0",
+                    "actual": r.failed.to_string(),
+                })
+            })
+            .collect()
+    }
 }

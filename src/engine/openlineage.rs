@@ -374,33 +374,3 @@ impl Written for crate::pipelines::merge::DmlOutcome {
         Some(self.inserted + self.updated)
     }
 }
-
-impl Written for super::models::ModelOutcome {
-    fn version(&self) -> Option<u64> {
-        Some(self.version)
-    }
-
-    fn rows(&self) -> Option<u64> {
-        Some(self.rows_out)
-    }
-
-    fn assertions(&self) -> Vec<Value> {
-        let Some(quality) = &self.quality else {
-            return Vec::new();
-        };
-        quality
-            .rules
-            .iter()
-            .map(|r| {
-                json!({
-                    "assertion": "expectation",
-                    "name": r.name,
-                    "success": r.failed == 0,
-                    "severity": r.action.as_str(),
-                    "expected": "0",
-                    "actual": r.failed.to_string(),
-                })
-            })
-            .collect()
-    }
-}

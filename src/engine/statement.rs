@@ -13,10 +13,11 @@ use datafusion::prelude::{DataFrame, SQLOptions};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast;
 
+use super::lineage::Lineage;
 use super::openlineage::Created;
 use super::output::{QueryOutput, command_output, dml_output, history_output};
 use super::params::{bind_params, no_params};
-use super::{Engine, Statement, dml, lineage};
+use super::{Engine, Statement, dml};
 use crate::error::{Error, Result};
 use crate::pipelines::commit::{self, WriteMode};
 use crate::pipelines::maintenance::OptimizeSpec;
@@ -99,8 +100,9 @@ impl Engine {
                 let sql = query.to_string();
                 let plan = self.plan_query(&state, *query, params).await?;
                 let plan = delta_compatible(plan)?;
-                let lineage = self.lineage(|| lineage::of_rows(&state, &plan));
-                let batches = DataFrame::new(state, plan.clone()).collect().await?;
+                let optimized = state.optimize(&plan)?;
+                let lineage = self.lineage(|| Lineage::of_plan(&optimized));
+                let batches = collect_optimized(&state, &optimized).await?;
                 let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
                 let new_schema = Arc::new(plan.schema().as_arrow().clone());
                 self.check_write(
@@ -158,8 +160,9 @@ impl Engine {
                 let sql = source.to_string();
                 let plan = self.plan_query(&state, *source, params).await?;
                 let plan = project_onto(plan, &target, &columns)?;
-                let lineage = self.lineage(|| lineage::of_rows(&state, &plan));
-                let batches = DataFrame::new(state, plan).collect().await?;
+                let optimized = state.optimize(&plan)?;
+                let lineage = self.lineage(|| Lineage::of_plan(&optimized));
+                let batches = collect_optimized(&state, &optimized).await?;
                 let batches = crate::ingest::enforce_schema(batches, &target)?;
                 let mode = if overwrite {
                     WriteMode::Overwrite
@@ -401,6 +404,19 @@ pub(super) fn announced_types(
         })
         .collect::<Vec<_>>();
     Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
+}
+
+/// The rows of a plan `state` already optimized (its lineage came from that plan), planned
+/// physically without optimizing it a second time.
+async fn collect_optimized(
+    state: &SessionState,
+    optimized: &LogicalPlan,
+) -> Result<Vec<RecordBatch>> {
+    let physical = state
+        .query_planner()
+        .create_physical_plan(optimized, state)
+        .await?;
+    Ok(datafusion::physical_plan::collect(physical, state.task_ctx()).await?)
 }
 
 /// Tables read by `plan` (subqueries included).

@@ -16,6 +16,7 @@ use deltalake::kernel::Transaction;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::record::{ModelRun, RunRecord, RunStatus};
+use super::results::to_i64;
 pub(crate) use super::results::{AuditRow, ExpectationRow};
 use super::{Kind, RunFilter};
 use crate::engine::Engine;
@@ -200,10 +201,6 @@ fn schema(table: &str) -> Arc<Schema> {
             .map(|(c, dt, _)| Field::new(c, dt, true))
             .collect::<Vec<_>>(),
     ))
-}
-
-pub(super) fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// Writes and reads the records.

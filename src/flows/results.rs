@@ -6,7 +6,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::record::{RunRecord, RunStatus};
-use super::records::to_i64;
 
 /// A row of `system.expectation_results`: one expectation of one model in one run.
 #[derive(Debug, Serialize, Deserialize)]
@@ -122,4 +121,9 @@ impl AuditRow {
             origin: origin.to_string(),
         }
     }
+}
+
+/// A count as the records' BIGINT columns store it (saturating).
+pub(super) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
