@@ -199,6 +199,10 @@ impl PipelineRuntime {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("strata-pipeline")
+            // A model's batch nests the engine's write futures (expectations, lineage, the
+            // MERGE inside a merge model) and DataFusion's recursive planning: 2 MiB (Tokio's
+            // default) overflows in a debug build, and an overflow aborts the process.
+            .thread_stack_size(8 * 1024 * 1024)
             .enable_all()
             .build()
             .map_err(|e| Error::internal(format!("pipeline runtime: {e}")))?;

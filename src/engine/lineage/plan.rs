@@ -24,8 +24,42 @@ pub(super) fn policy_scan(source: &Arc<dyn TableSource>) -> Option<(TableRef, u6
     Some((t.table().clone(), t.version(), t.masked_columns().collect()))
 }
 
+/// Nesting the walk follows (plan nodes plus expression levels) before it gives up: statements
+/// are refused past 128 levels of expression (`engine::sql::guards`), so only text parsed
+/// elsewhere (REST MERGE conditions) could go deeper, and a stack overflow aborts the
+/// process.
+const MAX_DEPTH: usize = 512;
+
+thread_local! {
+    static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// One level of the (synchronous, recursive) walk on this thread.
+struct Depth;
+
+impl Depth {
+    fn enter() -> Result<Depth, Degraded> {
+        let d = DEPTH.with(|d| {
+            d.set(d.get() + 1);
+            d.get()
+        });
+        let guard = Depth;
+        if d > MAX_DEPTH {
+            return Err("nested too deep");
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for Depth {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
 /// Bottom-up positional resolution of a relational node.
 pub(super) fn resolve(plan: &LogicalPlan) -> Result<Node, Degraded> {
+    let _depth = Depth::enter()?;
     let node = match plan {
         LogicalPlan::TableScan(scan) => {
             let Some((table, _, _)) = policy_scan(&scan.source) else {
@@ -290,6 +324,7 @@ pub(super) fn expr_col(
     columns: &[Col],
     min: Subtype,
 ) -> Result<Col, Degraded> {
+    let _depth = Depth::enter()?;
     let inner = unalias(expr);
     match inner {
         Expr::Column(c) => Ok(column(c, schema, columns)?.clone().upgraded(min)),

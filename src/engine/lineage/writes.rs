@@ -160,6 +160,12 @@ fn sql_sources(
     schema: &DFSchema,
     columns: &[LineageExpr],
 ) -> Option<LineageExpr> {
+    // The write refuses what this refuses (with a 400) before it plans anything; lineage
+    // must not be the first to parse it (a 5,000-term chain overflows the stack).
+    if crate::security::expression::check_expression_text(sql).is_err() {
+        out.degrade("an expression was refused");
+        return None;
+    }
     match state.create_logical_expr(sql, schema) {
         Ok(e) => out.expression(&e, schema, columns),
         Err(_) => {
