@@ -7,7 +7,7 @@
 //! older than [`RETENTION_DAYS`] leave it. A model's lineage is its latest batch's (its
 //! definition now); ad-hoc writes of one kind into a table add up.
 //!
-//! A node the caller may not see is never named: it is counted in a `{"hidden": n}` node,
+//! A node whose table the caller may not SELECT is never named: it is counted in a `{"hidden": n}` node,
 //! and the edges touching it in `hidden_edges`. The walk still passes through it, so a
 //! visible table two hops away stays reachable (its edges through the hidden one are
 //! counted, not shown).
@@ -23,7 +23,7 @@ use crate::engine::Engine;
 use crate::engine::lineage::{LineageRecord, Subtype};
 use crate::error::{Error, Result};
 use crate::security::Principal;
-use crate::security::access::AccessControl;
+use crate::security::access::{AccessControl, Privilege};
 use crate::storage::commit_info::{LINEAGE_KEY, RUN_ID_KEY};
 use crate::storage::{Catalog, TableRef};
 
@@ -244,10 +244,12 @@ impl LineageService {
         .await
     }
 
-    /// The caller's access, if it may see `t` (else `t` does not exist for it).
+    /// The caller's access, if it may read `t`: no grant at all is 404 (the table does not
+    /// exist for it), a grant without SELECT 403.
     async fn start(&self, p: &Principal, t: &TableRef) -> Result<Arc<AccessControl>> {
         let access = self.engine.access().await?;
-        if !access.is_visible(p, t) || !self.engine.catalog().exists(t).await? {
+        access.check(p, Privilege::Select, t)?;
+        if !self.engine.catalog().exists(t).await? {
             return Err(Error::NotFound(format!("table {t} not found")));
         }
         Ok(access)
@@ -289,7 +291,8 @@ impl LineageService {
                 frontier = next;
             }
         }
-        let visible = |k: &Key| access.is_visible(p, &k.0);
+        // A node is shown to those who may read its table; an edge when both ends are.
+        let visible = |k: &Key| access.allows(p, Privilege::Select, &k.0);
         let mut nodes = Vec::new();
         let mut hidden = 0;
         let mut described = Describer::new(self.engine.catalog());

@@ -488,7 +488,32 @@ async fn the_lineage_api_walks_both_ways_and_never_names_what_the_caller_cannot_
     assert!(hidden(&graph) >= 1, "{graph}");
     assert!(!graph.to_string().contains("raw"), "{graph}");
 
+    // A writer without SELECT on the upstream table: still counted, never named.
+    let (status, body) = s
+        .put_json(
+            &admin,
+            "/api/v1/grants",
+            json!({"grants": [
+                {"role": "analyst", "privilege": "SELECT", "on": "silver"},
+                {"role": "analyst", "privilege": "SELECT", "on": "gold"},
+                {"role": "analyst", "privilege": "INSERT", "on": "bronze.raw"}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, graph) = s
+        .get(
+            &analyst,
+            "/api/v1/lineage/tables/gold/report?direction=upstream&depth=2",
+        )
+        .await;
+    assert_eq!(hidden(&graph), 1, "{graph}");
+    assert!(!graph.to_string().contains("raw"), "{graph}");
+    let (status, body) = s.get(&analyst, "/api/v1/lineage/tables/bronze/raw").await;
+    assert_eq!(status, 403, "{body}");
+
     // A table the caller may not see does not exist for it; bad parameters are 400.
+    let analyst = s.token("ann", &["nobody"]);
     let (status, body) = s.get(&analyst, "/api/v1/lineage/tables/bronze/raw").await;
     assert_eq!(status, 404, "{body}");
     assert!(!message(&body).contains("secret"), "{body}");
