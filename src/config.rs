@@ -64,6 +64,12 @@ pub struct Config {
 pub struct LineageConfig {
     /// Writes record their lineage in their commits (and emit OpenLineage events).
     pub enabled: bool,
+    /// Observed lineage older than this many days leaves the lineage API and
+    /// `system.lineage_edges` (the commits keep it until the log is cleaned).
+    pub retention_days: u32,
+    /// Commits read from a table's log the first time the lineage index meets it (the
+    /// newest ones; later commits are all read).
+    pub first_scan_commits: u64,
     pub openlineage: OpenLineageConfig,
 }
 
@@ -71,6 +77,8 @@ impl Default for LineageConfig {
     fn default() -> Self {
         LineageConfig {
             enabled: true,
+            retention_days: 30,
+            first_scan_commits: 1000,
             openlineage: OpenLineageConfig::default(),
         }
     }
@@ -532,6 +540,12 @@ impl Config {
         }
         if self.auth.admin_role.trim().is_empty() {
             out.push("auth.admin_role is empty".to_string());
+        }
+        if self.lineage.retention_days == 0 || self.lineage.first_scan_commits == 0 {
+            out.push(
+                "lineage.retention_days and lineage.first_scan_commits must be at least 1"
+                    .to_string(),
+            );
         }
         let floor = self.query.memory_limit_bytes as u64
             + self.scheduler.pipeline_memory_bytes as u64

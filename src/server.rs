@@ -52,6 +52,7 @@ pub struct Server {
     flows: Arc<Flows>,
     scheduler: Arc<crate::scheduler::Scheduler>,
     auth: Arc<Authenticator>,
+    lineage: Arc<crate::lineage::LineageService>,
 }
 
 impl Server {
@@ -108,6 +109,11 @@ impl Server {
         )?);
         let readers: std::sync::Weak<Flows> = Arc::downgrade(&flows);
         engine.set_change_readers(readers);
+        let lineage = crate::lineage::LineageService::start(
+            Arc::clone(&engine),
+            Arc::clone(&flows),
+            &config.lineage,
+        );
         if let Some(dir) = &config.pipelines.dir {
             // A pipeline that cannot deploy (a source not created yet) is logged, not fatal:
             // the server still serves everything else, and a later deploy fixes it.
@@ -142,6 +148,7 @@ impl Server {
             flows,
             scheduler,
             auth,
+            lineage,
         })
     }
 
@@ -185,9 +192,7 @@ impl Server {
             engine: Arc::clone(&self.engine),
             flows: Arc::clone(&self.flows),
             scheduler: Arc::clone(&self.scheduler),
-            lineage: Arc::new(crate::lineage::LineageService::new(Arc::clone(
-                &self.engine,
-            ))),
+            lineage: Arc::clone(&self.lineage),
             auth: Arc::clone(&self.auth),
             started: Instant::now(),
             config_grants: self.config.access.grants.clone(),

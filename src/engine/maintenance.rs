@@ -24,6 +24,15 @@ impl Engine {
         let _ = self.change_readers.set(readers);
     }
 
+    /// Serves `view` as `system.<name>` (held weakly: the view's service holds the engine).
+    pub(crate) fn register_view(
+        &self,
+        name: &str,
+        view: std::sync::Weak<dyn crate::security::policy::SystemView>,
+    ) {
+        self.sessions.views.register(name, view);
+    }
+
     pub async fn optimize(
         &self,
         principal: &Arc<Principal>,

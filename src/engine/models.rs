@@ -16,6 +16,7 @@ use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::DataFrame;
 
+use super::lineage::LineageRecord;
 use super::openlineage::Written;
 use super::params::{NamedParams, bind_named};
 use super::statement::{delta_compatible, project_onto};
@@ -476,6 +477,14 @@ impl PlannedModel {
     /// creating the model's table.
     pub(crate) fn table_schema(&self) -> Result<SchemaRef> {
         Ok(stored_schema(&delta_compatible(self.plan.clone())?))
+    }
+
+    /// The lineage a batch of the model writing `target` would record: its static lineage,
+    /// computed at deploy (`None` with `[lineage] enabled = false`).
+    pub(crate) fn lineage(&self, engine: &Engine, target: &TableRef) -> Option<LineageRecord> {
+        engine
+            .lineage_enabled()
+            .then(|| lineage::of_rows(&self.state, &self.plan).record(format!("model {target}")))
     }
 
     /// The `table.column`s it would read masked: a model that reads them would write masked

@@ -19,7 +19,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::SessionConfig;
 
 use crate::config::QueryConfig;
-use crate::security::policy::{PolicyGuard, SecureCatalog};
+use crate::security::policy::{PolicyGuard, SecureCatalog, SystemViews};
 use crate::security::{AccessControl, Principal};
 use crate::storage::commit_info::RunContext;
 use crate::storage::{CATALOG_NAME, Catalog};
@@ -31,6 +31,8 @@ pub(crate) struct SessionFactory {
     pipeline_template: Arc<SessionState>,
     runtime: Arc<RuntimeEnv>,
     catalog: Arc<Catalog>,
+    /// The computed `system` tables (`system.lineage_edges`).
+    pub(crate) views: Arc<SystemViews>,
 }
 
 impl SessionFactory {
@@ -69,6 +71,7 @@ impl SessionFactory {
             pipeline_template: Arc::new(pipeline_template),
             runtime,
             catalog,
+            views: Arc::default(),
         })
     }
 
@@ -119,6 +122,7 @@ impl SessionFactory {
                 Arc::clone(&self.catalog),
                 Arc::clone(&self.runtime),
                 Arc::clone(template),
+                Arc::clone(&self.views),
             )),
         );
         let catalogs = Arc::new(catalogs) as Arc<dyn CatalogProviderList>;

@@ -473,7 +473,21 @@ impl Engine {
                 continue;
             }
             match self.catalog.load(&t).await {
-                Ok(table) => out.push((t, table.snapshot()?.snapshot().arrow_schema())),
+                Ok(table) => {
+                    let snapshot = table.snapshot()?;
+                    let schema = snapshot.snapshot().arrow_schema();
+                    // The table's description rides in the schema's metadata (`comment`,
+                    // as its columns' do); Flight SQL has no table remarks.
+                    let schema = match snapshot.metadata().description().filter(|d| !d.is_empty()) {
+                        Some(d) => {
+                            let mut metadata = schema.metadata().clone();
+                            metadata.insert(COLUMN_COMMENT_KEY.to_string(), d.to_string());
+                            Arc::new(schema.as_ref().clone().with_metadata(metadata))
+                        }
+                        None => schema,
+                    };
+                    out.push((t, schema));
+                }
                 Err(Error::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }

@@ -111,6 +111,11 @@ impl Flows {
                 .filter(|m| m.full_refresh_required)
                 .map(|m| m.model.clone())
                 .collect(),
+            lineage: plan
+                .models
+                .iter()
+                .filter_map(|m| m.lineage.clone())
+                .collect(),
         };
         match self.store.store(&deployment).await {
             Ok(()) => {}
@@ -197,6 +202,7 @@ impl Flows {
             content_hash: String::new(),
             models: Vec::new(),
             undeployed: true,
+            lineage: Vec::new(),
             ..d
         };
         self.store.store(&tombstone).await

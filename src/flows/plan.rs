@@ -12,6 +12,7 @@ use super::model::{Kind, Model, ModelFile};
 
 use super::sql::{ChangeRows, Pin, pinned};
 use crate::engine::Engine;
+use crate::engine::lineage::LineageRecord;
 use crate::error::{Error, Result};
 use crate::security::Principal;
 
@@ -50,6 +51,20 @@ pub struct ModelPlan {
     /// Why, or why something could not be planned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Its static lineage, from the plan (stored with the deployment).
+    #[serde(skip)]
+    pub(crate) lineage: Option<StaticLineage>,
+}
+
+/// A model's lineage as its deployed definition plans it, before (or between) its runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub(crate) struct StaticLineage {
+    /// `layer.name` of the model's table.
+    pub(crate) model: String,
+    /// The table's version when it was planned (`None`: not created yet): a batch
+    /// committed after it supersedes it.
+    pub(crate) table_version: Option<u64>,
+    pub(crate) record: LineageRecord,
 }
 
 /// `PUT /api/v1/pipelines/{name}` (and `?dry_run=true`).
@@ -112,15 +127,21 @@ pub(crate) async fn plan(
             table_schema: None,
             full_refresh_required: false,
             note: None,
+            lineage: None,
         };
-        let table = match engine.catalog().load(&node.model.target).await {
-            Ok(t) => Some(t.snapshot()?.snapshot().arrow_schema()),
-            Err(Error::NotFound(_)) => None,
+        let (table, table_version) = match engine.catalog().load(&node.model.target).await {
+            Ok(t) => (Some(t.snapshot()?.snapshot().arrow_schema()), t.version()),
+            Err(Error::NotFound(_)) => (None, None),
             Err(e) => return Err(e),
         };
         p.table_schema = table.as_deref().map(columns);
         match output_schema(engine, run_as, default_layer, node).await {
-            Ok(Some(schema)) => {
+            Ok(Some((schema, lineage))) => {
+                p.lineage = lineage.map(|record| StaticLineage {
+                    model: name.clone(),
+                    table_version,
+                    record,
+                });
                 if let Some(table) = &table {
                     let reason = refresh_reason(before.get(&name), &node.model, table, &schema);
                     p.full_refresh_required = reason.is_some();
@@ -153,6 +174,7 @@ pub(crate) async fn plan(
             table_schema: None,
             full_refresh_required: false,
             note: Some("no longer run; the table stays".into()),
+            lineage: None,
         });
     }
     Ok(DeployPlan {
@@ -163,14 +185,15 @@ pub(crate) async fn plan(
     })
 }
 
-/// The model's output planned against the sources' current versions, or `None` while a
-/// table it reads does not exist yet (an upstream model that has not run).
+/// The model's output planned against the sources' current versions, with the lineage
+/// that plan records, or `None` while a table it reads does not exist yet (an upstream
+/// model that has not run).
 async fn output_schema(
     engine: &Engine,
     run_as: &Arc<Principal>,
     default_layer: &str,
     node: &Node,
-) -> Result<Option<Arc<Schema>>> {
+) -> Result<Option<(Arc<Schema>, Option<LineageRecord>)>> {
     let mut pins = BTreeMap::new();
     for t in node.reads.all() {
         let table = match engine.catalog().load(t).await {
@@ -207,7 +230,8 @@ async fn output_schema(
         .check_expectations(&node.model.header.expectations)
         .map_err(|e| Error::invalid(format!("{}: {}", node.model.target, e.client_message(""))))?;
     let output = planned.table_schema()?;
-    Ok(Some(node.model.header.table_schema(output)?))
+    let lineage = planned.lineage(engine, &node.model.target);
+    Ok(Some((node.model.header.table_schema(output)?, lineage)))
 }
 
 /// Why the new definition cannot continue the existing table, if it cannot.

@@ -46,6 +46,11 @@ pub struct Deployment {
     /// `allow_full_refresh`): their next run rebuilds them, once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refresh: Vec<String>,
+    /// The static lineage of the models planned at deploy (`system.lineage_edges`, the
+    /// lineage API until a batch supersedes it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(ignore)]
+    pub(crate) lineage: Vec<super::plan::StaticLineage>,
 }
 
 /// The content hash of a definition and its models (model order does not matter).
@@ -223,6 +228,7 @@ mod tests {
             models: Vec::new(),
             undeployed: false,
             refresh: Vec::new(),
+            lineage: Vec::new(),
         }
     }
 

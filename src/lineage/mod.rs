@@ -2,10 +2,13 @@
 //! recorded in its own commit (`engine::lineage`: CTAS, INSERT … SELECT, MERGE, SCD2,
 //! UPDATE, DELETE, model batches), as a graph under access control.
 //!
-//! The index reads each table's commit infos once (the newest [`FIRST_SCAN_COMMITS`] the
-//! first time, then only commits it has not seen) and keeps the records in memory; records
-//! older than [`RETENTION_DAYS`] leave it. A model's lineage is its latest batch's (its
-//! definition now); ad-hoc writes of one kind into a table add up.
+//! The index reads each table's commit infos once (the newest `[lineage]
+//! first_scan_commits` the first time, then only commits it has not seen) and keeps the
+//! records in memory; records older than `[lineage] retention_days` leave it. A model's
+//! lineage is its definition now: the static lineage its deploy planned
+//! (`flows::plan::StaticLineage`), until a batch committed after that deploy records its
+//! own; ad-hoc writes of one kind into a table add up. The same records are
+//! `system.lineage_edges` ([`edges`]).
 //!
 //! A node whose table the caller may not SELECT is never named: it is counted in a `{"hidden": n}` node,
 //! and the edges touching it in `hidden_edges`. The walk still passes through it, so a
@@ -19,18 +22,18 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use crate::config::LineageConfig;
 use crate::engine::Engine;
 use crate::engine::lineage::{LineageRecord, Subtype};
 use crate::error::{Error, Result};
+use crate::flows::Flows;
 use crate::security::Principal;
 use crate::security::access::{AccessControl, Privilege};
 use crate::storage::commit_info::{LINEAGE_KEY, RUN_ID_KEY};
 use crate::storage::{Catalog, TableRef};
 
-/// Commits read from a table's log the first time the index meets it (the newest ones).
-pub const FIRST_SCAN_COMMITS: u64 = 1000;
-/// Observed lineage older than this leaves the index.
-pub const RETENTION_DAYS: i64 = 30;
+mod edges;
+
 /// The deepest walk a request may ask for.
 pub const MAX_DEPTH: usize = 10;
 
@@ -42,7 +45,19 @@ pub struct Observed {
     pub version: u64,
     pub at: Option<DateTime<Utc>>,
     pub run_id: Option<String>,
+    /// A model's static lineage: the deploy that planned it (its `version` is the model
+    /// table's when planned, 0 before the table existed).
+    pub deployed: Option<Deployed>,
     pub(crate) record: LineageRecord,
+}
+
+/// The deploy that planned a model's static lineage.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    pub pipeline: String,
+    pub version: u64,
+    /// The model table's version then (`None`: not created yet).
+    pub table_version: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +72,10 @@ struct Indexed {
 #[derive(Debug)]
 pub struct LineageService {
     engine: Arc<Engine>,
+    /// Where the static lineage of deployed models comes from.
+    flows: Arc<Flows>,
+    retention: chrono::Duration,
+    first_scan_commits: u64,
     tables: Mutex<HashMap<TableRef, Indexed>>,
 }
 
@@ -154,18 +173,59 @@ struct Merged {
 }
 
 impl LineageService {
-    pub fn new(engine: Arc<Engine>) -> LineageService {
-        LineageService {
-            engine,
+    /// The service, serving `system.lineage_edges` too.
+    pub fn start(
+        engine: Arc<Engine>,
+        flows: Arc<Flows>,
+        cfg: &LineageConfig,
+    ) -> Arc<LineageService> {
+        let service = Arc::new(LineageService {
+            engine: Arc::clone(&engine),
+            flows,
+            retention: chrono::Duration::days(i64::from(cfg.retention_days)),
+            first_scan_commits: cfg.first_scan_commits.max(1),
             tables: Mutex::new(HashMap::new()),
+        });
+        let view: std::sync::Weak<LineageService> = Arc::downgrade(&service);
+        engine.register_view(edges::NAME, view);
+        service
+    }
+
+    /// The static lineage of the live deployments' models.
+    async fn deployed(&self) -> Result<Vec<Arc<Observed>>> {
+        let mut out = Vec::new();
+        for (d, _) in self.flows.deployments().await? {
+            for s in &d.lineage {
+                let Ok(output) = TableRef::parse(&s.model) else {
+                    continue;
+                };
+                out.push(Arc::new(Observed {
+                    output,
+                    version: s.table_version.unwrap_or(0),
+                    at: Some(d.deployed_at),
+                    run_id: None,
+                    deployed: Some(Deployed {
+                        pipeline: d.name.clone(),
+                        version: d.version,
+                        table_version: s.table_version,
+                    }),
+                    record: s.record.clone(),
+                }));
+            }
         }
+        Ok(out)
+    }
+
+    /// The records that make the graph now.
+    async fn current(&self) -> Result<Vec<Arc<Observed>>> {
+        Ok(current(self.observed().await?, self.deployed().await?))
     }
 
     /// Every write's lineage still in the index, brought up to date with the logs.
     pub async fn observed(&self) -> Result<Vec<Arc<Observed>>> {
         let catalog = self.engine.catalog();
         let tables = catalog.list(None).await?;
-        let cutoff = Utc::now() - chrono::Duration::days(RETENTION_DAYS);
+        let cutoff = Utc::now() - self.retention;
         let mut index = self.tables.lock().await;
         index.retain(|t, _| tables.contains(t));
         for t in &tables {
@@ -187,7 +247,7 @@ impl LineageService {
             }
             let from = match entry.through {
                 Some(v) => v + 1,
-                None => version.saturating_sub(FIRST_SCAN_COMMITS - 1),
+                None => version.saturating_sub(self.first_scan_commits - 1),
             };
             if from <= version {
                 entry
@@ -211,8 +271,8 @@ impl LineageService {
         direction: Direction,
         depth: usize,
     ) -> Result<LineageGraph> {
-        let access = self.start(p, t).await?;
-        let edges = table_edges(&current(self.observed().await?));
+        let access = self.starting_at(p, t).await?;
+        let edges = table_edges(&self.current().await?);
         self.walk(&access, p, (t.clone(), None), &edges, direction, depth)
             .await
     }
@@ -226,13 +286,13 @@ impl LineageService {
         direction: Direction,
         depth: usize,
     ) -> Result<LineageGraph> {
-        let access = self.start(p, t).await?;
+        let access = self.starting_at(p, t).await?;
         let table = self.engine.catalog().load(t).await?;
         let schema = table.snapshot()?.snapshot().arrow_schema();
         if schema.field_with_name(column).is_err() {
             return Err(Error::NotFound(format!("table {t} has no column {column}")));
         }
-        let edges = column_edges(&current(self.observed().await?));
+        let edges = column_edges(&self.current().await?);
         self.walk(
             &access,
             p,
@@ -246,7 +306,7 @@ impl LineageService {
 
     /// The caller's access, if it may read `t`: no grant at all is 404 (the table does not
     /// exist for it), a grant without SELECT 403.
-    async fn start(&self, p: &Principal, t: &TableRef) -> Result<Arc<AccessControl>> {
+    async fn starting_at(&self, p: &Principal, t: &TableRef) -> Result<Arc<AccessControl>> {
         let access = self.engine.access().await?;
         access.check(p, Privilege::Select, t)?;
         if !self.engine.catalog().exists(t).await? {
@@ -352,25 +412,35 @@ fn node_id(k: &Key) -> String {
     }
 }
 
-/// The records that make the current graph: a model's latest batch per table (its
-/// definition now), every ad-hoc write.
-fn current(mut observed: Vec<Arc<Observed>>) -> Vec<Arc<Observed>> {
+/// The records that make the current graph: every ad-hoc write, and per model its
+/// definition now: its latest batch, unless its deploy planned it after that batch
+/// (`deployed`, whose version is the table's when planned).
+fn current(mut observed: Vec<Arc<Observed>>, deployed: Vec<Arc<Observed>>) -> Vec<Arc<Observed>> {
     observed.sort_by(|a, b| (&a.output, a.version).cmp(&(&b.output, b.version)));
-    let mut latest_model: HashMap<(&TableRef, &str), u64> = HashMap::new();
+    let mut latest_model: HashMap<(TableRef, String), u64> = HashMap::new();
     for o in &observed {
         if o.record.job.starts_with("model ") {
-            latest_model.insert((&o.output, &o.record.job), o.version);
+            latest_model.insert((o.output.clone(), o.record.job.clone()), o.version);
         }
     }
-    let keep: Vec<bool> = observed
-        .iter()
-        .map(|o| {
-            !o.record.job.starts_with("model ")
-                || latest_model.get(&(&o.output, o.record.job.as_str())) == Some(&o.version)
-        })
-        .collect();
-    let mut keep = keep.into_iter();
-    observed.retain(|_| keep.next().unwrap_or(true));
+    let mut planned = Vec::new();
+    for d in deployed {
+        let key = (d.output.clone(), d.record.job.clone());
+        // A batch at a version above the table's at deploy was written by this definition.
+        let planned_at = d.deployed.as_ref().and_then(|d| d.table_version);
+        let superseded = latest_model
+            .get(&key)
+            .is_some_and(|v| planned_at.is_none_or(|p| *v > p));
+        if !superseded {
+            latest_model.remove(&key);
+            planned.push(d);
+        }
+    }
+    observed.retain(|o| {
+        !o.record.job.starts_with("model ")
+            || latest_model.get(&(o.output.clone(), o.record.job.clone())) == Some(&o.version)
+    });
+    observed.extend(planned);
     observed
 }
 
@@ -448,6 +518,7 @@ async fn read(
                     .get(RUN_ID_KEY)
                     .and_then(|v| v.as_str())
                     .map(str::to_string),
+                deployed: None,
                 record,
             }))
         })

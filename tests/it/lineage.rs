@@ -529,3 +529,182 @@ async fn the_lineage_api_walks_both_ways_and_never_names_what_the_caller_cannot_
         .await;
     assert_eq!(status, 404, "{body}");
 }
+
+/// `(source, input, output, subtype)` rows of `system.lineage_edges` for `token`.
+async fn edge_rows(s: &TestServer, token: &str) -> BTreeSet<(String, String, String, String)> {
+    let (status, rows) = s
+        .sql(
+            token,
+            "SELECT source, input_table || coalesce('.' || input_column, '') AS i, \
+             output_table || coalesce('.' || output_column, '') AS o, \
+             coalesce(transformation_subtype, '-') AS t FROM system.lineage_edges",
+        )
+        .await;
+    assert_eq!(status, 200, "{rows}");
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let f = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (f("source"), f("i"), f("o"), f("t"))
+        })
+        .collect()
+}
+
+fn row(source: &str, i: &str, o: &str, t: &str) -> (String, String, String, String) {
+    (source.into(), i.into(), o.into(), t.into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lineage_edges_are_queryable_and_a_deploy_plans_a_models_lineage_before_it_runs() {
+    let s = TestServer::start_configured(Backend::Local, with_etl).await;
+    let admin = s.admin.clone();
+    s.sql_ok("CREATE TABLE bronze.raw (id BIGINT, secret STRING)")
+        .await;
+    s.sql_ok("INSERT INTO bronze.raw VALUES (1, 'x'), (2, 'y')")
+        .await;
+    let deployer = deployer(&s);
+    let deploy = |select: &'static str| {
+        let (s, deployer) = (&s, deployer.clone());
+        async move {
+            let sql = format!("/* strata\nkind = \"table\"\n*/\n{select}");
+            let (status, body) = s
+                .put_json(
+                    &deployer,
+                    "/api/v1/pipelines/clean",
+                    bundle(&[("silver/clean.sql", sql.as_str())]),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+
+    // Deployed, never run: the plan's lineage is already there (static), in the API and
+    // in system.lineage_edges.
+    deploy("SELECT id, upper(secret) AS s FROM bronze.raw WHERE id > 0").await;
+    let (status, graph) = s
+        .get(
+            &admin,
+            "/api/v1/lineage/tables/bronze/raw?direction=downstream",
+        )
+        .await;
+    assert_eq!(status, 200, "{graph}");
+    assert_eq!(
+        edges(&graph),
+        BTreeSet::from([("bronze.raw".to_string(), "silver.clean".to_string())]),
+        "{graph}"
+    );
+    let planned = edge_rows(&s, &admin).await;
+    for r in [
+        row("deploy", "bronze.raw.id", "silver.clean.id", "IDENTITY"),
+        row(
+            "deploy",
+            "bronze.raw.secret",
+            "silver.clean.s",
+            "TRANSFORMATION",
+        ),
+        row("deploy", "bronze.raw.id", "silver.clean", "FILTER"),
+    ] {
+        assert!(planned.contains(&r), "{r:?} missing from {planned:?}");
+    }
+    assert!(planned.iter().all(|r| r.0 == "deploy"), "{planned:?}");
+
+    // A run records the same edges in its commit, with its run id.
+    let record = run(&s, &deployer, "clean").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let ran = s
+        .sql_ok(
+            "SELECT DISTINCT run_id, output_version, input_version FROM system.lineage_edges \
+             WHERE source = 'commit'",
+        )
+        .await;
+    assert_eq!(
+        ran,
+        json!([{"run_id": record["run_id"], "output_version": 1, "input_version": 1}]),
+        "{ran}"
+    );
+
+    // A redeploy that changes the SQL is the model's lineage now (before its next run), and
+    // the run after it supersedes it; the history keeps both.
+    deploy("SELECT id, secret AS s FROM bronze.raw").await;
+    let column = "/api/v1/lineage/columns/silver/clean/s?direction=upstream&depth=1";
+    let subtypes = |graph: &Value| -> Vec<String> {
+        graph["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|e| e["transformations"].as_array().unwrap().clone())
+            .map(|t| t["subtype"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, graph) = s.get(&admin, column).await;
+    assert_eq!(subtypes(&graph), ["IDENTITY"], "{graph}");
+    s.sql_ok("INSERT INTO bronze.raw VALUES (3, 'z')").await;
+    let record = run(&s, &deployer, "clean").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let (_, graph) = s.get(&admin, column).await;
+    assert_eq!(subtypes(&graph), ["IDENTITY"], "{graph}");
+    let all = edge_rows(&s, &admin).await;
+    assert!(
+        all.contains(&row(
+            "commit",
+            "bronze.raw.secret",
+            "silver.clean.s",
+            "TRANSFORMATION"
+        )) && all.contains(&row(
+            "commit",
+            "bronze.raw.secret",
+            "silver.clean.s",
+            "IDENTITY"
+        )),
+        "{all:?}"
+    );
+
+    // Ad-hoc writes appear at once (a cached answer never hides a new commit); an analyst
+    // sees only edges whose two ends it may read.
+    let before = edge_rows(&s, &admin).await;
+    s.sql_ok("CREATE TABLE gold.report AS SELECT count(id) AS n FROM silver.clean")
+        .await;
+    let after = edge_rows(&s, &admin).await;
+    assert!(
+        after.contains(&row(
+            "commit",
+            "silver.clean.id",
+            "gold.report.n",
+            "AGGREGATION"
+        )),
+        "{after:?}"
+    );
+    assert!(after.len() > before.len());
+    let (status, body) = s
+        .put_json(
+            &admin,
+            "/api/v1/grants",
+            json!({"grants": [
+                {"role": "analyst", "privilege": "SELECT", "on": "silver"},
+                {"role": "analyst", "privilege": "SELECT", "on": "gold"}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let analyst = s.token("ana", &["analyst"]);
+    let seen = edge_rows(&s, &analyst).await;
+    assert_eq!(
+        seen,
+        BTreeSet::from([row(
+            "commit",
+            "silver.clean.id",
+            "gold.report.n",
+            "AGGREGATION"
+        )]),
+    );
+    let nobody = s.token("ann", &["nobody"]);
+    assert!(edge_rows(&s, &nobody).await.is_empty());
+    let (_, tables) = s
+        .sql(
+            &analyst,
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'system'",
+        )
+        .await;
+    assert!(tables.to_string().contains("lineage_edges"), "{tables}");
+}

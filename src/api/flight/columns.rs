@@ -64,6 +64,15 @@ fn metadata(field: &Field, origin: Option<&TableRef>, read_only: bool) -> HashMa
     );
     set("IS_READ_ONLY", flag(read_only));
     set("IS_SEARCHABLE", flag(true));
+    // The column's description (`COMMENT ON COLUMN`, Delta field metadata `comment`): JDBC's
+    // `getColumns` REMARKS (arrow#46087).
+    if let Some(remarks) = field
+        .metadata()
+        .get(crate::storage::types::COLUMN_COMMENT_KEY)
+        .filter(|c| !c.is_empty())
+    {
+        set("REMARKS", remarks.clone());
+    }
     if let Some(t) = origin {
         set("CATALOG_NAME", CATALOG_NAME.to_string());
         set("DB_SCHEMA_NAME", t.layer.as_str().to_string());
@@ -103,7 +112,8 @@ mod tests {
     #[test]
     fn decimals_strings_and_origins() {
         let schema = Arc::new(Schema::new(vec![
-            Field::new("amount", DataType::Decimal128(10, 2), true),
+            Field::new("amount", DataType::Decimal128(10, 2), true)
+                .with_metadata([("comment".to_string(), "Order total".to_string())].into()),
             Field::new("name", DataType::Utf8, false),
         ]));
         let t = TableRef::parse("gold.orders").unwrap();
@@ -115,7 +125,9 @@ mod tests {
         assert_eq!(m["ARROW:FLIGHT:SQL:DB_SCHEMA_NAME"], "gold");
         assert_eq!(m["ARROW:FLIGHT:SQL:TABLE_NAME"], "orders");
         assert_eq!(m["ARROW:FLIGHT:SQL:IS_READ_ONLY"], "1");
+        assert_eq!(m["ARROW:FLIGHT:SQL:REMARKS"], "Order total");
         let m = out.field(1).metadata();
+        assert!(!m.contains_key("ARROW:FLIGHT:SQL:REMARKS"));
         assert_eq!(m["ARROW:FLIGHT:SQL:TYPE_NAME"], "VARCHAR");
         assert_eq!(m["ARROW:FLIGHT:SQL:IS_CASE_SENSITIVE"], "1");
         assert!(!m.contains_key("ARROW:FLIGHT:SQL:TABLE_NAME"));

@@ -26,6 +26,11 @@ fn job(t: &TableRef, kind: &str) -> String {
 }
 
 impl Engine {
+    /// `[lineage] enabled`.
+    pub(crate) fn lineage_enabled(&self) -> bool {
+        self.lineage_enabled
+    }
+
     /// `extract()`, unless lineage is off (`[lineage] enabled = false`).
     pub(crate) fn lineage(&self, extract: impl FnOnce() -> Lineage) -> Lineage {
         if self.lineage_enabled {

@@ -18,6 +18,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use crate::error::Error;
 use crate::security::policy::PolicyTable;
 use crate::security::policy::table::Enforcement;
+use crate::security::policy::views::{SystemView, SystemViews};
 use crate::security::{AccessControl, Principal, Privilege};
 use crate::storage::{Catalog, Layer, TableRef, VersionSpec, properties};
 use datafusion::execution::context::SessionState;
@@ -31,6 +32,7 @@ struct Context {
     runtime: Arc<RuntimeEnv>,
     /// For compiling policy expressions.
     planner: Arc<SessionState>,
+    views: Arc<SystemViews>,
 }
 
 #[derive(Debug)]
@@ -45,6 +47,7 @@ impl SecureCatalog {
         catalog: Arc<Catalog>,
         runtime: Arc<RuntimeEnv>,
         planner: Arc<SessionState>,
+        views: Arc<SystemViews>,
     ) -> SecureCatalog {
         SecureCatalog {
             cx: Context {
@@ -53,6 +56,7 @@ impl SecureCatalog {
                 catalog,
                 runtime,
                 planner,
+                views,
             },
         }
     }
@@ -171,6 +175,27 @@ impl SystemSchema {
     }
 }
 
+impl SystemSchema {
+    /// A computed view: the principal's rows (chosen by the view with the principal's
+    /// access), bound to the principal like every table, versioned by the content's
+    /// fingerprint for the result cache.
+    async fn view(&self, name: &str, view: &dyn SystemView) -> DfResult<Arc<dyn TableProvider>> {
+        let rows = view.rows(&self.cx.access, &self.cx.principal).await?;
+        let schema = view.schema();
+        let inner = datafusion::datasource::MemTable::try_new(schema, vec![rows.batches])?;
+        let t = TableRef::system(&name.to_ascii_lowercase());
+        let table_id = format!("view:{}", t.name);
+        Ok(Arc::new(PolicyTable::new(
+            t,
+            rows.fingerprint,
+            table_id,
+            Arc::clone(&self.cx.principal),
+            Arc::new(inner),
+            Enforcement::default(),
+        )))
+    }
+}
+
 #[async_trait]
 impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
@@ -180,10 +205,14 @@ impl SchemaProvider for SystemSchema {
             .map(|(name, _)| TableRef::system(name))
             .filter(|t| known.contains(t))
             .map(|t| t.name)
+            .chain(self.cx.views.names())
             .collect()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if let Some(view) = self.cx.views.get(name) {
+            return self.view(name, view.as_ref()).await.map(Some);
+        }
         let Some((_, column)) = SYSTEM_TABLES
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -220,6 +249,9 @@ impl SchemaProvider for SystemSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
+        if self.cx.views.get(name).is_some() {
+            return true;
+        }
         SYSTEM_TABLES
             .iter()
             .any(|(n, _)| n.eq_ignore_ascii_case(name))

@@ -15,9 +15,11 @@ pub(crate) mod guard;
 pub(crate) mod model;
 pub(crate) mod store;
 pub(crate) mod table;
+pub(crate) mod views;
 pub(crate) mod visible;
 pub(crate) mod write;
 
 pub(crate) use catalog::SecureCatalog;
 pub(crate) use guard::PolicyGuard;
 pub(crate) use table::PolicyTable;
+pub(crate) use views::{SystemView, SystemViews, ViewRows};
