@@ -12,6 +12,7 @@ use deltalake::DeltaTable;
 use serde::Serialize;
 
 use crate::engine::Engine;
+use crate::engine::lineage::Lineage;
 use crate::error::{Error, Result};
 use crate::ingest::{self, UploadFormat};
 use crate::pipelines::commit::{self, WriteMode, WriteOutcome};
@@ -244,7 +245,9 @@ impl Engine {
         }
         let batches = ingest::decode(upload.format, upload.body, &schema)?;
         self.check_write(&access, p, t, upload.mode, &schema, &batches)?;
-        commit::write(
+        // Rows from outside: no table read, so the record names the job and the output;
+        // the commit carries it and the OpenLineage run reports its statistics.
+        let write = commit::write(
             &self.catalog,
             t,
             p,
@@ -252,8 +255,9 @@ impl Engine {
             upload.mode,
             upload.idempotency_key.as_deref(),
             "UPLOAD",
-        )
-        .await
+        );
+        self.attached(t, "UPLOAD", &Lineage::default(), None, write)
+            .await
     }
 
     /// WITH CHECK: every written row must satisfy the writer's row filter, and a writer with
@@ -336,8 +340,22 @@ impl Engine {
     /// Bulk ingest (Flight `CommandStatementIngest`). Batches are converted, checked (NOT
     /// NULL, the writer's row filter) and written to data files as they arrive, so memory
     /// stays bounded by the writer whatever the size of the upload. A bad batch or a broken
-    /// client stream fails the ingest before its commit: nothing is committed.
+    /// client stream fails the ingest before its commit: nothing is committed. Its lineage
+    /// (no table read) is recorded like an upload's.
     pub async fn ingest(
+        &self,
+        p: &Arc<Principal>,
+        t: &TableRef,
+        schema: arrow::datatypes::SchemaRef,
+        batches: BoxStream<'static, Result<RecordBatch>>,
+        mode: IngestMode,
+    ) -> Result<WriteOutcome> {
+        let write = self.ingest_unrecorded(p, t, schema, batches, mode);
+        self.attached(t, "INGEST", &Lineage::default(), None, write)
+            .await
+    }
+
+    async fn ingest_unrecorded(
         &self,
         p: &Arc<Principal>,
         t: &TableRef,

@@ -196,17 +196,16 @@ fn rows(
 
 /// A digest of which records the view holds: the result cache's version of it.
 fn fingerprint(records: &[Arc<Observed>]) -> u64 {
-    let mut keys: Vec<(String, u64, Option<(String, u64)>)> = records
-        .iter()
-        .map(|o| {
-            (
-                o.output.to_string(),
-                o.version,
-                o.deployed.as_ref().map(|d| (d.pipeline.clone(), d.version)),
-            )
-        })
-        .collect();
-    keys.sort();
+    let key = |o: &Observed| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (o.output.to_string(), o.version).hash(&mut h);
+        if let Some(d) = &o.deployed {
+            (&d.pipeline, d.version).hash(&mut h);
+        }
+        h.finish()
+    };
+    let mut keys: Vec<u64> = records.iter().map(|o| key(o)).collect();
+    keys.sort_unstable();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     keys.hash(&mut h);
     h.finish()

@@ -57,6 +57,9 @@ pub struct HistoryEntry {
     /// The scheduler lease epoch that run was started under.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduler_epoch: Option<u64>,
+    /// The lineage job that wrote it (`model silver.x`, `INSERT`, `UPLOAD`, `INGEST`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lineage_job: Option<String>,
 }
 
 /// Versions an open table is brought forward before it is loaded fresh again (see
@@ -629,6 +632,7 @@ fn parse_commit_info(version: u64, bytes: &[u8]) -> HistoryEntry {
         engine_info: None,
         run_id: None,
         scheduler_epoch: None,
+        lineage_job: None,
     };
     for line in bytes.split(|b| *b == b'\n') {
         let Ok(serde_json::Value::Object(mut action)) = serde_json::from_slice(line) else {
@@ -655,6 +659,11 @@ fn parse_commit_info(version: u64, bytes: &[u8]) -> HistoryEntry {
         entry.run_id =
             get(super::commit_info::RUN_ID_KEY).and_then(|v| v.as_str().map(str::to_string));
         entry.scheduler_epoch = get(super::commit_info::EPOCH_KEY).and_then(|v| v.as_u64());
+        entry.lineage_job = info
+            .get(super::commit_info::LINEAGE_KEY)
+            .and_then(|l| l.get("job"))
+            .and_then(|j| j.as_str())
+            .map(str::to_string);
         break;
     }
     entry

@@ -582,6 +582,17 @@ async fn ingest_create_append_replace() {
         .unwrap();
     assert_eq!(n, 1);
     assert_eq!(s.count("bronze.events").await, 1);
+    // Each ingest's commit names its lineage job.
+    let (_, history) = s
+        .get(&s.admin.clone(), "/api/v1/tables/bronze/events/history")
+        .await;
+    let jobs: Vec<&str> = history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["lineage_job"].as_str())
+        .collect();
+    assert_eq!(jobs, ["INGEST"; 3], "{history}");
     let (_, info) = s
         .get(&s.admin.clone(), "/api/v1/tables/bronze/events")
         .await;

@@ -249,6 +249,17 @@ async fn every_event_validates_and_each_run_starts_before_it_ends() {
         )
         .await;
     assert!(status >= 400, "{body}");
+    // Rows from outside (an upload): a run with the output only.
+    let (status, body) = s
+        .upload(
+            &admin,
+            "bronze.orders",
+            "application/json",
+            br#"[{"id": 7, "amount": 1.5, "region": "eu"}]"#.to_vec(),
+            "",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
 
     // A writer under a row filter with a bound claim: its value never leaves the server.
     let (status, body) = s
@@ -340,6 +351,13 @@ async fn every_event_validates_and_each_run_starts_before_it_ends() {
             .as_str()
             .unwrap()
             .contains("sum(amount)")
+    );
+
+    let upload = complete("UPLOAD", "bronze.orders");
+    assert_eq!(upload["inputs"], json!([]), "{upload}");
+    assert_eq!(
+        upload["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"],
+        1
     );
 
     let insert = complete("INSERT", "gold.copy");
