@@ -52,7 +52,9 @@ impl SessionFactory {
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, cfg.default_layer.to_ascii_lowercase())
             .with_create_default_catalog_and_schema(false)
-            .with_information_schema(true)
+            // Served by the secure catalog instead, with descriptions
+            // (`security::policy::information`).
+            .with_information_schema(false)
             .with_target_partitions(partitions)
             .with_batch_size(cfg.batch_size);
         let mut template = SessionStateBuilder::new()

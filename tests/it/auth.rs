@@ -326,9 +326,14 @@ async fn default_deny_and_grants() {
     let (_, body) = s.sql(&admin, "EXPLAIN SELECT * FROM gold.people").await;
     assert!(body.to_string().contains("physical_plan"), "{body}");
     let body = s.sql(&analyst, "SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = 'strata' AND table_schema <> 'information_schema' ORDER BY 2").await.1;
+    // The system view of lineage is listed to whoever may read some table (its rows are
+    // those the reader may see at both ends).
     assert_eq!(
         body,
-        json!([{"table_schema": "gold", "table_name": "people"}])
+        json!([
+            {"table_schema": "system", "table_name": "lineage_edges"},
+            {"table_schema": "gold", "table_name": "people"}
+        ])
     );
     let (_, body) = s.get(&analyst, "/api/v1/tables").await;
     let names: Vec<&str> = body["tables"]

@@ -377,6 +377,22 @@ async fn metadata_commands_show_only_what_the_principal_may_see() {
     let schema_bytes = t[0].column(4).as_binary::<i32>().value(0);
     let schema = arrow::ipc::convert::try_schema_from_ipc_buffer(schema_bytes).unwrap();
     assert_eq!(schema.field(0).name(), "id");
+    // Descriptions: a column's is JDBC's REMARKS, a table's the schema's `comment`.
+    s.sql_ok("COMMENT ON TABLE gold.people IS 'Everyone'").await;
+    s.sql_ok("COMMENT ON COLUMN gold.people.name IS 'Display name'")
+        .await;
+    let t = {
+        let info = admin.get_tables(all_tables.clone()).await.unwrap();
+        fetch(&mut admin, &info).await.unwrap()
+    };
+    let people = (0..t[0].num_rows())
+        .find(|i| t[0].column(2).as_string::<i32>().value(*i) == "people")
+        .unwrap();
+    let schema_bytes = t[0].column(4).as_binary::<i32>().value(people);
+    let schema = arrow::ipc::convert::try_schema_from_ipc_buffer(schema_bytes).unwrap();
+    assert_eq!(schema.metadata()["comment"], "Everyone");
+    let name = schema.field_with_name("name").unwrap();
+    assert_eq!(name.metadata()["ARROW:FLIGHT:SQL:REMARKS"], "Display name");
     let t = {
         let info = analyst.get_tables(all_tables).await.unwrap();
         fetch(&mut analyst, &info).await.unwrap()

@@ -229,6 +229,32 @@ async fn schema_evolves_through_alter_table_patch_and_merge_schema_uploads() {
     assert_eq!(info["description"], "everyone");
     assert_eq!(column(&info, "name")["description"], "display name");
     assert_eq!(info["properties"]["delta.checkpointInterval"], "20");
+    // … and in information_schema, to those who can see the table only.
+    let tables = s
+        .sql_ok("SELECT table_name, comment FROM information_schema.tables WHERE table_schema = 'bronze'")
+        .await;
+    assert_eq!(
+        tables,
+        json!([{"table_name": "people", "comment": "everyone"}])
+    );
+    let columns = s
+        .sql_ok(
+            "SELECT column_name, comment FROM information_schema.columns \
+             WHERE table_schema = 'bronze' AND table_name = 'people' ORDER BY ordinal_position",
+        )
+        .await;
+    assert_eq!(columns[1]["column_name"], "name", "{columns}");
+    assert_eq!(columns[1]["comment"], "display name", "{columns}");
+    assert_eq!(columns[2]["comment"], Value::Null, "{columns}");
+    let nobody = s.token("nobody", &["nobody"]);
+    let (status, hidden) = s
+        .sql(
+            &nobody,
+            "SELECT comment FROM information_schema.tables WHERE comment IS NOT NULL",
+        )
+        .await;
+    assert_eq!(status, 200, "{hidden}");
+    assert_eq!(hidden, json!([]));
 
     // REST PATCH does the same; a bad change is refused before anything commits.
     let version = s.version("bronze.people").await;

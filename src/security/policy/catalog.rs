@@ -17,6 +17,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 
 use crate::error::Error;
 use crate::security::policy::PolicyTable;
+use crate::security::policy::information::{INFORMATION_SCHEMA, InformationSchema};
 use crate::security::policy::table::Enforcement;
 use crate::security::policy::views::{SystemView, SystemViews};
 use crate::security::{AccessControl, Principal, Privilege};
@@ -62,16 +63,29 @@ impl SecureCatalog {
     }
 }
 
+impl SecureCatalog {
+    /// The storage catalog behind it.
+    pub(super) fn storage(&self) -> &Catalog {
+        &self.cx.catalog
+    }
+}
+
 impl CatalogProvider for SecureCatalog {
     fn schema_names(&self) -> Vec<String> {
         Layer::ALL
             .iter()
             .chain([&Layer::System])
             .map(|l| l.as_str().to_string())
+            .chain([INFORMATION_SCHEMA.to_string()])
             .collect()
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name.eq_ignore_ascii_case(INFORMATION_SCHEMA) {
+            return Some(Arc::new(InformationSchema::new(Arc::new(SecureCatalog {
+                cx: self.cx.clone(),
+            }))));
+        }
         if name.eq_ignore_ascii_case(Layer::System.as_str()) {
             return Some(Arc::new(SystemSchema {
                 cx: self.cx.clone(),
@@ -199,6 +213,11 @@ impl SystemSchema {
 #[async_trait]
 impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
+        // Every row of every system table is about tables; a principal that may read none
+        // is shown none (default deny, also in listings).
+        if self.cx.access.select_scopes(&self.cx.principal).is_empty() {
+            return Vec::new();
+        }
         let known = self.cx.catalog.known_tables();
         SYSTEM_TABLES
             .iter()

@@ -12,6 +12,7 @@
 pub(crate) mod catalog;
 pub(crate) mod expr;
 pub(crate) mod guard;
+pub(crate) mod information;
 pub(crate) mod model;
 pub(crate) mod store;
 pub(crate) mod table;
