@@ -102,47 +102,48 @@ impl Engine {
                 let plan = delta_compatible(plan)?;
                 let optimized = state.optimize(&plan)?;
                 let lineage = self.lineage(|| Lineage::of_plan(&optimized));
-                let batches = collect_optimized(&state, &optimized).await?;
-                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
                 let new_schema = Arc::new(plan.schema().as_arrow().clone());
-                self.check_write(
-                    &access,
-                    principal,
-                    &table,
-                    WriteMode::Append,
-                    &new_schema,
-                    &batches,
-                )?;
                 let spec = TableSpec {
                     columns: Vec::new(),
                     partition_by,
                     description,
                     properties,
                 };
-                let arrow_schema = Arc::new(plan.schema().as_arrow().clone());
-                let create = commit::create_with_data(
-                    &self.catalog,
-                    &table,
-                    principal,
-                    &spec,
-                    arrow_schema,
-                    batches,
-                );
+                // The statement's work, query included, is its OpenLineage run: START before
+                // the rows are computed, ABORT if the statement is dropped while they are.
                 let created = async {
+                    let batches = collect_optimized(&state, &optimized).await?;
+                    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                    self.check_write(
+                        &access,
+                        principal,
+                        &table,
+                        WriteMode::Append,
+                        &new_schema,
+                        &batches,
+                    )?;
+                    let version = commit::create_with_data(
+                        &self.catalog,
+                        &table,
+                        principal,
+                        &spec,
+                        Arc::clone(&new_schema),
+                        batches,
+                    )
+                    .await?;
                     Ok(Created {
-                        version: create.await?,
+                        version,
                         rows: rows as u64,
                     })
                 };
-                let version = self
+                let created = self
                     .attached(&table, kind, &lineage, Some(sql), created)
-                    .await?
-                    .version;
+                    .await?;
                 Ok(command_output(
                     kind,
                     &table,
-                    Some(rows as i64),
-                    Some(version as i64),
+                    Some(created.rows as i64),
+                    Some(created.version as i64),
                 ))
             }
             Statement::Insert {
@@ -162,16 +163,18 @@ impl Engine {
                 let plan = project_onto(plan, &target, &columns)?;
                 let optimized = state.optimize(&plan)?;
                 let lineage = self.lineage(|| Lineage::of_plan(&optimized));
-                let batches = collect_optimized(&state, &optimized).await?;
-                let batches = crate::ingest::enforce_schema(batches, &target)?;
                 let mode = if overwrite {
                     WriteMode::Overwrite
                 } else {
                     WriteMode::Append
                 };
-                self.check_write(&access, principal, &table, mode, &target, &batches)?;
-                let write =
-                    commit::write(&self.catalog, &table, principal, batches, mode, None, kind);
+                // The query runs inside the statement's OpenLineage run (see CTAS).
+                let write = async {
+                    let batches = collect_optimized(&state, &optimized).await?;
+                    let batches = crate::ingest::enforce_schema(batches, &target)?;
+                    self.check_write(&access, principal, &table, mode, &target, &batches)?;
+                    commit::write(&self.catalog, &table, principal, batches, mode, None, kind).await
+                };
                 let outcome = self
                     .attached(&table, kind, &lineage, Some(sql), write)
                     .await?;

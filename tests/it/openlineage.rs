@@ -506,3 +506,54 @@ async fn sigterm_flushes_queued_events() {
     );
     assert_started_then_ended(&events);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_dropped_midway_ends_its_run_aborted_and_commits_nothing() {
+    let (receiver, url) = Receiver::start().await;
+    let s = TestServer::start_configured(Backend::Local, |cfg| point_at(cfg, &url)).await;
+    s.sql_ok("CREATE TABLE bronze.a AS SELECT v FROM unnest(range(0, 20000)) AS t(v)")
+        .await;
+    s.sql_ok("CREATE TABLE bronze.big (v BIGINT)").await;
+    let version = s.version("bronze.big").await;
+    // 400 million rows to write: the Flight SQL client gives up long before (its stream is
+    // reset), and the server drops the write with it.
+    let mut client = s.flight_client(&s.admin).await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(2000),
+        client.execute_update(
+            "INSERT INTO bronze.big SELECT x.v * y.v FROM bronze.a x CROSS JOIN bronze.a y".into(),
+            None,
+        ),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the write finished: {gave_up:?}");
+    drop(client);
+
+    let mut aborted = None;
+    for _ in 0..300 {
+        aborted = receiver
+            .events()
+            .into_iter()
+            .find(|e| e["eventType"] == "ABORT" && e["outputs"][0]["name"] == "bronze.big");
+        if aborted.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let aborted = aborted.unwrap_or_else(|| {
+        panic!(
+            "no ABORT event for the dropped write: {:?}",
+            receiver.events()
+        )
+    });
+    let events = receiver.events();
+    Schemas::load().check(&aborted);
+    let run = &aborted["run"]["runId"];
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter(|e| &e["run"]["runId"] == run)
+        .map(|e| e["eventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["START", "ABORT"]);
+    assert_eq!(s.version("bronze.big").await, version, "nothing committed");
+}
