@@ -10,7 +10,11 @@
 //! cargo bench --bench memory                  # release build
 //! cargo bench --profile dev --bench memory    # quicker to build; same memory behaviour
 //! STRATA_BENCH_BUDGET_MIB=1536 STRATA_BENCH_ROUNDS=3 cargo bench --bench memory
+//! STRATA_BENCH_BINARY=/path/to/strata cargo bench --bench memory   # another build
 //! ```
+//!
+//! The last phase is one large `INSERT … SELECT` (30 million rows, about 1.2 GB as Arrow):
+//! its rows must reach the data files as they are computed, not gather in memory first.
 
 #![allow(
     clippy::unwrap_used,
@@ -60,10 +64,15 @@ impl Drop for Server {
     }
 }
 
+/// The server binary: this build's, or `STRATA_BENCH_BINARY`.
+fn binary() -> String {
+    std::env::var("STRATA_BENCH_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_strata").into())
+}
+
 fn start(budget: u64) -> Server {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+    let mut child = std::process::Command::new(binary())
         .current_dir(dir.path())
         .env("STRATA__SERVER__HTTP_ADDR", "127.0.0.1:0")
         .env("STRATA__SERVER__FLIGHT_ADDR", "127.0.0.1:0")
@@ -107,7 +116,7 @@ fn start(budget: u64) -> Server {
 
 /// A token minted by `strata token` in the server's directory (its dev secret).
 fn token(s: &Server, sub: &str, role: &str) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+    let out = std::process::Command::new(binary())
         .current_dir(s.dir.path())
         .args(["token", "--sub", sub, "--role", role, "--ttl", "2h"])
         .env_remove("STRATA_CONFIG")
@@ -280,6 +289,32 @@ fn main() {
                 peak_mib - budget_mib as f64
             );
         }
+        // One large write: 999 × 30,000 rows.
+        for q in [
+            "CREATE TABLE gold.wide AS SELECT v AS id FROM (SELECT unnest(range(1, 30001)) AS v)",
+            "CREATE TABLE gold.big (id BIGINT, label STRING)",
+        ] {
+            let (status, body) = sql(&client, &http, &admin, q).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        peak.store(rss_kib(pid).unwrap_or(0), Ordering::Relaxed);
+        let started = Instant::now();
+        let (status, body) = sql(
+            &client,
+            &http,
+            &admin,
+            "INSERT INTO gold.big SELECT a.id * 100000 + b.id, \
+             concat('row-', CAST(a.id AS STRING), '-', CAST(b.id AS STRING)) \
+             FROM gold.small a CROSS JOIN gold.wide b",
+        )
+        .await;
+        let peak_mib = peak.load(Ordering::Relaxed) as f64 / 1024.0;
+        println!(
+            "| large INSERT … SELECT (30M rows) | 1× {status}{} in {:.1} s | – | – | {peak_mib:.0} | {:.0} |",
+            reason(&body),
+            started.elapsed().as_secs_f64(),
+            peak_mib - budget_mib as f64
+        );
         let (status, _) = sql(&client, &http, &admin, "SELECT 1 AS one").await;
         println!("server alive after the run: {}", status == 200);
     });

@@ -18,20 +18,21 @@ Usage (release binary, the bench venv of run.py):
 import argparse
 import http.server
 import json
+import multiprocessing
 import pathlib
 import statistics
-import threading
 import time
 
 import flows
 
 
 class Collector(http.server.BaseHTTPRequestHandler):
-    received = 0
+    received = None  # a multiprocessing.Value shared with the benchmark
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length", 0)))
-        Collector.received += 1
+        with Collector.received.get_lock():
+            Collector.received.value += 1
         self.send_response(200)
         self.end_headers()
 
@@ -39,10 +40,23 @@ class Collector(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def start_collector():
+def serve_collector(port, received):
+    Collector.received = received
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}"
+    port.value = server.server_address[1]
+    server.serve_forever()
+
+
+def start_collector():
+    """The collector in a process of its own, as a real one is: its work never holds the
+    interpreter lock of the client that times the requests."""
+    port = multiprocessing.Value("i", 0)
+    received = multiprocessing.Value("i", 0)
+    proc = multiprocessing.Process(target=serve_collector, args=(port, received), daemon=True)
+    proc.start()
+    while port.value == 0:
+        time.sleep(0.01)
+    return f"http://127.0.0.1:{port.value}", received
 
 
 def server(binary, work, arm, collector):
@@ -96,7 +110,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--inserts", type=int, default=300)
     a = ap.parse_args()
-    collector = start_collector()
+    collector, received = start_collector()
     arms = ("off", "record", "emit")
     servers = {arm: server(a.strata, f"{a.work}/{arm}", arm, collector) for arm in arms}
     inserts = {arm: [] for arm in servers}
@@ -115,19 +129,19 @@ def main():
         "settings": vars(a),
         "insert_ms": inserts and {arm: [t * 1000 for t in v] for arm, v in inserts.items()},
         "merge_s": merges,
-        "events_received": Collector.received,
+        "events_received": received.value,
     }
     lines = [
         f"# Lineage's cost ({flows.THREADS} threads)",
         "",
         f"- small INSERT … SELECT, median of {len(inserts['off'])}: lineage off {ins['off']:.2f} ms; "
         f"recorded {ins['record']:.2f} ms (+{ins['record'] - ins['off']:.2f} ms); recorded and emitted "
-        f"{ins['emit']:.2f} ms (+{ins['emit'] - ins['off']:.2f} ms; the collector, in Python, shares "
-        f"the two cores); target ≤ 1 ms",
+        f"{ins['emit']:.2f} ms (+{ins['emit'] - ins['off']:.2f} ms; the collector, a Python process, "
+        f"shares the two cores); target ≤ 1 ms",
         f"- MERGE of {a.rows:,} source rows into {a.rows:,}, median of {a.rounds}: off {mrg['off']:.2f} s, "
         f"recorded {mrg['record']:.2f} s ({(mrg['record'] / mrg['off'] - 1) * 100:+.1f}%), emitted "
         f"{mrg['emit']:.2f} s ({(mrg['emit'] / mrg['off'] - 1) * 100:+.1f}%); target ≤ 2%",
-        f"- OpenLineage events the collector received: {Collector.received}",
+        f"- OpenLineage events the collector received: {received.value}",
     ]
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ mod prepare;
 pub(crate) mod session;
 pub(crate) mod sql;
 mod statement;
+mod streamed;
 pub(crate) mod tables;
 
 use std::sync::Arc;

@@ -17,9 +17,10 @@ use super::lineage::Lineage;
 use super::openlineage::Created;
 use super::output::{QueryOutput, command_output, dml_output, history_output};
 use super::params::{bind_params, no_params};
+use super::streamed::Shape;
 use super::{Engine, Statement, dml};
 use crate::error::{Error, Result};
-use crate::pipelines::commit::{self, WriteMode};
+use crate::pipelines::commit::{self, WriteInput, WriteMode};
 use crate::pipelines::maintenance::OptimizeSpec;
 use crate::security::policy::PolicyTable;
 use crate::security::{AccessControl, Principal, Privilege};
@@ -112,28 +113,35 @@ impl Engine {
                 // The statement's work, query included, is its OpenLineage run: START before
                 // the rows are computed, ABORT if the statement is dropped while they are.
                 let created = async {
-                    let batches = collect_optimized(&state, &optimized).await?;
-                    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                    self.check_write(
-                        &access,
-                        principal,
-                        &table,
-                        WriteMode::Append,
-                        &new_schema,
-                        &batches,
-                    )?;
+                    let rows = stream_optimized(&state, &optimized).await?;
+                    let mut streamed = self
+                        .streamed(
+                            &access,
+                            principal,
+                            &table,
+                            WriteMode::Append,
+                            &new_schema,
+                            Shape::AsIs,
+                            rows,
+                        )
+                        .await?;
+                    let input = streamed
+                        .input
+                        .take()
+                        .unwrap_or(WriteInput::Batches(Vec::new()));
                     let version = commit::create_with_data(
                         &self.catalog,
                         &table,
                         principal,
                         &spec,
                         Arc::clone(&new_schema),
-                        batches,
+                        input,
                     )
-                    .await?;
+                    .await
+                    .map_err(|e| streamed.failure(e))?;
                     Ok(Created {
                         version,
-                        rows: rows as u64,
+                        rows: streamed.rows(),
                     })
                 };
                 let created = self
@@ -170,10 +178,25 @@ impl Engine {
                 };
                 // The query runs inside the statement's OpenLineage run (see CTAS).
                 let write = async {
-                    let batches = collect_optimized(&state, &optimized).await?;
-                    let batches = crate::ingest::enforce_schema(batches, &target)?;
-                    self.check_write(&access, principal, &table, mode, &target, &batches)?;
-                    commit::write(&self.catalog, &table, principal, batches, mode, None, kind).await
+                    let rows = stream_optimized(&state, &optimized).await?;
+                    let mut streamed = self
+                        .streamed(
+                            &access,
+                            principal,
+                            &table,
+                            mode,
+                            &target,
+                            Shape::Enforce,
+                            rows,
+                        )
+                        .await?;
+                    let input = streamed
+                        .input
+                        .take()
+                        .unwrap_or(WriteInput::Batches(Vec::new()));
+                    commit::write(&self.catalog, &table, principal, input, mode, None, kind)
+                        .await
+                        .map_err(|e| streamed.failure(e))
                 };
                 let outcome = self
                     .attached(&table, kind, &lineage, Some(sql), write)
@@ -410,16 +433,18 @@ pub(super) fn announced_types(
 }
 
 /// The rows of a plan `state` already optimized (its lineage came from that plan), planned
-/// physically without optimizing it a second time.
-async fn collect_optimized(
+/// physically without optimizing it a second time, as a stream.
+async fn stream_optimized(
     state: &SessionState,
     optimized: &LogicalPlan,
-) -> Result<Vec<RecordBatch>> {
+) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch>>> {
+    use futures::TryStreamExt;
     let physical = state
         .query_planner()
         .create_physical_plan(optimized, state)
         .await?;
-    Ok(datafusion::physical_plan::collect(physical, state.task_ctx()).await?)
+    let stream = datafusion::physical_plan::execute_stream(physical, state.task_ctx())?;
+    Ok(Box::pin(stream.map_err(Error::from)))
 }
 
 /// Tables read by `plan` (subqueries included).

@@ -1,21 +1,19 @@
 //! Table operations shared by SQL DDL and the REST table API.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::RecordBatch;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
 
 use deltalake::DeltaTable;
 use serde::Serialize;
 
 use crate::engine::Engine;
 use crate::engine::lineage::Lineage;
+use crate::engine::streamed::Shape;
 use crate::error::{Error, Result};
 use crate::ingest::{self, UploadFormat};
-use crate::pipelines::commit::{self, WriteMode, WriteOutcome};
+use crate::pipelines::commit::{self, WriteInput, WriteMode, WriteOutcome};
 use crate::pipelines::schema::{self, TableChange};
 use crate::security::policy::table::Enforcement;
 use crate::security::policy::write;
@@ -277,7 +275,7 @@ impl Engine {
 
     /// The WITH CHECK of `p`'s writes of `schema` rows to `t` ([`Engine::check_write`] one
     /// batch at a time).
-    fn row_check(
+    pub(super) fn row_check(
         &self,
         access: &AccessControl,
         p: &Principal,
@@ -360,7 +358,7 @@ impl Engine {
         p: &Arc<Principal>,
         t: &TableRef,
         schema: arrow::datatypes::SchemaRef,
-        mut batches: BoxStream<'static, Result<RecordBatch>>,
+        batches: BoxStream<'static, Result<RecordBatch>>,
         mode: IngestMode,
     ) -> Result<WriteOutcome> {
         let access = self.access().await?;
@@ -393,73 +391,29 @@ impl Engine {
                 }
             }
         };
-        let mut check = self.row_check(
-            &access,
-            p,
-            t,
-            write_mode.unwrap_or(WriteMode::Append),
-            &target,
-        )?;
-        let rows = Arc::new(AtomicU64::new(0));
-        let mut prepare = {
-            let (target, rows) = (Arc::clone(&target), Arc::clone(&rows));
-            move |batch: RecordBatch| -> Result<RecordBatch> {
-                let offset = rows.load(Ordering::Relaxed) as usize;
-                let batch =
-                    ingest::enforce_batch(ingest::conform(&batch, &target)?, &target, offset)?;
-                check.check(&batch)?;
-                rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-                Ok(batch)
-            }
-        };
+        let mut streamed = self
+            .streamed(
+                &access,
+                p,
+                t,
+                write_mode.unwrap_or(WriteMode::Append),
+                &target,
+                Shape::Conform,
+                batches,
+            )
+            .await?;
         let spec = TableSpec {
             columns: Vec::new(),
             partition_by: Vec::new(),
             description: None,
             properties: Default::default(),
         };
-        // Up to the first row: an ingest without rows commits nothing to an existing table
-        // (replace empties it) and creates a new one empty.
-        let mut first = None;
-        while let Some(batch) = batches.try_next().await? {
-            if batch.num_rows() > 0 {
-                first = Some(prepare(batch)?);
-                break;
-            }
-        }
-        let Some(first) = first else {
-            return match write_mode {
-                None => {
-                    let version =
-                        commit::create_with_data(&self.catalog, t, p, &spec, target, Vec::new())
-                            .await?;
-                    Ok(WriteOutcome {
-                        version,
-                        rows: 0,
-                        duplicate: false,
-                    })
-                }
-                Some(m) => commit::write(&self.catalog, t, p, Vec::new(), m, None, "INGEST").await,
-            };
-        };
-        // The first error of the stream, as it was: delta-rs reports it as text.
-        let failure = Arc::new(std::sync::Mutex::new(None::<Error>));
-        let stream = {
-            let failure = Arc::clone(&failure);
-            futures::stream::once(std::future::ready(Ok(first)))
-                .chain(batches.and_then(move |b| std::future::ready(prepare(b))))
-                .map_err(move |e| {
-                    let message = e.to_string();
-                    if let Ok(mut slot) = failure.lock() {
-                        slot.get_or_insert(e);
-                    }
-                    datafusion::error::DataFusionError::Execution(message)
-                })
-        };
-        let input = commit::WriteInput::Stream(Box::pin(RecordBatchStreamAdapter::new(
-            Arc::clone(&target),
-            stream,
-        )));
+        // An ingest without rows commits nothing to an existing table (replace empties it)
+        // and creates a new one empty.
+        let input = streamed
+            .input
+            .take()
+            .unwrap_or(WriteInput::Batches(Vec::new()));
         let written = match write_mode {
             None => commit::create_with_data(&self.catalog, t, p, &spec, target, input)
                 .await
@@ -472,10 +426,10 @@ impl Engine {
         };
         match written {
             Ok(outcome) => Ok(WriteOutcome {
-                rows: rows.load(Ordering::Relaxed),
+                rows: streamed.rows(),
                 ..outcome
             }),
-            Err(e) => Err(failure.lock().ok().and_then(|mut f| f.take()).unwrap_or(e)),
+            Err(e) => Err(streamed.failure(e)),
         }
     }
 

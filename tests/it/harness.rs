@@ -267,6 +267,18 @@ impl TestServer {
         status_json(r).await
     }
 
+    /// Replaces the grants (as admin) and expects success.
+    pub async fn grant(&self, grants: Value) {
+        let (status, body) = self
+            .put_json(
+                &self.admin.clone(),
+                "/api/v1/grants",
+                json!({ "grants": grants }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     pub async fn put_json(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
         self.send_json(reqwest::Method::PUT, token, path, body)
             .await

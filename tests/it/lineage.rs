@@ -264,17 +264,11 @@ async fn column_lineage_of_sql_shapes_matches_the_golden_file() {
     }
 
     // A writer who reads a column through a mask: its edges say so.
-    let (status, body) = s
-        .put_json(
-            &admin,
-            "/api/v1/grants",
-            json!({"grants": [
-                {"role": "masked", "privilege": "SELECT", "on": "bronze"},
-                {"role": "masked", "privilege": "MANAGE", "on": "gold"}
-            ]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    s.grant(json!([
+        {"role": "masked", "privilege": "SELECT", "on": "bronze"},
+        {"role": "masked", "privilege": "MANAGE", "on": "gold"}
+    ]))
+    .await;
     let (status, body) = s
         .put_json(
             &admin,
@@ -429,17 +423,11 @@ async fn the_lineage_api_walks_both_ways_and_never_names_what_the_caller_cannot_
     );
 
     // An analyst without any grant on bronze: the raw table is counted, never named.
-    let (status, body) = s
-        .put_json(
-            &admin,
-            "/api/v1/grants",
-            json!({"grants": [
-                {"role": "analyst", "privilege": "SELECT", "on": "silver"},
-                {"role": "analyst", "privilege": "SELECT", "on": "gold"}
-            ]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    s.grant(json!([
+        {"role": "analyst", "privilege": "SELECT", "on": "silver"},
+        {"role": "analyst", "privilege": "SELECT", "on": "gold"}
+    ]))
+    .await;
     let analyst = s.token("ana", &["analyst"]);
     let (status, graph) = s
         .get(
@@ -489,18 +477,12 @@ async fn the_lineage_api_walks_both_ways_and_never_names_what_the_caller_cannot_
     assert!(!graph.to_string().contains("raw"), "{graph}");
 
     // A writer without SELECT on the upstream table: still counted, never named.
-    let (status, body) = s
-        .put_json(
-            &admin,
-            "/api/v1/grants",
-            json!({"grants": [
-                {"role": "analyst", "privilege": "SELECT", "on": "silver"},
-                {"role": "analyst", "privilege": "SELECT", "on": "gold"},
-                {"role": "analyst", "privilege": "INSERT", "on": "bronze.raw"}
-            ]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    s.grant(json!([
+        {"role": "analyst", "privilege": "SELECT", "on": "silver"},
+        {"role": "analyst", "privilege": "SELECT", "on": "gold"},
+        {"role": "analyst", "privilege": "INSERT", "on": "bronze.raw"}
+    ]))
+    .await;
     let (_, graph) = s
         .get(
             &analyst,
@@ -676,17 +658,11 @@ async fn lineage_edges_are_queryable_and_a_deploy_plans_a_models_lineage_before_
         "{after:?}"
     );
     assert!(after.len() > before.len());
-    let (status, body) = s
-        .put_json(
-            &admin,
-            "/api/v1/grants",
-            json!({"grants": [
-                {"role": "analyst", "privilege": "SELECT", "on": "silver"},
-                {"role": "analyst", "privilege": "SELECT", "on": "gold"}
-            ]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    s.grant(json!([
+        {"role": "analyst", "privilege": "SELECT", "on": "silver"},
+        {"role": "analyst", "privilege": "SELECT", "on": "gold"}
+    ]))
+    .await;
     let analyst = s.token("ana", &["analyst"]);
     let seen = edge_rows(&s, &analyst).await;
     assert_eq!(

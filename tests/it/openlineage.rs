@@ -262,17 +262,11 @@ async fn every_event_validates_and_each_run_starts_before_it_ends() {
     assert_eq!(status, 200, "{body}");
 
     // A writer under a row filter with a bound claim: its value never leaves the server.
-    let (status, body) = s
-        .put_json(
-            &admin,
-            "/api/v1/grants",
-            json!({"grants": [
-                {"role": "writer", "privilege": "SELECT", "on": "gold.copy"},
-                {"role": "writer", "privilege": "MODIFY", "on": "gold.copy"}
-            ]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    s.grant(json!([
+        {"role": "writer", "privilege": "SELECT", "on": "gold.copy"},
+        {"role": "writer", "privilege": "MODIFY", "on": "gold.copy"}
+    ]))
+    .await;
     let (status, body) = s
         .put_json(
             &admin,
