@@ -28,12 +28,16 @@ import flows
 
 class Collector(http.server.BaseHTTPRequestHandler):
     received = None  # a multiprocessing.Value shared with the benchmark
+    # Keep-alive, as Marquez, DataHub and OpenMetadata answer (HTTP/1.0 would make the
+    # sender open a connection per event).
+    protocol_version = "HTTP/1.1"
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length", 0)))
         with Collector.received.get_lock():
             Collector.received.value += 1
         self.send_response(200)
+        self.send_header("content-length", "0")
         self.end_headers()
 
     def log_message(self, *args):
@@ -79,12 +83,23 @@ def small_inserts(servers, n):
               "FROM (SELECT unnest(range(0, 1000)) AS x)")
         s.sql("CREATE TABLE gold.small (id BIGINT, v DOUBLE, tag STRING)")
     times = {arm: [] for arm in servers}
+    cpu = {arm: 0.0 for arm in servers}
     for i in range(n):
         for arm, s in servers.items():
+            c = cpu_s(s)
             t = time.perf_counter()
             s.sql(f"INSERT INTO gold.small SELECT id, v * 2, upper(tag) FROM bronze.src WHERE id = {i % 1000}")
             times[arm].append(time.perf_counter() - t)
-    return {arm: v[n // 10:] for arm, v in times.items()}  # the first tenth warms up
+            if i >= n // 10:
+                cpu[arm] += cpu_s(s) - c
+    # The first tenth warms up; CPU is the server's (all threads) per INSERT, in ms.
+    kept = n - n // 10
+    return {arm: v[n // 10:] for arm, v in times.items()}, {arm: c / kept * 1000 for arm, c in cpu.items()}
+
+
+def cpu_s(s):
+    """The server's CPU seconds so far (user + system, all threads)."""
+    return sum(s.ps.cpu_times()[:2])
 
 
 def merge(s, rows, round_):
@@ -94,11 +109,12 @@ def merge(s, rows, round_):
     if round_ == 0:
         s.sql(f"CREATE TABLE bronze.changes AS SELECT x AS id, 'new-' || CAST(x AS STRING) AS name, "
               f"CAST(x % 777 AS DOUBLE) AS amount FROM (SELECT unnest(range(0, {rows})) AS x)")
+    c = cpu_s(s)
     t = time.perf_counter()
     s.sql(f"MERGE INTO {t_name} AS t USING bronze.changes AS s ON t.id = s.id "
           "WHEN MATCHED THEN UPDATE SET name = s.name, amount = s.amount "
           "WHEN NOT MATCHED THEN INSERT (id, name, amount) VALUES (s.id, s.name, s.amount)")
-    return time.perf_counter() - t
+    return time.perf_counter() - t, cpu_s(s) - c
 
 
 def main():
@@ -115,20 +131,26 @@ def main():
     servers = {arm: server(a.strata, f"{a.work}/{arm}", arm, collector) for arm in arms}
     inserts = {arm: [] for arm in servers}
     merges = {arm: [] for arm in servers}
+    merge_cpu = {arm: [] for arm in servers}
     try:
-        inserts = small_inserts(servers, a.inserts)
+        inserts, insert_cpu = small_inserts(servers, a.inserts)
         for r in range(a.rounds):
             for arm, s in servers.items():
-                merges[arm].append(merge(s, a.rows, r))
+                wall, cpu = merge(s, a.rows, r)
+                merges[arm].append(wall)
+                merge_cpu[arm].append(cpu)
     finally:
         for s in servers.values():
             s.stop()
     ins = {arm: statistics.median(v) * 1000 for arm, v in inserts.items()}
     mrg = {arm: statistics.median(v) for arm, v in merges.items()}
+    mcpu = {arm: statistics.median(v) for arm, v in merge_cpu.items()}
     result = {
         "settings": vars(a),
         "insert_ms": inserts and {arm: [t * 1000 for t in v] for arm, v in inserts.items()},
         "merge_s": merges,
+        "insert_cpu_ms": insert_cpu,
+        "merge_cpu_s": merge_cpu,
         "events_received": received.value,
     }
     lines = [
@@ -141,6 +163,11 @@ def main():
         f"- MERGE of {a.rows:,} source rows into {a.rows:,}, median of {a.rounds}: off {mrg['off']:.2f} s, "
         f"recorded {mrg['record']:.2f} s ({(mrg['record'] / mrg['off'] - 1) * 100:+.1f}%), emitted "
         f"{mrg['emit']:.2f} s ({(mrg['emit'] / mrg['off'] - 1) * 100:+.1f}%); target ≤ 2%",
+        f"- server CPU (all threads): per small INSERT off {insert_cpu['off']:.2f} ms, recorded "
+        f"{insert_cpu['record']:.2f} ms (+{insert_cpu['record'] - insert_cpu['off']:.2f}), emitted "
+        f"{insert_cpu['emit']:.2f} ms (+{insert_cpu['emit'] - insert_cpu['off']:.2f}); per MERGE (median) off "
+        f"{mcpu['off']:.2f} s, recorded {mcpu['record']:.2f} s ({(mcpu['record'] / mcpu['off'] - 1) * 100:+.1f}%), "
+        f"emitted {mcpu['emit']:.2f} s ({(mcpu['emit'] / mcpu['off'] - 1) * 100:+.1f}%)",
         f"- OpenLineage events the collector received: {received.value}",
     ]
     out = pathlib.Path(a.out)
