@@ -517,11 +517,16 @@ fn sorted_rows(body: &Value) -> Vec<String> {
         .unwrap_or(&Vec::new())
         .iter()
         .map(|r| {
-            // Compare by values in column order, names aside (copies alias the same columns).
+            // Compare by values in column order, names aside (copies alias the same columns);
+            // floats to 9 significant digits: a sum's last bits follow the order the rows
+            // were stored in, which a copy need not keep.
             r.as_object()
                 .unwrap()
                 .values()
-                .map(|v| v.to_string())
+                .map(|v| match v.as_f64() {
+                    Some(f) if v.is_f64() => format!("{f:.9e}"),
+                    _ => v.to_string(),
+                })
                 .collect::<Vec<_>>()
                 .join("|")
         })

@@ -228,6 +228,20 @@ impl SchemaProvider for SystemSchema {
             .collect()
     }
 
+    /// Without building the table: a view's rows are computed only when it is read, never
+    /// for a listing (`information_schema.tables`).
+    async fn table_type(
+        &self,
+        name: &str,
+    ) -> DfResult<Option<datafusion::logical_expr::TableType>> {
+        use datafusion::logical_expr::TableType;
+        // Computed views, and `runs` (a view over the stored state changes).
+        if self.cx.views.get(name).is_some() || name.eq_ignore_ascii_case("runs") {
+            return Ok(self.table_exist(name).then_some(TableType::View));
+        }
+        Ok(self.table_exist(name).then_some(TableType::Base))
+    }
+
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         if let Some(view) = self.cx.views.get(name) {
             return self.view(name, view.as_ref()).await.map(Some);
