@@ -20,7 +20,7 @@ use super::params::{bind_params, no_params};
 use super::streamed::Shape;
 use super::{Engine, Statement, dml};
 use crate::error::{Error, Result};
-use crate::pipelines::commit::{self, WriteInput, WriteMode};
+use crate::pipelines::commit::{self, WriteMode};
 use crate::pipelines::maintenance::OptimizeSpec;
 use crate::security::policy::PolicyTable;
 use crate::security::{AccessControl, Principal, Privilege};
@@ -125,10 +125,7 @@ impl Engine {
                             rows,
                         )
                         .await?;
-                    let input = streamed
-                        .input
-                        .take()
-                        .unwrap_or(WriteInput::Batches(Vec::new()));
+                    let input = streamed.take_input();
                     let version = commit::create_with_data(
                         &self.catalog,
                         &table,
@@ -190,10 +187,7 @@ impl Engine {
                             rows,
                         )
                         .await?;
-                    let input = streamed
-                        .input
-                        .take()
-                        .unwrap_or(WriteInput::Batches(Vec::new()));
+                    let input = streamed.take_input();
                     commit::write(&self.catalog, &table, principal, input, mode, None, kind)
                         .await
                         .map_err(|e| streamed.failure(e))

@@ -33,13 +33,19 @@ pub(crate) enum Shape {
 
 /// A write's rows on their way, and what they did.
 pub(crate) struct Streamed {
-    /// `None`: the rows ran out before the first one (an empty write: no stream to hand over).
-    pub(crate) input: Option<WriteInput>,
+    /// The rows for the write: a stream, or no batches when they ran out before the first
+    /// row (an empty write commits as one always did).
+    input: Option<WriteInput>,
     rows: Arc<AtomicU64>,
     failure: Arc<std::sync::Mutex<Option<Error>>>,
 }
 
 impl Streamed {
+    /// The input to hand to the write (once).
+    pub(crate) fn take_input(&mut self) -> WriteInput {
+        self.input.take().unwrap_or(WriteInput::Batches(Vec::new()))
+    }
+
     /// Rows that passed so far (all of them once the write finished).
     pub(crate) fn rows(&self) -> u64 {
         self.rows.load(Ordering::Relaxed)

@@ -13,7 +13,7 @@ use crate::engine::lineage::Lineage;
 use crate::engine::streamed::Shape;
 use crate::error::{Error, Result};
 use crate::ingest::{self, UploadFormat};
-use crate::pipelines::commit::{self, WriteInput, WriteMode, WriteOutcome};
+use crate::pipelines::commit::{self, WriteMode, WriteOutcome};
 use crate::pipelines::schema::{self, TableChange};
 use crate::security::policy::table::Enforcement;
 use crate::security::policy::write;
@@ -410,10 +410,7 @@ impl Engine {
         };
         // An ingest without rows commits nothing to an existing table (replace empties it)
         // and creates a new one empty.
-        let input = streamed
-            .input
-            .take()
-            .unwrap_or(WriteInput::Batches(Vec::new()));
+        let input = streamed.take_input();
         let written = match write_mode {
             None => commit::create_with_data(&self.catalog, t, p, &spec, target, input)
                 .await

@@ -198,6 +198,14 @@ async fn sql_ddl_and_dml_through_the_query_endpoint(backend: Backend) {
         ("INSERT INTO silver.orders VALUES (1, 'x')", "column"),
         ("INSERT INTO silver.orders (id, nope) VALUES (1, 2)", "nope"),
         ("INSERT INTO silver.orders VALUES ('abc', 'x', 1)", ""),
+        // Rows are written as they are computed: a violation many batches in still fails
+        // the whole statement, with its own message, before the commit (the row number
+        // counts rows in the order the query produced them).
+        (
+            "INSERT INTO silver.orders (id, region) SELECT CASE WHEN x = 200000 THEN NULL ELSE x END, 'eu' \
+             FROM (SELECT unnest(range(0, 300000)) AS x)",
+            "column id is NOT NULL",
+        ),
     ] {
         let (status, body) = s.sql(&s.admin.clone(), sql).await;
         assert_eq!(status, 400, "{sql}: {body}");
