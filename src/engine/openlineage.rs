@@ -63,10 +63,9 @@ pub(crate) struct OutputDoc {
     pub(crate) description: Option<String>,
 }
 
-/// One write's run: its id, job and where its events go.
+/// What every event of one run says about it.
 #[derive(Debug)]
-pub(crate) struct LineageRun {
-    emitter: Emitter,
+struct Run {
     namespace: String,
     run_id: uuid::Uuid,
     job: String,
@@ -74,9 +73,17 @@ pub(crate) struct LineageRun {
     sql: Option<String>,
     /// The pipeline run this write is a batch of: (run id, pipeline).
     parent: Option<(String, String)>,
+}
+
+/// One write's run: START went out when it was made; COMPLETE, FAIL or ABORT (on drop)
+/// ends it.
+#[derive(Debug)]
+pub(crate) struct LineageRun {
+    emitter: Emitter,
+    run: Arc<Run>,
     /// Set once COMPLETE or FAIL went out; otherwise dropping the run sends ABORT.
     ended: bool,
-    record: LineageRecord,
+    record: Arc<LineageRecord>,
 }
 
 impl LineageRun {
@@ -90,43 +97,80 @@ impl LineageRun {
         let namespace = emitter.namespace()?.to_string();
         let run = LineageRun {
             emitter: emitter.clone(),
-            namespace,
-            run_id: uuid::Uuid::now_v7(),
-            job: record.job.clone(),
-            output: output.clone(),
-            sql: sql.map(|s| s.chars().take(MAX_SQL_CHARS).collect()),
-            parent: RunContext::current().map(|r| (r.run_id, r.pipeline)),
+            run: Arc::new(Run {
+                namespace,
+                run_id: uuid::Uuid::now_v7(),
+                job: record.job.clone(),
+                output: output.clone(),
+                sql: sql.map(|s| s.chars().take(MAX_SQL_CHARS).collect()),
+                parent: RunContext::current().map(|r| (r.run_id, r.pipeline)),
+            }),
             ended: false,
-            record: record.clone(),
+            record: Arc::new(record.clone()),
         };
-        run.send("START", None, None, &OutputDoc::default(), &[]);
+        run.send(Event::new("START"));
         Some(run)
     }
 
     /// The record the write finally committed (a merge model's MERGE replaces its SELECT's).
     pub(crate) fn set_record(&mut self, record: LineageRecord) {
-        self.record = record;
+        self.record = Arc::new(record);
     }
 
-    pub(crate) fn complete(mut self, outcome: &dyn Written, doc: &OutputDoc) {
+    pub(crate) fn complete(mut self, outcome: &dyn Written, doc: OutputDoc) {
         self.ended = true;
-        self.send("COMPLETE", None, Some(outcome), doc, &outcome.assertions());
+        self.send(Event {
+            version: outcome.version(),
+            rows: outcome.rows(),
+            doc,
+            assertions: outcome.assertions(),
+            ..Event::new("COMPLETE")
+        });
     }
 
     pub(crate) fn fail(mut self, error: &str) {
         self.ended = true;
-        self.send("FAIL", Some(error), None, &OutputDoc::default(), &[]);
+        self.send(Event {
+            error: Some(error.to_string()),
+            ..Event::new("FAIL")
+        });
     }
 
-    fn send(
-        &self,
-        kind: &str,
-        error: Option<&str>,
-        outcome: Option<&dyn Written>,
-        doc: &OutputDoc,
-        assertions: &[Value],
-    ) {
-        let ns = &self.namespace;
+    /// Hands `event` to the emitter; its JSON is built by the sender, off the write's path.
+    fn send(&self, event: Event) {
+        let run = Arc::clone(&self.run);
+        let record = Arc::clone(&self.record);
+        self.emitter.emit(move || event.json(&run, &record));
+    }
+}
+
+/// One event of a run, as taken when it happened.
+#[derive(Debug)]
+struct Event {
+    kind: &'static str,
+    time: chrono::DateTime<Utc>,
+    error: Option<String>,
+    version: Option<u64>,
+    rows: Option<u64>,
+    doc: OutputDoc,
+    assertions: Vec<Value>,
+}
+
+impl Event {
+    fn new(kind: &'static str) -> Event {
+        Event {
+            kind,
+            time: Utc::now(),
+            error: None,
+            version: None,
+            rows: None,
+            doc: OutputDoc::default(),
+            assertions: Vec::new(),
+        }
+    }
+
+    fn json(&self, run: &Run, record: &LineageRecord) -> Value {
+        let ns = &run.namespace;
         let mut run_facets = serde_json::Map::new();
         run_facets.insert(
             "processing_engine".into(),
@@ -136,7 +180,7 @@ impl LineageRun {
                 json!({"name": "Strata", "version": env!("CARGO_PKG_VERSION")}),
             ),
         );
-        if let Some((run_id, pipeline)) = &self.parent
+        if let Some((run_id, pipeline)) = &run.parent
             && uuid::Uuid::parse_str(run_id).is_ok()
         {
             run_facets.insert(
@@ -151,7 +195,7 @@ impl LineageRun {
                 ),
             );
         }
-        if let Some(message) = error {
+        if let Some(message) = &self.error {
             run_facets.insert(
                 "errorMessage".into(),
                 facet(
@@ -170,21 +214,20 @@ impl LineageRun {
                 json!({
                     "processingType": "BATCH",
                     "integration": "STRATA",
-                    "jobType": if self.job.starts_with("model ") { "MODEL" } else { "QUERY" },
+                    "jobType": if run.job.starts_with("model ") { "MODEL" } else { "QUERY" },
                 }),
             ),
         );
-        if let Some(sql) = &self.sql {
+        if let Some(sql) = &run.sql {
             job_facets.insert(
                 "sql".into(),
                 facet("1-1-0/SQLJobFacet", "SQLJobFacet", json!({"query": sql})),
             );
         }
-        let inputs: Vec<Value> = self
-            .record
+        let inputs: Vec<Value> = record
             .inputs
             .iter()
-            .filter(|i| i.table != self.output)
+            .filter(|i| i.table != run.output)
             .map(|i| {
                 json!({
                     "namespace": ns,
@@ -197,27 +240,22 @@ impl LineageRun {
                 })
             })
             .collect();
-        let output = self.output_dataset(outcome, doc, assertions);
-        let event = json!({
-            "eventType": kind,
-            "eventTime": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        let output = self.output_dataset(run, record);
+        json!({
+            "eventType": self.kind,
+            "eventTime": self.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "producer": producer(),
             "schemaURL": SPEC,
-            "run": {"runId": self.run_id.to_string(), "facets": run_facets},
-            "job": {"namespace": ns, "name": self.job, "facets": job_facets},
+            "run": {"runId": run.run_id.to_string(), "facets": run_facets},
+            "job": {"namespace": ns, "name": run.job, "facets": job_facets},
             "inputs": inputs,
             "outputs": [output],
-        });
-        self.emitter.emit(event);
+        })
     }
 
-    fn output_dataset(
-        &self,
-        outcome: Option<&dyn Written>,
-        doc: &OutputDoc,
-        assertions: &[Value],
-    ) -> Value {
-        let ns = &self.namespace;
+    fn output_dataset(&self, run: &Run, record: &LineageRecord) -> Value {
+        let ns = &run.namespace;
+        let doc = &self.doc;
         let mut facets = serde_json::Map::new();
         if let Some(schema) = &doc.schema {
             let fields: Vec<Value> = schema
@@ -255,7 +293,7 @@ impl LineageRun {
                 ),
             );
         }
-        if let Some(v) = outcome.and_then(|o| o.version()) {
+        if let Some(v) = self.version {
             facets.insert(
                 "version".into(),
                 facet(
@@ -265,22 +303,22 @@ impl LineageRun {
                 ),
             );
         }
-        if self.record.complete {
-            facets.insert("columnLineage".into(), self.column_lineage());
+        if record.complete {
+            facets.insert("columnLineage".into(), column_lineage(ns, record));
         }
-        if !assertions.is_empty() {
+        if !self.assertions.is_empty() {
             facets.insert(
                 "dataQualityAssertions".into(),
                 facet(
                     "1-1-0/DataQualityAssertionsDatasetFacet",
                     "DataQualityAssertionsDatasetFacet",
-                    json!({"assertions": assertions}),
+                    json!({"assertions": self.assertions}),
                 ),
             );
         }
         let mut dataset =
-            json!({"namespace": ns, "name": self.output.to_string(), "facets": facets});
-        if let Some(rows) = outcome.and_then(|o| o.rows()) {
+            json!({"namespace": ns, "name": run.output.to_string(), "facets": facets});
+        if let Some(rows) = self.rows {
             dataset["outputFacets"] = json!({"outputStatistics": facet(
                 "1-0-2/OutputStatisticsOutputDatasetFacet",
                 "OutputStatisticsOutputDatasetFacet",
@@ -289,51 +327,50 @@ impl LineageRun {
         }
         dataset
     }
+}
 
-    /// The record as the columnLineage facet: per output field its inputs with their
-    /// transformations; edges to the whole output under `dataset`.
-    fn column_lineage(&self) -> Value {
-        let ns = &self.namespace;
-        let mut fields: serde_json::Map<String, Value> = serde_json::Map::new();
-        let mut dataset = Vec::new();
-        for e in &self.record.edges {
-            let Some(input) = self.record.inputs.get(e.input) else {
-                continue;
-            };
-            let field = json!({
-                "namespace": ns,
-                "name": input.table.to_string(),
-                "field": e.column,
-                "transformations": [{
-                    "type": e.subtype.kind(),
-                    "subtype": e.subtype.as_str(),
-                    "masking": e.masking,
-                }],
-            });
-            match &e.output {
-                Some(out) => {
-                    let entry = fields
-                        .entry(out.clone())
-                        .or_insert_with(|| json!({"inputFields": []}));
-                    if let Some(list) = entry["inputFields"].as_array_mut() {
-                        list.push(field);
-                    }
+/// `record` as the columnLineage facet: per output field its inputs with their
+/// transformations; edges to the whole output under `dataset`.
+fn column_lineage(ns: &str, record: &LineageRecord) -> Value {
+    let mut fields: serde_json::Map<String, Value> = serde_json::Map::new();
+    let mut dataset = Vec::new();
+    for e in &record.edges {
+        let Some(input) = record.inputs.get(e.input) else {
+            continue;
+        };
+        let field = json!({
+            "namespace": ns,
+            "name": input.table.to_string(),
+            "field": e.column,
+            "transformations": [{
+                "type": e.subtype.kind(),
+                "subtype": e.subtype.as_str(),
+                "masking": e.masking,
+            }],
+        });
+        match &e.output {
+            Some(out) => {
+                let entry = fields
+                    .entry(out.clone())
+                    .or_insert_with(|| json!({"inputFields": []}));
+                if let Some(list) = entry["inputFields"].as_array_mut() {
+                    list.push(field);
                 }
-                None => dataset.push(field),
             }
+            None => dataset.push(field),
         }
-        facet(
-            "1-2-0/ColumnLineageDatasetFacet",
-            "ColumnLineageDatasetFacet",
-            json!({"fields": fields, "dataset": dataset}),
-        )
     }
+    facet(
+        "1-2-0/ColumnLineageDatasetFacet",
+        "ColumnLineageDatasetFacet",
+        json!({"fields": fields, "dataset": dataset}),
+    )
 }
 
 impl Drop for LineageRun {
     fn drop(&mut self) {
         if !self.ended {
-            self.send("ABORT", None, None, &OutputDoc::default(), &[]);
+            self.send(Event::new("ABORT"));
         }
     }
 }

@@ -274,6 +274,16 @@ impl Catalog {
             .map_err(|e| map_load_error(t, e))
     }
 
+    /// The newest snapshot of `t` this process loaded or committed, without asking the store
+    /// whether it is still the newest (for descriptions, never for reads).
+    pub async fn cached(&self, t: &TableRef) -> Option<DeltaTable> {
+        self.open
+            .read()
+            .await
+            .get(t)
+            .map(|(table, _)| table.clone())
+    }
+
     /// Tables known to exist (see the field's doc).
     pub fn known_tables(&self) -> BTreeSet<TableRef> {
         self.known.read().map(|k| k.clone()).unwrap_or_default()

@@ -1,8 +1,9 @@
 //! OpenLineage 2-0-2 RunEvents to `[lineage.openlineage] url`: a bounded queue and one
 //! background sender, so emission never blocks or fails a write.
 //!
-//! - [`Emitter::emit`] serializes the event and `try_send`s it; a full queue (or an event
-//!   over `max_event_bytes` even without its column lineage) drops it, counted in
+//! - [`Emitter::emit`] `try_send`s the event *unbuilt*: the writer pays for one queue slot,
+//!   the sender builds and serializes the JSON. A full queue (or an event over
+//!   `max_event_bytes` even without its column lineage) drops it, counted in
 //!   `strata_openlineage_events_total{outcome="dropped"}`.
 //! - One sender task posts events in queue order, so a run's START always reaches the
 //!   receiver before its COMPLETE. A 5xx, a 429, a timeout or a refused connection is
@@ -48,11 +49,13 @@ pub struct Emitter {
     inner: Option<Arc<Inner>>,
 }
 
+/// An event as the writer hands it over: built by the sender, off the write's path.
+type Event = Box<dyn FnOnce() -> serde_json::Value + Send>;
+
 #[derive(Debug)]
 struct Inner {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Event>,
     namespace: String,
-    max_event_bytes: usize,
     /// Events accepted and not yet delivered or given up on.
     pending: AtomicUsize,
     stats: Stats,
@@ -90,7 +93,6 @@ impl Emitter {
         let inner = Arc::new(Inner {
             tx,
             namespace: cfg.namespace.clone(),
-            max_event_bytes: cfg.max_event_bytes,
             pending: AtomicUsize::new(0),
             stats: Stats::default(),
         });
@@ -98,6 +100,7 @@ impl Emitter {
             client,
             target,
             api_key,
+            max_event_bytes: cfg.max_event_bytes,
             inner: Arc::downgrade(&inner),
         };
         tokio::spawn(sender.run(rx));
@@ -109,24 +112,11 @@ impl Emitter {
         self.inner.as_ref().map(|i| i.namespace.as_str())
     }
 
-    /// Queues `event` (never waits). An event too large loses its column lineage first.
-    pub fn emit(&self, mut event: serde_json::Value) {
+    /// Queues the event `build` makes (never waits); the sender builds it.
+    pub fn emit(&self, build: impl FnOnce() -> serde_json::Value + Send + 'static) {
         let Some(inner) = &self.inner else { return };
-        let mut body = serde_json::to_vec(&event).unwrap_or_default();
-        if body.len() > inner.max_event_bytes {
-            strip_column_lineage(&mut event);
-            body = serde_json::to_vec(&event).unwrap_or_default();
-        }
-        if body.is_empty() || body.len() > inner.max_event_bytes {
-            inner.count("dropped");
-            tracing::warn!(
-                bytes = body.len(),
-                "OpenLineage event over lineage.openlineage.max_event_bytes: dropped"
-            );
-            return;
-        }
         inner.pending.fetch_add(1, Ordering::SeqCst);
-        if inner.tx.try_send(body).is_err() {
+        if inner.tx.try_send(Box::new(build)).is_err() {
             inner.pending.fetch_sub(1, Ordering::SeqCst);
             inner.count("dropped");
             return;
@@ -192,6 +182,24 @@ impl Inner {
     }
 }
 
+/// `event`'s JSON; an event over `max_bytes` loses its column lineage first, and is `None`
+/// when still too large.
+fn encode(mut event: serde_json::Value, max_bytes: usize) -> Option<Vec<u8>> {
+    let mut body = serde_json::to_vec(&event).unwrap_or_default();
+    if body.len() > max_bytes {
+        strip_column_lineage(&mut event);
+        body = serde_json::to_vec(&event).unwrap_or_default();
+    }
+    if body.is_empty() || body.len() > max_bytes {
+        tracing::warn!(
+            bytes = body.len(),
+            "OpenLineage event over lineage.openlineage.max_event_bytes: dropped"
+        );
+        return None;
+    }
+    Some(body)
+}
+
 /// Removes the `columnLineage` facets of an event's outputs (the part that grows with the
 /// columns).
 fn strip_column_lineage(event: &mut serde_json::Value) {
@@ -209,6 +217,7 @@ struct Sender {
     client: reqwest::Client,
     target: reqwest::Url,
     api_key: Option<String>,
+    max_event_bytes: usize,
     /// Weak: the sender ends once the last emitter is gone and the queue is drained.
     inner: std::sync::Weak<Inner>,
 }
@@ -221,8 +230,14 @@ enum Delivery {
 }
 
 impl Sender {
-    async fn run(self, mut rx: mpsc::Receiver<Vec<u8>>) {
-        while let Some(body) = rx.recv().await {
+    async fn run(self, mut rx: mpsc::Receiver<Event>) {
+        while let Some(build) = rx.recv().await {
+            let Some(body) = encode(build(), self.max_event_bytes) else {
+                if let Some(inner) = self.inner.upgrade() {
+                    inner.done("dropped");
+                }
+                continue;
+            };
             let mut backoff = FIRST_BACKOFF;
             let outcome = loop {
                 match self.post(&body).await {

@@ -454,6 +454,63 @@ async fn a_hanging_collector_fills_the_queue_and_drops_are_counted() {
     );
 }
 
+/// A wide CTAS: its column lineage is most of its COMPLETE event.
+async fn wide_ctas(s: &TestServer) {
+    let columns: Vec<String> = (0..200)
+        .map(|i| format!("id + {i} AS column_{i}"))
+        .collect();
+    s.sql_ok("CREATE TABLE bronze.t (id BIGINT)").await;
+    s.sql_ok(&format!(
+        "CREATE TABLE gold.wide AS SELECT {} FROM bronze.t",
+        columns.join(", ")
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_the_size_limit_loses_its_column_lineage_then_is_dropped() {
+    let (receiver, url) = Receiver::start().await;
+    let s = TestServer::start_configured(Backend::Local, |cfg| {
+        point_at(cfg, &url);
+        cfg.lineage.openlineage.max_event_bytes = 20_000;
+    })
+    .await;
+    wide_ctas(&s).await;
+    drained(&s).await;
+    let events = receiver.events();
+    let complete = events
+        .iter()
+        .find(|e| e["eventType"] == "COMPLETE" && e["job"]["name"] == "CREATE TABLE AS SELECT")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    let facets = &complete["outputs"][0]["facets"];
+    assert!(facets.get("columnLineage").is_none(), "{complete}");
+    assert_eq!(facets["schema"]["fields"].as_array().unwrap().len(), 200);
+    assert!(serde_json::to_vec(complete).unwrap().len() <= 20_000);
+    assert_started_then_ended(&events);
+
+    // Too large even without its column lineage: START and COMPLETE dropped, counted, and
+    // the write unharmed.
+    let (receiver, url) = Receiver::start().await;
+    let s = TestServer::start_configured(Backend::Local, |cfg| {
+        point_at(cfg, &url);
+        cfg.lineage.openlineage.max_event_bytes = 200;
+    })
+    .await;
+    wide_ctas(&s).await;
+    drained(&s).await;
+    assert!(receiver.events().is_empty());
+    let text = s.metrics_text().await;
+    assert_eq!(
+        metric(
+            &text,
+            "strata_openlineage_events_total{outcome=\"dropped\"}"
+        ),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(s.count("gold.wide").await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_flushes_queued_events() {
     let (receiver, url) = Receiver::start().await;

@@ -80,16 +80,18 @@ impl Engine {
                 if let Ok(last) = serde_json::from_value::<LineageRecord>(scope.record()) {
                     run.set_record(last);
                 }
-                run.complete(out, &doc);
+                run.complete(out, doc);
             }
             Err(e) => run.fail(&e.to_string()),
         }
         result
     }
 
-    /// The output table's schema and description, for its COMPLETE event.
+    /// The output table's schema and description, for its COMPLETE event: from the snapshot
+    /// the write left in the catalog (no storage request on the write's path; a newer
+    /// snapshot another writer left describes the table as it now is, which is as good).
     async fn output_doc(&self, t: &TableRef) -> OutputDoc {
-        let Ok(table) = self.catalog().load(t).await else {
+        let Some(table) = self.catalog().cached(t).await else {
             return OutputDoc::default();
         };
         let Ok(snapshot) = table.snapshot() else {
