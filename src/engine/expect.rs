@@ -18,7 +18,6 @@
 //! and the rows quarantined then are read back and subtracted from the output, never
 //! decided again (a volatile check would put a row in both tables).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -26,17 +25,20 @@ use arrow::array::{
 };
 use arrow::compute::kernels::boolean::{and, not, or};
 use arrow::compute::{filter_record_batch, prep_null_mask_filter};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, SchemaRef};
 use chrono::{DateTime, Utc};
-use datafusion::common::Column;
+use datafusion::common::{Column, DFSchema};
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast};
 use datafusion::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 
+mod quarantine;
+
+use self::quarantine::{batch_key, quarantine_schema, subtract};
 use super::Engine;
 use crate::error::{Error, Result};
-use crate::pipelines::commit::{self, Progress, WriteMode};
+use crate::pipelines::commit::{self, Progress};
 use crate::security::{AccessControl, Principal};
 use crate::storage::TableRef;
 use crate::storage::changes::CHANGE_COLUMNS;
@@ -250,37 +252,6 @@ fn null_as_false(a: &BooleanArray) -> BooleanArray {
     }
 }
 
-/// The value of `_strata_batch` for a batch committing `progress`.
-fn batch_key(progress: &Progress) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for t in progress {
-        h.update(t.app_id.as_bytes());
-        h.update(b"=");
-        h.update(t.version.to_string().as_bytes());
-        h.update(b";");
-    }
-    hex::encode(&h.finalize()[..16])
-}
-
-/// The quarantine table's schema for a model output with `data` columns.
-fn quarantine_schema(data: &Schema) -> SchemaRef {
-    let mut fields: Vec<Field> = data
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    fields.push(Field::new(RUN_ID, DataType::Utf8, true));
-    fields.push(Field::new(FAILED, DataType::Utf8, true));
-    fields.push(Field::new(
-        QUARANTINED_AT,
-        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-        true,
-    ));
-    fields.push(Field::new(BATCH, DataType::Utf8, true));
-    Arc::new(Schema::new(fields))
-}
-
 /// A row of `batch` (its `columns`) as JSON.
 fn row_json(batch: &RecordBatch, row: usize, columns: &[usize]) -> serde_json::Value {
     let Ok(one) = batch.project(columns).map(|b| b.slice(row, 1)) else {
@@ -296,64 +267,70 @@ fn row_json(batch: &RecordBatch, row: usize, columns: &[usize]) -> serde_json::V
         .unwrap_or(serde_json::Value::Null)
 }
 
-/// Per output row, whether its data equals one of `taken` (a multiset: each taken row
-/// matches one output row once).
-fn subtract(
-    output: &[RecordBatch],
-    columns: &[usize],
-    taken: &[RecordBatch],
-) -> Result<Vec<Vec<bool>>> {
-    use arrow::row::{RowConverter, SortField};
-    let Some(first) = output.first() else {
-        return Ok(Vec::new());
-    };
-    let fields: Vec<SortField> = columns
+/// `rules` as boolean columns `__strata_expect_{i}`, planned over `schema` after checking
+/// each plans over the model's output `output` (its error names the rule).
+pub(super) fn check_columns(
+    state: &SessionState,
+    output: &DFSchema,
+    schema: &DFSchema,
+    rules: &[Expectation],
+) -> Result<Vec<Expr>> {
+    rules
         .iter()
-        .map(|&i| SortField::new(first.schema().field(i).data_type().clone()))
-        .collect();
-    let converter = RowConverter::new(fields)?;
-    let mut counts: HashMap<Vec<u8>, usize> = HashMap::new();
-    for b in taken {
-        let arrays = columns
-            .iter()
-            .enumerate()
-            .map(|(k, &i)| {
-                let want = first.schema().field(i).clone();
-                let col = b.column_by_name(want.name()).ok_or_else(|| {
-                    Error::internal(format!("the quarantine lacks column {}", want.name()))
-                })?;
-                Ok(arrow::compute::cast(col, want.data_type())?).map(|a| (k, a))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let rows =
-            converter.convert_columns(&arrays.into_iter().map(|(_, a)| a).collect::<Vec<_>>())?;
-        for r in rows.iter() {
-            *counts.entry(r.as_ref().to_vec()).or_default() += 1;
-        }
-    }
-    output
-        .iter()
-        .map(|b| {
-            let arrays: Vec<_> = columns.iter().map(|&i| Arc::clone(b.column(i))).collect();
-            let rows = converter.convert_columns(&arrays)?;
-            Ok(rows
-                .iter()
-                .map(|r| match counts.get_mut(r.as_ref()) {
-                    Some(n) if *n > 0 => {
-                        *n -= 1;
-                        true
-                    }
-                    _ => false,
+        .enumerate()
+        .map(|(i, rule)| {
+            let planned = |over: &DFSchema| {
+                state.create_logical_expr(&rule.check, over).map_err(|e| {
+                    Error::invalid(format!(
+                        "expectation {}: check {:?} does not plan over the model's output: {e}",
+                        rule.name, rule.check
+                    ))
                 })
-                .collect())
+            };
+            planned(output)?;
+            let check = planned(schema)?;
+            // NULL (unknown) is a violation: read as false when routing (a bitmap AND,
+            // cheaper than a coalesce per row here).
+            Ok(cast(check, DataType::Boolean).alias(format!("__strata_expect_{i}")))
         })
         .collect()
+}
+
+/// `plan` with `checks` (from [`check_columns`]) after its columns.
+pub(super) fn with_checks(plan: LogicalPlan, checks: Vec<Expr>) -> Result<LogicalPlan> {
+    let mut exprs: Vec<Expr> = plan
+        .schema()
+        .iter()
+        .map(|(q, f)| Expr::Column(Column::from((q, f))))
+        .collect();
+    exprs.extend(checks);
+    Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+}
+
+/// `a OR b`, where `None` is all false.
+fn either(a: Option<BooleanArray>, b: &BooleanArray) -> Result<Option<BooleanArray>> {
+    Ok(Some(match a {
+        Some(a) => or(&a, b)?,
+        None => b.clone(),
+    }))
+}
+
+/// Collected rows of a model's output, each batch its `width` columns followed by one
+/// boolean column per rule.
+pub(super) struct Judged<'a> {
+    pub(super) batches: Vec<RecordBatch>,
+    pub(super) width: usize,
+    /// The columns that are the model's data (what samples show and the quarantine keeps).
+    pub(super) data: Vec<usize>,
+    pub(super) checks: &'a Checks<'a>,
 }
 
 impl Engine {
     /// Evaluates `checks` over `plan`'s output and commits its quarantined rows to `t`'s
     /// quarantine table with `progress`: the plan of the rows left for the target, and what
-    /// happened. A refused batch (see [`BatchQuality::refused`]) commits nothing.
+    /// happened. A refused batch (see [`BatchQuality::refused`]) commits nothing. For
+    /// writes that take a plan (merge, scd2); the others judge the rows they collect
+    /// anyway ([`Engine::judge`]).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn apply_expectations(
         &self,
@@ -365,45 +342,74 @@ impl Engine {
         t: &TableRef,
         progress: &Progress,
     ) -> Result<(LogicalPlan, BatchQuality)> {
-        let rules = checks.rules;
         let schema = Arc::clone(plan.schema());
         let width = schema.fields().len();
-        let mut exprs: Vec<Expr> = schema
-            .iter()
-            .map(|(q, f)| Expr::Column(Column::from((q, f))))
-            .collect();
-        for (i, rule) in rules.iter().enumerate() {
-            let check = state
-                .create_logical_expr(&rule.check, &schema)
-                .map_err(|e| {
-                    Error::invalid(format!(
-                        "expectation {}: check {:?} does not plan over the model's output: {e}",
-                        rule.name, rule.check
-                    ))
-                })?;
-            // NULL (unknown) is a violation: read as false when routing (a bitmap AND, cheaper
-            // than a coalesce per row here).
-            exprs.push(cast(check, DataType::Boolean).alias(format!("__strata_expect_{i}")));
-        }
-        let projected = LogicalPlanBuilder::from(plan).project(exprs)?.build()?;
+        let exprs = check_columns(state, &schema, &schema, checks.rules)?;
+        let projected = with_checks(plan, exprs)?;
         let batches = DataFrame::new(state.clone(), projected).collect().await?;
         // The batches' own types (a scan may produce view types the plan does not name).
         let out_schema: SchemaRef = match batches.first() {
             Some(b) => Arc::new(b.schema().project(&(0..width).collect::<Vec<_>>())?),
-            None => Arc::new(Schema::new(
-                schema
-                    .as_arrow()
-                    .fields()
-                    .iter()
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            )),
+            None => Arc::new(schema.as_arrow().clone()),
         };
         let data: Vec<usize> = (0..width)
             .filter(|&i| !internal(out_schema.field(i).name()))
             .collect();
+        let judged = Judged {
+            batches,
+            width,
+            data,
+            checks,
+        };
+        let (kept, quality) = self.judge(principal, access, judged, t, progress).await?;
+        if quality.refused.is_some() {
+            return Ok((LogicalPlanBuilder::empty(false).build()?, quality));
+        }
+        // As many partitions as the session plans with, so the write reads them in parallel.
+        let parts = state.config().target_partitions().max(1);
+        let mut partitions = vec![Vec::new(); parts];
+        for (i, b) in kept.into_iter().enumerate() {
+            partitions[i % parts].push(b);
+        }
+        let mem = datafusion::datasource::MemTable::try_new(out_schema, partitions)?;
+        let checked = crate::security::policy::PolicyTable::derived(
+            t.clone(),
+            Arc::clone(principal),
+            Arc::new(mem),
+        );
+        let plan = LogicalPlanBuilder::scan(
+            "__strata_checked",
+            datafusion::datasource::provider_as_source(Arc::new(checked)),
+            None,
+        )?
+        .build()?;
+        Ok((plan, quality))
+    }
+
+    /// Judges collected rows: per row the rules it fails, refusals, routing; commits the
+    /// quarantined rows to `t`'s quarantine with `progress` (before the target: see the
+    /// module docs). The rows left for the target (their first `width` columns), and what
+    /// happened; a refused batch commits nothing and keeps no rows.
+    pub(super) async fn judge(
+        &self,
+        principal: &Arc<Principal>,
+        access: &Arc<AccessControl>,
+        judged: Judged<'_>,
+        t: &TableRef,
+        progress: &Progress,
+    ) -> Result<(Vec<RecordBatch>, BatchQuality)> {
+        let Judged {
+            batches,
+            width,
+            data,
+            checks,
+        } = judged;
+        let rules = checks.rules;
+        let out_schema: Option<SchemaRef> = batches.first().map(|b| b.schema());
         // A delete in a merge or scd2 source carries no new values: it passes.
-        let deletes = out_schema.index_of("__strata_delete").ok();
+        let deletes = out_schema
+            .as_ref()
+            .and_then(|s| s.index_of("__strata_delete").ok());
         let qt = t.quarantine()?;
         let quarantines = rules
             .iter()
@@ -459,23 +465,24 @@ impl Engine {
         };
         let total: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         // Per batch, with column kernels: the rows each rule failed, and the rows some
-        // quarantine (drop) rule failed. Deletes and rows read back are not judged.
+        // quarantine (drop) rule failed. Deletes and rows read back are not judged; `None`
+        // is "no row" (no bitmap built for the common case).
         let mut routes = Vec::with_capacity(batches.len());
         for (bi, b) in batches.iter().enumerate() {
             let n = b.num_rows();
-            let mut exempt = BooleanArray::from(vec![false; n]);
+            let mut exempt: Option<BooleanArray> = None;
             if let Some(d) = deletes
                 && let Some(del) = b.column(d).as_boolean_opt()
             {
-                exempt = or(&exempt, &null_as_false(del))?;
+                exempt = either(exempt, &null_as_false(del))?;
             }
             if let Some(h) = &held {
-                exempt = or(&exempt, &BooleanArray::from(h[bi].clone()))?;
+                exempt = either(exempt, &BooleanArray::from(h[bi].clone()))?;
             }
-            let judged = not(&exempt)?;
-            let judged_rows = judged.true_count() as u64;
-            let mut quarantine = BooleanArray::from(vec![false; n]);
-            let mut drop = BooleanArray::from(vec![false; n]);
+            let judged = exempt.as_ref().map(not).transpose()?;
+            let judged_rows = judged.as_ref().map_or(n, |j| j.true_count()) as u64;
+            let mut quarantine: Option<BooleanArray> = None;
+            let mut drop: Option<BooleanArray> = None;
             let mut fails = Vec::with_capacity(rules.len());
             for (i, r) in rules.iter().enumerate() {
                 // Recovery never decides quarantine again: the quarantine holds it.
@@ -489,10 +496,17 @@ impl Engine {
                         r.name
                     ))
                 })?;
-                let ok = null_as_false(column);
-                let failed = and(&not(&ok)?, &judged)?;
                 let tally = &mut quality.rules[i];
                 tally.rows += judged_rows;
+                let ok = null_as_false(column);
+                if ok.true_count() == n {
+                    fails.push(None);
+                    continue;
+                }
+                let failed = match &judged {
+                    Some(j) => and(&not(&ok)?, j)?,
+                    None => not(&ok)?,
+                };
                 let count = failed.true_count();
                 tally.failed += count as u64;
                 if count > 0 {
@@ -502,8 +516,8 @@ impl Engine {
                     }
                 }
                 match r.on_violation {
-                    OnViolation::Quarantine => quarantine = or(&quarantine, &failed)?,
-                    OnViolation::Drop => drop = or(&drop, &failed)?,
+                    OnViolation::Quarantine => quarantine = either(quarantine, &failed)?,
+                    OnViolation::Drop => drop = either(drop, &failed)?,
                     OnViolation::Warn | OnViolation::Fail => {}
                 }
                 fails.push(Some(failed));
@@ -530,9 +544,12 @@ impl Engine {
                         .unwrap_or_default(),
                     r.check
                 ));
-                return Ok((LogicalPlanBuilder::empty(false).build()?, quality));
+                return Ok((Vec::new(), quality));
             }
         }
+        let Some(out_schema) = out_schema else {
+            return Ok((Vec::new(), quality));
+        };
         // Route the rows: quarantine > drop > keep; past the cap, quarantine is left out.
         let mut room = checks.quarantine_room;
         let mut kept = Vec::with_capacity(batches.len());
@@ -543,41 +560,51 @@ impl Engine {
         // the kept copy never doubles the batch's memory.
         for (bi, (b, (quarantine, drop, fails))) in batches.into_iter().zip(&routes).enumerate() {
             let n = b.num_rows();
-            let wanted = quarantine.true_count() as u64;
-            let take = if wanted <= room {
-                room -= wanted;
-                quarantine.clone()
-            } else {
-                let mut left = room;
-                room = 0;
-                BooleanArray::from(
-                    (0..n)
-                        .map(|k| {
-                            let t = quarantine.value(k) && left > 0;
-                            left -= u64::from(t);
-                            t
-                        })
-                        .collect::<Vec<_>>(),
-                )
+            let wanted = quarantine.as_ref().map_or(0, |q| q.true_count()) as u64;
+            let take = match quarantine {
+                None => None,
+                Some(q) if wanted <= room => {
+                    room -= wanted;
+                    Some(q.clone())
+                }
+                Some(q) => {
+                    let mut left = room;
+                    room = 0;
+                    Some(BooleanArray::from(
+                        (0..n)
+                            .map(|k| {
+                                let t = q.value(k) && left > 0;
+                                left -= u64::from(t);
+                                t
+                            })
+                            .collect::<Vec<_>>(),
+                    ))
+                }
             };
-            let taken = take.true_count() as u64;
+            let taken = take.as_ref().map_or(0, |t| t.true_count()) as u64;
             quality.quarantined += taken;
             quality.over_cap += wanted - taken;
-            let dropped = and(drop, &not(quarantine)?)?;
-            quality.dropped += dropped.true_count() as u64;
-            let mut out = or(quarantine, &dropped)?;
+            let dropped = match (drop, quarantine) {
+                (Some(d), Some(q)) => Some(and(d, &not(q)?)?),
+                (Some(d), None) => Some(d.clone()),
+                (None, _) => None,
+            };
+            quality.dropped += dropped.as_ref().map_or(0, |d| d.true_count()) as u64;
+            let mut out = quarantine.clone();
+            if let Some(d) = &dropped {
+                out = either(out, d)?;
+            }
             if let Some(h) = &held {
-                out = or(&out, &BooleanArray::from(h[bi].clone()))?;
+                out = either(out, &BooleanArray::from(h[bi].clone()))?;
             }
             let data_only = b.project(&all)?;
-            kept.push(if out.true_count() == 0 {
-                data_only
-            } else {
-                filter_record_batch(&data_only, &not(&out)?)?
+            kept.push(match out {
+                Some(out) if out.true_count() > 0 => filter_record_batch(&data_only, &not(&out)?)?,
+                _ => data_only,
             });
-            if taken == 0 {
+            let Some(take) = take.filter(|_| taken > 0) else {
                 continue;
-            }
+            };
             let failed_names: Vec<String> = (0..n)
                 .filter(|&k| take.value(k))
                 .map(|k| {
@@ -606,109 +633,6 @@ impl Engine {
             self.commit_quarantine(principal, access, &qt, t, &q_schema, quarantined, progress)
                 .await?;
         }
-        // As many partitions as the session plans with, so the write reads them in parallel.
-        let parts = state.config().target_partitions().max(1);
-        let mut partitions = vec![Vec::new(); parts];
-        for (i, b) in kept.into_iter().enumerate() {
-            partitions[i % parts].push(b);
-        }
-        let mem = datafusion::datasource::MemTable::try_new(out_schema, partitions)?;
-        let checked = crate::security::policy::PolicyTable::derived(
-            t.clone(),
-            Arc::clone(principal),
-            Arc::new(mem),
-        );
-        let plan = LogicalPlanBuilder::scan(
-            "__strata_checked",
-            datafusion::datasource::provider_as_source(Arc::new(checked)),
-            None,
-        )?
-        .build()?;
-        Ok((plan, quality))
-    }
-
-    /// Appends quarantined rows with the batch's `progress`, creating the quarantine table
-    /// on first use. A concurrent runner that committed this batch's quarantine first makes
-    /// this a conflict: the model reads its watermarks again.
-    #[allow(clippy::too_many_arguments)]
-    async fn commit_quarantine(
-        &self,
-        principal: &Arc<Principal>,
-        access: &AccessControl,
-        qt: &TableRef,
-        t: &TableRef,
-        schema: &SchemaRef,
-        rows: Vec<RecordBatch>,
-        progress: &Progress,
-    ) -> Result<()> {
-        if !self.catalog.exists(qt).await? {
-            self.create_model_table(
-                principal,
-                qt,
-                schema,
-                Some(&format!(
-                    "Rows of {t} that failed its expectations (written by its pipeline)"
-                )),
-                &[
-                    (
-                        RUN_ID.to_string(),
-                        "The run that quarantined the row".to_string(),
-                    ),
-                    (
-                        FAILED.to_string(),
-                        "Every expectation the row failed, comma-separated".to_string(),
-                    ),
-                    (
-                        QUARANTINED_AT.to_string(),
-                        "When it was quarantined".to_string(),
-                    ),
-                    (
-                        BATCH.to_string(),
-                        "The source ranges it came from (a hash)".to_string(),
-                    ),
-                ]
-                .into(),
-            )
-            .await?;
-        }
-        let table = self.catalog.load(qt).await?;
-        let stored = table.snapshot()?.snapshot().arrow_schema();
-        let missing: Vec<&str> = schema
-            .fields()
-            .iter()
-            .filter(|f| stored.field_with_name(f.name()).is_err())
-            .map(|f| f.name().as_str())
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::invalid(format!(
-                "{qt} lacks the model's columns {}: add them (ALTER TABLE {qt} ADD COLUMNS …) or drop the quarantine table",
-                missing.join(", ")
-            )));
-        }
-        // By name, cast onto the stored types (a scan may have produced view types).
-        let rows = rows
-            .iter()
-            .map(|b| crate::ingest::conform(b, &stored))
-            .collect::<Result<Vec<_>>>()?;
-        self.check_write(access, principal, qt, WriteMode::Append, &stored, &rows)?;
-        crate::failpoint::hit("flows.before_quarantine_commit");
-        let outcome = commit::write_with_progress(
-            &self.catalog,
-            qt,
-            principal,
-            rows,
-            WriteMode::Append,
-            None,
-            "QUARANTINE",
-            progress,
-        )
-        .await?;
-        if outcome.duplicate {
-            return Err(Error::Conflict(format!(
-                "a concurrent run quarantined this batch of {t} first"
-            )));
-        }
-        crate::failpoint::hit("flows.after_quarantine_commit");
-        Ok(())
+        Ok((kept, quality))
     }
 }

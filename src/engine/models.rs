@@ -20,7 +20,7 @@ use super::lineage::LineageRecord;
 use super::openlineage::Written;
 use super::params::{NamedParams, bind_named};
 use super::statement::{delta_compatible, project_onto};
-use super::{Engine, Statement, dml, lineage, sql};
+use super::{Engine, Statement, dml, expect, lineage, sql};
 use crate::error::{Error, Result};
 use crate::pipelines::commit::{self, Progress, WriteMode};
 use crate::pipelines::merge::MergeSpec;
@@ -203,7 +203,9 @@ impl Engine {
             .await
     }
 
-    /// The model's rows through its expectations, then written.
+    /// The model's rows through its expectations, then written. A merge or scd2 model's
+    /// rows are judged first and handed to its MERGE as a plan; the others are judged in
+    /// the one pass that collects them for the write ([`Engine::write_model`]).
     async fn checked_write(
         &self,
         principal: &Arc<Principal>,
@@ -212,8 +214,9 @@ impl Engine {
         plan: LogicalPlan,
         c: ModelCommit<'_>,
     ) -> Result<ModelOutcome> {
+        let merges = matches!(c.write, ModelWrite::Merge(_) | ModelWrite::Scd2(_));
         let (plan, quality) = match &c.checks {
-            Some(checks) if !checks.rules.is_empty() => {
+            Some(checks) if merges && !checks.rules.is_empty() => {
                 let (plan, quality) = self
                     .apply_expectations(
                         principal, access, &state, plan, checks, c.table, c.progress,
@@ -230,7 +233,9 @@ impl Engine {
             _ => (plan, None),
         };
         let mut outcome = self.write_model(principal, access, state, plan, c).await?;
-        outcome.quality = quality;
+        if quality.is_some() {
+            outcome.quality = quality;
+        }
         Ok(outcome)
     }
 
@@ -285,6 +290,8 @@ impl Engine {
         if mode == WriteMode::Overwrite {
             access.check(principal, Privilege::Modify, c.table)?;
         }
+        // The model's output as it planned: what its expectations' checks are written over.
+        let model = Arc::clone(plan.schema());
         let plan = delta_compatible(plan)?;
         let output = stored_schema(&plan);
         let current = self.catalog.load(c.table).await?;
@@ -306,7 +313,33 @@ impl Engine {
         }
         let names: Vec<String> = output.fields().iter().map(|f| f.name().clone()).collect();
         let plan = project_onto(keep_columns(plan, &names)?, &target, &names)?;
-        let batches = DataFrame::new(state, plan).collect().await?;
+        let (batches, quality) = match c.checks.filter(|k| !k.rules.is_empty()) {
+            // Judged in the pass that collects the rows, over the values as written.
+            Some(checks) => {
+                let exprs = expect::check_columns(&state, &model, plan.schema(), checks.rules)?;
+                let plan = expect::with_checks(plan, exprs)?;
+                let judged = expect::Judged {
+                    batches: DataFrame::new(state, plan).collect().await?,
+                    width: target.fields().len(),
+                    data: names
+                        .iter()
+                        .filter_map(|n| target.index_of(n).ok())
+                        .collect(),
+                    checks: &checks,
+                };
+                let (kept, quality) = self
+                    .judge(principal, access, judged, c.table, c.progress)
+                    .await?;
+                if quality.refused.is_some() {
+                    return Ok(ModelOutcome {
+                        quality: Some(quality),
+                        ..ModelOutcome::default()
+                    });
+                }
+                (kept, Some(quality))
+            }
+            None => (DataFrame::new(state, plan).collect().await?, None),
+        };
         let mut batches = crate::ingest::enforce_schema(batches, &target)?;
         if batches.is_empty() {
             // Nothing new passed the model (e.g. the batch's versions hold no rows): the
@@ -359,7 +392,7 @@ impl Engine {
             rows_out: outcome.rows,
             duplicate: outcome.duplicate,
             skipped: 0,
-            quality: None,
+            quality,
         })
     }
 }

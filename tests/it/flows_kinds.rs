@@ -1,11 +1,11 @@
 //! The `scd2` and `time_range` model kinds against the real server: SCD2 history equal to
 //! the SCD2 operation applied by hand, late changes skipped or failing, and time ranges
-//! replaced one atomic commit per batch.
+//! replaced one atomic commit per batch; a `merge` model's expectations.
 
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};
 
-use crate::flows::{bundle, deployer, run, with_etl};
+use crate::flows::{ORDERS, SILVER_ORDERS, bundle, deployer, run, with_etl};
 use crate::harness::{Backend, TestServer};
 
 const CUSTOMERS: &str = "CREATE TABLE bronze.customers (id BIGINT, tier STRING, op STRING, \
@@ -571,4 +571,71 @@ async fn expired_logs_stay_until_models_consumed_them() {
         )
         .await;
     assert_eq!(status, 409, "{body}");
+}
+
+/// A merge model's expectations judge its changes before its MERGE: a dropped change never
+/// reaches the table, a quarantined one lands in the quarantine with its rule, and a delete
+/// passes unjudged (it carries no new values).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_models_expectations_judge_its_changes_and_pass_its_deletes() {
+    let s = TestServer::start_configured(Backend::Local, with_etl).await;
+    let token = deployer(&s);
+    s.sql_ok(ORDERS).await;
+    let model = SILVER_ORDERS.replace(
+        "*/",
+        "[[expect]]\nname = \"positive\"\ncheck = \"amount > 0\"\non_violation = \"drop\"\n\
+         [[expect]]\nname = \"named\"\ncheck = \"customer IS NOT NULL\"\n\
+         on_violation = \"quarantine\"\n*/",
+    );
+    let (status, body) = s
+        .put_json(
+            &token,
+            "/api/v1/pipelines/orders",
+            bundle(&[("silver/orders.sql", &model)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.sql_ok(
+        "INSERT INTO bronze.orders VALUES \
+         (1, 'c1', 10.0, 'I', TIMESTAMP '2026-01-01 00:00:00'), \
+         (2, NULL, 5.0, 'I', TIMESTAMP '2026-01-01 00:00:00'), \
+         (3, 'c3', -1.0, 'I', TIMESTAMP '2026-01-01 00:00:00')",
+    )
+    .await;
+    let record = run(&s, &token, "orders").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let m = &record["models"][0];
+    assert_eq!(
+        (&m["rows_dropped"], &m["rows_quarantined"]),
+        (&json!(1), &json!(1)),
+        "{record}"
+    );
+    let kept = s.sql_ok("SELECT order_id FROM silver.orders").await;
+    assert_eq!(kept, json!([{"order_id": 1}]));
+    let quarantined = s
+        .sql_ok(
+            "SELECT order_id, _strata_failed_expectations AS failed FROM silver.orders__quarantine",
+        )
+        .await;
+    assert_eq!(quarantined, json!([{"order_id": 2, "failed": "named"}]));
+
+    // A delete whose values would fail `positive`: it is not judged, and it deletes.
+    s.sql_ok(
+        "INSERT INTO bronze.orders VALUES (1, 'c1', -5.0, 'D', TIMESTAMP '2026-01-02 00:00:00')",
+    )
+    .await;
+    let record = run(&s, &token, "orders").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let m = &record["models"][0];
+    assert_eq!(m["rows_dropped"], 0, "{record}");
+    let positive = m["expectations"]
+        .as_array()
+        .and_then(|r| r.iter().find(|t| t["name"] == "positive"))
+        .unwrap_or_else(|| panic!("{record}"));
+    assert_eq!(
+        (&positive["rows"], &positive["failed"]),
+        (&json!(0), &json!(0)),
+        "{record}"
+    );
+    assert_eq!(s.count("silver.orders").await, 0);
 }
