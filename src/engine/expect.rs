@@ -4,13 +4,15 @@
 //!
 //! ```text
 //! model SELECT (planned as the run-as principal) ─▶ + one boolean column per check
-//!   (NULL counts as a violation) ─▶ collected once
-//!   ─▶ a rule over its fail_if (or a `fail` rule with any violation): nothing committed,
-//!      the error names it, its count and up to 10 rows as the run-as principal saw them
-//!   ─▶ per row the strongest action of the rules it fails: quarantine > drop > warn
+//!   (NULL counts as a violation) ─▶ judged chunk by chunk as the write pulls the rows
+//!   (a merge or scd2 model: collected first, its MERGE joins them with the target)
+//!   ─▶ per row the strongest action of the rules it fails: quarantine > drop > warn;
+//!      kept rows go on to the data files, quarantined ones are held (at most the cap)
+//!   ─▶ at the end, a rule over its fail_if (or a `fail` rule with any violation): the
+//!      write fails, nothing committed; the error names the rule, its count and up to 10
+//!      rows as the run-as principal saw them
 //!   ─▶ quarantined rows → <layer>.<model>__quarantine, committed FIRST with the batch's
-//!      progress markers (its own txn), then the kept rows → the target with the same
-//!      markers
+//!      progress markers (its own txn), then the target's commit with the same markers
 //! ```
 //!
 //! A crash between the two commits leaves the quarantine holding the batch's markers and
@@ -25,7 +27,7 @@ use arrow::array::{
 };
 use arrow::compute::kernels::boolean::{and, not, or};
 use arrow::compute::{filter_record_batch, prep_null_mask_filter};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use chrono::{DateTime, Utc};
 use datafusion::common::{Column, DFSchema};
 use datafusion::execution::context::SessionState;
@@ -34,8 +36,11 @@ use datafusion::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 
 mod quarantine;
+mod stream;
 
-use self::quarantine::{batch_key, quarantine_schema, subtract};
+pub(super) use self::stream::judged;
+
+use self::quarantine::{Held, batch_key, quarantine_schema};
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::pipelines::commit::{self, Progress};
@@ -315,22 +320,184 @@ fn either(a: Option<BooleanArray>, b: &BooleanArray) -> Result<Option<BooleanArr
     }))
 }
 
-/// Collected rows of a model's output, each batch its `width` columns followed by one
-/// boolean column per rule.
-pub(super) struct Judged<'a> {
-    pub(super) batches: Vec<RecordBatch>,
-    pub(super) width: usize,
+/// Expectations judging one batch of a model's output, chunk by chunk as it is collected
+/// or streamed to the write: per row the rules it fails (deletes and rows read back are
+/// not judged), then its route (quarantine > drop > keep; past the cap, quarantine is left
+/// out). [`Engine::finish_judging`] decides refusals and commits the quarantine.
+pub(super) struct Judge {
+    rules: Vec<Expectation>,
+    run_id: String,
+    now: DateTime<Utc>,
+    /// Rows the run may still quarantine.
+    room: u64,
+    /// The output's columns before the rules'.
+    width: usize,
     /// The columns that are the model's data (what samples show and the quarantine keeps).
-    pub(super) data: Vec<usize>,
-    pub(super) checks: &'a Checks<'a>,
+    data: Vec<usize>,
+    recovering: bool,
+    held: Option<Held>,
+    /// `_strata_batch` of the rows quarantined.
+    key: String,
+    /// Rows seen.
+    total: u64,
+    quality: BatchQuality,
+    quarantined: Vec<RecordBatch>,
+    q_schema: SchemaRef,
+}
+
+impl std::fmt::Debug for Judge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Judge")
+            .field("total", &self.total)
+            .field("quality", &self.quality)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Judge {
+    /// Judges `b` (the output's columns, then one boolean per rule): the rows left for the
+    /// target, the output's columns only. Quarantined rows are kept for
+    /// [`Engine::finish_judging`].
+    pub(super) fn batch(&mut self, b: RecordBatch) -> Result<RecordBatch> {
+        let n = b.num_rows();
+        self.total += n as u64;
+        let width = self.width;
+        let mut exempt: Option<BooleanArray> = None;
+        // A delete in a merge or scd2 source carries no new values: it passes.
+        if let Some(del) = b
+            .column_by_name("__strata_delete")
+            .and_then(|c| c.as_boolean_opt())
+        {
+            exempt = either(exempt, &null_as_false(del))?;
+        }
+        let held = match &mut self.held {
+            Some(h) => Some(BooleanArray::from(h.take(&b)?)),
+            None => None,
+        };
+        if let Some(h) = &held {
+            exempt = either(exempt, h)?;
+        }
+        let judged = exempt.as_ref().map(not).transpose()?;
+        let judged_rows = judged.as_ref().map_or(n, |j| j.true_count()) as u64;
+        let mut quarantine: Option<BooleanArray> = None;
+        let mut drop: Option<BooleanArray> = None;
+        let mut fails = Vec::with_capacity(self.rules.len());
+        for (i, r) in self.rules.iter().enumerate() {
+            // Recovery never decides quarantine again: the quarantine holds it.
+            if self.recovering && r.on_violation == OnViolation::Quarantine {
+                fails.push(None);
+                continue;
+            }
+            let column = b.column(width + i).as_boolean_opt().ok_or_else(|| {
+                Error::internal(format!(
+                    "expectation {} did not evaluate to booleans",
+                    r.name
+                ))
+            })?;
+            let tally = &mut self.quality.rules[i];
+            tally.rows += judged_rows;
+            let ok = null_as_false(column);
+            if ok.true_count() == n {
+                fails.push(None);
+                continue;
+            }
+            let failed = match &judged {
+                Some(j) => and(&not(&ok)?, j)?,
+                None => not(&ok)?,
+            };
+            let count = failed.true_count();
+            tally.failed += count as u64;
+            if count > 0 {
+                let room = MAX_SAMPLES.saturating_sub(tally.samples.len());
+                for row in failed.values().set_indices().take(room) {
+                    tally.samples.push(row_json(&b, row, &self.data));
+                }
+            }
+            match r.on_violation {
+                OnViolation::Quarantine => quarantine = either(quarantine, &failed)?,
+                OnViolation::Drop => drop = either(drop, &failed)?,
+                OnViolation::Warn | OnViolation::Fail => {}
+            }
+            fails.push(Some(failed));
+        }
+        // Route: quarantine > drop > keep; past the cap, quarantine is left out.
+        let wanted = quarantine.as_ref().map_or(0, |q| q.true_count()) as u64;
+        let take = match &quarantine {
+            None => None,
+            Some(q) if wanted <= self.room => {
+                self.room -= wanted;
+                Some(q.clone())
+            }
+            Some(q) => {
+                let mut left = self.room;
+                self.room = 0;
+                Some(BooleanArray::from(
+                    (0..n)
+                        .map(|k| {
+                            let t = q.value(k) && left > 0;
+                            left -= u64::from(t);
+                            t
+                        })
+                        .collect::<Vec<_>>(),
+                ))
+            }
+        };
+        let taken = take.as_ref().map_or(0, |t| t.true_count()) as u64;
+        self.quality.quarantined += taken;
+        self.quality.over_cap += wanted - taken;
+        let dropped = match (&drop, &quarantine) {
+            (Some(d), Some(q)) => Some(and(d, &not(q)?)?),
+            (Some(d), None) => Some(d.clone()),
+            (None, _) => None,
+        };
+        self.quality.dropped += dropped.as_ref().map_or(0, |d| d.true_count()) as u64;
+        let mut out = quarantine;
+        if let Some(d) = &dropped {
+            out = either(out, d)?;
+        }
+        if let Some(h) = &held {
+            out = either(out, h)?;
+        }
+        if let Some(take) = take.filter(|_| taken > 0) {
+            let failed_names: Vec<String> = (0..n)
+                .filter(|&k| take.value(k))
+                .map(|k| {
+                    self.rules
+                        .iter()
+                        .zip(&fails)
+                        .filter(|(_, f)| f.as_ref().is_some_and(|f| f.value(k)))
+                        .map(|(r, _)| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .collect();
+            let rows = filter_record_batch(&b.project(&self.data)?, &take)?;
+            let m = rows.num_rows();
+            let mut columns = rows.columns().to_vec();
+            columns.push(Arc::new(StringArray::from(vec![self.run_id.as_str(); m])));
+            columns.push(Arc::new(StringArray::from(failed_names)));
+            columns.push(Arc::new(
+                TimestampMicrosecondArray::from(vec![self.now.timestamp_micros(); m])
+                    .with_timezone("UTC"),
+            ));
+            columns.push(Arc::new(StringArray::from(vec![self.key.as_str(); m])));
+            self.quarantined
+                .push(RecordBatch::try_new(Arc::clone(&self.q_schema), columns)?);
+        }
+        let data_only = b.project(&(0..width).collect::<Vec<_>>())?;
+        Ok(match out {
+            Some(out) if out.true_count() > 0 => filter_record_batch(&data_only, &not(&out)?)?,
+            _ => data_only,
+        })
+    }
 }
 
 impl Engine {
     /// Evaluates `checks` over `plan`'s output and commits its quarantined rows to `t`'s
     /// quarantine table with `progress`: the plan of the rows left for the target, and what
     /// happened. A refused batch (see [`BatchQuality::refused`]) commits nothing. For
-    /// writes that take a plan (merge, scd2); the others judge the rows they collect
-    /// anyway ([`Engine::judge`]).
+    /// writes that take a plan (merge, scd2, which join it with the target); the others
+    /// judge their rows as they stream to the write ([`judged`]).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn apply_expectations(
         &self,
@@ -355,13 +522,18 @@ impl Engine {
         let data: Vec<usize> = (0..width)
             .filter(|&i| !internal(out_schema.field(i).name()))
             .collect();
-        let judged = Judged {
-            batches,
-            width,
-            data,
-            checks,
-        };
-        let (kept, quality) = self.judge(principal, access, judged, t, progress).await?;
+        let mut judge = self
+            .start_judging(principal, access, checks, t, progress, &out_schema, data)
+            .await?;
+        let mut kept = Vec::with_capacity(batches.len());
+        // Consumed batch by batch: each output batch is freed once its rows are routed, so
+        // the kept copy never doubles the batch's memory.
+        for b in batches {
+            kept.push(judge.batch(b)?);
+        }
+        let quality = self
+            .finish_judging(principal, access, judge, t, progress)
+            .await?;
         if quality.refused.is_some() {
             return Ok((LogicalPlanBuilder::empty(false).build()?, quality));
         }
@@ -386,30 +558,21 @@ impl Engine {
         Ok((plan, quality))
     }
 
-    /// Judges collected rows: per row the rules it fails, refusals, routing; commits the
-    /// quarantined rows to `t`'s quarantine with `progress` (before the target: see the
-    /// module docs). The rows left for the target (their first `width` columns), and what
-    /// happened; a refused batch commits nothing and keeps no rows.
-    pub(super) async fn judge(
+    /// A judge of `t`'s model output (`schema`: its columns, each batch then carrying one
+    /// boolean per rule after them) for the batch committing `progress`; after a crash between the batch's two commits
+    /// it holds the rows the quarantine already has, to leave them out.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn start_judging(
         &self,
         principal: &Arc<Principal>,
         access: &Arc<AccessControl>,
-        judged: Judged<'_>,
+        checks: &Checks<'_>,
         t: &TableRef,
         progress: &Progress,
-    ) -> Result<(Vec<RecordBatch>, BatchQuality)> {
-        let Judged {
-            batches,
-            width,
-            data,
-            checks,
-        } = judged;
+        schema: &Schema,
+        data: Vec<usize>,
+    ) -> Result<Judge> {
         let rules = checks.rules;
-        let out_schema: Option<SchemaRef> = batches.first().map(|b| b.schema());
-        // A delete in a merge or scd2 source carries no new values: it passes.
-        let deletes = out_schema
-            .as_ref()
-            .and_then(|s| s.index_of("__strata_delete").ok());
         let qt = t.quarantine()?;
         let quarantines = rules
             .iter()
@@ -436,7 +599,7 @@ impl Engine {
             recovered: recovering,
             ..BatchQuality::default()
         };
-        // Rows the quarantine already holds for this batch (recovery), per output row.
+        // Rows the quarantine already holds for this batch (recovery).
         let held = if recovering {
             let sql = format!(
                 "SELECT * FROM {qt} WHERE {BATCH} = '{}'",
@@ -459,72 +622,47 @@ impl Engine {
                 }
                 quality.quarantined += b.num_rows() as u64;
             }
-            Some(subtract(&batches, &data, &taken)?)
+            Some(Held::new(schema, &data, &taken)?)
         } else {
             None
         };
-        let total: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        // Per batch, with column kernels: the rows each rule failed, and the rows some
-        // quarantine (drop) rule failed. Deletes and rows read back are not judged; `None`
-        // is "no row" (no bitmap built for the common case).
-        let mut routes = Vec::with_capacity(batches.len());
-        for (bi, b) in batches.iter().enumerate() {
-            let n = b.num_rows();
-            let mut exempt: Option<BooleanArray> = None;
-            if let Some(d) = deletes
-                && let Some(del) = b.column(d).as_boolean_opt()
-            {
-                exempt = either(exempt, &null_as_false(del))?;
-            }
-            if let Some(h) = &held {
-                exempt = either(exempt, &BooleanArray::from(h[bi].clone()))?;
-            }
-            let judged = exempt.as_ref().map(not).transpose()?;
-            let judged_rows = judged.as_ref().map_or(n, |j| j.true_count()) as u64;
-            let mut quarantine: Option<BooleanArray> = None;
-            let mut drop: Option<BooleanArray> = None;
-            let mut fails = Vec::with_capacity(rules.len());
-            for (i, r) in rules.iter().enumerate() {
-                // Recovery never decides quarantine again: the quarantine holds it.
-                if recovering && r.on_violation == OnViolation::Quarantine {
-                    fails.push(None);
-                    continue;
-                }
-                let column = b.column(width + i).as_boolean_opt().ok_or_else(|| {
-                    Error::internal(format!(
-                        "expectation {} did not evaluate to booleans",
-                        r.name
-                    ))
-                })?;
-                let tally = &mut quality.rules[i];
-                tally.rows += judged_rows;
-                let ok = null_as_false(column);
-                if ok.true_count() == n {
-                    fails.push(None);
-                    continue;
-                }
-                let failed = match &judged {
-                    Some(j) => and(&not(&ok)?, j)?,
-                    None => not(&ok)?,
-                };
-                let count = failed.true_count();
-                tally.failed += count as u64;
-                if count > 0 {
-                    let room = MAX_SAMPLES.saturating_sub(tally.samples.len());
-                    for row in failed.values().set_indices().take(room) {
-                        tally.samples.push(row_json(b, row, &data));
-                    }
-                }
-                match r.on_violation {
-                    OnViolation::Quarantine => quarantine = either(quarantine, &failed)?,
-                    OnViolation::Drop => drop = either(drop, &failed)?,
-                    OnViolation::Warn | OnViolation::Fail => {}
-                }
-                fails.push(Some(failed));
-            }
-            routes.push((quarantine, drop, fails));
-        }
-        // Refusals: a `fail` rule with any violation, or any rule past its fail_if.
+        let width = schema.fields().len();
+        Ok(Judge {
+            rules: rules.to_vec(),
+            run_id: checks.run_id.to_string(),
+            now: checks.now,
+            room: checks.quarantine_room,
+            width,
+            q_schema: quarantine_schema(&schema.project(&data)?),
+            data,
+            recovering,
+            held,
+            key,
+            total: 0,
+            quality,
+            quarantined: Vec::new(),
+        })
+    }
+
+    /// Refusals (a `fail` rule with any violation, any rule past its `fail_if`), then the
+    /// quarantined rows committed to `t`'s quarantine with `progress`, before the target's
+    /// commit (see the module docs). A refused batch commits nothing.
+    pub(super) async fn finish_judging(
+        &self,
+        principal: &Arc<Principal>,
+        access: &Arc<AccessControl>,
+        judge: Judge,
+        t: &TableRef,
+        progress: &Progress,
+    ) -> Result<BatchQuality> {
+        let Judge {
+            rules,
+            total,
+            mut quality,
+            quarantined,
+            q_schema,
+            ..
+        } = judge;
         for (i, r) in rules.iter().enumerate() {
             let tally = &quality.rules[i];
             let refused = match r.threshold()? {
@@ -544,95 +682,14 @@ impl Engine {
                         .unwrap_or_default(),
                     r.check
                 ));
-                return Ok((Vec::new(), quality));
+                return Ok(quality);
             }
-        }
-        let Some(out_schema) = out_schema else {
-            return Ok((Vec::new(), quality));
-        };
-        // Route the rows: quarantine > drop > keep; past the cap, quarantine is left out.
-        let mut room = checks.quarantine_room;
-        let mut kept = Vec::with_capacity(batches.len());
-        let mut quarantined = Vec::new();
-        let q_schema = quarantine_schema(&out_schema.project(&data)?);
-        let all: Vec<usize> = (0..width).collect();
-        // Consumed batch by batch: each output batch is freed once its rows are routed, so
-        // the kept copy never doubles the batch's memory.
-        for (bi, (b, (quarantine, drop, fails))) in batches.into_iter().zip(&routes).enumerate() {
-            let n = b.num_rows();
-            let wanted = quarantine.as_ref().map_or(0, |q| q.true_count()) as u64;
-            let take = match quarantine {
-                None => None,
-                Some(q) if wanted <= room => {
-                    room -= wanted;
-                    Some(q.clone())
-                }
-                Some(q) => {
-                    let mut left = room;
-                    room = 0;
-                    Some(BooleanArray::from(
-                        (0..n)
-                            .map(|k| {
-                                let t = q.value(k) && left > 0;
-                                left -= u64::from(t);
-                                t
-                            })
-                            .collect::<Vec<_>>(),
-                    ))
-                }
-            };
-            let taken = take.as_ref().map_or(0, |t| t.true_count()) as u64;
-            quality.quarantined += taken;
-            quality.over_cap += wanted - taken;
-            let dropped = match (drop, quarantine) {
-                (Some(d), Some(q)) => Some(and(d, &not(q)?)?),
-                (Some(d), None) => Some(d.clone()),
-                (None, _) => None,
-            };
-            quality.dropped += dropped.as_ref().map_or(0, |d| d.true_count()) as u64;
-            let mut out = quarantine.clone();
-            if let Some(d) = &dropped {
-                out = either(out, d)?;
-            }
-            if let Some(h) = &held {
-                out = either(out, &BooleanArray::from(h[bi].clone()))?;
-            }
-            let data_only = b.project(&all)?;
-            kept.push(match out {
-                Some(out) if out.true_count() > 0 => filter_record_batch(&data_only, &not(&out)?)?,
-                _ => data_only,
-            });
-            let Some(take) = take.filter(|_| taken > 0) else {
-                continue;
-            };
-            let failed_names: Vec<String> = (0..n)
-                .filter(|&k| take.value(k))
-                .map(|k| {
-                    rules
-                        .iter()
-                        .zip(fails)
-                        .filter(|(_, f)| f.as_ref().is_some_and(|f| f.value(k)))
-                        .map(|(r, _)| r.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .collect();
-            let rows = filter_record_batch(&b.project(&data)?, &take)?;
-            let n = rows.num_rows();
-            let mut columns = rows.columns().to_vec();
-            columns.push(Arc::new(StringArray::from(vec![checks.run_id; n])));
-            columns.push(Arc::new(StringArray::from(failed_names)));
-            columns.push(Arc::new(
-                TimestampMicrosecondArray::from(vec![checks.now.timestamp_micros(); n])
-                    .with_timezone("UTC"),
-            ));
-            columns.push(Arc::new(StringArray::from(vec![key.as_str(); n])));
-            quarantined.push(RecordBatch::try_new(Arc::clone(&q_schema), columns)?);
         }
         if !quarantined.is_empty() {
+            let qt = t.quarantine()?;
             self.commit_quarantine(principal, access, &qt, t, &q_schema, quarantined, progress)
                 .await?;
         }
-        Ok((kept, quality))
+        Ok(quality)
     }
 }

@@ -9,20 +9,23 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::Array;
+use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::DataFrame;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 
 use super::lineage::LineageRecord;
 use super::openlineage::Written;
 use super::params::{NamedParams, bind_named};
 use super::statement::{delta_compatible, project_onto};
+use super::streamed::Shape;
 use super::{Engine, Statement, dml, expect, lineage, sql};
 use crate::error::{Error, Result};
-use crate::pipelines::commit::{self, Progress, WriteMode};
+use crate::pipelines::commit::{self, Progress, WriteInput, WriteMode};
 use crate::pipelines::merge::MergeSpec;
 use crate::pipelines::scd2::Scd2Spec;
 use crate::security::{AccessControl, Principal, Privilege};
@@ -204,8 +207,8 @@ impl Engine {
     }
 
     /// The model's rows through its expectations, then written. A merge or scd2 model's
-    /// rows are judged first and handed to its MERGE as a plan; the others are judged in
-    /// the one pass that collects them for the write ([`Engine::write_model`]).
+    /// rows are judged first and handed to its MERGE as a plan; the others are judged as
+    /// they stream to the write ([`Engine::write_model`]).
     async fn checked_write(
         &self,
         principal: &Arc<Principal>,
@@ -313,80 +316,127 @@ impl Engine {
         }
         let names: Vec<String> = output.fields().iter().map(|f| f.name().clone()).collect();
         let plan = project_onto(keep_columns(plan, &names)?, &target, &names)?;
-        let (batches, quality) = match c.checks.filter(|k| !k.rules.is_empty()) {
-            // Judged in the pass that collects the rows, over the values as written.
-            Some(checks) => {
-                let exprs = expect::check_columns(&state, &model, plan.schema(), checks.rules)?;
-                let plan = expect::with_checks(plan, exprs)?;
-                let judged = expect::Judged {
-                    batches: DataFrame::new(state, plan).collect().await?,
-                    width: target.fields().len(),
-                    data: names
-                        .iter()
-                        .filter_map(|n| target.index_of(n).ok())
-                        .collect(),
-                    checks: &checks,
-                };
-                let (kept, quality) = self
-                    .judge(principal, access, judged, c.table, c.progress)
+        let checks = c.checks.filter(|k| !k.rules.is_empty());
+        let plan = match &checks {
+            // Judged over the values as written, in the pass that feeds the write.
+            Some(k) => {
+                let exprs = expect::check_columns(&state, &model, plan.schema(), k.rules)?;
+                expect::with_checks(plan, exprs)?
+            }
+            None => plan,
+        };
+        let predicate = match &replace {
+            Some((column, start, end)) => Some(within(&[], &target, column, start, end)?),
+            None => None,
+        };
+        let mut rows: BoxStream<'static, Result<RecordBatch>> = DataFrame::new(state, plan)
+            .execute_stream()
+            .await?
+            .map_err(Error::from)
+            .boxed();
+        let finish = match &checks {
+            Some(k) => {
+                let data = names
+                    .iter()
+                    .filter_map(|n| target.index_of(n).ok())
+                    .collect();
+                let judge = self
+                    .start_judging(principal, access, k, c.table, c.progress, &target, data)
                     .await?;
-                if quality.refused.is_some() {
-                    return Ok(ModelOutcome {
-                        quality: Some(quality),
-                        ..ModelOutcome::default()
-                    });
-                }
-                (kept, Some(quality))
+                let (judged, finish) = expect::judged(judge, rows);
+                rows = judged;
+                Some(finish)
             }
-            None => (DataFrame::new(state, plan).collect().await?, None),
+            None => None,
         };
-        let mut batches = crate::ingest::enforce_schema(batches, &target)?;
-        if batches.is_empty() {
-            // Nothing new passed the model (e.g. the batch's versions hold no rows): the
-            // commit still moves the watermarks; delta-rs refuses a write without batches.
-            batches.push(arrow::array::RecordBatch::new_empty(Arc::clone(&target)));
+        if let Some((column, start, end)) = replace {
+            // Every row inside the batch's range, checked as it passes.
+            let target = Arc::clone(&target);
+            rows = rows
+                .and_then(move |b| {
+                    let inside = within(std::slice::from_ref(&b), &target, &column, &start, &end);
+                    std::future::ready(inside.map(|_| b))
+                })
+                .boxed();
         }
-        self.check_write(access, principal, c.table, mode, &target, &batches)?;
-        let outcome = match replace {
-            None if replacing => {
-                commit::replace_all(
-                    &self.catalog,
-                    c.table,
+        let write = async {
+            let mut streamed = self
+                .streamed(
+                    access,
                     principal,
-                    batches,
-                    "MODEL FULL REFRESH",
-                    c.progress,
-                    c.resets,
-                )
-                .await?
-            }
-            None => {
-                commit::write_with_progress(
-                    &self.catalog,
                     c.table,
-                    principal,
-                    batches,
                     mode,
-                    None,
-                    "MODEL RUN",
-                    c.progress,
+                    &target,
+                    Shape::Enforce,
+                    rows,
                 )
-                .await?
-            }
-            Some((column, start, end)) => {
-                let predicate = within(&batches, &target, &column, &start, &end)?;
-                commit::replace_where(
-                    &self.catalog,
-                    c.table,
-                    principal,
-                    batches,
-                    predicate,
-                    "MODEL RUN",
-                    c.progress,
-                )
-                .await?
+                .await?;
+            let input = match streamed.take_input() {
+                // Nothing new passed the model (e.g. the batch's versions hold no rows): the
+                // commit still moves the watermarks; delta-rs refuses a write without
+                // batches.
+                WriteInput::Batches(b) if b.is_empty() => {
+                    WriteInput::Batches(vec![RecordBatch::new_empty(Arc::clone(&target))])
+                }
+                input => input,
+            };
+            let written = match predicate {
+                None if replacing => {
+                    commit::replace_all(
+                        &self.catalog,
+                        c.table,
+                        principal,
+                        input,
+                        "MODEL FULL REFRESH",
+                        c.progress,
+                        c.resets,
+                    )
+                    .await
+                }
+                None => {
+                    commit::write_with_progress(
+                        &self.catalog,
+                        c.table,
+                        principal,
+                        input,
+                        mode,
+                        None,
+                        "MODEL RUN",
+                        c.progress,
+                    )
+                    .await
+                }
+                Some(predicate) => {
+                    commit::replace_where(
+                        &self.catalog,
+                        c.table,
+                        principal,
+                        input,
+                        predicate,
+                        "MODEL RUN",
+                        c.progress,
+                    )
+                    .await
+                }
+            };
+            written.map_err(|e| streamed.failure(e))
+        };
+        let judging = async {
+            match finish {
+                Some(f) => f.run(self, principal, access, c.table, c.progress).await,
+                None => None,
             }
         };
+        let (written, quality) = futures::join!(write, judging);
+        if let Some(q) = &quality
+            && q.refused.is_some()
+        {
+            return Ok(ModelOutcome {
+                quality,
+                ..ModelOutcome::default()
+            });
+        }
+        let outcome = written?;
         Ok(ModelOutcome {
             version: outcome.version,
             rows_out: outcome.rows,

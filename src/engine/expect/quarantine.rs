@@ -46,58 +46,74 @@ pub(super) fn quarantine_schema(data: &Schema) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Per output row, whether its data equals one of `taken` (a multiset: each taken row
-/// matches one output row once).
-pub(super) fn subtract(
-    output: &[RecordBatch],
-    columns: &[usize],
-    taken: &[RecordBatch],
-) -> Result<Vec<Vec<bool>>> {
-    use arrow::row::{RowConverter, SortField};
-    let Some(first) = output.first() else {
-        return Ok(Vec::new());
-    };
-    let fields: Vec<SortField> = columns
-        .iter()
-        .map(|&i| SortField::new(first.schema().field(i).data_type().clone()))
-        .collect();
-    let converter = RowConverter::new(fields)?;
-    let mut counts: HashMap<Vec<u8>, usize> = HashMap::new();
-    for b in taken {
-        let arrays = columns
+/// Rows a crashed batch already quarantined, as a multiset over the data columns: each
+/// output row equal to one of them matches it once (recovery leaves those rows out).
+pub(super) struct Held {
+    converter: arrow::row::RowConverter,
+    counts: HashMap<Vec<u8>, usize>,
+    /// The output's data columns and their types.
+    columns: Vec<(usize, DataType)>,
+}
+
+impl Held {
+    /// `taken` (quarantine rows) keyed on the output's data `columns` of `schema`.
+    pub(super) fn new(schema: &Schema, columns: &[usize], taken: &[RecordBatch]) -> Result<Held> {
+        use arrow::row::{RowConverter, SortField};
+        let columns: Vec<(usize, DataType)> = columns
             .iter()
-            .enumerate()
-            .map(|(k, &i)| {
-                let want = first.schema().field(i).clone();
-                let col = b.column_by_name(want.name()).ok_or_else(|| {
-                    Error::internal(format!("the quarantine lacks column {}", want.name()))
-                })?;
-                Ok(arrow::compute::cast(col, want.data_type())?).map(|a| (k, a))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let rows =
-            converter.convert_columns(&arrays.into_iter().map(|(_, a)| a).collect::<Vec<_>>())?;
-        for r in rows.iter() {
-            *counts.entry(r.as_ref().to_vec()).or_default() += 1;
-        }
-    }
-    output
-        .iter()
-        .map(|b| {
-            let arrays: Vec<_> = columns.iter().map(|&i| Arc::clone(b.column(i))).collect();
-            let rows = converter.convert_columns(&arrays)?;
-            Ok(rows
+            .map(|&i| (i, schema.field(i).data_type().clone()))
+            .collect();
+        let converter = RowConverter::new(
+            columns
                 .iter()
-                .map(|r| match counts.get_mut(r.as_ref()) {
-                    Some(n) if *n > 0 => {
-                        *n -= 1;
-                        true
-                    }
-                    _ => false,
+                .map(|(_, t)| SortField::new(t.clone()))
+                .collect(),
+        )?;
+        let mut counts: HashMap<Vec<u8>, usize> = HashMap::new();
+        for b in taken {
+            let arrays = columns
+                .iter()
+                .map(|&(i, ref t)| {
+                    let name = schema.field(i).name();
+                    let col = b.column_by_name(name).ok_or_else(|| {
+                        Error::internal(format!("the quarantine lacks column {name}"))
+                    })?;
+                    Ok(arrow::compute::cast(col, t)?)
                 })
-                .collect())
+                .collect::<Result<Vec<_>>>()?;
+            for r in converter.convert_columns(&arrays)?.iter() {
+                *counts.entry(r.as_ref().to_vec()).or_default() += 1;
+            }
+        }
+        Ok(Held {
+            converter,
+            counts,
+            columns,
         })
-        .collect()
+    }
+
+    /// Per row of `b`, whether it is one of the held rows (each held row matches once).
+    pub(super) fn take(&mut self, b: &RecordBatch) -> Result<Vec<bool>> {
+        if self.counts.is_empty() {
+            return Ok(vec![false; b.num_rows()]);
+        }
+        let arrays: Vec<_> = self
+            .columns
+            .iter()
+            .map(|&(i, ref t)| Ok(arrow::compute::cast(b.column(i), t)?))
+            .collect::<Result<Vec<_>>>()?;
+        let rows = self.converter.convert_columns(&arrays)?;
+        Ok(rows
+            .iter()
+            .map(|r| match self.counts.get_mut(r.as_ref()) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            })
+            .collect())
+    }
 }
 
 impl Engine {
