@@ -1,6 +1,7 @@
 //! The `scd2` and `time_range` model kinds against the real server: SCD2 history equal to
 //! the SCD2 operation applied by hand, late changes skipped or failing, and time ranges
-//! replaced one atomic commit per batch; a `merge` model's expectations.
+//! replaced one atomic commit per batch; a `merge` model's expectations, and expectations
+//! over a batch of many chunks streamed to its write.
 
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};
@@ -638,4 +639,65 @@ async fn a_merge_models_expectations_judge_its_changes_and_pass_its_deletes() {
         "{record}"
     );
     assert_eq!(s.count("silver.orders").await, 0);
+}
+
+/// An append model's rows stream to its write, judged on the way: a `fail` rule broken
+/// only by the batch's last rows still commits nothing anywhere (neither the target nor
+/// the quarantine), and once it passes, quarantined rows from every chunk land once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_batch_is_refused_or_quarantined_as_a_whole() {
+    let s = TestServer::start_configured(Backend::Local, with_etl).await;
+    let token = deployer(&s);
+    s.sql_ok(
+        "CREATE TABLE bronze.ticks (id BIGINT) \
+         TBLPROPERTIES ('delta.enableChangeDataFeed' = 'true')",
+    )
+    .await;
+    s.sql_ok("INSERT INTO bronze.ticks SELECT x AS id FROM (SELECT unnest(range(0, 100000)) AS x)")
+        .await;
+    let model = |limit: i64| {
+        format!(
+            "/* strata\nkind = \"append\"\n\
+             [[expect]]\nname = \"odd_sevens\"\ncheck = \"id % 1000 <> 7\"\non_violation = \"quarantine\"\n\
+             [[expect]]\nname = \"bounded\"\ncheck = \"id < {limit}\"\non_violation = \"fail\"\n\
+             */\nSELECT id FROM stream('bronze.ticks')"
+        )
+    };
+    let deploy = |sql: String| {
+        let s = &s;
+        let token = &token;
+        async move {
+            let (status, body) = s
+                .put_json(
+                    token,
+                    "/api/v1/pipelines/ticks",
+                    bundle(&[("silver/ticks.sql", &sql)]),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    deploy(model(99_999)).await;
+    let record = run(&s, &token, "ticks").await;
+    assert_eq!(record["status"], "failed", "{record}");
+    let error = record["models"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("bounded") && error.contains("1 of 100000"),
+        "{record}"
+    );
+    assert_eq!(s.count("silver.ticks").await, 0, "{record}");
+    let (status, _) = s
+        .get(&token, "/api/v1/tables/silver/ticks__quarantine")
+        .await;
+    assert_eq!(status, 404, "a refused batch quarantines nothing");
+
+    deploy(model(100_000)).await;
+    let record = run(&s, &token, "ticks").await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["models"][0]["rows_quarantined"], 100, "{record}");
+    assert_eq!(s.count("silver.ticks").await, 99_900);
+    let q = s
+        .sql_ok("SELECT count(*) AS n, count(DISTINCT id) AS d FROM silver.ticks__quarantine")
+        .await;
+    assert_eq!(q, json!([{"n": 100, "d": 100}]));
 }
