@@ -19,6 +19,7 @@ import statistics
 import time
 
 import flows
+from run import PeakRss
 
 flows.CONFIG = """
 [server]
@@ -71,6 +72,7 @@ def main():
     models = ("plain", "warned", "dropped")
     durations = {m: [] for m in models}
     cpu = {m: [] for m in models}
+    rss = {m: [] for m in models}
     dropped = rows_out = 0
     try:
         s.sql("CREATE TABLE bronze.sales (id BIGINT, region STRING, customer BIGINT, amount DOUBLE, "
@@ -90,11 +92,12 @@ def main():
         for i in range(a.repeats + 1):
             for model in models:
                 c0 = sum(s.ps.cpu_times()[:2])
-                record = s.call("POST", "/api/v1/pipelines/sales/runs",
-                                {"models": [f"gold.{model}"], "full_refresh": True})
-                while record["status"] in ("queued", "running"):
-                    time.sleep(0.05)
-                    record = s.call("GET", f"/api/v1/runs/{record['run_id']}")
+                with PeakRss(s.ps) as peak:
+                    record = s.call("POST", "/api/v1/pipelines/sales/runs",
+                                    {"models": [f"gold.{model}"], "full_refresh": True})
+                    while record["status"] in ("queued", "running"):
+                        time.sleep(0.05)
+                        record = s.call("GET", f"/api/v1/runs/{record['run_id']}")
                 if record["status"] != "succeeded":
                     raise RuntimeError(json.dumps(record))
                 used = sum(s.ps.cpu_times()[:2]) - c0
@@ -102,6 +105,7 @@ def main():
                 if i > 0:  # the first round warms the caches
                     durations[model].append(m["duration_ms"])
                     cpu[model].append(used)
+                    rss[model].append(peak.growth)
                 if model == "dropped":
                     dropped = m["rows_dropped"]
                     rows_out = m["rows_out"]
@@ -117,7 +121,15 @@ def main():
     # moved than wall time by the other tenants of a shared VM.
     cpu_med = {m: statistics.median(cpu[m]) for m in models}
     cpu_overhead = {m: cpu_med[m] / cpu_med["plain"] - 1 for m in ("warned", "dropped")}
-    result = {"settings": vars(a), "durations_ms": durations, "cpu_s": cpu, "rows_dropped": dropped,
+    # Paired: each checked run against the plain run of its own round (the arms run back to
+    # back), which cancels the machine's drift between rounds; the median of those ratios.
+    paired = {m: statistics.median(x / p - 1 for x, p in zip(durations[m], durations["plain"]))
+              for m in ("warned", "dropped")}
+    paired_cpu = {m: statistics.median(x / p - 1 for x, p in zip(cpu[m], cpu["plain"]))
+                  for m in ("warned", "dropped")}
+    rss_med = {m: statistics.median(rss[m]) / 2**20 for m in models}
+    result = {"settings": vars(a), "rss_growth_bytes": rss, "paired_overhead": paired,
+              "paired_cpu_overhead": paired_cpu, "durations_ms": durations, "cpu_s": cpu, "rows_dropped": dropped,
               "rows_out": rows_out, "overhead": overhead, "best_overhead": best_overhead,
               "cpu_overhead": cpu_overhead}
     lines = [
@@ -133,6 +145,11 @@ def main():
         f"- server CPU per run (medians): without {cpu_med['plain']:.2f} s; ten warn {cpu_med['warned']:.2f} s "
         f"({cpu_overhead['warned'] * 100:.1f}%); with one drop {cpu_med['dropped']:.2f} s "
         f"({cpu_overhead['dropped'] * 100:.1f}%)",
+        f"- paired by round (median of each round's ratio to its plain run): ten warn "
+        f"{paired['warned'] * 100:.1f}% wall, {paired_cpu['warned'] * 100:.1f}% CPU; with one drop "
+        f"{paired['dropped'] * 100:.1f}% wall, {paired_cpu['dropped'] * 100:.1f}% CPU",
+        f"- server peak RSS growth per run (medians): without {rss_med['plain']:.0f} MiB; ten warn "
+        f"{rss_med['warned']:.0f} MiB; with one drop {rss_med['dropped']:.0f} MiB",
     ]
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
