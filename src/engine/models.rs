@@ -285,7 +285,7 @@ impl Engine {
             ModelWrite::Append => WriteMode::Append,
             ModelWrite::Overwrite => WriteMode::Overwrite,
             ModelWrite::Replace { column, start, end } => {
-                replace = Some((column, start, end));
+                replace = Some(TimeRange::new(column, start, end)?);
                 WriteMode::Overwrite
             }
         };
@@ -326,7 +326,7 @@ impl Engine {
             None => plan,
         };
         let predicate = match &replace {
-            Some((column, start, end)) => Some(within(&[], &target, column, start, end)?),
+            Some(range) => Some(range.predicate(&target)?),
             None => None,
         };
         let mut rows: BoxStream<'static, Result<RecordBatch>> = DataFrame::new(state, plan)
@@ -349,14 +349,10 @@ impl Engine {
             }
             None => None,
         };
-        if let Some((column, start, end)) = replace {
+        if let Some(range) = replace {
             // Every row inside the batch's range, checked as it passes.
-            let target = Arc::clone(&target);
             rows = rows
-                .and_then(move |b| {
-                    let inside = within(std::slice::from_ref(&b), &target, &column, &start, &end);
-                    std::future::ready(inside.map(|_| b))
-                })
+                .and_then(move |b| std::future::ready(range.check(&b).map(|_| b)))
                 .boxed();
         }
         let write = async {
@@ -464,32 +460,60 @@ impl ModelOutcome {
     }
 }
 
-/// The predicate `start <= column < end` over `target`, after checking that every row of
-/// `batches` lies there: a row outside would be written where the batch replaces nothing.
-fn within(
-    batches: &[arrow::array::RecordBatch],
-    target: &Schema,
-    column: &str,
-    start: &ScalarValue,
-    end: &ScalarValue,
-) -> Result<Expr> {
-    use arrow::datatypes::{DataType, TimeUnit};
-    let field = target.field_with_name(column).map_err(|_| {
-        Error::invalid(format!(
-            "the model's output has no time column {column} (time_column names an output column)"
-        ))
-    })?;
-    let micros = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let bounds = [start, end].map(|v| match v {
-        ScalarValue::TimestampMicrosecond(Some(x), _) => Ok(*x),
-        other => Err(Error::internal(format!("a batch bound is {other}"))),
-    });
-    let [lo, hi] = bounds;
-    let (lo, hi) = (lo?, hi?);
-    for b in batches {
-        let Some(col) = b.column_by_name(column) else {
-            continue;
+/// A time-range batch `[start, end)` of `column`: the rows it may write and the rows its
+/// commit replaces.
+#[derive(Debug, Clone)]
+struct TimeRange {
+    column: String,
+    start: ScalarValue,
+    end: ScalarValue,
+    /// The bounds in microseconds.
+    lo: i64,
+    hi: i64,
+}
+
+impl TimeRange {
+    fn new(column: String, start: ScalarValue, end: ScalarValue) -> Result<TimeRange> {
+        let micros = |v: &ScalarValue| match v {
+            ScalarValue::TimestampMicrosecond(Some(x), _) => Ok(*x),
+            other => Err(Error::internal(format!("a batch bound is {other}"))),
         };
+        let (lo, hi) = (micros(&start)?, micros(&end)?);
+        Ok(TimeRange {
+            column,
+            start,
+            end,
+            lo,
+            hi,
+        })
+    }
+
+    /// The predicate `start <= column < end` over `target` (what the commit replaces).
+    fn predicate(&self, target: &Schema) -> Result<Expr> {
+        let column = &self.column;
+        let field = target.field_with_name(column).map_err(|_| {
+            Error::invalid(format!(
+                "the model's output has no time column {column} (time_column names an output column)"
+            ))
+        })?;
+        let typed = |v: &ScalarValue| -> Result<Expr> {
+            Ok(datafusion::logical_expr::lit(v.cast_to(field.data_type())?))
+        };
+        let c = datafusion::logical_expr::col(format!("\"{}\"", column.replace('"', "\"\"")));
+        Ok(c.clone()
+            .gt_eq(typed(&self.start)?)
+            .and(c.lt(typed(&self.end)?)))
+    }
+
+    /// Every row of `b` lies in the range: a row outside would be written where the batch
+    /// replaces nothing.
+    fn check(&self, b: &RecordBatch) -> Result<()> {
+        use arrow::datatypes::{DataType, TimeUnit};
+        let column = &self.column;
+        let Some(col) = b.column_by_name(column) else {
+            return Ok(());
+        };
+        let micros = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
         let as_micros = arrow::compute::cast(col, &micros)?;
         let values = as_micros
             .as_any()
@@ -497,21 +521,18 @@ fn within(
             .ok_or_else(|| Error::internal("timestamp cast"))?;
         for i in 0..values.len() {
             let v = values.is_valid(i).then(|| values.value(i));
-            if !v.is_some_and(|v| lo <= v && v < hi) {
+            if !v.is_some_and(|v| self.lo <= v && v < self.hi) {
                 let shown = v
                     .and_then(chrono::DateTime::from_timestamp_micros)
                     .map_or_else(|| "NULL".to_string(), |t| t.to_rfc3339());
                 return Err(Error::invalid(format!(
-                    "the model wrote a row with {column} = {shown}, outside its batch [{start}, {end}); filter its sources with {column} >= $start AND {column} < $end"
+                    "the model wrote a row with {column} = {shown}, outside its batch [{}, {}); filter its sources with {column} >= $start AND {column} < $end",
+                    self.start, self.end
                 )));
             }
         }
+        Ok(())
     }
-    let typed = |v: &ScalarValue| -> Result<Expr> {
-        Ok(datafusion::logical_expr::lit(v.cast_to(field.data_type())?))
-    };
-    let c = datafusion::logical_expr::col(format!("\"{}\"", column.replace('"', "\"\"")));
-    Ok(c.clone().gt_eq(typed(start)?).and(c.lt(typed(end)?)))
 }
 
 /// A model's SELECT, planned in its run-as principal's secure session.

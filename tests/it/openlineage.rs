@@ -454,8 +454,15 @@ async fn a_hanging_collector_fills_the_queue_and_drops_are_counted() {
     );
 }
 
-/// A wide CTAS: its column lineage is most of its COMPLETE event.
-async fn wide_ctas(s: &TestServer) {
+/// A server whose events may be at most `max_event_bytes`, after a wide CTAS (its column
+/// lineage is most of its COMPLETE event) whose events were all handled.
+async fn wide_ctas_limited_to(max_event_bytes: usize) -> (Receiver, TestServer) {
+    let (receiver, url) = Receiver::start().await;
+    let s = TestServer::start_configured(Backend::Local, |cfg| {
+        point_at(cfg, &url);
+        cfg.lineage.openlineage.max_event_bytes = max_event_bytes;
+    })
+    .await;
     let columns: Vec<String> = (0..200)
         .map(|i| format!("id + {i} AS column_{i}"))
         .collect();
@@ -465,18 +472,13 @@ async fn wide_ctas(s: &TestServer) {
         columns.join(", ")
     ))
     .await;
+    drained(&s).await;
+    (receiver, s)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_over_the_size_limit_loses_its_column_lineage_then_is_dropped() {
-    let (receiver, url) = Receiver::start().await;
-    let s = TestServer::start_configured(Backend::Local, |cfg| {
-        point_at(cfg, &url);
-        cfg.lineage.openlineage.max_event_bytes = 20_000;
-    })
-    .await;
-    wide_ctas(&s).await;
-    drained(&s).await;
+    let (receiver, _s) = wide_ctas_limited_to(20_000).await;
     let events = receiver.events();
     let complete = events
         .iter()
@@ -490,14 +492,7 @@ async fn an_event_over_the_size_limit_loses_its_column_lineage_then_is_dropped()
 
     // Too large even without its column lineage: START and COMPLETE dropped, counted, and
     // the write unharmed.
-    let (receiver, url) = Receiver::start().await;
-    let s = TestServer::start_configured(Backend::Local, |cfg| {
-        point_at(cfg, &url);
-        cfg.lineage.openlineage.max_event_bytes = 200;
-    })
-    .await;
-    wide_ctas(&s).await;
-    drained(&s).await;
+    let (receiver, s) = wide_ctas_limited_to(200).await;
     assert!(receiver.events().is_empty());
     let text = s.metrics_text().await;
     assert_eq!(
