@@ -10,6 +10,7 @@ mod cached;
 pub(crate) mod dml;
 mod execute;
 pub(crate) mod expect;
+mod in_strings;
 pub(crate) mod limits;
 pub(crate) mod lineage;
 pub(crate) mod maintenance;

@@ -63,6 +63,7 @@ impl SessionFactory {
             .with_default_features()
             .with_table_factories(HashMap::new())
             .with_table_functions(HashMap::new())
+            .with_physical_optimizer_rule(Arc::new(super::in_strings::FastStringInList))
             .build();
         super::bounded::install(&mut template, cfg.max_function_output_bytes)?;
         let pipeline_template = SessionStateBuilder::new_from_existing(template.clone())

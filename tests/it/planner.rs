@@ -87,3 +87,80 @@ async fn joins_are_ordered_by_the_logs_statistics_with_or_without_a_row_filter()
         "admin alone has no filter: no rows"
     );
 }
+
+/// String IN lists run through Strata's byte-comparing expression in filters, projections and
+/// row filters, with DataFusion's three-valued answers (NULL rows, NOT IN), while the scan
+/// keeps DataFusion's own predicate for file pruning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn string_in_lists_answer_like_sql_in_filters_projections_and_row_filters() {
+    let s = TestServer::start().await;
+    let long = "a value longer than twelve bytes";
+    s.sql_ok(&format!(
+        "CREATE TABLE gold.codes AS SELECT v AS id, CASE WHEN v % 5 = 4 THEN NULL \
+         WHEN v % 5 = 3 THEN '{long}' ELSE 'r' || CAST(v % 5 AS STRING) END AS region \
+         FROM (SELECT unnest(range(0, 1000)) AS v)"
+    ))
+    .await;
+    let admin = s.admin.clone();
+    let count = |sql: String| {
+        let s = &s;
+        let admin = admin.clone();
+        async move {
+            let (status, body) = s.sql(&admin, &sql).await;
+            assert_eq!(status, 200, "{sql}: {body}");
+            body
+        }
+    };
+    let n = |body: Value| body[0]["n"].as_i64().unwrap();
+    // 200 rows each of r0, r1, r2, the long value and NULL.
+    for (predicate, expected) in [
+        ("region IN ('r0', 'r2')".to_string(), 400),
+        ("region NOT IN ('r0', 'r2')".to_string(), 400),
+        (format!("region IN ('{long}', 'r1')"), 400),
+        (format!("region NOT IN ('{long}')"), 600),
+        ("region IN ('r9')".to_string(), 0),
+        ("region NOT IN ('r0', NULL)".to_string(), 0),
+        ("region IN ('r0', NULL)".to_string(), 200),
+    ] {
+        let q = format!("SELECT count(*) AS n FROM gold.codes WHERE {predicate}");
+        assert_eq!(n(count(q).await), expected, "{predicate}");
+    }
+    // In a projection: NULL rows give NULL, not false.
+    let body = count(
+        "SELECT count(*) AS n, count(region IN ('r0', 'r1')) AS answered, \
+         sum(CASE WHEN region NOT IN ('r0', 'r1') THEN 1 ELSE 0 END) AS outside FROM gold.codes"
+            .into(),
+    )
+    .await;
+    assert_eq!(body, json!([{"n": 1000, "answered": 800, "outside": 400}]));
+
+    // (DataFusion turns a list of up to three items into `=` … `OR`.)
+    let plan = physical(
+        &count("EXPLAIN SELECT id FROM gold.codes WHERE region IN ('r0', 'r2', 'r5', 'r7')".into())
+            .await,
+    );
+    assert!(plan.contains("region@1 IN (STRINGS)"), "{plan}");
+    assert!(
+        plan.contains("predicate=region@1 IN (SET)") && plan.contains("pruning_predicate="),
+        "the scan prunes files with DataFusion's own expression: {plan}"
+    );
+
+    // Inside a row filter (planned under the policy).
+    let (status, body) = s
+        .put_json(
+            &admin,
+            "/api/v1/tables/gold/codes/policies",
+            json!({"row_filters": [{"roles": ["analyst"], "predicate": "region IN ('r1', 'r2')"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let analyst = s.token("ann", &["analyst", "admin"]);
+    let (status, body) = s
+        .sql(
+            &analyst,
+            "SELECT count(*) AS n FROM gold.codes WHERE region NOT IN ('r2')",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!([{"n": 200}]));
+}
