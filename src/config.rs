@@ -56,6 +56,54 @@ pub struct Config {
     pub pipelines: PipelinesConfig,
     pub scheduler: SchedulerConfig,
     pub lineage: LineageConfig,
+    pub webhooks: WebhooksConfig,
+    pub connectors: ConnectorsConfig,
+}
+
+/// `[webhooks]`: the receiving route `POST /api/v1/ingest/webhooks/{name}` (PLATFORM P6).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// The route's body limit, applied before anything else (413); a definition's own
+    /// `max_body_bytes` may only be lower.
+    pub max_body_bytes: usize,
+    /// Deliveries checked per second across every webhook before their signature is: bounds
+    /// the work unauthenticated callers can cause (429 above it).
+    pub max_unverified_per_second: u32,
+    /// Delivery ids each webhook remembers for deduplication (about 60 bytes each); beyond
+    /// it the oldest are forgotten before their window ends (and counted).
+    pub max_dedupe_keys: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            max_body_bytes: 1024 * 1024,
+            max_unverified_per_second: 20_000,
+            max_dedupe_keys: 5_000_000,
+        }
+    }
+}
+
+/// `[connectors]`: what definitions deployed through the API may reach and use. Secrets and
+/// egress are configuration; a definition names a secret, never holds it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectorsConfig {
+    /// Secrets webhooks (and connectors) name.
+    pub secrets: Vec<SecretRef>,
+}
+
+/// `[[connectors.secrets]]`: a named secret read from an environment variable or a file
+/// (read at each use, so a rotated file takes effect without a restart).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
 }
 
 /// `[lineage]`: table and column lineage of every write (PLATFORM P5).
@@ -576,6 +624,27 @@ impl Config {
         }
         if self.storage.warehouse.trim().is_empty() {
             out.push("storage.warehouse is empty".to_string());
+        }
+        if self.webhooks.max_body_bytes == 0
+            || self.webhooks.max_unverified_per_second == 0
+            || self.webhooks.max_dedupe_keys == 0
+        {
+            out.push("webhooks.max_body_bytes, max_unverified_per_second and max_dedupe_keys must be at least 1".to_string());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for s in &self.connectors.secrets {
+            if s.env.is_some() == s.file.is_some() {
+                out.push(format!(
+                    "connectors.secrets {:?}: give exactly one of env and file",
+                    s.name
+                ));
+            }
+            if s.name.is_empty() || !names.insert(s.name.as_str()) {
+                out.push(format!(
+                    "connectors.secrets {:?}: names must be non-empty and unique",
+                    s.name
+                ));
+            }
         }
         out
     }

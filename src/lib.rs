@@ -72,6 +72,7 @@ pub mod security;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use config::Config;
 pub use error::{Error, Result};

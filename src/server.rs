@@ -53,6 +53,7 @@ pub struct Server {
     scheduler: Arc<crate::scheduler::Scheduler>,
     auth: Arc<Authenticator>,
     lineage: Arc<crate::lineage::LineageService>,
+    webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl Server {
@@ -114,6 +115,14 @@ impl Server {
             Arc::clone(&flows),
             &config.lineage,
         );
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+            Arc::clone(&engine),
+            &config.webhooks,
+            &config.connectors,
+            crate::security::principal::ServicePrincipals::new(&config.pipelines.principals),
+            &config.auth.admin_role,
+            Arc::clone(&clock),
+        ));
         if let Some(dir) = &config.pipelines.dir {
             // A pipeline that cannot deploy (a source not created yet) is logged, not fatal:
             // the server still serves everything else, and a later deploy fixes it.
@@ -149,6 +158,7 @@ impl Server {
             scheduler,
             auth,
             lineage,
+            webhooks,
         })
     }
 
@@ -193,6 +203,7 @@ impl Server {
             flows: Arc::clone(&self.flows),
             scheduler: Arc::clone(&self.scheduler),
             lineage: Arc::clone(&self.lineage),
+            webhooks: Arc::clone(&self.webhooks),
             auth: Arc::clone(&self.auth),
             started: Instant::now(),
             config_grants: self.config.access.grants.clone(),

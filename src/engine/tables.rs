@@ -258,6 +258,42 @@ impl Engine {
             .await
     }
 
+    /// Appends rows already in `t`'s schema as `p` (a service writing rows it built, e.g.
+    /// webhook deliveries): INSERT is checked, NOT NULL and the writer's WITH CHECK hold for
+    /// every row, and the commit is recorded as `operation`. All or nothing.
+    pub(crate) async fn append_batches(
+        &self,
+        p: &Arc<Principal>,
+        t: &TableRef,
+        batches: Vec<RecordBatch>,
+        operation: &'static str,
+    ) -> Result<WriteOutcome> {
+        let schema = self.writable_schema(p, t, WriteMode::Append).await?;
+        let access = self.access().await?;
+        self.check_write(&access, p, t, WriteMode::Append, &schema, &batches)?;
+        let write = commit::write(
+            &self.catalog,
+            t,
+            p,
+            batches,
+            WriteMode::Append,
+            None,
+            operation,
+        );
+        self.attached(t, operation, &Lineage::default(), None, write)
+            .await
+    }
+
+    /// `t`'s Arrow schema as of its current version (no privilege checked: for the server's
+    /// own use, e.g. shaping the rows a service writes).
+    pub(crate) async fn table_arrow_schema(
+        &self,
+        t: &TableRef,
+    ) -> Result<arrow::datatypes::SchemaRef> {
+        let table = self.catalog.load(t).await?;
+        Ok(table.snapshot()?.snapshot().arrow_schema())
+    }
+
     /// WITH CHECK: every written row must satisfy the writer's row filter, and a writer with
     /// a row filter may not overwrite (that would delete rows it cannot see).
     pub(crate) fn check_write(

@@ -166,7 +166,7 @@ struct Active {
 pub struct Flows {
     engine: Arc<Engine>,
     store: PipelineStore,
-    principals: BTreeMap<String, Arc<Principal>>,
+    principals: crate::security::principal::ServicePrincipals,
     default_layer: String,
     /// Runs this replica started (live while they run), the newest [`KEPT_RUNS`].
     runs: Arc<Mutex<BTreeMap<String, Active>>>,
@@ -237,20 +237,7 @@ impl Flows {
         clock: Arc<dyn Clock>,
         pipeline_threads: Option<usize>,
     ) -> Result<Flows> {
-        let principals = cfg
-            .principals
-            .iter()
-            .map(|p| {
-                (
-                    p.name.clone(),
-                    Arc::new(Principal {
-                        subject: format!("svc:{}", p.name),
-                        roles: p.roles.iter().cloned().collect(),
-                        claims: p.claims.clone(),
-                    }),
-                )
-            })
-            .collect();
+        let principals = crate::security::principal::ServicePrincipals::new(&cfg.principals);
         Ok(Flows {
             store: PipelineStore::new(Arc::clone(engine.catalog().warehouse().store())),
             records: records::RunLog::new(Arc::clone(&engine), admin_role),
@@ -286,18 +273,7 @@ impl Flows {
 
     /// The service principal `name` (`[[pipelines.principals]]`).
     fn principal_named(&self, name: &str) -> Result<Arc<Principal>> {
-        self.principals.get(name).cloned().ok_or_else(|| {
-            let known: Vec<&str> = self.principals.keys().map(String::as_str).collect();
-            Error::invalid(format!(
-                "run_as = {:?} is not a service principal of this server ([[pipelines.principals]]: {})",
-                name,
-                if known.is_empty() {
-                    "none declared".to_string()
-                } else {
-                    known.join(", ")
-                }
-            ))
-        })
+        self.principals.get(name)
     }
 
     /// Per pipeline, the status of the newest run `p` may see (live or recorded), with one

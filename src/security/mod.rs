@@ -12,6 +12,7 @@ pub(crate) mod auth;
 pub(crate) mod expression;
 pub(crate) mod policy;
 pub(crate) mod principal;
+pub(crate) mod secrets;
 pub(crate) mod ticket;
 
 pub use access::{AccessControl, Privilege};

@@ -83,6 +83,18 @@ struct TableLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    /// Empty for a name no webhook has (an attacker's names never become labels).
+    webhook: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    webhook: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LagLabels {
     model: String,
     source: String,
@@ -133,6 +145,13 @@ pub struct Metrics {
     source_staleness: Family<TableLabels, Gauge>,
     /// 1 while this replica leads the scheduler (`scheduler::lease`).
     pub scheduler_is_leader: Gauge,
+    /// Webhook deliveries by webhook and outcome (`webhooks`).
+    webhook_deliveries: Family<DeliveryLabels, Counter>,
+    /// Group commits of webhook deliveries, and the deliveries they held.
+    webhook_commits: Family<WebhookLabels, Counter>,
+    webhook_committed: Family<WebhookLabels, Counter>,
+    /// Delivery ids forgotten before their dedupe window ended (`[webhooks] max_dedupe_keys`).
+    pub webhook_dedupe_evicted: Counter,
 }
 
 impl Default for Metrics {
@@ -164,6 +183,10 @@ impl Default for Metrics {
             audit_failures: Family::default(),
             source_staleness: Family::default(),
             scheduler_is_leader: Gauge::default(),
+            webhook_deliveries: Family::default(),
+            webhook_commits: Family::default(),
+            webhook_committed: Family::default(),
+            webhook_dedupe_evicted: Counter::default(),
         }
     }
 }
@@ -288,6 +311,28 @@ impl Metrics {
             .set(seconds);
     }
 
+    /// A webhook delivery's outcome: `accepted`, `duplicate`, `bad_signature`, `stale`,
+    /// `too_large`, `rate_limited`, `invalid` or `failed`.
+    pub(crate) fn webhook_delivery(&self, webhook: &str, outcome: &'static str) {
+        self.webhook_deliveries
+            .get_or_create(&DeliveryLabels {
+                webhook: webhook.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// A group commit of `deliveries` deliveries of `webhook`.
+    pub(crate) fn webhook_commit(&self, webhook: &str, deliveries: u64) {
+        let labels = WebhookLabels {
+            webhook: webhook.to_string(),
+        };
+        self.webhook_commits.get_or_create(&labels).inc();
+        self.webhook_committed
+            .get_or_create(&labels)
+            .inc_by(deliveries);
+    }
+
     /// A registry for one scrape holding this process's metrics (handles to the same
     /// values) and the heap's figures as of now; components add theirs before encoding.
     pub fn registry(&self) -> Registry {
@@ -391,6 +436,26 @@ impl Metrics {
             "strata_expectation_violations",
             "Rows that violated a model's expectation, by pipeline, model, expectation and action (system.expectation_results)",
             self.expectation_violations.clone(),
+        );
+        r.register(
+            "strata_webhook_deliveries",
+            "Webhook deliveries by webhook and outcome (webhook is empty for unknown names)",
+            self.webhook_deliveries.clone(),
+        );
+        r.register(
+            "strata_webhook_commits",
+            "Group commits of webhook deliveries",
+            self.webhook_commits.clone(),
+        );
+        r.register(
+            "strata_webhook_committed_deliveries",
+            "Webhook deliveries written by group commits",
+            self.webhook_committed.clone(),
+        );
+        r.register(
+            "strata_webhook_dedupe_evicted",
+            "Delivery ids forgotten before their dedupe window ended (webhooks.max_dedupe_keys)",
+            self.webhook_dedupe_evicted.clone(),
         );
         r.register(
             "strata_audit_failures",

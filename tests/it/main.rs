@@ -31,3 +31,4 @@ mod scheduling;
 mod slt;
 mod tables;
 mod uploads;
+mod webhooks;

@@ -18,6 +18,7 @@ mod pipelines;
 mod policies;
 mod query;
 mod tables;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,6 +42,7 @@ pub(crate) struct AppState {
     pub flows: Arc<crate::flows::Flows>,
     pub scheduler: Arc<crate::scheduler::Scheduler>,
     pub lineage: Arc<crate::lineage::LineageService>,
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     pub auth: Arc<Authenticator>,
     pub started: Instant,
     /// Grants from the configuration file (shown read-only next to run-time grants).
@@ -148,13 +150,20 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(pipelines::replay))
         .routes(routes!(lineage::tables))
         .routes(routes!(lineage::columns))
+        .routes(routes!(webhooks::list))
+        .routes(routes!(webhooks::get, webhooks::put, webhooks::delete))
         .routes(routes!(openapi::document))
         .route_layer(bearer());
+    // Authenticated by signature, not by a token (PLATFORM: the only such route besides
+    // health and the console's files), with its own body limit before anything else.
+    let ingest = OpenApiRouter::new()
+        .routes(routes!(webhooks::receive))
+        .layer(DefaultBodyLimit::max(state.webhooks.max_body_bytes()));
     let metrics = OpenApiRouter::new()
         .routes(routes!(health::metrics))
         .route_layer(bearer());
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .nest("/api/v1", api)
+        .nest("/api/v1", api.merge(ingest))
         .merge(metrics)
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

@@ -109,6 +109,7 @@ impl Modify for BearerAuth {
         (name = "query", description = "SQL"),
         (name = "tables", description = "Tables, rows and table maintenance"),
         (name = "policies", description = "Grants, row filters and column masks"),
+        (name = "ingestion", description = "Webhooks: definitions (admin) and the signed receiving route (no token)"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
 )]
