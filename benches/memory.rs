@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{block_on, env_u64};
+use common::{ServerProcess, block_on, env_u64};
 
 /// Queries that allocated past every limit before (lpad aborted the process at 6.4 GB; the
 /// others were OOM-killed at 24 GB).
@@ -51,78 +51,16 @@ const HEAVY: [&str; 3] = [
     "SELECT count(DISTINCT s) AS n FROM (SELECT md5(CAST(v AS STRING)) AS s FROM (SELECT unnest(range(1, 3000000)) AS v))",
 ];
 
-struct Server {
-    child: std::process::Child,
-    http: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The server binary: this build's, or `STRATA_BENCH_BINARY`.
-fn binary() -> String {
-    std::env::var("STRATA_BENCH_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_strata").into())
-}
-
-fn start(budget: u64) -> Server {
-    use std::io::BufRead;
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(binary())
-        .current_dir(dir.path())
-        .env("STRATA__SERVER__HTTP_ADDR", "127.0.0.1:0")
-        .env("STRATA__SERVER__FLIGHT_ADDR", "127.0.0.1:0")
-        .env("STRATA__SERVER__MEMORY_BUDGET_BYTES", budget.to_string())
-        .env(
-            "STRATA__QUERY__MEMORY_LIMIT_BYTES",
-            (budget / 3).to_string(),
-        )
-        .env("STRATA__CACHE__MAX_BYTES", (64u64 << 20).to_string())
-        .env(
+fn start(budget: u64) -> ServerProcess {
+    ServerProcess::spawn(&[
+        ("STRATA__SERVER__MEMORY_BUDGET_BYTES", budget.to_string()),
+        ("STRATA__QUERY__MEMORY_LIMIT_BYTES", (budget / 3).to_string()),
+        ("STRATA__CACHE__MAX_BYTES", (64u64 << 20).to_string()),
+        (
             "STRATA__ACCESS__GRANTS",
-            r#"[{role = "analyst", privilege = "SELECT", on = "*"}]"#,
-        )
-        .env("RUST_LOG", "warn")
-        .env_remove("STRATA_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut http = None;
-    for line in lines.by_ref().map_while(Result::ok) {
-        if let Some(rest) = line.trim().strip_prefix("REST") {
-            http = rest
-                .split_whitespace()
-                .next()
-                .map(|a| a.trim_start_matches("http://").to_string());
-        }
-        if line.starts_with("eyJ") {
-            break;
-        }
-    }
-    // Keep draining what the server prints, so it never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Server {
-        child,
-        http: http.expect("REST address in the banner"),
-        dir,
-    }
-}
-
-/// A token minted by `strata token` in the server's directory (its dev secret).
-fn token(s: &Server, sub: &str, role: &str) -> String {
-    let out = std::process::Command::new(binary())
-        .current_dir(s.dir.path())
-        .args(["token", "--sub", sub, "--role", role, "--ttl", "2h"])
-        .env_remove("STRATA_CONFIG")
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+            r#"[{role = "analyst", privilege = "SELECT", on = "*"}]"#.to_string(),
+        ),
+    ])
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -204,9 +142,9 @@ fn main() {
         })
     };
     let analysts: Vec<String> = (0..clients)
-        .map(|i| token(&server, &format!("analyst{i}"), "analyst"))
+        .map(|i| server.token(&format!("analyst{i}"), "analyst"))
         .collect();
-    let admin = token(&server, "root", "admin");
+    let admin = server.token("root", "admin");
     let http = server.http.clone();
     println!(
         "memory bench: budget {budget_mib} MiB, pool {} MiB, {clients} analysts, {rounds} rounds",

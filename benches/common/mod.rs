@@ -76,3 +76,75 @@ impl BenchServer {
             .unwrap()
     }
 }
+
+/// The real `strata` binary as a process of its own (its RSS and CPU are the server's
+/// alone): this build's, or `STRATA_BENCH_BINARY`.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    /// `host:port` of the REST API.
+    pub http: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn binary() -> String {
+    std::env::var("STRATA_BENCH_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_strata").into())
+}
+
+impl ServerProcess {
+    /// Starts `strata serve` in a temp directory (embedded warehouse, dev auth) with `env`
+    /// on top of ports 0, and waits for its banner.
+    pub fn spawn(env: &[(&str, String)]) -> ServerProcess {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new(binary());
+        cmd.current_dir(dir.path())
+            .env("STRATA__SERVER__HTTP_ADDR", "127.0.0.1:0")
+            .env("STRATA__SERVER__FLIGHT_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .env_remove("STRATA_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut http = None;
+        for line in lines.by_ref().map_while(Result::ok) {
+            if let Some(rest) = line.trim().strip_prefix("REST") {
+                http = rest
+                    .split_whitespace()
+                    .next()
+                    .map(|a| a.trim_start_matches("http://").to_string());
+            }
+            if line.starts_with("eyJ") {
+                break;
+            }
+        }
+        // Keep draining what the server prints, so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        ServerProcess {
+            child,
+            http: http.expect("REST address in the banner"),
+            dir,
+        }
+    }
+
+    /// A token minted by `strata token` in the server's directory (its dev secret).
+    pub fn token(&self, sub: &str, role: &str) -> String {
+        let out = std::process::Command::new(binary())
+            .current_dir(self.dir.path())
+            .args(["token", "--sub", sub, "--role", role, "--ttl", "2h"])
+            .env_remove("STRATA_CONFIG")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}

@@ -323,7 +323,14 @@ impl Webhooks {
             ));
         }
         let refused = || Error::Unauthenticated("the delivery's signature does not verify".into());
-        let Some(live) = self.live(name).await? else {
+        // A definition that cannot receive now (its table dropped, a secret unset, storage
+        // down) answers 503, so the sender retries once an admin fixed it.
+        let live = self.live(name).await.map_err(|e| {
+            tracing::error!(webhook = %name, error = %e, "webhook cannot receive");
+            m.webhook_delivery("", "failed");
+            Error::Unavailable("the webhook cannot receive deliveries now; retry later".into())
+        })?;
+        let Some(live) = live else {
             m.webhook_delivery("", "bad_signature");
             return Err(refused());
         };
