@@ -54,7 +54,10 @@ const HEAVY: [&str; 3] = [
 fn start(budget: u64) -> ServerProcess {
     ServerProcess::spawn(&[
         ("STRATA__SERVER__MEMORY_BUDGET_BYTES", budget.to_string()),
-        ("STRATA__QUERY__MEMORY_LIMIT_BYTES", (budget / 3).to_string()),
+        (
+            "STRATA__QUERY__MEMORY_LIMIT_BYTES",
+            (budget / 3).to_string(),
+        ),
         ("STRATA__CACHE__MAX_BYTES", (64u64 << 20).to_string()),
         (
             "STRATA__ACCESS__GRANTS",

@@ -73,8 +73,10 @@ fn main() {
         let r = client
             .put(format!("http://{http}/api/v1/webhooks/gh"))
             .bearer_auth(&admin)
-            .json(&json!({"table": "bronze.gh_events", "scheme": "github", "secrets": ["gh"],
-                          "run_as": "ingest", "headers": ["x-github-event"]}))
+            .json(
+                &json!({"table": "bronze.gh_events", "scheme": "github", "secrets": ["gh"],
+                          "run_as": "ingest", "headers": ["x-github-event"]}),
+            )
             .send()
             .await
             .unwrap();
@@ -141,7 +143,10 @@ fn main() {
                 .unwrap();
             (
                 metric(&text, "strata_webhook_commits_total{webhook=\"gh\"}"),
-                metric(&text, "strata_webhook_committed_deliveries_total{webhook=\"gh\"}"),
+                metric(
+                    &text,
+                    "strata_webhook_committed_deliveries_total{webhook=\"gh\"}",
+                ),
             )
         };
         let (commits0, committed0) = metrics(client.clone(), http.clone(), admin.clone()).await;
@@ -160,7 +165,9 @@ fn main() {
         let q = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
         let accepted = accepted.load(Ordering::Relaxed);
         let commits = commits1 - commits0;
-        println!("# Webhook deliveries ({clients} senders, {secs} s, GitHub-signed JSON, group commit 200 ms)");
+        println!(
+            "# Webhook deliveries ({clients} senders, {secs} s, GitHub-signed JSON, group commit 200 ms)"
+        );
         println!();
         println!(
             "- accepted {:.0} deliveries/s ({accepted} in {:.1} s), refused or failed {}",

@@ -136,22 +136,7 @@ impl PipelineStore {
 
     /// Names of every pipeline ever deployed.
     pub(crate) async fn names(&self) -> Result<Vec<String>> {
-        let listing = match self
-            .store
-            .list_with_delimiter(Some(&Path::from(PREFIX)))
-            .await
-        {
-            Ok(l) => l,
-            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut names: Vec<String> = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_string))
-            .collect();
-        names.sort();
-        Ok(names)
+        crate::storage::documents::log_names(self.store.as_ref(), &Path::from(PREFIX)).await
     }
 
     /// Stores `deployment` as the version after `previous` (a conflict when another deploy

@@ -16,6 +16,22 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
+/// The names of the logs under `prefix` (its immediate sub-directories), sorted.
+pub(crate) async fn log_names(store: &dyn ObjectStore, prefix: &Path) -> Result<Vec<String>> {
+    let listing = match store.list_with_delimiter(Some(prefix)).await {
+        Ok(l) => l,
+        Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut names: Vec<String> = listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().map(str::to_string))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct DocumentLog {
     store: Arc<dyn ObjectStore>,

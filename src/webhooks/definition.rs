@@ -264,18 +264,6 @@ impl WebhookStore {
 
     /// The names of every webhook ever stored.
     pub(crate) async fn names(&self) -> Result<Vec<String>> {
-        let prefix = Path::from(PREFIX);
-        let listed = match self.store.list_with_delimiter(Some(&prefix)).await {
-            Ok(l) => l,
-            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut names: Vec<String> = listed
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_string))
-            .collect();
-        names.sort();
-        Ok(names)
+        crate::storage::documents::log_names(self.store.as_ref(), &Path::from(PREFIX)).await
     }
 }
