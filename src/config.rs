@@ -92,6 +92,12 @@ impl Default for WebhooksConfig {
 pub struct ConnectorsConfig {
     /// Secrets webhooks (and connectors) name.
     pub secrets: Vec<SecretRef>,
+    /// Hosts connectors may reach: names (`api.example.com`), wildcards (`*.example.com`),
+    /// addresses (`127.0.0.1`) and networks (`10.1.0.0/16`). A name's resolved addresses
+    /// must be public unless an address or network entry lists them; redirects, next-page
+    /// URLs and OAuth token URLs are checked too. Empty: no connector reaches anything,
+    /// except in dev auth mode, where any public host may be reached.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[[connectors.secrets]]`: a named secret read from an environment variable or a file
@@ -644,6 +650,11 @@ impl Config {
                     "connectors.secrets {:?}: names must be non-empty and unique",
                     s.name
                 ));
+            }
+        }
+        for h in &self.connectors.allowed_hosts {
+            if let Err(e) = crate::connectors::egress::Allowed::parse(h) {
+                out.push(format!("connectors.allowed_hosts: {e}"));
             }
         }
         out

@@ -60,6 +60,7 @@ pub mod api;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod connectors;
 pub mod engine;
 pub mod error;
 pub mod failpoint;

@@ -54,6 +54,7 @@ pub struct Server {
     auth: Arc<Authenticator>,
     lineage: Arc<crate::lineage::LineageService>,
     webhooks: Arc<crate::webhooks::Webhooks>,
+    connectors: Arc<crate::connectors::Connectors>,
 }
 
 impl Server {
@@ -123,6 +124,13 @@ impl Server {
             &config.auth.admin_role,
             Arc::clone(&clock),
         ));
+        let connectors = Arc::new(crate::connectors::Connectors::new(
+            Arc::clone(&engine),
+            &config.connectors,
+            config.auth.mode == crate::config::AuthMode::Dev,
+            crate::security::principal::ServicePrincipals::new(&config.pipelines.principals),
+            Arc::clone(&clock),
+        ));
         if let Some(dir) = &config.pipelines.dir {
             // A pipeline that cannot deploy (a source not created yet) is logged, not fatal:
             // the server still serves everything else, and a later deploy fixes it.
@@ -143,6 +151,7 @@ impl Server {
             format!("http://{}", http.local_addr()?),
             &config.scheduler,
         ));
+        scheduler.set_connectors(Arc::clone(&connectors));
         let flight = bind(config.server.flight_addr, "server.flight_addr").await?;
         let metrics = match config.server.metrics_addr {
             Some(addr) => Some(bind(addr, "server.metrics_addr").await?),
@@ -159,6 +168,7 @@ impl Server {
             auth,
             lineage,
             webhooks,
+            connectors,
         })
     }
 
@@ -204,6 +214,7 @@ impl Server {
             scheduler: Arc::clone(&self.scheduler),
             lineage: Arc::clone(&self.lineage),
             webhooks: Arc::clone(&self.webhooks),
+            connectors: Arc::clone(&self.connectors),
             auth: Arc::clone(&self.auth),
             started: Instant::now(),
             config_grants: self.config.access.grants.clone(),

@@ -284,6 +284,53 @@ impl Engine {
             .await
     }
 
+    /// A connector's checkpoint: `batches` (in `t`'s schema) appended, overwriting `t`, or
+    /// replacing the rows with the batches' keys, in one commit with `progress` markers and
+    /// `notes` in its info, as `p` (INSERT, and MODIFY when it replaces; WITH CHECK). A
+    /// duplicate when `t` already holds the progress.
+    pub(crate) async fn write_checkpoint(
+        &self,
+        p: &Arc<Principal>,
+        t: &TableRef,
+        batches: Vec<RecordBatch>,
+        how: CheckpointWrite,
+        progress: &commit::Progress,
+        notes: Vec<(String, serde_json::Value)>,
+    ) -> Result<WriteOutcome> {
+        let empty = batches.iter().all(|b| b.num_rows() == 0);
+        let (mode, replace) = match how {
+            CheckpointWrite::Append => (WriteMode::Append, None),
+            CheckpointWrite::Overwrite => (WriteMode::Overwrite, None),
+            CheckpointWrite::ReplaceKeys(_) if empty => (WriteMode::Append, None),
+            CheckpointWrite::ReplaceKeys(keys) => {
+                (WriteMode::Overwrite, Some(keys_predicate(&batches, &keys)?))
+            }
+        };
+        let schema = self.writable_schema(p, t, mode).await?;
+        let access = self.access().await?;
+        // Replacing by key is an overwrite for WITH CHECK: a writer with a row filter may
+        // not replace rows it cannot see.
+        self.check_write(&access, p, t, mode, &schema, &batches)?;
+        let batches = if batches.is_empty() {
+            vec![RecordBatch::new_empty(schema)]
+        } else {
+            batches
+        };
+        let write = commit::write_noted(
+            &self.catalog,
+            t,
+            p,
+            batches,
+            mode,
+            replace,
+            "CONNECTOR SYNC",
+            progress,
+            notes,
+        );
+        self.attached(t, "CONNECTOR SYNC", &Lineage::default(), None, write)
+            .await
+    }
+
     /// `t`'s Arrow schema as of its current version (no privilege checked: for the server's
     /// own use, e.g. shaping the rows a service writes).
     pub(crate) async fn table_arrow_schema(
@@ -550,4 +597,67 @@ fn describe(t: &TableRef, table: &DeltaTable) -> Result<TableInfo> {
             size_bytes,
         }),
     })
+}
+
+/// How a checkpoint lands (`Engine::write_checkpoint`).
+#[derive(Debug, Clone)]
+pub(crate) enum CheckpointWrite {
+    Append,
+    Overwrite,
+    /// The rows whose key columns equal a written row's are replaced (one row per key).
+    ReplaceKeys(Vec<String>),
+}
+
+/// `k IN (…)`, or for several key columns `(a = … AND b = …) OR …`, over the batches' keys.
+fn keys_predicate(
+    batches: &[RecordBatch],
+    keys: &[String],
+) -> Result<datafusion::logical_expr::Expr> {
+    use datafusion::logical_expr::{Expr, col, lit};
+    use datafusion::scalar::ScalarValue;
+    let column = |b: &RecordBatch, k: &str| {
+        b.column_by_name(k)
+            .cloned()
+            .ok_or_else(|| Error::internal(format!("key column {k} missing from the rows")))
+    };
+    match keys {
+        [] => Err(Error::internal("replacing by key needs key columns")),
+        [k] => {
+            let mut values = Vec::new();
+            for b in batches {
+                let c = column(b, k)?;
+                for i in 0..b.num_rows() {
+                    values.push(lit(ScalarValue::try_from_array(&c, i)?));
+                }
+            }
+            Ok(col(datafusion::common::Column::from_name(k)).in_list(values, false))
+        }
+        keys => {
+            let mut any: Option<Expr> = None;
+            for b in batches {
+                let cols = keys
+                    .iter()
+                    .map(|k| column(b, k))
+                    .collect::<Result<Vec<_>>>()?;
+                for i in 0..b.num_rows() {
+                    let mut all: Option<Expr> = None;
+                    for (k, c) in keys.iter().zip(&cols) {
+                        let eq = col(datafusion::common::Column::from_name(k))
+                            .eq(lit(ScalarValue::try_from_array(c, i)?));
+                        all = Some(match all {
+                            Some(a) => a.and(eq),
+                            None => eq,
+                        });
+                    }
+                    if let Some(all) = all {
+                        any = Some(match any {
+                            Some(a) => a.or(all),
+                            None => all,
+                        });
+                    }
+                }
+            }
+            any.ok_or_else(|| Error::internal("no rows to replace by key"))
+        }
+    }
 }

@@ -77,7 +77,19 @@ pub(crate) fn commit_properties(p: &Principal, operation: &str) -> CommitPropert
 /// one for `t` (`engine::lineage::attached`): delta-rs's `with_metadata` replaces, so the
 /// record joins the other keys here.
 pub(crate) fn write_properties(p: &Principal, t: &TableRef, operation: &str) -> CommitProperties {
+    noted_properties(p, t, operation, &[])
+}
+
+/// [`write_properties`] with `notes`, keys of the commit's info besides Strata's own (a
+/// connector's checkpoint: its position travels in the commit holding its rows).
+fn noted_properties(
+    p: &Principal,
+    t: &TableRef,
+    operation: &str,
+    notes: &[(String, serde_json::Value)],
+) -> CommitProperties {
     let mut metadata = commit_metadata(p, operation);
+    metadata.extend(notes.iter().cloned());
     if let Some(record) = LineageScope::record_for(t) {
         metadata.push((LINEAGE_KEY.to_string(), record));
     }
@@ -405,6 +417,57 @@ pub(crate) async fn write_with_progress(
     .await
 }
 
+/// A checkpoint's write: `input` appended, overwriting the table (`Overwrite`), or
+/// replacing the rows `replace` matches, in one commit with `progress` and `notes` in its
+/// info. A duplicate when the table already holds the progress.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn write_noted(
+    catalog: &Catalog,
+    t: &TableRef,
+    p: &Principal,
+    input: impl Into<WriteInput>,
+    mode: WriteMode,
+    replace: Option<datafusion::logical_expr::Expr>,
+    operation: &str,
+    progress: &Progress,
+    notes: Vec<(String, serde_json::Value)>,
+) -> Result<WriteOutcome> {
+    let mode = if replace.is_some() {
+        WriteMode::Overwrite
+    } else {
+        mode
+    };
+    write_inner(
+        catalog,
+        t,
+        p,
+        input.into(),
+        mode,
+        None,
+        operation,
+        progress,
+        Rewrite {
+            predicate: replace,
+            schema: false,
+            resets: Vec::new(),
+            notes,
+        },
+    )
+    .await
+}
+
+/// The version of `t`'s marker `app_id` (`None`: never set, or no table yet).
+pub(crate) async fn marker(catalog: &Catalog, t: &TableRef, app_id: &str) -> Result<Option<i64>> {
+    let table = catalog.load(t).await?;
+    if table.version().is_none() {
+        return Ok(None);
+    }
+    let state = table.snapshot()?;
+    Ok(state
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await?)
+}
+
 /// What an overwrite replaces besides the rows.
 #[derive(Debug, Default)]
 struct Rewrite {
@@ -415,6 +478,8 @@ struct Rewrite {
     /// Markers set in the commit without asking whether the table holds them already (a
     /// full refresh moves watermarks wherever they were).
     resets: Vec<Transaction>,
+    /// Keys of the commit's info besides Strata's own.
+    notes: Vec<(String, serde_json::Value)>,
 }
 
 /// Replaces every row and the schema of `t` with `input` (a model's full refresh), in one
@@ -441,6 +506,7 @@ pub(crate) async fn replace_all(
             predicate: None,
             schema: true,
             resets: resets.to_vec(),
+            notes: Vec::new(),
         },
     )
     .await
@@ -471,6 +537,7 @@ pub(crate) async fn replace_where(
             predicate: Some(predicate),
             schema: false,
             resets: Vec::new(),
+            notes: Vec::new(),
         },
     )
     .await
@@ -503,7 +570,7 @@ async fn write_inner(
             duplicate: false,
         });
     }
-    let mut props = write_properties(p, t, operation);
+    let mut props = noted_properties(p, t, operation, &rewrite.notes);
     if mode == WriteMode::Append {
         props = props.with_max_retries(APPEND_COMMIT_ATTEMPTS);
     }

@@ -163,6 +163,8 @@ pub struct Scheduler {
     memory: Mutex<BTreeMap<String, Memory>>,
     /// The period each scheduled OPTIMIZE / VACUUM last ran in (leader only).
     maintained: Mutex<BTreeMap<(TableRef, UpkeepOp), i64>>,
+    /// Pull connectors with schedules, run by the leader too.
+    connectors: std::sync::OnceLock<Arc<crate::connectors::Connectors>>,
 }
 
 /// The lease as the runs this leader started see it.
@@ -202,7 +204,13 @@ impl Scheduler {
             max_catchup_runs: cfg.max_catchup_runs.max(1),
             memory: Mutex::new(BTreeMap::new()),
             maintained: Mutex::new(BTreeMap::new()),
+            connectors: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The connectors whose schedules the leader keeps as well.
+    pub fn set_connectors(&self, connectors: Arc<crate::connectors::Connectors>) {
+        let _ = self.connectors.set(connectors);
     }
 
     /// Takes part in the election and, while leading, runs the triggers, until `stop`.
@@ -315,6 +323,9 @@ impl Scheduler {
                 if let Ok(mut m) = self.maintained.lock() {
                     m.clear();
                 }
+                if let Some(c) = self.connectors.get() {
+                    c.reset_schedule();
+                }
             }
             let due = match wake {
                 Some(t) => self.clock.sleep_until(t),
@@ -381,6 +392,12 @@ impl Scheduler {
         match self.flows.checks_upkeep().await {
             Ok(work) => soonest(self.upkeep(work)),
             Err(e) => tracing::warn!(error = %e, "scheduling standalone checks failed"),
+        }
+        if let Some(c) = self.connectors.get() {
+            match c.schedule().await {
+                Ok(next) => soonest(next),
+                Err(e) => tracing::warn!(error = %e, "scheduling connectors failed"),
+            }
         }
         Ok(wake)
     }

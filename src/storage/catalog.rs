@@ -529,6 +529,36 @@ impl Catalog {
 
     /// Commits of `t`, newest first. Versions come from the log file names, so they are exact
     /// even for commits without provenance.
+    /// The info of `t`'s newest commit at or below `from` that `matches`, reading at most
+    /// `max` commits, newest first (`None`: none of them matches).
+    pub(crate) async fn find_commit_info(
+        &self,
+        t: &TableRef,
+        from: u64,
+        max: u64,
+        matches: impl Fn(&serde_json::Map<String, serde_json::Value>) -> bool,
+    ) -> Result<Option<(u64, serde_json::Map<String, serde_json::Value>)>> {
+        let store = self.warehouse.store();
+        let log = Warehouse::table_path(t).join("_delta_log");
+        for version in (from.saturating_sub(max.saturating_sub(1))..=from).rev() {
+            let path = log.clone().join(format!("{version:020}.json"));
+            let bytes = match store.get(&path).await {
+                Ok(r) => r.bytes().await?,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for line in bytes.split(|b| *b == b'\n') {
+                if let Ok(serde_json::Value::Object(mut action)) = serde_json::from_slice(line)
+                    && let Some(serde_json::Value::Object(info)) = action.remove("commitInfo")
+                    && matches(&info)
+                {
+                    return Ok(Some((version, info)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     pub async fn history(&self, t: &TableRef, limit: usize) -> Result<Vec<HistoryEntry>> {
         if !self.exists(t).await? {
             return Err(not_found(t));

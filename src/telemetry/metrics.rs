@@ -90,6 +90,17 @@ struct DeliveryLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectorLabels {
+    connector: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectorOutcomeLabels {
+    connector: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WebhookLabels {
     webhook: String,
 }
@@ -152,6 +163,14 @@ pub struct Metrics {
     webhook_committed: Family<WebhookLabels, Counter>,
     /// Delivery ids forgotten before their dedupe window ended (`[webhooks] max_dedupe_keys`).
     pub webhook_dedupe_evicted: Counter,
+    /// Connector requests by outcome (`ok`, `429`, `4xx`, `5xx`, `error`, `refused`).
+    connector_requests: Family<ConnectorOutcomeLabels, Counter>,
+    /// Seconds connectors waited on 429s.
+    connector_rate_limited: Family<ConnectorLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    connector_retries: Family<ConnectorLabels, Counter>,
+    connector_records: Family<ConnectorLabels, Counter>,
+    connector_dead_letters: Family<ConnectorLabels, Counter>,
+    connector_runs: Family<ConnectorOutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -187,6 +206,12 @@ impl Default for Metrics {
             webhook_commits: Family::default(),
             webhook_committed: Family::default(),
             webhook_dedupe_evicted: Counter::default(),
+            connector_requests: Family::default(),
+            connector_rate_limited: Family::default(),
+            connector_retries: Family::default(),
+            connector_records: Family::default(),
+            connector_dead_letters: Family::default(),
+            connector_runs: Family::default(),
         }
     }
 }
@@ -320,6 +345,56 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    pub(crate) fn connector_request(&self, connector: &str, outcome: &'static str) {
+        self.connector_requests
+            .get_or_create(&ConnectorOutcomeLabels {
+                connector: connector.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub(crate) fn connector_run(&self, connector: &str, outcome: &'static str) {
+        self.connector_runs
+            .get_or_create(&ConnectorOutcomeLabels {
+                connector: connector.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub(crate) fn connector_rate_limited(&self, connector: &str, waited: Duration) {
+        self.connector_rate_limited
+            .get_or_create(&ConnectorLabels {
+                connector: connector.to_string(),
+            })
+            .inc_by(waited.as_secs_f64());
+    }
+
+    pub(crate) fn connector_retry(&self, connector: &str) {
+        self.connector_retries
+            .get_or_create(&ConnectorLabels {
+                connector: connector.to_string(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn connector_records(&self, connector: &str, n: u64) {
+        self.connector_records
+            .get_or_create(&ConnectorLabels {
+                connector: connector.to_string(),
+            })
+            .inc_by(n);
+    }
+
+    pub(crate) fn connector_dead_letters(&self, connector: &str, n: u64) {
+        self.connector_dead_letters
+            .get_or_create(&ConnectorLabels {
+                connector: connector.to_string(),
+            })
+            .inc_by(n);
     }
 
     /// A group commit of `deliveries` deliveries of `webhook`.
@@ -456,6 +531,36 @@ impl Metrics {
             "strata_webhook_dedupe_evicted",
             "Delivery ids forgotten before their dedupe window ended (webhooks.max_dedupe_keys)",
             self.webhook_dedupe_evicted.clone(),
+        );
+        r.register(
+            "strata_connector_requests",
+            "Connector requests by connector and outcome (ok, 429, 4xx, 5xx, error, refused)",
+            self.connector_requests.clone(),
+        );
+        r.register(
+            "strata_connector_rate_limited_seconds",
+            "Seconds connectors waited because the API answered 429",
+            self.connector_rate_limited.clone(),
+        );
+        r.register(
+            "strata_connector_retries",
+            "Connector requests retried",
+            self.connector_retries.clone(),
+        );
+        r.register(
+            "strata_connector_records",
+            "Records connectors turned into rows",
+            self.connector_records.clone(),
+        );
+        r.register(
+            "strata_connector_dead_letters",
+            "Records and requests connectors wrote to dead-letter tables",
+            self.connector_dead_letters.clone(),
+        );
+        r.register(
+            "strata_connector_runs",
+            "Connector runs by connector and outcome",
+            self.connector_runs.clone(),
         );
         r.register(
             "strata_audit_failures",

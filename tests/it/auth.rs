@@ -124,6 +124,12 @@ async fn every_api_route_needs_a_valid_token() {
         ("GET", "/api/v1/webhooks/w"),
         ("PUT", "/api/v1/webhooks/w"),
         ("DELETE", "/api/v1/webhooks/w"),
+        ("GET", "/api/v1/connectors"),
+        ("GET", "/api/v1/connectors/c"),
+        ("PUT", "/api/v1/connectors/c"),
+        ("DELETE", "/api/v1/connectors/c"),
+        ("POST", "/api/v1/connectors/c/runs"),
+        ("POST", "/api/v1/connectors/c/resume"),
     ];
     for (method, path) in routes {
         let method: reqwest::Method = method.parse().unwrap();
@@ -207,6 +213,12 @@ async fn every_api_route_needs_a_valid_token() {
         ("put", "/api/v1/webhooks/{name}"),
         ("delete", "/api/v1/webhooks/{name}"),
         ("post", "/api/v1/ingest/webhooks/{name}"),
+        ("get", "/api/v1/connectors"),
+        ("get", "/api/v1/connectors/{name}"),
+        ("put", "/api/v1/connectors/{name}"),
+        ("delete", "/api/v1/connectors/{name}"),
+        ("post", "/api/v1/connectors/{name}/runs"),
+        ("post", "/api/v1/connectors/{name}/resume"),
         ("get", "/api/v1/openapi.json"),
         ("get", "/metrics"),
         ("get", "/healthz"),

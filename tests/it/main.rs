@@ -6,6 +6,7 @@ mod backfill;
 mod cache;
 mod cli;
 mod commits;
+mod connectors;
 mod faults;
 mod flight;
 mod flows;

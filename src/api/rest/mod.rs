@@ -13,6 +13,7 @@ mod health;
 mod lineage;
 
 pub(crate) use health::metrics_router;
+mod connectors;
 mod openapi;
 mod pipelines;
 mod policies;
@@ -43,6 +44,7 @@ pub(crate) struct AppState {
     pub scheduler: Arc<crate::scheduler::Scheduler>,
     pub lineage: Arc<crate::lineage::LineageService>,
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    pub connectors: Arc<crate::connectors::Connectors>,
     pub auth: Arc<Authenticator>,
     pub started: Instant,
     /// Grants from the configuration file (shown read-only next to run-time grants).
@@ -152,6 +154,14 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(lineage::columns))
         .routes(routes!(webhooks::list))
         .routes(routes!(webhooks::get, webhooks::put, webhooks::delete))
+        .routes(routes!(connectors::list))
+        .routes(routes!(
+            connectors::get,
+            connectors::put,
+            connectors::delete
+        ))
+        .routes(routes!(connectors::run))
+        .routes(routes!(connectors::resume))
         .routes(routes!(openapi::document))
         .route_layer(bearer());
     // Authenticated by signature, not by a token (PLATFORM: the only such route besides
