@@ -58,6 +58,28 @@ enum Command {
         #[command(subcommand)]
         command: PipelinesCommand,
     },
+    /// Manage pull connectors on a running server.
+    Connectors {
+        #[command(subcommand)]
+        command: ConnectorsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectorsCommand {
+    /// Deploy the connector defined in FILE (TOML) through `PUT /api/v1/connectors/{name}`;
+    /// the name is the file's stem unless given.
+    Deploy {
+        file: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+        /// The server's REST address.
+        #[arg(long, env = "STRATA_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// A bearer token (`strata token`, or your identity provider's).
+        #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+        token: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +132,15 @@ fn main() -> ExitCode {
                     token,
                 },
         } => deploy_pipeline(&dir, dry_run, allow_full_refresh, &url, &token),
+        Command::Connectors {
+            command:
+                ConnectorsCommand::Deploy {
+                    file,
+                    name,
+                    url,
+                    token,
+                },
+        } => deploy_connector(&file, name, &url, &token),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -271,7 +302,6 @@ fn deploy_pipeline(
     url: &str,
     token: &str,
 ) -> Result<(), String> {
-    use http_body_util::{BodyExt, Full};
     let name = dir
         .canonicalize()
         .ok()
@@ -285,9 +315,35 @@ fn deploy_pipeline(
         url.trim_end_matches('/'),
         if dry_run { "?dry_run=true" } else { "" }
     );
-    let request = http::Request::put(&target)
+    put(&target, token, "application/json", body)
+}
+
+/// Deploys a connector definition file.
+fn deploy_connector(
+    file: &std::path::Path,
+    name: Option<String>,
+    url: &str,
+    token: &str,
+) -> Result<(), String> {
+    let name = match name {
+        Some(n) => n,
+        None => file
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .ok_or_else(|| format!("{}: give the connector's name (--name)", file.display()))?,
+    };
+    let body = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let target = format!("{}/api/v1/connectors/{name}", url.trim_end_matches('/'));
+    put(&target, token, "application/toml", body)
+}
+
+/// PUTs `body` to `target` and prints the JSON answer (an error on a non-2xx status).
+fn put(target: &str, token: &str, content_type: &str, body: Vec<u8>) -> Result<(), String> {
+    use http_body_util::{BodyExt, Full};
+    let request = http::Request::put(target)
         .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
+        .header("content-type", content_type)
         .body(Full::new(bytes::Bytes::from(body)))
         .map_err(|e| format!("{target}: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -297,7 +297,27 @@ lookback = 172800
 async fn cursor_pages_land_once_and_the_next_sync_asks_from_the_cursor_minus_the_lookback() {
     let (base, api) = api().await;
     let (s, _secrets) = server().await;
-    deploy(&s, "items", &items_connector(&base)).await;
+    // Deployed from a file with the CLI; a broken definition exits non-zero with the reason.
+    let dir = tempfile::tempdir().unwrap();
+    let cli = |text: &str| {
+        let file = dir.path().join("items.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(["connectors", "deploy"])
+            .arg(&file)
+            .args(["--url", &s.url("")])
+            .env("STRATA_TOKEN", s.admin.clone())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, err) = cli(&items_connector(&base).replace("lookback = 172800", "lookback = \"2d\""));
+    assert!(!ok && err.contains("lookback"), "{err}");
+    let (ok, err) = cli(&items_connector(&base));
+    assert!(ok, "{err}");
 
     let first = run(&s, "items").await;
     assert_eq!(first["status"], "succeeded", "{first}");
