@@ -477,7 +477,9 @@ async fn concurrent_deliveries_share_commits_and_typed_columns_come_from_the_bod
     let (s, _secrets) = server().await;
     let mut typed = spec("bronze.orders_hook", "hmac", &["plain"]);
     typed["signature_header"] = json!("x-signature");
-    typed["commit_window_ms"] = json!(200);
+    // A wide window: on a loaded CI box 60 debug-build deliveries can take over a second to
+    // arrive; what is checked is that they share commits, not how fast they come.
+    typed["commit_window_ms"] = json!(1000);
     typed["headers"] = json!(["x-event"]);
     typed["columns"] = json!([{"name": "order_id", "type": "BIGINT", "nullable": false},
                               {"name": "amount", "type": "DOUBLE"}]);

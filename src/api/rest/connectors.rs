@@ -65,7 +65,7 @@ pub(super) async fn get(
 }
 
 #[utoipa::path(put, path = "/connectors/{name}", tag = "ingestion", params(ConnectorPath),
-    request_body(content = String, description = "The definition in TOML (or JSON)", content_type = "application/toml"),
+    request_body(content = String, description = "The definition in TOML (or JSON, when it starts with `{`)", content_type = "text/plain"),
     responses((status = 200, description = "Stored (its table created when absent)", body = Connector), Errors))]
 pub(super) async fn put(
     State(state): State<AppState>,
