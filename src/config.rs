@@ -652,11 +652,6 @@ impl Config {
                 ));
             }
         }
-        for h in &self.connectors.allowed_hosts {
-            if let Err(e) = crate::connectors::egress::Allowed::parse(h) {
-                out.push(format!("connectors.allowed_hosts: {e}"));
-            }
-        }
         out
     }
 

@@ -34,6 +34,7 @@ pub fn config_problems(config: &Config) -> Vec<String> {
         &config.query.default_layer,
     ));
     out.extend(crate::scheduler::config_problems(&config.scheduler));
+    out.extend(crate::connectors::config_problems(&config.connectors));
     out.extend(crate::flows::config_problems(
         &config.pipelines,
         &config.auth.admin_role,

@@ -486,18 +486,7 @@ pub struct Connector {
 
 /// A connector's name: a path segment in its URLs and in the warehouse.
 pub(crate) fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "connector name {name:?}: 1 to 64 of A-Z a-z 0-9 _ -"
-        )))
-    }
+    crate::storage::documents::check_log_name("connector", name)
 }
 
 #[derive(Debug, Clone)]

@@ -41,6 +41,15 @@ use definition::{CONNECTOR, Connector, ConnectorSpec, ConnectorStore, EXTRACTED_
 use egress::{Egress, Rules, Session};
 use sync::Checkpoint;
 
+/// Problems of `[connectors]` (its secrets are checked with the rest of the config).
+pub(crate) fn config_problems(cfg: &ConnectorsConfig) -> Vec<String> {
+    cfg.allowed_hosts
+        .iter()
+        .filter_map(|h| egress::Allowed::parse(h).err())
+        .map(|e| format!("connectors.allowed_hosts: {e}"))
+        .collect()
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -32,6 +32,23 @@ pub(crate) async fn log_names(store: &dyn ObjectStore, prefix: &Path) -> Result<
     Ok(names)
 }
 
+/// A name of a document log that is also a URL path segment (webhooks, connectors):
+/// 1 to 64 of `A-Z a-z 0-9 _ -`; `kind` names what it is in the error.
+pub(crate) fn check_log_name(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{kind} name {name:?}: 1 to 64 of A-Z a-z 0-9 _ -"
+        )))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct DocumentLog {
     store: Arc<dyn ObjectStore>,

@@ -223,18 +223,7 @@ pub struct Webhook {
 
 /// A name of a webhook: a path segment in the receiving URL and in the warehouse.
 pub(crate) fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "webhook name {name:?}: 1 to 64 of A-Z a-z 0-9 _ -"
-        )))
-    }
+    crate::storage::documents::check_log_name("webhook", name)
 }
 
 #[derive(Debug, Clone)]

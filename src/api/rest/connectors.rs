@@ -8,9 +8,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 
-use super::AppState;
 use super::body::{QueryParams, RawBody};
 use super::openapi::Errors;
+use super::{AppState, admin};
 use crate::connectors::definition::{Connector, ConnectorSpec};
 use crate::connectors::{ConnectorView, RunReport, Status};
 use crate::error::{Error, Result};
@@ -31,16 +31,6 @@ pub(super) struct RunParams {
     /// Answer when the run ended (200 with its report) instead of when it started (202).
     #[serde(default)]
     wait: bool,
-}
-
-async fn admin(state: &AppState, p: &Principal, what: &str) -> Result<()> {
-    if state.engine.access().await?.is_admin(p) {
-        Ok(())
-    } else {
-        Err(Error::PermissionDenied(format!(
-            "{what} needs the admin role"
-        )))
-    }
 }
 
 #[utoipa::path(get, path = "/connectors", tag = "ingestion",

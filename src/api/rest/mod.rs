@@ -51,6 +51,21 @@ pub(crate) struct AppState {
     pub config_grants: Vec<crate::config::GrantConfig>,
 }
 
+/// Refuses `p` unless it holds the admin role (`what` names the operation).
+pub(super) async fn admin(
+    state: &AppState,
+    p: &crate::security::Principal,
+    what: &str,
+) -> crate::error::Result<()> {
+    if state.engine.access().await?.is_admin(p) {
+        Ok(())
+    } else {
+        Err(crate::error::Error::PermissionDenied(format!(
+            "{what} needs the admin role"
+        )))
+    }
+}
+
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Counts every routed request by its route template and status, with its latency (to the

@@ -9,10 +9,10 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 
-use super::AppState;
 use super::body::{JsonBody, RawBody};
 use super::openapi::Errors;
-use crate::error::{Error, Result};
+use super::{AppState, admin};
+use crate::error::Result;
 use crate::security::Principal;
 use crate::webhooks::Receipt;
 use crate::webhooks::definition::{Webhook, WebhookSpec};
@@ -23,16 +23,6 @@ use crate::webhooks::definition::{Webhook, WebhookSpec};
 pub(super) struct WebhookPath {
     /// 1 to 64 of `A-Z a-z 0-9 _ -`.
     name: String,
-}
-
-async fn admin(state: &AppState, p: &Principal, what: &str) -> Result<()> {
-    if state.engine.access().await?.is_admin(p) {
-        Ok(())
-    } else {
-        Err(Error::PermissionDenied(format!(
-            "{what} needs the admin role"
-        )))
-    }
 }
 
 #[utoipa::path(get, path = "/webhooks", tag = "ingestion",
