@@ -207,6 +207,10 @@ pub struct Incremental {
     /// How a timestamp bound is written (strftime); default RFC 3339 (`…Z`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// The query parameter carrying a backfill window's upper bound (exclusive, as the API
+    /// reads it); a backfill needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_param: Option<String>,
 }
 
 /// Retries of a failed request (connection errors, timeouts and `statuses`), with

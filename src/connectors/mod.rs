@@ -40,6 +40,7 @@ pub(crate) use auth::Auth;
 use definition::{CONNECTOR, Connector, ConnectorSpec, ConnectorStore, EXTRACTED_AT, RUN_ID};
 use egress::{Egress, Rules, Session};
 use sync::Checkpoint;
+pub use sync::Window;
 
 /// Problems of `[connectors]` (its secrets are checked with the rest of the config).
 pub(crate) fn config_problems(cfg: &ConnectorsConfig) -> Vec<String> {
@@ -64,6 +65,9 @@ pub enum RunStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunReport {
     pub run_id: String,
+    /// A backfill's window (absent: the main sync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
     pub status: RunStatus,
     /// `manual` or `schedule`.
     pub trigger: String,
@@ -315,7 +319,7 @@ impl Connectors {
             .ok()
             .and_then(|r| r.get(name).map(|l| l.view()));
         let t = TableRef::parse(&c.spec.table)?;
-        let checkpoint = sync::latest(&self.engine, &t, name).await?;
+        let checkpoint = sync::latest(&self.engine, &t, name, None).await?;
         let state = if running.is_some() {
             "running"
         } else if status.paused.is_some() {
@@ -381,10 +385,43 @@ impl Connectors {
         .await
     }
 
-    /// Starts a run of `name` here; `wait`: answers once it ended. Refused while one runs
-    /// on this replica or the circuit breaker paused it.
-    pub async fn run(self: &Arc<Self>, name: &str, trigger: &str, wait: bool) -> Result<RunReport> {
+    /// Starts a run of `name` here (of a backfill `window`: its own checkpoints, the main
+    /// cursor untouched); `wait`: answers once it ended. Refused while one runs on this
+    /// replica or the circuit breaker paused it.
+    pub async fn run(
+        self: &Arc<Self>,
+        name: &str,
+        trigger: &str,
+        window: Option<Window>,
+        wait: bool,
+    ) -> Result<RunReport> {
         let c = self.definition(name).await?;
+        if let Some(w) = &window {
+            let Some(inc) = &c.spec.incremental else {
+                return Err(Error::invalid(format!(
+                    "connector {name} is not incremental: a backfill window bounds its [incremental] field"
+                )));
+            };
+            if inc.until_param.is_none() {
+                return Err(Error::invalid(format!(
+                    "connector {name} has no incremental.until_param: the API must be told where a backfill window ends"
+                )));
+            }
+            if w.from.is_empty() || w.to.is_empty() || w.from == w.to {
+                return Err(Error::invalid(
+                    "a backfill window needs from and to, different",
+                ));
+            }
+            let t = TableRef::parse(&c.spec.table)?;
+            if let Some(done) = sync::latest(&self.engine, &t, name, Some(w)).await?
+                && done.resume.is_none()
+            {
+                return Err(Error::AlreadyExists(format!(
+                    "connector {name}'s window [{}, {}) was backfilled completely (checkpoint {}, run {})",
+                    w.from, w.to, done.seq, done.run_id
+                )));
+            }
+        }
         let status = self
             .store
             .status(name)
@@ -421,6 +458,7 @@ impl Connectors {
         }
         let report = RunReport {
             run_id,
+            window: window.clone(),
             status: RunStatus::Running,
             trigger: trigger.to_string(),
             started_at,
@@ -556,6 +594,7 @@ impl Connectors {
             clock: self.clock.as_ref(),
             cancel: live.cancel.clone(),
             live,
+            window: report.window.clone(),
         };
         let run_id = report.run_id.clone();
         s.run(&run_id, report).await
@@ -618,7 +657,7 @@ impl Connectors {
                 if let Ok(mut slots) = self.slots.lock() {
                     slots.insert(c.name.clone(), Slot { last: now });
                 }
-                match self.run(&c.name, "schedule", false).await {
+                match self.run(&c.name, "schedule", None, false).await {
                     Ok(r) => {
                         tracing::info!(connector = %c.name, run_id = %r.run_id, "scheduled connector run")
                     }

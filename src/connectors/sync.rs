@@ -72,6 +72,14 @@ pub struct Resume {
     pub max_seen: Option<String>,
 }
 
+/// A backfill's window: its own checkpoints (its own txn marker), its bounds sent as they
+/// are, and the main cursor never moved by it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Window {
+    pub from: String,
+    pub to: String,
+}
+
 /// A connector's state as its latest checkpoint committed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Checkpoint {
@@ -84,14 +92,24 @@ pub struct Checkpoint {
     pub cursor: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<Resume>,
+    /// The backfill window these checkpoints belong to (none: the main sync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
 }
 
-pub(crate) fn marker_id(connector: &str) -> String {
-    format!("strata:connector:{connector}")
-}
-
-fn dead_marker_id(connector: &str) -> String {
-    format!("strata:connector:{connector}:dead")
+/// The txn marker of the main sync's checkpoints, or of a backfill window's.
+pub(crate) fn marker_id(connector: &str, window: Option<&Window>) -> String {
+    match window {
+        None => format!("strata:connector:{connector}"),
+        Some(w) => {
+            use sha2::Digest;
+            let h = sha2::Sha256::digest(format!("{}\n{}", w.from, w.to).as_bytes());
+            format!(
+                "strata:connector:{connector}:backfill:{}",
+                hex::encode(&h[..12])
+            )
+        }
+    }
 }
 
 /// The latest checkpoint of `connector` in `t` (`None`: it never committed one).
@@ -99,12 +117,13 @@ pub(crate) async fn latest(
     engine: &Engine,
     t: &TableRef,
     connector: &str,
+    window: Option<&Window>,
 ) -> Result<Option<Checkpoint>> {
     let catalog = engine.catalog();
     if !catalog.exists(t).await? {
         return Ok(None);
     }
-    let Some(seq) = commit::marker(catalog, t, &marker_id(connector)).await? else {
+    let Some(seq) = commit::marker(catalog, t, &marker_id(connector, window)).await? else {
         return Ok(None);
     };
     let seq = u64::try_from(seq).unwrap_or_default();
@@ -115,7 +134,9 @@ pub(crate) async fn latest(
         .find_commit_info(t, version, MAX_SCAN, |info| {
             info.get(CHECKPOINT_KEY)
                 .and_then(|c| serde_json::from_value::<Checkpoint>(c.clone()).ok())
-                .is_some_and(|c| c.connector == connector && c.seq == seq)
+                .is_some_and(|c| {
+                    c.connector == connector && c.seq == seq && c.window.as_ref() == window
+                })
         })
         .await?;
     match found {
@@ -172,6 +193,8 @@ pub(crate) struct Sync<'a> {
     pub cancel: CancellationToken,
     /// Counters other requests can read while it runs.
     pub live: &'a super::Live,
+    /// A backfill's window (none: the main sync).
+    pub window: Option<Window>,
 }
 
 impl Sync<'_> {
@@ -208,6 +231,11 @@ impl Sync<'_> {
             }
             if let (Some(inc), Some(since)) = (&self.spec.incremental, since) {
                 set(&inc.param, since);
+            }
+            if let (Some(inc), Some(w)) = (&self.spec.incremental, &self.window)
+                && let Some(until) = &inc.until_param
+            {
+                set(until, &w.to);
             }
         }
         match (&self.spec.pagination, pos) {
@@ -359,7 +387,16 @@ impl Sync<'_> {
     /// Where the sync stands at the start of this run: its latest checkpoint, resumed or
     /// a new sync from the cursor.
     async fn start(&self) -> Result<Standing> {
-        let state = latest(self.engine, &self.table, self.name).await?;
+        let window = self.window.as_ref();
+        let state = latest(self.engine, &self.table, self.name, window).await?;
+        if let (Some(w), Some(done)) = (window, &state)
+            && done.resume.is_none()
+        {
+            return Err(Error::AlreadyExists(format!(
+                "connector {}'s window [{}, {}) was backfilled completely (checkpoint {}, run {})",
+                self.name, w.from, w.to, done.seq, done.run_id
+            )));
+        }
         let seq = state.as_ref().map_or(0, |s| s.seq);
         let cursor = state.as_ref().and_then(|s| s.cursor.clone());
         Ok(match state.and_then(|s| s.resume) {
@@ -372,6 +409,17 @@ impl Sync<'_> {
                 records: r.records,
                 max_seen: r.max_seen,
                 resumed: true,
+                overwrite: false,
+            },
+            None if window.is_some() => Standing {
+                seq,
+                cursor: None,
+                since: window.map(|w| w.from.clone()),
+                next: self.first(),
+                pages: 0,
+                records: 0,
+                max_seen: None,
+                resumed: false,
                 overwrite: false,
             },
             None => {
@@ -509,8 +557,9 @@ impl Sync<'_> {
             seq: target,
             run_id: run_id.to_string(),
             at: self.clock.now(),
-            cursor: match (next, kind) {
-                (None, Some(k)) => k.max(at.cursor.clone(), at.max_seen.clone()),
+            // A backfill never moves the cursor.
+            cursor: match (next, kind, &self.window) {
+                (None, Some(k), None) => k.max(at.cursor.clone(), at.max_seen.clone()),
                 _ => at.cursor.clone(),
             },
             resume: next.map(|n| Resume {
@@ -520,6 +569,7 @@ impl Sync<'_> {
                 records: at.records,
                 max_seen: at.max_seen.clone(),
             }),
+            window: self.window.clone(),
         };
         if !pending.dead.is_empty() {
             self.commit_dead(target, run_id, &pending.dead).await?;
@@ -553,7 +603,7 @@ impl Sync<'_> {
                 batch,
                 how,
                 &[Transaction::new(
-                    marker_id(self.name),
+                    marker_id(self.name, self.window.as_ref()),
                     i64::try_from(target).unwrap_or(i64::MAX),
                 )],
                 vec![(CHECKPOINT_KEY.to_string(), note)],
@@ -618,7 +668,7 @@ impl Sync<'_> {
                 vec![batch],
                 CheckpointWrite::Append,
                 &[Transaction::new(
-                    dead_marker_id(self.name),
+                    format!("{}:dead", marker_id(self.name, self.window.as_ref())),
                     i64::try_from(target).unwrap_or(i64::MAX),
                 )],
                 Vec::new(),

@@ -129,6 +129,7 @@ async fn every_api_route_needs_a_valid_token() {
         ("PUT", "/api/v1/connectors/c"),
         ("DELETE", "/api/v1/connectors/c"),
         ("POST", "/api/v1/connectors/c/runs"),
+        ("POST", "/api/v1/connectors/c/backfill"),
         ("POST", "/api/v1/connectors/c/resume"),
     ];
     for (method, path) in routes {
@@ -218,6 +219,7 @@ async fn every_api_route_needs_a_valid_token() {
         ("put", "/api/v1/connectors/{name}"),
         ("delete", "/api/v1/connectors/{name}"),
         ("post", "/api/v1/connectors/{name}/runs"),
+        ("post", "/api/v1/connectors/{name}/backfill"),
         ("post", "/api/v1/connectors/{name}/resume"),
         ("get", "/api/v1/openapi.json"),
         ("get", "/metrics"),

@@ -50,7 +50,7 @@ fn record(api: &Api, path: &str, q: &BTreeMap<String, String>, h: &http::HeaderM
 }
 
 /// Twelve items over three cursor pages, `updated_at` rising with the id; `updated_since`
-/// filters them.
+/// and `updated_before` filter them.
 async fn items(
     State(api): State<Shared>,
     h: http::HeaderMap,
@@ -58,9 +58,11 @@ async fn items(
 ) -> Response {
     record(&api, "/items", &q, &h);
     let since = q.get("updated_since").cloned().unwrap_or_default();
+    let before = q.get("updated_before").cloned();
     let all: Vec<Value> = (1..=12)
         .map(|i| json!({"id": i, "name": format!("item {i}"), "updated_at": format!("2026-01-{i:02}T00:00:00Z")}))
         .filter(|r| r["updated_at"].as_str().unwrap() >= since.as_str())
+        .filter(|r| before.as_deref().is_none_or(|b| r["updated_at"].as_str().unwrap() < b))
         .collect();
     let start: usize = q.get("cursor").map_or(0, |c| c.parse().unwrap());
     let page: Vec<Value> = all.iter().skip(start).take(4).cloned().collect();
@@ -288,6 +290,7 @@ fields = [
 [incremental]
 field = "updated_at"
 param = "updated_since"
+until_param = "updated_before"
 lookback = 172800
 "#
     )
@@ -729,4 +732,51 @@ async fn a_killed_sync_loses_nothing_and_duplicates_nothing() {
         (rows[0]["n"].as_i64(), rows[0]["d"].as_i64()),
         (Some(1000), Some(1000))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_window_has_its_own_checkpoints_and_never_moves_the_cursor() {
+    let (base, api) = api().await;
+    let (s, _secrets) = server().await;
+    deploy(&s, "items", &items_connector(&base)).await;
+    assert_eq!(run(&s, "items").await["cursor"], "2026-01-12T00:00:00Z");
+    api.hits.lock().unwrap().clear();
+    let client = reqwest::Client::new();
+    let url = s.url("/api/v1/connectors/items/backfill?wait=true");
+    let backfill = |window: Value| {
+        crate::harness::send(&client, &s.admin, reqwest::Method::POST, &url, window)
+    };
+    let window = json!({"from": "2026-01-03T00:00:00Z", "to": "2026-01-06T00:00:00Z"});
+    let (status, report) = backfill(window.clone()).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(report["records"], 3, "items 3, 4 and 5");
+    assert_eq!(report["window"], window);
+    let asked = hits(&api, "/items");
+    assert_eq!(asked[0].query["updated_since"], "2026-01-03T00:00:00Z");
+    assert_eq!(asked[0].query["updated_before"], "2026-01-06T00:00:00Z");
+    let (_, view) = s.get(&s.admin.clone(), "/api/v1/connectors/items").await;
+    assert_eq!(
+        view["checkpoint"]["cursor"], "2026-01-12T00:00:00Z",
+        "the main cursor stays"
+    );
+    assert!(view["checkpoint"].get("window").is_none(), "{view}");
+    assert_eq!(
+        s.count("bronze.items").await,
+        12,
+        "append_dedup: one row per id"
+    );
+
+    // The same window again: done already. A connector that cannot bound a window: 400.
+    let (status, body) = backfill(window).await;
+    assert_eq!(status, 409, "{body}");
+    deploy(
+        &s,
+        "items",
+        &items_connector(&base).replace("until_param = \"updated_before\"\n", ""),
+    )
+    .await;
+    let (status, body) = backfill(json!({"from": "a", "to": "b"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("until_param"), "{body}");
 }

@@ -8,11 +8,11 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 
-use super::body::{QueryParams, RawBody};
+use super::body::{JsonBody, QueryParams, RawBody};
 use super::openapi::Errors;
 use super::{AppState, admin};
 use crate::connectors::definition::{Connector, ConnectorSpec};
-use crate::connectors::{ConnectorView, RunReport, Status};
+use crate::connectors::{ConnectorView, RunReport, Status, Window};
 use crate::error::{Error, Result};
 use crate::security::Principal;
 
@@ -95,7 +95,37 @@ pub(super) async fn run(
     QueryParams(params): QueryParams<RunParams>,
 ) -> Result<Response> {
     admin(&state, &principal, "running a connector").await?;
-    let report = state.connectors.run(&name, "manual", params.wait).await?;
+    let report = state
+        .connectors
+        .run(&name, "manual", None, params.wait)
+        .await?;
+    let status = if params.wait {
+        http::StatusCode::OK
+    } else {
+        http::StatusCode::ACCEPTED
+    };
+    Ok((status, Json(report)).into_response())
+}
+
+#[utoipa::path(post, path = "/connectors/{name}/backfill", tag = "ingestion", params(ConnectorPath, RunParams),
+    request_body = Window,
+    responses(
+        (status = 202, description = "Started: the window's records, under the window's own checkpoints; the main cursor does not move", body = RunReport),
+        (status = 200, description = "Ended (`wait=true`): the run's report", body = RunReport),
+        (status = 409, description = "A run is in progress here, the connector is paused, or the window was backfilled completely"),
+        Errors))]
+pub(super) async fn backfill(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(name): Path<String>,
+    QueryParams(params): QueryParams<RunParams>,
+    JsonBody(window): JsonBody<Window>,
+) -> Result<Response> {
+    admin(&state, &principal, "backfilling a connector").await?;
+    let report = state
+        .connectors
+        .run(&name, "backfill", Some(window), params.wait)
+        .await?;
     let status = if params.wait {
         http::StatusCode::OK
     } else {

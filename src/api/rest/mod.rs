@@ -176,6 +176,7 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
             connectors::delete
         ))
         .routes(routes!(connectors::run))
+        .routes(routes!(connectors::backfill))
         .routes(routes!(connectors::resume))
         .routes(routes!(openapi::document))
         .route_layer(bearer());
