@@ -44,13 +44,8 @@ impl Auth<'_> {
         }
     }
 
-    /// The request headers carrying the credentials.
-    pub(super) async fn headers(
-        &self,
-        session: &Session<'_>,
-        spent: &mut Spent,
-        spec: &ConnectorSpec,
-    ) -> Result<HeaderMap> {
+    /// The definition's request headers, without credentials.
+    pub(super) fn plain_headers(&self, spec: &ConnectorSpec) -> Result<HeaderMap> {
         let mut h = HeaderMap::new();
         for (k, v) in &spec.request.headers {
             let name = http::HeaderName::from_bytes(k.as_bytes())
@@ -61,6 +56,17 @@ impl Auth<'_> {
         }
         h.entry(http::header::ACCEPT)
             .or_insert(http::HeaderValue::from_static("application/json"));
+        Ok(h)
+    }
+
+    /// The request headers carrying the credentials.
+    pub(super) async fn headers(
+        &self,
+        session: &Session<'_>,
+        spent: &mut Spent,
+        spec: &ConnectorSpec,
+    ) -> Result<HeaderMap> {
+        let mut h = self.plain_headers(spec)?;
         let secret = || {
             self.secret
                 .as_ref()

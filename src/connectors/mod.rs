@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::config::ConnectorsConfig;
@@ -491,12 +492,13 @@ impl Connectors {
     async fn execute(&self, c: Connector, live: Arc<Live>, mut report: RunReport) -> RunReport {
         let name = c.name.clone();
         let span = tracing::info_span!("connector_run", connector = %name, run_id = %report.run_id);
-        let result = {
-            let _enter = span.enter();
-            tracing::info!(trigger = %report.trigger, "connector run started");
-            drop(_enter);
+        let trigger = report.trigger.clone();
+        let result = async {
+            tracing::info!(%trigger, "connector run started");
             self.sync(&c, &live, &mut report).await
-        };
+        }
+        .instrument(span)
+        .await;
         report.status = sync::status_of(&result);
         report.ended_at = Some(self.clock.now());
         if let Err(e) = &result {

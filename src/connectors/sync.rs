@@ -214,6 +214,7 @@ impl Sync<'_> {
         };
         let mut url = url::Url::parse(base)
             .map_err(|e| Error::invalid(format!("next page URL {base:?}: {e}")))?;
+        let home = self.home(&url);
         let mut set = |k: &str, v: &str| {
             let kept: Vec<(String, String)> = url
                 .query_pairs()
@@ -273,6 +274,7 @@ impl Sync<'_> {
             ..
         }) = &self.spec.auth
             && let Some(key) = self.auth.query_key()
+            && home
         {
             set(name, key);
         }
@@ -353,6 +355,12 @@ impl Sync<'_> {
         }
     }
 
+    /// Whether `url` is on the definition's own origin: credentials go there only, never
+    /// to another (allowed) host a next-page link names.
+    fn home(&self, url: &url::Url) -> bool {
+        url::Url::parse(&self.spec.request.url).is_ok_and(|u| u.origin() == url.origin())
+    }
+
     async fn fetch(
         &self,
         url: url::Url,
@@ -360,15 +368,16 @@ impl Sync<'_> {
     ) -> std::result::Result<egress::Response, Failed> {
         let mut refreshed = false;
         loop {
-            let headers = self
-                .auth
-                .headers(&self.session, spent, self.spec)
-                .await
-                .map_err(|e| Failed {
-                    url: egress::redact(&url),
-                    status: None,
-                    error: e,
-                })?;
+            let headers = if self.home(&url) {
+                self.auth.headers(&self.session, spent, self.spec).await
+            } else {
+                self.auth.plain_headers(self.spec)
+            };
+            let headers = headers.map_err(|e| Failed {
+                url: egress::redact(&url),
+                status: None,
+                error: e,
+            })?;
             match self
                 .session
                 .send(url.clone(), http::Method::GET, &headers, None, spent)

@@ -151,6 +151,16 @@ async fn secure(State(api): State<Shared>, h: http::HeaderMap) -> Response {
     axum::Json(json!({"data": [{"id": 7}]})).into_response()
 }
 
+/// One record and a next-page URL (`?to=`; none without it).
+async fn hop(
+    State(api): State<Shared>,
+    h: http::HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    record(&api, "/hop", &q, &h);
+    axum::Json(json!({"data": [{"id": 1}], "next": q.get("to")})).into_response()
+}
+
 /// Redirects off the allow-list (to a loopback alias that is not listed).
 async fn elsewhere(State(api): State<Shared>, h: http::HeaderMap) -> Response {
     record(&api, "/elsewhere", &BTreeMap::new(), &h);
@@ -179,6 +189,7 @@ async fn api() -> (String, Shared) {
         .route("/token", axum::routing::post(token))
         .route("/secure", axum::routing::get(secure))
         .route("/elsewhere", axum::routing::get(elsewhere))
+        .route("/hop", axum::routing::get(hop))
         .with_state(Arc::clone(&state));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -673,6 +684,40 @@ fields = [{{ name = "id", type = "bigint" }}]
     assert_eq!(status, 200);
     let (status, _) = run_at(&s.url(""), &s.admin.clone(), "redirected").await;
     assert_eq!(status, 200);
+
+    // A next-page link to another (allowed) origin gets no credentials.
+    let (other, other_api) = self::api().await;
+    deploy(
+        &s,
+        "hopping",
+        &format!(
+            r#"
+table = "bronze.hopping"
+run_as = "ingest"
+[request]
+url = "{base}/hop?to={other}/hop"
+[auth]
+type = "bearer"
+secret = "oauth"
+[pagination]
+type = "cursor"
+path = "$.next"
+url = true
+[records]
+path = "$.data[*]"
+fields = [{{ name = "id", type = "bigint" }}]
+"#
+        ),
+    )
+    .await;
+    assert_eq!(run(&s, "hopping").await["pages"], 2);
+    assert_eq!(hits(&api, "/hop")[0].auth.as_deref(), Some("Bearer s3cret"));
+    let there = hits(&other_api, "/hop");
+    assert_eq!(there.len(), 1);
+    assert_eq!(
+        there[0].auth, None,
+        "credentials stay on the definition's origin"
+    );
 
     // Admins only.
     let analyst = s.token("ana", &["analyst"]);
