@@ -825,3 +825,89 @@ async fn a_backfill_window_has_its_own_checkpoints_and_never_moves_the_cursor() 
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("until_param"), "{body}");
 }
+
+/// The scheduler's leader runs a connector with a schedule on its slots (a driven clock:
+/// minutes pass without sleeping), and only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedulers_leader_runs_a_scheduled_connector_on_its_slots() {
+    let (base, api) = api().await;
+    let at = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let clock = strata::clock::ManualClock::new(at("2026-03-01T00:00:30Z"));
+    let secrets = tempfile::tempdir().unwrap();
+    let s = TestServer::start_clocked(
+        Backend::Local,
+        |cfg| {
+            with_ingest(cfg, secrets.path());
+            cfg.scheduler.lease_ttl_secs = 5;
+        },
+        Arc::new(clock.clone()),
+    )
+    .await;
+    let leads = async {
+        for _ in 0..300 {
+            let (_, v) = s.get(&s.admin.clone(), "/api/v1/scheduler").await;
+            if v["is_leader"] == true {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the server never led the scheduler");
+    };
+    leads.await;
+    deploy(
+        &s,
+        "every_minute",
+        &format!(
+            r#"
+table = "bronze.every_minute"
+run_as = "ingest"
+schedule = "* * * * *"
+[request]
+url = "{base}/limited"
+[records]
+fields = [{{ name = "id", type = "bigint" }}]
+"#
+        ),
+    )
+    .await;
+    // The leader's passes (every second) see the schedule before its first slot.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(hits(&api, "/limited").is_empty(), "nothing before the slot");
+    let runs_after = |n: usize| {
+        let api = Arc::clone(&api);
+        async move {
+            for _ in 0..200 {
+                if hits(&api, "/limited").len() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("no scheduled run #{n}: {:?}", hits(&api, "/limited"));
+        }
+    };
+    clock.set(at("2026-03-01T00:01:05Z"));
+    runs_after(1).await;
+    clock.set(at("2026-03-01T00:02:05Z"));
+    runs_after(2).await;
+    for _ in 0..100 {
+        let (_, view) = s
+            .get(&s.admin.clone(), "/api/v1/connectors/every_minute")
+            .await;
+        if view["status"]["last_run"]["status"] == "succeeded" {
+            assert_eq!(view["status"]["last_run"]["trigger"], "schedule", "{view}");
+            assert_eq!(
+                s.count("bronze.every_minute").await,
+                4,
+                "two runs of two records"
+            );
+            assert_eq!(hits(&api, "/limited").len(), 2, "one run per slot");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the scheduled runs never recorded their end");
+}
