@@ -99,12 +99,7 @@ pub(super) async fn run(
         .connectors
         .run(&name, "manual", None, params.wait)
         .await?;
-    let status = if params.wait {
-        http::StatusCode::OK
-    } else {
-        http::StatusCode::ACCEPTED
-    };
-    Ok((status, Json(report)).into_response())
+    Ok(started(params.wait, report))
 }
 
 #[utoipa::path(post, path = "/connectors/{name}/backfill", tag = "ingestion", params(ConnectorPath, RunParams),
@@ -126,12 +121,7 @@ pub(super) async fn backfill(
         .connectors
         .run(&name, "backfill", Some(window), params.wait)
         .await?;
-    let status = if params.wait {
-        http::StatusCode::OK
-    } else {
-        http::StatusCode::ACCEPTED
-    };
-    Ok((status, Json(report)).into_response())
+    Ok(started(params.wait, report))
 }
 
 #[utoipa::path(post, path = "/connectors/{name}/resume", tag = "ingestion", params(ConnectorPath),
@@ -143,4 +133,14 @@ pub(super) async fn resume(
 ) -> Result<Json<Status>> {
     admin(&state, &principal, "resuming a connector").await?;
     Ok(Json(state.connectors.resume(&name).await?))
+}
+
+/// A run's answer: 200 with its report once it ended (`wait`), 202 when it started.
+fn started(waited: bool, report: RunReport) -> Response {
+    let status = if waited {
+        http::StatusCode::OK
+    } else {
+        http::StatusCode::ACCEPTED
+    };
+    (status, Json(report)).into_response()
 }
