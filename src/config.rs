@@ -58,6 +58,26 @@ pub struct Config {
     pub lineage: LineageConfig,
     pub webhooks: WebhooksConfig,
     pub connectors: ConnectorsConfig,
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: the admin web console (PLATFORM P7), served from the binary on the REST
+/// port. Its files need no token; everything it shows comes from the API with the user's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    pub enabled: bool,
+    /// Where it is served: an absolute path without a trailing slash, outside `/api`.
+    pub path: String,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: true,
+            path: "/console".to_string(),
+        }
+    }
 }
 
 /// `[webhooks]`: the receiving route `POST /api/v1/ingest/webhooks/{name}` (PLATFORM P6).
@@ -636,6 +656,25 @@ impl Config {
             || self.webhooks.max_dedupe_keys == 0
         {
             out.push("webhooks.max_body_bytes, max_unverified_per_second and max_dedupe_keys must be at least 1".to_string());
+        }
+        if self.console.enabled {
+            let p = &self.console.path;
+            let segments_ok = p.len() > 1
+                && p.starts_with('/')
+                && !p.ends_with('/')
+                && p[1..].split('/').all(|s| {
+                    !s.is_empty()
+                        && s.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            let taken = ["/api", "/healthz", "/readyz", "/metrics"]
+                .iter()
+                .any(|t| p == t || p.starts_with(&format!("{t}/")));
+            if !segments_ok || taken {
+                out.push(format!(
+                    "console.path {p:?} must be like \"/console\": absolute, no trailing slash, segments of letters, digits, - and _, outside /api, /healthz, /readyz and /metrics"
+                ));
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         for s in &self.connectors.secrets {

@@ -61,6 +61,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod connectors;
+pub mod console;
 pub mod engine;
 pub mod error;
 pub mod failpoint;

@@ -219,6 +219,13 @@ impl Server {
             auth: Arc::clone(&self.auth),
             started: Instant::now(),
             config_grants: self.config.access.grants.clone(),
+            console: match self.config.console.enabled {
+                true => Some(Arc::new(crate::console::Console::new(
+                    &self.config.console,
+                    self.config.auth.mode == crate::config::AuthMode::Dev,
+                )?)),
+                false => None,
+            },
         };
         let router = rest::router(state, self.config.server.max_request_bytes);
         let http = axum::serve(self.http, router).with_graceful_shutdown(stopped(stop_rx.clone()));

@@ -921,4 +921,3 @@ fields = [{{ name = "id", type = "bigint" }}]
     ended(2).await;
     assert_eq!(hits(&api, "/limited").len(), 2, "one run per slot");
 }
-

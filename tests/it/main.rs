@@ -3,10 +3,12 @@
 
 mod auth;
 mod backfill;
+mod browser;
 mod cache;
 mod cli;
 mod commits;
 mod connectors;
+mod console;
 mod faults;
 mod flight;
 mod flows;

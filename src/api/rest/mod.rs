@@ -14,6 +14,7 @@ mod lineage;
 
 pub(crate) use health::metrics_router;
 mod connectors;
+mod console;
 mod openapi;
 mod pipelines;
 mod policies;
@@ -49,6 +50,8 @@ pub(crate) struct AppState {
     pub started: Instant,
     /// Grants from the configuration file (shown read-only next to run-time grants).
     pub config_grants: Vec<crate::config::GrantConfig>,
+    /// The admin console's files (`[console]`), when enabled.
+    pub console: Option<Arc<crate::console::Console>>,
 }
 
 /// Refuses `p` unless it holds the admin role (`what` names the operation).
@@ -90,7 +93,10 @@ async fn observe(
 }
 
 pub(crate) fn router(state: AppState, max_body: usize) -> Router {
-    let (routes, doc) = documented(&state).split_for_parts();
+    let (mut routes, doc) = documented(&state).split_for_parts();
+    if let Some(c) = &state.console {
+        routes = routes.merge(console::routes(c.prefix()));
+    }
     let doc = match serde_json::to_string(&doc) {
         Ok(json) => openapi::Document(Arc::new(json)),
         // A document of plain data always serializes; were it not to, the log says why.
