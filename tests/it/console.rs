@@ -313,6 +313,24 @@ async fn an_analyst_sees_in_the_catalog_exactly_the_tables_the_api_lists_for_the
     let analyst = analyst_world(&s).await;
     let b = Browser::start("catalog").await;
     b.guard(async {
+        // A bad token is refused on the sign-in screen, with the server's reason.
+        b.client.goto(&s.url("/console/")).await.unwrap();
+        b.wait(Locator::Css("#token")).await.send_keys("not-a-jwt").await.unwrap();
+        b.client
+            .find(Locator::Css("form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let refused = b.wait(Locator::Css("form .error")).await.text().await.unwrap();
+        assert!(refused.starts_with("401"), "{refused}");
+        let stored = b
+            .client
+            .execute("return sessionStorage.getItem('strata.token')", vec![])
+            .await
+            .unwrap();
+        assert_eq!(stored, Value::Null, "a refused token is not kept");
         b.sign_in(&s.url("/console/"), &analyst).await;
         b.shot("overview").await;
         b.client.goto(&s.url("/console/catalog")).await.unwrap();
@@ -344,6 +362,36 @@ async fn an_analyst_sees_in_the_catalog_exactly_the_tables_the_api_lists_for_the
         .await;
         assert!(b.client.find(Locator::Css("#save-policies")).await.is_err());
         b.shot("table").await;
+        // Dark, by the theme switch: the page's own colours change.
+        let light = b
+            .client
+            .execute("return getComputedStyle(document.body).backgroundColor", vec![])
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let theme = b
+                .client
+                .execute("return document.documentElement.dataset.theme", vec![])
+                .await
+                .unwrap();
+            if theme == json!("dark") {
+                break;
+            }
+            b.client
+                .find(Locator::Css("button[aria-label^='Theme']"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+        }
+        let dark = b
+            .client
+            .execute("return getComputedStyle(document.body).backgroundColor", vec![])
+            .await
+            .unwrap();
+        assert_eq!(dark, json!("rgb(20, 23, 27)"), "dark background (light was {light})");
+        b.shot("table-dark").await;
     })
     .await;
 }
@@ -547,6 +595,18 @@ async fn a_pipeline_run_from_the_console_turns_its_node_green_and_lineage_shows_
             .await;
         assert_eq!(fill, json!("rgb(26, 127, 55)"), "green");
         b.shot("dag").await;
+        // The model's page, by its node: its SQL and its run.
+        b.client
+            .find(Locator::Css("g[data-node='gold.kinds']"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let sql = b.wait(Locator::Css("pre.code")).await.text().await.unwrap();
+        assert!(sql.contains("FROM bronze.events"), "{sql}");
+        b.wait(Locator::Css("table[aria-label='Model runs'] .status-succeeded")).await;
+        b.shot("model").await;
         // The model's lineage: the upstream edge from the source.
         b.client.goto(&s.url("/console/lineage/gold/kinds")).await.unwrap();
         b.wait(Locator::Css("path[data-edge='bronze.events>gold.kinds']")).await;

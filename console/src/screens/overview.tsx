@@ -1,6 +1,6 @@
 // Overview: health, readiness, version, the server's load and caches (from /metrics,
 // operator or admin), the scheduler's leader, failing runs and stale sources.
-import { ApiError, get, open, request } from "../api";
+import { ApiError, type TableInfo, get, open, request } from "../api";
 import { ErrorNote, Link, Show, Status, bytes, useLoad, when } from "../ui";
 
 type Samples = Map<string, { labels: Record<string, string>; value: number }[]>;
@@ -142,6 +142,7 @@ export function Overview() {
     const [h, r] = await Promise.all([open<Health>("/healthz"), open<Ready>("/readyz")]);
     return { health: h.body, ready: r.body, readyStatus: r.status };
   }, []);
+  const tables = useLoad((signal) => get<{ tables: TableInfo[] }>("/api/v1/tables", signal), []);
   const scheduler = useLoad((signal) => get<Scheduler>("/api/v1/scheduler", signal), []);
   const failing = useLoad((signal) => get<{ runs: Run[] }>("/api/v1/runs?status=failed&limit=10", signal), []);
   return (
@@ -155,6 +156,23 @@ export function Overview() {
             <Card label="Version" value={h?.version ?? "—"} />
           </div>
         )}
+      </Show>
+      <h2>Storage</h2>
+      <Show loaded={tables}>
+        {({ tables: ts }) => {
+          const sized = ts.filter((t) => t.size_bytes !== undefined);
+          const layers = ["bronze", "silver", "gold"].map((l) => `${ts.filter((t) => t.layer === l).length} ${l}`).join(", ");
+          return (
+            <div class="cards">
+              <Card label="Tables you may read" value={String(ts.length)} note={layers} />
+              <Card
+                label="Their size"
+                value={sized.length ? bytes(sized.reduce((a, t) => a + (t.size_bytes ?? 0), 0)) : "—"}
+                note={sized.length < ts.length ? `${sized.length} of ${ts.length} tables show their storage to you` : `${sized.reduce((a, t) => a + (t.file_count ?? 0), 0)} files`}
+              />
+            </div>
+          );
+        }}
       </Show>
       <h2>Load</h2>
       <Metrics />

@@ -426,7 +426,12 @@ export function ModelPage({ pipeline, model }: { pipeline: string; model: string
       </Show>
       <h2>Expectations</h2>
       <Show loaded={quality}>
-        {(q) => <ResultsTable rows={q.expectations} empty="No expectation results recorded." label="Expectation results" />}
+        {(q) => (
+          <>
+            <Trend rows={q.expectations} />
+            <ResultsTable rows={q.expectations} empty="No expectation results recorded." label="Expectation results" />
+          </>
+        )}
       </Show>
       <h2>Audits</h2>
       <Show loaded={quality}>{(q) => <ResultsTable rows={q.audits} empty="No audit results recorded." label="Audit results" />}</Show>
@@ -460,5 +465,57 @@ export function ResultsTable({ rows, empty, label }: { rows: Record<string, unkn
         </tbody>
       </table>
     </div>
+  );
+}
+
+/** Each expectation's share of failing rows per run, oldest to newest: one bar per run. */
+function Trend({ rows }: { rows: Record<string, unknown>[] }) {
+  const by = new Map<string, { at: string; failed: number; rows: number }[]>();
+  for (const r of rows) {
+    const name = String(r.expectation ?? "");
+    const list = by.get(name) ?? [];
+    list.push({ at: String(r.recorded_at ?? ""), failed: Number(r.failed ?? 0), rows: Number(r.rows ?? 0) });
+    by.set(name, list);
+  }
+  if (by.size === 0) return null;
+  const W = 6;
+  const H = 40;
+  return (
+    <table aria-label="Expectation trend">
+      <thead>
+        <tr>
+          <th scope="col">Expectation</th>
+          <th scope="col">Failing share per run (oldest → newest)</th>
+          <th scope="col">Last run</th>
+        </tr>
+      </thead>
+      <tbody>
+        {[...by.entries()].map(([name, list]) => {
+          const runs = [...list].sort((a, b) => a.at.localeCompare(b.at)).slice(-60);
+          const last = runs[runs.length - 1];
+          const share = (x: { failed: number; rows: number }) => (x.rows > 0 ? x.failed / x.rows : 0);
+          return (
+            <tr key={name}>
+              <td>{name}</td>
+              <td>
+                <svg class="trend" width={runs.length * W} height={H} role="img" aria-label={`${name}: ${runs.length} runs`}>
+                  {runs.map((x, i) => {
+                    const h = Math.max(1, Math.round(share(x) * H));
+                    return (
+                      <rect key={i} x={i * W} y={H - h} width={W - 1} height={h} class={x.failed > 0 ? "bad" : "good"}>
+                        <title>
+                          {when(x.at)}: {x.failed} of {x.rows} rows failed
+                        </title>
+                      </rect>
+                    );
+                  })}
+                </svg>
+              </td>
+              <td>{last ? `${last.failed} of ${last.rows} (${(100 * share(last)).toFixed(2)}%)` : ""}</td>
+            </tr>
+          );
+        })}
+      </tbody>
+    </table>
   );
 }
