@@ -170,17 +170,22 @@ impl Browser {
         self.client.goto(console).await.unwrap();
         let field = self.wait(Locator::Css("#token")).await;
         field.send_keys(token).await.unwrap();
-        self.client
-            .find(Locator::Css("form button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        self.click("form button[type=submit]").await;
         self.wait(Locator::Css("nav[aria-label=Screens]")).await;
     }
 
-    /// The element `at`, once it is there (10 s).
+    /// Clicks the element `css` names (there now).
+    pub async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element {css}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+    }
+
+    /// The element `at`, once it is there (20 s).
     pub async fn wait(&self, at: Locator<'_>) -> fantoccini::elements::Element {
         self.client
             .wait()

@@ -140,37 +140,29 @@ async fn console_files_are_served_with_strict_headers_cached_and_never_outside_t
 
     // The console's data needs a bearer token: none from a query string or a cookie.
     let token = s.admin.clone();
-    for (what, r) in [
+    let cookie = format!("token={token}; access_token={token}; Authorization=Bearer%20{token}");
+    for (what, path, headers) in [
         (
             "query",
-            s.client
-                .get(s.url(&format!("/api/v1/tables?access_token={token}")))
-                .send()
-                .await
-                .unwrap(),
+            format!("/api/v1/tables?access_token={token}"),
+            vec![],
         ),
         (
             "query token",
-            s.client
-                .get(s.url(&format!("/api/v1/tables?token={token}")))
-                .send()
-                .await
-                .unwrap(),
+            format!("/api/v1/tables?token={token}"),
+            vec![],
         ),
         (
             "cookie",
-            s.client
-                .get(s.url("/api/v1/tables"))
-                .header(
-                    "cookie",
-                    format!("token={token}; access_token={token}; Authorization=Bearer%20{token}"),
-                )
-                .send()
-                .await
-                .unwrap(),
+            "/api/v1/tables".to_string(),
+            vec![("cookie", cookie.as_str())],
         ),
     ] {
-        assert_eq!(r.status(), 401, "token in a {what}");
+        assert_eq!(
+            raw(&s, &path, &headers).await.status(),
+            401,
+            "token in a {what}"
+        );
     }
 }
 
@@ -316,13 +308,7 @@ async fn an_analyst_sees_in_the_catalog_exactly_the_tables_the_api_lists_for_the
         // A bad token is refused on the sign-in screen, with the server's reason.
         b.client.goto(&s.url("/console/")).await.unwrap();
         b.wait(Locator::Css("#token")).await.send_keys("not-a-jwt").await.unwrap();
-        b.client
-            .find(Locator::Css("form button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click("form button[type=submit]").await;
         let refused = b.wait(Locator::Css("form .error")).await.text().await.unwrap();
         assert!(refused.starts_with("401"), "{refused}");
         let stored = b
@@ -377,13 +363,7 @@ async fn an_analyst_sees_in_the_catalog_exactly_the_tables_the_api_lists_for_the
             if theme == json!("dark") {
                 break;
             }
-            b.client
-                .find(Locator::Css("button[aria-label^='Theme']"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
+            b.click("button[aria-label^='Theme']").await;
         }
         let dark = b
             .client
@@ -406,13 +386,7 @@ async fn run_sql(b: &Browser, s: &TestServer, sql: &str) -> u64 {
         .execute("document.querySelector('#sql-suggestions') && document.querySelector('#sql-editor').dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', bubbles: true})); return true", vec![])
         .await
         .unwrap();
-    b.client
-        .find(Locator::Css("#run-query"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("#run-query").await;
     let n = b
         .until(
             "the result's row count",
@@ -474,13 +448,7 @@ async fn the_sql_screen_shows_masked_values_and_the_filtered_rows_and_an_admin_e
         assert_eq!(predicate.prop("value").await.unwrap().as_deref(), Some("region = 'eu'"));
         predicate.clear().await.unwrap();
         predicate.send_keys("region = 'us'").await.unwrap();
-        b.client
-            .find(Locator::Css("#save-policies"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click("#save-policies").await;
         b.until(
             "the save is confirmed",
             "const e = document.querySelector('#policies-note'); const err = document.querySelector('form.policies .error'); return err ? 'error ' + err.textContent : (e && e.textContent.startsWith('Saved') ? e.textContent : null)",
@@ -573,13 +541,7 @@ async fn a_pipeline_run_from_the_console_turns_its_node_green_and_lineage_shows_
         b.client.goto(&s.url("/console/pipelines/events")).await.unwrap();
         let node = b.wait(Locator::Css("g[data-node='gold.kinds']")).await;
         assert_eq!(node.attr("data-status").await.unwrap().as_deref(), Some("never"));
-        b.client
-            .find(Locator::Css("#run-now"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click("#run-now").await;
         b.until(
             "the run succeeded",
             "const e = document.querySelector('#pipeline-note'); return e && /succeeded|failed/.test(e.textContent) ? e.textContent : null",
@@ -596,13 +558,7 @@ async fn a_pipeline_run_from_the_console_turns_its_node_green_and_lineage_shows_
         assert_eq!(fill, json!("rgb(26, 127, 55)"), "green");
         b.shot("dag").await;
         // The model's page, by its node: its SQL and its run.
-        b.client
-            .find(Locator::Css("g[data-node='gold.kinds']"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click("g[data-node='gold.kinds']").await;
         let sql = b.wait(Locator::Css("pre.code")).await.text().await.unwrap();
         assert!(sql.contains("FROM bronze.events"), "{sql}");
         b.wait(Locator::Css("table[aria-label='Model runs'] .status-succeeded")).await;

@@ -59,6 +59,34 @@ function Editor({ doc, saved }: { doc: Grants; saved: () => void }) {
   );
 }
 
+/** Grants as a table; `from` (where each comes from) is a column when any has it. */
+export function GrantsTable({ grants, empty }: { grants: (Grant & { from?: string })[]; empty: string }) {
+  if (grants.length === 0) return <p class="muted">{empty}</p>;
+  const from = grants.some((g) => g.from !== undefined);
+  return (
+    <table>
+      <thead>
+        <tr>
+          <th scope="col">Role</th>
+          <th scope="col">Privilege</th>
+          <th scope="col">On</th>
+          {from ? <th scope="col">From</th> : null}
+        </tr>
+      </thead>
+      <tbody>
+        {grants.map((g, i) => (
+          <tr key={i}>
+            <td>{g.role}</td>
+            <td>{g.privilege}</td>
+            <td>{g.on}</td>
+            {from ? <td>{g.from}</td> : null}
+          </tr>
+        ))}
+      </tbody>
+    </table>
+  );
+}
+
 export function Access({ admin }: { admin: boolean }) {
   const doc = useLoad((signal) => get<Grants>("/api/v1/grants", signal), []);
   return (
@@ -74,28 +102,7 @@ export function Access({ admin }: { admin: boolean }) {
               <h2>Run-time grants</h2>
               {admin ? <Editor key={d.version} doc={d} saved={doc.reload} /> : null}
               <h2>From the configuration file</h2>
-              {d.config_grants.length === 0 ? (
-                <p class="muted">None.</p>
-              ) : (
-                <table>
-                  <thead>
-                    <tr>
-                      <th scope="col">Role</th>
-                      <th scope="col">Privilege</th>
-                      <th scope="col">On</th>
-                    </tr>
-                  </thead>
-                  <tbody>
-                    {d.config_grants.map((g, i) => (
-                      <tr key={i}>
-                        <td>{g.role}</td>
-                        <td>{g.privilege}</td>
-                        <td>{g.on}</td>
-                      </tr>
-                    ))}
-                  </tbody>
-                </table>
-              )}
+              <GrantsTable grants={d.config_grants} empty="None." />
             </>
           )}
         </Show>

@@ -5,6 +5,7 @@ import { useState } from "preact/hooks";
 import { ApiError, type Grants, type Policies, type TableInfo, get, ident, path, query, send } from "../api";
 import { ErrorNote, Link, Show, bytes, useLoad, when } from "../ui";
 import { Grid } from "../grid";
+import { GrantsTable } from "./access";
 
 const LAYERS = ["bronze", "silver", "gold", "system"];
 
@@ -261,30 +262,7 @@ function TableGrants({ table }: { table: TableInfo }) {
         const all = [...g.grants.map((x) => ({ ...x, from: "run time" })), ...g.config_grants.map((x) => ({ ...x, from: "config file" }))].filter((x) =>
           reaches(x.on),
         );
-        return all.length === 0 ? (
-          <p class="muted">No grant reaches this table (admins only).</p>
-        ) : (
-          <table>
-            <thead>
-              <tr>
-                <th scope="col">Role</th>
-                <th scope="col">Privilege</th>
-                <th scope="col">On</th>
-                <th scope="col">From</th>
-              </tr>
-            </thead>
-            <tbody>
-              {all.map((x, i) => (
-                <tr key={i}>
-                  <td>{x.role}</td>
-                  <td>{x.privilege}</td>
-                  <td>{x.on}</td>
-                  <td>{x.from}</td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        );
+        return <GrantsTable grants={all} empty="No grant reaches this table." />;
       }}
     </Show>
   );

@@ -1,9 +1,9 @@
 // Ingestion: pull connectors (state, last run, cursor; run now and resume), webhooks, and
 // the dead-letter tables the token may read.
 import { useState } from "preact/hooks";
-import { ApiError, type TableInfo, get, ident, path, query, send } from "../api";
+import { ApiError, get, path, send } from "../api";
+import { SuffixTables } from "../browse";
 import { ErrorNote, Show, Status, useLoad, when } from "../ui";
-import { Grid } from "../grid";
 
 interface ConnectorView {
   name: string;
@@ -151,42 +151,6 @@ function Webhooks() {
   );
 }
 
-function DeadLetters() {
-  const tables = useLoad((signal) => get<{ tables: TableInfo[] }>("/api/v1/tables", signal), []);
-  const [picked, setPicked] = useState("");
-  const rows = useLoad(
-    async (signal) => {
-      if (!picked) return null;
-      const [layer, name] = picked.split(".");
-      return query(`SELECT * FROM ${ident(layer)}.${ident(name)} LIMIT 1000`, [], signal);
-    },
-    [picked],
-  );
-  return (
-    <Show loaded={tables}>
-      {({ tables }) => {
-        const dl = tables.filter((t) => t.name.endsWith("__dead_letter"));
-        if (dl.length === 0) return <p class="muted">No dead-letter table you may read.</p>;
-        return (
-          <>
-            <label for="dead-letter-table">Dead-letter table</label>
-            <select id="dead-letter-table" value={picked} onChange={(e) => setPicked((e.target as HTMLSelectElement).value)}>
-              <option value="">Choose…</option>
-              {dl.map((t) => (
-                <option key={t.full_name} value={t.full_name}>
-                  {t.full_name}
-                </option>
-              ))}
-            </select>
-            {rows.error ? <ErrorNote error={rows.error} /> : null}
-            {rows.data ? <Grid columns={rows.data.columns} rows={rows.data.rows} label="Dead letters" /> : null}
-          </>
-        );
-      }}
-    </Show>
-  );
-}
-
 export function Ingestion({ admin }: { admin: boolean }) {
   return (
     <section>
@@ -197,7 +161,7 @@ export function Ingestion({ admin }: { admin: boolean }) {
       <h2>Webhooks</h2>
       <Webhooks />
       <h2>Dead letters</h2>
-      <DeadLetters />
+      <SuffixTables suffix="__dead_letter" label="Dead letters" id="dead-letter-table" />
     </section>
   );
 }

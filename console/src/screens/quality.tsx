@@ -1,10 +1,9 @@
 // Quality: failing expectations and audits across pipelines (from system.expectation_results
 // and system.audit_results, read through the policy-enforcing catalog like any table), and
 // a browser of the quarantine tables the token may read.
-import { useState } from "preact/hooks";
-import { ApiError, type TableInfo, get, ident, query } from "../api";
-import { ErrorNote, Show, useLoad } from "../ui";
-import { Grid } from "../grid";
+import { ApiError, query } from "../api";
+import { SuffixTables } from "../browse";
+import { Show, useLoad } from "../ui";
 import { ResultsTable } from "./pipelines";
 
 /** Rows of a system table, or none when it has never been written (not found). */
@@ -15,47 +14,6 @@ async function system(sql: string, signal: AbortSignal) {
     if (e instanceof ApiError && e.status === 404) return [];
     throw e;
   }
-}
-
-function Quarantine() {
-  const tables = useLoad((signal) => get<{ tables: TableInfo[] }>("/api/v1/tables", signal), []);
-  const [picked, setPicked] = useState("");
-  const rows = useLoad(
-    async (signal) => {
-      if (!picked) return null;
-      const [layer, name] = picked.split(".");
-      return query(`SELECT * FROM ${ident(layer)}.${ident(name)} ORDER BY _strata_quarantined_at DESC LIMIT 1000`, [], signal);
-    },
-    [picked],
-  );
-  return (
-    <Show loaded={tables}>
-      {({ tables }) => {
-        const q = tables.filter((t) => t.name.endsWith("__quarantine"));
-        if (q.length === 0) return <p class="muted">No quarantine table you may read.</p>;
-        return (
-          <>
-            <label for="quarantine-table">Quarantine table</label>
-            <select id="quarantine-table" value={picked} onChange={(e) => setPicked((e.target as HTMLSelectElement).value)}>
-              <option value="">Choose…</option>
-              {q.map((t) => (
-                <option key={t.full_name} value={t.full_name}>
-                  {t.full_name}
-                </option>
-              ))}
-            </select>
-            {rows.error ? <ErrorNote error={rows.error} /> : null}
-            {rows.data ? (
-              <>
-                <p class="muted small">{rows.data.rows.length} row(s), newest first (at most 1000).</p>
-                <Grid columns={rows.data.columns} rows={rows.data.rows} label="Quarantined rows" />
-              </>
-            ) : null}
-          </>
-        );
-      }}
-    </Show>
-  );
 }
 
 export function Quality() {
@@ -83,7 +41,7 @@ export function Quality() {
       <h2>Failing audits</h2>
       <Show loaded={audits}>{(rows) => <ResultsTable rows={rows} empty="No audit has failed on a table you may see." label="Failing audits" />}</Show>
       <h2>Quarantine</h2>
-      <Quarantine />
+      <SuffixTables suffix="__quarantine" label="Quarantine" id="quarantine-table" order="_strata_quarantined_at DESC" />
     </section>
   );
 }
