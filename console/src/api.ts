@@ -159,14 +159,14 @@ export interface QueryResult {
   statement: string | null;
   cache: string | null;
   ms: number;
-  firstByteMs: number;
+  /** The server's own time to the first batch (its Server-Timing header). */
+  serverMs: number | null;
 }
 
 /** Runs `sql` with `params`: the rows as JSON, with the response's own timing and cache headers. */
 export async function query(sql: string, params: unknown[] = [], signal?: AbortSignal): Promise<QueryResult> {
   const started = performance.now();
   const r = await request("POST", "/api/v1/query", { sql, params }, { signal });
-  const firstByteMs = performance.now() - started;
   const rows = (await r.json()) as Row[];
   const columns = rows.length > 0 ? Object.keys(rows[0]) : [];
   return {
@@ -175,8 +175,20 @@ export async function query(sql: string, params: unknown[] = [], signal?: AbortS
     statement: r.headers.get("x-strata-statement"),
     cache: r.headers.get("x-strata-cache"),
     ms: performance.now() - started,
-    firstByteMs,
+    serverMs: serverTiming(r.headers.get("server-timing"), "first-batch"),
   };
+}
+
+/** The `dur` of metric `name` in a Server-Timing header. */
+export function serverTiming(header: string | null, name: string): number | null {
+  for (const metric of (header ?? "").split(",")) {
+    const [n, ...params] = metric.split(";").map((x) => x.trim());
+    if (n !== name) continue;
+    for (const p of params) {
+      if (p.startsWith("dur=")) return Number(p.slice(4));
+    }
+  }
+  return null;
 }
 
 /** `s` quoted as an SQL identifier when it needs to be. */

@@ -200,4 +200,3 @@ pub struct ServicePrincipalConfig {
     #[serde(default)]
     pub claims: BTreeMap<String, serde_json::Value>,
 }
-

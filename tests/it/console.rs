@@ -426,6 +426,31 @@ async fn the_sql_screen_shows_masked_values_and_the_filtered_rows_and_an_admin_e
         )
         .await;
         assert_eq!(n, 2, "the analyst's rows: eu only");
+        // Timing and cache state from the response's headers.
+        let summary = b
+            .wait(Locator::Css("#result-summary"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            summary.contains("to the first batch") && summary.contains("cache miss"),
+            "{summary}"
+        );
+        let n = run_sql(
+            &b,
+            &s,
+            "SELECT id, region, customer FROM gold.sales ORDER BY id",
+        )
+        .await;
+        assert_eq!(n, 2);
+        let summary = b
+            .wait(Locator::Css("#result-summary"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(summary.contains("cache hit"), "{summary}");
         let shown = cells(&b).await;
         assert!(
             shown.iter().filter(|c| *c == "***").count() == 2,

@@ -223,8 +223,9 @@ export function Sql() {
       {result ? (
         <>
           <p role="status" id="result-summary">
-            <strong id="row-count">{result.rows.length}</strong> row(s) in {result.ms.toFixed(0)} ms (first byte{" "}
-            {result.firstByteMs.toFixed(0)} ms){result.statement ? ` · ${result.statement}` : ""}
+            <strong id="row-count">{result.rows.length}</strong> row(s) in {result.ms.toFixed(0)} ms
+            {result.serverMs !== null ? ` (server: ${result.serverMs.toFixed(0)} ms to the first batch)` : ""}
+            {result.statement ? ` · ${result.statement}` : ""}
             {result.cache ? ` · cache ${result.cache}` : ""}
           </p>
           {result.columns.length > 0 ? <Grid columns={result.columns} rows={result.rows} label="Result" /> : null}

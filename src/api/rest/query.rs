@@ -31,7 +31,7 @@ pub(super) struct QueryRequest {
     request_body = QueryRequest,
     params(("If-None-Match" = Option<String>, Header, description = "ETag of an earlier result: 304 while it is still current")),
     responses(
-        (status = 200, description = "Rows, in the format the Accept header asks for", headers(("ETag" = String, description = "Cacheable results only")), content(
+        (status = 200, description = "Rows, in the format the Accept header asks for", headers(("ETag" = String, description = "Cacheable results only"), ("Server-Timing" = String, description = "`first-batch;dur=<ms>`: planning and execution up to the first batch"), ("x-strata-cache" = String, description = "`hit` or `miss` (cacheable results only)")), content(
             (Vec<serde_json::Value> = "application/json"),
             (String = "text/csv"),
             (Vec<u8> = "application/vnd.apache.arrow.stream"))),
@@ -55,6 +55,7 @@ pub(super) async fn query(
         .enumerate()
         .map(|(i, v)| json_to_scalar(v).map_err(|e| Error::invalid(format!("params[{i}]: {e}"))))
         .collect::<Result<Vec<_>>>()?;
+    let started = std::time::Instant::now();
     let if_none_match = headers
         .get(http::header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());
@@ -84,11 +85,17 @@ pub(super) async fn query(
     let mut stream = output.stream;
     // Errors before the first batch still get a proper status code.
     let first = stream.next().await.transpose()?;
+    // Planning and execution up to the first batch (the rest streams after the head).
+    let first_batch_ms = started.elapsed().as_secs_f64() * 1000.0;
     let body = body_stream(format, output.schema, first, stream)?;
     let mut response = Response::builder()
         .status(http::StatusCode::OK)
         .header(http::header::CONTENT_TYPE, format.content_type())
-        .header("x-strata-statement", output.kind);
+        .header("x-strata-statement", output.kind)
+        .header(
+            "server-timing",
+            format!("first-batch;dur={first_batch_ms:.1};desc=\"plan and run to the first batch\""),
+        );
     if let Some(etag) = &output.etag {
         // The tag identifies the rows, not their encoding.
         response = response
