@@ -14,6 +14,7 @@ Usage (release binary, the bench venv of run.py):
 
 import argparse
 import json
+import os
 import pathlib
 import statistics
 import time
@@ -67,7 +68,11 @@ def main():
     ap.add_argument("--out", default="expect-out")
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pipeline-threads", type=int, default=None,
+                    help="[scheduler] pipeline_threads (default: the server's, half the cores)")
     a = ap.parse_args()
+    if a.pipeline_threads is not None:
+        os.environ["STRATA__SCHEDULER__PIPELINE_THREADS"] = str(a.pipeline_threads)
     s = flows.Server(a.strata, a.work)
     models = ("plain", "warned", "dropped")
     durations = {m: [] for m in models}
@@ -133,7 +138,8 @@ def main():
               "rows_out": rows_out, "overhead": overhead, "best_overhead": best_overhead,
               "cpu_overhead": cpu_overhead}
     lines = [
-        f"# Expectations' cost ({flows.THREADS} threads)",
+        f"# Expectations' cost ({flows.THREADS} query partitions, pipeline threads: "
+        f"{a.pipeline_threads or 'default'})",
         "",
         f"- {a.rows:,} rows, each model rebuilt {a.repeats} times (medians): without expectations "
         f"{med['plain'] / 1000:.2f} s; ten warn checks {med['warned'] / 1000:.2f} s "
