@@ -6,6 +6,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY src ./src
+# The admin console's committed build, embedded into the binary (src/console).
+COPY console/dist ./console/dist
 # Cargo reads every target the manifest declares, benches and tests included.
 COPY benches ./benches
 COPY tests ./tests

@@ -65,6 +65,8 @@ fn the_dockerfile_builds_what_ci_tests() {
         "benches",
         "tests",
         "config/strata.toml",
+        // rust-embed's folder (src/console).
+        "console/dist",
     ] {
         assert!(
             copied.contains(&needed),
