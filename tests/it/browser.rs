@@ -2,6 +2,7 @@
 //! console's tests. Chromium and chromedriver come from apt (browsers cannot be downloaded
 //! here): [`ensure_chromium`] installs them on first use, as the test command must.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -79,6 +80,11 @@ pub struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // chromedriver and the Chromium it started share a process group of their own:
+        // killing the group leaves no browser behind, even after a panic.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -99,6 +105,7 @@ impl Browser {
         let port = free_port();
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -214,13 +221,16 @@ impl Browser {
         panic!("never: {what}");
     }
 
-    /// Runs `body`; on a panic saves a screenshot first, then panics on.
+    /// Runs `body` (the browser's last use), saves a screenshot of how it ended (and says
+    /// where on a panic), and closes the browser.
     pub async fn guard<F: std::future::Future<Output = ()>>(&self, body: F) {
         use futures::FutureExt;
         let outcome = std::panic::AssertUnwindSafe(body).catch_unwind().await;
         let path = self
             .shot(if outcome.is_ok() { "end" } else { "failure" })
             .await;
+        // Ends the WebDriver session: chromedriver closes the browser.
+        let _ = self.client.clone().close().await;
         if let Err(panic) = outcome {
             eprintln!("screenshot of the failure: {}", path.display());
             std::panic::resume_unwind(panic);
