@@ -111,10 +111,46 @@ impl InStrings {
         }
     }
 
+    /// Over `Utf8`/`LargeUtf8` (a model's output cast for the write, a CSV upload): when
+    /// every item is inline, each row's bytes become the view a `Utf8View` would hold for
+    /// them (one 16-byte load and a mask, no call per row) and are compared as above; a
+    /// byte-wise search per row cost several `memcmp` calls and made ten expectations over
+    /// 10M rows a third slower instead of a few percent.
     fn over_strings<O: OffsetSizeTrait>(&self, a: &GenericStringArray<O>) -> BooleanBuffer {
-        BooleanBuffer::collect_bool(a.len(), |i| {
-            self.contains(a.value(i).as_bytes()) != self.negated
-        })
+        let Some(set) = &self.inline else {
+            return BooleanBuffer::collect_bool(a.len(), |i| {
+                self.contains(a.value(i).as_bytes()) != self.negated
+            });
+        };
+        let offsets = a.value_offsets();
+        let data = a.value_data();
+        let view = |i: usize| -> Option<u128> {
+            let (start, end) = (offsets[i].as_usize(), offsets[i + 1].as_usize());
+            let len = end - start;
+            if len > INLINE {
+                return None;
+            }
+            let word = match data.get(start..start + 16) {
+                Some(chunk) => {
+                    let mut raw = [0u8; 16];
+                    raw.copy_from_slice(chunk);
+                    u128::from_le_bytes(raw)
+                }
+                // The buffer's last bytes: copied as they are.
+                None => return Some(inline_view(&data[start..end])),
+            };
+            let mask = (1u128 << (8 * len)) - 1;
+            Some(((word & mask) << 32) | len as u128)
+        };
+        if set.len() <= 16 {
+            BooleanBuffer::collect_bool(a.len(), |i| {
+                view(i).is_some_and(|v| set.iter().any(|s| *s == v)) != self.negated
+            })
+        } else {
+            BooleanBuffer::collect_bool(a.len(), |i| {
+                view(i).is_some_and(|v| set.binary_search(&v).is_ok()) != self.negated
+            })
+        }
     }
 }
 
@@ -338,6 +374,29 @@ mod tests {
             vec!["thirteen byte", "r0"],
             vec!["a rather long value past the inline limit"],
             vec!["nothing here"],
+            // More than 16 inline items: searched, not scanned.
+            vec![
+                "a",
+                "b",
+                "c",
+                "d",
+                "e",
+                "f",
+                "g",
+                "h",
+                "i",
+                "j",
+                "k",
+                "l",
+                "m",
+                "n",
+                "o",
+                "p",
+                "q",
+                "r10",
+                "twelve bytes",
+                "r0",
+            ],
         ]
     }
 
