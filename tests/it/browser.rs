@@ -181,6 +181,14 @@ impl Browser {
         self.wait(Locator::Css("nav[aria-label=Screens]")).await;
     }
 
+    /// What `script` (a function body) returns, run in the page now.
+    pub async fn js(&self, script: &str) -> serde_json::Value {
+        self.client
+            .execute(script, vec![])
+            .await
+            .unwrap_or_else(|e| panic!("script {script:?}: {e}"))
+    }
+
     /// Clicks the element `css` names (there now).
     pub async fn click(&self, css: &str) {
         self.client
@@ -205,7 +213,7 @@ impl Browser {
     /// Waits until `js` (a function body returning a value) returns something truthy.
     pub async fn until(&self, what: &str, js: &str) -> serde_json::Value {
         for _ in 0..200 {
-            let v = self.client.execute(js, vec![]).await.unwrap();
+            let v = self.js(js).await;
             let truthy = match &v {
                 serde_json::Value::Null => false,
                 serde_json::Value::Bool(b) => *b,

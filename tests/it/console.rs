@@ -311,11 +311,7 @@ async fn an_analyst_sees_in_the_catalog_exactly_the_tables_the_api_lists_for_the
         b.click("form button[type=submit]").await;
         let refused = b.wait(Locator::Css("form .error")).await.text().await.unwrap();
         assert!(refused.starts_with("401"), "{refused}");
-        let stored = b
-            .client
-            .execute("return sessionStorage.getItem('strata.token')", vec![])
-            .await
-            .unwrap();
+        let stored = b.js("return sessionStorage.getItem('strata.token')").await;
         assert_eq!(stored, Value::Null, "a refused token is not kept");
         b.sign_in(&s.url("/console/"), &analyst).await;
         b.shot("overview").await;
@@ -349,27 +345,15 @@ async fn an_analyst_sees_in_the_catalog_exactly_the_tables_the_api_lists_for_the
         assert!(b.client.find(Locator::Css("#save-policies")).await.is_err());
         b.shot("table").await;
         // Dark, by the theme switch: the page's own colours change.
-        let light = b
-            .client
-            .execute("return getComputedStyle(document.body).backgroundColor", vec![])
-            .await
-            .unwrap();
+        let light = b.js("return getComputedStyle(document.body).backgroundColor").await;
         for _ in 0..3 {
-            let theme = b
-                .client
-                .execute("return document.documentElement.dataset.theme", vec![])
-                .await
-                .unwrap();
+            let theme = b.js("return document.documentElement.dataset.theme").await;
             if theme == json!("dark") {
                 break;
             }
             b.click("button[aria-label^='Theme']").await;
         }
-        let dark = b
-            .client
-            .execute("return getComputedStyle(document.body).backgroundColor", vec![])
-            .await
-            .unwrap();
+        let dark = b.js("return getComputedStyle(document.body).backgroundColor").await;
         assert_eq!(dark, json!("rgb(20, 23, 27)"), "dark background (light was {light})");
         b.shot("table-dark").await;
     })
@@ -382,10 +366,7 @@ async fn run_sql(b: &Browser, s: &TestServer, sql: &str) -> u64 {
     let editor = b.wait(Locator::Css("#sql-editor")).await;
     editor.clear().await.unwrap();
     editor.send_keys(sql).await.unwrap();
-    b.client
-        .execute("document.querySelector('#sql-suggestions') && document.querySelector('#sql-editor').dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', bubbles: true})); return true", vec![])
-        .await
-        .unwrap();
+    b.js("document.querySelector('#sql-suggestions') && document.querySelector('#sql-editor').dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', bubbles: true})); return true").await;
     b.click("#run-query").await;
     let n = b
         .until(
@@ -400,14 +381,7 @@ async fn run_sql(b: &Browser, s: &TestServer, sql: &str) -> u64 {
 
 /// The grid's cells as text (the rendered ones).
 async fn cells(b: &Browser) -> Vec<String> {
-    let v = b
-        .client
-        .execute(
-            "return Array.from(document.querySelectorAll('[role=gridcell]')).map(c => c.textContent)",
-            vec![],
-        )
-        .await
-        .unwrap();
+    let v = b.js("return Array.from(document.querySelectorAll('[role=gridcell]')).map(c => c.textContent)").await;
     serde_json::from_value(v).unwrap()
 }
 
@@ -512,27 +486,17 @@ async fn a_hundred_thousand_rows_render_virtualized_and_scroll() {
         )
         .await;
         assert_eq!(n, 100_000);
-        let rendered = b
-            .client
-            .execute("return document.querySelectorAll('.grid-row').length", vec![])
-            .await
-            .unwrap();
+        let rendered = b.js("return document.querySelectorAll('.grid-row').length").await;
         assert!(rendered.as_u64().unwrap() < 200, "rendered {rendered} rows");
         // Scroll to the end: the last row is drawn, and the page keeps answering.
         let started = std::time::Instant::now();
-        b.client
-            .execute(
-                "const g = document.querySelector('.grid-body'); g.scrollTop = g.scrollHeight; g.dispatchEvent(new Event('scroll')); return true",
-                vec![],
-            )
-            .await
-            .unwrap();
+        b.js("const g = document.querySelector('.grid-body'); g.scrollTop = g.scrollHeight; g.dispatchEvent(new Event('scroll')); return true").await;
         b.until(
             "the last row is drawn",
             "return Array.from(document.querySelectorAll('[role=gridcell]')).some(c => c.textContent === 'row 99999')",
         )
         .await;
-        let answered = b.client.execute("return 1 + 1", vec![]).await.unwrap();
+        let answered = b.js("return 1 + 1").await;
         assert_eq!(answered, json!(2));
         eprintln!("scrolled 100,000 rows to the end in {:?}", started.elapsed());
         b.shot("scrolled").await;
