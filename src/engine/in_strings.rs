@@ -144,7 +144,7 @@ impl InStrings {
         };
         if set.len() <= 16 {
             BooleanBuffer::collect_bool(a.len(), |i| {
-                view(i).is_some_and(|v| set.iter().any(|s| *s == v)) != self.negated
+                view(i).is_some_and(|v| set.contains(&v)) != self.negated
             })
         } else {
             BooleanBuffer::collect_bool(a.len(), |i| {
