@@ -108,6 +108,9 @@ pub enum Error {
     DeadlineExceeded(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The cluster (scheduler, executors) cannot run a query; its message is the client's.
+    #[error("{0}")]
+    ClusterUnavailable(String),
     #[error("{0}")]
     Cancelled(String),
     #[error("{0}")]
@@ -140,7 +143,7 @@ impl Error {
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
             Error::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
-            Error::Unavailable(_) => ErrorKind::Unavailable,
+            Error::Unavailable(_) | Error::ClusterUnavailable(_) => ErrorKind::Unavailable,
             Error::Cancelled(_) => ErrorKind::Cancelled,
             Error::Internal(_) | Error::Config(_) | Error::Io(_) => ErrorKind::Internal,
             Error::DataFusion(e) => classify_datafusion(e),
@@ -156,13 +159,15 @@ impl Error {
         if kind.is_client_visible() {
             truncate_on_char_boundary(&self.root_message(), 4096)
         } else {
-            match kind {
-                ErrorKind::Unavailable => {
+            match (self, kind) {
+                // The cluster's own: what is missing, with nothing of storage in it.
+                (Error::ClusterUnavailable(m), _) => format!("{m} (trace id {trace_id})"),
+                (_, ErrorKind::Unavailable) => {
                     format!(
                         "the storage backend is unavailable, try again later (trace id {trace_id})"
                     )
                 }
-                _ => format!("internal error (trace id {trace_id})"),
+                (_, _) => format!("internal error (trace id {trace_id})"),
             }
         }
     }

@@ -59,6 +59,7 @@
 pub mod api;
 pub mod cache;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod connectors;
 pub mod console;

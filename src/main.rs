@@ -63,6 +63,19 @@ enum Command {
         #[command(subcommand)]
         command: ConnectorsCommand,
     },
+    /// Run a node of the query cluster ([cluster] in the configuration).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// The scheduler: splits submitted plans into stages (no storage, no plan key).
+    Scheduler,
+    /// An executor: runs stages, reading tables with its own storage configuration.
+    Executor,
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +154,7 @@ fn main() -> ExitCode {
                     token,
                 },
         } => deploy_connector(&file, name, &url, &token),
+        Command::Cluster { command } => cluster(cli.config, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -206,6 +220,28 @@ fn serve(
             .run_until_stopped(shutdown_signal())
             .await
             .map_err(|e| e.to_string())
+    })
+}
+
+fn cluster(file: Option<PathBuf>, command: ClusterCommand) -> Result<(), String> {
+    let cfg = Config::load(file.as_deref()).map_err(|e| e.to_string())?;
+    telemetry::init(&cfg.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("strata-cluster")
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let node = async {
+            match command {
+                ClusterCommand::Scheduler => strata::cluster::run_scheduler(&cfg).await,
+                ClusterCommand::Executor => strata::cluster::run_executor(&cfg).await,
+            }
+        };
+        tokio::select! {
+            r = node => r.map_err(|e| e.to_string()),
+            () = shutdown_signal() => Ok(()),
+        }
     })
 }
 

@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod cluster;
 mod platform;
+
+pub use cluster::{ClusterConfig, ClusterMode};
 
 pub use platform::{
     ConnectorsConfig, ConsoleConfig, LineageConfig, OpenLineageConfig, PipelinesConfig,
@@ -66,6 +69,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub connectors: ConnectorsConfig,
     pub console: ConsoleConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// `[cache]` configuration.
@@ -488,6 +492,7 @@ impl Config {
                 ));
             }
         }
+        out.extend(self.cluster.problems());
         let mut names = std::collections::BTreeSet::new();
         for s in &self.connectors.secrets {
             if s.env.is_some() == s.file.is_some() {

@@ -29,6 +29,16 @@ impl Engine {
         principal: &Arc<Principal>,
         request: Submission<'_>,
     ) -> Result<Executed> {
+        let distributed = request.distributed;
+        crate::cluster::with_request(distributed, self.submit_here(principal, request)).await
+    }
+
+    async fn submit_here(
+        self: &Arc<Self>,
+        principal: &Arc<Principal>,
+        request: Submission<'_>,
+    ) -> Result<Executed> {
+        let distributed = request.distributed;
         if let Some(key) = &request.cached
             && let Some(output) = self.fetch_cached(principal, key).await?
         {
@@ -57,7 +67,10 @@ impl Engine {
         let rest = futures::stream::iter(rows)
             .then(move |params| {
                 let (engine, sql, p) = (Arc::clone(&engine), sql.clone(), Arc::clone(&p));
-                async move { engine.execute(&p, &sql, params).await }
+                async move {
+                    crate::cluster::with_request(distributed, engine.execute(&p, &sql, params))
+                        .await
+                }
             })
             .map(|executed| match executed {
                 Ok(output) => output.stream,

@@ -67,6 +67,12 @@ impl InStrings {
         }
     }
 
+    /// Its list (sorted, without duplicates) and whether it is `NOT IN`: what the cluster's
+    /// codec ships.
+    pub(crate) fn parts(&self) -> (&[String], bool) {
+        (&self.list, self.negated)
+    }
+
     /// The `InStrings` equivalent to `e`, when there is one.
     fn from_in_list(e: &InListExpr, schema: &Schema) -> Option<Self> {
         let string = matches!(

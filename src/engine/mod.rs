@@ -41,6 +41,7 @@ use crate::storage::Catalog;
 
 pub use output::{Executed, Prepared, QueryOutput, ResultKey, Submission, command_schema};
 pub use sql::Statement;
+pub(crate) use in_strings::InStrings;
 
 use cached::PlannedQuery;
 
@@ -69,6 +70,8 @@ pub struct Engine {
     openlineage: crate::telemetry::openlineage::Emitter,
     /// `[lineage] enabled`: writes record their lineage (and emit OpenLineage events).
     lineage_enabled: bool,
+    /// Where large queries go (`[cluster]`); `None` when `mode = off`.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Engine {
@@ -123,6 +126,7 @@ impl Engine {
             change_readers: std::sync::OnceLock::new(),
             openlineage: crate::telemetry::openlineage::Emitter::start(&cfg.lineage.openlineage)?,
             lineage_enabled: cfg.lineage.enabled,
+            cluster: crate::cluster::Cluster::from_config(&cfg.cluster)?,
         })
     }
 

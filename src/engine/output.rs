@@ -41,6 +41,9 @@ pub struct Submission<'a> {
     pub cached: Option<ResultKey>,
     /// The client's entity tags (REST `If-None-Match`): `NotModified` when one matches.
     pub if_none_match: Option<&'a str>,
+    /// The client's `x-strata-distributed` (`crate::cluster`): `None` leaves it to
+    /// `[cluster] mode`.
+    pub distributed: Option<bool>,
 }
 
 /// The result cache key of a planned query and the policy version it was computed under.

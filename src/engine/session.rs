@@ -35,6 +35,39 @@ pub(crate) struct SessionFactory {
     pub(crate) views: Arc<SystemViews>,
 }
 
+/// Strata's functions, config and physical optimizer rules on `runtime`: the template of
+/// every session, and the state cluster executors rebuild table scans in.
+pub(crate) fn template_state(
+    cfg: &QueryConfig,
+    runtime: Arc<RuntimeEnv>,
+) -> datafusion::error::Result<SessionState> {
+    let partitions = if cfg.target_partitions == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        cfg.target_partitions
+    };
+    let config = SessionConfig::new()
+        .with_default_catalog_and_schema(CATALOG_NAME, cfg.default_layer.to_ascii_lowercase())
+        .with_create_default_catalog_and_schema(false)
+        // Served by the secure catalog instead, with descriptions
+        // (`security::policy::information`).
+        .with_information_schema(false)
+        .with_target_partitions(partitions)
+        .with_batch_size(cfg.batch_size);
+    let mut template = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_table_factories(HashMap::new())
+        .with_table_functions(HashMap::new())
+        .with_physical_optimizer_rule(Arc::new(super::in_strings::FastStringInList))
+        .build();
+    super::bounded::install(&mut template, cfg.max_function_output_bytes)?;
+    Ok(template)
+}
+
 impl SessionFactory {
     pub(crate) fn new(
         cfg: &QueryConfig,
@@ -42,30 +75,7 @@ impl SessionFactory {
         pipeline_runtime: Arc<RuntimeEnv>,
         catalog: Arc<Catalog>,
     ) -> datafusion::error::Result<SessionFactory> {
-        let partitions = if cfg.target_partitions == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        } else {
-            cfg.target_partitions
-        };
-        let config = SessionConfig::new()
-            .with_default_catalog_and_schema(CATALOG_NAME, cfg.default_layer.to_ascii_lowercase())
-            .with_create_default_catalog_and_schema(false)
-            // Served by the secure catalog instead, with descriptions
-            // (`security::policy::information`).
-            .with_information_schema(false)
-            .with_target_partitions(partitions)
-            .with_batch_size(cfg.batch_size);
-        let mut template = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(Arc::clone(&runtime))
-            .with_default_features()
-            .with_table_factories(HashMap::new())
-            .with_table_functions(HashMap::new())
-            .with_physical_optimizer_rule(Arc::new(super::in_strings::FastStringInList))
-            .build();
-        super::bounded::install(&mut template, cfg.max_function_output_bytes)?;
+        let template = template_state(cfg, Arc::clone(&runtime))?;
         let pipeline_template = SessionStateBuilder::new_from_existing(template.clone())
             .with_runtime_env(pipeline_runtime)
             .build();

@@ -367,12 +367,54 @@ impl Engine {
         plan: LogicalPlan,
         kind: &'static str,
     ) -> Result<QueryOutput> {
+        use crate::cluster::{self, Route};
         let tables = scanned_tables(&plan)?;
-        let df = DataFrame::new(state, plan);
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        let context = Arc::new(df.task_ctx());
-        let physical = announced_types(df.create_physical_plan().await?, &schema)?;
-        let stream = datafusion::physical_plan::execute_stream(physical, context)?;
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        let route = cluster::route(self.cluster.as_deref())?;
+        // A query that may go to the cluster is planned with shippable scans
+        // (`security::policy::ShipScans`); `auto` first plans as usual and plans again only
+        // when the scan turns out large.
+        let shipping = |state: &SessionState| {
+            let mut state = state.clone();
+            state
+                .config_mut()
+                .set_extension(Arc::new(crate::security::policy::ShipScans));
+            state
+        };
+        let (state, physical) = match route {
+            Route::Local => {
+                let physical = DataFrame::new(state.clone(), plan).create_physical_plan().await?;
+                (state, physical)
+            }
+            Route::Always => {
+                let state = shipping(&state);
+                let physical = DataFrame::new(state.clone(), plan).create_physical_plan().await?;
+                (state, physical)
+            }
+            Route::IfLarger(min) => {
+                let physical = DataFrame::new(state.clone(), plan.clone())
+                    .create_physical_plan()
+                    .await?;
+                if cluster::scanned_bytes(&physical) > min {
+                    let state = shipping(&state);
+                    let physical =
+                        DataFrame::new(state.clone(), plan).create_physical_plan().await?;
+                    (state, physical)
+                } else {
+                    (state, physical)
+                }
+            }
+        };
+        let physical = announced_types(physical, &schema)?;
+        let stream = match &self.cluster {
+            Some(c) if route != Route::Local && cluster::eligible(&physical) => {
+                c.execute(physical, state.config()).await?
+            }
+            _ => datafusion::physical_plan::execute_stream(
+                physical,
+                Arc::new(datafusion::execution::TaskContext::from(&state)),
+            )?,
+        };
         Ok(QueryOutput {
             kind,
             schema,

@@ -171,6 +171,8 @@ pub struct Metrics {
     connector_records: Family<ConnectorLabels, Counter>,
     connector_dead_letters: Family<ConnectorLabels, Counter>,
     connector_runs: Family<ConnectorOutcomeLabels, Counter>,
+    /// Queries handed to the cluster (`src/cluster`).
+    pub cluster_queries: Counter,
 }
 
 impl Default for Metrics {
@@ -212,6 +214,7 @@ impl Default for Metrics {
             connector_records: Family::default(),
             connector_dead_letters: Family::default(),
             connector_runs: Family::default(),
+            cluster_queries: Counter::default(),
         }
     }
 }
@@ -541,6 +544,11 @@ impl Metrics {
             "strata_connector_rate_limited_seconds",
             "Seconds connectors waited because the API answered 429",
             self.connector_rate_limited.clone(),
+        );
+        r.register(
+            "strata_cluster_queries",
+            "Queries submitted to the cluster's scheduler",
+            self.cluster_queries.clone(),
         );
         r.register(
             "strata_connector_retries",

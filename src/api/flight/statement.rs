@@ -178,17 +178,24 @@ impl FlightSqlServer {
                 key: CacheKey(key),
                 policy_version: t.policy_version,
             });
-        let submitted = match param_rows(&t.params_ipc) {
-            Ok(rows) => {
+        let distributed = crate::cluster::parse_header(
+            request
+                .metadata()
+                .get(crate::cluster::DISTRIBUTED_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let submitted = match (param_rows(&t.params_ipc), distributed) {
+            (Ok(rows), Ok(distributed)) => {
                 let request = Submission {
                     sql: &t.sql,
                     rows,
                     cached,
                     if_none_match: None,
+                    distributed,
                 };
                 self.engine.submit(&p, request).await
             }
-            Err(e) => Err(e),
+            (Err(e), _) | (_, Err(e)) => Err(e),
         };
         let output = match submitted {
             Ok(Executed::Output(output)) => output,

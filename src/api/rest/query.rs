@@ -59,11 +59,17 @@ pub(super) async fn query(
     let if_none_match = headers
         .get(http::header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());
+    let distributed = crate::cluster::parse_header(
+        headers
+            .get(crate::cluster::DISTRIBUTED_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    )?;
     let request = Submission {
         sql: &req.sql,
         rows: vec![params],
         cached: None,
         if_none_match,
+        distributed,
     };
     let output = match state.engine.submit(&principal, request).await? {
         Executed::Output(output) => output,

@@ -333,6 +333,15 @@ fn current_runs(events: Arc<dyn TableProvider>) -> DfResult<Arc<dyn TableProvide
     )))
 }
 
+/// What a guarded provider reads.
+#[derive(Debug, Clone, Copy)]
+enum Scan {
+    /// A version of a Delta table: a cluster executor can rebuild its scan.
+    Delta,
+    /// The change feed: kept opaque ([`PolicyTable::opaque`]) and on this node.
+    Changes,
+}
+
 #[derive(Debug)]
 struct SecureSchema {
     layer: Layer,
@@ -348,7 +357,7 @@ impl SecureSchema {
         version: u64,
         table_id: String,
         inner: Arc<dyn TableProvider>,
-        opaque: bool,
+        scan: Scan,
         statistics: Option<Arc<datafusion::common::Statistics>>,
     ) -> DfResult<Arc<dyn TableProvider>> {
         let enforcement = Enforcement::compile(
@@ -368,7 +377,10 @@ impl SecureSchema {
             enforcement,
         )
         .with_statistics(statistics);
-        Ok(Arc::new(if opaque { table.opaque() } else { table }))
+        Ok(Arc::new(match scan {
+            Scan::Delta => table.shippable(),
+            Scan::Changes => table.opaque(),
+        }))
     }
 
     /// The change data feed of `t` between two versions, with the table's row filter and
@@ -422,7 +434,7 @@ impl SecureSchema {
             .with_starting_version(start)
             .with_ending_version(end);
         let inner = Arc::new(DeltaCdfTableProvider::try_new(cdf)?);
-        self.guarded(t, end, table_id, inner, true, None)
+        self.guarded(t, end, table_id, inner, Scan::Changes, None)
     }
 
     fn visible(&self, t: &TableRef) -> bool {
@@ -477,7 +489,7 @@ impl SchemaProvider for SecureSchema {
         let table_id = table.snapshot()?.metadata().id().to_string();
         let inner = table.table_provider().await?;
         let statistics = self.cx.catalog.statistics(&table);
-        self.guarded(t, version, table_id, inner, false, statistics)
+        self.guarded(t, version, table_id, inner, Scan::Delta, statistics)
             .map(Some)
     }
 

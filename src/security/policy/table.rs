@@ -117,6 +117,8 @@ pub(crate) struct PolicyTable {
     schema: SchemaRef,
     /// Keep the inner plan behind [`PolicyExec`] even without a policy.
     opaque: bool,
+    /// A Delta read a cluster executor can rebuild from its [`ScanSpec`] (`src/cluster`).
+    shippable: bool,
     /// Column statistics of the table version (over `inner`'s schema), from the Delta log.
     statistics: Option<Arc<Statistics>>,
 }
@@ -161,8 +163,16 @@ impl PolicyTable {
             enforcement,
             schema,
             opaque: false,
+            shippable: false,
             statistics: None,
         }
+    }
+
+    /// A plain read of a Delta table version (not the change feed, not a computed view):
+    /// in a session marked [`ShipScans`], its scan carries a [`ScanSpec`].
+    pub(crate) fn shippable(mut self) -> PolicyTable {
+        self.shippable = true;
+        self
     }
 
     /// Rows that a plan of `principal`'s secure session already produced (a model's output
@@ -282,75 +292,40 @@ impl TableProvider for PolicyTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if self.passes_through() {
+        let ship = self.shippable && state.config().get_extension::<ShipScans>().is_some();
+        if self.passes_through() && !ship {
             let plan = self.inner.scan(state, projection, filters, limit).await?;
             return self.pass_through(plan, state);
         }
+        let _ = limit;
         let inner_schema = self.inner.schema();
-        // File pruning and parquet pushdown by the policy predicate only. User predicates are
-        // never pushed below the policy: the Delta scan evaluates the predicates it receives
-        // row by row in parquet, which would run user expressions on hidden rows.
-        let pruning: Vec<Expr> = self.enforcement.filter.iter().cloned().collect();
-        let _ = filters;
         let requested: Vec<usize> = match projection {
             Some(p) => p.clone(),
             None => (0..inner_schema.fields().len()).collect(),
         };
-        // Read only what the query, the filter and the masks of requested columns need.
-        let mut needed: std::collections::BTreeSet<usize> = requested.iter().copied().collect();
-        let mut add_refs = |e: &Expr| -> DfResult<()> {
-            for c in e.column_refs() {
-                needed.insert(inner_schema.index_of(&c.name)?);
-            }
-            Ok(())
+        // User predicates are never pushed below a policy (see `restricted_scan`); without
+        // one they prune files as they would in a plain scan.
+        let pruning = if self.enforcement.is_none() {
+            filters.to_vec()
+        } else {
+            Vec::new()
         };
-        if let Some(f) = &self.enforcement.filter {
-            add_refs(f)?;
-        }
-        for (i, m) in &self.enforcement.masks {
-            if requested.contains(i) {
-                add_refs(m)?;
-            }
-        }
-        let needed: Vec<usize> = needed.into_iter().collect();
-        let read_schema = Arc::new(inner_schema.project(&needed)?);
-        let df_schema = DFSchema::try_from(read_schema.as_ref().clone())?;
-        let mut plan = with_session_parquet_options(
-            self.inner
-                .scan(state, Some(&needed), &pruning, None)
-                .await?,
-            state,
-        )?;
-        if let Some(filter) = &self.enforcement.filter {
-            let predicate = state.create_physical_expr(filter.clone(), &df_schema)?;
-            plan = Arc::new(FilterExec::try_new(predicate, plan)?);
-        }
-        let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(requested.len());
-        for &i in &requested {
-            let name = inner_schema.field(i).name().clone();
-            let e: Arc<dyn PhysicalExpr> =
-                match self.enforcement.masks.iter().find(|(m, _)| *m == i) {
-                    Some((_, mask)) => state.create_physical_expr(mask.clone(), &df_schema)?,
-                    None => {
-                        let pos = needed.iter().position(|n| *n == i).unwrap_or_default();
-                        Arc::new(PhysicalColumn::new(&name, pos))
-                    }
-                };
-            exprs.push((e, name));
-        }
-        let mut plan: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(exprs, plan)?);
-        let statistics = self.restricted_statistics(&requested, plan.schema().as_ref());
-        // The subtree becomes opaque below, so optimize it now (file-range repartitioning,
-        // policy predicate into parquet). It holds only policy expressions.
-        if let Some(session) = state.as_any().downcast_ref::<SessionState>() {
-            for rule in session.physical_optimizers() {
-                plan = rule.optimize(plan, session.config_options())?;
-            }
-        }
+        let spec = ScanSpec {
+            table: self.table.clone(),
+            version: self.version,
+            table_id: self.table_id.clone(),
+            requested,
+            enforcement: self.enforcement.clone(),
+            pruning,
+        };
+        let plan = restricted_scan(self.inner.as_ref(), &spec, state).await?;
+        let statistics = self.restricted_statistics(&spec.requested, plan.schema().as_ref());
+        let ship = self.shippable && state.config().get_extension::<ShipScans>().is_some();
         Ok(Arc::new(PolicyExec::new(
             plan,
             self.table.clone(),
             statistics,
+            ship.then(|| Arc::new(spec)),
         )))
     }
 
@@ -359,7 +334,8 @@ impl TableProvider for PolicyTable {
         state: &dyn Session,
         args: ScanArgs<'a>,
     ) -> DfResult<ScanResult> {
-        if self.passes_through() {
+        let ship = self.shippable && state.config().get_extension::<ShipScans>().is_some();
+        if self.passes_through() && !ship {
             let result = self.inner.scan_with_args(state, args).await?;
             return Ok(self.pass_through(result.into_inner(), state)?.into());
         }
@@ -396,6 +372,100 @@ impl TableProvider for PolicyTable {
     }
 }
 
+/// Marks a session whose plan may be shipped to a cluster (`src/cluster`): every shippable
+/// table's scan is then a [`PolicyExec`] carrying its [`ScanSpec`], policy or not.
+#[derive(Debug, Default)]
+pub(crate) struct ShipScans;
+
+/// Everything a scan of one table version is built from, but the data: what the front end
+/// signs and ships for a cluster executor to rebuild the same scan with
+/// [`restricted_scan`].
+#[derive(Debug, Clone)]
+pub(crate) struct ScanSpec {
+    pub table: TableRef,
+    pub version: u64,
+    /// The Delta table id of `version` (a re-created table is another table).
+    pub table_id: String,
+    /// Columns of the table's schema the scan produces, in order.
+    pub requested: Vec<usize>,
+    /// The principal's row filter and masks, claims bound as literals.
+    pub enforcement: Enforcement,
+    /// User predicates for file pruning: only when there is no policy.
+    pub pruning: Vec<Expr>,
+}
+
+/// The scan of `inner` a [`PolicyExec`] holds: the columns `spec` requests, the rows its row
+/// filter lets through, masked columns replaced by their masks. One function for the front
+/// end ([`PolicyTable::scan`]) and cluster executors (`cluster::remote`), so both build the
+/// same plan.
+///
+/// File pruning and parquet pushdown by the policy predicate (and by user predicates only
+/// when there is no policy): a user predicate is never pushed below a policy, since the
+/// Delta scan evaluates the predicates it receives row by row in parquet, which would run
+/// user expressions on hidden rows.
+pub(crate) async fn restricted_scan(
+    inner: &dyn TableProvider,
+    spec: &ScanSpec,
+    state: &dyn Session,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let inner_schema = inner.schema();
+    let enforcement = &spec.enforcement;
+    let requested = &spec.requested;
+    let mut pruning: Vec<Expr> = enforcement.filter.iter().cloned().collect();
+    if enforcement.is_none() {
+        pruning.extend(spec.pruning.iter().cloned());
+    }
+    // Read only what the query, the filter and the masks of requested columns need.
+    let mut needed: std::collections::BTreeSet<usize> = requested.iter().copied().collect();
+    let mut add_refs = |e: &Expr| -> DfResult<()> {
+        for c in e.column_refs() {
+            needed.insert(inner_schema.index_of(&c.name)?);
+        }
+        Ok(())
+    };
+    if let Some(f) = &enforcement.filter {
+        add_refs(f)?;
+    }
+    for (i, m) in &enforcement.masks {
+        if requested.contains(i) {
+            add_refs(m)?;
+        }
+    }
+    let needed: Vec<usize> = needed.into_iter().collect();
+    let read_schema = Arc::new(inner_schema.project(&needed)?);
+    let df_schema = DFSchema::try_from(read_schema.as_ref().clone())?;
+    let mut plan = with_session_parquet_options(
+        inner.scan(state, Some(&needed), &pruning, None).await?,
+        state,
+    )?;
+    if let Some(filter) = &enforcement.filter {
+        let predicate = state.create_physical_expr(filter.clone(), &df_schema)?;
+        plan = Arc::new(FilterExec::try_new(predicate, plan)?);
+    }
+    let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(requested.len());
+    for &i in requested {
+        let name = inner_schema.field(i).name().clone();
+        let e: Arc<dyn PhysicalExpr> = match enforcement.masks.iter().find(|(m, _)| *m == i) {
+            Some((_, mask)) => state.create_physical_expr(mask.clone(), &df_schema)?,
+            None => {
+                let pos = needed.iter().position(|n| *n == i).unwrap_or_default();
+                Arc::new(PhysicalColumn::new(&name, pos))
+            }
+        };
+        exprs.push((e, name));
+    }
+    let mut plan: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(exprs, plan)?);
+    // The subtree becomes opaque in its `PolicyExec`, so optimize it now (file-range
+    // repartitioning, predicates into parquet). It holds only policy expressions, and user
+    // predicates only where no policy applies.
+    if let Some(session) = state.as_any().downcast_ref::<SessionState>() {
+        for rule in session.physical_optimizers() {
+            plan = rule.optimize(plan, session.config_options())?;
+        }
+    }
+    Ok(plan)
+}
+
 /// An error computed from a value (a cast, arithmetic), not one of reading the data.
 fn is_evaluation_error(e: &DataFusionError) -> bool {
     use arrow::error::ArrowError;
@@ -423,15 +493,67 @@ pub(crate) struct PolicyExec {
     table: TableRef,
     /// Inexact, never exact: see [`PolicyTable::with_statistics`].
     statistics: Arc<Statistics>,
+    /// How to rebuild `input` elsewhere, in a session marked [`ShipScans`].
+    spec: Option<Arc<ScanSpec>>,
 }
 
 impl PolicyExec {
-    fn new(input: Arc<dyn ExecutionPlan>, table: TableRef, statistics: Statistics) -> PolicyExec {
+    fn new(
+        input: Arc<dyn ExecutionPlan>,
+        table: TableRef,
+        statistics: Statistics,
+        spec: Option<Arc<ScanSpec>>,
+    ) -> PolicyExec {
         PolicyExec {
             input,
             table,
             statistics: Arc::new(statistics),
+            spec,
         }
+    }
+
+    /// What a cluster executor rebuilds this scan from; `None` when it cannot be shipped
+    /// (the change feed, a computed view, a session not marked [`ShipScans`]).
+    pub(crate) fn spec(&self) -> Option<&Arc<ScanSpec>> {
+        self.spec.as_ref()
+    }
+
+    /// The scan it holds (the optimizer never sees it as a child).
+    pub(crate) fn scan(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
+    }
+
+    /// [`ExecutionPlan::execute`] of a scan held behind the policy boundary: evaluation
+    /// errors name the table, never a value. For `PolicyExec` and the cluster's rebuilt
+    /// scans alike.
+    pub(crate) fn guarded_execute(
+        input: &Arc<dyn ExecutionPlan>,
+        table: &TableRef,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        use futures::StreamExt;
+        let stream = input.execute(partition, context)?;
+        let schema = stream.schema();
+        let table = table.to_string();
+        // Only the row filter and the masks are evaluated in here: a value that fails them
+        // may be hidden, so the error says what failed, never on which value.
+        Ok(Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                schema,
+                stream.map(move |r| {
+                    r.map_err(|e| {
+                        if is_evaluation_error(&e) {
+                            DataFusionError::External(Box::new(policy_evaluation_failed(
+                                &table, &e,
+                            )))
+                        } else {
+                            e
+                        }
+                    })
+                }),
+            ),
+        ))
     }
 
     /// The statistics of all partitions together; a single partition's are unknown.
@@ -495,28 +617,7 @@ impl ExecutionPlan for PolicyExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        use futures::StreamExt;
-        let stream = self.input.execute(partition, context)?;
-        let schema = stream.schema();
-        let table = self.table.to_string();
-        // Only the row filter and the masks are evaluated in here: a value that fails them
-        // may be hidden, so the error says what failed, never on which value.
-        Ok(Box::pin(
-            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-                schema,
-                stream.map(move |r| {
-                    r.map_err(|e| {
-                        if is_evaluation_error(&e) {
-                            DataFusionError::External(Box::new(policy_evaluation_failed(
-                                &table, &e,
-                            )))
-                        } else {
-                            e
-                        }
-                    })
-                }),
-            ),
-        ))
+        PolicyExec::guarded_execute(&self.input, &self.table, partition, context)
     }
 
     fn statistics_from_inputs(
