@@ -34,7 +34,7 @@ use hmac::{Hmac, Mac};
 use prost::Message;
 use sha2::Sha256;
 
-use super::remote::{Rebuilder, RemoteScanExec};
+use super::remote::{Rebuilder, RemoteScanExec, scan_shape, shape_of};
 use crate::engine::InStrings;
 use crate::security::policy::{Enforcement, PolicyExec, ScanSpec};
 use crate::storage::TableRef;
@@ -86,11 +86,29 @@ pub(crate) struct MaskMessage {
 }
 
 #[derive(Clone, PartialEq, Message)]
-struct Signed {
+pub(crate) struct Signed {
     #[prost(bytes = "vec", tag = "1")]
     payload: Vec<u8>,
     #[prost(bytes = "vec", tag = "2")]
     mac: Vec<u8>,
+}
+
+/// A signed scan on the wire, with the partitions of it one task runs. The scheduler
+/// chooses those (Ballista gives each task a slice of a stage's partitions), so they are
+/// not signed: running fewer partitions of a signed scan reads nothing it does not allow.
+#[derive(Clone, PartialEq, Message)]
+struct Shipped {
+    #[prost(message, optional, tag = "1")]
+    signed: Option<Signed>,
+    /// When set: the scan's partitions this task runs, in order (global indices).
+    #[prost(message, optional, tag = "2")]
+    selection: Option<Selection>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Selection {
+    #[prost(uint32, repeated, tag = "1")]
+    partitions: Vec<u32>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -147,30 +165,35 @@ impl StrataCodec {
         };
         let payload = scan_message(spec, exec, now_ms().saturating_add(*ttl_ms))?.encode_to_vec();
         let mac = mac(key, &payload)?;
-        let mut out = SCAN_MAGIC.to_vec();
-        Signed { payload, mac }.encode(&mut out).map_err(internal)?;
-        Ok(out)
+        Ok(shipped(Signed { payload, mac }, None))
     }
 
     fn decode_scan(&self, buf: &[u8]) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let signed = Signed::decode(&buf[SCAN_MAGIC.len()..]).map_err(internal)?;
+        let shipped = Shipped::decode(&buf[SCAN_MAGIC.len()..]).map_err(internal)?;
+        let signed = shipped
+            .signed
+            .ok_or_else(|| internal("a shipped scan without its signed part"))?;
         let message = ScanMessage::decode(signed.payload.as_slice()).map_err(internal)?;
-        let rebuilder = match &self.role {
+        let selection = shipped
+            .selection
+            .map(|s| s.partitions.into_iter().map(|p| p as usize).collect());
+        match &self.role {
             Role::Executor { key, rebuilder } => {
                 verify(key, &signed.payload, &signed.mac)?;
                 if message.expires_at_ms < now_ms() {
                     return Err(refused("the scan's signature has expired"));
                 }
-                Some(Arc::clone(rebuilder))
+                Ok(Arc::new(RemoteScanExec::try_new(
+                    message,
+                    selection,
+                    Arc::clone(rebuilder),
+                )?))
             }
-            Role::Scheduler => None,
-            Role::FrontEnd { .. } => return Err(refused("a front end does not run scans")),
-        };
-        Ok(Arc::new(RemoteScanExec::try_new(
-            Arc::from(buf),
-            message,
-            rebuilder,
-        )?))
+            // The scheduler gives each task a slice of a stage's partitions by rewriting
+            // the leaves it knows: a file scan's groups are one of them.
+            Role::Scheduler => scan_shape(signed, message, selection),
+            Role::FrontEnd { .. } => Err(refused("a front end does not run scans")),
+        }
     }
 }
 
@@ -202,8 +225,9 @@ impl PhysicalExtensionCodec for StrataCodec {
             buf.extend(self.sign(spec, exec)?);
             return Ok(());
         }
-        if let Some(remote) = node.downcast_ref::<RemoteScanExec>() {
-            buf.extend_from_slice(remote.signed_bytes());
+        if let Some((signed, selection)) = shape_of(&node) {
+            tracing::debug!(?selection, "scan slice for a task");
+            buf.extend(shipped(signed, Some(selection)));
             return Ok(());
         }
         self.ballista.try_encode(node, buf, proto_converter)
@@ -244,6 +268,18 @@ impl PhysicalExtensionCodec for StrataCodec {
         }
         self.ballista.try_encode_expr(node, buf, ctx)
     }
+}
+
+fn shipped(signed: Signed, selection: Option<Vec<u32>>) -> Vec<u8> {
+    let mut out = SCAN_MAGIC.to_vec();
+    out.extend(
+        Shipped {
+            signed: Some(signed),
+            selection: selection.map(|partitions| Selection { partitions }),
+        }
+        .encode_to_vec(),
+    );
+    out
 }
 
 fn scan_message(spec: &ScanSpec, exec: &PolicyExec, expires_at_ms: u64) -> DfResult<ScanMessage> {

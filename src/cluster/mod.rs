@@ -150,6 +150,23 @@ pub(crate) fn route(cluster: Option<&Cluster>) -> Result<Route> {
     })
 }
 
+/// Planning options of a plan that may go to the cluster. Dynamic filters (a join's build
+/// side pruning its probe side's scan) cannot cross stages, and the scheduler's own join
+/// selection refuses to swap a join that has one ("Cannot swap HashJoinExec inputs after
+/// dynamic filters have been constructed"); round-robin repartitioning would only add
+/// shuffles (Ballista's scheduler turns it off for the plans it makes itself); a
+/// partition running alone must not read its siblings' files.
+pub(crate) fn plan_options(options: &mut datafusion::config::ConfigOptions) {
+    let o = &mut options.optimizer;
+    o.enable_dynamic_filter_pushdown = false;
+    o.enable_join_dynamic_filter_pushdown = false;
+    o.enable_topk_dynamic_filter_pushdown = false;
+    o.enable_aggregate_dynamic_filter_pushdown = false;
+    o.enable_round_robin_repartition = false;
+    // Each task runs a slice of a scan's partitions (`remote`).
+    options.execution.enable_file_stream_work_stealing = false;
+}
+
 /// Whether every leaf of `plan` is a table scan the cluster can run (and there is one).
 pub(crate) fn eligible(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let (mut scans, mut other) = (0usize, false);

@@ -25,7 +25,18 @@ use datafusion::physical_plan::{
 use futures::TryStreamExt;
 use tokio::sync::OnceCell;
 
-use super::codec::{ScanMessage, refused};
+use arrow::datatypes::Schema;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{
+    FileGroup, FileOpener, FileScanConfig, FileScanConfigBuilder, FileSource,
+};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use object_store::ObjectStore;
+
+use super::codec::{ScanMessage, Signed, refused};
 use crate::security::policy::{PolicyExec, restricted_scan};
 use crate::storage::{Catalog, TableRef};
 
@@ -47,7 +58,7 @@ impl Rebuilder {
         message: &ScanMessage,
         expected: &SchemaRef,
         ctx: &TaskContext,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+    ) -> DfResult<Built> {
         let t = message.table()?;
         let table = self.catalog.load_version(&t, message.version).await?;
         let id = table
@@ -67,9 +78,17 @@ impl Rebuilder {
             .table_provider()
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        // The front end's settings (they travel with the job): the same partitioning.
+        // The front end's settings (they travel with the job): the same partitioning. A
+        // task runs some partitions of the scan, never all: partitions must not steal
+        // each other's files (DataFusion's default), or a partition running alone would
+        // read its absent siblings' files too.
+        let mut config = ctx.session_config().clone();
+        config
+            .options_mut()
+            .execution
+            .enable_file_stream_work_stealing = false;
         let state = SessionStateBuilder::new_from_existing(self.template.as_ref().clone())
-            .with_config(ctx.session_config().clone())
+            .with_config(config)
             .with_runtime_env(ctx.runtime_env())
             .build();
         let spec = message.spec(ctx)?;
@@ -93,89 +112,208 @@ impl Rebuilder {
                 message.partitions
             )));
         }
-        Ok(plan)
+        tracing::debug!(
+            table = %t,
+            version = message.version,
+            plan = %datafusion::physical_plan::displayable(plan.as_ref()).indent(false),
+            "scan rebuilt"
+        );
+        Ok(Built {
+            plan,
+            context: Arc::new(TaskContext::from(&state)),
+        })
     }
 }
 
-/// A shipped table scan (see the module).
+/// A rebuilt scan and the context it runs in.
+#[derive(Debug)]
+struct Built {
+    plan: Arc<dyn ExecutionPlan>,
+    context: Arc<TaskContext>,
+}
+
+/// A shipped table scan on an executor, its signature checked (see the module).
 #[derive(Debug)]
 pub(crate) struct RemoteScanExec {
-    /// The signed bytes, relayed as they came.
-    signed: Arc<[u8]>,
     message: ScanMessage,
     table: TableRef,
+    /// The scan's partitions this task runs (global indices, in order); all when `None`.
+    selection: Option<Vec<usize>>,
     properties: Arc<PlanProperties>,
-    /// `Some` on an executor, after the signature was checked.
-    rebuilder: Option<Arc<Rebuilder>>,
-    built: Arc<OnceCell<Arc<dyn ExecutionPlan>>>,
+    rebuilder: Arc<Rebuilder>,
+    built: Arc<OnceCell<Built>>,
 }
 
 impl RemoteScanExec {
     pub(crate) fn try_new(
-        signed: Arc<[u8]>,
         message: ScanMessage,
-        rebuilder: Option<Arc<Rebuilder>>,
+        selection: Option<Vec<usize>>,
+        rebuilder: Arc<Rebuilder>,
     ) -> DfResult<RemoteScanExec> {
+        let all = message.partitions as usize;
+        if let Some(s) = &selection
+            && s.iter().any(|p| *p >= all)
+        {
+            return Err(refused("a task asked for a partition the scan does not have"));
+        }
+        let count = selection.as_ref().map_or(all, Vec::len);
         let schema: SchemaRef = Arc::new(message.output_schema()?);
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema),
-            Partitioning::UnknownPartitioning(message.partitions as usize),
+            Partitioning::UnknownPartitioning(count),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
         Ok(RemoteScanExec {
             table: message.table()?,
-            signed,
             message,
+            selection,
             properties: Arc::new(properties),
             rebuilder,
             built: Arc::new(OnceCell::new()),
         })
     }
+}
 
-    pub(crate) fn signed_bytes(&self) -> &[u8] {
-        &self.signed
+/// What the scheduler plans with: the scan's shape as a file scan with one group per
+/// partition (`strata-scan/<partition>`), which Ballista knows how to slice per task. It
+/// never runs: its source only describes the scan and carries the signed bytes on.
+#[derive(Clone)]
+pub(crate) struct ShapeSource {
+    signed: Signed,
+    message: ScanMessage,
+    table_schema: TableSchema,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+const SHAPE_PREFIX: &str = "strata-scan/";
+
+/// The scheduler's form of a shipped scan (see [`ShapeSource`]).
+pub(crate) fn scan_shape(
+    signed: Signed,
+    message: ScanMessage,
+    selection: Option<Vec<usize>>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let schema: SchemaRef = Arc::new(message.output_schema()?);
+    let partitions: Vec<usize> =
+        selection.unwrap_or_else(|| (0..message.partitions as usize).collect());
+    let source = ShapeSource {
+        signed,
+        message,
+        table_schema: TableSchema::from(schema),
+        metrics: ExecutionPlanMetricsSet::new(),
+    };
+    let url = ObjectStoreUrl::parse("strata-scan://shape")?;
+    let groups = partitions
+        .iter()
+        .map(|p| FileGroup::new(vec![PartitionedFile::new(format!("{SHAPE_PREFIX}{p}"), 0)]))
+        .collect();
+    let config = FileScanConfigBuilder::new(url, Arc::new(source))
+        .with_file_groups(groups)
+        .build();
+    Ok(DataSourceExec::from_data_source(config))
+}
+
+/// The signed bytes and the partitions of a scheduler's shipped scan, after Ballista
+/// sliced it for a task.
+pub(crate) fn shape_of(node: &Arc<dyn ExecutionPlan>) -> Option<(Signed, Vec<u32>)> {
+    let exec = node.downcast_ref::<DataSourceExec>()?;
+    let config = exec.data_source().downcast_ref::<FileScanConfig>()?;
+    let source = config.file_source().downcast_ref::<ShapeSource>()?;
+    let partitions = config
+        .file_groups
+        .iter()
+        .map(|g| {
+            g.iter()
+                .next()
+                .and_then(|f| f.object_meta.location.as_ref().strip_prefix(SHAPE_PREFIX))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(u32::MAX)
+        })
+        .collect();
+    Some((source.signed.clone(), partitions))
+}
+
+impl FileSource for ShapeSource {
+    fn create_file_opener(
+        &self,
+        _object_store: Arc<dyn ObjectStore>,
+        _base_config: &FileScanConfig,
+        _partition: usize,
+    ) -> DfResult<Arc<dyn FileOpener>> {
+        Err(refused("the scheduler does not run scans"))
     }
 
-    /// Whether this process checked its signature (an executor).
-    pub(crate) fn is_verified(&self) -> bool {
-        self.rebuilder.is_some()
+    fn table_schema(&self) -> &TableSchema {
+        &self.table_schema
+    }
+
+    fn with_batch_size(&self, _batch_size: usize) -> Arc<dyn FileSource> {
+        Arc::new(self.clone())
+    }
+
+    fn metrics(&self) -> &ExecutionPlanMetricsSet {
+        &self.metrics
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn file_type(&self) -> &str {
+        "strata-signed-scan"
+    }
+
+    /// The scheduler logs and stores plans: see [`describe`].
+    fn fmt_extra(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, ", ")?;
+        describe(&self.message, self.table_schema.file_schema(), f)
     }
 }
 
+/// A shipped scan for plan displays. The policy's expressions hold the principal's claims
+/// as literals, so they are never shown, only whether there is a row filter and which
+/// columns are masked.
+fn describe(message: &ScanMessage, schema: &Schema, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let masked: Vec<String> = message
+        .masks
+        .iter()
+        .map(|m| {
+            schema
+                .fields()
+                .iter()
+                .zip(&message.requested)
+                .find(|(_, i)| **i == m.column)
+                .map(|(f, _)| f.name().clone())
+                .unwrap_or_else(|| format!("#{}", m.column))
+        })
+        .collect();
+    write!(
+        f,
+        "PolicyExec: table={}.{}@v{}, partitions={}, row_filter={}, masked=[{}]",
+        message.layer,
+        message.name,
+        message.version,
+        message.partitions,
+        if message.filter.is_some() {
+            "<redacted>"
+        } else {
+            "none"
+        },
+        masked.join(", ")
+    )
+}
+
 impl DisplayAs for RemoteScanExec {
-    /// The scheduler logs and stores plans: the policy's expressions hold the principal's
-    /// claims as literals, so they are never displayed, only which columns are masked.
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let masked: Vec<String> = self
-            .message
-            .masks
-            .iter()
-            .map(|m| {
-                self.properties
-                    .eq_properties
-                    .schema()
-                    .fields()
-                    .iter()
-                    .zip(&self.message.requested)
-                    .find(|(_, i)| **i == m.column)
-                    .map(|(f, _)| f.name().clone())
-                    .unwrap_or_else(|| format!("#{}", m.column))
-            })
-            .collect();
-        write!(
-            f,
-            "PolicyExec: table={}@v{}, partitions={}, row_filter={}, masked=[{}]",
-            self.table,
-            self.message.version,
-            self.message.partitions,
-            if self.message.filter.is_some() {
-                "<redacted>"
-            } else {
-                "none"
-            },
-            masked.join(", ")
-        )
+        describe(&self.message, self.properties.eq_properties.schema(), f)?;
+        if let Some(s) = &self.selection {
+            write!(f, ", running={s:?}")?;
+        }
+        Ok(())
     }
 }
 
@@ -215,8 +353,12 @@ impl ExecutionPlan for RemoteScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let Some(rebuilder) = self.rebuilder.clone() else {
-            return Err(refused("this process does not run scans"));
+        let rebuilder = Arc::clone(&self.rebuilder);
+        let partition = match &self.selection {
+            Some(s) => *s.get(partition).ok_or_else(|| {
+                DataFusionError::Internal(format!("no partition {partition} in this task"))
+            })?,
+            None => partition,
         };
         let (built, message, table) = (
             Arc::clone(&self.built),
@@ -226,10 +368,15 @@ impl ExecutionPlan for RemoteScanExec {
         let schema = self.schema();
         let expected = Arc::clone(&schema);
         let stream = futures::stream::once(async move {
-            let plan = built
+            let built = built
                 .get_or_try_init(|| rebuilder.rebuild(&message, &expected, &context))
                 .await?;
-            PolicyExec::guarded_execute(plan, &table, partition, context)
+            PolicyExec::guarded_execute(
+                &built.plan,
+                &table,
+                partition,
+                Arc::clone(&built.context),
+            )
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))

@@ -157,17 +157,16 @@ pub(crate) fn check_leaves(plan: &Arc<dyn ExecutionPlan>) -> DfResult<()> {
         if !node.children().is_empty() {
             return Ok(TreeNodeRecursion::Continue);
         }
-        let allowed = match node.downcast_ref::<RemoteScanExec>() {
-            Some(scan) => scan.is_verified(),
-            None => matches!(
+        // A `RemoteScanExec` exists here only once its signature was checked (codec).
+        let allowed = node.is::<RemoteScanExec>()
+            || matches!(
                 node.name(),
                 "ShuffleReaderExec"
                     | "RangeShuffleReaderExec"
                     | "UnresolvedShuffleExec"
                     | "EmptyExec"
                     | "PlaceholderRowExec"
-            ),
-        };
+            );
         if !allowed {
             bad = Some(node.name().to_string());
             return Ok(TreeNodeRecursion::Stop);

@@ -376,9 +376,9 @@ impl Engine {
         // when the scan turns out large.
         let shipping = |state: &SessionState| {
             let mut state = state.clone();
-            state
-                .config_mut()
-                .set_extension(Arc::new(crate::security::policy::ShipScans));
+            let config = state.config_mut();
+            config.set_extension(Arc::new(crate::security::policy::ShipScans));
+            cluster::plan_options(config.options_mut());
             state
         };
         let (state, physical) = match route {
