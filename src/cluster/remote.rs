@@ -278,17 +278,17 @@ impl FileSource for ShapeSource {
 /// as literals, so they are never shown, only whether there is a row filter and which
 /// columns are masked.
 fn describe(message: &ScanMessage, schema: &Schema, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    // Masks of the columns this scan produces (the others do not apply to it).
     let masked: Vec<String> = message
         .masks
         .iter()
-        .map(|m| {
+        .filter_map(|m| {
             schema
                 .fields()
                 .iter()
                 .zip(&message.requested)
                 .find(|(_, i)| **i == m.column)
                 .map(|(f, _)| f.name().clone())
-                .unwrap_or_else(|| format!("#{}", m.column))
         })
         .collect();
     write!(

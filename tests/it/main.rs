@@ -6,6 +6,7 @@ mod backfill;
 mod browser;
 mod cache;
 mod cli;
+mod cluster;
 mod commits;
 mod connectors;
 mod console;
