@@ -22,12 +22,12 @@ use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr_common::physical_expr::proto_decode::PhysicalExprDecodeCtx;
+use datafusion::physical_expr_common::physical_expr::proto_encode::PhysicalExprEncodeCtx;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion_proto::logical_plan::DefaultLogicalExtensionCodec;
 use datafusion_proto::logical_plan::from_proto::parse_expr;
 use datafusion_proto::logical_plan::to_proto::serialize_expr;
-use datafusion::physical_expr_common::physical_expr::proto_decode::PhysicalExprDecodeCtx;
-use datafusion::physical_expr_common::physical_expr::proto_encode::PhysicalExprEncodeCtx;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use datafusion_proto::protobuf::LogicalExprNode;
 use hmac::{Hmac, Mac};
@@ -208,8 +208,7 @@ impl PhysicalExtensionCodec for StrataCodec {
         if buf.starts_with(SCAN_MAGIC) {
             return self.decode_scan(buf);
         }
-        self.ballista
-            .try_decode(buf, inputs, ctx, proto_converter)
+        self.ballista.try_decode(buf, inputs, ctx, proto_converter)
     }
 
     fn try_encode(
@@ -244,7 +243,11 @@ impl PhysicalExtensionCodec for StrataCodec {
             let [expr] = inputs else {
                 return Err(internal("an IN list has one input"));
             };
-            return Ok(Arc::new(InStrings::new(Arc::clone(expr), m.list, m.negated)));
+            return Ok(Arc::new(InStrings::new(
+                Arc::clone(expr),
+                m.list,
+                m.negated,
+            )));
         }
         self.ballista.try_decode_expr(buf, inputs, ctx)
     }
@@ -280,6 +283,23 @@ fn shipped(signed: Signed, selection: Option<Vec<u32>>) -> Vec<u8> {
         .encode_to_vec(),
     );
     out
+}
+
+/// `shipped` (a signed scan's bytes) changed by `change` and signed again with `key`: what
+/// a front end with the key could have planned.
+#[cfg(test)]
+pub(super) fn resigned(
+    shipped_bytes: &[u8],
+    key: &[u8],
+    change: impl FnOnce(&mut ScanMessage),
+) -> Vec<u8> {
+    let shipped = Shipped::decode(&shipped_bytes[SCAN_MAGIC.len()..]).unwrap_or_default();
+    let signed = shipped.signed.unwrap_or_default();
+    let mut message = ScanMessage::decode(signed.payload.as_slice()).unwrap_or_default();
+    change(&mut message);
+    let payload = message.encode_to_vec();
+    let mac = mac(key, &payload).unwrap_or_default();
+    self::shipped(Signed { payload, mac }, None)
 }
 
 fn scan_message(spec: &ScanSpec, exec: &PolicyExec, expires_at_ms: u64) -> DfResult<ScanMessage> {
@@ -323,8 +343,8 @@ impl ScanMessage {
     }
 
     pub(crate) fn output_schema(&self) -> DfResult<Schema> {
-        let proto = datafusion_proto::protobuf::Schema::decode(self.schema.as_slice())
-            .map_err(internal)?;
+        let proto =
+            datafusion_proto::protobuf::Schema::decode(self.schema.as_slice()).map_err(internal)?;
         Schema::try_from(&proto).map_err(|e| internal(format!("schema: {e}")))
     }
 

@@ -154,7 +154,9 @@ impl RemoteScanExec {
         if let Some(s) = &selection
             && s.iter().any(|p| *p >= all)
         {
-            return Err(refused("a task asked for a partition the scan does not have"));
+            return Err(refused(
+                "a task asked for a partition the scan does not have",
+            ));
         }
         let count = selection.as_ref().map_or(all, Vec::len);
         let schema: SchemaRef = Arc::new(message.output_schema()?);
@@ -371,12 +373,7 @@ impl ExecutionPlan for RemoteScanExec {
             let built = built
                 .get_or_try_init(|| rebuilder.rebuild(&message, &expected, &context))
                 .await?;
-            PolicyExec::guarded_execute(
-                &built.plan,
-                &table,
-                partition,
-                Arc::clone(&built.context),
-            )
+            PolicyExec::guarded_execute(&built.plan, &table, partition, Arc::clone(&built.context))
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))

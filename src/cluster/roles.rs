@@ -79,9 +79,11 @@ pub async fn run_executor(cfg: &Config) -> Result<()> {
         .build_arc()
         .map_err(|e| Error::Config(format!("executor runtime: {e}")))?;
     let template = crate::engine::session::template_state(&cfg.query, runtime)?;
-    let mut functions = BallistaFunctionRegistry::default();
     // Strata's bounded `repeat`, `lpad`, … under their own names.
-    functions.scalar_functions = template.scalar_functions().clone();
+    let functions = BallistaFunctionRegistry {
+        scalar_functions: template.scalar_functions().clone(),
+        ..BallistaFunctionRegistry::default()
+    };
     let codec = StrataCodec::new(Role::Executor {
         key,
         rebuilder: Arc::new(Rebuilder::new(catalog, Arc::new(template))),

@@ -62,7 +62,12 @@ impl Scheduler {
 
     /// Executors the scheduler counts alive (its `/readyz`).
     async fn live_executors(&self) -> Result<usize> {
-        let unavailable = |e: String| Error::ClusterUnavailable(format!("the cluster's scheduler at {} does not answer: {e}", self.url));
+        let unavailable = |e: String| {
+            Error::ClusterUnavailable(format!(
+                "the cluster's scheduler at {} does not answer: {e}",
+                self.url
+            ))
+        };
         let body = self
             .http
             .get(format!("{}/readyz", self.url))
@@ -165,15 +170,13 @@ struct Job {
 impl Job {
     /// Waits for the job, then streams its result partitions (the job is cancelled if the
     /// stream is dropped before).
-    async fn run(
-        mut self,
-    ) -> DfResult<impl Stream<Item = DfResult<RecordBatch>> + Send + 'static> {
+    async fn run(mut self) -> DfResult<impl Stream<Item = DfResult<RecordBatch>> + Send + 'static> {
         let locations = self.wait().await.map_err(DataFusionError::from)?;
         // From here the job is done: nothing to cancel when the reader stops early.
         self.finished = true;
-        let streams = locations.into_iter().map(|l| {
-            futures::stream::once(fetch(l)).try_flatten()
-        });
+        let streams = locations
+            .into_iter()
+            .map(|l| futures::stream::once(fetch(l)).try_flatten());
         Ok(futures::stream::iter(streams).flatten())
     }
 
@@ -193,8 +196,7 @@ impl Job {
                 .and_then(|s| s.status);
             match status {
                 Some(job_status::Status::Successful(SuccessfulJob {
-                    partition_location,
-                    ..
+                    partition_location, ..
                 })) => return Ok(partition_location),
                 Some(job_status::Status::Failed(f)) => {
                     self.finished = true;

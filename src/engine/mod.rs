@@ -39,9 +39,9 @@ use crate::security::AccessControl;
 use crate::security::policy::store::PolicyStore;
 use crate::storage::Catalog;
 
+pub(crate) use in_strings::InStrings;
 pub use output::{Executed, Prepared, QueryOutput, ResultKey, Submission, command_schema};
 pub use sql::Statement;
-pub(crate) use in_strings::InStrings;
 
 use cached::PlannedQuery;
 

@@ -383,12 +383,16 @@ impl Engine {
         };
         let (state, physical) = match route {
             Route::Local => {
-                let physical = DataFrame::new(state.clone(), plan).create_physical_plan().await?;
+                let physical = DataFrame::new(state.clone(), plan)
+                    .create_physical_plan()
+                    .await?;
                 (state, physical)
             }
             Route::Always => {
                 let state = shipping(&state);
-                let physical = DataFrame::new(state.clone(), plan).create_physical_plan().await?;
+                let physical = DataFrame::new(state.clone(), plan)
+                    .create_physical_plan()
+                    .await?;
                 (state, physical)
             }
             Route::IfLarger(min) => {
@@ -397,8 +401,9 @@ impl Engine {
                     .await?;
                 if cluster::scanned_bytes(&physical) > min {
                     let state = shipping(&state);
-                    let physical =
-                        DataFrame::new(state.clone(), plan).create_physical_plan().await?;
+                    let physical = DataFrame::new(state.clone(), plan)
+                        .create_physical_plan()
+                        .await?;
                     (state, physical)
                 } else {
                     (state, physical)

@@ -72,7 +72,10 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
 
 fn storage_env(moto: &Moto) -> Vec<(String, String)> {
     env(&[
-        ("STRATA__STORAGE__WAREHOUSE", format!("s3://{}/tpch", moto.bucket)),
+        (
+            "STRATA__STORAGE__WAREHOUSE",
+            format!("s3://{}/tpch", moto.bucket),
+        ),
         ("STRATA__STORAGE__S3__ENDPOINT", moto.endpoint.clone()),
         ("STRATA__STORAGE__S3__REGION", "us-east-1".into()),
         ("STRATA__STORAGE__S3__ACCESS_KEY_ID", ACCESS_KEY.into()),
@@ -94,7 +97,10 @@ impl Cluster {
         let url = format!("http://127.0.0.1:{port}");
         let scheduler = Node::spawn(
             "scheduler",
-            &env(&[("STRATA__CLUSTER__SCHEDULER_BIND", format!("127.0.0.1:{port}"))]),
+            &env(&[(
+                "STRATA__CLUSTER__SCHEDULER_BIND",
+                format!("127.0.0.1:{port}"),
+            )]),
             root.join("scheduler.log"),
         );
         let executors = (0..2)
@@ -103,8 +109,14 @@ impl Cluster {
                 e.extend(env(&[
                     ("STRATA__CLUSTER__SCHEDULER_URL", url.clone()),
                     ("STRATA__CLUSTER__PLAN_KEY", PLAN_KEY.into()),
-                    ("STRATA__CLUSTER__EXECUTOR_FLIGHT_PORT", free_port().to_string()),
-                    ("STRATA__CLUSTER__EXECUTOR_GRPC_PORT", free_port().to_string()),
+                    (
+                        "STRATA__CLUSTER__EXECUTOR_FLIGHT_PORT",
+                        free_port().to_string(),
+                    ),
+                    (
+                        "STRATA__CLUSTER__EXECUTOR_GRPC_PORT",
+                        free_port().to_string(),
+                    ),
                     ("STRATA__CLUSTER__EXECUTOR_VCORES", "1".into()),
                     (
                         "STRATA__SERVER__DATA_DIR",
@@ -182,11 +194,12 @@ fn front_end(moto: &Moto, root: &Path, mode: ClusterMode, url: &str) -> Config {
 
 async fn pytest(args: &[&str], envs: &[(&str, String)]) {
     let python = tokio::task::spawn_blocking(python).await.unwrap();
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/cluster_check.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/cluster_check.py");
     let mut command = Command::new(python);
     if args.is_empty() {
-        command.args(["-m", "pytest", "-q", "-p", "no:cacheprovider"]).arg(&script);
+        command
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+            .arg(&script);
     } else {
         command.arg(&script).args(args);
     }
@@ -218,7 +231,8 @@ async fn queries_on_the_cluster_equal_the_single_node_with_row_level_security_in
     };
     let moto = Moto::start().await;
     let cluster = Cluster::start(&moto, &root).await;
-    let front = TestServer::start_with(front_end(&moto, &root, ClusterMode::Always, &cluster.url)).await;
+    let front =
+        TestServer::start_with(front_end(&moto, &root, ClusterMode::Always, &cluster.url)).await;
     let reference =
         TestServer::start_with(front_end(&moto, &root, ClusterMode::Off, &cluster.url)).await;
 
@@ -228,7 +242,10 @@ async fn queries_on_the_cluster_equal_the_single_node_with_row_level_security_in
         ("STRATA_CLUSTER_URI", uri(&front)),
         ("STRATA_REFERENCE_URI", uri(&reference)),
         ("STRATA_ADMIN_TOKEN", front.admin.clone()),
-        ("STRATA_TPCH_DIR", root.join("tpch-data").display().to_string()),
+        (
+            "STRATA_TPCH_DIR",
+            root.join("tpch-data").display().to_string(),
+        ),
         ("STRATA_TPCH_SF", "0.1".to_string()),
     ];
     pytest(&["load"], &common).await;
@@ -263,12 +280,9 @@ async fn queries_on_the_cluster_equal_the_single_node_with_row_level_security_in
     // none in the scheduler's environment: it holds no storage credentials at all.
     let scheduler_log = cluster.scheduler.log();
     assert!(scheduler_log.contains("Submitting execution graph"));
-    for (name, log) in std::iter::once(("scheduler", scheduler_log.clone())).chain(
-        cluster
-            .executors
-            .iter()
-            .map(|e| ("executor", e.log())),
-    ) {
+    for (name, log) in std::iter::once(("scheduler", scheduler_log.clone()))
+        .chain(cluster.executors.iter().map(|e| ("executor", e.log())))
+    {
         for secret in [SECRET_KEY, ACCESS_KEY, PLAN_KEY] {
             assert!(!log.contains(secret), "{name} logged a secret");
         }
@@ -276,7 +290,9 @@ async fn queries_on_the_cluster_equal_the_single_node_with_row_level_security_in
     let environ = std::fs::read(format!("/proc/{}/environ", cluster.scheduler.child.id()))
         .unwrap_or_default();
     let environ = String::from_utf8_lossy(&environ);
-    assert!(!environ.contains("STORAGE") && !environ.contains("AWS_") && !environ.contains("PLAN_KEY"));
+    assert!(
+        !environ.contains("STORAGE") && !environ.contains("AWS_") && !environ.contains("PLAN_KEY")
+    );
     // The scheduler logs plans with the policy redacted: the claim's value is not there.
     assert!(scheduler_log.contains("row_filter=<redacted>"));
     assert!(!scheduler_log.contains("'AIR'") && !scheduler_log.contains("Utf8(\"AIR\")"));
@@ -294,7 +310,10 @@ async fn queries_on_the_cluster_equal_the_single_node_with_row_level_security_in
         .unwrap();
     assert_eq!(r.status(), 200);
     let after = cluster.jobs_per_executor()[0].len() + cluster.jobs_per_executor()[1].len();
-    assert_eq!(before, after, "x-strata-distributed: off still used the cluster");
+    assert_eq!(
+        before, after,
+        "x-strata-distributed: off still used the cluster"
+    );
     let r = front
         .client
         .post(front.url("/api/v1/query"))
@@ -310,16 +329,24 @@ async fn queries_on_the_cluster_equal_the_single_node_with_row_level_security_in
     let mut short = front_end(&moto, &root, ClusterMode::Always, &cluster.url);
     short.query.timeout_secs = 1;
     let hasty = TestServer::start_with(short).await;
-    let slow = "SELECT count(*) AS n FROM lineitem a, lineitem b WHERE a.l_orderkey + b.l_orderkey = 7";
+    let slow =
+        "SELECT count(*) AS n FROM lineitem a, lineitem b WHERE a.l_orderkey + b.l_orderkey = 7";
     let started = Instant::now();
     let (status, body) = hasty.sql(&hasty.admin.clone(), slow).await;
     assert_eq!(status, 504, "{body}");
     let deadline = started + Duration::from_secs(6);
     loop {
-        if cluster.scheduler.log().contains("Received cancellation request for job") {
+        if cluster
+            .scheduler
+            .log()
+            .contains("Received cancellation request for job")
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "the timed-out job was not cancelled");
+        assert!(
+            Instant::now() < deadline,
+            "the timed-out job was not cancelled"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -331,7 +358,9 @@ async fn queries_on_the_cluster_equal_the_single_node_with_row_level_security_in
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let (status, body) = loop {
-        let (status, body) = front.sql(&front.admin.clone(), "SELECT count(*) AS n FROM orders").await;
+        let (status, body) = front
+            .sql(&front.admin.clone(), "SELECT count(*) AS n FROM orders")
+            .await;
         if status != 200 || Instant::now() > deadline {
             break (status, body);
         }

@@ -22,5 +22,7 @@ pub(crate) mod write;
 
 pub(crate) use catalog::SecureCatalog;
 pub(crate) use guard::PolicyGuard;
-pub(crate) use table::{Enforcement, PolicyExec, PolicyTable, ScanSpec, ShipScans, restricted_scan};
+pub(crate) use table::{
+    Enforcement, PolicyExec, PolicyTable, ScanSpec, ShipScans, restricted_scan,
+};
 pub(crate) use views::{SystemView, SystemViews, ViewRows};
