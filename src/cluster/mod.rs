@@ -19,9 +19,11 @@
 //! never sees a policy in clear (`PolicyExec`'s display redacts the bound claims; it logs
 //! and stores plans). Executors read with their own, read-only credentials; no secret
 //! travels in session settings (only `datafusion.*` options are sent) or job configs.
-//! Result rows travel from executors to the front end over Arrow Flight without TLS in
-//! this build, which is why every cluster address must be a loopback address until mutual
-//! TLS is added (`config::cluster`).
+//! This build has no TLS of its own on the cluster's connections (plans, shuffle data and
+//! result rows over gRPC and Arrow Flight), so every cluster address must be a loopback
+//! address unless `cluster.transport = "mesh"` declares that a service mesh wraps them in
+//! mutual TLS (`config::cluster`); the Helm chart adds NetworkPolicies so only the
+//! cluster's own pods reach its ports.
 //!
 //! Which queries go: `always` every eligible one, `auto` those whose planned scan reads
 //! more than `min_bytes_scanned`; the header `x-strata-distributed: on|off` overrides per

@@ -22,10 +22,25 @@ pub enum ClusterMode {
     Always,
 }
 
+/// What protects the cluster's connections (front end ↔ scheduler ↔ executors: plans,
+/// shuffle data, result rows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterTransport {
+    /// Every cluster address is a loopback address (one host).
+    #[default]
+    Loopback,
+    /// A service mesh (Istio, Linkerd, …) wraps every connection between the cluster's
+    /// pods in mutual TLS: the operator declares it, Strata cannot see it. This build has
+    /// no mutual TLS of its own, so other addresses are refused without it.
+    Mesh,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     pub mode: ClusterMode,
+    pub transport: ClusterTransport,
     /// The scheduler's gRPC address, `http://host:port` (the front end and the executors).
     pub scheduler_url: Option<String>,
     /// `auto`: the planned scan (bytes of the data files after pruning) above which a query
@@ -56,6 +71,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             mode: ClusterMode::Off,
+            transport: ClusterTransport::Loopback,
             scheduler_url: None,
             min_bytes_scanned: 8 << 30,
             plan_key: None,
@@ -82,8 +98,8 @@ impl ClusterConfig {
         match self.scheduler_url.as_deref().map(url::Url::parse) {
             None => out.push("cluster.mode is not \"off\": set cluster.scheduler_url".to_string()),
             Some(Err(e)) => out.push(format!("cluster.scheduler_url: {e}")),
-            Some(Ok(u)) if !is_loopback_host(u.host_str().unwrap_or_default()) => out.push(
-                "cluster.scheduler_url is not a loopback address: the cluster's gRPC needs mutual TLS there, which this build does not provide yet; keep the scheduler on this host".to_string(),
+            Some(Ok(u)) if !self.allows(u.host_str().unwrap_or_default()) => out.push(
+                "cluster.scheduler_url is not a loopback address: the cluster's connections need mutual TLS there, which this build leaves to a service mesh (cluster.transport = \"mesh\")".to_string(),
             ),
             Some(Ok(_)) => {}
         }
@@ -97,9 +113,9 @@ impl ClusterConfig {
         if self.scheduler_url.is_none() {
             out.push("cluster.scheduler_url is not set".to_string());
         }
-        if !is_loopback_host(&self.executor_bind_host) {
+        if !self.allows(&self.executor_bind_host) {
             out.push(format!(
-                "cluster.executor_bind_host {:?} is not a loopback address: plans and shuffle data need mutual TLS there, which this build does not provide yet",
+                "cluster.executor_bind_host {:?} is not a loopback address: plans and shuffle data need mutual TLS there, which this build leaves to a service mesh (cluster.transport = \"mesh\")",
                 self.executor_bind_host
             ));
         }
@@ -112,13 +128,18 @@ impl ClusterConfig {
     /// Problems of the scheduler's part (`strata cluster scheduler`).
     pub fn scheduler_problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if !self.scheduler_bind.ip().is_loopback() {
+        if !self.allows(&self.scheduler_bind.ip().to_string()) {
             out.push(format!(
-                "cluster.scheduler_bind {} is not a loopback address: the scheduler's gRPC needs mutual TLS there, which this build does not provide yet",
+                "cluster.scheduler_bind {} is not a loopback address: the scheduler's gRPC needs mutual TLS there, which this build leaves to a service mesh (cluster.transport = \"mesh\")",
                 self.scheduler_bind
             ));
         }
         out
+    }
+
+    /// Whether the cluster may use `host`.
+    fn allows(&self, host: &str) -> bool {
+        self.transport == ClusterTransport::Mesh || is_loopback_host(host)
     }
 
     fn key_problems(&self) -> Vec<String> {

@@ -24,15 +24,26 @@ fn dockerfile_and_helm_chart_pass_their_linters() {
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
-    for case in ["defaults", "everything"] {
-        let check = Command::new(env!("CARGO_BIN_EXE_strata"))
+    for case in ["defaults", "everything", "cluster"] {
+        let mut check = Command::new(env!("CARGO_BIN_EXE_strata"));
+        check
             .args(["check-config", "--config"])
             .arg(out.path().join(format!("{case}.toml")))
             .env_remove("STRATA_CONFIG")
             // What the chart's Secret reference provides.
-            .env("STRATA__AUTH__HS256_SECRET", "x".repeat(32))
-            .output()
-            .unwrap();
+            .env("STRATA__AUTH__HS256_SECRET", "x".repeat(32));
+        if case == "cluster" {
+            // What the chart sets on the front ends.
+            check
+                .env("STRATA__CLUSTER__MODE", "auto")
+                .env("STRATA__CLUSTER__TRANSPORT", "mesh")
+                .env(
+                    "STRATA__CLUSTER__SCHEDULER_URL",
+                    "http://strata-scheduler.data.svc:50050",
+                )
+                .env("STRATA__CLUSTER__PLAN_KEY", "k".repeat(32));
+        }
+        let check = check.output().unwrap();
         assert!(
             check.status.success(),
             "{case}: {}",

@@ -49,7 +49,16 @@ everything = {
         "jwtKeys": {"name": "keys"},
     },
 }
-cases = {"defaults": {}, "everything": everything}
+cluster = {
+    "cluster": {
+        "enabled": True,
+        "meshMTLS": True,
+        "planKey": {"name": "plan"},
+        "executor": {"s3": {"name": "s3-read-only"}},
+    },
+    "secrets": {"jwt": {"name": "jwt"}, "s3": {"name": "s3"}},
+}
+cases = {"defaults": {}, "everything": everything, "cluster": cluster}
 loaded = helm_python.Chart.load(str(chart))
 for case, values in cases.items():
     rendered = loaded.render(values, name="strata", namespace="data")
@@ -72,7 +81,7 @@ for case, values in cases.items():
         if "ServiceMonitor" not in line and ("ERROR" in line or "error" in line):
             problems.append(f"{case}: kubernetes-validate: {line}")
 
-    deploy = by_kind["Deployment"][0]
+    deploy = next(d for d in by_kind["Deployment"] if d["metadata"]["name"] == "strata")
     pod = deploy["spec"]["template"]
     container = pod["spec"]["containers"][0]
     checks = {
@@ -82,7 +91,7 @@ for case, values in cases.items():
         "non-root": pod["spec"]["securityContext"]["runAsNonRoot"] is True,
         "read-only root": container["securityContext"]["readOnlyRootFilesystem"] is True,
         "config checksum": "checksum/config" in pod["metadata"]["annotations"],
-        "service": len(by_kind.get("Service", [])) == 1,
+        "service": len(by_kind.get("Service", [])) == (3 if case == "cluster" else 1),
         "configmap": len(by_kind.get("ConfigMap", [])) == 1,
         "pdb": len(by_kind.get("PodDisruptionBudget", [])) == 1,
         "grace above shutdown": pod["spec"]["terminationGracePeriodSeconds"] > 30,
@@ -101,6 +110,38 @@ for case, values in cases.items():
                     "STRATA__AUTH__TICKET_SECRET",
                     "STRATA__STORAGE__S3__ACCESS_KEY_ID",
                     "STRATA__STORAGE__S3__SECRET_ACCESS_KEY",
+                )
+            ),
+        })
+    elif case == "cluster":
+        scheduler = next(d for d in by_kind["Deployment"] if d["metadata"]["name"] == "strata-scheduler")
+        executor = by_kind["StatefulSet"][0]
+        s_env = {e["name"] for e in scheduler["spec"]["template"]["spec"]["containers"][0]["env"]}
+        x_env = {e["name"]: e for e in executor["spec"]["template"]["spec"]["containers"][0]["env"]}
+        policies = {p["metadata"]["name"] for p in by_kind.get("NetworkPolicy", [])}
+        selector = deploy["spec"]["selector"]["matchLabels"]
+        checks.update({
+            "front end sends to the scheduler": env["STRATA__CLUSTER__SCHEDULER_URL"]["value"]
+            == "http://strata-scheduler.data.svc:50050",
+            "front end signs with the plan key": "secretKeyRef" in env["STRATA__CLUSTER__PLAN_KEY"]["valueFrom"],
+            "scheduler holds no secret, config or storage": not any(
+                k.startswith("STRATA__STORAGE") or k in ("STRATA__CLUSTER__PLAN_KEY", "STRATA_CONFIG")
+                for k in s_env
+            ),
+            "executors check with the plan key": "secretKeyRef" in x_env["STRATA__CLUSTER__PLAN_KEY"]["valueFrom"],
+            "executors read with their own credentials": x_env["STRATA__STORAGE__S3__ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"]
+            == "s3-read-only",
+            "executors advertise their pod IP": "fieldRef" in x_env["STRATA__CLUSTER__EXECUTOR_EXTERNAL_HOST"]["valueFrom"],
+            "scheduler and executor ports kept internal": {"strata-scheduler", "strata-executor"} <= policies,
+            "front end selector excludes cluster pods": not any(
+                all(w["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in selector.items())
+                for w in (scheduler, executor)
+            ),
+            "probes on cluster pods": all(
+                "readinessProbe" in c and "livenessProbe" in c and "resources" in c
+                for c in (
+                    scheduler["spec"]["template"]["spec"]["containers"][0],
+                    executor["spec"]["template"]["spec"]["containers"][0],
                 )
             ),
         })

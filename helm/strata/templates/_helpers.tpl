@@ -25,3 +25,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{- define "strata.clusterLabels" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}-{{ .component }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/part-of: {{ .root.Chart.Name }}
+{{- end -}}
+
+{{- define "strata.schedulerUrl" -}}
+http://{{ include "strata.fullname" . }}-scheduler.{{ .Release.Namespace }}.svc:{{ .Values.cluster.scheduler.port }}
+{{- end -}}
