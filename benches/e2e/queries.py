@@ -73,3 +73,40 @@ limit 20
 }
 
 TABLES = ["region", "nation", "supplier", "customer", "orders", "lineitem", "part", "partsupp"]
+
+# The scale-out benchmark's set (cluster.py): the scan-heavy q1, the join chains q3, q5 and
+# q9 (six tables), and q18 (a large aggregation joined back).
+MORE = {
+    "q9": """
+select nation, o_year, sum(amount) as sum_profit
+from (
+    select n_name as nation,
+           extract(year from o_orderdate) as o_year,
+           l_extendedprice * (1 - l_discount) - ps_supplycost * l_quantity as amount
+    from part, supplier, lineitem, partsupp, orders, nation
+    where s_suppkey = l_suppkey
+      and ps_suppkey = l_suppkey
+      and ps_partkey = l_partkey
+      and p_partkey = l_partkey
+      and o_orderkey = l_orderkey
+      and s_nationkey = n_nationkey
+      and p_name like '%green%'
+) as profit
+group by nation, o_year
+order by nation, o_year desc
+""",
+    "q18": """
+select c_name, c_custkey, o_orderkey, o_orderdate, o_totalprice, sum(l_quantity)
+from customer, orders, lineitem
+where o_orderkey in (
+        select l_orderkey from lineitem group by l_orderkey having sum(l_quantity) > 300
+      )
+  and c_custkey = o_custkey
+  and o_orderkey = l_orderkey
+group by c_name, c_custkey, o_orderkey, o_orderdate, o_totalprice
+order by o_totalprice desc, o_orderdate
+limit 100
+""",
+}
+
+CLUSTER_QUERIES = {q: QUERIES[q] for q in ("q1", "q3", "q5")} | MORE
