@@ -206,7 +206,12 @@ pub(crate) fn scanned_bytes(plan: &Arc<dyn ExecutionPlan>) -> u64 {
         {
             for group in &files.file_groups {
                 for file in group.iter() {
-                    total = total.saturating_add(file.object_meta.size);
+                    // A file split between partitions is read once, range by range.
+                    let bytes = match &file.range {
+                        Some(r) => u64::try_from(r.end.saturating_sub(r.start)).unwrap_or(0),
+                        None => file.object_meta.size,
+                    };
+                    total = total.saturating_add(bytes);
                 }
             }
         }

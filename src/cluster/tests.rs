@@ -321,3 +321,44 @@ async fn a_stage_reading_anything_but_signed_scans_is_refused() {
     let e = super::roles::check_leaves(&scan).unwrap_err();
     assert!(e.to_string().contains("only signed table scans"), "{e}");
 }
+
+#[tokio::test]
+async fn only_plans_of_shippable_scans_go_and_their_size_is_what_they_read() {
+    let f = fixture().await;
+    let plan = planned(&f).await;
+    assert!(super::eligible(&plan));
+    let on_disk: u64 = walk(&f._dir.path().join("wh/gold/t"));
+    assert_eq!(super::scanned_bytes(&plan), on_disk);
+    // A VALUES list beside the table stays on this node.
+    let values = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+        &[vec![]],
+        plan.schema(),
+        None,
+    )
+    .unwrap();
+    let union = datafusion::physical_plan::union::UnionExec::try_new(vec![
+        Arc::clone(&plan),
+        values as Arc<dyn ExecutionPlan>,
+    ])
+    .unwrap();
+    assert!(!super::eligible(&union));
+}
+
+/// Bytes of the Parquet files under `dir`.
+fn walk(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn the_header_is_on_or_off() {
+    assert_eq!(super::parse_header(None).unwrap(), None);
+    assert_eq!(super::parse_header(Some("ON")).unwrap(), Some(true));
+    assert_eq!(super::parse_header(Some(" off ")).unwrap(), Some(false));
+    let e = super::parse_header(Some("maybe")).unwrap_err();
+    assert!(e.to_string().contains("neither"), "{e}");
+}
