@@ -41,6 +41,20 @@ async fn fixture() -> Fixture {
     };
     let catalog = Arc::new(Catalog::new(Warehouse::open(&storage).unwrap()));
     let table = TableRef::new("gold", "t").unwrap();
+    fill(&catalog, &table, |chunk| {
+        (chunk * 100..(chunk + 1) * 100).collect()
+    })
+    .await;
+    Fixture {
+        _dir: dir,
+        catalog,
+        template: template(3),
+        table,
+    }
+}
+
+/// Creates `table (id bigint)` and appends three commits of `ids(0..3)`.
+async fn fill(catalog: &Catalog, table: &TableRef, ids: impl Fn(i64) -> Vec<i64>) {
     let spec = TableSpec {
         columns: vec![ColumnSpec {
             name: "id".into(),
@@ -53,18 +67,19 @@ async fn fixture() -> Fixture {
         properties: BTreeMap::new(),
     };
     catalog
-        .create(&table, &spec, "test", Default::default())
+        .create(table, &spec, "test", Default::default())
         .await
         .unwrap();
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
     for chunk in 0..3 {
-        let ids: Vec<i64> = (chunk * 100..(chunk + 1) * 100).collect();
-        let batch =
-            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(ids))])
-                .unwrap();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(Int64Array::from(ids(chunk)))],
+        )
+        .unwrap();
         crate::pipelines::commit::write(
-            &catalog,
-            &table,
+            catalog,
+            table,
             &admin(),
             crate::pipelines::commit::WriteInput::Batches(vec![batch]),
             crate::pipelines::commit::WriteMode::Append,
@@ -73,12 +88,6 @@ async fn fixture() -> Fixture {
         )
         .await
         .unwrap();
-    }
-    Fixture {
-        _dir: dir,
-        catalog,
-        template: template(3),
-        table,
     }
 }
 
@@ -266,41 +275,8 @@ async fn fixture_at(old: Fixture) -> Fixture {
         template,
         table,
     } = old;
-    let spec = TableSpec {
-        columns: vec![ColumnSpec {
-            name: "id".into(),
-            data_type: "bigint".into(),
-            nullable: true,
-            description: None,
-        }],
-        partition_by: Vec::new(),
-        description: None,
-        properties: BTreeMap::new(),
-    };
     let catalog = Arc::new(Catalog::new(catalog.warehouse().clone()));
-    catalog
-        .create(&table, &spec, "test", Default::default())
-        .await
-        .unwrap();
-    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
-    for _ in 0..3 {
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![Arc::new(Int64Array::from(vec![1_i64]))],
-        )
-        .unwrap();
-        crate::pipelines::commit::write(
-            &catalog,
-            &table,
-            &admin(),
-            crate::pipelines::commit::WriteInput::Batches(vec![batch]),
-            crate::pipelines::commit::WriteMode::Append,
-            None,
-            "WRITE",
-        )
-        .await
-        .unwrap();
-    }
+    fill(&catalog, &table, |_| vec![1]).await;
     Fixture {
         _dir,
         catalog,

@@ -217,6 +217,20 @@ async fn pytest(args: &[&str], envs: &[(&str, String)]) {
     );
 }
 
+/// The status of `sql` run as admin over REST with `x-strata-distributed: value`.
+async fn distributed(s: &TestServer, value: &str, sql: &str) -> u16 {
+    s.client
+        .post(s.url("/api/v1/query"))
+        .bearer_auth(&s.admin)
+        .header("x-strata-distributed", value)
+        .json(&json!({ "sql": sql }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_on_the_cluster_equal_the_single_node_with_row_level_security_intact() {
     let dir = tempfile::tempdir().unwrap();
@@ -368,16 +382,8 @@ async fn queries_on_the_cluster_equal_the_single_node_with_row_level_security_in
     };
     assert_eq!(status, 503, "{body}");
     assert!(message(&body).contains("no live executor"), "{body}");
-    let r = front
-        .client
-        .post(front.url("/api/v1/query"))
-        .bearer_auth(&front.admin)
-        .header("x-strata-distributed", "off")
-        .json(&json!({"sql": "SELECT count(*) AS n FROM orders"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let status = distributed(&front, "off", "SELECT count(*) AS n FROM orders").await;
+    assert_eq!(status, 200);
     let (status, _) = front.get(&front.admin.clone(), "/readyz").await;
     assert_eq!(status, 200);
     let _ = principal;
