@@ -234,8 +234,14 @@ fn cluster(file: Option<PathBuf>, command: ClusterCommand) -> Result<(), String>
     runtime.block_on(async move {
         let node = async {
             match command {
-                ClusterCommand::Scheduler => strata::cluster::run_scheduler(&cfg).await,
-                ClusterCommand::Executor => strata::cluster::run_executor(&cfg).await,
+                ClusterCommand::Scheduler => {
+                    strata::cluster::run_scheduler(&cfg, strata::engine::expr_codec()).await
+                }
+                ClusterCommand::Executor => {
+                    let template = strata::engine::session_template(&cfg.query)?;
+                    strata::cluster::run_executor(&cfg, template, strata::engine::expr_codec())
+                        .await
+                }
             }
         };
         tokio::select! {

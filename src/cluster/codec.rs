@@ -12,13 +12,13 @@
 //! storage credentials); an executor checks the signature and its expiry when it decodes
 //! them and rebuilds the scan on first execute (`super::remote`).
 //!
-//! Also here: [`InStrings`], Strata's string IN list, which datafusion-proto does not know.
+//! Strata's own physical expressions (which datafusion-proto does not know) go through an
+//! [`ExprCodec`] the engine provides.
 
 use std::sync::Arc;
 
-use arrow::datatypes::Schema;
 use ballista_core::serde::BallistaPhysicalExtensionCodec;
-use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::common::Result as DfResult;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
@@ -26,71 +26,30 @@ use datafusion::physical_expr_common::physical_expr::proto_decode::PhysicalExprD
 use datafusion::physical_expr_common::physical_expr::proto_encode::PhysicalExprEncodeCtx;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion_proto::logical_plan::DefaultLogicalExtensionCodec;
-use datafusion_proto::logical_plan::from_proto::parse_expr;
 use datafusion_proto::logical_plan::to_proto::serialize_expr;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
-use datafusion_proto::protobuf::LogicalExprNode;
 use hmac::{Hmac, Mac};
 use prost::Message;
 use sha2::Sha256;
 
 use super::remote::{Rebuilder, RemoteScanExec, scan_shape, shape_of};
-use crate::engine::InStrings;
-use crate::security::policy::{Enforcement, PolicyExec, ScanSpec};
-use crate::storage::TableRef;
+use super::wire::{MaskMessage, ScanMessage, Signed, internal, refused};
+use crate::security::policy::{PolicyExec, ScanSpec};
 
 /// The first bytes of a signed scan (never the start of one of Ballista's messages: a
 /// protobuf field cannot begin with `S`, a group start).
 const SCAN_MAGIC: &[u8] = b"STRATA-SCAN/1";
-/// The first bytes of an [`InStrings`].
-const IN_MAGIC: &[u8] = b"STRATA-IN/1";
 
-/// A scan as the front end signs it.
-#[derive(Clone, PartialEq, Message)]
-pub(crate) struct ScanMessage {
-    #[prost(string, tag = "1")]
-    pub layer: String,
-    #[prost(string, tag = "2")]
-    pub name: String,
-    #[prost(uint64, tag = "3")]
-    pub version: u64,
-    #[prost(string, tag = "4")]
-    pub table_id: String,
-    #[prost(uint32, repeated, tag = "5")]
-    pub requested: Vec<u32>,
-    /// A `LogicalExprNode`.
-    #[prost(bytes = "vec", optional, tag = "6")]
-    pub filter: Option<Vec<u8>>,
-    #[prost(message, repeated, tag = "7")]
-    pub masks: Vec<MaskMessage>,
-    #[prost(bytes = "vec", repeated, tag = "8")]
-    pub pruning: Vec<Vec<u8>>,
-    /// The scan's output schema, a datafusion-proto `Schema`.
-    #[prost(bytes = "vec", tag = "9")]
-    pub schema: Vec<u8>,
-    /// Its output partitions: the executor's rebuild must have as many.
-    #[prost(uint32, tag = "10")]
-    pub partitions: u32,
-    /// Unix milliseconds after which executors refuse it.
-    #[prost(uint64, tag = "11")]
-    pub expires_at_ms: u64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub(crate) struct MaskMessage {
-    #[prost(uint32, tag = "1")]
-    pub column: u32,
-    /// A `LogicalExprNode`.
-    #[prost(bytes = "vec", tag = "2")]
-    pub expr: Vec<u8>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub(crate) struct Signed {
-    #[prost(bytes = "vec", tag = "1")]
-    payload: Vec<u8>,
-    #[prost(bytes = "vec", tag = "2")]
-    mac: Vec<u8>,
+/// Strata's own physical expressions on the wire (the engine's: its string IN list).
+pub trait ExprCodec: std::fmt::Debug + Send + Sync {
+    /// Writes `node` to `buf` when it is one of Strata's; `false` when it is not.
+    fn encode(&self, node: &Arc<dyn PhysicalExpr>, buf: &mut Vec<u8>) -> DfResult<bool>;
+    /// The expression `buf` holds when it is one of Strata's, over its decoded `inputs`.
+    fn decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn PhysicalExpr>],
+    ) -> DfResult<Option<Arc<dyn PhysicalExpr>>>;
 }
 
 /// A signed scan on the wire, with the partitions of it one task runs. The scheduler
@@ -109,14 +68,6 @@ struct Shipped {
 struct Selection {
     #[prost(uint32, repeated, tag = "1")]
     partitions: Vec<u32>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct InListMessage {
-    #[prost(string, repeated, tag = "1")]
-    list: Vec<String>,
-    #[prost(bool, tag = "2")]
-    negated: bool,
 }
 
 /// What the process using the codec may do with a scan.
@@ -143,19 +94,21 @@ impl std::fmt::Debug for Role {
     }
 }
 
-/// Strata's physical extension codec: signed scans and [`InStrings`]; everything else is
-/// Ballista's.
+/// Strata's physical extension codec: signed scans and Strata's expressions; everything
+/// else is Ballista's.
 #[derive(Debug)]
 pub(crate) struct StrataCodec {
     ballista: BallistaPhysicalExtensionCodec,
     role: Role,
+    exprs: Arc<dyn ExprCodec>,
 }
 
 impl StrataCodec {
-    pub(crate) fn new(role: Role) -> StrataCodec {
+    pub(crate) fn new(role: Role, exprs: Arc<dyn ExprCodec>) -> StrataCodec {
         StrataCodec {
             ballista: BallistaPhysicalExtensionCodec::default(),
             role,
+            exprs,
         }
     }
 
@@ -238,16 +191,8 @@ impl PhysicalExtensionCodec for StrataCodec {
         inputs: &[Arc<dyn PhysicalExpr>],
         ctx: &PhysicalExprDecodeCtx<'_>,
     ) -> DfResult<Arc<dyn PhysicalExpr>> {
-        if let Some(rest) = buf.strip_prefix(IN_MAGIC) {
-            let m = InListMessage::decode(rest).map_err(internal)?;
-            let [expr] = inputs else {
-                return Err(internal("an IN list has one input"));
-            };
-            return Ok(Arc::new(InStrings::new(
-                Arc::clone(expr),
-                m.list,
-                m.negated,
-            )));
+        if let Some(e) = self.exprs.decode(buf, inputs)? {
+            return Ok(e);
         }
         self.ballista.try_decode_expr(buf, inputs, ctx)
     }
@@ -258,15 +203,7 @@ impl PhysicalExtensionCodec for StrataCodec {
         buf: &mut Vec<u8>,
         ctx: &PhysicalExprEncodeCtx<'_>,
     ) -> DfResult<()> {
-        if let Some(e) = node.downcast_ref::<InStrings>() {
-            buf.extend_from_slice(IN_MAGIC);
-            let (list, negated) = e.parts();
-            InListMessage {
-                list: list.to_vec(),
-                negated,
-            }
-            .encode(buf)
-            .map_err(internal)?;
+        if self.exprs.encode(node, buf)? {
             return Ok(());
         }
         self.ballista.try_encode_expr(node, buf, ctx)
@@ -337,46 +274,6 @@ fn scan_message(spec: &ScanSpec, exec: &PolicyExec, expires_at_ms: u64) -> DfRes
     })
 }
 
-impl ScanMessage {
-    pub(crate) fn table(&self) -> DfResult<TableRef> {
-        TableRef::new(&self.layer, &self.name).map_err(|e| internal(e.to_string()))
-    }
-
-    pub(crate) fn output_schema(&self) -> DfResult<Schema> {
-        let proto =
-            datafusion_proto::protobuf::Schema::decode(self.schema.as_slice()).map_err(internal)?;
-        Schema::try_from(&proto).map_err(|e| internal(format!("schema: {e}")))
-    }
-
-    /// The spec the front end signed, its expressions resolved in `ctx`'s functions.
-    pub(crate) fn spec(&self, ctx: &TaskContext) -> DfResult<ScanSpec> {
-        let codec = DefaultLogicalExtensionCodec {};
-        let expr = |b: &[u8]| -> DfResult<Expr> {
-            let node = LogicalExprNode::decode(b).map_err(internal)?;
-            parse_expr(&node, ctx, &codec).map_err(|e| internal(e.to_string()))
-        };
-        Ok(ScanSpec {
-            table: self.table()?,
-            version: self.version,
-            table_id: self.table_id.clone(),
-            requested: self.requested.iter().map(|i| *i as usize).collect(),
-            enforcement: Enforcement {
-                filter: self.filter.as_deref().map(expr).transpose()?,
-                masks: self
-                    .masks
-                    .iter()
-                    .map(|m| Ok((m.column as usize, expr(&m.expr)?)))
-                    .collect::<DfResult<_>>()?,
-            },
-            pruning: self
-                .pruning
-                .iter()
-                .map(|b| expr(b))
-                .collect::<DfResult<_>>()?,
-        })
-    }
-}
-
 fn mac(key: &[u8], payload: &[u8]) -> DfResult<Vec<u8>> {
     let mut m = Hmac::<Sha256>::new_from_slice(key).map_err(internal)?;
     m.update(payload);
@@ -396,13 +293,4 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
-}
-
-fn internal(e: impl std::fmt::Display) -> DataFusionError {
-    DataFusionError::Internal(format!("cluster codec: {e}"))
-}
-
-/// A plan the cluster must not run.
-pub(crate) fn refused(why: &str) -> DataFusionError {
-    DataFusionError::Execution(format!("refused by the cluster's plan check: {why}"))
 }

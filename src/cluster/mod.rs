@@ -35,6 +35,7 @@ mod codec;
 mod remote;
 mod roles;
 mod submit;
+mod wire;
 
 use std::sync::Arc;
 
@@ -45,6 +46,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 
+pub use codec::ExprCodec;
 pub use roles::{run_executor, run_scheduler};
 
 use crate::config::{ClusterConfig, ClusterMode};
@@ -97,7 +99,10 @@ pub(crate) struct Cluster {
 
 impl Cluster {
     /// `None` when `mode = off`.
-    pub(crate) fn from_config(cfg: &ClusterConfig) -> Result<Option<Arc<Cluster>>> {
+    pub(crate) fn from_config(
+        cfg: &ClusterConfig,
+        exprs: Arc<dyn ExprCodec>,
+    ) -> Result<Option<Arc<Cluster>>> {
         if cfg.mode == ClusterMode::Off {
             return Ok(None);
         }
@@ -113,10 +118,13 @@ impl Cluster {
             mode: cfg.mode,
             min_bytes_scanned: cfg.min_bytes_scanned,
             scheduler: submit::Scheduler::new(url)?,
-            codec: codec::StrataCodec::new(codec::Role::FrontEnd {
-                key: Arc::from(key.expose().as_bytes()),
-                ttl_ms: cfg.plan_ttl_secs.saturating_mul(1000),
-            }),
+            codec: codec::StrataCodec::new(
+                codec::Role::FrontEnd {
+                    key: Arc::from(key.expose().as_bytes()),
+                    ttl_ms: cfg.plan_ttl_secs.saturating_mul(1000),
+                },
+                exprs,
+            ),
         })))
     }
 

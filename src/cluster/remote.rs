@@ -36,7 +36,7 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use object_store::ObjectStore;
 
-use super::codec::{ScanMessage, Signed, refused};
+use super::wire::{ScanMessage, Signed, refused};
 use crate::security::policy::{PolicyExec, restricted_scan};
 use crate::storage::{Catalog, TableRef};
 

@@ -13,19 +13,21 @@ use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::start_server;
 use datafusion::common::Result as DfResult;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::context::SessionState;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 
-use super::codec::{Role, StrataCodec, refused};
+use super::codec::{ExprCodec, Role, StrataCodec};
 use super::remote::{Rebuilder, RemoteScanExec};
+use super::wire::refused;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::storage::{Catalog, Warehouse};
 
 /// Runs the scheduler until the process is stopped. It opens no storage and holds no key:
 /// it relays signed plans between the front ends and the executors.
-pub async fn run_scheduler(cfg: &Config) -> Result<()> {
+/// `exprs`: the engine's expressions (`engine::expr_codec`).
+pub async fn run_scheduler(cfg: &Config, exprs: Arc<dyn ExprCodec>) -> Result<()> {
     let problems = cfg.cluster.scheduler_problems();
     if !problems.is_empty() {
         return Err(Error::Config(problems.join("; ")));
@@ -35,7 +37,7 @@ pub async fn run_scheduler(cfg: &Config) -> Result<()> {
         bind_host: bind.ip().to_string(),
         bind_port: bind.port(),
         external_host: bind.ip().to_string(),
-        override_physical_codec: Some(Arc::new(StrataCodec::new(Role::Scheduler))),
+        override_physical_codec: Some(Arc::new(StrataCodec::new(Role::Scheduler, exprs))),
         // An executor that stops answering is given up after 15 s, so a query waiting
         // for it fails instead of hanging (`submit`).
         executor_timeout_seconds: 15,
@@ -56,7 +58,13 @@ pub async fn run_scheduler(cfg: &Config) -> Result<()> {
 
 /// Runs an executor until the process is stopped: it reads tables with its own storage
 /// configuration and runs only plans whose table scans a front end signed.
-pub async fn run_executor(cfg: &Config) -> Result<()> {
+/// `template`: the engine's session template (`engine::session_template`, its functions
+/// and physical optimizer rules); `exprs`: the engine's expressions.
+pub async fn run_executor(
+    cfg: &Config,
+    template: SessionState,
+    exprs: Arc<dyn ExprCodec>,
+) -> Result<()> {
     let c = &cfg.cluster;
     let problems = c.executor_problems();
     if !problems.is_empty() {
@@ -75,19 +83,18 @@ pub async fn run_executor(cfg: &Config) -> Result<()> {
         .map(|k| Arc::from(k.expose().as_bytes()))
         .ok_or_else(|| Error::Config("cluster.plan_key is not set".into()))?;
     let catalog = Arc::new(Catalog::new(Warehouse::open(&cfg.storage)?));
-    let runtime = RuntimeEnvBuilder::new()
-        .build_arc()
-        .map_err(|e| Error::Config(format!("executor runtime: {e}")))?;
-    let template = crate::engine::session::template_state(&cfg.query, runtime)?;
     // Strata's bounded `repeat`, `lpad`, … under their own names.
     let functions = BallistaFunctionRegistry {
         scalar_functions: template.scalar_functions().clone(),
         ..BallistaFunctionRegistry::default()
     };
-    let codec = StrataCodec::new(Role::Executor {
-        key,
-        rebuilder: Arc::new(Rebuilder::new(catalog, Arc::new(template))),
-    });
+    let codec = StrataCodec::new(
+        Role::Executor {
+            key,
+            rebuilder: Arc::new(Rebuilder::new(catalog, Arc::new(template))),
+        },
+        exprs,
+    );
     let work_dir = c
         .executor_work_dir
         .clone()

@@ -142,20 +142,26 @@ async fn planned(f: &Fixture) -> Arc<dyn ExecutionPlan> {
 }
 
 fn front_end() -> StrataCodec {
-    StrataCodec::new(Role::FrontEnd {
-        key: Arc::from(KEY),
-        ttl_ms: 60_000,
-    })
+    StrataCodec::new(
+        Role::FrontEnd {
+            key: Arc::from(KEY),
+            ttl_ms: 60_000,
+        },
+        crate::engine::expr_codec(),
+    )
 }
 
 fn executor(f: &Fixture, key: &[u8]) -> StrataCodec {
-    StrataCodec::new(Role::Executor {
-        key: Arc::from(key),
-        rebuilder: Arc::new(Rebuilder::new(
-            Arc::clone(&f.catalog),
-            Arc::clone(&f.template),
-        )),
-    })
+    StrataCodec::new(
+        Role::Executor {
+            key: Arc::from(key),
+            rebuilder: Arc::new(Rebuilder::new(
+                Arc::clone(&f.catalog),
+                Arc::clone(&f.template),
+            )),
+        },
+        crate::engine::expr_codec(),
+    )
 }
 
 fn encode(plan: Arc<dyn ExecutionPlan>, codec: &StrataCodec) -> Vec<u8> {
@@ -220,10 +226,13 @@ async fn an_executor_refuses_a_scan_signed_with_another_key_or_altered() {
 #[tokio::test]
 async fn an_executor_refuses_an_expired_scan() {
     let f = fixture().await;
-    let expired = StrataCodec::new(Role::FrontEnd {
-        key: Arc::from(KEY),
-        ttl_ms: 0,
-    });
+    let expired = StrataCodec::new(
+        Role::FrontEnd {
+            key: Arc::from(KEY),
+            ttl_ms: 0,
+        },
+        crate::engine::expr_codec(),
+    );
     let bytes = encode(planned(&f).await, &expired);
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let e = decode(&bytes, &executor(&f, KEY), &f).unwrap_err();

@@ -27,7 +27,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
-use datafusion::error::Result as DfResult;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{InListExpr, Literal};
@@ -65,12 +65,6 @@ impl InStrings {
             negated,
             inline,
         }
-    }
-
-    /// Its list (sorted, without duplicates) and whether it is `NOT IN`: what the cluster's
-    /// codec ships.
-    pub(crate) fn parts(&self) -> (&[String], bool) {
-        (&self.list, self.negated)
     }
 
     /// The `InStrings` equivalent to `e`, when there is one.
@@ -347,6 +341,61 @@ impl PhysicalOptimizerRule for FastStringInList {
     }
 }
 
+/// [`InStrings`] on the cluster's wire (`crate::cluster`): its list and negation; its one
+/// input travels as datafusion-proto's.
+#[derive(Debug, Default)]
+pub(crate) struct InStringsCodec;
+
+/// The first bytes of an encoded [`InStrings`].
+const IN_MAGIC: &[u8] = b"STRATA-IN/1";
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct InListMessage {
+    #[prost(string, repeated, tag = "1")]
+    list: Vec<String>,
+    #[prost(bool, tag = "2")]
+    negated: bool,
+}
+
+impl crate::cluster::ExprCodec for InStringsCodec {
+    fn encode(&self, node: &Arc<dyn PhysicalExpr>, buf: &mut Vec<u8>) -> DfResult<bool> {
+        use prost::Message;
+        let Some(e) = node.downcast_ref::<InStrings>() else {
+            return Ok(false);
+        };
+        buf.extend_from_slice(IN_MAGIC);
+        buf.extend(
+            InListMessage {
+                list: e.list.clone(),
+                negated: e.negated,
+            }
+            .encode_to_vec(),
+        );
+        Ok(true)
+    }
+
+    fn decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn PhysicalExpr>],
+    ) -> DfResult<Option<Arc<dyn PhysicalExpr>>> {
+        use prost::Message;
+        let Some(rest) = buf.strip_prefix(IN_MAGIC) else {
+            return Ok(None);
+        };
+        let m = InListMessage::decode(rest)
+            .map_err(|e| DataFusionError::Internal(format!("an IN list: {e}")))?;
+        let [expr] = inputs else {
+            return Err(DataFusionError::Internal("an IN list has one input".into()));
+        };
+        Ok(Some(Arc::new(InStrings::new(
+            Arc::clone(expr),
+            m.list,
+            m.negated,
+        ))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,6 +530,26 @@ mod tests {
         let over_ints = in_list(col("i", &ints).unwrap(), vec![lit(1i64)], &false, &ints).unwrap();
         let in_list_expr = over_ints.downcast_ref::<InListExpr>().unwrap();
         assert!(InStrings::from_in_list(in_list_expr, &ints).is_none());
+    }
+
+    #[test]
+    fn it_crosses_the_clusters_wire_unchanged() {
+        use crate::cluster::ExprCodec;
+        use datafusion::physical_expr::expressions::Column;
+        let col: Arc<dyn PhysicalExpr> = Arc::new(Column::new("s", 0));
+        let e: Arc<dyn PhysicalExpr> = Arc::new(InStrings::new(
+            Arc::clone(&col),
+            vec!["b".into(), "a".into()],
+            true,
+        ));
+        let mut buf = Vec::new();
+        assert!(InStringsCodec.encode(&e, &mut buf).unwrap());
+        let back = InStringsCodec.decode(&buf, &[col]).unwrap().unwrap();
+        assert_eq!(back.to_string(), e.to_string());
+        // Anything else is not its business.
+        let other: Arc<dyn PhysicalExpr> = Arc::new(Column::new("s", 0));
+        assert!(!InStringsCodec.encode(&other, &mut Vec::new()).unwrap());
+        assert!(InStringsCodec.decode(b"other", &[]).unwrap().is_none());
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub(crate) mod tables;
 
 use std::sync::Arc;
 
+use datafusion::execution::context::SessionState;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 
@@ -39,7 +40,6 @@ use crate::security::AccessControl;
 use crate::security::policy::store::PolicyStore;
 use crate::storage::Catalog;
 
-pub(crate) use in_strings::InStrings;
 pub use output::{Executed, Prepared, QueryOutput, ResultKey, Submission, command_schema};
 pub use sql::Statement;
 
@@ -72,6 +72,20 @@ pub struct Engine {
     lineage_enabled: bool,
     /// Where large queries go (`[cluster]`); `None` when `mode = off`.
     cluster: Option<Arc<crate::cluster::Cluster>>,
+}
+
+/// Strata's own physical expressions on the cluster's wire (`crate::cluster`).
+pub fn expr_codec() -> Arc<dyn crate::cluster::ExprCodec> {
+    Arc::new(in_strings::InStringsCodec)
+}
+
+/// The session template of every query (Strata's functions, configuration and physical
+/// optimizer rules): what cluster executors rebuild scans in.
+pub fn session_template(cfg: &crate::config::QueryConfig) -> Result<SessionState> {
+    let runtime = RuntimeEnvBuilder::new()
+        .build_arc()
+        .map_err(|e| Error::Config(format!("runtime: {e}")))?;
+    Ok(session::template_state(cfg, runtime)?)
 }
 
 impl Engine {
@@ -126,7 +140,7 @@ impl Engine {
             change_readers: std::sync::OnceLock::new(),
             openlineage: crate::telemetry::openlineage::Emitter::start(&cfg.lineage.openlineage)?,
             lineage_enabled: cfg.lineage.enabled,
-            cluster: crate::cluster::Cluster::from_config(&cfg.cluster)?,
+            cluster: crate::cluster::Cluster::from_config(&cfg.cluster, expr_codec())?,
         })
     }
 
