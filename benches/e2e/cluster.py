@@ -18,6 +18,7 @@ Usage (from the repository root):
 """
 
 import argparse
+import atexit
 import json
 import os
 import pathlib
@@ -47,10 +48,21 @@ def free_port():
         return s.getsockname()[1]
 
 
+SPAWNED = []
+
+
 def spawn(binary, args, env, log):
     full = {"PATH": os.environ.get("PATH", ""), "RUST_LOG": "warn"}
     full.update(env)
-    return subprocess.Popen([binary, *args], env=full, stdout=log, stderr=subprocess.STDOUT)
+    p = subprocess.Popen([binary, *args], env=full, stdout=log, stderr=subprocess.STDOUT)
+    SPAWNED.append(p)
+    return p
+
+
+@atexit.register
+def stop_nodes():
+    for p in SPAWNED:
+        p.kill()
 
 
 def du(path):
@@ -141,6 +153,7 @@ def main():
         "STRATA__CLUSTER__SCHEDULER_URL": url,
         "STRATA__CLUSTER__PLAN_KEY": KEY,
     }, cwd=work, stdout=subprocess.PIPE, text=True)
+    SPAWNED.append(server)
     flight = token = None
     while token is None:
         raw = server.stdout.readline()
@@ -228,8 +241,6 @@ def main():
     print(json.dumps({k: v for k, v in result.items() if k != "samples_s"}, indent=2))
     for c in conns.values():
         c.close()
-    for p in [server, *executors, scheduler]:
-        p.kill()
 
 
 if __name__ == "__main__":
