@@ -35,6 +35,7 @@ mod codec;
 mod remote;
 mod roles;
 mod submit;
+mod transport;
 mod wire;
 
 use std::sync::Arc;
@@ -117,7 +118,10 @@ impl Cluster {
         Ok(Some(Arc::new(Cluster {
             mode: cfg.mode,
             min_bytes_scanned: cfg.min_bytes_scanned,
-            scheduler: submit::Scheduler::new(url)?,
+            scheduler: submit::Scheduler::new(
+                url,
+                transport::Transport::from_config(cfg, Some(key.expose().as_bytes()))?,
+            )?,
             codec: codec::StrataCodec::new(
                 codec::Role::FrontEnd {
                     key: Arc::from(key.expose().as_bytes()),

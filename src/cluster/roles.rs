@@ -3,22 +3,29 @@
 
 use std::sync::Arc;
 
+use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::extension::SessionConfigExt;
 use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
 use ballista_executor::execution_engine::{
     DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor,
 };
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::start_server;
+use ballista_scheduler::scheduler_process::create_scheduler;
+use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion::common::Result as DfResult;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::context::SessionState;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use tonic::service::{Routes, RoutesBuilder};
 
 use super::codec::{ExprCodec, Role, StrataCodec};
 use super::remote::{Rebuilder, RemoteScanExec};
+use super::transport::{MAX_MESSAGE, Transport};
 use super::wire::refused;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -33,27 +40,108 @@ pub async fn run_scheduler(cfg: &Config, exprs: Arc<dyn ExprCodec>) -> Result<()
         return Err(Error::Config(problems.join("; ")));
     }
     let bind = cfg.cluster.scheduler_bind;
-    let config = SchedulerConfig {
+    // No plan key here: the scheduler never sends the shuffle token.
+    let transport = Transport::from_config(&cfg.cluster, None)?;
+    let config = Arc::new(SchedulerConfig {
         bind_host: bind.ip().to_string(),
         bind_port: bind.port(),
         external_host: bind.ip().to_string(),
         override_physical_codec: Some(Arc::new(StrataCodec::new(Role::Scheduler, exprs))),
+        scheduling_policy: policy(&transport),
+        override_create_grpc_client_endpoint: Some(transport.endpoint_hook()),
         // An executor that stops answering is given up after 15 s, so a query waiting
         // for it fails instead of hanging (`submit`).
         executor_timeout_seconds: 15,
         expire_dead_executor_interval_seconds: 5,
         no_executors_grace_period_seconds: 15,
-        grpc_server_max_decoding_message_size: 64 << 20,
-        grpc_server_max_encoding_message_size: 64 << 20,
+        min_ready_executors: 1,
+        grpc_server_max_decoding_message_size: MAX_MESSAGE as u32,
+        grpc_server_max_encoding_message_size: MAX_MESSAGE as u32,
         ..SchedulerConfig::default()
-    };
+    });
+    let failed =
+        |e: ballista_core::error::BallistaError| Error::Config(format!("cluster scheduler: {e}"));
+    config.validate().map_err(failed)?;
     let cluster = BallistaCluster::new_from_config(&config)
         .await
-        .map_err(|e| Error::Config(format!("cluster scheduler: {e}")))?;
-    tracing::info!(%bind, "cluster scheduler listening");
-    start_server(cluster, bind, Arc::new(config))
+        .map_err(failed)?;
+    let scheduler = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, config)
+        .await
+        .map_err(failed)?;
+    tracing::info!(%bind, tls = transport.uses_tls(), "cluster scheduler listening");
+    transport
+        .server(tonic::transport::Server::builder())?
+        .accept_http1(true)
+        .add_routes(scheduler_routes(scheduler))
+        .serve(bind)
         .await
         .map_err(|e| Error::internal(format!("cluster scheduler: {e}")))
+}
+
+/// The scheduler's gRPC service (Ballista's) and its probes, `/healthz` (the process
+/// answers) and `/readyz` (an executor is alive: the front end asks before it submits).
+/// Nothing else: Ballista's REST API, Flight SQL service and Flight proxy stay off.
+fn scheduler_routes(scheduler: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>) -> Routes {
+    let ready = scheduler.clone();
+    let grpc = SchedulerGrpcServer::new(scheduler)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let mut routes = RoutesBuilder::default();
+    routes.add_service(grpc);
+    let probes = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let ready = ready.clone();
+                async move {
+                    match live_executors(&ready).await {
+                        0 => (
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: no live executor\n".to_string(),
+                        ),
+                        n => (
+                            http::StatusCode::OK,
+                            format!("ready: {n} executors registered\n"),
+                        ),
+                    }
+                }
+            }),
+        );
+    Routes::from(routes.routes().into_axum_router().merge(probes))
+}
+
+/// Executors with a recent heartbeat that are not stopping (what Ballista's own readiness
+/// counts, which it keeps to itself).
+async fn live_executors(scheduler: &SchedulerServer<LogicalPlanNode, PhysicalPlanNode>) -> usize {
+    use ballista_core::serde::protobuf::executor_status::Status;
+    let manager = &scheduler.state.executor_manager;
+    let timeout = scheduler.state.config.executor_timeout_seconds;
+    let since = ballista_core::utils::get_time_before(timeout);
+    let Ok(executors) = manager.get_executors_state().await else {
+        return 0;
+    };
+    executors
+        .iter()
+        .filter_map(|(meta, _, _)| manager.get_executor_hearbeat(&meta.id))
+        .filter(|h| h.timestamp >= since)
+        .filter(|h| {
+            !matches!(
+                h.status.as_ref().and_then(|s| s.status.as_ref()),
+                Some(Status::Terminating(_) | Status::Dead(_))
+            )
+        })
+        .count()
+}
+
+/// How executors get their tasks: pushed by the scheduler, or pulled under mutual TLS
+/// (`transport`'s docs); the scheduler and its executors agree by configuration.
+fn policy(transport: &Transport) -> TaskSchedulingPolicy {
+    if transport.pull_tasks() {
+        TaskSchedulingPolicy::PullStaged
+    } else {
+        TaskSchedulingPolicy::PushStaged
+    }
 }
 
 /// Runs an executor until the process is stopped: it reads tables with its own storage
@@ -82,6 +170,7 @@ pub async fn run_executor(
         .as_ref()
         .map(|k| Arc::from(k.expose().as_bytes()))
         .ok_or_else(|| Error::Config("cluster.plan_key is not set".into()))?;
+    let transport = Transport::from_config(c, Some(&key))?;
     let catalog = Arc::new(Catalog::new(Warehouse::open(&cfg.storage)?));
     // Strata's bounded `repeat`, `lpad`, … under their own names.
     let functions = BallistaFunctionRegistry {
@@ -113,6 +202,10 @@ pub async fn run_executor(
         work_dir: Some(work_dir.display().to_string()),
         memory_pool_size: (c.executor_memory_bytes > 0).then_some(c.executor_memory_bytes),
         executor_heartbeat_interval_seconds: 3,
+        task_scheduling_policy: policy(&transport),
+        override_create_grpc_client_endpoint: Some(transport.endpoint_hook()),
+        override_arrow_flight_service: Some(transport.flight_service()?),
+        override_config_producer: Some(config_producer(&transport)),
         override_physical_codec: Some(Arc::new(codec)),
         override_function_registry: Some(Arc::new(functions)),
         override_execution_engine: Some(Arc::new(SignedScansOnly(DefaultExecutionEngine::new()))),
@@ -126,6 +219,17 @@ pub async fn run_executor(
     start_executor_process(Arc::new(config))
         .await
         .map_err(|e| Error::internal(format!("cluster executor: {e}")))
+}
+
+/// Each task's session: Ballista's, with this node's transport for the shuffle reads it
+/// makes from other executors.
+fn config_producer(transport: &Transport) -> ballista_core::ConfigProducer {
+    let (tls, hook) = (transport.uses_tls(), transport.endpoint_hook());
+    Arc::new(move || {
+        SessionConfig::new_with_ballista()
+            .with_ballista_use_tls(tls)
+            .with_ballista_override_create_grpc_client_endpoint(Arc::clone(&hook))
+    })
 }
 
 /// The executor's plan check: a stage runs only when every leaf reads a table through a

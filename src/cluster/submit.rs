@@ -29,66 +29,60 @@ use prost::Message;
 use tonic::transport::Channel;
 
 use super::codec::StrataCodec;
+use super::transport::{MAX_MESSAGE, Transport};
 use crate::error::{Error, Result};
-
-/// Largest gRPC message to and from the scheduler and executors.
-const MAX_MESSAGE: usize = 64 << 20;
 
 /// A connection to the scheduler.
 #[derive(Debug, Clone)]
 pub(crate) struct Scheduler {
     url: String,
+    channel: Channel,
     client: SchedulerGrpcClient<Channel>,
-    http: reqwest::Client,
+    transport: Arc<Transport>,
 }
 
 impl Scheduler {
-    pub(crate) fn new(url: &str) -> Result<Scheduler> {
-        let channel = Channel::from_shared(url.to_string())
+    pub(crate) fn new(url: &str, transport: Transport) -> Result<Scheduler> {
+        let endpoint = Channel::from_shared(url.to_string())
             .map_err(|e| Error::Config(format!("cluster.scheduler_url: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .connect_timeout(Duration::from_secs(5));
+        let channel = transport.endpoint(endpoint)?.connect_lazy();
         Ok(Scheduler {
             url: url.trim_end_matches('/').to_string(),
-            client: SchedulerGrpcClient::new(channel)
+            client: SchedulerGrpcClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .map_err(|e| Error::Config(format!("cluster client: {e}")))?,
+            channel,
+            transport: Arc::new(transport),
         })
     }
 
-    /// Executors the scheduler counts alive (its `/readyz`).
-    async fn live_executors(&self) -> Result<usize> {
+    /// Fails unless the scheduler counts an executor alive (its `/readyz`, asked over the
+    /// same connection as its gRPC, so under the same TLS).
+    async fn require_executors(&self) -> Result<()> {
+        use tower::ServiceExt;
         let unavailable = |e: String| {
             Error::ClusterUnavailable(format!(
                 "the cluster's scheduler at {} does not answer: {e}",
                 self.url
             ))
         };
-        let body = self
-            .http
-            .get(format!("{}/readyz", self.url))
-            .send()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?
-            .text()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        // "ready: 2 executors registered" / "not ready: 0/1 executors registered"
-        body.split_whitespace()
-            .find_map(|w| w.split('/').next().and_then(|n| n.parse().ok()))
-            .ok_or_else(|| unavailable(format!("unexpected readiness {body:?}")))
-    }
-
-    async fn require_executors(&self) -> Result<()> {
-        match self.live_executors().await? {
-            0 => Err(Error::ClusterUnavailable(
+        let request = http::Request::get("/readyz")
+            .body(tonic::body::Body::empty())
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.channel.clone().oneshot(request),
+        )
+        .await
+        .map_err(|_| unavailable("no answer within 5 s".to_string()))?
+        .map_err(|e| unavailable(e.to_string()))?;
+        match answer.status() {
+            http::StatusCode::OK => Ok(()),
+            http::StatusCode::SERVICE_UNAVAILABLE => Err(Error::ClusterUnavailable(
                 "the cluster has no live executor to run the query; run it on this node with the header x-strata-distributed: off".to_string(),
             )),
-            _ => Ok(()),
+            other => Err(unavailable(format!("its readiness answered {other}"))),
         }
     }
 
@@ -174,9 +168,10 @@ impl Job {
         let locations = self.wait().await.map_err(DataFusionError::from)?;
         // From here the job is done: nothing to cancel when the reader stops early.
         self.finished = true;
+        let transport = Arc::clone(&self.scheduler.transport);
         let streams = locations
             .into_iter()
-            .map(|l| futures::stream::once(fetch(l)).try_flatten());
+            .map(move |l| futures::stream::once(fetch(l, Arc::clone(&transport))).try_flatten());
         Ok(futures::stream::iter(streams).flatten())
     }
 
@@ -240,7 +235,10 @@ fn job_failed(id: &str, error: &str) -> Error {
     ))))
 }
 
-async fn fetch(location: PartitionLocation) -> DfResult<SendableRecordBatchStream> {
+async fn fetch(
+    location: PartitionLocation,
+    transport: Arc<Transport>,
+) -> DfResult<SendableRecordBatchStream> {
     let layout = location.layout();
     let (Some(meta), Some(partition)) = (location.executor_meta, location.partition_id) else {
         return Err(DataFusionError::Internal(
@@ -251,8 +249,8 @@ async fn fetch(location: PartitionLocation) -> DfResult<SendableRecordBatchStrea
         &meta.host,
         meta.port as u16,
         MAX_MESSAGE,
-        false,
-        None,
+        transport.uses_tls(),
+        Some(transport.endpoint_extension()),
         3,
         100,
         0,

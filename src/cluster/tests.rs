@@ -347,3 +347,58 @@ fn the_header_is_on_or_off() {
     let e = super::parse_header(Some("maybe")).unwrap_err();
     assert!(e.to_string().contains("neither"), "{e}");
 }
+
+#[test]
+fn the_shuffle_service_answers_only_holders_of_the_plan_key() {
+    let token = super::transport::shuffle_token(b"plan-key-0123456789abcdef0123456789").unwrap();
+    let call = |agent: Option<&str>| {
+        let mut r = tonic::Request::new(());
+        if let Some(a) = agent {
+            r.metadata_mut().insert("user-agent", a.parse().unwrap());
+        }
+        super::transport::check_token(&token, r)
+    };
+    assert!(call(Some(&format!("strata-shuffle/{token} tonic/0.14.9"))).is_ok());
+    // No token, another key's token, a prefix of it.
+    let other = super::transport::shuffle_token(b"another-key-0123456789abcdef01234567").unwrap();
+    for agent in [
+        None,
+        Some("tonic/0.14.9".to_string()),
+        Some(format!("strata-shuffle/{other} tonic/0.14.9")),
+        Some(format!("strata-shuffle/{}", &token[..token.len() - 1])),
+    ] {
+        let e = call(agent.as_deref()).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{agent:?}");
+    }
+}
+
+#[test]
+fn a_cluster_beyond_loopback_needs_mutual_tls_or_a_mesh() {
+    use crate::config::{ClusterConfig, ClusterTransport};
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("x.pem");
+    std::fs::write(&pem, "not checked here").unwrap();
+    let mut c = ClusterConfig {
+        plan_key: Some(crate::config::Secret::new("k".repeat(32))),
+        scheduler_url: Some("http://10.0.0.5:50050".into()),
+        executor_bind_host: "0.0.0.0".into(),
+        ..ClusterConfig::default()
+    };
+    let joined = |v: Vec<String>| v.join("; ");
+    assert!(joined(c.executor_problems()).contains("transport = \"tls\""));
+    // TLS: every file, and an https:// scheduler.
+    c.transport = ClusterTransport::Tls;
+    let p = joined(c.executor_problems());
+    assert!(p.contains("set cluster.tls.ca_file") && p.contains("https://"), "{p}");
+    c.tls.ca_file = Some(pem.clone());
+    c.tls.cert_file = Some(pem.clone());
+    c.tls.key_file = Some(dir.path().join("missing.pem"));
+    c.scheduler_url = Some("https://10.0.0.5:50050".into());
+    assert!(joined(c.executor_problems()).contains("missing.pem is not a readable file"));
+    c.tls.key_file = Some(pem);
+    assert_eq!(c.executor_problems(), Vec::<String>::new());
+    assert_eq!(c.scheduler_problems(), Vec::<String>::new());
+    // https:// without Strata's TLS is a mistake, not a silent downgrade.
+    c.transport = ClusterTransport::Mesh;
+    assert!(joined(c.executor_problems()).contains("https:// needs cluster.transport"));
+}

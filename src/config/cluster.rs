@@ -31,9 +31,25 @@ pub enum ClusterTransport {
     #[default]
     Loopback,
     /// A service mesh (Istio, Linkerd, …) wraps every connection between the cluster's
-    /// pods in mutual TLS: the operator declares it, Strata cannot see it. This build has
-    /// no mutual TLS of its own, so other addresses are refused without it.
+    /// pods in mutual TLS: the operator declares it, Strata cannot see it.
     Mesh,
+    /// Strata's own mutual TLS on every cluster connection (`[cluster.tls]`).
+    Tls,
+}
+
+/// `[cluster.tls]`: the cluster's mutual TLS (`transport = "tls"`), the same authority on
+/// every node, each node its own certificate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    /// PEM: the authority a peer's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// PEM: this node's certificate (chain) and private key.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// The name a peer's certificate is checked against instead of the address dialled
+    /// (executors advertise pod IPs, which no certificate names). Default: that address.
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,7 +57,9 @@ pub enum ClusterTransport {
 pub struct ClusterConfig {
     pub mode: ClusterMode,
     pub transport: ClusterTransport,
-    /// The scheduler's gRPC address, `http://host:port` (the front end and the executors).
+    pub tls: ClusterTlsConfig,
+    /// The scheduler's gRPC address, `http://host:port` (`https://` under `transport =
+    /// "tls"`), for the front end and the executors.
     pub scheduler_url: Option<String>,
     /// `auto`: the planned scan (bytes of the data files after pruning) above which a query
     /// goes to the cluster.
@@ -72,6 +90,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             mode: ClusterMode::Off,
             transport: ClusterTransport::Loopback,
+            tls: ClusterTlsConfig::default(),
             scheduler_url: None,
             min_bytes_scanned: 8 << 30,
             plan_key: None,
@@ -99,23 +118,27 @@ impl ClusterConfig {
             None => out.push("cluster.mode is not \"off\": set cluster.scheduler_url".to_string()),
             Some(Err(e)) => out.push(format!("cluster.scheduler_url: {e}")),
             Some(Ok(u)) if !self.allows(u.host_str().unwrap_or_default()) => out.push(
-                "cluster.scheduler_url is not a loopback address: the cluster's connections need mutual TLS there, which this build leaves to a service mesh (cluster.transport = \"mesh\")".to_string(),
+                format!("cluster.scheduler_url is not a loopback address: the cluster's connections need mutual TLS there ({NEED_TLS})"),
             ),
-            Some(Ok(_)) => {}
+            Some(Ok(u)) => out.extend(self.scheme_problems(&u)),
         }
         out.extend(self.key_problems());
+        out.extend(self.tls_problems());
         out
     }
 
     /// Problems of an executor's part (`strata cluster executor`).
     pub fn executor_problems(&self) -> Vec<String> {
         let mut out = self.key_problems();
-        if self.scheduler_url.is_none() {
-            out.push("cluster.scheduler_url is not set".to_string());
+        out.extend(self.tls_problems());
+        match self.scheduler_url.as_deref().map(url::Url::parse) {
+            None => out.push("cluster.scheduler_url is not set".to_string()),
+            Some(Err(e)) => out.push(format!("cluster.scheduler_url: {e}")),
+            Some(Ok(u)) => out.extend(self.scheme_problems(&u)),
         }
         if !self.allows(&self.executor_bind_host) {
             out.push(format!(
-                "cluster.executor_bind_host {:?} is not a loopback address: plans and shuffle data need mutual TLS there, which this build leaves to a service mesh (cluster.transport = \"mesh\")",
+                "cluster.executor_bind_host {:?} is not a loopback address: plans and shuffle data need mutual TLS there ({NEED_TLS})",
                 self.executor_bind_host
             ));
         }
@@ -127,10 +150,10 @@ impl ClusterConfig {
 
     /// Problems of the scheduler's part (`strata cluster scheduler`).
     pub fn scheduler_problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.tls_problems();
         if !self.allows(&self.scheduler_bind.ip().to_string()) {
             out.push(format!(
-                "cluster.scheduler_bind {} is not a loopback address: the scheduler's gRPC needs mutual TLS there, which this build leaves to a service mesh (cluster.transport = \"mesh\")",
+                "cluster.scheduler_bind {} is not a loopback address: the scheduler's gRPC needs mutual TLS there ({NEED_TLS})",
                 self.scheduler_bind
             ));
         }
@@ -139,7 +162,47 @@ impl ClusterConfig {
 
     /// Whether the cluster may use `host`.
     fn allows(&self, host: &str) -> bool {
-        self.transport == ClusterTransport::Mesh || is_loopback_host(host)
+        self.transport != ClusterTransport::Loopback || is_loopback_host(host)
+    }
+
+    /// `https://` exactly when Strata's own TLS is on.
+    fn scheme_problems(&self, url: &url::Url) -> Vec<String> {
+        let tls = self.transport == ClusterTransport::Tls;
+        match (url.scheme(), tls) {
+            ("https", true) | ("http", false) => Vec::new(),
+            (_, true) => vec![
+                "cluster.scheduler_url: cluster.transport = \"tls\" needs an https:// address"
+                    .to_string(),
+            ],
+            (_, false) => vec![format!(
+                "cluster.scheduler_url: {}:// needs cluster.transport = \"tls\" (else http://)",
+                url.scheme()
+            )],
+        }
+    }
+
+    fn tls_problems(&self) -> Vec<String> {
+        if self.transport != ClusterTransport::Tls {
+            return Vec::new();
+        }
+        let t = &self.tls;
+        [
+            ("ca_file", &t.ca_file),
+            ("cert_file", &t.cert_file),
+            ("key_file", &t.key_file),
+        ]
+        .into_iter()
+        .filter_map(|(name, path)| match path {
+            None => Some(format!(
+                "cluster.transport = \"tls\": set cluster.tls.{name}"
+            )),
+            Some(p) if !p.is_file() => Some(format!(
+                "cluster.tls.{name}: {} is not a readable file",
+                p.display()
+            )),
+            Some(_) => None,
+        })
+        .collect()
     }
 
     fn key_problems(&self) -> Vec<String> {
@@ -152,6 +215,10 @@ impl ClusterConfig {
         }
     }
 }
+
+/// What a non-loopback cluster address needs.
+const NEED_TLS: &str =
+    "cluster.transport = \"tls\" with [cluster.tls], or \"mesh\" when a service mesh provides it";
 
 fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');

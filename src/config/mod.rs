@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 mod cluster;
 mod platform;
 
-pub use cluster::{ClusterConfig, ClusterMode, ClusterTransport};
+pub use cluster::{ClusterConfig, ClusterMode, ClusterTlsConfig, ClusterTransport};
 
 pub use platform::{
     ConnectorsConfig, ConsoleConfig, LineageConfig, OpenLineageConfig, PipelinesConfig,
