@@ -108,7 +108,36 @@ fn scheduler_routes(scheduler: SchedulerServer<LogicalPlanNode, PhysicalPlanNode
                 }
             }),
         );
-    Routes::from(routes.routes().into_axum_router().merge(probes))
+    let router = routes
+        .routes()
+        .into_axum_router()
+        .merge(probes)
+        .layer(axum::middleware::from_fn(peer_address));
+    Routes::from(router)
+}
+
+/// Ballista's scheduler reads a caller's address (an executor that does not name its own
+/// host) as axum's `ConnectInfo`, which its own server sets; tonic's, serving here, keeps
+/// it as its connect info (plain or under TLS).
+async fn peer_address(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let ext = request.extensions();
+    let peer = ext
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        });
+    if let Some(peer) = peer {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+    }
+    next.run(request).await
 }
 
 /// Executors with a recent heartbeat that are not stopping (what Ballista's own readiness

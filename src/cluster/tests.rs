@@ -389,7 +389,10 @@ fn a_cluster_beyond_loopback_needs_mutual_tls_or_a_mesh() {
     // TLS: every file, and an https:// scheduler.
     c.transport = ClusterTransport::Tls;
     let p = joined(c.executor_problems());
-    assert!(p.contains("set cluster.tls.ca_file") && p.contains("https://"), "{p}");
+    assert!(
+        p.contains("set cluster.tls.ca_file") && p.contains("https://"),
+        "{p}"
+    );
     c.tls.ca_file = Some(pem.clone());
     c.tls.cert_file = Some(pem.clone());
     c.tls.key_file = Some(dir.path().join("missing.pem"));

@@ -13,6 +13,8 @@ use strata::config::{ClusterMode, Config, GrantConfig, Secret};
 
 use crate::harness::{Moto, TestServer, message, python};
 
+mod tls;
+
 /// Storage credentials only the front ends and the executors hold; the scheduler must
 /// never see them, nor any job setting or log.
 const ACCESS_KEY: &str = "AKIASTRATACLUSTERTEST";
