@@ -19,11 +19,12 @@
 //! never sees a policy in clear (`PolicyExec`'s display redacts the bound claims; it logs
 //! and stores plans). Executors read with their own, read-only credentials; no secret
 //! travels in session settings (only `datafusion.*` options are sent) or job configs.
-//! This build has no TLS of its own on the cluster's connections (plans, shuffle data and
-//! result rows over gRPC and Arrow Flight), so every cluster address must be a loopback
-//! address unless `cluster.transport = "mesh"` declares that a service mesh wraps them in
-//! mutual TLS (`config::cluster`); the Helm chart adds NetworkPolicies so only the
-//! cluster's own pods reach its ports.
+//! The cluster's connections (plans, shuffle data and result rows over gRPC and Arrow
+//! Flight) are under Strata's own mutual TLS with `cluster.transport = "tls"`, under a
+//! service mesh's with `"mesh"`, or on loopback addresses only (`config::cluster`); an
+//! executor's shuffle service answers only holders of the plan key, never the scheduler
+//! ([`transport`]). The Helm chart adds NetworkPolicies so only the cluster's own pods
+//! reach its ports.
 //!
 //! Which queries go: `always` every eligible one, `auto` those whose planned scan reads
 //! more than `min_bytes_scanned`; the header `x-strata-distributed: on|off` overrides per

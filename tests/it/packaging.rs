@@ -24,7 +24,10 @@ fn dockerfile_and_helm_chart_pass_their_linters() {
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
-    for case in ["defaults", "everything", "cluster"] {
+    // The certificate files the chart mounts (`cluster-tls`), present here.
+    let pem = out.path().join("cluster-tls.pem");
+    std::fs::write(&pem, "mounted by the chart").unwrap();
+    for case in ["defaults", "everything", "cluster", "cluster-tls"] {
         let mut check = Command::new(env!("CARGO_BIN_EXE_strata"));
         check
             .args(["check-config", "--config"])
@@ -40,6 +43,20 @@ fn dockerfile_and_helm_chart_pass_their_linters() {
                 .env(
                     "STRATA__CLUSTER__SCHEDULER_URL",
                     "http://strata-scheduler.data.svc:50050",
+                )
+                .env("STRATA__CLUSTER__PLAN_KEY", "k".repeat(32));
+        }
+        if case == "cluster-tls" {
+            check
+                .env("STRATA__CLUSTER__MODE", "auto")
+                .env("STRATA__CLUSTER__TRANSPORT", "tls")
+                .env("STRATA__CLUSTER__TLS__CA_FILE", &pem)
+                .env("STRATA__CLUSTER__TLS__CERT_FILE", &pem)
+                .env("STRATA__CLUSTER__TLS__KEY_FILE", &pem)
+                .env("STRATA__CLUSTER__TLS__SERVER_NAME", "strata-cluster")
+                .env(
+                    "STRATA__CLUSTER__SCHEDULER_URL",
+                    "https://strata-scheduler.data.svc:50050",
                 )
                 .env("STRATA__CLUSTER__PLAN_KEY", "k".repeat(32));
         }

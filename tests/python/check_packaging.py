@@ -58,7 +58,11 @@ cluster = {
     },
     "secrets": {"jwt": {"name": "jwt"}, "s3": {"name": "s3"}},
 }
-cases = {"defaults": {}, "everything": everything, "cluster": cluster}
+cluster_tls = {
+    "cluster": {**cluster["cluster"], "meshMTLS": False, "tls": {"secretName": "cluster-tls"}},
+    "secrets": cluster["secrets"],
+}
+cases = {"defaults": {}, "everything": everything, "cluster": cluster, "cluster-tls": cluster_tls}
 loaded = helm_python.Chart.load(str(chart))
 for case, values in cases.items():
     rendered = loaded.render(values, name="strata", namespace="data")
@@ -91,7 +95,7 @@ for case, values in cases.items():
         "non-root": pod["spec"]["securityContext"]["runAsNonRoot"] is True,
         "read-only root": container["securityContext"]["readOnlyRootFilesystem"] is True,
         "config checksum": "checksum/config" in pod["metadata"]["annotations"],
-        "service": len(by_kind.get("Service", [])) == (3 if case == "cluster" else 1),
+        "service": len(by_kind.get("Service", [])) == (3 if case.startswith("cluster") else 1),
         "configmap": len(by_kind.get("ConfigMap", [])) == 1,
         "pdb": len(by_kind.get("PodDisruptionBudget", [])) == 1,
         "grace above shutdown": pod["spec"]["terminationGracePeriodSeconds"] > 30,
@@ -113,7 +117,7 @@ for case, values in cases.items():
                 )
             ),
         })
-    elif case == "cluster":
+    elif case.startswith("cluster"):
         scheduler = next(d for d in by_kind["Deployment"] if d["metadata"]["name"] == "strata-scheduler")
         executor = by_kind["StatefulSet"][0]
         s_env = {e["name"] for e in scheduler["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -122,7 +126,7 @@ for case, values in cases.items():
         selector = deploy["spec"]["selector"]["matchLabels"]
         checks.update({
             "front end sends to the scheduler": env["STRATA__CLUSTER__SCHEDULER_URL"]["value"]
-            == "http://strata-scheduler.data.svc:50050",
+            == ("https" if case == "cluster-tls" else "http") + "://strata-scheduler.data.svc:50050",
             "front end signs with the plan key": "secretKeyRef" in env["STRATA__CLUSTER__PLAN_KEY"]["valueFrom"],
             "scheduler holds no secret, config or storage": not any(
                 k.startswith("STRATA__STORAGE") or k in ("STRATA__CLUSTER__PLAN_KEY", "STRATA_CONFIG")
@@ -145,6 +149,27 @@ for case, values in cases.items():
                 )
             ),
         })
+        pods = [pod, scheduler["spec"]["template"], executor["spec"]["template"]]
+        if case == "cluster-tls":
+            def transport(p):
+                c = p["spec"]["containers"][0]
+                e = {x["name"]: x.get("value") for x in c["env"]}
+                mounted = any(m["name"] == "cluster-tls" for m in c.get("volumeMounts", []))
+                secret = any(v.get("secret", {}).get("secretName") == "cluster-tls" for v in p["spec"]["volumes"])
+                return e.get("STRATA__CLUSTER__TRANSPORT") == "tls" and mounted and secret and all(
+                    e.get(f"STRATA__CLUSTER__TLS__{k}", "").startswith("/etc/strata/cluster-tls/")
+                    for k in ("CA_FILE", "CERT_FILE", "KEY_FILE")
+                )
+            s_probe = scheduler["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+            checks.update({
+                "every cluster pod under Strata's mutual TLS": all(transport(p) for p in pods),
+                "scheduler probed on its port (kubelets present no certificate)": "tcpSocket" in s_probe,
+            })
+        else:
+            checks["every cluster pod declares the mesh"] = all(
+                {x["name"]: x.get("value") for x in p["spec"]["containers"][0]["env"]}.get("STRATA__CLUSTER__TRANSPORT") == "mesh"
+                for p in pods
+            )
     else:
         checks.update({
             "no hpa by default": "HorizontalPodAutoscaler" not in by_kind,

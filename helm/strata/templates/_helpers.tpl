@@ -33,5 +33,32 @@ app.kubernetes.io/part-of: {{ .root.Chart.Name }}
 {{- end -}}
 
 {{- define "strata.schedulerUrl" -}}
-http://{{ include "strata.fullname" . }}-scheduler.{{ .Release.Namespace }}.svc:{{ .Values.cluster.scheduler.port }}
+{{ ternary "https" "http" (not (empty .Values.cluster.tls.secretName)) }}://{{ include "strata.fullname" . }}-scheduler.{{ .Release.Namespace }}.svc:{{ .Values.cluster.scheduler.port }}
+{{- end -}}
+
+{{/* How a cluster pod's connections are protected: Strata's mutual TLS (cluster.tls.secretName)
+or the service mesh's. Env entries, a volume mount and a volume. */}}
+{{- define "strata.clusterTransportEnv" -}}
+{{- if .Values.cluster.tls.secretName }}
+- { name: STRATA__CLUSTER__TRANSPORT, value: "tls" }
+- { name: STRATA__CLUSTER__TLS__CA_FILE, value: "/etc/strata/cluster-tls/ca.crt" }
+- { name: STRATA__CLUSTER__TLS__CERT_FILE, value: "/etc/strata/cluster-tls/tls.crt" }
+- { name: STRATA__CLUSTER__TLS__KEY_FILE, value: "/etc/strata/cluster-tls/tls.key" }
+- { name: STRATA__CLUSTER__TLS__SERVER_NAME, value: {{ .Values.cluster.tls.serverName | quote }} }
+{{- else }}
+- { name: STRATA__CLUSTER__TRANSPORT, value: "mesh" }
+{{- end }}
+{{- end -}}
+
+{{- define "strata.clusterTlsMount" -}}
+{{- if .Values.cluster.tls.secretName }}
+- { name: cluster-tls, mountPath: /etc/strata/cluster-tls, readOnly: true }
+{{- end }}
+{{- end -}}
+
+{{- define "strata.clusterTlsVolume" -}}
+{{- if .Values.cluster.tls.secretName }}
+- name: cluster-tls
+  secret: { secretName: {{ .Values.cluster.tls.secretName | quote }}, defaultMode: 0440 }
+{{- end }}
 {{- end -}}
