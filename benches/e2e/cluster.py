@@ -145,6 +145,9 @@ def main():
         "STRATA__STORAGE__WAREHOUSE": str(warehouse),
         "STRATA__QUERY__TARGET_PARTITIONS": "2",
         "STRATA__QUERY__TIMEOUT_SECS": "0",
+        # SF 10's joins hold gigabytes (DataFusion's hash join does not spill).
+        "STRATA__QUERY__MEMORY_LIMIT_BYTES": str(12 << 30),
+        "STRATA__SERVER__MEMORY_BUDGET_BYTES": str(14 << 30),
         "STRATA__CACHE__ENABLED": "false",
         "STRATA__LOG__LEVEL": "warn",
         # The header decides: nothing is large enough for `auto` on its own.
@@ -191,27 +194,34 @@ def main():
     samples = {q: {"on": [], "off": []} for q in CLUSTER_QUERIES}
     peaks = {q: {"rss": 0, "shuffle": 0} for q in CLUSTER_QUERIES}
     equal = {}
+    errors = {}
+
+    def timed(cur, sql):
+        t = time.perf_counter()
+        cur.execute(sql)
+        table = cur.fetch_arrow_table()
+        return table, time.perf_counter() - t
+
     for r in range(args.runs):
         for q, sql in CLUSTER_QUERIES.items():
             order = ["on", "off"] if r % 2 == 0 else ["off", "on"]
             results = {}
             for way in order:
-                with conns[way].cursor() as cur:
-                    if way == "on":
-                        with Sampler(procs, dirs) as s:
-                            t = time.perf_counter()
-                            cur.execute(sql)
-                            results[way] = cur.fetch_arrow_table()
-                            secs = time.perf_counter() - t
-                        peaks[q]["rss"] = max(peaks[q]["rss"], s.rss)
-                        peaks[q]["shuffle"] = max(peaks[q]["shuffle"], s.disk)
-                    else:
-                        t = time.perf_counter()
-                        cur.execute(sql)
-                        results[way] = cur.fetch_arrow_table()
-                        secs = time.perf_counter() - t
-                samples[q][way].append(secs)
-            if r == 0:
+                # A query that fails one way is reported, not the end of the run.
+                try:
+                    with conns[way].cursor() as cur:
+                        if way == "on":
+                            with Sampler(procs, dirs) as s:
+                                results[way], secs = timed(cur, sql)
+                            peaks[q]["rss"] = max(peaks[q]["rss"], s.rss)
+                            peaks[q]["shuffle"] = max(peaks[q]["shuffle"], s.disk)
+                        else:
+                            results[way], secs = timed(cur, sql)
+                    samples[q][way].append(secs)
+                except Exception as e:  # noqa: BLE001
+                    errors.setdefault(q, {})[way] = str(e).splitlines()[0][:300]
+                    conns[way] = connect(way)
+            if r == 0 and len(results) == 2:
                 equal[q] = results["on"].num_rows == results["off"].num_rows
     small = "select count(*) as n from nation"
     overhead = {"on": [], "off": []}
@@ -223,15 +233,17 @@ def main():
                 cur.fetch_arrow_table()
                 overhead[way].append(time.perf_counter() - t)
 
-    med = lambda xs: statistics.median(xs)  # noqa: E731
+    med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
+    ratio = lambda a, b: a / b if a and b else None  # noqa: E731
     result = {
         "sf": args.sf,
         "lineitem_rows": lineitem_rows,
         "load_s": load_s,
         "samples_s": samples,
         "median_s": {q: {w: med(s) for w, s in per.items()} for q, per in samples.items()},
-        "cluster_vs_single": {q: med(per["on"]) / med(per["off"]) for q, per in samples.items()},
+        "cluster_vs_single": {q: ratio(med(per["on"]), med(per["off"])) for q, per in samples.items()},
         "row_counts_equal": equal,
+        "errors": errors,
         "executor_peak_rss_bytes": {q: p["rss"] for q, p in peaks.items()},
         "peak_shuffle_bytes": {q: p["shuffle"] for q, p in peaks.items()},
         "shuffle_bytes_per_lineitem_row": {q: p["shuffle"] / lineitem_rows for q, p in peaks.items()},

@@ -219,6 +219,25 @@ async fn pytest(args: &[&str], envs: &[(&str, String)]) {
     );
 }
 
+/// A row filter on `gold.<table>` for `role` (the admin role sees every row) and the mask
+/// `'***'` on `column`.
+async fn filter_and_mask(s: &TestServer, table: &str, role: &str, predicate: &str, column: &str) {
+    let (status, body) = s
+        .put_json(
+            &s.admin.clone(),
+            &format!("/api/v1/tables/gold/{table}/policies"),
+            json!({
+                "row_filters": [
+                    {"roles": [role], "predicate": predicate},
+                    {"roles": ["admin"], "predicate": "true"}
+                ],
+                "column_masks": [{"column": column, "mask": "'***'"}]
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// The status of `sql` run as admin over REST with `x-strata-distributed: value`.
 async fn distributed(s: &TestServer, value: &str, sql: &str) -> u16 {
     s.client
@@ -267,20 +286,14 @@ async fn queries_on_the_cluster_equal_the_single_node_with_row_level_security_in
     pytest(&["load"], &common).await;
 
     // A row filter by a claim and a mask on gold.lineitem.
-    let (status, body) = front
-        .put_json(
-            &front.admin.clone(),
-            "/api/v1/tables/gold/lineitem/policies",
-            json!({
-                "row_filters": [
-                    {"roles": ["tpch"], "predicate": "l_shipmode = current_claim('mode')"},
-                    {"roles": ["admin"], "predicate": "true"}
-                ],
-                "column_masks": [{"column": "l_comment", "mask": "'***'"}]
-            }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    filter_and_mask(
+        &front,
+        "lineitem",
+        "tpch",
+        "l_shipmode = current_claim('mode')",
+        "l_comment",
+    )
+    .await;
     let principal = front.token_with("pat", &["tpch"], json!({"mode": "AIR"}));
     let mut envs = common.to_vec();
     envs.push(("STRATA_PRINCIPAL_TOKEN", principal.clone()));

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use strata::config::{ClusterMode, ClusterTransport, Config, Secret};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::{Node, PLAN_KEY, env, free_port};
+use super::{Node, PLAN_KEY, env, filter_and_mask, free_port};
 use crate::harness::{TestServer, test_config};
 
 /// The name every node's certificate carries; nodes dial 127.0.0.1 and check this name.
@@ -199,20 +199,14 @@ async fn under_mutual_tls_queries_run_and_strangers_reach_nothing() {
         let (status, body) = front.sql(&front.admin.clone(), sql).await;
         assert_eq!(status, 200, "{sql}: {body}");
     }
-    let (status, body) = front
-        .put_json(
-            &front.admin.clone(),
-            "/api/v1/tables/gold/sales/policies",
-            json!({
-                "row_filters": [
-                    {"roles": ["analyst"], "predicate": "region = current_claim('region')"},
-                    {"roles": ["admin"], "predicate": "true"}
-                ],
-                "column_masks": [{"column": "customer", "mask": "'***'"}]
-            }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    filter_and_mask(
+        &front,
+        "sales",
+        "analyst",
+        "region = current_claim('region')",
+        "customer",
+    )
+    .await;
     let analyst = front.token_with("ana", &["analyst"], json!({"region": "eu"}));
 
     // Both executors registered over TLS (they pull their tasks: no executor gRPC port).
