@@ -12,9 +12,12 @@ their shuffle directories are sampled; bytes per lineitem row come from those.
 On a 2-core machine the two executors share the cores the single node uses: the numbers
 are the cluster path's cost, not its speed-up.
 
+With --tls the cluster runs under Strata's mutual TLS (`cluster.transport = "tls"`,
+certificates made with the openssl CLI); its numbers go to cluster-tls.json.
+
 Usage (from the repository root):
     cargo build --release
-    .bench-venv/bin/python benches/e2e/cluster.py --strata target/release/strata --sf 10 --out bench-out
+    .bench-venv/bin/python benches/e2e/cluster.py --strata target/release/strata --sf 10 --out bench-out [--tls]
 """
 
 import argparse
@@ -65,6 +68,31 @@ def stop_nodes():
         p.kill()
 
 
+def issue_certs(d):
+    """A certificate authority and one node certificate (naming `strata-cluster` and
+    127.0.0.1) for every node; the nodes' environment for them."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*a):
+        subprocess.run(["openssl", *map(str, a)], check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", d / "ca.key", "-out", d / "ca.pem",
+            "-days", "2", "-subj", "/CN=bench authority")
+    openssl("req", *ec, "-keyout", d / "node.key", "-out", d / "node.csr", "-subj", "/CN=strata-cluster")
+    (d / "ext.cnf").write_text(
+        "subjectAltName=DNS:strata-cluster,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+    openssl("x509", "-req", "-in", d / "node.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
+            "-CAcreateserial", "-out", d / "node.pem", "-days", "2", "-extfile", d / "ext.cnf")
+    return {
+        "STRATA__CLUSTER__TRANSPORT": "tls",
+        "STRATA__CLUSTER__TLS__CA_FILE": str(d / "ca.pem"),
+        "STRATA__CLUSTER__TLS__CERT_FILE": str(d / "node.pem"),
+        "STRATA__CLUSTER__TLS__KEY_FILE": str(d / "node.key"),
+        "STRATA__CLUSTER__TLS__SERVER_NAME": "strata-cluster",
+    }
+
+
 def du(path):
     total = 0
     for root, _, files in os.walk(path):
@@ -108,6 +136,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--work", default="/tmp/strata-cluster-bench")
     ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--tls", action="store_true",
+                    help="the cluster under Strata's mutual TLS (certificates by the openssl CLI)")
     args = ap.parse_args()
     args.strata = str(pathlib.Path(args.strata).resolve())
     work = pathlib.Path(args.work)
@@ -119,9 +149,10 @@ def main():
     logs = open(work / "nodes.log", "w")
 
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    tls = issue_certs(work / "data" / "pki") if args.tls else {}
+    url = f"{'https' if args.tls else 'http'}://127.0.0.1:{port}"
     scheduler = spawn(args.strata, ["cluster", "scheduler"],
-                      {"STRATA__CLUSTER__SCHEDULER_BIND": f"127.0.0.1:{port}"}, logs)
+                      {"STRATA__CLUSTER__SCHEDULER_BIND": f"127.0.0.1:{port}", **tls}, logs)
     time.sleep(1)
     executors, dirs = [], []
     for i in range(2):
@@ -135,6 +166,7 @@ def main():
             "STRATA__CLUSTER__EXECUTOR_FLIGHT_PORT": str(free_port()),
             "STRATA__CLUSTER__EXECUTOR_GRPC_PORT": str(free_port()),
             "STRATA__CLUSTER__EXECUTOR_VCORES": "1",
+            **tls,
         }, logs))
     server = subprocess.Popen([args.strata, "serve"], env={
         "PATH": os.environ.get("PATH", ""),
@@ -155,6 +187,7 @@ def main():
         "STRATA__CLUSTER__MIN_BYTES_SCANNED": str(1 << 60),
         "STRATA__CLUSTER__SCHEDULER_URL": url,
         "STRATA__CLUSTER__PLAN_KEY": KEY,
+        **tls,
     }, cwd=work, stdout=subprocess.PIPE, text=True)
     SPAWNED.append(server)
     flight = token = None
@@ -237,6 +270,7 @@ def main():
     ratio = lambda a, b: a / b if a and b else None  # noqa: E731
     result = {
         "sf": args.sf,
+        "transport": "tls" if args.tls else "loopback",
         "lineitem_rows": lineitem_rows,
         "load_s": load_s,
         "samples_s": samples,
@@ -249,7 +283,7 @@ def main():
         "shuffle_bytes_per_lineitem_row": {q: p["shuffle"] / lineitem_rows for q, p in peaks.items()},
         "small_query_ms": {w: med(s) * 1000 for w, s in overhead.items()},
     }
-    (out / "cluster.json").write_text(json.dumps(result, indent=2))
+    (out / ("cluster-tls.json" if args.tls else "cluster.json")).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "samples_s"}, indent=2))
     for c in conns.values():
         c.close()
