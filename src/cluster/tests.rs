@@ -405,3 +405,21 @@ fn a_cluster_beyond_loopback_needs_mutual_tls_or_a_mesh() {
     c.transport = ClusterTransport::Mesh;
     assert!(joined(c.executor_problems()).contains("https:// needs cluster.transport"));
 }
+
+#[test]
+fn the_scheduler_is_recognised_however_its_address_is_spelled() {
+    let hp = |u: &str| super::transport::host_port(&u.parse().unwrap());
+    assert_eq!(
+        hp("https://Scheduler.Data.svc").as_deref(),
+        Some("scheduler.data.svc:443")
+    );
+    assert_eq!(
+        hp("https://scheduler.data.svc:443"),
+        hp("https://SCHEDULER.data.svc")
+    );
+    assert_eq!(
+        hp("http://127.0.0.1:50050").as_deref(),
+        Some("127.0.0.1:50050")
+    );
+    assert_ne!(hp("http://127.0.0.1:50050"), hp("http://127.0.0.1:50061"));
+}

@@ -80,8 +80,8 @@ impl Transport {
         let scheduler = cfg
             .scheduler_url
             .as_deref()
-            .and_then(|u| url::Url::parse(u).ok())
-            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)));
+            .and_then(|u| u.parse::<http::Uri>().ok())
+            .and_then(|u| host_port(&u));
         Ok(Transport {
             tls,
             token: key.map(shuffle_token).transpose()?,
@@ -117,6 +117,7 @@ impl Transport {
     pub(crate) fn endpoint(&self, endpoint: Endpoint) -> Result<Endpoint> {
         let uri = endpoint.uri().clone();
         let authority = uri.authority().map(|a| a.as_str().to_string());
+        let peer = host_port(&uri);
         let mut endpoint = match &self.tls {
             // Ballista dials the scheduler with `http://` whatever its configuration says.
             Some(_) if uri.scheme_str() != Some("https") => {
@@ -137,9 +138,11 @@ impl Transport {
                 .tls_config(client)
                 .map_err(|e| Error::Config(format!("cluster.tls: {e}")))?;
         }
+        // Never to the scheduler, however its address is spelled.
         if let Some(token) = &self.token
-            && authority.is_some()
-            && authority != self.scheduler
+            && peer.is_some()
+            && self.scheduler.is_some()
+            && peer != self.scheduler
         {
             endpoint = endpoint
                 .user_agent(format!("{TOKEN_AGENT}{token}"))
@@ -207,6 +210,16 @@ impl Tls {
             server_name: t.server_name.clone(),
         })
     }
+}
+
+/// `host:port` of `uri`, the host in lower case and the port explicit.
+pub(super) fn host_port(uri: &http::Uri) -> Option<String> {
+    let port = uri.port_u16().or(match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    })?;
+    Some(format!("{}:{port}", uri.host()?.to_ascii_lowercase()))
 }
 
 /// rustls in this build has two crypto providers compiled in, so it picks none by
