@@ -72,6 +72,22 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// An executor's cluster settings: `url`'s scheduler, the plan key, `flight` and a free
+/// gRPC port, one core, its data under `data_dir`.
+fn executor_env(url: &str, flight: u16, data_dir: &Path) -> Vec<(String, String)> {
+    env(&[
+        ("STRATA__CLUSTER__SCHEDULER_URL", url.to_string()),
+        ("STRATA__CLUSTER__PLAN_KEY", PLAN_KEY.into()),
+        ("STRATA__CLUSTER__EXECUTOR_FLIGHT_PORT", flight.to_string()),
+        (
+            "STRATA__CLUSTER__EXECUTOR_GRPC_PORT",
+            free_port().to_string(),
+        ),
+        ("STRATA__CLUSTER__EXECUTOR_VCORES", "1".into()),
+        ("STRATA__SERVER__DATA_DIR", data_dir.display().to_string()),
+    ])
+}
+
 fn storage_env(moto: &Moto) -> Vec<(String, String)> {
     env(&[
         (
@@ -108,23 +124,11 @@ impl Cluster {
         let executors = (0..2)
             .map(|i| {
                 let mut e = storage_env(moto);
-                e.extend(env(&[
-                    ("STRATA__CLUSTER__SCHEDULER_URL", url.clone()),
-                    ("STRATA__CLUSTER__PLAN_KEY", PLAN_KEY.into()),
-                    (
-                        "STRATA__CLUSTER__EXECUTOR_FLIGHT_PORT",
-                        free_port().to_string(),
-                    ),
-                    (
-                        "STRATA__CLUSTER__EXECUTOR_GRPC_PORT",
-                        free_port().to_string(),
-                    ),
-                    ("STRATA__CLUSTER__EXECUTOR_VCORES", "1".into()),
-                    (
-                        "STRATA__SERVER__DATA_DIR",
-                        root.join(format!("executor{i}")).display().to_string(),
-                    ),
-                ]));
+                e.extend(executor_env(
+                    &url,
+                    free_port(),
+                    &root.join(format!("executor{i}")),
+                ));
                 Node::spawn("executor", &e, root.join(format!("executor{i}.log")))
             })
             .collect();

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use strata::config::{ClusterMode, ClusterTransport, Config, Secret};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::{Node, PLAN_KEY, env, filter_and_mask, free_port};
+use super::{Node, PLAN_KEY, env, executor_env, filter_and_mask, free_port};
 use crate::harness::{TestServer, test_config};
 
 /// The name every node's certificate carries; nodes dial 127.0.0.1 and check this name.
@@ -166,24 +166,15 @@ async fn under_mutual_tls_queries_run_and_strangers_reach_nothing() {
             let flight = free_port();
             flight_ports.push(flight);
             let mut e = pki.env();
-            e.extend(env(&[
-                (
-                    "STRATA__STORAGE__WAREHOUSE",
-                    root.join("data/warehouse").display().to_string(),
-                ),
-                ("STRATA__CLUSTER__SCHEDULER_URL", url.clone()),
-                ("STRATA__CLUSTER__PLAN_KEY", PLAN_KEY.into()),
-                ("STRATA__CLUSTER__EXECUTOR_FLIGHT_PORT", flight.to_string()),
-                (
-                    "STRATA__CLUSTER__EXECUTOR_GRPC_PORT",
-                    free_port().to_string(),
-                ),
-                ("STRATA__CLUSTER__EXECUTOR_VCORES", "1".into()),
-                (
-                    "STRATA__SERVER__DATA_DIR",
-                    root.join(format!("executor{i}")).display().to_string(),
-                ),
-            ]));
+            e.extend(env(&[(
+                "STRATA__STORAGE__WAREHOUSE",
+                root.join("data/warehouse").display().to_string(),
+            )]));
+            e.extend(executor_env(
+                &url,
+                flight,
+                &root.join(format!("executor{i}")),
+            ));
             Node::spawn("executor", &e, root.join(format!("executor{i}.log")))
         })
         .collect();
