@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use strata::config::{ClusterMode, Config, GrantConfig, Secret};
 
-use crate::harness::{Moto, TestServer, message, python};
+use crate::harness::{Moto, TestServer, message, python, status_json};
 
 mod tls;
 
@@ -243,17 +243,17 @@ async fn filter_and_mask(s: &TestServer, table: &str, role: &str, predicate: &st
 }
 
 /// The status of `sql` run as admin over REST with `x-strata-distributed: value`.
-async fn distributed(s: &TestServer, value: &str, sql: &str) -> u16 {
-    s.client
+async fn distributed(s: &TestServer, token: &str, value: &str, sql: &str) -> (u16, Value) {
+    let r = s
+        .client
         .post(s.url("/api/v1/query"))
-        .bearer_auth(&s.admin)
+        .bearer_auth(token)
         .header("x-strata-distributed", value)
         .json(&json!({ "sql": sql }))
         .send()
         .await
-        .unwrap()
-        .status()
-        .as_u16()
+        .unwrap();
+    status_json(r).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,31 +332,17 @@ async fn queries_on_the_cluster_equal_the_single_node_with_row_level_security_in
 
     // The header sends a query here instead; `auto` would not send TPC-H at SF 0.1.
     let before = cluster.jobs_per_executor()[0].len() + cluster.jobs_per_executor()[1].len();
-    let r = front
-        .client
-        .post(front.url("/api/v1/query"))
-        .bearer_auth(&front.admin)
-        .header("x-strata-distributed", "off")
-        .json(&json!({"sql": "SELECT count(*) AS n FROM lineitem"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let admin = front.admin.clone();
+    let (status, body) =
+        distributed(&front, &admin, "off", "SELECT count(*) AS n FROM lineitem").await;
+    assert_eq!(status, 200, "{body}");
     let after = cluster.jobs_per_executor()[0].len() + cluster.jobs_per_executor()[1].len();
     assert_eq!(
         before, after,
         "x-strata-distributed: off still used the cluster"
     );
-    let r = front
-        .client
-        .post(front.url("/api/v1/query"))
-        .bearer_auth(&front.admin)
-        .header("x-strata-distributed", "sometimes")
-        .json(&json!({"sql": "SELECT 1"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    let (status, body) = distributed(&front, &admin, "sometimes", "SELECT 1").await;
+    assert_eq!(status, 400, "{body}");
 
     // A 1-second timeout cancels the cluster job within 5 s.
     let mut short = front_end(&moto, &root, ClusterMode::Always, &cluster.url);
@@ -401,8 +387,9 @@ async fn queries_on_the_cluster_equal_the_single_node_with_row_level_security_in
     };
     assert_eq!(status, 503, "{body}");
     assert!(message(&body).contains("no live executor"), "{body}");
-    let status = distributed(&front, "off", "SELECT count(*) AS n FROM orders").await;
-    assert_eq!(status, 200);
+    let (status, body) =
+        distributed(&front, &admin, "off", "SELECT count(*) AS n FROM orders").await;
+    assert_eq!(status, 200, "{body}");
     let (status, _) = front.get(&front.admin.clone(), "/readyz").await;
     assert_eq!(status, 200);
     let _ = principal;

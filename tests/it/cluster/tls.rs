@@ -116,17 +116,7 @@ async fn ask_scheduler(channel: Result<Channel, String>) -> Result<(), String> {
 
 /// The rows of `sql` as `token`, run where `distributed` says.
 async fn rows(s: &TestServer, token: &str, distributed: &str, sql: &str) -> Value {
-    let r = s
-        .client
-        .post(s.url("/api/v1/query"))
-        .bearer_auth(token)
-        .header("x-strata-distributed", distributed)
-        .json(&json!({ "sql": sql }))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = super::distributed(s, token, distributed, sql).await;
     assert_eq!(status, 200, "{sql} ({distributed}): {body}");
     body
 }
